@@ -1,0 +1,76 @@
+//! The admin listener's endpoints: `/healthz` (serving) and `/readyz` (config loaded and every
+//! login credential holds a valid token).
+
+use std::convert::Infallible;
+use std::future::{ready, Ready};
+use std::task::{Context, Poll};
+
+use http::{header, HeaderValue, Method, Request, Response, StatusCode};
+
+use crate::body::{self, Body};
+use crate::proxy::SharedRuntime;
+
+/// The admin endpoints as a tower service.
+#[derive(Clone)]
+pub struct Admin {
+    runtime: SharedRuntime,
+}
+
+impl Admin {
+    /// Admin endpoints over the live runtime.
+    pub fn new(runtime: SharedRuntime) -> Self {
+        Admin { runtime }
+    }
+
+    fn answer(&self, req: &Request<Body>) -> Response<Body> {
+        if req.method() != Method::GET && req.method() != Method::HEAD {
+            return json(StatusCode::METHOD_NOT_ALLOWED, serde_json::json!({"code": "MethodNotAllowed", "message": "use GET"}));
+        }
+        match req.uri().path() {
+            "/healthz" => json(StatusCode::OK, serde_json::json!({"status": "ok"})),
+            "/readyz" => self.readiness(),
+            other => json(StatusCode::NOT_FOUND, serde_json::json!({"code": "NotFound", "message": format!("no admin endpoint {other}")})),
+        }
+    }
+
+    fn readiness(&self) -> Response<Body> {
+        let rt = self.runtime.load();
+        let waiting: Vec<_> = rt
+            .credentials
+            .token_managers()
+            .filter(|m| m.current().is_none())
+            .map(|m| {
+                serde_json::json!({
+                    "credential": m.name(),
+                    "error": m.last_error().unwrap_or_else(|| "no token yet (login in progress)".into()),
+                })
+            })
+            .collect();
+        if waiting.is_empty() {
+            json(StatusCode::OK, serde_json::json!({"status": "ready"}))
+        } else {
+            json(StatusCode::SERVICE_UNAVAILABLE, serde_json::json!({"status": "not ready", "credentials": waiting}))
+        }
+    }
+}
+
+fn json(status: StatusCode, v: serde_json::Value) -> Response<Body> {
+    let mut resp = Response::new(body::full(v.to_string()));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    resp
+}
+
+impl tower::Service<Request<Body>> for Admin {
+    type Response = Response<Body>;
+    type Error = Infallible;
+    type Future = Ready<Result<Response<Body>, Infallible>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request<Body>) -> Self::Future {
+        ready(Ok(self.answer(&req)))
+    }
+}

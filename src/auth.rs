@@ -1,0 +1,155 @@
+//! Local authentication: which configured client is calling, from its local key (`ApiKey` or
+//! `Authorization: Bearer`), its verified client certificate, or the anonymous client.
+
+use http::{header, HeaderMap};
+use sha2::{Digest, Sha256};
+
+use crate::config::Config;
+use crate::error::GatewayError;
+
+/// `ApiKey`, the header Palette's SDK and Terraform provider send.
+pub const API_KEY: &str = "apikey";
+
+/// What the TLS layer verified about the connection's client certificate.
+#[derive(Debug, Clone, Default)]
+pub struct PeerIdentity {
+    /// DNS SANs and CN of the verified client certificate (empty without mTLS).
+    pub cert_names: Vec<String>,
+}
+
+/// SHA-256 of a local key: what the config stores and the lookup uses.
+pub fn hash_key(key: &str) -> [u8; 32] {
+    Sha256::digest(key.as_bytes()).into()
+}
+
+/// `sha256:<hex>` form of a key's hash, as written in the config.
+pub fn key_hash_string(key: &str) -> String {
+    format!("sha256:{}", hex::encode(hash_key(key)))
+}
+
+/// Finds the calling client. Errors are 400 (ambiguous credentials) or 401.
+pub fn identify(cfg: &Config, headers: &HeaderMap, peer: &PeerIdentity) -> Result<usize, GatewayError> {
+    let key = local_key(headers)?;
+    let by_cert = peer.cert_names.iter().find_map(|n| cfg.client_by_cert_name(n));
+    match (key, by_cert) {
+        (Some(key), cert) => {
+            let Some(client) = cfg.client_by_key_hash(&hash_key(key)) else {
+                return Err(GatewayError::UnknownCredential("the local key is not known to this gateway".into()));
+            };
+            if cert.is_some_and(|c| c != client) {
+                return Err(GatewayError::UnknownCredential(
+                    "the local key and the client certificate identify different clients".into(),
+                ));
+            }
+            Ok(client)
+        }
+        (None, Some(client)) => Ok(client),
+        (None, None) => cfg.anonymous_client.ok_or(GatewayError::MissingCredential),
+    }
+}
+
+/// The local key the request carries, if any.
+fn local_key(headers: &HeaderMap) -> Result<Option<&str>, GatewayError> {
+    let api_key = single(headers, API_KEY, "ApiKey")?;
+    let bearer = match single(headers, header::AUTHORIZATION.as_str(), "Authorization")? {
+        Some(v) => Some(bearer_token(v)?),
+        None => None,
+    };
+    match (api_key, bearer) {
+        (Some(_), Some(_)) => Err(GatewayError::BadRequest(
+            "send the local key in ApiKey or in Authorization, not both".into(),
+        )),
+        (Some(v), None) | (None, Some(v)) => Ok(Some(v)),
+        (None, None) => Ok(None),
+    }
+}
+
+fn single<'a>(headers: &'a HeaderMap, name: &str, shown: &str) -> Result<Option<&'a str>, GatewayError> {
+    let mut values = headers.get_all(name).iter();
+    let Some(first) = values.next() else {
+        return Ok(None);
+    };
+    if values.next().is_some() {
+        return Err(GatewayError::BadRequest(format!("more than one {shown} header")));
+    }
+    let text = first
+        .to_str()
+        .map_err(|_| GatewayError::UnknownCredential(format!("the {shown} header is not a valid local key")))?
+        .trim();
+    if text.is_empty() {
+        return Err(GatewayError::UnknownCredential(format!("the {shown} header is empty")));
+    }
+    Ok(Some(text))
+}
+
+fn bearer_token(value: &str) -> Result<&str, GatewayError> {
+    let (scheme, rest) = value.split_once(' ').unwrap_or((value, ""));
+    let token = rest.trim();
+    if scheme.eq_ignore_ascii_case("bearer") && !token.is_empty() {
+        Ok(token)
+    } else {
+        Err(GatewayError::UnknownCredential(
+            "Authorization must be \"Bearer <local key>\" (the gateway holds the Palette token)".into(),
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{load_str, MapEnv};
+    use http::HeaderValue;
+    use std::path::Path;
+
+    fn cfg(extra: &str) -> Config {
+        let text = format!(
+            "[upstream]\nurl = \"http://127.0.0.1:1\"\n[credentials.default]\napi_key_env = \"K\"\n\
+             [[clients]]\nname = \"a\"\nkeys = [\"{}\"]\n[[clients]]\nname = \"b\"\nkeys = [\"{}\"]\n{extra}",
+            key_hash_string("key-a"),
+            key_hash_string("key-b")
+        );
+        load_str(&text, Path::new("."), &MapEnv::new().with("K", "x")).unwrap()
+    }
+
+    fn h(pairs: &[(&'static str, &str)]) -> HeaderMap {
+        let mut m = HeaderMap::new();
+        for (k, v) in pairs {
+            m.append(*k, HeaderValue::from_str(v).unwrap());
+        }
+        m
+    }
+
+    #[test]
+    fn hash_matches_known_vector() {
+        assert_eq!(key_hash_string("abc"), "sha256:ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+    }
+
+    #[test]
+    fn api_key_and_bearer_identify() {
+        let c = cfg("");
+        let none = PeerIdentity::default();
+        assert_eq!(identify(&c, &h(&[("apikey", "key-a")]), &none).unwrap(), 0);
+        assert_eq!(identify(&c, &h(&[("authorization", "Bearer key-b")]), &none).unwrap(), 1);
+        assert_eq!(identify(&c, &h(&[("authorization", "bearer key-b")]), &none).unwrap(), 1);
+    }
+
+    #[test]
+    fn unknown_missing_and_ambiguous() {
+        let c = cfg("");
+        let none = PeerIdentity::default();
+        assert!(matches!(identify(&c, &h(&[("apikey", "nope")]), &none), Err(GatewayError::UnknownCredential(_))));
+        assert!(matches!(identify(&c, &h(&[]), &none), Err(GatewayError::MissingCredential)));
+        assert!(matches!(identify(&c, &h(&[("apikey", "key-a"), ("authorization", "Bearer key-a")]), &none), Err(GatewayError::BadRequest(_))));
+        assert!(matches!(identify(&c, &h(&[("apikey", "key-a"), ("apikey", "key-a")]), &none), Err(GatewayError::BadRequest(_))));
+        assert!(matches!(identify(&c, &h(&[("authorization", "Basic eDp5")]), &none), Err(GatewayError::UnknownCredential(_))));
+        assert!(matches!(identify(&c, &h(&[("authorization", "key-a")]), &none), Err(GatewayError::UnknownCredential(_))));
+    }
+
+    #[test]
+    fn anonymous_client_when_configured() {
+        let c = cfg("[auth]\nanonymous_client = \"b\"\n");
+        assert_eq!(identify(&c, &h(&[]), &PeerIdentity::default()).unwrap(), 1);
+        // A wrong key is still refused: anonymous covers only "no credential".
+        assert!(identify(&c, &h(&[("apikey", "nope")]), &PeerIdentity::default()).is_err());
+    }
+}

@@ -1,0 +1,145 @@
+//! The command line: run the gateway, `check` a config, make and hash local keys, `--demo`.
+
+use std::io::Read as _;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use base64::Engine as _;
+use clap::{Parser, Subcommand};
+
+use crate::config::{self, ProcessEnv};
+
+/// Authenticating, credential-swapping reverse proxy for the Spectro Cloud Palette API.
+#[derive(Debug, Parser)]
+#[command(name = "palette-gateway", version, about)]
+pub struct Cli {
+    /// Config file (TOML).
+    #[arg(long, env = "PALETTE_GATEWAY_CONFIG", global = true, value_name = "PATH")]
+    pub config: Option<PathBuf>,
+    /// Run fully offline: a fake Palette on loopback plus the demo config.
+    #[arg(long, conflicts_with = "config")]
+    pub demo: bool,
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Load and validate the config; print every problem by field and exit non-zero if any.
+    Check,
+    /// Print a fresh random local key and the `sha256:` hash to put in the config.
+    NewKey,
+    /// Read a local key on stdin and print its `sha256:` hash.
+    HashKey,
+}
+
+/// Entry point of the binary.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Some(Command::NewKey) => {
+            let key = new_key();
+            println!("key: {key}");
+            println!("hash: {}", crate::auth::key_hash_string(&key));
+            ExitCode::SUCCESS
+        }
+        Some(Command::HashKey) => {
+            let mut input = String::new();
+            if let Err(e) = std::io::stdin().read_to_string(&mut input) {
+                eprintln!("error: cannot read the key from stdin: {e}");
+                return ExitCode::FAILURE;
+            }
+            let key = input.trim();
+            if key.is_empty() {
+                eprintln!("error: no key on stdin (try: palette-gateway new-key)");
+                return ExitCode::FAILURE;
+            }
+            println!("{}", crate::auth::key_hash_string(key));
+            ExitCode::SUCCESS
+        }
+        Some(Command::Check) => {
+            let Some(path) = cli.config else {
+                eprintln!("error: check needs --config PATH (or PALETTE_GATEWAY_CONFIG)");
+                return ExitCode::from(2);
+            };
+            match config::load(&path, &ProcessEnv) {
+                Ok(_) => {
+                    println!("{}: ok", path.display());
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    for p in e.problems() {
+                        eprintln!("{p}");
+                    }
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        None => run(cli),
+    }
+}
+
+fn run(cli: Cli) -> ExitCode {
+    init_tracing();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result: anyhow::Result<()> = runtime.block_on(async move {
+        if cli.demo {
+            anyhow::bail!("demo");
+        }
+        let Some(path) = cli.config else {
+            anyhow::bail!("no config: pass --config PATH (or set PALETTE_GATEWAY_CONFIG), or try --demo");
+        };
+        let config = config::load(&path, &ProcessEnv).map_err(|e| anyhow::anyhow!("invalid config {}:\n{e}", path.display()))?;
+        crate::app::run_until_signal(config).await?;
+        Ok(())
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// A fresh local key: 32 random bytes, URL-safe base64, with a `pgw_` prefix so secret
+/// scanners and people can tell what it is.
+pub fn new_key() -> String {
+    let bytes: [u8; 32] = rand::random();
+    format!("pgw_{}", base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes))
+}
+
+fn init_tracing() {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn new_keys_are_long_random_and_url_safe() {
+        let a = new_key();
+        let b = new_key();
+        assert_ne!(a, b);
+        assert!(a.len() >= 4 + 43);
+        assert!(a.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'-' || c == b'_'));
+    }
+
+    #[test]
+    fn cli_parses_contract_verbs() {
+        assert!(matches!(Cli::try_parse_from(["pg", "check", "--config", "x.toml"]).unwrap().command, Some(Command::Check)));
+        assert!(Cli::try_parse_from(["pg", "--demo"]).unwrap().demo);
+        assert!(matches!(Cli::try_parse_from(["pg", "new-key"]).unwrap().command, Some(Command::NewKey)));
+        assert!(matches!(Cli::try_parse_from(["pg", "hash-key"]).unwrap().command, Some(Command::HashKey)));
+    }
+}

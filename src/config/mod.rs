@@ -1,0 +1,241 @@
+//! The gateway's configuration: loaded and validated once, then immutable and shared.
+//!
+//! `file` mirrors the TOML; `validate` is the one place that decides what is valid and builds
+//! the runtime types below (resolved secrets, hashed keys, compiled patterns, TLS material).
+
+mod file;
+pub mod secret;
+mod validate;
+
+use std::collections::HashMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::Method;
+
+pub use secret::{Environment, MapEnv, ProcessEnv, Secret};
+
+use crate::pattern::AllowRule;
+
+/// One problem in a config, named by its field path (`clients[2].credential`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    /// Where: a dotted/indexed field path.
+    pub field: String,
+    /// What is wrong.
+    pub message: String,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.field, self.message)
+    }
+}
+
+/// Why a config could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("{0}")]
+    Syntax(String),
+    #[error("{}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"))]
+    Invalid(Vec<Problem>),
+}
+
+impl ConfigError {
+    /// Every problem, one per line (what `check` prints).
+    pub fn problems(&self) -> Vec<String> {
+        match self {
+            ConfigError::Invalid(p) => p.iter().map(ToString::to_string).collect(),
+            other => vec![other.to_string()],
+        }
+    }
+}
+
+/// Loads and validates the config at `path`; relative file paths inside it are relative to
+/// its directory. Used by start-up, reload and `check` alike.
+pub fn load(path: &Path, env: &dyn Environment) -> Result<Config, ConfigError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
+    let base = path.parent().unwrap_or(Path::new("."));
+    load_str(&text, base, env)
+}
+
+/// Loads and validates config text; `base_dir` anchors relative file paths.
+pub fn load_str(text: &str, base_dir: &Path, env: &dyn Environment) -> Result<Config, ConfigError> {
+    let raw: file::RawConfig = toml::from_str(text).map_err(|e| ConfigError::Syntax(render_toml_error(text, &e)))?;
+    validate::validate(raw, base_dir, env)
+}
+
+fn render_toml_error(text: &str, e: &toml::de::Error) -> String {
+    let msg = e.message().trim_end();
+    match e.span() {
+        Some(span) => {
+            let line = text[..span.start.min(text.len())].matches('\n').count() + 1;
+            format!("line {line}: {msg}")
+        }
+        None => msg.to_string(),
+    }
+}
+
+/// The validated configuration.
+#[derive(Debug)]
+pub struct Config {
+    /// Listeners.
+    pub server: ServerConfig,
+    /// Where requests go.
+    pub upstream: UpstreamConfig,
+    /// Upstream credentials, by index; `credential_index` maps names.
+    pub credentials: Vec<Credential>,
+    /// Local clients, by index.
+    pub clients: Vec<Client>,
+    /// Routes, in order (first match wins).
+    pub routes: Vec<Route>,
+    /// The client that requests without a local credential act as.
+    pub anonymous_client: Option<usize>,
+    key_index: HashMap<[u8; 32], usize>,
+    cert_index: HashMap<String, usize>,
+}
+
+impl Config {
+    /// The client whose key hashes to `hash`.
+    pub fn client_by_key_hash(&self, hash: &[u8; 32]) -> Option<usize> {
+        self.key_index.get(hash).copied()
+    }
+
+    /// The client identified by a certificate name (DNS SAN or CN).
+    pub fn client_by_cert_name(&self, name: &str) -> Option<usize> {
+        self.cert_index.get(name).copied()
+    }
+
+    /// A credential by name.
+    pub fn credential(&self, name: &str) -> Option<&Credential> {
+        self.credentials.iter().find(|c| c.name == name)
+    }
+}
+
+/// `[server]`.
+#[derive(Debug)]
+pub struct ServerConfig {
+    /// The proxy listener.
+    pub listen: SocketAddr,
+    /// `/healthz`, `/readyz`.
+    pub admin_listen: SocketAddr,
+    /// HTTPS (and mTLS when it verifies clients).
+    pub tls: Option<ServerTls>,
+}
+
+/// Server TLS, loaded and checked at config load.
+pub struct ServerTls {
+    /// Ready-to-use rustls config (ALPN h2 + http/1.1).
+    pub config: Arc<rustls::ServerConfig>,
+    /// Whether client certificates are required and verified.
+    pub mtls: bool,
+}
+
+impl fmt::Debug for ServerTls {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ServerTls").field("mtls", &self.mtls).finish_non_exhaustive()
+    }
+}
+
+/// `[upstream]`.
+#[derive(Debug, Clone)]
+pub struct UpstreamConfig {
+    /// `http` or `https`.
+    pub scheme: http::uri::Scheme,
+    /// Host and port.
+    pub authority: http::uri::Authority,
+    /// Extra trusted roots (DER), on top of the webpki roots.
+    pub extra_roots: Vec<rustls::pki_types::CertificateDer<'static>>,
+    /// TCP (+TLS) connect timeout.
+    pub connect_timeout: Duration,
+    /// Time allowed until the upstream's response headers.
+    pub request_timeout: Duration,
+}
+
+/// An upstream credential.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Credential {
+    /// Its name in the config (`default`, `ops`).
+    pub name: String,
+    /// What it is.
+    pub kind: CredentialKind,
+}
+
+/// How the gateway proves itself to Palette.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CredentialKind {
+    /// `ApiKey: <key>`.
+    ApiKey(Secret),
+    /// `Authorization: <token>` from a login.
+    Token(TokenSettings),
+}
+
+/// A login credential's settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenSettings {
+    /// `emailId` of the login.
+    pub email: Secret,
+    /// The password.
+    pub password: Secret,
+    /// The tenant's org name, if needed.
+    pub org: Option<String>,
+    /// Assumed lifetime when the JWT has no `exp`.
+    pub token_lifetime: Duration,
+    /// Refresh when this much lifetime is left.
+    pub refresh_before: Duration,
+}
+
+/// Which `ProjectUid` values a client may ask for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Projects {
+    /// `["*"]`.
+    Any,
+    /// The listed ones (empty: none).
+    Only(Vec<String>),
+}
+
+impl Projects {
+    /// Whether the client may use this project.
+    pub fn allows(&self, uid: &str) -> bool {
+        match self {
+            Projects::Any => true,
+            Projects::Only(list) => list.iter().any(|p| p == uid),
+        }
+    }
+}
+
+/// A local client.
+#[derive(Debug, Clone)]
+pub struct Client {
+    /// Its name (bounded: used in logs and metric labels).
+    pub name: Arc<str>,
+    /// Index into [`Config::credentials`].
+    pub credential: usize,
+    /// `projects`.
+    pub projects: Projects,
+    /// `allow`; `None` allows everything.
+    pub allow: Option<Vec<AllowRule>>,
+}
+
+/// A route rule.
+#[derive(Debug, Clone)]
+pub struct Route {
+    /// Its name.
+    pub name: Arc<str>,
+    /// Whole-segment prefix, normalized, no trailing '/' (or "/").
+    pub path_prefix: String,
+    /// Forward without the prefix.
+    pub strip_prefix: bool,
+    /// `ProjectUid` to set.
+    pub project_uid: Option<http::HeaderValue>,
+    /// Only these methods (`None`: any).
+    pub methods: Option<Vec<Method>>,
+    /// Only these clients, by index (`None`: any).
+    pub clients: Option<Vec<usize>>,
+}

@@ -1,0 +1,658 @@
+//! The one place that decides what config is valid: raw file types in, runtime [`Config`] out,
+//! with every problem collected and named by its field.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::Method;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+
+use super::file::{RawClient, RawConfig, RawCredential, RawRoute, RawServerTls, RawUpstream};
+use super::{
+    Client, Config, Credential, CredentialKind, Environment, Problem, Projects, Route, Secret,
+    ServerConfig, ServerTls, TokenSettings, UpstreamConfig,
+};
+use crate::config::ConfigError;
+use crate::pattern::AllowRule;
+
+const DEFAULT_CREDENTIAL: &str = "default";
+
+/// Collects problems as validation walks the file.
+struct Problems(Vec<Problem>);
+
+impl Problems {
+    fn add(&mut self, field: impl Into<String>, message: impl Into<String>) {
+        self.0.push(Problem { field: field.into(), message: message.into() });
+    }
+}
+
+pub(super) fn validate(raw: RawConfig, base: &Path, env: &dyn Environment) -> Result<Config, ConfigError> {
+    let mut p = Problems(Vec::new());
+    let server = server(&raw, base, env, &mut p);
+    let upstream = upstream(&raw.upstream, base, env, &mut p);
+    let credentials = credentials(&raw.credentials, base, env, &mut p);
+    let cred_names: HashMap<&str, usize> =
+        credentials.iter().enumerate().map(|(i, c)| (c.name.as_str(), i)).collect();
+    let mtls = server.as_ref().is_some_and(|s| s.tls.as_ref().is_some_and(|t| t.mtls));
+
+    let mut client_names: HashMap<String, usize> = HashMap::new();
+    let mut clients = Vec::with_capacity(raw.clients.len());
+    let mut key_index = HashMap::new();
+    let mut cert_index = HashMap::new();
+    for (i, c) in raw.clients.iter().enumerate() {
+        let field = format!("clients[{i}]");
+        if client_names.insert(c.name.clone(), i).is_some() {
+            p.add(format!("{field}.name"), format!("duplicate client name {:?}", c.name));
+        }
+        for (k, key) in c.keys.iter().enumerate() {
+            match parse_key_hash(key) {
+                Ok(h) => {
+                    if key_index.insert(h, i).is_some() {
+                        p.add(format!("{field}.keys[{k}]"), "this key hash is already used (keys must be unique across clients)");
+                    }
+                }
+                Err(m) => p.add(format!("{field}.keys[{k}]"), m),
+            }
+        }
+        for (k, name) in c.cert_names.iter().enumerate() {
+            if cert_index.insert(name.clone(), i).is_some() {
+                p.add(format!("{field}.cert_names[{k}]"), format!("certificate name {name:?} already identifies another client"));
+            }
+        }
+        if let Some(client) = client(c, &field, &cred_names, mtls, &mut p) {
+            clients.push(client);
+        }
+    }
+
+    let anonymous_client = raw.auth.anonymous_client.as_ref().and_then(|name| match client_names.get(name) {
+        Some(&i) => Some(i),
+        None => {
+            p.add("auth.anonymous_client", format!("no client named {name:?}"));
+            None
+        }
+    });
+
+    let mut route_names = HashSet::new();
+    let routes: Vec<Route> = raw
+        .routes
+        .iter()
+        .enumerate()
+        .filter_map(|(i, r)| {
+            let field = format!("routes[{i}]");
+            if !route_names.insert(r.name.clone()) {
+                p.add(format!("{field}.name"), format!("duplicate route name {:?}", r.name));
+            }
+            route(r, &field, &client_names, &mut p)
+        })
+        .collect();
+
+    match (p.0.is_empty(), server, upstream) {
+        (true, Some(server), Some(upstream)) if clients.len() == raw.clients.len() && routes.len() == raw.routes.len() => Ok(Config {
+            server,
+            upstream,
+            credentials,
+            clients,
+            routes,
+            anonymous_client,
+            key_index,
+            cert_index,
+        }),
+        _ => Err(ConfigError::Invalid(p.0)),
+    }
+}
+
+fn server(raw: &RawConfig, base: &Path, env: &dyn Environment, p: &mut Problems) -> Option<ServerConfig> {
+    let listen = socket_addr(&raw.server.listen, "server.listen", p);
+    let admin_listen = socket_addr(&raw.server.admin_listen, "server.admin_listen", p);
+    if let (Some(a), Some(b)) = (listen, admin_listen) {
+        if a == b && a.port() != 0 {
+            p.add("server.admin_listen", "must differ from server.listen");
+        }
+    }
+    let tls = match &raw.server.tls {
+        Some(t) => Some(server_tls(t, base, env, p)?),
+        None => None,
+    };
+    Some(ServerConfig { listen: listen?, admin_listen: admin_listen?, tls })
+}
+
+fn socket_addr(text: &str, field: &str, p: &mut Problems) -> Option<SocketAddr> {
+    match text.parse() {
+        Ok(a) => Some(a),
+        Err(_) => {
+            p.add(field, format!("{text:?} is not an IP:port address (e.g. \"127.0.0.1:8080\")"));
+            None
+        }
+    }
+}
+
+fn read_file(env: &dyn Environment, base: &Path, path: &Path, field: &str, p: &mut Problems) -> Option<String> {
+    let full = resolve(base, path);
+    match env.read_to_string(&full) {
+        Ok(s) => Some(s),
+        Err(e) => {
+            p.add(field, format!("cannot read {}: {e}", full.display()));
+            None
+        }
+    }
+}
+
+fn resolve(base: &Path, path: &Path) -> PathBuf {
+    if path.is_absolute() {
+        path.to_path_buf()
+    } else {
+        base.join(path)
+    }
+}
+
+fn pem_certs(text: &str, field: &str, p: &mut Problems) -> Option<Vec<CertificateDer<'static>>> {
+    let certs: Result<Vec<_>, _> = rustls_pemfile::certs(&mut text.as_bytes()).collect();
+    match certs {
+        Ok(c) if !c.is_empty() => Some(c),
+        Ok(_) => {
+            p.add(field, "no PEM certificate found");
+            None
+        }
+        Err(e) => {
+            p.add(field, format!("invalid PEM: {e}"));
+            None
+        }
+    }
+}
+
+fn server_tls(t: &RawServerTls, base: &Path, env: &dyn Environment, p: &mut Problems) -> Option<ServerTls> {
+    let certs = read_file(env, base, &t.cert_file, "server.tls.cert_file", p).and_then(|s| pem_certs(&s, "server.tls.cert_file", p));
+    let key: Option<PrivateKeyDer<'static>> =
+        read_file(env, base, &t.key_file, "server.tls.key_file", p).and_then(|s| match rustls_pemfile::private_key(&mut s.as_bytes()) {
+            Ok(Some(k)) => Some(k),
+            Ok(None) => {
+                p.add("server.tls.key_file", "no PEM private key found");
+                None
+            }
+            Err(e) => {
+                p.add("server.tls.key_file", format!("invalid PEM: {e}"));
+                None
+            }
+        });
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = match rustls::ServerConfig::builder_with_provider(provider.clone()).with_safe_default_protocol_versions() {
+        Ok(b) => b,
+        Err(e) => {
+            p.add("server.tls", e.to_string());
+            return None;
+        }
+    };
+    let (builder, mtls) = match &t.client_ca_file {
+        Some(ca) => {
+            let cas = read_file(env, base, ca, "server.tls.client_ca_file", p).and_then(|s| pem_certs(&s, "server.tls.client_ca_file", p))?;
+            let mut roots = rustls::RootCertStore::empty();
+            for c in cas {
+                if let Err(e) = roots.add(c) {
+                    p.add("server.tls.client_ca_file", format!("unusable CA certificate: {e}"));
+                }
+            }
+            match rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider).build() {
+                Ok(v) => (builder.with_client_cert_verifier(v), true),
+                Err(e) => {
+                    p.add("server.tls.client_ca_file", e.to_string());
+                    return None;
+                }
+            }
+        }
+        None => (builder.with_no_client_auth(), false),
+    };
+    let mut config = match builder.with_single_cert(certs?, key?) {
+        Ok(c) => c,
+        Err(e) => {
+            p.add("server.tls", format!("certificate and key do not form a usable pair: {e}"));
+            return None;
+        }
+    };
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Some(ServerTls { config: Arc::new(config), mtls })
+}
+
+fn upstream(u: &RawUpstream, base: &Path, env: &dyn Environment, p: &mut Problems) -> Option<UpstreamConfig> {
+    let uri: Option<http::Uri> = match u.url.parse::<http::Uri>() {
+        Ok(uri) => Some(uri),
+        Err(e) => {
+            p.add("upstream.url", format!("{:?} is not a URL: {e}", u.url));
+            None
+        }
+    };
+    let parts = uri.and_then(|uri| {
+        let scheme = uri.scheme().cloned();
+        let ok_scheme = matches!(scheme.as_ref().map(|s| s.as_str()), Some("http" | "https"));
+        if !ok_scheme {
+            p.add("upstream.url", "scheme must be https:// (or http:// for in-cluster and tests)");
+            return None;
+        }
+        let Some(authority) = uri.authority().cloned() else {
+            p.add("upstream.url", "has no host");
+            return None;
+        };
+        if authority.as_str().contains('@') {
+            p.add("upstream.url", "must not carry user info (credentials go in [credentials])");
+            return None;
+        }
+        if !matches!(uri.path(), "" | "/") || uri.query().is_some() {
+            p.add("upstream.url", "must be scheme://host[:port] with no path or query (requests keep their own /v1/... path)");
+            return None;
+        }
+        Some((scheme?, authority))
+    });
+    let extra_roots = match &u.ca_file {
+        Some(f) => read_file(env, base, f, "upstream.ca_file", p).and_then(|s| pem_certs(&s, "upstream.ca_file", p)).unwrap_or_default(),
+        None => Vec::new(),
+    };
+    let connect_timeout = positive(u.connect_timeout.unwrap_or(Duration::from_secs(5)), "upstream.connect_timeout", p);
+    let request_timeout = positive(u.request_timeout.unwrap_or(Duration::from_secs(60)), "upstream.request_timeout", p);
+    let (scheme, authority) = parts?;
+    Some(UpstreamConfig { scheme, authority, extra_roots, connect_timeout, request_timeout })
+}
+
+fn positive(d: Duration, field: &str, p: &mut Problems) -> Duration {
+    if d.is_zero() {
+        p.add(field, "must be greater than zero");
+    }
+    d
+}
+
+/// Reads one secret given as exactly one of `NAME_env` / `NAME_file` (or a plain value, for the
+/// non-secret `email`).
+fn secret(
+    field: &str,
+    plain: Option<&str>,
+    env_var: Option<&str>,
+    file: Option<&Path>,
+    base: &Path,
+    env: &dyn Environment,
+    p: &mut Problems,
+) -> Option<Secret> {
+    let given = usize::from(plain.is_some()) + usize::from(env_var.is_some()) + usize::from(file.is_some());
+    if given > 1 {
+        let names = if plain.is_some() { format!("{field}, {field}_env, {field}_file") } else { format!("{field}_env, {field}_file") };
+        p.add(field, format!("give only one of {names}"));
+        return None;
+    }
+    if let Some(v) = plain {
+        return Some(Secret::new(v));
+    }
+    if let Some(var) = env_var {
+        return match env.var(var) {
+            Some(v) if !v.trim().is_empty() => Some(Secret::new(v.trim())),
+            Some(_) => {
+                p.add(format!("{field}_env"), format!("environment variable {var} is empty"));
+                None
+            }
+            None => {
+                p.add(format!("{field}_env"), format!("environment variable {var} is not set"));
+                None
+            }
+        };
+    }
+    if let Some(f) = file {
+        let text = read_file(env, base, f, &format!("{field}_file"), p)?;
+        let v = text.trim();
+        if v.is_empty() {
+            p.add(format!("{field}_file"), format!("{} is empty", resolve(base, f).display()));
+            return None;
+        }
+        return Some(Secret::new(v));
+    }
+    None
+}
+
+fn credentials(raw: &BTreeMap<String, RawCredential>, base: &Path, env: &dyn Environment, p: &mut Problems) -> Vec<Credential> {
+    let mut out = Vec::new();
+    for (name, c) in raw {
+        let field = format!("credentials.{name}");
+        if !valid_name(name) {
+            p.add(&field, "name must be 1-64 characters of letters, digits, '-', '_', '.'");
+        }
+        if c.api_key.is_some() {
+            p.add(format!("{field}.api_key"), "a literal secret is not allowed in the config: use api_key_env or api_key_file");
+        }
+        if c.password.is_some() {
+            p.add(format!("{field}.password"), "a literal secret is not allowed in the config: use password_env or password_file");
+        }
+        let is_key = c.api_key_env.is_some() || c.api_key_file.is_some() || c.api_key.is_some();
+        let is_login = c.email.is_some() || c.email_env.is_some() || c.email_file.is_some() || c.password_env.is_some() || c.password_file.is_some() || c.password.is_some();
+        let kind = match (is_key, is_login) {
+            (true, true) => {
+                p.add(&field, "is both an API key and a login: give api_key_env/api_key_file, or email + password, not both");
+                None
+            }
+            (false, false) => {
+                p.add(&field, "needs api_key_env or api_key_file, or email (email_env, email_file) and password_env or password_file");
+                None
+            }
+            (true, false) => {
+                for (k, set) in [("org", c.org.is_some()), ("token_lifetime", c.token_lifetime.is_some()), ("refresh_before", c.refresh_before.is_some())] {
+                    if set {
+                        p.add(format!("{field}.{k}"), "only applies to a login (email + password) credential");
+                    }
+                }
+                secret(&format!("{field}.api_key"), None, c.api_key_env.as_deref(), c.api_key_file.as_deref(), base, env, p).map(CredentialKind::ApiKey)
+            }
+            (false, true) => {
+                let email = secret(&format!("{field}.email"), c.email.as_deref(), c.email_env.as_deref(), c.email_file.as_deref(), base, env, p);
+                let password = secret(&format!("{field}.password"), None, c.password_env.as_deref(), c.password_file.as_deref(), base, env, p);
+                if email.is_none() && c.email.is_none() && c.email_env.is_none() && c.email_file.is_none() {
+                    p.add(format!("{field}.email"), "a login credential needs email, email_env or email_file");
+                }
+                if password.is_none() && c.password_env.is_none() && c.password_file.is_none() && c.password.is_none() {
+                    p.add(format!("{field}.password_env"), "a login credential needs password_env or password_file");
+                }
+                let token_lifetime = positive(c.token_lifetime.unwrap_or(Duration::from_secs(15 * 60)), &format!("{field}.token_lifetime"), p);
+                let refresh_before = c.refresh_before.unwrap_or(Duration::from_secs(3 * 60));
+                if refresh_before >= token_lifetime {
+                    p.add(
+                        format!("{field}.refresh_before"),
+                        format!("must be shorter than token_lifetime ({})", humantime::format_duration(token_lifetime)),
+                    );
+                }
+                match (email, password) {
+                    (Some(email), Some(password)) => Some(CredentialKind::Token(TokenSettings {
+                        email,
+                        password,
+                        org: c.org.clone(),
+                        token_lifetime,
+                        refresh_before,
+                    })),
+                    _ => None,
+                }
+            }
+        };
+        if let Some(kind) = kind {
+            out.push(Credential { name: name.clone(), kind });
+        }
+    }
+    out
+}
+
+fn valid_name(name: &str) -> bool {
+    (1..=64).contains(&name.len()) && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+}
+
+fn parse_key_hash(text: &str) -> Result<[u8; 32], String> {
+    let Some(h) = text.strip_prefix("sha256:") else {
+        return Err("must be \"sha256:<64 hex>\", the hash of a local key (palette-gateway hash-key prints it); never the key itself".into());
+    };
+    let mut out = [0u8; 32];
+    match hex::decode_to_slice(h, &mut out) {
+        Ok(()) => Ok(out),
+        Err(_) => Err("must be \"sha256:\" followed by exactly 64 hex digits".into()),
+    }
+}
+
+fn client(c: &RawClient, field: &str, creds: &HashMap<&str, usize>, mtls: bool, p: &mut Problems) -> Option<Client> {
+    let before = p.0.len();
+    if !valid_name(&c.name) {
+        p.add(format!("{field}.name"), "must be 1-64 characters of letters, digits, '-', '_', '.'");
+    }
+    let cred_name = c.credential.as_deref().unwrap_or(DEFAULT_CREDENTIAL);
+    let credential = creds.get(cred_name).copied();
+    if credential.is_none() {
+        let hint = if c.credential.is_none() { " (the default; set credential = \"...\" or define [credentials.default])" } else { "" };
+        p.add(format!("{field}.credential"), format!("no credential named {cred_name:?}{hint}"));
+    }
+    let projects = match &c.projects {
+        None => Projects::Only(Vec::new()),
+        Some(list) if list.iter().any(|s| s == "*") => {
+            if list.len() > 1 {
+                p.add(format!("{field}.projects"), "\"*\" (any project) must be the only entry");
+            }
+            Projects::Any
+        }
+        Some(list) => {
+            for (k, uid) in list.iter().enumerate() {
+                if !valid_project_uid(uid) {
+                    p.add(format!("{field}.projects[{k}]"), format!("{uid:?} is not a project uid (letters, digits, '-', '_')"));
+                }
+            }
+            Projects::Only(list.clone())
+        }
+    };
+    let allow = c.allow.as_ref().map(|rules| {
+        rules
+            .iter()
+            .enumerate()
+            .filter_map(|(k, r)| match AllowRule::parse(r) {
+                Ok(rule) => Some(rule),
+                Err(e) => {
+                    p.add(format!("{field}.allow[{k}]"), e.to_string());
+                    None
+                }
+            })
+            .collect::<Vec<_>>()
+    });
+    if !c.cert_names.is_empty() && !mtls {
+        p.add(format!("{field}.cert_names"), "needs server.tls.client_ca_file (mTLS) to be set");
+    }
+    if p.0.len() != before {
+        return None;
+    }
+    Some(Client { name: Arc::from(c.name.as_str()), credential: credential?, projects, allow })
+}
+
+fn valid_project_uid(uid: &str) -> bool {
+    (1..=128).contains(&uid.len()) && uid.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_'))
+}
+
+fn route(r: &RawRoute, field: &str, clients: &HashMap<String, usize>, p: &mut Problems) -> Option<Route> {
+    let before = p.0.len();
+    if !valid_name(&r.name) {
+        p.add(format!("{field}.name"), "must be 1-64 characters of letters, digits, '-', '_', '.'");
+    }
+    match crate::path::check(&r.path_prefix) {
+        Ok(c) if c.as_str() == r.path_prefix => {}
+        Ok(_) => p.add(format!("{field}.path_prefix"), format!("write it in normalized form: {:?}", crate::path::check(&r.path_prefix).map(|c| c.to_string()).unwrap_or_default())),
+        Err(e) => p.add(format!("{field}.path_prefix"), format!("{:?}: {e}", r.path_prefix)),
+    }
+    if r.strip_prefix && r.path_prefix == "/" {
+        p.add(format!("{field}.strip_prefix"), "cannot strip the prefix \"/\"");
+    }
+    let project_uid = r.project_uid.as_ref().and_then(|uid| {
+        if !valid_project_uid(uid) {
+            p.add(format!("{field}.project_uid"), format!("{uid:?} is not a project uid (letters, digits, '-', '_')"));
+            return None;
+        }
+        http::HeaderValue::from_str(uid).ok()
+    });
+    let methods = r.methods.as_ref().map(|ms| {
+        ms.iter()
+            .enumerate()
+            .filter_map(|(k, m)| {
+                if !m.bytes().all(|b| b.is_ascii_uppercase()) || m.is_empty() {
+                    p.add(format!("{field}.methods[{k}]"), format!("{m:?} is not an HTTP method (upper case, e.g. \"GET\")"));
+                    return None;
+                }
+                Method::from_bytes(m.as_bytes()).ok()
+            })
+            .collect::<Vec<_>>()
+    });
+    let route_clients = r.clients.as_ref().map(|names| {
+        names
+            .iter()
+            .enumerate()
+            .filter_map(|(k, n)| match clients.get(n) {
+                Some(&i) => Some(i),
+                None => {
+                    p.add(format!("{field}.clients[{k}]"), format!("no client named {n:?}"));
+                    None
+                }
+            })
+            .collect::<Vec<_>>()
+    });
+    if p.0.len() != before {
+        return None;
+    }
+    Some(Route {
+        name: Arc::from(r.name.as_str()),
+        path_prefix: r.path_prefix.clone(),
+        strip_prefix: r.strip_prefix,
+        project_uid,
+        methods,
+        clients: route_clients,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::{load_str, ConfigError, MapEnv};
+    use std::path::Path;
+
+    const KEY_HASH: &str = "sha256:0000000000000000000000000000000000000000000000000000000000000001";
+
+    fn env() -> MapEnv {
+        MapEnv::new().with("PALETTE_API_KEY", "k-123").with("PALETTE_PASSWORD", "pw")
+    }
+
+    fn problems(text: &str) -> Vec<String> {
+        match load_str(text, Path::new("."), &env()) {
+            Ok(_) => Vec::new(),
+            Err(e) => e.problems(),
+        }
+    }
+
+    fn base() -> String {
+        "[upstream]\nurl = \"http://127.0.0.1:1\"\n[credentials.default]\napi_key_env = \"PALETTE_API_KEY\"\n".to_string()
+    }
+
+    #[test]
+    fn minimal_config_loads() {
+        let cfg = load_str(&base(), Path::new("."), &env()).unwrap();
+        assert_eq!(cfg.server.listen.to_string(), "127.0.0.1:8080");
+        assert_eq!(cfg.credentials.len(), 1);
+    }
+
+    #[test]
+    fn full_example_loads() {
+        let text = format!(
+            "{}[credentials.ops]\nemail = \"ops@example.com\"\npassword_env = \"PALETTE_PASSWORD\"\norg = \"acme\"\ntoken_lifetime = \"15m\"\nrefresh_before = \"3m\"\n\
+             [auth]\nanonymous_client = \"ci\"\n[[clients]]\nname = \"ci\"\nkeys = [\"{KEY_HASH}\"]\ncredential = \"ops\"\nprojects = [\"p001\"]\nallow = [\"GET /v1/**\"]\n\
+             [[routes]]\nname = \"team-a\"\npath_prefix = \"/team-a\"\nstrip_prefix = true\nproject_uid = \"p001\"\nmethods = [\"GET\"]\nclients = [\"ci\"]\n",
+            base()
+        );
+        let cfg = load_str(&text, Path::new("."), &env()).unwrap();
+        assert_eq!(cfg.anonymous_client, Some(0));
+        assert_eq!(cfg.routes.len(), 1);
+        let mut h = [0u8; 32];
+        h[31] = 1;
+        assert_eq!(cfg.client_by_key_hash(&h), Some(0));
+    }
+
+    #[test]
+    fn unknown_keys_are_errors() {
+        let e = load_str(&format!("{}[server]\nlisten = \"127.0.0.1:1\"\nlisen = 1\n", base()), Path::new("."), &env()).unwrap_err();
+        assert!(matches!(e, ConfigError::Syntax(ref m) if m.contains("lisen")), "{e}");
+    }
+
+    #[test]
+    fn every_problem_is_named_by_field() {
+        let text = format!(
+            "{}[[clients]]\nname = \"a\"\n[[clients]]\nname = \"b\"\n[[clients]]\nname = \"c\"\ncredential = \"opz\"\nallow = [\"GET\"]\nkeys = [\"plain\"]\n",
+            base()
+        );
+        let p = problems(&text);
+        assert!(p.contains(&"clients[2].credential: no credential named \"opz\"".to_string()), "{p:?}");
+        assert!(p.iter().any(|l| l.starts_with("clients[2].allow[0]:")), "{p:?}");
+        assert!(p.iter().any(|l| l.starts_with("clients[2].keys[0]:")), "{p:?}");
+    }
+
+    #[test]
+    fn literal_secrets_are_refused() {
+        let p = problems("[upstream]\nurl = \"http://127.0.0.1:1\"\n[credentials.default]\napi_key = \"abc\"\n");
+        assert!(p.iter().any(|l| l.starts_with("credentials.default.api_key: a literal secret")), "{p:?}");
+        let p = problems(&format!("{}[credentials.ops]\nemail = \"a@b\"\npassword = \"x\"\n", base()));
+        assert!(p.iter().any(|l| l.starts_with("credentials.ops.password: a literal secret")), "{p:?}");
+    }
+
+    #[test]
+    fn missing_env_and_file_are_named() {
+        let p = problems("[upstream]\nurl = \"http://127.0.0.1:1\"\n[credentials.default]\napi_key_env = \"NOPE\"\n[credentials.f]\napi_key_file = \"/nonexistent/key\"\n");
+        assert!(p.contains(&"credentials.default.api_key_env: environment variable NOPE is not set".to_string()), "{p:?}");
+        assert!(p.iter().any(|l| l.starts_with("credentials.f.api_key_file: cannot read /nonexistent/key")), "{p:?}");
+    }
+
+    #[test]
+    fn secret_files_are_read_and_trimmed() {
+        let dir = std::env::temp_dir().join(format!("pg-cfg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("key"), "  file-key\n").unwrap();
+        let cfg = load_str("[upstream]\nurl = \"http://127.0.0.1:1\"\n[credentials.default]\napi_key_file = \"key\"\n", &dir, &env()).unwrap();
+        assert_eq!(cfg.credentials[0].kind, super::CredentialKind::ApiKey(super::Secret::new("file-key")));
+    }
+
+    #[test]
+    fn refresh_before_must_be_shorter_than_lifetime() {
+        let p = problems(&format!("{}[credentials.ops]\nemail = \"a@b\"\npassword_env = \"PALETTE_PASSWORD\"\ntoken_lifetime = \"1m\"\nrefresh_before = \"2m\"\n", base()));
+        assert!(p.iter().any(|l| l.starts_with("credentials.ops.refresh_before:")), "{p:?}");
+    }
+
+    #[test]
+    fn durations_are_humantime() {
+        let e = load_str(&format!("{}[credentials.ops]\nemail = \"a@b\"\npassword_env = \"PALETTE_PASSWORD\"\ntoken_lifetime = \"soon\"\n", base()), Path::new("."), &env()).unwrap_err();
+        assert!(matches!(e, ConfigError::Syntax(_)), "{e}");
+    }
+
+    #[test]
+    fn upstream_url_rules() {
+        for (url, want) in [("ftp://x", "scheme"), ("https://u:p@x", "user info"), ("https://x/api", "no path"), ("nope nope", "not a URL")] {
+            let p = problems(&format!("[upstream]\nurl = \"{url}\"\n[credentials.default]\napi_key_env = \"PALETTE_API_KEY\"\n"));
+            assert!(p.iter().any(|l| l.starts_with("upstream.url:") && l.contains(want)), "{url}: {p:?}");
+        }
+    }
+
+    #[test]
+    fn route_rules() {
+        let text = format!(
+            "{}[[routes]]\nname = \"r\"\npath_prefix = \"/a/\"\n[[routes]]\nname = \"r\"\npath_prefix = \"/b\"\nclients = [\"ghost\"]\nmethods = [\"get\"]\nproject_uid = \"bad uid\"\n",
+            base()
+        );
+        let p = problems(&text);
+        for want in ["routes[0].path_prefix:", "routes[1].name: duplicate", "routes[1].clients[0]: no client named \"ghost\"", "routes[1].methods[0]:", "routes[1].project_uid:"] {
+            assert!(p.iter().any(|l| l.starts_with(want)), "{want}: {p:?}");
+        }
+    }
+
+    #[test]
+    fn anonymous_client_must_exist() {
+        let p = problems(&format!("{}[auth]\nanonymous_client = \"side\"\n", base()));
+        assert_eq!(p, vec!["auth.anonymous_client: no client named \"side\"".to_string()]);
+    }
+
+    #[test]
+    fn duplicate_keys_and_names() {
+        let text = format!("{}[[clients]]\nname = \"a\"\nkeys = [\"{KEY_HASH}\"]\n[[clients]]\nname = \"a\"\nkeys = [\"{KEY_HASH}\"]\n", base());
+        let p = problems(&text);
+        assert!(p.iter().any(|l| l.starts_with("clients[1].name: duplicate")), "{p:?}");
+        assert!(p.iter().any(|l| l.starts_with("clients[1].keys[0]: this key hash is already used")), "{p:?}");
+    }
+
+    #[test]
+    fn projects_star_alone_and_cert_names_need_mtls() {
+        let text = format!("{}[[clients]]\nname = \"a\"\nprojects = [\"*\", \"p1\"]\ncert_names = [\"a.internal\"]\n", base());
+        let p = problems(&text);
+        assert!(p.iter().any(|l| l.starts_with("clients[0].projects:")), "{p:?}");
+        assert!(p.iter().any(|l| l.starts_with("clients[0].cert_names: needs server.tls.client_ca_file")), "{p:?}");
+    }
+
+    #[test]
+    fn client_default_credential_must_exist() {
+        let p = problems("[upstream]\nurl = \"http://127.0.0.1:1\"\n[credentials.x]\napi_key_env = \"PALETTE_API_KEY\"\n[[clients]]\nname = \"a\"\n");
+        assert!(p.iter().any(|l| l.starts_with("clients[0].credential: no credential named \"default\"")), "{p:?}");
+    }
+
+    proptest::proptest! {
+        /// Arbitrary text never panics the loader.
+        #[test]
+        fn arbitrary_input_gives_clean_error(text in "\\PC{0,200}") {
+            let _ = load_str(&text, Path::new("."), &env());
+        }
+    }
+}

@@ -1,0 +1,82 @@
+//! Upstream credentials at run time: API keys as ready headers, login credentials as token
+//! managers. Built from a config snapshot; token managers carry over to a new snapshot whose
+//! settings for them did not change, so a reload causes no new login.
+
+pub mod palette_auth;
+pub mod token;
+
+use std::sync::Arc;
+
+use http::HeaderValue;
+
+use crate::config::{Config, CredentialKind, Secret};
+use crate::upstream::UpstreamClient;
+pub use token::{Token, TokenManager, TokenUnavailable};
+
+/// One credential, ready to apply.
+#[derive(Debug, Clone)]
+pub enum UpstreamCredential {
+    /// `ApiKey: <key>`.
+    ApiKey {
+        /// The prepared, sensitive header value.
+        header: HeaderValue,
+        /// The key (to scrub from echoed errors).
+        secret: Secret,
+    },
+    /// `Authorization: <token>`.
+    Token(Arc<TokenManager>),
+}
+
+/// All credentials of a config, indexed like [`Config::credentials`].
+#[derive(Debug, Clone, Default)]
+pub struct Credentials {
+    items: Vec<(Arc<str>, UpstreamCredential)>,
+}
+
+/// Why a credential could not be prepared.
+#[derive(Debug, thiserror::Error)]
+#[error("credentials.{0}: the API key is not a valid header value")]
+pub struct InvalidKey(String);
+
+impl Credentials {
+    /// Prepares every credential of `cfg`; token managers of `previous` with identical settings
+    /// are reused (token and all).
+    pub fn build(cfg: &Config, client: &UpstreamClient, previous: Option<&Credentials>) -> Result<Self, InvalidKey> {
+        let mut items = Vec::with_capacity(cfg.credentials.len());
+        for c in &cfg.credentials {
+            let cred = match &c.kind {
+                CredentialKind::ApiKey(secret) => {
+                    let mut header = HeaderValue::from_str(secret.expose()).map_err(|_| InvalidKey(c.name.clone()))?;
+                    header.set_sensitive(true);
+                    UpstreamCredential::ApiKey { header, secret: secret.clone() }
+                }
+                CredentialKind::Token(settings) => {
+                    let reused = previous.and_then(|p| p.token_manager(&c.name)).filter(|m| m.settings() == settings);
+                    UpstreamCredential::Token(reused.unwrap_or_else(|| Arc::new(TokenManager::new(&c.name, settings.clone(), client.clone()))))
+                }
+            };
+            items.push((Arc::from(c.name.as_str()), cred));
+        }
+        Ok(Credentials { items })
+    }
+
+    /// The credential at `index`.
+    pub fn get(&self, index: usize) -> Option<&UpstreamCredential> {
+        self.items.get(index).map(|(_, c)| c)
+    }
+
+    /// Every token manager with its name.
+    pub fn token_managers(&self) -> impl Iterator<Item = &Arc<TokenManager>> {
+        self.items.iter().filter_map(|(_, c)| match c {
+            UpstreamCredential::Token(m) => Some(m),
+            UpstreamCredential::ApiKey { .. } => None,
+        })
+    }
+
+    fn token_manager(&self, name: &str) -> Option<Arc<TokenManager>> {
+        self.items.iter().find(|(n, _)| &**n == name).and_then(|(_, c)| match c {
+            UpstreamCredential::Token(m) => Some(m.clone()),
+            UpstreamCredential::ApiKey { .. } => None,
+        })
+    }
+}

@@ -1,0 +1,135 @@
+//! Every error the gateway answers itself, and the one function that turns it into Palette's
+//! JSON error shape (`{"code","message","ref","details"}`) with the right status.
+
+use http::{header, HeaderValue, Response, StatusCode};
+
+use crate::body::{self, Body};
+use crate::path::PathError;
+
+/// A request the gateway answers itself instead of forwarding.
+#[derive(Debug, thiserror::Error)]
+pub enum GatewayError {
+    /// The path failed the check.
+    #[error("invalid request path: {0}")]
+    InvalidPath(#[from] PathError),
+    /// A malformed request (header, query, target form).
+    #[error("{0}")]
+    BadRequest(String),
+    /// CONNECT and other methods a reverse proxy does not serve.
+    #[error("method {0} is not supported by the gateway")]
+    MethodNotAllowed(String),
+    /// No local credential and no anonymous client.
+    #[error("a local credential is required: send ApiKey: <local key> or Authorization: Bearer <local key>")]
+    MissingCredential,
+    /// A local credential that identifies no client.
+    #[error("{0}")]
+    UnknownCredential(String),
+    /// `allow` refused the request.
+    #[error("client {client} may not {method} {path}")]
+    Forbidden { client: String, method: String, path: String },
+    /// A client tried to use the gateway's own Palette session.
+    #[error("client {client} may not call {path}: /v1/auth/** is reserved to the gateway's own session")]
+    AuthPathForbidden { client: String, path: String },
+    /// A `ProjectUid` outside the client's `projects`.
+    #[error("client {client} may not use project {project}")]
+    ProjectForbidden { client: String, project: String },
+    /// No valid upstream token could be had.
+    #[error("credential {credential} has no valid upstream token: {reason}")]
+    CredentialUnavailable { credential: String, reason: String },
+    /// The upstream could not be reached.
+    #[error("upstream unavailable: {0}")]
+    UpstreamUnavailable(String),
+    /// The upstream did not answer in time.
+    #[error("upstream did not answer within {0}")]
+    UpstreamTimeout(String),
+    /// The upstream answered something unusable.
+    #[error("upstream error: {0}")]
+    UpstreamError(String),
+}
+
+impl GatewayError {
+    /// Status and Palette error `code` for this error.
+    pub fn status_and_code(&self) -> (StatusCode, &'static str) {
+        match self {
+            GatewayError::InvalidPath(_) => (StatusCode::BAD_REQUEST, "InvalidPath"),
+            GatewayError::BadRequest(_) => (StatusCode::BAD_REQUEST, "BadRequest"),
+            GatewayError::MethodNotAllowed(_) => (StatusCode::METHOD_NOT_ALLOWED, "MethodNotAllowed"),
+            GatewayError::MissingCredential => (StatusCode::UNAUTHORIZED, "Unauthorized"),
+            GatewayError::UnknownCredential(_) => (StatusCode::UNAUTHORIZED, "Unauthorized"),
+            GatewayError::Forbidden { .. } => (StatusCode::FORBIDDEN, "Forbidden"),
+            GatewayError::AuthPathForbidden { .. } => (StatusCode::FORBIDDEN, "Forbidden"),
+            GatewayError::ProjectForbidden { .. } => (StatusCode::FORBIDDEN, "ProjectForbidden"),
+            GatewayError::CredentialUnavailable { .. } => (StatusCode::SERVICE_UNAVAILABLE, "CredentialUnavailable"),
+            GatewayError::UpstreamUnavailable(_) => (StatusCode::BAD_GATEWAY, "UpstreamUnavailable"),
+            GatewayError::UpstreamTimeout(_) => (StatusCode::GATEWAY_TIMEOUT, "UpstreamTimeout"),
+            GatewayError::UpstreamError(_) => (StatusCode::BAD_GATEWAY, "UpstreamError"),
+        }
+    }
+
+    /// The Palette-shaped answer; `request_id` becomes `ref`.
+    pub fn into_response(self, request_id: &str) -> Response<Body> {
+        let (status, code) = self.status_and_code();
+        let mut resp = palette_error(status, code, &self.to_string(), request_id);
+        if matches!(self, GatewayError::MissingCredential | GatewayError::UnknownCredential(_)) {
+            resp.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        resp
+    }
+}
+
+/// A Palette-shaped JSON error answer.
+pub fn palette_error(status: StatusCode, code: &str, message: &str, request_id: &str) -> Response<Body> {
+    let json = serde_json::json!({ "code": code, "message": message, "ref": request_id, "details": {} });
+    let mut resp = Response::new(body::full(json.to_string()));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::BodyExt;
+
+    fn all() -> Vec<(GatewayError, u16, &'static str)> {
+        vec![
+            (GatewayError::InvalidPath(PathError::DotSegment), 400, "InvalidPath"),
+            (GatewayError::BadRequest("x".into()), 400, "BadRequest"),
+            (GatewayError::MethodNotAllowed("CONNECT".into()), 405, "MethodNotAllowed"),
+            (GatewayError::MissingCredential, 401, "Unauthorized"),
+            (GatewayError::UnknownCredential("x".into()), 401, "Unauthorized"),
+            (GatewayError::Forbidden { client: "c".into(), method: "GET".into(), path: "/v1/x".into() }, 403, "Forbidden"),
+            (GatewayError::AuthPathForbidden { client: "c".into(), path: "/v1/auth/x".into() }, 403, "Forbidden"),
+            (GatewayError::ProjectForbidden { client: "c".into(), project: "p".into() }, 403, "ProjectForbidden"),
+            (GatewayError::CredentialUnavailable { credential: "ops".into(), reason: "r".into() }, 503, "CredentialUnavailable"),
+            (GatewayError::UpstreamUnavailable("x".into()), 502, "UpstreamUnavailable"),
+            (GatewayError::UpstreamTimeout("5s".into()), 504, "UpstreamTimeout"),
+            (GatewayError::UpstreamError("x".into()), 502, "UpstreamError"),
+        ]
+    }
+
+    #[test]
+    fn each_error_has_its_status_and_code() {
+        for (e, status, code) in all() {
+            assert_eq!(e.status_and_code(), (StatusCode::from_u16(status).unwrap(), code), "{e:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn body_is_palette_shaped() {
+        let resp = GatewayError::Forbidden { client: "ci".into(), method: "DELETE".into(), path: "/v1/x".into() }.into_response("rid-1");
+        assert_eq!(resp.status(), 403);
+        assert_eq!(resp.headers()[header::CONTENT_TYPE], "application/json");
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(v["code"], "Forbidden");
+        assert_eq!(v["message"], "client ci may not DELETE /v1/x");
+        assert_eq!(v["ref"], "rid-1");
+    }
+
+    #[test]
+    fn unauthorized_carries_www_authenticate() {
+        let resp = GatewayError::MissingCredential.into_response("r");
+        assert_eq!(resp.headers()[header::WWW_AUTHENTICATE], "Bearer");
+    }
+}

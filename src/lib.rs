@@ -1,0 +1,34 @@
+//! palette-gateway: an authenticating, credential-swapping reverse proxy for the Spectro Cloud
+//! Palette API. Internal tools call the gateway with a local credential; the gateway checks
+//! what they may do and calls Palette with the real credential (an `ApiKey`, or a token it
+//! logs in for and keeps fresh).
+//!
+//! Layout (one concern per module):
+//! - [`config`]: TOML → validated, immutable [`config::Config`] (secrets from env/files).
+//! - [`server`]: listeners, TLS/mTLS, HTTP/1.1 + HTTP/2, drain. [`admin`]: `/healthz`, `/readyz`.
+//! - [`proxy`]: the request path, in order: [`path`] check → [`auth`] → [`routes`] → [`policy`]
+//!   ([`pattern`]) → [`scope`] → [`forward`] hygiene → credential swap ([`credentials`]) →
+//!   [`upstream`] client. [`error`] is the one place that shapes the gateway's own answers.
+//! - [`app`]: wiring and task ownership. [`cli`]: the command line. [`demo`] and
+//!   [`fake_palette`]: the offline demo and the fake upstream the tests share.
+#![forbid(unsafe_code)]
+
+pub mod admin;
+pub mod app;
+pub mod auth;
+pub mod body;
+pub mod cli;
+pub mod config;
+pub mod credentials;
+//TMP pub mod demo;
+pub mod error;
+//TMP pub mod fake_palette;
+pub mod forward;
+pub mod path;
+pub mod pattern;
+pub mod policy;
+pub mod proxy;
+pub mod routes;
+pub mod scope;
+pub mod server;
+pub mod upstream;

@@ -1,0 +1,275 @@
+//! The request-path check: every path is validated and normalized once, before any rule sees it.
+//!
+//! The rule is "one spelling per path": a path that could be read two ways (by the gateway and by
+//! Palette's router) is refused rather than guessed at, so no spelling slips past a route, an
+//! `allow` rule or the `/v1/auth/**` block. What passes is forwarded byte for byte.
+
+use std::fmt;
+
+/// Why a request path was refused (always answered 400).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PathError {
+    #[error("path must start with '/'")]
+    NotAbsolute,
+    #[error("path contains an empty segment ('//' or a trailing '/')")]
+    EmptySegment,
+    #[error("path contains a dot-segment ('.' or '..')")]
+    DotSegment,
+    #[error("path contains an encoded '/', '\\' or '.' ({0})")]
+    EncodedSeparator(String),
+    #[error("path contains a backslash")]
+    Backslash,
+    #[error("path contains invalid percent-encoding")]
+    InvalidPercentEncoding,
+    #[error("path contains an encoded control character")]
+    EncodedControl,
+}
+
+/// A path that passed [`check`]: normalized (percent-encoded unreserved characters decoded,
+/// remaining escapes upper-cased) and split into segments.
+#[derive(Clone, PartialEq, Eq)]
+pub struct CheckedPath {
+    path: String,
+}
+
+impl CheckedPath {
+    /// The normalized path, as it is forwarded.
+    pub fn as_str(&self) -> &str {
+        &self.path
+    }
+
+    /// The segments after the leading '/' ("/" has none).
+    pub fn segments(&self) -> impl Iterator<Item = &str> + Clone {
+        self.path[1..].split('/').filter(|s| !s.is_empty())
+    }
+
+    /// The path left after `prefix` (whole segments), or `None` when it does not start with it.
+    /// `/team-a/v1/x` minus `/team-a` is `/v1/x`; `/team-a` minus itself is `/`.
+    pub fn strip_prefix(&self, prefix: &str) -> Option<&str> {
+        if prefix == "/" {
+            return Some(&self.path);
+        }
+        let rest = self.path.strip_prefix(prefix)?;
+        if rest.is_empty() {
+            Some("/")
+        } else if rest.starts_with('/') {
+            Some(rest)
+        } else {
+            None
+        }
+    }
+}
+
+impl CheckedPath {
+    /// Another checked path that is a suffix of this one (from [`CheckedPath::strip_prefix`]),
+    /// which is therefore already in checked form.
+    pub fn with_path(&self, rest: &str) -> CheckedPath {
+        debug_assert!(self.path.ends_with(rest) || rest == "/");
+        CheckedPath { path: rest.to_string() }
+    }
+}
+
+impl fmt::Debug for CheckedPath {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.path)
+    }
+}
+
+impl fmt::Display for CheckedPath {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.path)
+    }
+}
+
+fn hex_val(b: u8) -> Option<u8> {
+    match b {
+        b'0'..=b'9' => Some(b - b'0'),
+        b'a'..=b'f' => Some(b - b'a' + 10),
+        b'A'..=b'F' => Some(b - b'A' + 10),
+        _ => None,
+    }
+}
+
+fn is_unreserved(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'~')
+}
+
+/// Checks and normalizes a request path (without its query).
+///
+/// Refused: a path not starting with '/', empty segments (`//`, a trailing `/` except on "/"),
+/// dot-segments, a literal backslash, `%2f` `%5c` `%2e` in any case, `%` not followed by two hex
+/// digits, and encoded control characters. Encoded unreserved characters (`%41` for `A`) are
+/// decoded so that `/v1/%61uth` is matched, and forwarded, as `/v1/auth`.
+pub fn check(raw: &str) -> Result<CheckedPath, PathError> {
+    let bytes = raw.as_bytes();
+    if bytes.first() != Some(&b'/') {
+        return Err(PathError::NotAbsolute);
+    }
+    if raw == "/" {
+        return Ok(CheckedPath { path: "/".into() });
+    }
+    let mut out = String::with_capacity(raw.len());
+    for segment in raw[1..].split('/') {
+        if segment.is_empty() {
+            return Err(PathError::EmptySegment);
+        }
+        out.push('/');
+        let start = out.len();
+        let seg = segment.as_bytes();
+        let mut i = 0;
+        while i < seg.len() {
+            let b = seg[i];
+            match b {
+                b'%' => {
+                    let (hi, lo) = match (seg.get(i + 1), seg.get(i + 2)) {
+                        (Some(&h), Some(&l)) => (h, l),
+                        _ => return Err(PathError::InvalidPercentEncoding),
+                    };
+                    let v = match (hex_val(hi), hex_val(lo)) {
+                        (Some(h), Some(l)) => h << 4 | l,
+                        _ => return Err(PathError::InvalidPercentEncoding),
+                    };
+                    match v {
+                        b'/' | b'\\' | b'.' => {
+                            return Err(PathError::EncodedSeparator(
+                                String::from_utf8_lossy(&seg[i..i + 3]).into_owned(),
+                            ))
+                        }
+                        0..=0x1f | 0x7f => return Err(PathError::EncodedControl),
+                        v if is_unreserved(v) => out.push(v as char),
+                        v => {
+                            out.push('%');
+                            out.push(char::from(b"0123456789ABCDEF"[usize::from(v >> 4)]));
+                            out.push(char::from(b"0123456789ABCDEF"[usize::from(v & 0xf)]));
+                        }
+                    }
+                    i += 3;
+                }
+                b'\\' => return Err(PathError::Backslash),
+                0..=0x1f | 0x7f => return Err(PathError::EncodedControl),
+                _ => {
+                    // Non-ASCII cannot reach here through hyper's URI parser; keep bytes as-is.
+                    let ch_len = utf8_len(b);
+                    out.push_str(&segment[i..(i + ch_len).min(seg.len())]);
+                    i += ch_len;
+                    continue;
+                }
+            }
+        }
+        let normalized = &out[start..];
+        if normalized == "." || normalized == ".." {
+            return Err(PathError::DotSegment);
+        }
+    }
+    Ok(CheckedPath { path: out })
+}
+
+fn utf8_len(first: u8) -> usize {
+    match first {
+        0xf0..=0xff => 4,
+        0xe0..=0xef => 3,
+        0xc0..=0xdf => 2,
+        _ => 1,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn plain_paths_pass_unchanged() {
+        for p in ["/", "/v1/spectroclusters", "/v1/users/auth/tokens/revoke", "/v1/a-b_c~d/x1"] {
+            assert_eq!(check(p).unwrap().as_str(), p);
+        }
+    }
+
+    #[test]
+    fn dot_segments_are_refused() {
+        for p in ["/v1/./x", "/v1/../auth", "/..", "/v1/x/.", "/v1/%2e%2e/auth", "/v1/.%2e/auth"] {
+            assert!(check(p).is_err(), "{p}");
+        }
+        assert_eq!(check("/v1/..").unwrap_err(), PathError::DotSegment);
+        // Dots inside a segment are ordinary characters.
+        assert_eq!(check("/v1/a..b/.x").unwrap().as_str(), "/v1/a..b/.x");
+    }
+
+    #[test]
+    fn encoded_separators_are_refused() {
+        for p in ["/v1%2fauth", "/v1%2Fauth", "/v1/a%5cb", "/v1/a%5Cb", "/v1/%2e", "/v1/%2E"] {
+            assert!(matches!(check(p), Err(PathError::EncodedSeparator(_))), "{p}");
+        }
+        assert_eq!(check("/v1\\auth").unwrap_err(), PathError::Backslash);
+    }
+
+    #[test]
+    fn empty_segments_are_refused() {
+        for p in ["//v1", "/v1//x", "/v1/", "/v1/x/"] {
+            assert_eq!(check(p).unwrap_err(), PathError::EmptySegment, "{p}");
+        }
+    }
+
+    #[test]
+    fn invalid_percent_encoding_is_refused() {
+        for p in ["/v1/%", "/v1/%4", "/v1/%zz", "/v1/%g1/x"] {
+            assert_eq!(check(p).unwrap_err(), PathError::InvalidPercentEncoding, "{p}");
+        }
+        assert_eq!(check("/v1/%00").unwrap_err(), PathError::EncodedControl);
+        assert_eq!(check("/v1/%7f").unwrap_err(), PathError::EncodedControl);
+    }
+
+    #[test]
+    fn unreserved_escapes_are_decoded_others_uppercased() {
+        assert_eq!(check("/v1/%61uth").unwrap().as_str(), "/v1/auth");
+        assert_eq!(check("/v1/a%3ab%20c").unwrap().as_str(), "/v1/a%3Ab%20c");
+        assert_eq!(check("/x%2D%5f%7E").unwrap().as_str(), "/x-_~");
+    }
+
+    #[test]
+    fn not_absolute_is_refused() {
+        assert_eq!(check("v1/x").unwrap_err(), PathError::NotAbsolute);
+        assert_eq!(check("").unwrap_err(), PathError::NotAbsolute);
+        assert_eq!(check("*").unwrap_err(), PathError::NotAbsolute);
+    }
+
+    #[test]
+    fn strip_prefix_takes_whole_segments() {
+        let p = check("/team-a/v1/x").unwrap();
+        assert_eq!(p.strip_prefix("/team-a"), Some("/v1/x"));
+        assert_eq!(p.strip_prefix("/team"), None);
+        assert_eq!(check("/team-a").unwrap().strip_prefix("/team-a"), Some("/"));
+        assert_eq!(check("/team-ab/v1").unwrap().strip_prefix("/team-a"), None);
+        assert_eq!(p.strip_prefix("/"), Some("/team-a/v1/x"));
+    }
+
+    #[test]
+    fn segments_split() {
+        let p = check("/v1/a/b").unwrap();
+        assert_eq!(p.segments().collect::<Vec<_>>(), vec!["v1", "a", "b"]);
+        assert_eq!(check("/").unwrap().segments().count(), 0);
+    }
+
+    proptest! {
+        /// Whatever goes in, a checked path is idempotent under check and has no way to hide a
+        /// separator or dot-segment.
+        #[test]
+        fn checked_paths_are_canonical(raw in "/[a-zA-Z0-9%./\\\\_~-]{0,40}") {
+            if let Ok(p) = check(&raw) {
+                let again = check(p.as_str()).unwrap();
+                prop_assert_eq!(again.as_str(), p.as_str());
+                let lower = p.as_str().to_ascii_lowercase();
+                prop_assert!(!lower.contains("%2f") && !lower.contains("%2e") && !lower.contains("%5c"));
+                prop_assert!(!p.as_str().contains("//"));
+                for s in p.segments() {
+                    prop_assert!(s != "." && s != "..");
+                }
+            }
+        }
+
+        #[test]
+        fn never_panics(raw in "\\PC{0,64}") {
+            let _ = check(&raw);
+        }
+    }
+}
