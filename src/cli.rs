@@ -16,8 +16,8 @@ pub struct Cli {
     /// Config file (TOML).
     #[arg(long, env = "PALETTE_GATEWAY_CONFIG", global = true, value_name = "PATH")]
     pub config: Option<PathBuf>,
-    /// Run fully offline: a fake Palette on loopback plus the demo config.
-    #[arg(long, conflicts_with = "config")]
+    /// Run fully offline: a fake Palette on loopback plus the demo config (ignores --config).
+    #[arg(long)]
     pub demo: bool,
     #[command(subcommand)]
     pub command: Option<Command>,

@@ -24,6 +24,8 @@ pub mod credentials;
 pub mod error;
 //TMP pub mod fake_palette;
 pub mod forward;
+pub mod limit;
+pub mod metrics;
 pub mod path;
 pub mod pattern;
 pub mod policy;

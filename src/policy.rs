@@ -46,6 +46,7 @@ mod tests {
             credential: 0,
             projects: Projects::Any,
             allow: allow.map(|a| a.iter().map(|r| AllowRule::parse(r).unwrap()).collect()),
+            rate_limit: None,
         }
     }
 

@@ -215,6 +215,11 @@ async fn process(
                     let resp = send(&rt.upstream, req).await?;
                     return Ok(finish(forward::scrub_error(resp, &[fresh.value.expose(), token.value.expose()], rid).await));
                 }
+                None if resp.status() == http::StatusCode::UNAUTHORIZED => {
+                    // Not replayable: the 401 passes through, but the refused token goes.
+                    manager.invalidate(token.generation);
+                    resp
+                }
                 _ => resp,
             };
             forward::scrub_error(resp, &[token.value.expose()], rid).await

@@ -104,7 +104,7 @@ mod tests {
     use std::sync::Arc;
 
     fn client(projects: Projects) -> Client {
-        Client { name: Arc::from("ci"), credential: 0, projects, allow: None }
+        Client { name: Arc::from("ci"), credential: 0, projects, allow: None, rate_limit: None }
     }
 
     fn route(project: &str) -> Route {

@@ -23,6 +23,45 @@ pub struct RawConfig {
     pub clients: Vec<RawClient>,
     #[serde(default)]
     pub routes: Vec<RawRoute>,
+    #[serde(default)]
+    pub rate_limit: RawRateLimits,
+}
+
+/// `{ per_second = 10, burst = 20 }`.
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRate {
+    pub per_second: f64,
+    pub burst: Option<u32>,
+}
+
+/// `[rate_limit]`: per-client default and a global limit across all clients.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRateLimits {
+    pub default: Option<RawRate>,
+    pub global: Option<RawRate>,
+}
+
+/// `[upstream.limits]`: the outbound budget that keeps Palette from answering 429.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawUpstreamLimits {
+    pub preset: Option<String>,
+    #[serde(default, with = "humantime_serde")]
+    pub max_wait: Option<Duration>,
+    pub max_queue: Option<usize>,
+    #[serde(default)]
+    pub prefix: Vec<RawPrefixLimit>,
+}
+
+/// `[[upstream.limits.prefix]]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPrefixLimit {
+    pub prefix: String,
+    pub per_second: f64,
+    pub burst: Option<u32>,
 }
 
 /// `[server]`.
@@ -69,6 +108,8 @@ pub struct RawUpstream {
     pub connect_timeout: Option<Duration>,
     #[serde(default, with = "humantime_serde")]
     pub request_timeout: Option<Duration>,
+    #[serde(default)]
+    pub limits: RawUpstreamLimits,
 }
 
 /// `[credentials.NAME]`: an API key or a login (token) credential.
@@ -112,6 +153,7 @@ pub struct RawClient {
     pub allow: Option<Vec<String>>,
     #[serde(default)]
     pub cert_names: Vec<String>,
+    pub rate_limit: Option<RawRate>,
 }
 
 /// `[[routes]]`.

@@ -97,6 +97,8 @@ pub struct Config {
     pub routes: Vec<Route>,
     /// The client that requests without a local credential act as.
     pub anonymous_client: Option<usize>,
+    /// `[rate_limit] global`: one limit across all clients.
+    pub global_rate_limit: Option<Rate>,
     key_index: HashMap<[u8; 32], usize>,
     cert_index: HashMap<String, usize>,
 }
@@ -156,6 +158,37 @@ pub struct UpstreamConfig {
     pub connect_timeout: Duration,
     /// Time allowed until the upstream's response headers.
     pub request_timeout: Duration,
+    /// The outbound budget per Palette resource prefix.
+    pub limits: UpstreamLimits,
+}
+
+/// A rate: `per_second` sustained, `burst` requests at once.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Rate {
+    /// Sustained requests per second (may be fractional).
+    pub per_second: f64,
+    /// Requests allowed at once (≥ 1).
+    pub burst: u32,
+}
+
+/// `[upstream.limits]`, with the preset and overrides merged.
+#[derive(Debug, Clone, PartialEq)]
+pub struct UpstreamLimits {
+    /// Budget rules; the longest matching prefix decides a request's bucket. Empty: no budget.
+    pub rules: Vec<PrefixLimit>,
+    /// Longest a request waits for budget before it gets 429.
+    pub max_wait: Duration,
+    /// Most requests waiting per prefix; past it, 429 at once.
+    pub max_queue: usize,
+}
+
+/// One budget rule: a whole-segment prefix (`:name` segments match any one segment).
+#[derive(Debug, Clone, PartialEq)]
+pub struct PrefixLimit {
+    /// `/v1/spectroclusters/:uid/assets`; `*` is the catch-all for paths no other rule covers.
+    pub prefix: String,
+    /// The rate for this prefix.
+    pub rate: Rate,
 }
 
 /// An upstream credential.
@@ -221,6 +254,8 @@ pub struct Client {
     pub projects: Projects,
     /// `allow`; `None` allows everything.
     pub allow: Option<Vec<AllowRule>>,
+    /// The client's own limit (its `rate_limit`, else `[rate_limit] default`); `None`: unlimited.
+    pub rate_limit: Option<Rate>,
 }
 
 /// A route rule.

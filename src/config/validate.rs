@@ -10,10 +10,10 @@ use std::time::Duration;
 use http::Method;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
-use super::file::{RawClient, RawConfig, RawCredential, RawRoute, RawServerTls, RawUpstream};
+use super::file::{RawClient, RawConfig, RawCredential, RawRate, RawRoute, RawServerTls, RawUpstream};
 use super::{
-    Client, Config, Credential, CredentialKind, Environment, Problem, Projects, Route, Secret,
-    ServerConfig, ServerTls, TokenSettings, UpstreamConfig,
+    Client, Config, Credential, CredentialKind, Environment, PrefixLimit, Problem, Projects, Rate, Route, Secret,
+    ServerConfig, ServerTls, TokenSettings, UpstreamConfig, UpstreamLimits,
 };
 use crate::config::ConfigError;
 use crate::pattern::AllowRule;
@@ -38,6 +38,8 @@ pub(super) fn validate(raw: RawConfig, base: &Path, env: &dyn Environment) -> Re
         credentials.iter().enumerate().map(|(i, c)| (c.name.as_str(), i)).collect();
     let mtls = server.as_ref().is_some_and(|s| s.tls.as_ref().is_some_and(|t| t.mtls));
 
+    let default_rate = raw.rate_limit.default.and_then(|r| rate(r, "rate_limit.default", &mut p));
+    let global_rate_limit = raw.rate_limit.global.and_then(|r| rate(r, "rate_limit.global", &mut p));
     let mut client_names: HashMap<String, usize> = HashMap::new();
     let mut clients = Vec::with_capacity(raw.clients.len());
     let mut key_index = HashMap::new();
@@ -62,7 +64,11 @@ pub(super) fn validate(raw: RawConfig, base: &Path, env: &dyn Environment) -> Re
                 p.add(format!("{field}.cert_names[{k}]"), format!("certificate name {name:?} already identifies another client"));
             }
         }
-        if let Some(client) = client(c, &field, &cred_names, mtls, &mut p) {
+        if let Some(mut client) = client(c, &field, &cred_names, &raw.credentials, mtls, &mut p) {
+            client.rate_limit = match c.rate_limit {
+                Some(r) => rate(r, &format!("{field}.rate_limit"), &mut p),
+                None => default_rate,
+            };
             clients.push(client);
         }
     }
@@ -97,6 +103,7 @@ pub(super) fn validate(raw: RawConfig, base: &Path, env: &dyn Environment) -> Re
             clients,
             routes,
             anonymous_client,
+            global_rate_limit,
             key_index,
             cert_index,
         }),
@@ -250,8 +257,59 @@ fn upstream(u: &RawUpstream, base: &Path, env: &dyn Environment, p: &mut Problem
     };
     let connect_timeout = positive(u.connect_timeout.unwrap_or(Duration::from_secs(5)), "upstream.connect_timeout", p);
     let request_timeout = positive(u.request_timeout.unwrap_or(Duration::from_secs(60)), "upstream.request_timeout", p);
+    let limits = upstream_limits(u, p);
     let (scheme, authority) = parts?;
-    Some(UpstreamConfig { scheme, authority, extra_roots, connect_timeout, request_timeout })
+    Some(UpstreamConfig { scheme, authority, extra_roots, connect_timeout, request_timeout, limits: limits? })
+}
+
+fn rate(r: RawRate, field: &str, p: &mut Problems) -> Option<Rate> {
+    if !(r.per_second.is_finite() && r.per_second > 0.0 && r.per_second <= 1_000_000.0) {
+        p.add(format!("{field}.per_second"), "must be a number greater than 0 (at most 1000000)");
+        return None;
+    }
+    let burst = match r.burst {
+        Some(0) => {
+            p.add(format!("{field}.burst"), "must be at least 1");
+            return None;
+        }
+        Some(b) => b,
+        // One second's worth, at least one request.
+        None => r.per_second.ceil().max(1.0) as u32,
+    };
+    Some(Rate { per_second: r.per_second, burst })
+}
+
+fn upstream_limits(u: &RawUpstream, p: &mut Problems) -> Option<UpstreamLimits> {
+    let l = &u.limits;
+    let before = p.0.len();
+    let mut rules = match l.preset.as_deref() {
+        None | Some("palette") => crate::limit::upstream::palette_preset(),
+        Some("none") => Vec::new(),
+        Some(other) => {
+            p.add("upstream.limits.preset", format!("{other:?} is not a preset: use \"palette\" (the default) or \"none\""));
+            Vec::new()
+        }
+    };
+    for (i, raw) in l.prefix.iter().enumerate() {
+        let field = format!("upstream.limits.prefix[{i}]");
+        if let Err(m) = crate::limit::upstream::check_prefix(&raw.prefix) {
+            p.add(format!("{field}.prefix"), m);
+            continue;
+        }
+        let Some(rate) = rate(RawRate { per_second: raw.per_second, burst: raw.burst }, &field, p) else {
+            continue;
+        };
+        match rules.iter_mut().find(|r| r.prefix == raw.prefix) {
+            Some(existing) => existing.rate = rate,
+            None => rules.push(PrefixLimit { prefix: raw.prefix.clone(), rate }),
+        }
+    }
+    let max_wait = l.max_wait.unwrap_or(Duration::from_secs(2));
+    let max_queue = l.max_queue.unwrap_or(1024);
+    if max_queue == 0 {
+        p.add("upstream.limits.max_queue", "must be at least 1");
+    }
+    (p.0.len() == before).then_some(UpstreamLimits { rules, max_wait, max_queue })
 }
 
 fn positive(d: Duration, field: &str, p: &mut Problems) -> Duration {
@@ -389,14 +447,22 @@ fn parse_key_hash(text: &str) -> Result<[u8; 32], String> {
     }
 }
 
-fn client(c: &RawClient, field: &str, creds: &HashMap<&str, usize>, mtls: bool, p: &mut Problems) -> Option<Client> {
+fn client(
+    c: &RawClient,
+    field: &str,
+    creds: &HashMap<&str, usize>,
+    declared: &BTreeMap<String, RawCredential>,
+    mtls: bool,
+    p: &mut Problems,
+) -> Option<Client> {
     let before = p.0.len();
     if !valid_name(&c.name) {
         p.add(format!("{field}.name"), "must be 1-64 characters of letters, digits, '-', '_', '.'");
     }
     let cred_name = c.credential.as_deref().unwrap_or(DEFAULT_CREDENTIAL);
     let credential = creds.get(cred_name).copied();
-    if credential.is_none() {
+    // A declared credential that failed to load has its own problem reported already.
+    if credential.is_none() && !declared.contains_key(cred_name) {
         let hint = if c.credential.is_none() { " (the default; set credential = \"...\" or define [credentials.default])" } else { "" };
         p.add(format!("{field}.credential"), format!("no credential named {cred_name:?}{hint}"));
     }
@@ -433,10 +499,10 @@ fn client(c: &RawClient, field: &str, creds: &HashMap<&str, usize>, mtls: bool, 
     if !c.cert_names.is_empty() && !mtls {
         p.add(format!("{field}.cert_names"), "needs server.tls.client_ca_file (mTLS) to be set");
     }
-    if p.0.len() != before {
+    if p.0.len() != before || credential.is_none() {
         return None;
     }
-    Some(Client { name: Arc::from(c.name.as_str()), credential: credential?, projects, allow })
+    Some(Client { name: Arc::from(c.name.as_str()), credential: credential?, projects, allow, rate_limit: None })
 }
 
 fn valid_project_uid(uid: &str) -> bool {

@@ -15,6 +15,9 @@ use super::palette_auth::{self, AuthCallError, IssuedToken};
 use crate::config::{Secret, TokenSettings};
 use crate::upstream::UpstreamClient;
 
+/// After a failed renewal, requests fail fast for this long instead of each trying again.
+const FAIL_FAST_WINDOW: Duration = Duration::from_secs(1);
+
 /// A token in use.
 #[derive(Debug)]
 pub struct Token {
@@ -55,7 +58,8 @@ pub struct TokenManager {
     /// Finished renewal attempts; lets a waiter tell that a renewal failed while it waited.
     attempts: AtomicU64,
     generation: AtomicU64,
-    last_error: Mutex<Option<String>>,
+    /// The last failed renewal's message and time.
+    last_error: Mutex<Option<(String, Instant)>>,
     /// Wakes the background task when a token is dropped.
     dropped: Notify,
     logins: AtomicU64,
@@ -103,7 +107,7 @@ impl TokenManager {
 
     /// The last renewal error, if the last attempt failed.
     pub fn last_error(&self) -> Option<String> {
-        self.last_error.lock().ok().and_then(|e| e.clone())
+        self.last_error.lock().ok().and_then(|e| e.as_ref().map(|(m, _)| m.clone()))
     }
 
     /// Successful logins and refreshes so far.
@@ -123,14 +127,19 @@ impl TokenManager {
     /// The upstream refused the token of `generation`: drop it (if still current) and get a
     /// fresh one, shared with every other request that saw the same refusal.
     pub async fn replace(&self, generation: u64) -> Result<Arc<Token>, TokenUnavailable> {
+        self.invalidate(generation);
+        self.renew_shared(Some(generation)).await
+    }
+
+    /// The upstream refused the token of `generation`: drop it if it is still current, so the
+    /// next request (or the background task, woken now) gets a new one.
+    pub fn invalidate(&self, generation: u64) {
         let current = self.current.load();
         if current.as_ref().is_some_and(|t| t.generation == generation) {
             self.current.compare_and_swap(&current, None);
             tracing::warn!(credential = %self.name, "upstream refused the token; logging in again");
             self.dropped.notify_one();
         }
-        drop(current);
-        self.renew_shared(Some(generation)).await
     }
 
     async fn renew_shared(&self, refuted: Option<u64>) -> Result<Arc<Token>, TokenUnavailable> {
@@ -139,11 +148,20 @@ impl TokenManager {
         if let Some(t) = self.current().filter(|t| Some(t.generation) != refuted) {
             return Ok(t);
         }
-        if self.attempts.load(Ordering::Acquire) != seen {
-            // A renewal ran and failed while we waited: share its answer rather than pile on.
+        if self.attempts.load(Ordering::Acquire) != seen || self.failed_recently() {
+            // A renewal failed while we waited, or just before: share its answer rather than
+            // pile logins onto an upstream that is refusing them (the background task retries).
             return Err(TokenUnavailable(self.last_error().unwrap_or_else(|| "login failed".into())));
         }
         self.renew_locked(false).await
+    }
+
+    fn failed_recently(&self) -> bool {
+        self.last_error
+            .lock()
+            .ok()
+            .and_then(|e| e.as_ref().map(|(_, at)| at.elapsed() < FAIL_FAST_WINDOW))
+            .unwrap_or(false)
     }
 
     /// Runs one renewal; the caller holds `renew`. `prefer_refresh` tries the refresh call first
@@ -176,7 +194,7 @@ impl TokenManager {
             Err(e) => {
                 let msg = e.to_string();
                 if let Ok(mut last) = self.last_error.lock() {
-                    *last = Some(msg.clone());
+                    *last = Some((msg.clone(), Instant::now()));
                 }
                 Err(TokenUnavailable(msg))
             }

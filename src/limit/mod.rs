@@ -1,0 +1,224 @@
+//! Client rate limits: a GCRA per client (its own `rate_limit` or the default) and one global
+//! limit across all clients, with the `RateLimit-*` headers that tell a client where it stands.
+//! The outbound budget towards Palette is in [`upstream`].
+
+pub mod upstream;
+
+use std::collections::HashMap;
+use std::num::NonZeroU32;
+use std::sync::Arc;
+use std::time::Duration;
+
+use governor::clock::{Clock, DefaultClock};
+use governor::middleware::StateInformationMiddleware;
+use governor::state::{InMemoryState, NotKeyed};
+use governor::{Quota, RateLimiter};
+use http::{HeaderMap, HeaderValue};
+
+use crate::config::{Config, Rate};
+
+type Limiter = RateLimiter<NotKeyed, InMemoryState, DefaultClock, StateInformationMiddleware>;
+
+/// One limit and the rate it was built from (to keep its state across reloads).
+#[derive(Debug, Clone)]
+struct Limit {
+    rate: Rate,
+    limiter: Arc<Limiter>,
+}
+
+impl Limit {
+    fn new(rate: Rate) -> Self {
+        let period = Duration::from_secs_f64(1.0 / rate.per_second).max(Duration::from_nanos(1));
+        let burst = NonZeroU32::new(rate.burst).unwrap_or(NonZeroU32::MIN);
+        // `with_period` fails only for a zero period, excluded just above.
+        let quota = Quota::with_period(period).map_or_else(|| Quota::per_second(NonZeroU32::MIN), |q| q.allow_burst(burst));
+        Limit { rate, limiter: Arc::new(RateLimiter::direct(quota).with_middleware::<StateInformationMiddleware>()) }
+    }
+
+    fn reuse_or_new(previous: Option<&Limit>, rate: Rate) -> Self {
+        match previous {
+            Some(p) if p.rate == rate => p.clone(),
+            _ => Limit::new(rate),
+        }
+    }
+}
+
+/// Which limit refused a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LimitKind {
+    /// The client's own limit.
+    Client,
+    /// The limit across all clients.
+    Global,
+}
+
+impl LimitKind {
+    /// The `limit` label value.
+    pub fn label(self) -> &'static str {
+        match self {
+            LimitKind::Client => "client",
+            LimitKind::Global => "global",
+        }
+    }
+}
+
+/// A refusal: which limit, its rate, and when to retry.
+#[derive(Debug, Clone)]
+pub struct Refusal {
+    /// The limit that tripped.
+    pub kind: LimitKind,
+    /// Its rate.
+    pub rate: Rate,
+    /// How long until a request would pass.
+    pub retry_after: Duration,
+    /// The client's `RateLimit-*` headers.
+    pub headers: Option<RateHeaders>,
+}
+
+/// `RateLimit-Limit`, `RateLimit-Remaining`, `RateLimit-Reset` for a client's own limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RateHeaders {
+    /// Burst size.
+    pub limit: u32,
+    /// Requests that would pass right now.
+    pub remaining: u32,
+    /// Whole seconds until the full burst is available again.
+    pub reset: u64,
+}
+
+impl RateHeaders {
+    /// Adds the headers to an answer.
+    pub fn apply(&self, headers: &mut HeaderMap) {
+        headers.insert("ratelimit-limit", HeaderValue::from(self.limit));
+        headers.insert("ratelimit-remaining", HeaderValue::from(self.remaining));
+        headers.insert("ratelimit-reset", HeaderValue::from(self.reset));
+    }
+}
+
+/// Every client's limit and the global one, indexed like [`Config::clients`].
+#[derive(Debug, Clone, Default)]
+pub struct ClientLimits {
+    per_client: Vec<Option<Limit>>,
+    by_name: HashMap<Arc<str>, Limit>,
+    global: Option<Limit>,
+}
+
+impl ClientLimits {
+    /// Builds the limits of `cfg`, keeping the state of `previous` limits whose client and
+    /// rate did not change.
+    pub fn build(cfg: &Config, previous: Option<&ClientLimits>) -> Self {
+        let mut by_name = HashMap::new();
+        let per_client = cfg
+            .clients
+            .iter()
+            .map(|c| {
+                c.rate_limit.map(|rate| {
+                    let limit = Limit::reuse_or_new(previous.and_then(|p| p.by_name.get(&c.name)), rate);
+                    by_name.insert(c.name.clone(), limit.clone());
+                    limit
+                })
+            })
+            .collect();
+        let global = cfg.global_rate_limit.map(|rate| Limit::reuse_or_new(previous.and_then(|p| p.global.as_ref()), rate));
+        ClientLimits { per_client, by_name, global }
+    }
+
+    /// Takes one request from `client`'s limit and the global one. `Ok` carries the client's
+    /// headers (when it has a limit).
+    pub fn check(&self, client: usize) -> Result<Option<RateHeaders>, Refusal> {
+        let clock = DefaultClock::default();
+        let own = self.per_client.get(client).and_then(Option::as_ref);
+        let headers = match own {
+            Some(limit) => match limit.limiter.check() {
+                Ok(snapshot) => Some(headers_for(limit.rate, snapshot.remaining_burst_capacity())),
+                Err(not_until) => {
+                    return Err(Refusal {
+                        kind: LimitKind::Client,
+                        rate: limit.rate,
+                        retry_after: not_until.wait_time_from(clock.now()),
+                        headers: Some(headers_for(limit.rate, 0)),
+                    })
+                }
+            },
+            None => None,
+        };
+        if let Some(global) = &self.global {
+            if let Err(not_until) = global.limiter.check() {
+                return Err(Refusal { kind: LimitKind::Global, rate: global.rate, retry_after: not_until.wait_time_from(clock.now()), headers });
+            }
+        }
+        Ok(headers)
+    }
+}
+
+fn headers_for(rate: Rate, remaining: u32) -> RateHeaders {
+    let missing = f64::from(rate.burst.saturating_sub(remaining));
+    RateHeaders { limit: rate.burst, remaining, reset: (missing / rate.per_second).ceil() as u64 }
+}
+
+/// `Retry-After` in whole seconds, rounded up, at least 1.
+pub fn retry_after_secs(wait: Duration) -> u64 {
+    (wait.as_secs_f64().ceil() as u64).max(1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{load_str, MapEnv};
+    use std::path::Path;
+
+    fn limits(extra: &str) -> (Config, ClientLimits) {
+        let text = format!(
+            "[upstream]\nurl = \"http://127.0.0.1:1\"\n[credentials.default]\napi_key_env = \"K\"\n{extra}\n\
+             [[clients]]\nname = \"a\"\n[[clients]]\nname = \"b\"\nrate_limit = {{ per_second = 1, burst = 3 }}\n"
+        );
+        let cfg = load_str(&text, Path::new("."), &MapEnv::new().with("K", "x")).unwrap();
+        let l = ClientLimits::build(&cfg, None);
+        (cfg, l)
+    }
+
+    #[test]
+    fn per_client_override_and_headers() {
+        let (_, l) = limits("[rate_limit]\ndefault = { per_second = 100, burst = 100 }");
+        for remaining in [2, 1, 0] {
+            assert_eq!(l.check(1).unwrap(), Some(RateHeaders { limit: 3, remaining, reset: 3 - u64::from(remaining) }));
+        }
+        let refusal = l.check(1).unwrap_err();
+        assert_eq!(refusal.kind, LimitKind::Client);
+        assert_eq!(retry_after_secs(refusal.retry_after), 1);
+        assert_eq!(l.check(0).unwrap().unwrap().limit, 100, "the default applies to a");
+    }
+
+    #[test]
+    fn no_limits_configured_means_unlimited() {
+        let (_, l) = limits("");
+        for _ in 0..1000 {
+            assert_eq!(l.check(0).unwrap(), None);
+        }
+    }
+
+    #[test]
+    fn global_limit_spans_clients() {
+        let (_, l) = limits("[rate_limit]\nglobal = { per_second = 1, burst = 2 }");
+        assert!(l.check(0).is_ok());
+        assert!(l.check(1).is_ok());
+        assert_eq!(l.check(0).unwrap_err().kind, LimitKind::Global);
+    }
+
+    #[test]
+    fn state_survives_rebuild_for_unchanged_clients() {
+        let (cfg, l) = limits("");
+        for _ in 0..3 {
+            l.check(1).unwrap();
+        }
+        let rebuilt = ClientLimits::build(&cfg, Some(&l));
+        assert!(rebuilt.check(1).is_err(), "the exhausted bucket carried over");
+    }
+
+    #[test]
+    fn retry_after_rounds_up_to_at_least_one() {
+        assert_eq!(retry_after_secs(Duration::from_millis(1)), 1);
+        assert_eq!(retry_after_secs(Duration::from_millis(1500)), 2);
+        assert_eq!(retry_after_secs(Duration::ZERO), 1);
+    }
+}

@@ -1,0 +1,496 @@
+//! The upstream budget: Palette limits each source IP per resource prefix, and behind the
+//! gateway every tool shares one IP. Each prefix gets a GCRA bucket; a request over budget waits
+//! (by timer) in a bounded queue served round-robin across clients, up to `max_wait`. A 429 that
+//! Palette sends anyway halves that prefix's rate, which recovers step by step.
+//!
+//! The GCRA is written here rather than taken from `governor` because its rate must change at
+//! run time (slow-down and recovery) without losing the bucket's state.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::oneshot;
+use tokio::time::Instant;
+
+use crate::config::{PrefixLimit, Rate, UpstreamLimits};
+use crate::path::CheckedPath;
+
+/// Palette's top-level resources (from its API spec): each is its own bucket, as Palette counts.
+const PALETTE_RESOURCES: [&str; 40] = [
+    "activations", "apiKeys", "appDeployments", "appProfiles", "audits", "auth", "cloudaccounts", "cloudconfigs",
+    "clouds", "clusterTemplates", "clustergroups", "clusterprofiles", "dashboard", "datasinks", "edgehosts", "events",
+    "features", "filters", "grpc", "health", "installers", "metrics", "notifications", "overlords", "packs", "pcg",
+    "permissions", "plans", "projects", "registries", "roles", "services", "spcPolicies", "spectroclusters", "system",
+    "teams", "tenants", "tunnel", "users", "workspaces",
+];
+
+/// The catch-all rule's prefix: paths no other rule covers share one bucket (so unknown paths
+/// cannot create buckets or metric labels).
+pub const CATCH_ALL: &str = "*";
+
+/// Palette's documented per-prefix limits. The burst is 5 requests, well inside Palette's own
+/// (5 seconds' worth), so that the gateway's pacing never trips Palette's counters.
+pub fn palette_preset() -> Vec<PrefixLimit> {
+    let rule = |prefix: &str, per_second: f64| PrefixLimit { prefix: prefix.to_string(), rate: Rate { per_second, burst: 5 } };
+    let mut rules: Vec<PrefixLimit> = PALETTE_RESOURCES.iter().map(|r| rule(&format!("/v1/{r}"), 10.0)).collect();
+    for fast in ["/v1/spectroclusters", "/v1/spectroclusters/:uid/profiles", "/v1/cloudconfigs", "/v1/clusterprofiles", "/v1/events/components"] {
+        match rules.iter_mut().find(|r| r.prefix == fast) {
+            Some(r) => r.rate.per_second = 50.0,
+            None => rules.push(rule(fast, 50.0)),
+        }
+    }
+    for exception in [
+        "/v1/spectroclusters/acquire",
+        "/v1/spectroclusters/cost",
+        "/v1/spectroclusters/usage",
+        "/v1/spectroclusters/features/logFetcher",
+        "/v1/spectroclusters/:uid/assets",
+        "/v1/spectroclusters/:uid/download",
+    ] {
+        rules.push(rule(exception, 10.0));
+    }
+    rules.push(rule("/v1/auth/user/password/reset", 2.0));
+    rules.push(rule(CATCH_ALL, 10.0));
+    rules
+}
+
+/// Checks a prefix written in `[[upstream.limits.prefix]]`.
+pub fn check_prefix(prefix: &str) -> Result<(), String> {
+    if prefix == CATCH_ALL {
+        return Ok(());
+    }
+    let Some(rest) = prefix.strip_prefix('/') else {
+        return Err(format!("{prefix:?} must start with '/' (or be \"*\", the catch-all)"));
+    };
+    for seg in rest.split('/') {
+        if seg.is_empty() {
+            return Err(format!("{prefix:?} has an empty segment"));
+        }
+        if seg.starts_with(':') {
+            continue;
+        }
+        match crate::path::check(&format!("/{seg}")) {
+            Ok(p) if p.as_str()[1..] == *seg => {}
+            _ => return Err(format!("segment {seg:?} of {prefix:?} would never match a checked path")),
+        }
+    }
+    Ok(())
+}
+
+#[derive(Debug)]
+enum Seg {
+    Literal(String),
+    Any,
+}
+
+/// A request over budget could not be served within `max_wait`, or the queue was full.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Busy {
+    /// When a retry could be served.
+    pub retry_after: Duration,
+}
+
+/// Every prefix's bucket.
+#[derive(Debug, Default)]
+pub struct UpstreamBudget {
+    /// Rules with their bucket, most specific first.
+    rules: Vec<(Vec<Seg>, Arc<Bucket>)>,
+    catch_all: Option<Arc<Bucket>>,
+    max_wait: Duration,
+}
+
+impl UpstreamBudget {
+    /// Builds the budget; buckets of `previous` with the same prefix and rate keep their state.
+    pub fn build(limits: &UpstreamLimits, previous: Option<&UpstreamBudget>) -> Self {
+        let reuse = |prefix: &str, rate: Rate| -> Arc<Bucket> {
+            previous
+                .and_then(|p| p.buckets().find(|b| &*b.label == prefix && b.base_rate == rate).cloned())
+                .unwrap_or_else(|| Arc::new(Bucket::new(prefix, rate, limits.max_queue)))
+        };
+        let mut rules = Vec::new();
+        let mut catch_all = None;
+        for r in &limits.rules {
+            if r.prefix == CATCH_ALL {
+                catch_all = Some(reuse(CATCH_ALL, r.rate));
+                continue;
+            }
+            let segs = r.prefix[1..]
+                .split('/')
+                .map(|s| if s.starts_with(':') { Seg::Any } else { Seg::Literal(s.to_string()) })
+                .collect::<Vec<_>>();
+            rules.push((segs, reuse(&r.prefix, r.rate)));
+        }
+        // Most specific first: more segments, then more literal segments.
+        rules.sort_by_key(|(segs, _)| std::cmp::Reverse((segs.len(), segs.iter().filter(|s| matches!(s, Seg::Literal(_))).count())));
+        UpstreamBudget { rules, catch_all, max_wait: limits.max_wait }
+    }
+
+    fn buckets(&self) -> impl Iterator<Item = &Arc<Bucket>> {
+        self.rules.iter().map(|(_, b)| b).chain(self.catch_all.iter())
+    }
+
+    /// The bucket a request to `path` draws from; `None` when no budget applies.
+    pub fn bucket_for(&self, path: &CheckedPath) -> Option<&Arc<Bucket>> {
+        self.rules
+            .iter()
+            .find(|(segs, _)| {
+                let mut path_segs = path.segments();
+                segs.iter().all(|s| match (s, path_segs.next()) {
+                    (Seg::Literal(l), Some(p)) => l == p,
+                    (Seg::Any, Some(_)) => true,
+                    (_, None) => false,
+                })
+            })
+            .map(|(_, b)| b)
+            .or(self.catch_all.as_ref())
+    }
+
+    /// The longest a request waits for budget.
+    pub fn max_wait(&self) -> Duration {
+        self.max_wait
+    }
+}
+
+/// After a slow-down, the rate doubles back towards the configured one every this long.
+const RECOVERY_STEP: Duration = Duration::from_secs(5);
+/// A prefix is slowed to at most 1/64 of its configured rate.
+const MAX_SLOWDOWN: u32 = 64;
+
+/// One prefix's budget.
+#[derive(Debug)]
+pub struct Bucket {
+    label: Arc<str>,
+    base_rate: Rate,
+    max_queue: usize,
+    state: Mutex<State>,
+}
+
+#[derive(Debug)]
+struct State {
+    /// Current emission interval (the configured one, or longer after Palette's 429s).
+    interval: Duration,
+    /// GCRA theoretical arrival time.
+    tat: Instant,
+    /// Waiting requests per client, served round-robin.
+    queues: VecDeque<(usize, VecDeque<oneshot::Sender<()>>)>,
+    queued: usize,
+    dispatching: bool,
+    slowed_at: Option<Instant>,
+}
+
+impl Bucket {
+    fn new(prefix: &str, rate: Rate, max_queue: usize) -> Self {
+        Bucket {
+            label: Arc::from(prefix),
+            base_rate: rate,
+            max_queue,
+            state: Mutex::new(State {
+                interval: interval_of(rate),
+                tat: Instant::now(),
+                queues: VecDeque::new(),
+                queued: 0,
+                dispatching: false,
+                slowed_at: None,
+            }),
+        }
+    }
+
+    /// The prefix (bounded: a metric label).
+    pub fn label(&self) -> &Arc<str> {
+        &self.label
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        // A panic while holding this lock cannot leave the state inconsistent in a way that
+        // matters more than refusing all traffic would; keep serving.
+        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Waits for budget for one request of `client`, at most `max_wait`. Returns how long it
+    /// waited.
+    pub async fn acquire(self: &Arc<Self>, client: usize, max_wait: Duration) -> Result<Duration, Busy> {
+        let started = Instant::now();
+        let rx = {
+            let mut st = self.lock();
+            st.recover(self.base_rate, started);
+            if st.queued == 0 && st.ready_at(self.base_rate, started).is_none() {
+                st.take(started);
+                return Ok(Duration::ZERO);
+            }
+            let estimate = st.estimate(self.base_rate, client, started);
+            if st.queued >= self.max_queue || estimate > max_wait {
+                return Err(Busy { retry_after: estimate });
+            }
+            let (tx, rx) = oneshot::channel();
+            match st.queues.iter_mut().find(|(c, _)| *c == client) {
+                Some((_, q)) => q.push_back(tx),
+                None => st.queues.push_back((client, VecDeque::from([tx]))),
+            }
+            st.queued += 1;
+            if !st.dispatching {
+                st.dispatching = true;
+                tokio::spawn(dispatch(self.clone()));
+            }
+            rx
+        };
+        match tokio::time::timeout(max_wait, rx).await {
+            Ok(Ok(())) => Ok(started.elapsed()),
+            _ => {
+                let st = self.lock();
+                Err(Busy { retry_after: st.estimate(self.base_rate, client, Instant::now()) })
+            }
+        }
+    }
+
+    /// Palette answered 429 for this prefix: halve its rate (recovering over time). Returns
+    /// the new rate, for the log.
+    pub fn throttled(&self) -> f64 {
+        let mut st = self.lock();
+        let max = interval_of(self.base_rate) * MAX_SLOWDOWN;
+        st.interval = (st.interval * 2).min(max);
+        st.slowed_at = Some(Instant::now());
+        1.0 / st.interval.as_secs_f64()
+    }
+
+    /// The current rate (after any slow-down).
+    pub fn current_rate(&self) -> f64 {
+        1.0 / self.lock().interval.as_secs_f64()
+    }
+}
+
+fn interval_of(rate: Rate) -> Duration {
+    Duration::from_secs_f64(1.0 / rate.per_second)
+}
+
+impl State {
+    fn tolerance(&self, rate: Rate) -> Duration {
+        self.interval * rate.burst.saturating_sub(1)
+    }
+
+    /// `None` when a request may go now, else when it may.
+    fn ready_at(&self, rate: Rate, now: Instant) -> Option<Instant> {
+        let earliest = self.tat.checked_sub(self.tolerance(rate)).unwrap_or(now);
+        (earliest > now).then_some(earliest)
+    }
+
+    fn take(&mut self, now: Instant) {
+        self.tat = self.tat.max(now) + self.interval;
+    }
+
+    fn recover(&mut self, rate: Rate, now: Instant) {
+        if let Some(at) = self.slowed_at {
+            if now.duration_since(at) >= RECOVERY_STEP {
+                let base = interval_of(rate);
+                self.interval = (self.interval / 2).max(base);
+                self.slowed_at = (self.interval > base).then_some(now);
+            }
+        }
+    }
+
+    /// How long a new request of `client` would wait: round-robin serves every other waiting
+    /// client up to as many requests as `client` will have queued.
+    fn estimate(&self, rate: Rate, client: usize, now: Instant) -> Duration {
+        let own = self.queues.iter().find(|(c, _)| *c == client).map_or(0, |(_, q)| q.len()) + 1;
+        let ahead: usize = self.queues.iter().filter(|(c, _)| *c != client).map(|(_, q)| q.len().min(own)).sum();
+        let first = self.ready_at(rate, now).map_or(Duration::ZERO, |at| at - now);
+        first + self.interval * u32::try_from(ahead + own - 1).unwrap_or(u32::MAX)
+    }
+
+    /// The next live waiter, round-robin across clients; drops waiters that gave up.
+    fn pop_next(&mut self) -> Option<oneshot::Sender<()>> {
+        while let Some((client, mut q)) = self.queues.pop_front() {
+            let mut found = None;
+            while let Some(tx) = q.pop_front() {
+                self.queued -= 1;
+                if !tx.is_closed() {
+                    found = Some(tx);
+                    break;
+                }
+            }
+            if !q.is_empty() {
+                self.queues.push_back((client, q));
+            }
+            if found.is_some() {
+                return found;
+            }
+        }
+        None
+    }
+}
+
+/// Releases waiters one by one as the budget allows; ends when the queue is empty.
+async fn dispatch(bucket: Arc<Bucket>) {
+    loop {
+        let next = {
+            let mut st = bucket.lock();
+            loop {
+                let now = Instant::now();
+                st.recover(bucket.base_rate, now);
+                if st.queued == 0 {
+                    st.dispatching = false;
+                    return;
+                }
+                if let Some(at) = st.ready_at(bucket.base_rate, now) {
+                    break at;
+                }
+                match st.pop_next() {
+                    Some(tx) => {
+                        if tx.send(()).is_ok() {
+                            st.take(now);
+                        }
+                    }
+                    None => {
+                        st.dispatching = false;
+                        return;
+                    }
+                }
+            }
+        };
+        tokio::time::sleep_until(next).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limits(rules: Vec<PrefixLimit>) -> UpstreamLimits {
+        UpstreamLimits { rules, max_wait: Duration::from_secs(2), max_queue: 1000 }
+    }
+
+    fn label(b: &UpstreamBudget, path: &str) -> String {
+        b.bucket_for(&crate::path::check(path).unwrap()).map(|b| b.label().to_string()).unwrap_or_default()
+    }
+
+    #[test]
+    fn preset_buckets_match_palette_counting() {
+        let b = UpstreamBudget::build(&limits(palette_preset()), None);
+        assert_eq!(label(&b, "/v1/spectroclusters/abc"), "/v1/spectroclusters");
+        assert_eq!(label(&b, "/v1/spectroclusters/abc/profiles"), "/v1/spectroclusters/:uid/profiles");
+        assert_eq!(label(&b, "/v1/spectroclusters/abc/assets/kubeconfig"), "/v1/spectroclusters/:uid/assets");
+        assert_eq!(label(&b, "/v1/spectroclusters/acquire"), "/v1/spectroclusters/acquire");
+        assert_eq!(label(&b, "/v1/cloudconfigs/aws/x/machinePools"), "/v1/cloudconfigs");
+        assert_eq!(label(&b, "/v1/events/components/x"), "/v1/events/components");
+        assert_eq!(label(&b, "/v1/events"), "/v1/events");
+        assert_eq!(label(&b, "/v1/packs"), "/v1/packs");
+        assert_eq!(label(&b, "/v1/auth/user/password/reset"), "/v1/auth/user/password/reset");
+        assert_eq!(label(&b, "/v1/whatever/x"), "*", "unknown resources share the catch-all");
+        assert_eq!(label(&b, "/team-a"), "*");
+        let rate = |p: &str| palette_preset().into_iter().find(|r| r.prefix == p).unwrap().rate.per_second;
+        assert_eq!(rate("/v1/spectroclusters"), 50.0);
+        assert_eq!(rate("/v1/spectroclusters/:uid/download"), 10.0);
+        assert_eq!(rate("/v1/auth/user/password/reset"), 2.0);
+        assert_eq!(rate("/v1/users"), 10.0);
+    }
+
+    #[test]
+    fn no_rules_no_budget() {
+        let b = UpstreamBudget::build(&limits(vec![]), None);
+        assert!(b.bucket_for(&crate::path::check("/v1/x").unwrap()).is_none());
+    }
+
+    #[test]
+    fn prefixes_are_checked() {
+        assert!(check_prefix("/v1/packs").is_ok());
+        assert!(check_prefix("/v1/spectroclusters/:uid/assets").is_ok());
+        assert!(check_prefix("*").is_ok());
+        assert!(check_prefix("v1").is_err());
+        assert!(check_prefix("/v1//x").is_err());
+        assert!(check_prefix("/v1/../x").is_err());
+    }
+
+    fn bucket(per_second: f64, burst: u32, max_queue: usize) -> Arc<Bucket> {
+        Arc::new(Bucket::new("/t", Rate { per_second, burst }, max_queue))
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn burst_passes_then_requests_are_paced() {
+        let b = bucket(10.0, 3, 100);
+        for _ in 0..3 {
+            assert_eq!(b.acquire(0, Duration::from_secs(2)).await, Ok(Duration::ZERO));
+        }
+        let waited = b.acquire(0, Duration::from_secs(2)).await.unwrap();
+        assert!(waited >= Duration::from_millis(99) && waited <= Duration::from_millis(101), "{waited:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn over_max_wait_is_refused_with_retry_after() {
+        let b = bucket(1.0, 1, 100);
+        b.acquire(0, Duration::from_secs(2)).await.unwrap();
+        b.acquire(0, Duration::from_secs(2)).await.unwrap();
+        // The next slot is a second away, the one after two seconds.
+        let mut tasks = Vec::new();
+        for _ in 0..3 {
+            let b = b.clone();
+            tasks.push(tokio::spawn(async move { b.acquire(0, Duration::from_millis(1500)).await }));
+        }
+        let results: Vec<_> = futures_util::future::join_all(tasks).await.into_iter().map(|r| r.unwrap()).collect();
+        assert_eq!(results.iter().filter(|r| r.is_ok()).count(), 1, "{results:?}");
+        assert!(results.iter().filter_map(|r| r.err()).all(|busy| busy.retry_after >= Duration::from_secs(1)));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn full_queue_refuses_at_once() {
+        let b = bucket(1.0, 1, 2);
+        b.acquire(0, Duration::from_secs(10)).await.unwrap();
+        let w1 = tokio::spawn({
+            let b = b.clone();
+            async move { b.acquire(0, Duration::from_secs(10)).await }
+        });
+        let w2 = tokio::spawn({
+            let b = b.clone();
+            async move { b.acquire(1, Duration::from_secs(10)).await }
+        });
+        tokio::task::yield_now().await;
+        assert!(b.acquire(2, Duration::from_secs(10)).await.is_err());
+        assert!(w1.await.unwrap().is_ok() && w2.await.unwrap().is_ok());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn round_robin_is_fair_across_clients() {
+        let b = bucket(10.0, 1, 1000);
+        let order = Arc::new(Mutex::new(Vec::new()));
+        let mut tasks = Vec::new();
+        // Client 0 floods first; clients 1 and 2 arrive after it.
+        for (client, n) in [(0usize, 20), (1, 5), (2, 5)] {
+            for _ in 0..n {
+                let (b, order) = (b.clone(), order.clone());
+                tasks.push(tokio::spawn(async move {
+                    if b.acquire(client, Duration::from_secs(60)).await.is_ok() {
+                        order.lock().unwrap().push(client);
+                    }
+                }));
+                tokio::task::yield_now().await;
+            }
+        }
+        futures_util::future::join_all(tasks).await;
+        let order = order.lock().unwrap().clone();
+        assert_eq!(order.len(), 30);
+        // Within the first 15 grants, the late clients got their 10.
+        let early = &order[..16];
+        assert!(early.iter().filter(|&&c| c != 0).count() >= 9, "{order:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn throttle_halves_rate_and_recovers() {
+        let b = bucket(10.0, 1, 100);
+        assert_eq!(b.throttled(), 5.0);
+        assert_eq!(b.throttled(), 2.5);
+        tokio::time::advance(RECOVERY_STEP).await;
+        b.acquire(0, Duration::from_secs(2)).await.unwrap();
+        assert_eq!(b.current_rate(), 5.0);
+        tokio::time::advance(RECOVERY_STEP).await;
+        b.acquire(0, Duration::from_secs(2)).await.unwrap();
+        assert_eq!(b.current_rate(), 10.0);
+    }
+
+    #[test]
+    fn rebuild_keeps_bucket_state() {
+        let l = limits(vec![PrefixLimit { prefix: "/v1/x".into(), rate: Rate { per_second: 1.0, burst: 1 } }]);
+        let a = UpstreamBudget::build(&l, None);
+        let b = UpstreamBudget::build(&l, Some(&a));
+        let p = crate::path::check("/v1/x").unwrap();
+        assert!(Arc::ptr_eq(a.bucket_for(&p).unwrap(), b.bucket_for(&p).unwrap()));
+    }
+}

@@ -1,0 +1,100 @@
+//! Path checks (issue point 6): every real Palette path passes byte for byte; every spelling
+//! that could be read two ways is refused before any rule sees it.
+mod support;
+
+use support::*;
+
+/// Every operation in Palette's own API spec, placeholders filled, reaches the fake unchanged
+/// (the `/v1/auth/**` ones are refused by design, and are counted).
+#[tokio::test]
+async fn every_spec_path_passes_unchanged() {
+    let spec_path = concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/palette/palette-api-spec.json");
+    let spec: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(spec_path).expect("shared spec")).unwrap();
+    let h = Harness::standard().await;
+    let mut forwarded = 0;
+    let mut refused_auth = 0;
+    for (template, ops) in spec["paths"].as_object().unwrap() {
+        let path = fill(template);
+        for method in ops.as_object().unwrap().keys() {
+            let Ok(m) = reqwest::Method::from_bytes(method.to_ascii_uppercase().as_bytes()) else { continue };
+            if !matches!(m.as_str(), "GET" | "POST" | "PUT" | "PATCH" | "DELETE" | "HEAD") {
+                continue;
+            }
+            let mut req = h.http.request(m.clone(), h.url(&path)).header("ApiKey", ADMIN_KEY);
+            if matches!(m.as_str(), "POST" | "PUT" | "PATCH") {
+                req = req.header("content-type", "application/json").body("{}");
+            }
+            let r = req.send().await.unwrap();
+            let is_auth = path.starts_with("/v1/auth/") || path == "/v1/auth";
+            if is_auth {
+                assert_eq!(r.status(), 403, "{m} {path}");
+                refused_auth += 1;
+                continue;
+            }
+            assert!(r.status().is_success(), "{m} {path}: {}", r.status());
+            let got = h.last();
+            assert_eq!(got.method.as_str(), m.as_str());
+            assert_eq!(got.path_and_query, path, "{m} {template}");
+            forwarded += 1;
+        }
+    }
+    assert!(forwarded > 1100, "only {forwarded} operations forwarded");
+    assert!(refused_auth > 0);
+}
+
+fn fill(template: &str) -> String {
+    let mut out = String::new();
+    let mut in_brace = false;
+    for c in template.chars() {
+        match c {
+            '{' => in_brace = true,
+            '}' => {
+                in_brace = false;
+                out.push_str("x1f2");
+            }
+            _ if !in_brace => out.push(c),
+            _ => {}
+        }
+    }
+    out
+}
+
+/// Dot-segments, encoded separators, empty segments and bad escapes get 400 before any rule,
+/// including spellings aimed at `path_prefix`, `allow` and `/v1/auth/**`.
+#[tokio::test]
+async fn ambiguous_paths_are_400() {
+    let h = Harness::standard().await;
+    for path in [
+        "/v1/../v1/auth/authenticate",
+        "/v1/./users",
+        "/team-a/../v1/users",
+        "/v1/%2e%2e/auth/authenticate",
+        "/v1/%2E%2E/users",
+        "/v1%2fauth%2fauthenticate",
+        "/v1/auth%2Fauthenticate",
+        "/v1/users%5c..%5cauth",
+        "/v1/users/",
+        "//v1/users",
+        "/v1//users",
+        "/v1/users/%zz",
+        "/v1/users/%4",
+        "/v1/users/%00",
+        "/v1/.%2e/auth",
+    ] {
+        let r = h.raw(&raw_get(path, &[("ApiKey", ADMIN_KEY)])).await;
+        assert_eq!(r.status, 400, "{path}");
+        assert_eq!(r.json()["code"], "InvalidPath", "{path}");
+    }
+    assert!(h.forwarded().is_empty());
+}
+
+/// Ambiguous paths are refused before authentication: no credential needed to get the 400,
+/// and a CI client cannot dodge its `allow` list with an escape.
+#[tokio::test]
+async fn escapes_cannot_dodge_allow() {
+    let h = Harness::standard().await;
+    // %44 is 'D': normalized to the same path, then judged by the same rules.
+    let r = h.raw(&raw_get("/v1/%44ashboard/x", &[("ApiKey", CI_KEY)])).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(h.last().path_and_query, "/v1/Dashboard/x");
+}

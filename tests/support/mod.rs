@@ -1,0 +1,244 @@
+//! Test harness: the real gateway on ephemeral loopback ports in front of the fake Palette
+//! (the same `fake_palette` that `--demo` uses), plus small clients for what reqwest cannot
+//! send (raw, malformed HTTP/1.1).
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use palette_gateway::app::RunningGateway;
+use palette_gateway::auth::key_hash_string;
+use palette_gateway::config::{self, MapEnv};
+use palette_gateway::fake_palette::{FakePalette, FakePaletteConfig, FakeUser, RecordedRequest};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// The Palette API key the gateway holds (the fake accepts it).
+pub const PALETTE_KEY: &str = "palette-api-key-0001";
+/// The login the `ops` credential uses.
+pub const OPS_EMAIL: &str = "ops@example.com";
+pub const OPS_PASSWORD: &str = "ops-password-0001";
+/// Local keys of the standard clients.
+pub const CI_KEY: &str = "pgw_ci-local-key-aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
+pub const ADMIN_KEY: &str = "pgw_admin-local-key-bbbbbbbbbbbbbbbbbbbbbbbbbbbbbb";
+pub const BOT_KEY: &str = "pgw_bot-local-key-cccccccccccccccccccccccccccccccc";
+
+/// Every secret the standard setup uses (tests scan outputs for them).
+pub const SECRETS: [&str; 5] = [PALETTE_KEY, OPS_PASSWORD, CI_KEY, ADMIN_KEY, BOT_KEY];
+
+/// The standard clients, credentials and routes (appended after `[server]` and `[upstream]`).
+pub fn standard_rules() -> String {
+    format!(
+        r#"
+[credentials.default]
+api_key_env = "PALETTE_API_KEY"
+
+[credentials.ops]
+email = "{OPS_EMAIL}"
+password_env = "PALETTE_PASSWORD"
+token_lifetime = "15m"
+refresh_before = "3m"
+
+[[clients]]
+name = "ci"
+keys = ["{ci}"]
+projects = ["p001", "p002"]
+allow = ["GET /v1/**", "POST /v1/dashboard/**"]
+
+[[clients]]
+name = "admin"
+keys = ["{admin}"]
+projects = ["*"]
+
+[[clients]]
+name = "bot"
+keys = ["{bot}"]
+credential = "ops"
+projects = ["*"]
+
+[[routes]]
+name = "team-a"
+path_prefix = "/team-a"
+strip_prefix = true
+project_uid = "p001"
+
+[[routes]]
+name = "ci-clusters"
+path_prefix = "/v1/spectroclusters"
+methods = ["GET"]
+clients = ["ci"]
+project_uid = "p002"
+"#,
+        ci = key_hash_string(CI_KEY),
+        admin = key_hash_string(ADMIN_KEY),
+        bot = key_hash_string(BOT_KEY),
+    )
+}
+
+/// The fake Palette of the standard setup.
+pub fn standard_fake() -> FakePaletteConfig {
+    FakePaletteConfig {
+        api_keys: vec![PALETTE_KEY.to_string()],
+        users: vec![FakeUser { email: OPS_EMAIL.into(), password: OPS_PASSWORD.into(), org: None }],
+        ..FakePaletteConfig::default()
+    }
+}
+
+/// The environment the standard config reads its secrets from.
+pub fn standard_env() -> MapEnv {
+    MapEnv::new().with("PALETTE_API_KEY", PALETTE_KEY).with("PALETTE_PASSWORD", OPS_PASSWORD)
+}
+
+/// A running fake Palette and gateway.
+pub struct Harness {
+    pub fake: FakePalette,
+    pub gateway: RunningGateway,
+    /// `http://127.0.0.1:PORT` of the proxy listener.
+    pub base: String,
+    /// `http://127.0.0.1:PORT` of the admin listener.
+    pub admin: String,
+    pub http: reqwest::Client,
+}
+
+impl Harness {
+    /// The standard setup.
+    pub async fn standard() -> Harness {
+        Harness::start(standard_fake(), "", &standard_rules()).await
+    }
+
+    /// A fake with `fake_cfg`, and a gateway whose config is `[server]` (ephemeral ports, plus
+    /// `server_extra` lines) + `[upstream]` at the fake + `rules`.
+    pub async fn start(fake_cfg: FakePaletteConfig, upstream_extra: &str, rules: &str) -> Harness {
+        init_logs();
+        let fake = FakePalette::start(fake_cfg).await.expect("fake palette starts");
+        Harness::with_fake(fake, upstream_extra, rules).await
+    }
+
+    /// A gateway in front of an already started (and perhaps already faulted) fake.
+    pub async fn with_fake(fake: FakePalette, upstream_extra: &str, rules: &str) -> Harness {
+        init_logs();
+        let text = gateway_config(&fake.url(), upstream_extra, rules);
+        let cfg = config::load_str(&text, Path::new("."), &standard_env()).unwrap_or_else(|e| panic!("test config invalid:\n{e}\n---\n{text}"));
+        let gateway = RunningGateway::start(cfg).await.expect("gateway starts");
+        let base = format!("http://{}", gateway.proxy_addr);
+        let admin = format!("http://{}", gateway.admin_addr);
+        Harness { fake, gateway, base, admin, http: client() }
+    }
+
+    /// `base` + path.
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    /// The requests the fake received other than login/refresh.
+    pub fn forwarded(&self) -> Vec<RecordedRequest> {
+        self.fake.requests().into_iter().filter(|r| !r.path_and_query.starts_with("/v1/auth/")).collect()
+    }
+
+    /// The last forwarded request.
+    pub fn last(&self) -> RecordedRequest {
+        self.forwarded().pop().expect("a request reached the fake")
+    }
+
+    /// Waits until `/readyz` answers 200 (every token credential holds a token).
+    pub async fn wait_ready(&self) {
+        for _ in 0..600 {
+            if let Ok(r) = self.http.get(format!("{}/readyz", self.admin)).send().await {
+                if r.status() == 200 {
+                    return;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        panic!("gateway never became ready");
+    }
+
+    /// Sends raw bytes to the proxy listener and reads the answer until the server closes or
+    /// `Connection: close` takes effect.
+    pub async fn raw(&self, request: &[u8]) -> RawResponse {
+        raw_request(self.gateway.proxy_addr, request).await
+    }
+}
+
+/// The config text of a test gateway.
+pub fn gateway_config(upstream_url: &str, upstream_extra: &str, rules: &str) -> String {
+    format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\n\n[upstream]\nurl = \"{upstream_url}\"\nconnect_timeout = \"2s\"\nrequest_timeout = \"5s\"\n{upstream_extra}\n{rules}"
+    )
+}
+
+/// A plain HTTP client (no proxy, no automatic decompression, keep-alive).
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder().no_proxy().timeout(Duration::from_secs(30)).build().expect("client builds")
+}
+
+/// A raw HTTP/1.1 answer.
+#[derive(Debug)]
+pub struct RawResponse {
+    pub status: u16,
+    pub head: String,
+    pub body: Vec<u8>,
+}
+
+impl RawResponse {
+    /// A header's value (first occurrence, case-insensitive name).
+    pub fn header(&self, name: &str) -> Option<String> {
+        self.head.lines().skip(1).find_map(|l| {
+            let (n, v) = l.split_once(':')?;
+            n.trim().eq_ignore_ascii_case(name).then(|| v.trim().to_string())
+        })
+    }
+
+    /// The body as JSON.
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&self.body)))
+    }
+}
+
+/// Writes `request` to `addr` and reads one answer (the request should say `Connection: close`).
+pub async fn raw_request(addr: SocketAddr, request: &[u8]) -> RawResponse {
+    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    s.write_all(request).await.expect("write");
+    let mut buf = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut buf)).await;
+    let split = buf.windows(4).position(|w| w == b"\r\n\r\n").unwrap_or(buf.len());
+    let head = String::from_utf8_lossy(&buf[..split]).to_string();
+    let mut body = buf.get(split + 4..).unwrap_or_default().to_vec();
+    if head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
+        body = dechunk(&body);
+    }
+    let status = head.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    RawResponse { status, head, body }
+}
+
+fn dechunk(mut b: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    loop {
+        let Some(eol) = b.windows(2).position(|w| w == b"\r\n") else { return out };
+        let size = usize::from_str_radix(String::from_utf8_lossy(&b[..eol]).trim(), 16).unwrap_or(0);
+        if size == 0 {
+            return out;
+        }
+        let start = eol + 2;
+        out.extend_from_slice(&b[start..(start + size).min(b.len())]);
+        b = &b[(start + size + 2).min(b.len())..];
+    }
+}
+
+/// A GET through the raw client (paths reqwest would normalize).
+pub fn raw_get(path: &str, headers: &[(&str, &str)]) -> Vec<u8> {
+    let mut req = format!("GET {path} HTTP/1.1\r\nHost: gateway.test\r\nConnection: close\r\n");
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    req.into_bytes()
+}
+
+/// Logs from the gateway under test go to the test's captured output.
+pub fn init_logs() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()))
+        .with_test_writer()
+        .try_init();
+}
