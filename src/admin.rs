@@ -1,5 +1,5 @@
-//! The admin listener's endpoints: `/healthz` (serving) and `/readyz` (config loaded and every
-//! login credential holds a valid token).
+//! The admin listener's endpoints: `/healthz` (serving), `/readyz` (config loaded and every
+//! login credential holds a valid token) and `/metrics` (Prometheus text format).
 
 use std::convert::Infallible;
 use std::future::{ready, Ready};
@@ -7,19 +7,23 @@ use std::task::{Context, Poll};
 
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 
+use std::sync::Arc;
+
 use crate::body::{self, Body};
+use crate::metrics::Metrics;
 use crate::proxy::SharedRuntime;
 
 /// The admin endpoints as a tower service.
 #[derive(Clone)]
 pub struct Admin {
     runtime: SharedRuntime,
+    metrics: Arc<Metrics>,
 }
 
 impl Admin {
     /// Admin endpoints over the live runtime.
-    pub fn new(runtime: SharedRuntime) -> Self {
-        Admin { runtime }
+    pub fn new(runtime: SharedRuntime, metrics: Arc<Metrics>) -> Self {
+        Admin { runtime, metrics }
     }
 
     fn answer(&self, req: &Request<Body>) -> Response<Body> {
@@ -29,6 +33,14 @@ impl Admin {
         match req.uri().path() {
             "/healthz" => json(StatusCode::OK, serde_json::json!({"status": "ok"})),
             "/readyz" => self.readiness(),
+            "/metrics" => {
+                let (text, content_type) = self.metrics.render();
+                let mut resp = Response::new(body::full(text));
+                if let Ok(v) = HeaderValue::from_str(&content_type) {
+                    resp.headers_mut().insert(header::CONTENT_TYPE, v);
+                }
+                resp
+            }
             other => json(StatusCode::NOT_FOUND, serde_json::json!({"code": "NotFound", "message": format!("no admin endpoint {other}")})),
         }
     }

@@ -13,6 +13,9 @@ use tokio_util::sync::CancellationToken;
 use crate::admin::Admin;
 use crate::config::Config;
 use crate::credentials::{Credentials, InvalidKey};
+use crate::limit::upstream::UpstreamBudget;
+use crate::limit::ClientLimits;
+use crate::metrics::Metrics;
 use crate::proxy::{Gateway, Runtime, SharedRuntime};
 use crate::upstream::UpstreamClient;
 
@@ -35,6 +38,7 @@ pub struct RunningGateway {
     /// Where `/healthz` and `/readyz` are served.
     pub admin_addr: SocketAddr,
     runtime: SharedRuntime,
+    metrics: Arc<Metrics>,
     cancel: CancellationToken,
     tasks: Vec<JoinHandle<()>>,
 }
@@ -46,25 +50,35 @@ impl RunningGateway {
         let admin = bind(config.server.admin_listen, "server.admin_listen").await?;
         let proxy_addr = proxy.local_addr().map_err(|source| StartError::Bind { addr: config.server.listen, what: "server.listen", source })?;
         let admin_addr = admin.local_addr().map_err(|source| StartError::Bind { addr: config.server.admin_listen, what: "server.admin_listen", source })?;
+        let metrics = Arc::new(Metrics::new());
         let upstream = UpstreamClient::new(&config.upstream);
-        let credentials = Credentials::build(&config, &upstream, None)?;
+        let credentials = Credentials::build(&config, &upstream, None, &metrics)?;
+        let limits = ClientLimits::build(&config, None);
+        let budget = UpstreamBudget::build(&config.upstream.limits, None);
         let tls = config.server.tls.as_ref().map(|t| t.config.clone());
         let config = Arc::new(config);
-        let runtime: SharedRuntime = Arc::new(ArcSwap::from_pointee(Runtime { config, credentials: credentials.clone(), upstream }));
+        metrics.config_last_reload_success.set(unix_now());
+        let runtime: SharedRuntime =
+            Arc::new(ArcSwap::from_pointee(Runtime { config, credentials: credentials.clone(), upstream, limits, budget }));
         let cancel = CancellationToken::new();
         let mut tasks = Vec::new();
         for manager in credentials.token_managers() {
             tasks.push(tokio::spawn(manager.clone().run(cancel.child_token())));
         }
-        tasks.push(tokio::spawn(crate::server::serve(proxy, tls, Gateway::new(runtime.clone()), cancel.child_token(), DRAIN_TIMEOUT)));
-        tasks.push(tokio::spawn(crate::server::serve(admin, None, Admin::new(runtime.clone()), cancel.child_token(), Duration::from_secs(1))));
+        tasks.push(tokio::spawn(crate::server::serve(proxy, tls, Gateway::new(runtime.clone(), metrics.clone()), cancel.child_token(), DRAIN_TIMEOUT)));
+        tasks.push(tokio::spawn(crate::server::serve(admin, None, Admin::new(runtime.clone(), metrics.clone()), cancel.child_token(), Duration::from_secs(1))));
         tracing::info!(%proxy_addr, %admin_addr, "palette-gateway listening");
-        Ok(RunningGateway { proxy_addr, admin_addr, runtime, cancel, tasks })
+        Ok(RunningGateway { proxy_addr, admin_addr, runtime, metrics, cancel, tasks })
     }
 
     /// The live runtime (config snapshot, credentials).
     pub fn runtime(&self) -> &SharedRuntime {
         &self.runtime
+    }
+
+    /// The gateway's metrics.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
     }
 
     /// Stops accepting, lets in-flight requests finish (up to the drain timeout), stops the
@@ -85,6 +99,10 @@ impl Drop for RunningGateway {
             task.abort();
         }
     }
+}
+
+fn unix_now() -> f64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0)
 }
 
 async fn bind(addr: SocketAddr, what: &'static str) -> Result<TcpListener, StartError> {

@@ -33,6 +33,9 @@ pub enum GatewayError {
     /// A `ProjectUid` outside the client's `projects`.
     #[error("client {client} may not use project {project}")]
     ProjectForbidden { client: String, project: String },
+    /// A rate limit (the client's, the global one, or the upstream budget) refused the request.
+    #[error("client {client} is over the {limit} rate limit ({rate}); retry after {retry_after}s")]
+    RateLimited { client: String, limit: &'static str, rate: String, retry_after: u64 },
     /// No valid upstream token could be had.
     #[error("credential {credential} has no valid upstream token: {reason}")]
     CredentialUnavailable { credential: String, reason: String },
@@ -59,6 +62,7 @@ impl GatewayError {
             GatewayError::Forbidden { .. } => (StatusCode::FORBIDDEN, "Forbidden"),
             GatewayError::AuthPathForbidden { .. } => (StatusCode::FORBIDDEN, "Forbidden"),
             GatewayError::ProjectForbidden { .. } => (StatusCode::FORBIDDEN, "ProjectForbidden"),
+            GatewayError::RateLimited { .. } => (StatusCode::TOO_MANY_REQUESTS, "TooManyRequests"),
             GatewayError::CredentialUnavailable { .. } => (StatusCode::SERVICE_UNAVAILABLE, "CredentialUnavailable"),
             GatewayError::UpstreamUnavailable(_) => (StatusCode::BAD_GATEWAY, "UpstreamUnavailable"),
             GatewayError::UpstreamTimeout(_) => (StatusCode::GATEWAY_TIMEOUT, "UpstreamTimeout"),
@@ -66,12 +70,36 @@ impl GatewayError {
         }
     }
 
+    /// The `reason` label of `palette_gateway_auth_failures_total`, for the errors it counts.
+    pub fn auth_failure_reason(&self) -> Option<&'static str> {
+        match self {
+            GatewayError::MissingCredential => Some("missing"),
+            GatewayError::UnknownCredential(_) => Some("unknown_key"),
+            GatewayError::Forbidden { .. } | GatewayError::AuthPathForbidden { .. } => Some("forbidden"),
+            GatewayError::ProjectForbidden { .. } => Some("project"),
+            GatewayError::InvalidPath(_)
+            | GatewayError::BadRequest(_)
+            | GatewayError::MethodNotAllowed(_)
+            | GatewayError::RateLimited { .. }
+            | GatewayError::CredentialUnavailable { .. }
+            | GatewayError::UpstreamUnavailable(_)
+            | GatewayError::UpstreamTimeout(_)
+            | GatewayError::UpstreamError(_) => None,
+        }
+    }
+
     /// The Palette-shaped answer; `request_id` becomes `ref`.
     pub fn into_response(self, request_id: &str) -> Response<Body> {
         let (status, code) = self.status_and_code();
         let mut resp = palette_error(status, code, &self.to_string(), request_id);
-        if matches!(self, GatewayError::MissingCredential | GatewayError::UnknownCredential(_)) {
-            resp.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        match self {
+            GatewayError::MissingCredential | GatewayError::UnknownCredential(_) => {
+                resp.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            }
+            GatewayError::RateLimited { retry_after, .. } => {
+                resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(retry_after));
+            }
+            _ => {}
         }
         resp
     }
@@ -101,6 +129,7 @@ mod tests {
             (GatewayError::Forbidden { client: "c".into(), method: "GET".into(), path: "/v1/x".into() }, 403, "Forbidden"),
             (GatewayError::AuthPathForbidden { client: "c".into(), path: "/v1/auth/x".into() }, 403, "Forbidden"),
             (GatewayError::ProjectForbidden { client: "c".into(), project: "p".into() }, 403, "ProjectForbidden"),
+            (GatewayError::RateLimited { client: "c".into(), limit: "client", rate: "1/s".into(), retry_after: 1 }, 429, "TooManyRequests"),
             (GatewayError::CredentialUnavailable { credential: "ops".into(), reason: "r".into() }, 503, "CredentialUnavailable"),
             (GatewayError::UpstreamUnavailable("x".into()), 502, "UpstreamUnavailable"),
             (GatewayError::UpstreamTimeout("5s".into()), 504, "UpstreamTimeout"),
@@ -125,6 +154,12 @@ mod tests {
         assert_eq!(v["code"], "Forbidden");
         assert_eq!(v["message"], "client ci may not DELETE /v1/x");
         assert_eq!(v["ref"], "rid-1");
+    }
+
+    #[test]
+    fn too_many_requests_carries_retry_after() {
+        let resp = GatewayError::RateLimited { client: "c".into(), limit: "client", rate: "1/s".into(), retry_after: 3 }.into_response("r");
+        assert_eq!(resp.headers()[header::RETRY_AFTER], "3");
     }
 
     #[test]

@@ -1,14 +1,22 @@
 //! The request path, in the order each request takes it:
 //!
 //! ```text
-//! request id → target form → path check → local auth → route → policy (/v1/auth block, allow)
-//!   → scope (ProjectUid) → header hygiene → credential swap → forward (401 → new token → one replay)
+//! request id → in-flight/metrics → target form → path check → local auth → client limits
+//!   → route → policy (/v1/auth block, allow) → scope (ProjectUid) → header hygiene
+//!   → credential swap → upstream budget → forward (401 → new token → one replay;
+//!     429 → slow the prefix → retry idempotent requests within max_wait)
 //!   → response hygiene (hop-by-hop, Set-Cookie, secret scrub)
 //! ```
 //!
-//! Each step lives in its own module as a plain function over the request parts, and this
-//! module is the one service that runs them: they share one config snapshot, taken once when the
-//! request arrives, so a reload never changes the rules under a request in flight.
+//! Each step lives in its own module as a plain function over the request parts; this module
+//! is the one service that runs them in order. They share one runtime snapshot, taken once when
+//! the request arrives, so a reload never changes the rules under a request in flight.
+//!
+//! Order decisions: the path is checked before authentication so that no rule ever sees an
+//! unchecked path; client limits run right after authentication (they need the client) and
+//! before policy, so a client hammering forbidden paths is throttled too; the upstream budget
+//! is taken last, after everything that could refuse the request, so refused requests never
+//! spend Palette's budget.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -20,19 +28,23 @@ use std::time::Instant;
 
 use arc_swap::ArcSwap;
 use bytes::Bytes;
-use http::{header, HeaderValue, Method, Request, Response, Version};
+use http::{header, HeaderValue, Method, Request, Response, StatusCode, Version};
 use http_body::Body as _;
 
 use crate::auth::{self, PeerIdentity};
 use crate::body::{self, Body};
 use crate::config::Config;
-use crate::credentials::{Credentials, UpstreamCredential};
+use crate::credentials::{Credentials, Token, TokenManager, UpstreamCredential};
 use crate::error::GatewayError;
 use crate::forward::{self, X_REQUEST_ID};
+use crate::limit::upstream::{Bucket, UpstreamBudget};
+use crate::limit::{retry_after_secs, ClientLimits, RateHeaders};
+use crate::metrics::{method_label, Metrics};
 use crate::upstream::{UpstreamClient, UpstreamFailure};
 use crate::{path, policy, routes, scope};
 
-/// A request body up to this size is buffered so it can be replayed after a token refusal.
+/// A request body up to this size is buffered so it can be replayed (after a token refusal or
+/// Palette's 429).
 pub const REPLAY_LIMIT: u64 = 64 * 1024;
 
 /// Everything a request needs, swapped whole on reload.
@@ -43,6 +55,10 @@ pub struct Runtime {
     pub credentials: Credentials,
     /// The pooled upstream client.
     pub upstream: UpstreamClient,
+    /// Client and global rate limits.
+    pub limits: ClientLimits,
+    /// The outbound budget per Palette prefix.
+    pub budget: UpstreamBudget,
 }
 
 /// The live runtime, shared by the listeners and reload.
@@ -63,17 +79,39 @@ pub struct ConnInfo {
 #[derive(Clone)]
 pub struct Gateway {
     runtime: SharedRuntime,
+    metrics: Arc<Metrics>,
+}
+
+/// What the request path learned, for metrics, headers and the access log.
+#[derive(Default)]
+struct Outcome {
+    client: Option<Arc<str>>,
+    route: Option<Arc<str>>,
+    rate: Option<RateHeaders>,
+}
+
+/// Keeps the in-flight gauge right even when the client goes away mid-request (the future is
+/// dropped).
+struct InFlight<'a>(&'a Metrics);
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.inflight.dec();
+    }
 }
 
 impl Gateway {
     /// A gateway serving the given runtime.
-    pub fn new(runtime: SharedRuntime) -> Self {
-        Gateway { runtime }
+    pub fn new(runtime: SharedRuntime, metrics: Arc<Metrics>) -> Self {
+        Gateway { runtime, metrics }
     }
 
     /// Handles one request; never fails (errors become Palette-shaped answers).
     pub async fn handle(&self, req: Request<Body>) -> Response<Body> {
         let started = Instant::now();
+        let metrics = &*self.metrics;
+        metrics.inflight.inc();
+        let _inflight = InFlight(metrics);
         // The snapshot is taken once: the request finishes on the config it started with.
         let rt = self.runtime.load_full();
         let request_id = request_id(req.headers());
@@ -81,19 +119,30 @@ impl Gateway {
         let method = req.method().clone();
         let path_for_log = req.uri().path().to_string();
         let mut outcome = Outcome::default();
-        let mut resp = match process(&rt, req, &request_id, &rid, &mut outcome).await {
+        let mut resp = match process(&rt, metrics, req, &request_id, &rid, &mut outcome).await {
             Ok(r) => r,
             Err(e) => {
+                if let Some(reason) = e.auth_failure_reason() {
+                    metrics.auth_failures.with_label_values(&[reason]).inc();
+                }
                 tracing::debug!(request_id = %rid, error = %e, "request refused");
                 e.into_response(&rid)
             }
         };
         resp.headers_mut().insert(X_REQUEST_ID.clone(), request_id);
+        if let Some(rate) = outcome.rate {
+            rate.apply(resp.headers_mut());
+        }
+        let client = outcome.client.as_deref().unwrap_or("none");
+        let route = outcome.route.as_deref().unwrap_or("none");
+        let m = method_label(&method);
+        metrics.requests.with_label_values(&[client, route, m, resp.status().as_str()]).inc();
+        metrics.request_duration.with_label_values(&[client, route, m]).observe(started.elapsed().as_secs_f64());
         tracing::info!(
             target: "palette_gateway::access",
             request_id = %rid,
-            client = outcome.client.as_deref().unwrap_or("-"),
-            route = outcome.route.as_deref().unwrap_or("none"),
+            client,
+            route,
             method = %method,
             path = %path_for_log,
             status = resp.status().as_u16(),
@@ -101,13 +150,6 @@ impl Gateway {
         );
         resp
     }
-}
-
-/// What the request path learned, for the access log.
-#[derive(Default)]
-struct Outcome {
-    client: Option<Arc<str>>,
-    route: Option<Arc<str>>,
 }
 
 impl tower::Service<Request<Body>> for Gateway {
@@ -140,6 +182,7 @@ fn request_id(headers: &http::HeaderMap) -> HeaderValue {
 
 async fn process(
     rt: &Runtime,
+    metrics: &Metrics,
     req: Request<Body>,
     request_id: &HeaderValue,
     rid: &str,
@@ -166,6 +209,19 @@ async fn process(
     let client_idx = auth::identify(cfg, &parts.headers, &conn.identity)?;
     let client = &cfg.clients[client_idx];
     outcome.client = Some(client.name.clone());
+    match rt.limits.check(client_idx) {
+        Ok(headers) => outcome.rate = headers,
+        Err(refusal) => {
+            outcome.rate = refusal.headers;
+            metrics.rate_limited.with_label_values(&[&client.name, refusal.kind.label()]).inc();
+            return Err(GatewayError::RateLimited {
+                client: client.name.to_string(),
+                limit: refusal.kind.label(),
+                rate: format!("{}/s, burst {}", refusal.rate.per_second, refusal.rate.burst),
+                retry_after: retry_after_secs(refusal.retry_after),
+            });
+        }
+    }
     let matched = routes::select(cfg, client_idx, &parts.method, &checked);
     outcome.route = matched.route.map(|r| r.name.clone());
     policy::check(client, &parts.method, &matched.upstream_path)?;
@@ -191,46 +247,162 @@ async fn process(
     *head.headers_mut() = parts.headers;
     let (head, ()) = head.into_parts();
 
-    let resp = match credential {
-        UpstreamCredential::ApiKey { header, secret } => {
-            let req = build(&head, auth::API_KEY, header.clone(), body);
-            let resp = send(&rt.upstream, req).await?;
-            forward::scrub_error(resp, &[secret.expose()], rid).await
-        }
-        UpstreamCredential::Token(manager) => {
-            let unavailable = |e: crate::credentials::TokenUnavailable| GatewayError::CredentialUnavailable {
-                credential: manager.name().to_string(),
-                reason: e.0,
-            };
-            let token = manager.get().await.map_err(unavailable)?;
-            let (first_body, replay) = replayable(body).await?;
-            let req = build(&head, header::AUTHORIZATION.as_str(), token.header.clone(), first_body);
-            let resp = send(&rt.upstream, req).await?;
-            let resp = match replay {
-                Some(bytes) if resp.status() == http::StatusCode::UNAUTHORIZED => {
-                    // The token was refused early (revoked, rotated): one new token, one replay.
-                    drop(resp);
-                    let fresh = manager.replace(token.generation).await.map_err(unavailable)?;
-                    let req = build(&head, header::AUTHORIZATION.as_str(), fresh.header.clone(), body::full(bytes));
-                    let resp = send(&rt.upstream, req).await?;
-                    return Ok(finish(forward::scrub_error(resp, &[fresh.value.expose(), token.value.expose()], rid).await));
-                }
-                None if resp.status() == http::StatusCode::UNAUTHORIZED => {
-                    // Not replayable: the 401 passes through, but the refused token goes.
-                    manager.invalidate(token.generation);
-                    resp
-                }
-                _ => resp,
-            };
-            forward::scrub_error(resp, &[token.value.expose()], rid).await
-        }
+    let exchange = Exchange {
+        rt,
+        metrics,
+        head: &head,
+        client_idx,
+        client_name: &client.name,
+        bucket: rt.budget.bucket_for(&matched.upstream_path),
+        rid,
     };
-    Ok(finish(resp))
+    exchange.run(credential, body).await
 }
 
-fn finish(mut resp: Response<Body>) -> Response<Body> {
-    forward::response_headers(resp.headers_mut());
-    resp
+/// One request's trip upstream, with its retries.
+struct Exchange<'a> {
+    rt: &'a Runtime,
+    metrics: &'a Metrics,
+    head: &'a http::request::Parts,
+    client_idx: usize,
+    client_name: &'a str,
+    bucket: Option<&'a Arc<Bucket>>,
+    rid: &'a str,
+}
+
+/// Which credential header a given attempt carries.
+enum Attempt {
+    ApiKey(HeaderValue),
+    Token(Arc<Token>),
+}
+
+impl Exchange<'_> {
+    async fn run(&self, credential: &UpstreamCredential, body: Body) -> Result<Response<Body>, GatewayError> {
+        let unavailable = |m: &TokenManager, e: crate::credentials::TokenUnavailable| GatewayError::CredentialUnavailable {
+            credential: m.name().to_string(),
+            reason: e.0,
+        };
+        let (manager, mut attempt) = match credential {
+            UpstreamCredential::ApiKey { header, .. } => (None, Attempt::ApiKey(header.clone())),
+            UpstreamCredential::Token(m) => (Some(&**m), Attempt::Token(m.get().await.map_err(|e| unavailable(m, e))?)),
+        };
+        // Buffer small bodies when a retry could need them: token credentials (401 → replay)
+        // and idempotent methods (Palette's 429 → retry).
+        let idempotent = matches!(self.head.method, Method::GET | Method::HEAD | Method::PUT | Method::DELETE);
+        let (mut first_body, replay) = if manager.is_some() || idempotent { replayable(body).await? } else { (Some(body), None) };
+        let max_wait = self.rt.budget.max_wait();
+        let deadline = tokio::time::Instant::now() + max_wait;
+        let mut replayed_401 = false;
+        let mut secrets: Vec<crate::config::Secret> = Vec::new();
+        if let UpstreamCredential::ApiKey { secret, .. } = credential {
+            secrets.push(secret.clone());
+        }
+        loop {
+            self.take_budget(deadline).await?;
+            let body = match (first_body.take(), &replay) {
+                (Some(b), _) => b,
+                (None, Some(bytes)) => body::full(bytes.clone()),
+                // A streamed body is sent once; the loop only continues when `replay` is set.
+                (None, None) => body::empty(),
+            };
+            let req = match &attempt {
+                Attempt::ApiKey(h) => build(self.head, auth::API_KEY, h.clone(), body),
+                Attempt::Token(t) => {
+                    secrets.push(t.value.clone());
+                    build(self.head, header::AUTHORIZATION.as_str(), t.header.clone(), body)
+                }
+            };
+            let resp = self.send(req).await?;
+            match (resp.status(), &attempt, manager) {
+                (StatusCode::UNAUTHORIZED, Attempt::Token(t), Some(m)) => {
+                    if replay.is_some() && !replayed_401 {
+                        // The token was refused early (revoked, rotated): one new token, one replay.
+                        replayed_401 = true;
+                        drop(resp);
+                        attempt = Attempt::Token(m.replace(t.generation).await.map_err(|e| unavailable(m, e))?);
+                        continue;
+                    }
+                    // Not replayable: the 401 passes through, but the refused token goes.
+                    m.invalidate(t.generation);
+                    return Ok(self.finish(resp, &secrets).await);
+                }
+                (StatusCode::TOO_MANY_REQUESTS, _, _) => {
+                    let retry = self.throttled(idempotent && replay.is_some(), deadline);
+                    if retry {
+                        drop(resp);
+                        continue;
+                    }
+                    let mut resp = self.finish(resp, &secrets).await;
+                    if !resp.headers().contains_key(header::RETRY_AFTER) {
+                        let rate = self.bucket.map_or(1.0, |b| b.current_rate());
+                        resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(retry_after_secs(std::time::Duration::from_secs_f64(1.0 / rate))));
+                    }
+                    return Ok(resp);
+                }
+                _ => return Ok(self.finish(resp, &secrets).await),
+            }
+        }
+    }
+
+    /// Waits for the prefix's budget, at most until `deadline`.
+    async fn take_budget(&self, deadline: tokio::time::Instant) -> Result<(), GatewayError> {
+        let Some(bucket) = self.bucket else {
+            return Ok(());
+        };
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        match bucket.acquire(self.client_idx, left).await {
+            Ok(waited) => {
+                self.metrics.queue_wait.with_label_values(&[bucket.label()]).observe(waited.as_secs_f64());
+                Ok(())
+            }
+            Err(busy) => {
+                self.metrics.rate_limited.with_label_values(&[self.client_name, "upstream"]).inc();
+                Err(GatewayError::RateLimited {
+                    client: self.client_name.to_string(),
+                    limit: "upstream",
+                    rate: format!("Palette budget for {}: {:.1}/s", bucket.label(), bucket.current_rate()),
+                    retry_after: retry_after_secs(busy.retry_after),
+                })
+            }
+        }
+    }
+
+    /// Palette answered 429 despite the budget: slow the prefix down, and say whether the
+    /// request should be retried (idempotent, replayable, time left).
+    fn throttled(&self, retryable: bool, deadline: tokio::time::Instant) -> bool {
+        let prefix = self.bucket.map_or("none", |b| b.label());
+        self.metrics.upstream_throttled.with_label_values(&[prefix]).inc();
+        if let Some(b) = self.bucket {
+            let rate = b.throttled();
+            tracing::warn!(prefix, rate, "Palette answered 429; slowing this prefix down");
+        }
+        retryable && tokio::time::Instant::now() < deadline
+    }
+
+    async fn send(&self, req: Request<Body>) -> Result<Response<Body>, GatewayError> {
+        let started = Instant::now();
+        let result = self.rt.upstream.send(req).await;
+        let prefix = self.bucket.map_or("none", |b| b.label());
+        let code = match &result {
+            Ok(r) => r.status().as_str().to_string(),
+            Err(UpstreamFailure::Timeout(_)) => "timeout".into(),
+            Err(_) => "error".into(),
+        };
+        self.metrics.upstream_duration.with_label_values(&[prefix, &code]).observe(started.elapsed().as_secs_f64());
+        match result {
+            Ok(resp) => Ok(resp.map(body::boxed)),
+            Err(UpstreamFailure::Connect(e)) => Err(GatewayError::UpstreamUnavailable(e)),
+            Err(UpstreamFailure::Timeout(d)) => Err(GatewayError::UpstreamTimeout(humantime::format_duration(d).to_string())),
+            Err(UpstreamFailure::Protocol(e)) => Err(GatewayError::UpstreamError(e)),
+        }
+    }
+
+    async fn finish(&self, resp: Response<Body>, secrets: &[crate::config::Secret]) -> Response<Body> {
+        let exposed: Vec<&str> = secrets.iter().map(|s| s.expose()).collect();
+        let mut resp = forward::scrub_error(resp, &exposed, self.rid).await;
+        forward::response_headers(resp.headers_mut());
+        resp
+    }
 }
 
 fn build(head: &http::request::Parts, name: &'static str, value: HeaderValue, body: Body) -> Request<Body> {
@@ -242,28 +414,19 @@ fn build(head: &http::request::Parts, name: &'static str, value: HeaderValue, bo
     req
 }
 
-async fn send(upstream: &UpstreamClient, req: Request<Body>) -> Result<Response<Body>, GatewayError> {
-    match upstream.send(req).await {
-        Ok(resp) => Ok(resp.map(body::boxed)),
-        Err(UpstreamFailure::Connect(e)) => Err(GatewayError::UpstreamUnavailable(e)),
-        Err(UpstreamFailure::Timeout(d)) => Err(GatewayError::UpstreamTimeout(humantime::format_duration(d).to_string())),
-        Err(UpstreamFailure::Protocol(e)) => Err(GatewayError::UpstreamError(e)),
-    }
-}
-
 /// Buffers a body of at most [`REPLAY_LIMIT`] bytes (known from its length) so it can be sent
-/// twice; larger or unknown-length bodies stream once and are not replayed.
-async fn replayable(body: Body) -> Result<(Body, Option<Bytes>), GatewayError> {
+/// again; larger or unknown-length bodies stream once (`None` replay).
+async fn replayable(body: Body) -> Result<(Option<Body>, Option<Bytes>), GatewayError> {
     if body.is_end_stream() {
-        return Ok((body::empty(), Some(Bytes::new())));
+        return Ok((None, Some(Bytes::new())));
     }
     match body.size_hint().upper() {
         Some(n) if n <= REPLAY_LIMIT => {
             let bytes = body::collect_limited(body, REPLAY_LIMIT as usize)
                 .await
                 .map_err(|e| GatewayError::BadRequest(format!("reading the request body: {e}")))?;
-            Ok((body::full(bytes.clone()), Some(bytes)))
+            Ok((None, Some(bytes)))
         }
-        _ => Ok((body, None)),
+        _ => Ok((Some(body), None)),
     }
 }

@@ -10,6 +10,7 @@ use std::sync::Arc;
 use http::HeaderValue;
 
 use crate::config::{Config, CredentialKind, Secret};
+use crate::metrics::Metrics;
 use crate::upstream::UpstreamClient;
 pub use token::{Token, TokenManager, TokenUnavailable};
 
@@ -41,7 +42,7 @@ pub struct InvalidKey(String);
 impl Credentials {
     /// Prepares every credential of `cfg`; token managers of `previous` with identical settings
     /// are reused (token and all).
-    pub fn build(cfg: &Config, client: &UpstreamClient, previous: Option<&Credentials>) -> Result<Self, InvalidKey> {
+    pub fn build(cfg: &Config, client: &UpstreamClient, previous: Option<&Credentials>, metrics: &Metrics) -> Result<Self, InvalidKey> {
         let mut items = Vec::with_capacity(cfg.credentials.len());
         for c in &cfg.credentials {
             let cred = match &c.kind {
@@ -52,7 +53,7 @@ impl Credentials {
                 }
                 CredentialKind::Token(settings) => {
                     let reused = previous.and_then(|p| p.token_manager(&c.name)).filter(|m| m.settings() == settings);
-                    UpstreamCredential::Token(reused.unwrap_or_else(|| Arc::new(TokenManager::new(&c.name, settings.clone(), client.clone()))))
+                    UpstreamCredential::Token(reused.unwrap_or_else(|| Arc::new(TokenManager::new(&c.name, settings.clone(), client.clone(), metrics.clone()))))
                 }
             };
             items.push((Arc::from(c.name.as_str()), cred));

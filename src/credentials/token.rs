@@ -13,6 +13,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::palette_auth::{self, AuthCallError, IssuedToken};
 use crate::config::{Secret, TokenSettings};
+use crate::metrics::Metrics;
 use crate::upstream::UpstreamClient;
 
 /// After a failed renewal, requests fail fast for this long instead of each trying again.
@@ -64,6 +65,7 @@ pub struct TokenManager {
     dropped: Notify,
     logins: AtomicU64,
     refreshes: AtomicU64,
+    metrics: Metrics,
 }
 
 impl std::fmt::Debug for TokenManager {
@@ -74,7 +76,7 @@ impl std::fmt::Debug for TokenManager {
 
 impl TokenManager {
     /// A manager with no token yet; [`TokenManager::run`] obtains one.
-    pub fn new(name: &str, settings: TokenSettings, client: UpstreamClient) -> Self {
+    pub fn new(name: &str, settings: TokenSettings, client: UpstreamClient, metrics: Metrics) -> Self {
         TokenManager {
             name: Arc::from(name),
             settings,
@@ -87,6 +89,7 @@ impl TokenManager {
             dropped: Notify::new(),
             logins: AtomicU64::new(0),
             refreshes: AtomicU64::new(0),
+            metrics,
         }
     }
 
@@ -172,10 +175,12 @@ impl TokenManager {
             Some(t) => match palette_auth::refresh(&self.client, &t.value).await {
                 Ok(issued) => {
                     self.refreshes.fetch_add(1, Ordering::Relaxed);
+                    self.count("refresh", "ok");
                     tracing::debug!(credential = %self.name, "token refreshed");
                     Ok(issued)
                 }
                 Err(e) => {
+                    self.count("refresh", "error");
                     tracing::warn!(credential = %self.name, error = %e, "token refresh failed; logging in again");
                     self.login().await
                 }
@@ -201,14 +206,22 @@ impl TokenManager {
         }
     }
 
+    fn count(&self, kind: &str, result: &str) {
+        self.metrics.token_renewals.with_label_values(&[&self.name, kind, result]).inc();
+    }
+
     async fn login(&self) -> Result<IssuedToken, AuthCallError> {
         let issued = palette_auth::login(&self.client, &self.settings).await;
         match &issued {
             Ok(_) => {
                 self.logins.fetch_add(1, Ordering::Relaxed);
+                self.count("login", "ok");
                 tracing::info!(credential = %self.name, "logged in to Palette");
             }
-            Err(e) => tracing::warn!(credential = %self.name, error = %e, "login failed"),
+            Err(e) => {
+                self.count("login", "error");
+                tracing::warn!(credential = %self.name, error = %e, "login failed");
+            }
         }
         issued
     }
@@ -241,6 +254,7 @@ impl TokenManager {
             generation,
         });
         self.current.store(Some(token.clone()));
+        self.metrics.token_expiry.with_label_values(&[&self.name]).set(expires_unix);
         token
     }
 
