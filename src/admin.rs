@@ -28,7 +28,10 @@ impl Admin {
 
     fn answer(&self, req: &Request<Body>) -> Response<Body> {
         if req.method() != Method::GET && req.method() != Method::HEAD {
-            return json(StatusCode::METHOD_NOT_ALLOWED, serde_json::json!({"code": "MethodNotAllowed", "message": "use GET"}));
+            return json(
+                StatusCode::METHOD_NOT_ALLOWED,
+                serde_json::json!({"code": "MethodNotAllowed", "message": "use GET"}),
+            );
         }
         match req.uri().path() {
             "/healthz" => json(StatusCode::OK, serde_json::json!({"status": "ok"})),
@@ -41,7 +44,10 @@ impl Admin {
                 }
                 resp
             }
-            other => json(StatusCode::NOT_FOUND, serde_json::json!({"code": "NotFound", "message": format!("no admin endpoint {other}")})),
+            other => json(
+                StatusCode::NOT_FOUND,
+                serde_json::json!({"code": "NotFound", "message": format!("no admin endpoint {other}")}),
+            ),
         }
     }
 
@@ -61,7 +67,10 @@ impl Admin {
         if waiting.is_empty() {
             json(StatusCode::OK, serde_json::json!({"status": "ready"}))
         } else {
-            json(StatusCode::SERVICE_UNAVAILABLE, serde_json::json!({"status": "not ready", "credentials": waiting}))
+            json(
+                StatusCode::SERVICE_UNAVAILABLE,
+                serde_json::json!({"status": "not ready", "credentials": waiting}),
+            )
         }
     }
 }
@@ -69,7 +78,10 @@ impl Admin {
 fn json(status: StatusCode, v: serde_json::Value) -> Response<Body> {
     let mut resp = Response::new(body::full(v.to_string()));
     *resp.status_mut() = status;
-    resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
     resp
 }
 

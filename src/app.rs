@@ -26,7 +26,11 @@ pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
     #[error("cannot listen on {addr} ({what}): {source}")]
-    Bind { addr: SocketAddr, what: &'static str, source: std::io::Error },
+    Bind {
+        addr: SocketAddr,
+        what: &'static str,
+        source: std::io::Error,
+    },
     #[error(transparent)]
     Credential(#[from] InvalidKey),
 }
@@ -48,8 +52,16 @@ impl RunningGateway {
     pub async fn start(config: Config) -> Result<Self, StartError> {
         let proxy = bind(config.server.listen, "server.listen").await?;
         let admin = bind(config.server.admin_listen, "server.admin_listen").await?;
-        let proxy_addr = proxy.local_addr().map_err(|source| StartError::Bind { addr: config.server.listen, what: "server.listen", source })?;
-        let admin_addr = admin.local_addr().map_err(|source| StartError::Bind { addr: config.server.admin_listen, what: "server.admin_listen", source })?;
+        let proxy_addr = proxy.local_addr().map_err(|source| StartError::Bind {
+            addr: config.server.listen,
+            what: "server.listen",
+            source,
+        })?;
+        let admin_addr = admin.local_addr().map_err(|source| StartError::Bind {
+            addr: config.server.admin_listen,
+            what: "server.admin_listen",
+            source,
+        })?;
         let metrics = Arc::new(Metrics::new());
         let upstream = UpstreamClient::new(&config.upstream);
         let credentials = Credentials::build(&config, &upstream, None, &metrics)?;
@@ -58,17 +70,41 @@ impl RunningGateway {
         let tls = config.server.tls.as_ref().map(|t| t.config.clone());
         let config = Arc::new(config);
         metrics.config_last_reload_success.set(unix_now());
-        let runtime: SharedRuntime =
-            Arc::new(ArcSwap::from_pointee(Runtime { config, credentials: credentials.clone(), upstream, limits, budget }));
+        let runtime: SharedRuntime = Arc::new(ArcSwap::from_pointee(Runtime {
+            config,
+            credentials: credentials.clone(),
+            upstream,
+            limits,
+            budget,
+        }));
         let cancel = CancellationToken::new();
         let mut tasks = Vec::new();
         for manager in credentials.token_managers() {
             tasks.push(tokio::spawn(manager.clone().run(cancel.child_token())));
         }
-        tasks.push(tokio::spawn(crate::server::serve(proxy, tls, Gateway::new(runtime.clone(), metrics.clone()), cancel.child_token(), DRAIN_TIMEOUT)));
-        tasks.push(tokio::spawn(crate::server::serve(admin, None, Admin::new(runtime.clone(), metrics.clone()), cancel.child_token(), Duration::from_secs(1))));
+        tasks.push(tokio::spawn(crate::server::serve(
+            proxy,
+            tls,
+            Gateway::new(runtime.clone(), metrics.clone()),
+            cancel.child_token(),
+            DRAIN_TIMEOUT,
+        )));
+        tasks.push(tokio::spawn(crate::server::serve(
+            admin,
+            None,
+            Admin::new(runtime.clone(), metrics.clone()),
+            cancel.child_token(),
+            Duration::from_secs(1),
+        )));
         tracing::info!(%proxy_addr, %admin_addr, "palette-gateway listening");
-        Ok(RunningGateway { proxy_addr, admin_addr, runtime, metrics, cancel, tasks })
+        Ok(RunningGateway {
+            proxy_addr,
+            admin_addr,
+            runtime,
+            metrics,
+            cancel,
+            tasks,
+        })
     }
 
     /// The live runtime (config snapshot, credentials).
@@ -102,11 +138,16 @@ impl Drop for RunningGateway {
 }
 
 fn unix_now() -> f64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0)
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
 }
 
 async fn bind(addr: SocketAddr, what: &'static str) -> Result<TcpListener, StartError> {
-    TcpListener::bind(addr).await.map_err(|source| StartError::Bind { addr, what, source })
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| StartError::Bind { addr, what, source })
 }
 
 /// Runs until SIGTERM or SIGINT, then shuts down gracefully.

@@ -11,7 +11,7 @@ use std::fmt;
 pub enum PathError {
     #[error("path must start with '/'")]
     NotAbsolute,
-    #[error("path contains an empty segment ('//' or a trailing '/')")]
+    #[error("path contains an empty segment ('//')")]
     EmptySegment,
     #[error("path contains a dot-segment ('.' or '..')")]
     DotSegment,
@@ -65,7 +65,9 @@ impl CheckedPath {
     /// which is therefore already in checked form.
     pub fn with_path(&self, rest: &str) -> CheckedPath {
         debug_assert!(self.path.ends_with(rest) || rest == "/");
-        CheckedPath { path: rest.to_string() }
+        CheckedPath {
+            path: rest.to_string(),
+        }
     }
 }
 
@@ -96,7 +98,7 @@ fn is_unreserved(b: u8) -> bool {
 
 /// Checks and normalizes a request path (without its query).
 ///
-/// Refused: a path not starting with '/', empty segments (`//`, a trailing `/` except on "/"),
+/// Refused: a path not starting with '/', empty segments (`//`; a trailing `/` is kept),
 /// dot-segments, a literal backslash, `%2f` `%5c` `%2e` in any case, `%` not followed by two hex
 /// digits, and encoded control characters. Encoded unreserved characters (`%41` for `A`) are
 /// decoded so that `/v1/%61uth` is matched, and forwarded, as `/v1/auth`.
@@ -109,8 +111,15 @@ pub fn check(raw: &str) -> Result<CheckedPath, PathError> {
         return Ok(CheckedPath { path: "/".into() });
     }
     let mut out = String::with_capacity(raw.len());
-    for segment in raw[1..].split('/') {
+    let mut segments = raw[1..].split('/').peekable();
+    while let Some(segment) = segments.next() {
         if segment.is_empty() {
+            // A trailing slash is a real spelling (Palette serves `GET /v1/notifications/`);
+            // an empty segment anywhere else is not.
+            if segments.peek().is_none() {
+                out.push('/');
+                break;
+            }
             return Err(PathError::EmptySegment);
         }
         out.push('/');
@@ -180,14 +189,26 @@ mod tests {
 
     #[test]
     fn plain_paths_pass_unchanged() {
-        for p in ["/", "/v1/spectroclusters", "/v1/users/auth/tokens/revoke", "/v1/a-b_c~d/x1"] {
+        for p in [
+            "/",
+            "/v1/spectroclusters",
+            "/v1/users/auth/tokens/revoke",
+            "/v1/a-b_c~d/x1",
+        ] {
             assert_eq!(check(p).unwrap().as_str(), p);
         }
     }
 
     #[test]
     fn dot_segments_are_refused() {
-        for p in ["/v1/./x", "/v1/../auth", "/..", "/v1/x/.", "/v1/%2e%2e/auth", "/v1/.%2e/auth"] {
+        for p in [
+            "/v1/./x",
+            "/v1/../auth",
+            "/..",
+            "/v1/x/.",
+            "/v1/%2e%2e/auth",
+            "/v1/.%2e/auth",
+        ] {
             assert!(check(p).is_err(), "{p}");
         }
         assert_eq!(check("/v1/..").unwrap_err(), PathError::DotSegment);
@@ -197,23 +218,47 @@ mod tests {
 
     #[test]
     fn encoded_separators_are_refused() {
-        for p in ["/v1%2fauth", "/v1%2Fauth", "/v1/a%5cb", "/v1/a%5Cb", "/v1/%2e", "/v1/%2E"] {
-            assert!(matches!(check(p), Err(PathError::EncodedSeparator(_))), "{p}");
+        for p in [
+            "/v1%2fauth",
+            "/v1%2Fauth",
+            "/v1/a%5cb",
+            "/v1/a%5Cb",
+            "/v1/%2e",
+            "/v1/%2E",
+        ] {
+            assert!(
+                matches!(check(p), Err(PathError::EncodedSeparator(_))),
+                "{p}"
+            );
         }
         assert_eq!(check("/v1\\auth").unwrap_err(), PathError::Backslash);
     }
 
     #[test]
     fn empty_segments_are_refused() {
-        for p in ["//v1", "/v1//x", "/v1/", "/v1/x/"] {
+        for p in ["//v1", "/v1//x", "/v1//", "///"] {
             assert_eq!(check(p).unwrap_err(), PathError::EmptySegment, "{p}");
         }
     }
 
     #[test]
+    fn trailing_slash_is_kept() {
+        let p = check("/v1/notifications/").unwrap();
+        assert_eq!(p.as_str(), "/v1/notifications/");
+        assert_eq!(
+            p.segments().collect::<Vec<_>>(),
+            vec!["v1", "notifications"]
+        );
+    }
+
+    #[test]
     fn invalid_percent_encoding_is_refused() {
         for p in ["/v1/%", "/v1/%4", "/v1/%zz", "/v1/%g1/x"] {
-            assert_eq!(check(p).unwrap_err(), PathError::InvalidPercentEncoding, "{p}");
+            assert_eq!(
+                check(p).unwrap_err(),
+                PathError::InvalidPercentEncoding,
+                "{p}"
+            );
         }
         assert_eq!(check("/v1/%00").unwrap_err(), PathError::EncodedControl);
         assert_eq!(check("/v1/%7f").unwrap_err(), PathError::EncodedControl);
@@ -261,6 +306,7 @@ mod tests {
                 let lower = p.as_str().to_ascii_lowercase();
                 prop_assert!(!lower.contains("%2f") && !lower.contains("%2e") && !lower.contains("%5c"));
                 prop_assert!(!p.as_str().contains("//"));
+                prop_assert!(p.segments().all(|s| !s.is_empty()));
                 for s in p.segments() {
                     prop_assert!(s != "." && s != "..");
                 }

@@ -38,7 +38,9 @@ pub struct UpstreamClient {
 
 impl std::fmt::Debug for UpstreamClient {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("UpstreamClient").field("authority", &self.authority).finish_non_exhaustive()
+        f.debug_struct("UpstreamClient")
+            .field("authority", &self.authority)
+            .finish_non_exhaustive()
     }
 }
 
@@ -93,7 +95,11 @@ impl UpstreamClient {
 
     /// The absolute upstream URI for an origin-form path and query.
     pub fn uri(&self, path_and_query: &str) -> Result<Uri, http::Error> {
-        Uri::builder().scheme(self.scheme.clone()).authority(self.authority.clone()).path_and_query(path_and_query).build()
+        Uri::builder()
+            .scheme(self.scheme.clone())
+            .authority(self.authority.clone())
+            .path_and_query(path_and_query)
+            .build()
     }
 
     /// The upstream's host (and port), for logs.

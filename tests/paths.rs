@@ -8,19 +8,33 @@ use support::*;
 /// (the `/v1/auth/**` ones are refused by design, and are counted).
 #[tokio::test]
 async fn every_spec_path_passes_unchanged() {
-    let spec_path = concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/palette/palette-api-spec.json");
-    let spec: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(spec_path).expect("shared spec")).unwrap();
-    let h = Harness::standard().await;
+    let spec_path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../shared/palette/palette-api-spec.json"
+    );
+    let spec: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(spec_path).expect("shared spec")).unwrap();
+    // The budget would pace 1,100 requests to Palette's rates; this test is about paths.
+    let rules = standard_rules();
+    let h = Harness::start(standard_fake(), NO_BUDGET, &rules).await;
     let mut forwarded = 0;
     let mut refused_auth = 0;
     for (template, ops) in spec["paths"].as_object().unwrap() {
         let path = fill(template);
         for method in ops.as_object().unwrap().keys() {
-            let Ok(m) = reqwest::Method::from_bytes(method.to_ascii_uppercase().as_bytes()) else { continue };
-            if !matches!(m.as_str(), "GET" | "POST" | "PUT" | "PATCH" | "DELETE" | "HEAD") {
+            let Ok(m) = reqwest::Method::from_bytes(method.to_ascii_uppercase().as_bytes()) else {
+                continue;
+            };
+            if !matches!(
+                m.as_str(),
+                "GET" | "POST" | "PUT" | "PATCH" | "DELETE" | "HEAD"
+            ) {
                 continue;
             }
-            let mut req = h.http.request(m.clone(), h.url(&path)).header("ApiKey", ADMIN_KEY);
+            let mut req = h
+                .http
+                .request(m.clone(), h.url(&path))
+                .header("ApiKey", ADMIN_KEY);
             if matches!(m.as_str(), "POST" | "PUT" | "PATCH") {
                 req = req.header("content-type", "application/json").body("{}");
             }
@@ -73,7 +87,6 @@ async fn ambiguous_paths_are_400() {
         "/v1%2fauth%2fauthenticate",
         "/v1/auth%2Fauthenticate",
         "/v1/users%5c..%5cauth",
-        "/v1/users/",
         "//v1/users",
         "/v1//users",
         "/v1/users/%zz",
@@ -94,7 +107,9 @@ async fn ambiguous_paths_are_400() {
 async fn escapes_cannot_dodge_allow() {
     let h = Harness::standard().await;
     // %44 is 'D': normalized to the same path, then judged by the same rules.
-    let r = h.raw(&raw_get("/v1/%44ashboard/x", &[("ApiKey", CI_KEY)])).await;
+    let r = h
+        .raw(&raw_get("/v1/%44ashboard/x", &[("ApiKey", CI_KEY)]))
+        .await;
     assert_eq!(r.status, 200);
     assert_eq!(h.last().path_and_query, "/v1/Dashboard/x");
 }

@@ -77,7 +77,11 @@ pub struct RawServer {
 
 impl Default for RawServer {
     fn default() -> Self {
-        RawServer { listen: default_listen(), admin_listen: default_admin_listen(), tls: None }
+        RawServer {
+            listen: default_listen(),
+            admin_listen: default_admin_listen(),
+            tls: None,
+        }
     }
 }
 

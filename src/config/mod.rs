@@ -39,7 +39,10 @@ impl fmt::Display for Problem {
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read config file {path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("{0}")]
     Syntax(String),
     #[error("{}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"))]
@@ -59,15 +62,18 @@ impl ConfigError {
 /// Loads and validates the config at `path`; relative file paths inside it are relative to
 /// its directory. Used by start-up, reload and `check` alike.
 pub fn load(path: &Path, env: &dyn Environment) -> Result<Config, ConfigError> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
     let base = path.parent().unwrap_or(Path::new("."));
     load_str(&text, base, env)
 }
 
 /// Loads and validates config text; `base_dir` anchors relative file paths.
 pub fn load_str(text: &str, base_dir: &Path, env: &dyn Environment) -> Result<Config, ConfigError> {
-    let raw: file::RawConfig = toml::from_str(text).map_err(|e| ConfigError::Syntax(render_toml_error(text, &e)))?;
+    let raw: file::RawConfig =
+        toml::from_str(text).map_err(|e| ConfigError::Syntax(render_toml_error(text, &e)))?;
     validate::validate(raw, base_dir, env)
 }
 
@@ -141,7 +147,9 @@ pub struct ServerTls {
 
 impl fmt::Debug for ServerTls {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ServerTls").field("mtls", &self.mtls).finish_non_exhaustive()
+        f.debug_struct("ServerTls")
+            .field("mtls", &self.mtls)
+            .finish_non_exhaustive()
     }
 }
 

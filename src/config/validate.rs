@@ -10,10 +10,12 @@ use std::time::Duration;
 use http::Method;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
-use super::file::{RawClient, RawConfig, RawCredential, RawRate, RawRoute, RawServerTls, RawUpstream};
+use super::file::{
+    RawClient, RawConfig, RawCredential, RawRate, RawRoute, RawServerTls, RawUpstream,
+};
 use super::{
-    Client, Config, Credential, CredentialKind, Environment, PrefixLimit, Problem, Projects, Rate, Route, Secret,
-    ServerConfig, ServerTls, TokenSettings, UpstreamConfig, UpstreamLimits,
+    Client, Config, Credential, CredentialKind, Environment, PrefixLimit, Problem, Projects, Rate,
+    Route, Secret, ServerConfig, ServerTls, TokenSettings, UpstreamConfig, UpstreamLimits,
 };
 use crate::config::ConfigError;
 use crate::pattern::AllowRule;
@@ -25,21 +27,39 @@ struct Problems(Vec<Problem>);
 
 impl Problems {
     fn add(&mut self, field: impl Into<String>, message: impl Into<String>) {
-        self.0.push(Problem { field: field.into(), message: message.into() });
+        self.0.push(Problem {
+            field: field.into(),
+            message: message.into(),
+        });
     }
 }
 
-pub(super) fn validate(raw: RawConfig, base: &Path, env: &dyn Environment) -> Result<Config, ConfigError> {
+pub(super) fn validate(
+    raw: RawConfig,
+    base: &Path,
+    env: &dyn Environment,
+) -> Result<Config, ConfigError> {
     let mut p = Problems(Vec::new());
     let server = server(&raw, base, env, &mut p);
     let upstream = upstream(&raw.upstream, base, env, &mut p);
     let credentials = credentials(&raw.credentials, base, env, &mut p);
-    let cred_names: HashMap<&str, usize> =
-        credentials.iter().enumerate().map(|(i, c)| (c.name.as_str(), i)).collect();
-    let mtls = server.as_ref().is_some_and(|s| s.tls.as_ref().is_some_and(|t| t.mtls));
+    let cred_names: HashMap<&str, usize> = credentials
+        .iter()
+        .enumerate()
+        .map(|(i, c)| (c.name.as_str(), i))
+        .collect();
+    let mtls = server
+        .as_ref()
+        .is_some_and(|s| s.tls.as_ref().is_some_and(|t| t.mtls));
 
-    let default_rate = raw.rate_limit.default.and_then(|r| rate(r, "rate_limit.default", &mut p));
-    let global_rate_limit = raw.rate_limit.global.and_then(|r| rate(r, "rate_limit.global", &mut p));
+    let default_rate = raw
+        .rate_limit
+        .default
+        .and_then(|r| rate(r, "rate_limit.default", &mut p));
+    let global_rate_limit = raw
+        .rate_limit
+        .global
+        .and_then(|r| rate(r, "rate_limit.global", &mut p));
     let mut client_names: HashMap<String, usize> = HashMap::new();
     let mut clients = Vec::with_capacity(raw.clients.len());
     let mut key_index = HashMap::new();
@@ -47,13 +67,19 @@ pub(super) fn validate(raw: RawConfig, base: &Path, env: &dyn Environment) -> Re
     for (i, c) in raw.clients.iter().enumerate() {
         let field = format!("clients[{i}]");
         if client_names.insert(c.name.clone(), i).is_some() {
-            p.add(format!("{field}.name"), format!("duplicate client name {:?}", c.name));
+            p.add(
+                format!("{field}.name"),
+                format!("duplicate client name {:?}", c.name),
+            );
         }
         for (k, key) in c.keys.iter().enumerate() {
             match parse_key_hash(key) {
                 Ok(h) => {
                     if key_index.insert(h, i).is_some() {
-                        p.add(format!("{field}.keys[{k}]"), "this key hash is already used (keys must be unique across clients)");
+                        p.add(
+                            format!("{field}.keys[{k}]"),
+                            "this key hash is already used (keys must be unique across clients)",
+                        );
                     }
                 }
                 Err(m) => p.add(format!("{field}.keys[{k}]"), m),
@@ -61,7 +87,10 @@ pub(super) fn validate(raw: RawConfig, base: &Path, env: &dyn Environment) -> Re
         }
         for (k, name) in c.cert_names.iter().enumerate() {
             if cert_index.insert(name.clone(), i).is_some() {
-                p.add(format!("{field}.cert_names[{k}]"), format!("certificate name {name:?} already identifies another client"));
+                p.add(
+                    format!("{field}.cert_names[{k}]"),
+                    format!("certificate name {name:?} already identifies another client"),
+                );
             }
         }
         if let Some(mut client) = client(c, &field, &cred_names, &raw.credentials, mtls, &mut p) {
@@ -73,13 +102,17 @@ pub(super) fn validate(raw: RawConfig, base: &Path, env: &dyn Environment) -> Re
         }
     }
 
-    let anonymous_client = raw.auth.anonymous_client.as_ref().and_then(|name| match client_names.get(name) {
-        Some(&i) => Some(i),
-        None => {
-            p.add("auth.anonymous_client", format!("no client named {name:?}"));
-            None
-        }
-    });
+    let anonymous_client =
+        raw.auth
+            .anonymous_client
+            .as_ref()
+            .and_then(|name| match client_names.get(name) {
+                Some(&i) => Some(i),
+                None => {
+                    p.add("auth.anonymous_client", format!("no client named {name:?}"));
+                    None
+                }
+            });
 
     let mut route_names = HashSet::new();
     let routes: Vec<Route> = raw
@@ -89,29 +122,41 @@ pub(super) fn validate(raw: RawConfig, base: &Path, env: &dyn Environment) -> Re
         .filter_map(|(i, r)| {
             let field = format!("routes[{i}]");
             if !route_names.insert(r.name.clone()) {
-                p.add(format!("{field}.name"), format!("duplicate route name {:?}", r.name));
+                p.add(
+                    format!("{field}.name"),
+                    format!("duplicate route name {:?}", r.name),
+                );
             }
             route(r, &field, &client_names, &mut p)
         })
         .collect();
 
     match (p.0.is_empty(), server, upstream) {
-        (true, Some(server), Some(upstream)) if clients.len() == raw.clients.len() && routes.len() == raw.routes.len() => Ok(Config {
-            server,
-            upstream,
-            credentials,
-            clients,
-            routes,
-            anonymous_client,
-            global_rate_limit,
-            key_index,
-            cert_index,
-        }),
+        (true, Some(server), Some(upstream))
+            if clients.len() == raw.clients.len() && routes.len() == raw.routes.len() =>
+        {
+            Ok(Config {
+                server,
+                upstream,
+                credentials,
+                clients,
+                routes,
+                anonymous_client,
+                global_rate_limit,
+                key_index,
+                cert_index,
+            })
+        }
         _ => Err(ConfigError::Invalid(p.0)),
     }
 }
 
-fn server(raw: &RawConfig, base: &Path, env: &dyn Environment, p: &mut Problems) -> Option<ServerConfig> {
+fn server(
+    raw: &RawConfig,
+    base: &Path,
+    env: &dyn Environment,
+    p: &mut Problems,
+) -> Option<ServerConfig> {
     let listen = socket_addr(&raw.server.listen, "server.listen", p);
     let admin_listen = socket_addr(&raw.server.admin_listen, "server.admin_listen", p);
     if let (Some(a), Some(b)) = (listen, admin_listen) {
@@ -123,20 +168,33 @@ fn server(raw: &RawConfig, base: &Path, env: &dyn Environment, p: &mut Problems)
         Some(t) => Some(server_tls(t, base, env, p)?),
         None => None,
     };
-    Some(ServerConfig { listen: listen?, admin_listen: admin_listen?, tls })
+    Some(ServerConfig {
+        listen: listen?,
+        admin_listen: admin_listen?,
+        tls,
+    })
 }
 
 fn socket_addr(text: &str, field: &str, p: &mut Problems) -> Option<SocketAddr> {
     match text.parse() {
         Ok(a) => Some(a),
         Err(_) => {
-            p.add(field, format!("{text:?} is not an IP:port address (e.g. \"127.0.0.1:8080\")"));
+            p.add(
+                field,
+                format!("{text:?} is not an IP:port address (e.g. \"127.0.0.1:8080\")"),
+            );
             None
         }
     }
 }
 
-fn read_file(env: &dyn Environment, base: &Path, path: &Path, field: &str, p: &mut Problems) -> Option<String> {
+fn read_file(
+    env: &dyn Environment,
+    base: &Path,
+    path: &Path,
+    field: &str,
+    p: &mut Problems,
+) -> Option<String> {
     let full = resolve(base, path);
     match env.read_to_string(&full) {
         Ok(s) => Some(s),
@@ -170,22 +228,32 @@ fn pem_certs(text: &str, field: &str, p: &mut Problems) -> Option<Vec<Certificat
     }
 }
 
-fn server_tls(t: &RawServerTls, base: &Path, env: &dyn Environment, p: &mut Problems) -> Option<ServerTls> {
-    let certs = read_file(env, base, &t.cert_file, "server.tls.cert_file", p).and_then(|s| pem_certs(&s, "server.tls.cert_file", p));
+fn server_tls(
+    t: &RawServerTls,
+    base: &Path,
+    env: &dyn Environment,
+    p: &mut Problems,
+) -> Option<ServerTls> {
+    let certs = read_file(env, base, &t.cert_file, "server.tls.cert_file", p)
+        .and_then(|s| pem_certs(&s, "server.tls.cert_file", p));
     let key: Option<PrivateKeyDer<'static>> =
-        read_file(env, base, &t.key_file, "server.tls.key_file", p).and_then(|s| match rustls_pemfile::private_key(&mut s.as_bytes()) {
-            Ok(Some(k)) => Some(k),
-            Ok(None) => {
-                p.add("server.tls.key_file", "no PEM private key found");
-                None
-            }
-            Err(e) => {
-                p.add("server.tls.key_file", format!("invalid PEM: {e}"));
-                None
+        read_file(env, base, &t.key_file, "server.tls.key_file", p).and_then(|s| {
+            match rustls_pemfile::private_key(&mut s.as_bytes()) {
+                Ok(Some(k)) => Some(k),
+                Ok(None) => {
+                    p.add("server.tls.key_file", "no PEM private key found");
+                    None
+                }
+                Err(e) => {
+                    p.add("server.tls.key_file", format!("invalid PEM: {e}"));
+                    None
+                }
             }
         });
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let builder = match rustls::ServerConfig::builder_with_provider(provider.clone()).with_safe_default_protocol_versions() {
+    let builder = match rustls::ServerConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+    {
         Ok(b) => b,
         Err(e) => {
             p.add("server.tls", e.to_string());
@@ -194,14 +262,23 @@ fn server_tls(t: &RawServerTls, base: &Path, env: &dyn Environment, p: &mut Prob
     };
     let (builder, mtls) = match &t.client_ca_file {
         Some(ca) => {
-            let cas = read_file(env, base, ca, "server.tls.client_ca_file", p).and_then(|s| pem_certs(&s, "server.tls.client_ca_file", p))?;
+            let cas = read_file(env, base, ca, "server.tls.client_ca_file", p)
+                .and_then(|s| pem_certs(&s, "server.tls.client_ca_file", p))?;
             let mut roots = rustls::RootCertStore::empty();
             for c in cas {
                 if let Err(e) = roots.add(c) {
-                    p.add("server.tls.client_ca_file", format!("unusable CA certificate: {e}"));
+                    p.add(
+                        "server.tls.client_ca_file",
+                        format!("unusable CA certificate: {e}"),
+                    );
                 }
             }
-            match rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider).build() {
+            match rustls::server::WebPkiClientVerifier::builder_with_provider(
+                Arc::new(roots),
+                provider,
+            )
+            .build()
+            {
                 Ok(v) => (builder.with_client_cert_verifier(v), true),
                 Err(e) => {
                     p.add("server.tls.client_ca_file", e.to_string());
@@ -214,15 +291,26 @@ fn server_tls(t: &RawServerTls, base: &Path, env: &dyn Environment, p: &mut Prob
     let mut config = match builder.with_single_cert(certs?, key?) {
         Ok(c) => c,
         Err(e) => {
-            p.add("server.tls", format!("certificate and key do not form a usable pair: {e}"));
+            p.add(
+                "server.tls",
+                format!("certificate and key do not form a usable pair: {e}"),
+            );
             return None;
         }
     };
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    Some(ServerTls { config: Arc::new(config), mtls })
+    Some(ServerTls {
+        config: Arc::new(config),
+        mtls,
+    })
 }
 
-fn upstream(u: &RawUpstream, base: &Path, env: &dyn Environment, p: &mut Problems) -> Option<UpstreamConfig> {
+fn upstream(
+    u: &RawUpstream,
+    base: &Path,
+    env: &dyn Environment,
+    p: &mut Problems,
+) -> Option<UpstreamConfig> {
     let uri: Option<http::Uri> = match u.url.parse::<http::Uri>() {
         Ok(uri) => Some(uri),
         Err(e) => {
@@ -252,19 +340,39 @@ fn upstream(u: &RawUpstream, base: &Path, env: &dyn Environment, p: &mut Problem
         Some((scheme?, authority))
     });
     let extra_roots = match &u.ca_file {
-        Some(f) => read_file(env, base, f, "upstream.ca_file", p).and_then(|s| pem_certs(&s, "upstream.ca_file", p)).unwrap_or_default(),
+        Some(f) => read_file(env, base, f, "upstream.ca_file", p)
+            .and_then(|s| pem_certs(&s, "upstream.ca_file", p))
+            .unwrap_or_default(),
         None => Vec::new(),
     };
-    let connect_timeout = positive(u.connect_timeout.unwrap_or(Duration::from_secs(5)), "upstream.connect_timeout", p);
-    let request_timeout = positive(u.request_timeout.unwrap_or(Duration::from_secs(60)), "upstream.request_timeout", p);
+    let connect_timeout = positive(
+        u.connect_timeout.unwrap_or(Duration::from_secs(5)),
+        "upstream.connect_timeout",
+        p,
+    );
+    let request_timeout = positive(
+        u.request_timeout.unwrap_or(Duration::from_secs(60)),
+        "upstream.request_timeout",
+        p,
+    );
     let limits = upstream_limits(u, p);
     let (scheme, authority) = parts?;
-    Some(UpstreamConfig { scheme, authority, extra_roots, connect_timeout, request_timeout, limits: limits? })
+    Some(UpstreamConfig {
+        scheme,
+        authority,
+        extra_roots,
+        connect_timeout,
+        request_timeout,
+        limits: limits?,
+    })
 }
 
 fn rate(r: RawRate, field: &str, p: &mut Problems) -> Option<Rate> {
     if !(r.per_second.is_finite() && r.per_second > 0.0 && r.per_second <= 1_000_000.0) {
-        p.add(format!("{field}.per_second"), "must be a number greater than 0 (at most 1000000)");
+        p.add(
+            format!("{field}.per_second"),
+            "must be a number greater than 0 (at most 1000000)",
+        );
         return None;
     }
     let burst = match r.burst {
@@ -276,7 +384,10 @@ fn rate(r: RawRate, field: &str, p: &mut Problems) -> Option<Rate> {
         // One second's worth, at least one request.
         None => r.per_second.ceil().max(1.0) as u32,
     };
-    Some(Rate { per_second: r.per_second, burst })
+    Some(Rate {
+        per_second: r.per_second,
+        burst,
+    })
 }
 
 fn upstream_limits(u: &RawUpstream, p: &mut Problems) -> Option<UpstreamLimits> {
@@ -286,7 +397,10 @@ fn upstream_limits(u: &RawUpstream, p: &mut Problems) -> Option<UpstreamLimits> 
         None | Some("palette") => crate::limit::upstream::palette_preset(),
         Some("none") => Vec::new(),
         Some(other) => {
-            p.add("upstream.limits.preset", format!("{other:?} is not a preset: use \"palette\" (the default) or \"none\""));
+            p.add(
+                "upstream.limits.preset",
+                format!("{other:?} is not a preset: use \"palette\" (the default) or \"none\""),
+            );
             Vec::new()
         }
     };
@@ -296,12 +410,22 @@ fn upstream_limits(u: &RawUpstream, p: &mut Problems) -> Option<UpstreamLimits> 
             p.add(format!("{field}.prefix"), m);
             continue;
         }
-        let Some(rate) = rate(RawRate { per_second: raw.per_second, burst: raw.burst }, &field, p) else {
+        let Some(rate) = rate(
+            RawRate {
+                per_second: raw.per_second,
+                burst: raw.burst,
+            },
+            &field,
+            p,
+        ) else {
             continue;
         };
         match rules.iter_mut().find(|r| r.prefix == raw.prefix) {
             Some(existing) => existing.rate = rate,
-            None => rules.push(PrefixLimit { prefix: raw.prefix.clone(), rate }),
+            None => rules.push(PrefixLimit {
+                prefix: raw.prefix.clone(),
+                rate,
+            }),
         }
     }
     let max_wait = l.max_wait.unwrap_or(Duration::from_secs(2));
@@ -309,7 +433,11 @@ fn upstream_limits(u: &RawUpstream, p: &mut Problems) -> Option<UpstreamLimits> 
     if max_queue == 0 {
         p.add("upstream.limits.max_queue", "must be at least 1");
     }
-    (p.0.len() == before).then_some(UpstreamLimits { rules, max_wait, max_queue })
+    (p.0.len() == before).then_some(UpstreamLimits {
+        rules,
+        max_wait,
+        max_queue,
+    })
 }
 
 fn positive(d: Duration, field: &str, p: &mut Problems) -> Duration {
@@ -330,9 +458,14 @@ fn secret(
     env: &dyn Environment,
     p: &mut Problems,
 ) -> Option<Secret> {
-    let given = usize::from(plain.is_some()) + usize::from(env_var.is_some()) + usize::from(file.is_some());
+    let given =
+        usize::from(plain.is_some()) + usize::from(env_var.is_some()) + usize::from(file.is_some());
     if given > 1 {
-        let names = if plain.is_some() { format!("{field}, {field}_env, {field}_file") } else { format!("{field}_env, {field}_file") };
+        let names = if plain.is_some() {
+            format!("{field}, {field}_env, {field}_file")
+        } else {
+            format!("{field}_env, {field}_file")
+        };
         p.add(field, format!("give only one of {names}"));
         return None;
     }
@@ -343,11 +476,17 @@ fn secret(
         return match env.var(var) {
             Some(v) if !v.trim().is_empty() => Some(Secret::new(v.trim())),
             Some(_) => {
-                p.add(format!("{field}_env"), format!("environment variable {var} is empty"));
+                p.add(
+                    format!("{field}_env"),
+                    format!("environment variable {var} is empty"),
+                );
                 None
             }
             None => {
-                p.add(format!("{field}_env"), format!("environment variable {var} is not set"));
+                p.add(
+                    format!("{field}_env"),
+                    format!("environment variable {var} is not set"),
+                );
                 None
             }
         };
@@ -356,7 +495,10 @@ fn secret(
         let text = read_file(env, base, f, &format!("{field}_file"), p)?;
         let v = text.trim();
         if v.is_empty() {
-            p.add(format!("{field}_file"), format!("{} is empty", resolve(base, f).display()));
+            p.add(
+                format!("{field}_file"),
+                format!("{} is empty", resolve(base, f).display()),
+            );
             return None;
         }
         return Some(Secret::new(v));
@@ -364,21 +506,40 @@ fn secret(
     None
 }
 
-fn credentials(raw: &BTreeMap<String, RawCredential>, base: &Path, env: &dyn Environment, p: &mut Problems) -> Vec<Credential> {
+fn credentials(
+    raw: &BTreeMap<String, RawCredential>,
+    base: &Path,
+    env: &dyn Environment,
+    p: &mut Problems,
+) -> Vec<Credential> {
     let mut out = Vec::new();
     for (name, c) in raw {
         let field = format!("credentials.{name}");
         if !valid_name(name) {
-            p.add(&field, "name must be 1-64 characters of letters, digits, '-', '_', '.'");
+            p.add(
+                &field,
+                "name must be 1-64 characters of letters, digits, '-', '_', '.'",
+            );
         }
         if c.api_key.is_some() {
-            p.add(format!("{field}.api_key"), "a literal secret is not allowed in the config: use api_key_env or api_key_file");
+            p.add(
+                format!("{field}.api_key"),
+                "a literal secret is not allowed in the config: use api_key_env or api_key_file",
+            );
         }
         if c.password.is_some() {
-            p.add(format!("{field}.password"), "a literal secret is not allowed in the config: use password_env or password_file");
+            p.add(
+                format!("{field}.password"),
+                "a literal secret is not allowed in the config: use password_env or password_file",
+            );
         }
         let is_key = c.api_key_env.is_some() || c.api_key_file.is_some() || c.api_key.is_some();
-        let is_login = c.email.is_some() || c.email_env.is_some() || c.email_file.is_some() || c.password_env.is_some() || c.password_file.is_some() || c.password.is_some();
+        let is_login = c.email.is_some()
+            || c.email_env.is_some()
+            || c.email_file.is_some()
+            || c.password_env.is_some()
+            || c.password_file.is_some()
+            || c.password.is_some();
         let kind = match (is_key, is_login) {
             (true, true) => {
                 p.add(&field, "is both an API key and a login: give api_key_env/api_key_file, or email + password, not both");
@@ -389,28 +550,81 @@ fn credentials(raw: &BTreeMap<String, RawCredential>, base: &Path, env: &dyn Env
                 None
             }
             (true, false) => {
-                for (k, set) in [("org", c.org.is_some()), ("token_lifetime", c.token_lifetime.is_some()), ("refresh_before", c.refresh_before.is_some())] {
+                for (k, set) in [
+                    ("org", c.org.is_some()),
+                    ("token_lifetime", c.token_lifetime.is_some()),
+                    ("refresh_before", c.refresh_before.is_some()),
+                ] {
                     if set {
-                        p.add(format!("{field}.{k}"), "only applies to a login (email + password) credential");
+                        p.add(
+                            format!("{field}.{k}"),
+                            "only applies to a login (email + password) credential",
+                        );
                     }
                 }
-                secret(&format!("{field}.api_key"), None, c.api_key_env.as_deref(), c.api_key_file.as_deref(), base, env, p).map(CredentialKind::ApiKey)
+                secret(
+                    &format!("{field}.api_key"),
+                    None,
+                    c.api_key_env.as_deref(),
+                    c.api_key_file.as_deref(),
+                    base,
+                    env,
+                    p,
+                )
+                .map(CredentialKind::ApiKey)
             }
             (false, true) => {
-                let email = secret(&format!("{field}.email"), c.email.as_deref(), c.email_env.as_deref(), c.email_file.as_deref(), base, env, p);
-                let password = secret(&format!("{field}.password"), None, c.password_env.as_deref(), c.password_file.as_deref(), base, env, p);
-                if email.is_none() && c.email.is_none() && c.email_env.is_none() && c.email_file.is_none() {
-                    p.add(format!("{field}.email"), "a login credential needs email, email_env or email_file");
+                let email = secret(
+                    &format!("{field}.email"),
+                    c.email.as_deref(),
+                    c.email_env.as_deref(),
+                    c.email_file.as_deref(),
+                    base,
+                    env,
+                    p,
+                );
+                let password = secret(
+                    &format!("{field}.password"),
+                    None,
+                    c.password_env.as_deref(),
+                    c.password_file.as_deref(),
+                    base,
+                    env,
+                    p,
+                );
+                if email.is_none()
+                    && c.email.is_none()
+                    && c.email_env.is_none()
+                    && c.email_file.is_none()
+                {
+                    p.add(
+                        format!("{field}.email"),
+                        "a login credential needs email, email_env or email_file",
+                    );
                 }
-                if password.is_none() && c.password_env.is_none() && c.password_file.is_none() && c.password.is_none() {
-                    p.add(format!("{field}.password_env"), "a login credential needs password_env or password_file");
+                if password.is_none()
+                    && c.password_env.is_none()
+                    && c.password_file.is_none()
+                    && c.password.is_none()
+                {
+                    p.add(
+                        format!("{field}.password_env"),
+                        "a login credential needs password_env or password_file",
+                    );
                 }
-                let token_lifetime = positive(c.token_lifetime.unwrap_or(Duration::from_secs(15 * 60)), &format!("{field}.token_lifetime"), p);
+                let token_lifetime = positive(
+                    c.token_lifetime.unwrap_or(Duration::from_secs(15 * 60)),
+                    &format!("{field}.token_lifetime"),
+                    p,
+                );
                 let refresh_before = c.refresh_before.unwrap_or(Duration::from_secs(3 * 60));
                 if refresh_before >= token_lifetime {
                     p.add(
                         format!("{field}.refresh_before"),
-                        format!("must be shorter than token_lifetime ({})", humantime::format_duration(token_lifetime)),
+                        format!(
+                            "must be shorter than token_lifetime ({})",
+                            humantime::format_duration(token_lifetime)
+                        ),
                     );
                 }
                 match (email, password) {
@@ -426,14 +640,20 @@ fn credentials(raw: &BTreeMap<String, RawCredential>, base: &Path, env: &dyn Env
             }
         };
         if let Some(kind) = kind {
-            out.push(Credential { name: name.clone(), kind });
+            out.push(Credential {
+                name: name.clone(),
+                kind,
+            });
         }
     }
     out
 }
 
 fn valid_name(name: &str) -> bool {
-    (1..=64).contains(&name.len()) && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+    (1..=64).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
 }
 
 fn parse_key_hash(text: &str) -> Result<[u8; 32], String> {
@@ -457,27 +677,43 @@ fn client(
 ) -> Option<Client> {
     let before = p.0.len();
     if !valid_name(&c.name) {
-        p.add(format!("{field}.name"), "must be 1-64 characters of letters, digits, '-', '_', '.'");
+        p.add(
+            format!("{field}.name"),
+            "must be 1-64 characters of letters, digits, '-', '_', '.'",
+        );
     }
     let cred_name = c.credential.as_deref().unwrap_or(DEFAULT_CREDENTIAL);
     let credential = creds.get(cred_name).copied();
     // A declared credential that failed to load has its own problem reported already.
     if credential.is_none() && !declared.contains_key(cred_name) {
-        let hint = if c.credential.is_none() { " (the default; set credential = \"...\" or define [credentials.default])" } else { "" };
-        p.add(format!("{field}.credential"), format!("no credential named {cred_name:?}{hint}"));
+        let hint = if c.credential.is_none() {
+            " (the default; set credential = \"...\" or define [credentials.default])"
+        } else {
+            ""
+        };
+        p.add(
+            format!("{field}.credential"),
+            format!("no credential named {cred_name:?}{hint}"),
+        );
     }
     let projects = match &c.projects {
         None => Projects::Only(Vec::new()),
         Some(list) if list.iter().any(|s| s == "*") => {
             if list.len() > 1 {
-                p.add(format!("{field}.projects"), "\"*\" (any project) must be the only entry");
+                p.add(
+                    format!("{field}.projects"),
+                    "\"*\" (any project) must be the only entry",
+                );
             }
             Projects::Any
         }
         Some(list) => {
             for (k, uid) in list.iter().enumerate() {
                 if !valid_project_uid(uid) {
-                    p.add(format!("{field}.projects[{k}]"), format!("{uid:?} is not a project uid (letters, digits, '-', '_')"));
+                    p.add(
+                        format!("{field}.projects[{k}]"),
+                        format!("{uid:?} is not a project uid (letters, digits, '-', '_')"),
+                    );
                 }
             }
             Projects::Only(list.clone())
@@ -497,34 +733,80 @@ fn client(
             .collect::<Vec<_>>()
     });
     if !c.cert_names.is_empty() && !mtls {
-        p.add(format!("{field}.cert_names"), "needs server.tls.client_ca_file (mTLS) to be set");
+        p.add(
+            format!("{field}.cert_names"),
+            "needs server.tls.client_ca_file (mTLS) to be set",
+        );
     }
     if p.0.len() != before || credential.is_none() {
         return None;
     }
-    Some(Client { name: Arc::from(c.name.as_str()), credential: credential?, projects, allow, rate_limit: None })
+    Some(Client {
+        name: Arc::from(c.name.as_str()),
+        credential: credential?,
+        projects,
+        allow,
+        rate_limit: None,
+    })
 }
 
 fn valid_project_uid(uid: &str) -> bool {
-    (1..=128).contains(&uid.len()) && uid.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_'))
+    (1..=128).contains(&uid.len())
+        && uid
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_'))
 }
 
-fn route(r: &RawRoute, field: &str, clients: &HashMap<String, usize>, p: &mut Problems) -> Option<Route> {
+fn route(
+    r: &RawRoute,
+    field: &str,
+    clients: &HashMap<String, usize>,
+    p: &mut Problems,
+) -> Option<Route> {
     let before = p.0.len();
     if !valid_name(&r.name) {
-        p.add(format!("{field}.name"), "must be 1-64 characters of letters, digits, '-', '_', '.'");
+        p.add(
+            format!("{field}.name"),
+            "must be 1-64 characters of letters, digits, '-', '_', '.'",
+        );
     }
     match crate::path::check(&r.path_prefix) {
+        Ok(_) if r.path_prefix.len() > 1 && r.path_prefix.ends_with('/') => {
+            p.add(
+                format!("{field}.path_prefix"),
+                format!(
+                    "{:?} must not end with '/' (prefixes match whole segments)",
+                    r.path_prefix
+                ),
+            );
+        }
         Ok(c) if c.as_str() == r.path_prefix => {}
-        Ok(_) => p.add(format!("{field}.path_prefix"), format!("write it in normalized form: {:?}", crate::path::check(&r.path_prefix).map(|c| c.to_string()).unwrap_or_default())),
-        Err(e) => p.add(format!("{field}.path_prefix"), format!("{:?}: {e}", r.path_prefix)),
+        Ok(_) => p.add(
+            format!("{field}.path_prefix"),
+            format!(
+                "write it in normalized form: {:?}",
+                crate::path::check(&r.path_prefix)
+                    .map(|c| c.to_string())
+                    .unwrap_or_default()
+            ),
+        ),
+        Err(e) => p.add(
+            format!("{field}.path_prefix"),
+            format!("{:?}: {e}", r.path_prefix),
+        ),
     }
     if r.strip_prefix && r.path_prefix == "/" {
-        p.add(format!("{field}.strip_prefix"), "cannot strip the prefix \"/\"");
+        p.add(
+            format!("{field}.strip_prefix"),
+            "cannot strip the prefix \"/\"",
+        );
     }
     let project_uid = r.project_uid.as_ref().and_then(|uid| {
         if !valid_project_uid(uid) {
-            p.add(format!("{field}.project_uid"), format!("{uid:?} is not a project uid (letters, digits, '-', '_')"));
+            p.add(
+                format!("{field}.project_uid"),
+                format!("{uid:?} is not a project uid (letters, digits, '-', '_')"),
+            );
             return None;
         }
         http::HeaderValue::from_str(uid).ok()
@@ -534,7 +816,10 @@ fn route(r: &RawRoute, field: &str, clients: &HashMap<String, usize>, p: &mut Pr
             .enumerate()
             .filter_map(|(k, m)| {
                 if !m.bytes().all(|b| b.is_ascii_uppercase()) || m.is_empty() {
-                    p.add(format!("{field}.methods[{k}]"), format!("{m:?} is not an HTTP method (upper case, e.g. \"GET\")"));
+                    p.add(
+                        format!("{field}.methods[{k}]"),
+                        format!("{m:?} is not an HTTP method (upper case, e.g. \"GET\")"),
+                    );
                     return None;
                 }
                 Method::from_bytes(m.as_bytes()).ok()
@@ -548,7 +833,10 @@ fn route(r: &RawRoute, field: &str, clients: &HashMap<String, usize>, p: &mut Pr
             .filter_map(|(k, n)| match clients.get(n) {
                 Some(&i) => Some(i),
                 None => {
-                    p.add(format!("{field}.clients[{k}]"), format!("no client named {n:?}"));
+                    p.add(
+                        format!("{field}.clients[{k}]"),
+                        format!("no client named {n:?}"),
+                    );
                     None
                 }
             })
@@ -572,10 +860,13 @@ mod tests {
     use super::super::{load_str, ConfigError, MapEnv};
     use std::path::Path;
 
-    const KEY_HASH: &str = "sha256:0000000000000000000000000000000000000000000000000000000000000001";
+    const KEY_HASH: &str =
+        "sha256:0000000000000000000000000000000000000000000000000000000000000001";
 
     fn env() -> MapEnv {
-        MapEnv::new().with("PALETTE_API_KEY", "k-123").with("PALETTE_PASSWORD", "pw")
+        MapEnv::new()
+            .with("PALETTE_API_KEY", "k-123")
+            .with("PALETTE_PASSWORD", "pw")
     }
 
     fn problems(text: &str) -> Vec<String> {
@@ -614,8 +905,16 @@ mod tests {
 
     #[test]
     fn unknown_keys_are_errors() {
-        let e = load_str(&format!("{}[server]\nlisten = \"127.0.0.1:1\"\nlisen = 1\n", base()), Path::new("."), &env()).unwrap_err();
-        assert!(matches!(e, ConfigError::Syntax(ref m) if m.contains("lisen")), "{e}");
+        let e = load_str(
+            &format!("{}[server]\nlisten = \"127.0.0.1:1\"\nlisen = 1\n", base()),
+            Path::new("."),
+            &env(),
+        )
+        .unwrap_err();
+        assert!(
+            matches!(e, ConfigError::Syntax(ref m) if m.contains("lisen")),
+            "{e}"
+        );
     }
 
     #[test]
@@ -625,24 +924,56 @@ mod tests {
             base()
         );
         let p = problems(&text);
-        assert!(p.contains(&"clients[2].credential: no credential named \"opz\"".to_string()), "{p:?}");
-        assert!(p.iter().any(|l| l.starts_with("clients[2].allow[0]:")), "{p:?}");
-        assert!(p.iter().any(|l| l.starts_with("clients[2].keys[0]:")), "{p:?}");
+        assert!(
+            p.contains(&"clients[2].credential: no credential named \"opz\"".to_string()),
+            "{p:?}"
+        );
+        assert!(
+            p.iter().any(|l| l.starts_with("clients[2].allow[0]:")),
+            "{p:?}"
+        );
+        assert!(
+            p.iter().any(|l| l.starts_with("clients[2].keys[0]:")),
+            "{p:?}"
+        );
     }
 
     #[test]
     fn literal_secrets_are_refused() {
-        let p = problems("[upstream]\nurl = \"http://127.0.0.1:1\"\n[credentials.default]\napi_key = \"abc\"\n");
-        assert!(p.iter().any(|l| l.starts_with("credentials.default.api_key: a literal secret")), "{p:?}");
-        let p = problems(&format!("{}[credentials.ops]\nemail = \"a@b\"\npassword = \"x\"\n", base()));
-        assert!(p.iter().any(|l| l.starts_with("credentials.ops.password: a literal secret")), "{p:?}");
+        let p = problems(
+            "[upstream]\nurl = \"http://127.0.0.1:1\"\n[credentials.default]\napi_key = \"abc\"\n",
+        );
+        assert!(
+            p.iter()
+                .any(|l| l.starts_with("credentials.default.api_key: a literal secret")),
+            "{p:?}"
+        );
+        let p = problems(&format!(
+            "{}[credentials.ops]\nemail = \"a@b\"\npassword = \"x\"\n",
+            base()
+        ));
+        assert!(
+            p.iter()
+                .any(|l| l.starts_with("credentials.ops.password: a literal secret")),
+            "{p:?}"
+        );
     }
 
     #[test]
     fn missing_env_and_file_are_named() {
         let p = problems("[upstream]\nurl = \"http://127.0.0.1:1\"\n[credentials.default]\napi_key_env = \"NOPE\"\n[credentials.f]\napi_key_file = \"/nonexistent/key\"\n");
-        assert!(p.contains(&"credentials.default.api_key_env: environment variable NOPE is not set".to_string()), "{p:?}");
-        assert!(p.iter().any(|l| l.starts_with("credentials.f.api_key_file: cannot read /nonexistent/key")), "{p:?}");
+        assert!(
+            p.contains(
+                &"credentials.default.api_key_env: environment variable NOPE is not set"
+                    .to_string()
+            ),
+            "{p:?}"
+        );
+        assert!(
+            p.iter()
+                .any(|l| l.starts_with("credentials.f.api_key_file: cannot read /nonexistent/key")),
+            "{p:?}"
+        );
     }
 
     #[test]
@@ -651,13 +982,20 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         std::fs::write(dir.join("key"), "  file-key\n").unwrap();
         let cfg = load_str("[upstream]\nurl = \"http://127.0.0.1:1\"\n[credentials.default]\napi_key_file = \"key\"\n", &dir, &env()).unwrap();
-        assert_eq!(cfg.credentials[0].kind, super::CredentialKind::ApiKey(super::Secret::new("file-key")));
+        assert_eq!(
+            cfg.credentials[0].kind,
+            super::CredentialKind::ApiKey(super::Secret::new("file-key"))
+        );
     }
 
     #[test]
     fn refresh_before_must_be_shorter_than_lifetime() {
         let p = problems(&format!("{}[credentials.ops]\nemail = \"a@b\"\npassword_env = \"PALETTE_PASSWORD\"\ntoken_lifetime = \"1m\"\nrefresh_before = \"2m\"\n", base()));
-        assert!(p.iter().any(|l| l.starts_with("credentials.ops.refresh_before:")), "{p:?}");
+        assert!(
+            p.iter()
+                .any(|l| l.starts_with("credentials.ops.refresh_before:")),
+            "{p:?}"
+        );
     }
 
     #[test]
@@ -668,9 +1006,18 @@ mod tests {
 
     #[test]
     fn upstream_url_rules() {
-        for (url, want) in [("ftp://x", "scheme"), ("https://u:p@x", "user info"), ("https://x/api", "no path"), ("nope nope", "not a URL")] {
+        for (url, want) in [
+            ("ftp://x", "scheme"),
+            ("https://u:p@x", "user info"),
+            ("https://x/api", "no path"),
+            ("nope nope", "not a URL"),
+        ] {
             let p = problems(&format!("[upstream]\nurl = \"{url}\"\n[credentials.default]\napi_key_env = \"PALETTE_API_KEY\"\n"));
-            assert!(p.iter().any(|l| l.starts_with("upstream.url:") && l.contains(want)), "{url}: {p:?}");
+            assert!(
+                p.iter()
+                    .any(|l| l.starts_with("upstream.url:") && l.contains(want)),
+                "{url}: {p:?}"
+            );
         }
     }
 
@@ -681,7 +1028,13 @@ mod tests {
             base()
         );
         let p = problems(&text);
-        for want in ["routes[0].path_prefix:", "routes[1].name: duplicate", "routes[1].clients[0]: no client named \"ghost\"", "routes[1].methods[0]:", "routes[1].project_uid:"] {
+        for want in [
+            "routes[0].path_prefix:",
+            "routes[1].name: duplicate",
+            "routes[1].clients[0]: no client named \"ghost\"",
+            "routes[1].methods[0]:",
+            "routes[1].project_uid:",
+        ] {
             assert!(p.iter().any(|l| l.starts_with(want)), "{want}: {p:?}");
         }
     }
@@ -689,29 +1042,51 @@ mod tests {
     #[test]
     fn anonymous_client_must_exist() {
         let p = problems(&format!("{}[auth]\nanonymous_client = \"side\"\n", base()));
-        assert_eq!(p, vec!["auth.anonymous_client: no client named \"side\"".to_string()]);
+        assert_eq!(
+            p,
+            vec!["auth.anonymous_client: no client named \"side\"".to_string()]
+        );
     }
 
     #[test]
     fn duplicate_keys_and_names() {
         let text = format!("{}[[clients]]\nname = \"a\"\nkeys = [\"{KEY_HASH}\"]\n[[clients]]\nname = \"a\"\nkeys = [\"{KEY_HASH}\"]\n", base());
         let p = problems(&text);
-        assert!(p.iter().any(|l| l.starts_with("clients[1].name: duplicate")), "{p:?}");
-        assert!(p.iter().any(|l| l.starts_with("clients[1].keys[0]: this key hash is already used")), "{p:?}");
+        assert!(
+            p.iter()
+                .any(|l| l.starts_with("clients[1].name: duplicate")),
+            "{p:?}"
+        );
+        assert!(
+            p.iter()
+                .any(|l| l.starts_with("clients[1].keys[0]: this key hash is already used")),
+            "{p:?}"
+        );
     }
 
     #[test]
     fn projects_star_alone_and_cert_names_need_mtls() {
         let text = format!("{}[[clients]]\nname = \"a\"\nprojects = [\"*\", \"p1\"]\ncert_names = [\"a.internal\"]\n", base());
         let p = problems(&text);
-        assert!(p.iter().any(|l| l.starts_with("clients[0].projects:")), "{p:?}");
-        assert!(p.iter().any(|l| l.starts_with("clients[0].cert_names: needs server.tls.client_ca_file")), "{p:?}");
+        assert!(
+            p.iter().any(|l| l.starts_with("clients[0].projects:")),
+            "{p:?}"
+        );
+        assert!(
+            p.iter()
+                .any(|l| l.starts_with("clients[0].cert_names: needs server.tls.client_ca_file")),
+            "{p:?}"
+        );
     }
 
     #[test]
     fn client_default_credential_must_exist() {
         let p = problems("[upstream]\nurl = \"http://127.0.0.1:1\"\n[credentials.x]\napi_key_env = \"PALETTE_API_KEY\"\n[[clients]]\nname = \"a\"\n");
-        assert!(p.iter().any(|l| l.starts_with("clients[0].credential: no credential named \"default\"")), "{p:?}");
+        assert!(
+            p.iter()
+                .any(|l| l.starts_with("clients[0].credential: no credential named \"default\"")),
+            "{p:?}"
+        );
     }
 
     proptest::proptest! {

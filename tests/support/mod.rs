@@ -26,6 +26,10 @@ pub const BOT_KEY: &str = "pgw_bot-local-key-cccccccccccccccccccccccccccccccc";
 /// Every secret the standard setup uses (tests scan outputs for them).
 pub const SECRETS: [&str; 5] = [PALETTE_KEY, OPS_PASSWORD, CI_KEY, ADMIN_KEY, BOT_KEY];
 
+/// Upstream settings that turn the Palette budget off, for tests that send more requests than
+/// Palette's documented rates allow and are not about limits.
+pub const NO_BUDGET: &str = "[upstream.limits]\npreset = \"none\"\n";
+
 /// The standard clients, credentials and routes (appended after `[server]` and `[upstream]`).
 pub fn standard_rules() -> String {
     format!(
@@ -79,14 +83,20 @@ project_uid = "p002"
 pub fn standard_fake() -> FakePaletteConfig {
     FakePaletteConfig {
         api_keys: vec![PALETTE_KEY.to_string()],
-        users: vec![FakeUser { email: OPS_EMAIL.into(), password: OPS_PASSWORD.into(), org: None }],
+        users: vec![FakeUser {
+            email: OPS_EMAIL.into(),
+            password: OPS_PASSWORD.into(),
+            org: None,
+        }],
         ..FakePaletteConfig::default()
     }
 }
 
 /// The environment the standard config reads its secrets from.
 pub fn standard_env() -> MapEnv {
-    MapEnv::new().with("PALETTE_API_KEY", PALETTE_KEY).with("PALETTE_PASSWORD", OPS_PASSWORD)
+    MapEnv::new()
+        .with("PALETTE_API_KEY", PALETTE_KEY)
+        .with("PALETTE_PASSWORD", OPS_PASSWORD)
 }
 
 /// A running fake Palette and gateway.
@@ -101,16 +111,18 @@ pub struct Harness {
 }
 
 impl Harness {
-    /// The standard setup.
+    /// The standard setup (without the upstream budget).
     pub async fn standard() -> Harness {
-        Harness::start(standard_fake(), "", &standard_rules()).await
+        Harness::start(standard_fake(), NO_BUDGET, &standard_rules()).await
     }
 
     /// A fake with `fake_cfg`, and a gateway whose config is `[server]` (ephemeral ports, plus
     /// `server_extra` lines) + `[upstream]` at the fake + `rules`.
     pub async fn start(fake_cfg: FakePaletteConfig, upstream_extra: &str, rules: &str) -> Harness {
         init_logs();
-        let fake = FakePalette::start(fake_cfg).await.expect("fake palette starts");
+        let fake = FakePalette::start(fake_cfg)
+            .await
+            .expect("fake palette starts");
         Harness::with_fake(fake, upstream_extra, rules).await
     }
 
@@ -118,11 +130,18 @@ impl Harness {
     pub async fn with_fake(fake: FakePalette, upstream_extra: &str, rules: &str) -> Harness {
         init_logs();
         let text = gateway_config(&fake.url(), upstream_extra, rules);
-        let cfg = config::load_str(&text, Path::new("."), &standard_env()).unwrap_or_else(|e| panic!("test config invalid:\n{e}\n---\n{text}"));
+        let cfg = config::load_str(&text, Path::new("."), &standard_env())
+            .unwrap_or_else(|e| panic!("test config invalid:\n{e}\n---\n{text}"));
         let gateway = RunningGateway::start(cfg).await.expect("gateway starts");
         let base = format!("http://{}", gateway.proxy_addr);
         let admin = format!("http://{}", gateway.admin_addr);
-        Harness { fake, gateway, base, admin, http: client() }
+        Harness {
+            fake,
+            gateway,
+            base,
+            admin,
+            http: client(),
+        }
     }
 
     /// `base` + path.
@@ -132,7 +151,11 @@ impl Harness {
 
     /// The requests the fake received other than login/refresh.
     pub fn forwarded(&self) -> Vec<RecordedRequest> {
-        self.fake.requests().into_iter().filter(|r| !r.path_and_query.starts_with("/v1/auth/")).collect()
+        self.fake
+            .requests()
+            .into_iter()
+            .filter(|r| !r.path_and_query.starts_with("/v1/auth/"))
+            .collect()
     }
 
     /// The last forwarded request.
@@ -169,7 +192,11 @@ pub fn gateway_config(upstream_url: &str, upstream_extra: &str, rules: &str) -> 
 
 /// A plain HTTP client (no proxy, no automatic decompression, keep-alive).
 pub fn client() -> reqwest::Client {
-    reqwest::Client::builder().no_proxy().timeout(Duration::from_secs(30)).build().expect("client builds")
+    reqwest::Client::builder()
+        .no_proxy()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .expect("client builds")
 }
 
 /// A raw HTTP/1.1 answer.
@@ -185,13 +212,16 @@ impl RawResponse {
     pub fn header(&self, name: &str) -> Option<String> {
         self.head.lines().skip(1).find_map(|l| {
             let (n, v) = l.split_once(':')?;
-            n.trim().eq_ignore_ascii_case(name).then(|| v.trim().to_string())
+            n.trim()
+                .eq_ignore_ascii_case(name)
+                .then(|| v.trim().to_string())
         })
     }
 
     /// The body as JSON.
     pub fn json(&self) -> serde_json::Value {
-        serde_json::from_slice(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&self.body)))
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&self.body)))
     }
 }
 
@@ -201,21 +231,34 @@ pub async fn raw_request(addr: SocketAddr, request: &[u8]) -> RawResponse {
     s.write_all(request).await.expect("write");
     let mut buf = Vec::new();
     let _ = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut buf)).await;
-    let split = buf.windows(4).position(|w| w == b"\r\n\r\n").unwrap_or(buf.len());
+    let split = buf
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .unwrap_or(buf.len());
     let head = String::from_utf8_lossy(&buf[..split]).to_string();
     let mut body = buf.get(split + 4..).unwrap_or_default().to_vec();
-    if head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
+    if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
         body = dechunk(&body);
     }
-    let status = head.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
     RawResponse { status, head, body }
 }
 
 fn dechunk(mut b: &[u8]) -> Vec<u8> {
     let mut out = Vec::new();
     loop {
-        let Some(eol) = b.windows(2).position(|w| w == b"\r\n") else { return out };
-        let size = usize::from_str_radix(String::from_utf8_lossy(&b[..eol]).trim(), 16).unwrap_or(0);
+        let Some(eol) = b.windows(2).position(|w| w == b"\r\n") else {
+            return out;
+        };
+        let size =
+            usize::from_str_radix(String::from_utf8_lossy(&b[..eol]).trim(), 16).unwrap_or(0);
         if size == 0 {
             return out;
         }
@@ -238,7 +281,9 @@ pub fn raw_get(path: &str, headers: &[(&str, &str)]) -> Vec<u8> {
 /// Logs from the gateway under test go to the test's captured output.
 pub fn init_logs() {
     let _ = tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
         .with_test_writer()
         .try_init();
 }

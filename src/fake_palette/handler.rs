@@ -1,0 +1,354 @@
+//! How the fake Palette answers one request: login, refresh, the credential check, the test
+//! hooks and the ordinary echo (the behaviour is listed in the parent module's docs).
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{CONTENT_LENGTH, CONTENT_TYPE, SET_COOKIE};
+use http::request::Parts;
+use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
+use http_body_util::combinators::UnsyncBoxBody;
+use http_body_util::{BodyExt as _, Empty, Full};
+use hyper::body::{Body as _, Incoming};
+use serde::Deserialize;
+use tokio::time::Instant;
+
+use super::body::{EchoBody, PatternBody, Recorder};
+use super::tokens::random_hex;
+use super::State;
+
+/// Any error a response body may end with.
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Every answer of the fake.
+pub(super) type FakeResponse = Response<UnsyncBoxBody<Bytes, BoxError>>;
+
+const LOGIN_PATH: &str = "/v1/auth/authenticate";
+const REFRESH_PREFIX: &str = "/v1/auth/refresh/";
+const HOOK_PREFIX: &str = "/v1/__fake/";
+const ECHO_PATH: &str = "/v1/__fake/echo-body";
+
+/// The body of `POST /v1/auth/authenticate`.
+#[derive(Deserialize)]
+struct LoginRequest {
+    #[serde(rename = "emailId")]
+    email_id: String,
+    password: String,
+    #[serde(default)]
+    org: Option<String>,
+}
+
+/// Records the request, then answers it.
+pub(super) async fn handle(state: Arc<State>, req: Request<Incoming>) -> FakeResponse {
+    let (parts, mut body) = req.into_parts();
+    let mut recorder = Recorder::new(&state, &parts);
+    // `echo-body` streams the body back as it arrives, so it is recorded when the body ends
+    // (by the answer's body) instead of here. A refused one is drained and answered below.
+    if parts.uri.path() == ECHO_PATH
+        && !body.is_end_stream()
+        && authenticate(&state, &parts.headers).is_ok()
+    {
+        return with_session_cookie(echo(&parts, body, recorder));
+    }
+    let drained = recorder.drain(&mut body).await;
+    let captured = recorder.record();
+    drop(recorder);
+    if let Err(err) = drained {
+        tracing::debug!(%err, "fake Palette: request body failed");
+        return error(
+            StatusCode::BAD_REQUEST,
+            "the request body could not be read",
+        );
+    }
+    route(&state, &parts, &captured).await
+}
+
+/// Picks the answer for a request whose body has been read.
+async fn route(state: &State, parts: &Parts, body: &[u8]) -> FakeResponse {
+    let path = parts.uri.path();
+    let set_cookie = !query_says_no_cookie(parts.uri.query());
+    if path == LOGIN_PATH && parts.method == Method::POST {
+        return login(state, body, set_cookie);
+    }
+    if let Some(token) = path.strip_prefix(REFRESH_PREFIX) {
+        if parts.method == Method::GET && !token.is_empty() && !token.contains('/') {
+            return refresh(state, token, set_cookie);
+        }
+    }
+    let credential = match authenticate(state, &parts.headers) {
+        Ok(credential) => credential,
+        Err(message) => return error(StatusCode::UNAUTHORIZED, &message),
+    };
+    let answer = match path.strip_prefix(HOOK_PREFIX) {
+        Some(hook_path) => hook(state, parts, hook_path, &credential).await,
+        None => ordinary(parts),
+    };
+    with_session_cookie(answer)
+}
+
+/// `setCookie=false` in the query (value compared ignoring ASCII case).
+fn query_says_no_cookie(query: Option<&str>) -> bool {
+    query.unwrap_or_default().split('&').any(|pair| {
+        pair.split_once('=')
+            .is_some_and(|(k, v)| k == "setCookie" && v.eq_ignore_ascii_case("false"))
+    })
+}
+
+/// `POST /v1/auth/authenticate`.
+fn login(state: &State, body: &[u8], set_cookie: bool) -> FakeResponse {
+    state.login_attempts.fetch_add(1, Ordering::SeqCst);
+    if state.auth_down.load(Ordering::SeqCst) {
+        return auth_unavailable();
+    }
+    let Ok(req) = serde_json::from_slice::<LoginRequest>(body) else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "invalid login payload: expected {\"emailId\", \"password\", \"org\"?}",
+        );
+    };
+    let user = state.users.iter().find(|u| {
+        let org_ok = match &u.org {
+            None => true,
+            Some(org) => req.org.as_deref() == Some(org.as_str()),
+        };
+        u.email.eq_ignore_ascii_case(&req.email_id) && u.password == req.password && org_ok
+    });
+    let Some(user) = user else {
+        return error(StatusCode::UNAUTHORIZED, "invalid email, password or org");
+    };
+    let token = state.tokens().login(
+        Instant::now(),
+        &user.email,
+        state.token_lifetime,
+        state.token_exp_claim,
+    );
+    state.logins.fetch_add(1, Ordering::SeqCst);
+    token_answer(token, set_cookie)
+}
+
+/// `GET /v1/auth/refresh/{token}`.
+fn refresh(state: &State, token: &str, set_cookie: bool) -> FakeResponse {
+    if state.auth_down.load(Ordering::SeqCst) {
+        return auth_unavailable();
+    }
+    let refreshed = state.tokens().refresh(
+        Instant::now(),
+        token,
+        state.token_lifetime,
+        state.token_exp_claim,
+    );
+    match refreshed {
+        Some(token) => {
+            state.refreshes.fetch_add(1, Ordering::SeqCst);
+            token_answer(token, set_cookie)
+        }
+        None => error(StatusCode::UNAUTHORIZED, "the token is invalid or expired"),
+    }
+}
+
+fn auth_unavailable() -> FakeResponse {
+    error(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "the authentication service is unavailable",
+    )
+}
+
+/// `200 {"Authorization": token, "isMfa": false}`, with the token cookie unless refused.
+fn token_answer(token: String, set_cookie: bool) -> FakeResponse {
+    let cookie = format!("Authorization={token}; Path=/; HttpOnly");
+    let mut answer = json(
+        StatusCode::OK,
+        &serde_json::json!({"Authorization": token, "isMfa": false}),
+    );
+    if set_cookie {
+        // A token is base64url and dots, always a valid header value.
+        if let Ok(cookie) = HeaderValue::from_str(&cookie) {
+            answer.headers_mut().append(SET_COOKIE, cookie);
+        }
+    }
+    answer
+}
+
+/// Checks the request's credential: `Ok` holds the header value that was accepted, `Err` the
+/// 401 message. `ApiKey` decides when present, as on Palette.
+fn authenticate(state: &State, headers: &HeaderMap) -> Result<String, String> {
+    if let Some(key) = headers.get("apikey") {
+        let key = String::from_utf8_lossy(key.as_bytes()).into_owned();
+        if state.api_keys.contains(&key) {
+            return Ok(key);
+        }
+        // Echoing the key is deliberate: real Palette error bodies may, and a gateway must
+        // scrub it.
+        return Err(format!("invalid api key {key}"));
+    }
+    if let Some(token) = headers.get(http::header::AUTHORIZATION) {
+        let token = String::from_utf8_lossy(token.as_bytes()).into_owned();
+        if state.tokens().is_valid(Instant::now(), &token) {
+            return Ok(token);
+        }
+        return Err("the authorization token is invalid or expired".into());
+    }
+    Err("missing ApiKey or Authorization header".into())
+}
+
+/// The test hooks under `/v1/__fake/`.
+async fn hook(state: &State, parts: &Parts, hook_path: &str, credential: &str) -> FakeResponse {
+    let (name, arg) = hook_path.split_once('/').unwrap_or((hook_path, ""));
+    match name {
+        "status" => {
+            let status = arg
+                .parse::<u16>()
+                .ok()
+                .and_then(|code| StatusCode::from_u16(code).ok())
+                .filter(|status| !status.is_informational());
+            match status {
+                Some(status) => status_hook(status, credential),
+                None => error(StatusCode::BAD_REQUEST, "status hook: bad status code"),
+            }
+        }
+        "bytes" => match arg.parse::<u64>() {
+            Ok(len) => {
+                let body = PatternBody::new(len, state.pattern.clone());
+                let mut answer = Response::new(body.map_err(|never| match never {}).boxed_unsync());
+                let headers = answer.headers_mut();
+                headers.insert(
+                    CONTENT_TYPE,
+                    HeaderValue::from_static("application/octet-stream"),
+                );
+                headers.insert(CONTENT_LENGTH, HeaderValue::from(len));
+                answer
+            }
+            Err(_) => error(StatusCode::BAD_REQUEST, "bytes hook: bad length"),
+        },
+        "slow" => match arg.parse::<u64>() {
+            Ok(ms) => {
+                tokio::select! {
+                    () = tokio::time::sleep(Duration::from_millis(ms)) => {}
+                    () = state.cancel.cancelled() => {}
+                }
+                ordinary(parts)
+            }
+            Err(_) => error(StatusCode::BAD_REQUEST, "slow hook: bad milliseconds"),
+        },
+        // An `echo-body` with a body was answered before its body was read; this one had none.
+        "echo-body" if arg.is_empty() => {
+            let mut answer = Response::new(empty());
+            if let Some(ct) = parts.headers.get(CONTENT_TYPE) {
+                answer.headers_mut().insert(CONTENT_TYPE, ct.clone());
+            }
+            answer
+        }
+        _ => error(StatusCode::NOT_FOUND, "no such fake hook"),
+    }
+}
+
+/// `/v1/__fake/status/{code}`: the error echoes the credential, for scrubbing tests.
+fn status_hook(status: StatusCode, credential: &str) -> FakeResponse {
+    if status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED {
+        let mut answer = Response::new(empty());
+        *answer.status_mut() = status;
+        return answer;
+    }
+    error(status, &format!("credential {credential} is not allowed"))
+}
+
+/// `/v1/__fake/echo-body` with a body: the body streamed back, `Content-Type` kept.
+fn echo(parts: &Parts, body: Incoming, recorder: Recorder) -> FakeResponse {
+    let body = EchoBody::new(body, recorder);
+    let mut answer = Response::new(body.map_err(BoxError::from).boxed_unsync());
+    if let Some(ct) = parts.headers.get(CONTENT_TYPE) {
+        answer.headers_mut().insert(CONTENT_TYPE, ct.clone());
+    }
+    answer
+}
+
+/// Any other authenticated path: `POST` creates (201 + `AuditUid`), the rest echo.
+fn ordinary(parts: &Parts) -> FakeResponse {
+    if parts.method == Method::POST {
+        let mut answer = json(
+            StatusCode::CREATED,
+            &serde_json::json!({"uid": random_hex(12)}),
+        );
+        if let Ok(audit) = HeaderValue::from_str(&random_hex(12)) {
+            answer.headers_mut().insert("audituid", audit);
+        }
+        return answer;
+    }
+    let project = parts
+        .headers
+        .get("projectuid")
+        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
+    json(
+        StatusCode::OK,
+        &serde_json::json!({
+            "method": parts.method.as_str(),
+            "path": parts.uri.path(),
+            "query": parts.uri.query(),
+            "projectUid": project,
+        }),
+    )
+}
+
+fn with_session_cookie(mut answer: FakeResponse) -> FakeResponse {
+    answer
+        .headers_mut()
+        .append(SET_COOKIE, HeaderValue::from_static("fake-session=abc"));
+    answer
+}
+
+/// A Palette error: `{"code", "message", "ref", "details": {}}`.
+fn error(status: StatusCode, message: &str) -> FakeResponse {
+    json(
+        status,
+        &serde_json::json!({
+            "code": code_name(status),
+            "message": message,
+            "ref": random_hex(10),
+            "details": {},
+        }),
+    )
+}
+
+/// `Forbidden`, `TooManyRequests`, ...: the reason phrase without spaces.
+fn code_name(status: StatusCode) -> String {
+    match status.canonical_reason() {
+        Some(reason) => reason.chars().filter(char::is_ascii_alphanumeric).collect(),
+        None => format!("Status{}", status.as_u16()),
+    }
+}
+
+fn json(status: StatusCode, value: &serde_json::Value) -> FakeResponse {
+    let body = Full::new(Bytes::from(value.to_string()));
+    let mut answer = Response::new(body.map_err(|never| match never {}).boxed_unsync());
+    *answer.status_mut() = status;
+    answer
+        .headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    answer
+}
+
+fn empty() -> UnsyncBoxBody<Bytes, BoxError> {
+    Empty::new().map_err(|never| match never {}).boxed_unsync()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn set_cookie_query() {
+        assert!(query_says_no_cookie(Some("setCookie=false")));
+        assert!(query_says_no_cookie(Some("a=1&setCookie=FALSE")));
+        assert!(!query_says_no_cookie(Some("setCookie=true")));
+        assert!(!query_says_no_cookie(None));
+    }
+
+    #[test]
+    fn code_names() {
+        assert_eq!(code_name(StatusCode::FORBIDDEN), "Forbidden");
+        assert_eq!(code_name(StatusCode::TOO_MANY_REQUESTS), "TooManyRequests");
+        assert_eq!(code_name(StatusCode::from_u16(599).unwrap()), "Status599");
+    }
+}
