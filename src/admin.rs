@@ -67,10 +67,7 @@ impl Admin {
         if waiting.is_empty() {
             json(StatusCode::OK, serde_json::json!({"status": "ready"}))
         } else {
-            json(
-                StatusCode::SERVICE_UNAVAILABLE,
-                serde_json::json!({"status": "not ready", "credentials": waiting}),
-            )
+            json(StatusCode::SERVICE_UNAVAILABLE, serde_json::json!({"status": "not ready", "credentials": waiting}))
         }
     }
 }
@@ -78,10 +75,7 @@ impl Admin {
 fn json(status: StatusCode, v: serde_json::Value) -> Response<Body> {
     let mut resp = Response::new(body::full(v.to_string()));
     *resp.status_mut() = status;
-    resp.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
+    resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
     resp
 }
 

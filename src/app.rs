@@ -26,11 +26,7 @@ pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
     #[error("cannot listen on {addr} ({what}): {source}")]
-    Bind {
-        addr: SocketAddr,
-        what: &'static str,
-        source: std::io::Error,
-    },
+    Bind { addr: SocketAddr, what: &'static str, source: std::io::Error },
     #[error(transparent)]
     Credential(#[from] InvalidKey),
 }
@@ -97,14 +93,7 @@ impl RunningGateway {
             Duration::from_secs(1),
         )));
         tracing::info!(%proxy_addr, %admin_addr, "palette-gateway listening");
-        Ok(RunningGateway {
-            proxy_addr,
-            admin_addr,
-            runtime,
-            metrics,
-            cancel,
-            tasks,
-        })
+        Ok(RunningGateway { proxy_addr, admin_addr, runtime, metrics, cancel, tasks })
     }
 
     /// The live runtime (config snapshot, credentials).
@@ -138,16 +127,11 @@ impl Drop for RunningGateway {
 }
 
 fn unix_now() -> f64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs_f64())
-        .unwrap_or(0.0)
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0)
 }
 
 async fn bind(addr: SocketAddr, what: &'static str) -> Result<TcpListener, StartError> {
-    TcpListener::bind(addr)
-        .await
-        .map_err(|source| StartError::Bind { addr, what, source })
+    TcpListener::bind(addr).await.map_err(|source| StartError::Bind { addr, what, source })
 }
 
 /// Runs until SIGTERM or SIGINT, then shuts down gracefully.

@@ -28,22 +28,13 @@ pub fn key_hash_string(key: &str) -> String {
 }
 
 /// Finds the calling client. Errors are 400 (ambiguous credentials) or 401.
-pub fn identify(
-    cfg: &Config,
-    headers: &HeaderMap,
-    peer: &PeerIdentity,
-) -> Result<usize, GatewayError> {
+pub fn identify(cfg: &Config, headers: &HeaderMap, peer: &PeerIdentity) -> Result<usize, GatewayError> {
     let key = local_key(headers)?;
-    let by_cert = peer
-        .cert_names
-        .iter()
-        .find_map(|n| cfg.client_by_cert_name(n));
+    let by_cert = peer.cert_names.iter().find_map(|n| cfg.client_by_cert_name(n));
     match (key, by_cert) {
         (Some(key), cert) => {
             let Some(client) = cfg.client_by_key_hash(&hash_key(key)) else {
-                return Err(GatewayError::UnknownCredential(
-                    "the local key is not known to this gateway".into(),
-                ));
+                return Err(GatewayError::UnknownCredential("the local key is not known to this gateway".into()));
             };
             if cert.is_some_and(|c| c != client) {
                 return Err(GatewayError::UnknownCredential(
@@ -65,38 +56,28 @@ fn local_key(headers: &HeaderMap) -> Result<Option<&str>, GatewayError> {
         None => None,
     };
     match (api_key, bearer) {
-        (Some(_), Some(_)) => Err(GatewayError::BadRequest(
-            "send the local key in ApiKey or in Authorization, not both".into(),
-        )),
+        (Some(_), Some(_)) => {
+            Err(GatewayError::BadRequest("send the local key in ApiKey or in Authorization, not both".into()))
+        }
         (Some(v), None) | (None, Some(v)) => Ok(Some(v)),
         (None, None) => Ok(None),
     }
 }
 
-fn single<'a>(
-    headers: &'a HeaderMap,
-    name: &str,
-    shown: &str,
-) -> Result<Option<&'a str>, GatewayError> {
+fn single<'a>(headers: &'a HeaderMap, name: &str, shown: &str) -> Result<Option<&'a str>, GatewayError> {
     let mut values = headers.get_all(name).iter();
     let Some(first) = values.next() else {
         return Ok(None);
     };
     if values.next().is_some() {
-        return Err(GatewayError::BadRequest(format!(
-            "more than one {shown} header"
-        )));
+        return Err(GatewayError::BadRequest(format!("more than one {shown} header")));
     }
     let text = first
         .to_str()
-        .map_err(|_| {
-            GatewayError::UnknownCredential(format!("the {shown} header is not a valid local key"))
-        })?
+        .map_err(|_| GatewayError::UnknownCredential(format!("the {shown} header is not a valid local key")))?
         .trim();
     if text.is_empty() {
-        return Err(GatewayError::UnknownCredential(format!(
-            "the {shown} header is empty"
-        )));
+        return Err(GatewayError::UnknownCredential(format!("the {shown} header is empty")));
     }
     Ok(Some(text))
 }
@@ -108,8 +89,7 @@ fn bearer_token(value: &str) -> Result<&str, GatewayError> {
         Ok(token)
     } else {
         Err(GatewayError::UnknownCredential(
-            "Authorization must be \"Bearer <local key>\" (the gateway holds the Palette token)"
-                .into(),
+            "Authorization must be \"Bearer <local key>\" (the gateway holds the Palette token)".into(),
         ))
     }
 }
@@ -141,10 +121,7 @@ mod tests {
 
     #[test]
     fn hash_matches_known_vector() {
-        assert_eq!(
-            key_hash_string("abc"),
-            "sha256:ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
-        );
+        assert_eq!(key_hash_string("abc"), "sha256:ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
     }
 
     #[test]
@@ -152,34 +129,18 @@ mod tests {
         let c = cfg("");
         let none = PeerIdentity::default();
         assert_eq!(identify(&c, &h(&[("apikey", "key-a")]), &none).unwrap(), 0);
-        assert_eq!(
-            identify(&c, &h(&[("authorization", "Bearer key-b")]), &none).unwrap(),
-            1
-        );
-        assert_eq!(
-            identify(&c, &h(&[("authorization", "bearer key-b")]), &none).unwrap(),
-            1
-        );
+        assert_eq!(identify(&c, &h(&[("authorization", "Bearer key-b")]), &none).unwrap(), 1);
+        assert_eq!(identify(&c, &h(&[("authorization", "bearer key-b")]), &none).unwrap(), 1);
     }
 
     #[test]
     fn unknown_missing_and_ambiguous() {
         let c = cfg("");
         let none = PeerIdentity::default();
+        assert!(matches!(identify(&c, &h(&[("apikey", "nope")]), &none), Err(GatewayError::UnknownCredential(_))));
+        assert!(matches!(identify(&c, &h(&[]), &none), Err(GatewayError::MissingCredential)));
         assert!(matches!(
-            identify(&c, &h(&[("apikey", "nope")]), &none),
-            Err(GatewayError::UnknownCredential(_))
-        ));
-        assert!(matches!(
-            identify(&c, &h(&[]), &none),
-            Err(GatewayError::MissingCredential)
-        ));
-        assert!(matches!(
-            identify(
-                &c,
-                &h(&[("apikey", "key-a"), ("authorization", "Bearer key-a")]),
-                &none
-            ),
+            identify(&c, &h(&[("apikey", "key-a"), ("authorization", "Bearer key-a")]), &none),
             Err(GatewayError::BadRequest(_))
         ));
         assert!(matches!(

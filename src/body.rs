@@ -12,16 +12,12 @@ pub type Body = UnsyncBoxBody<Bytes, BoxError>;
 
 /// A complete body.
 pub fn full(bytes: impl Into<Bytes>) -> Body {
-    Full::new(bytes.into())
-        .map_err(|never| match never {})
-        .boxed_unsync()
+    Full::new(bytes.into()).map_err(|never| match never {}).boxed_unsync()
 }
 
 /// An empty body.
 pub fn empty() -> Body {
-    Empty::<Bytes>::new()
-        .map_err(|never| match never {})
-        .boxed_unsync()
+    Empty::<Bytes>::new().map_err(|never| match never {}).boxed_unsync()
 }
 
 /// Boxes any body with `Bytes` chunks.

@@ -14,12 +14,7 @@ use crate::config::{self, ProcessEnv};
 #[command(name = "palette-gateway", version, about)]
 pub struct Cli {
     /// Config file (TOML).
-    #[arg(
-        long,
-        env = "PALETTE_GATEWAY_CONFIG",
-        global = true,
-        value_name = "PATH"
-    )]
+    #[arg(long, env = "PALETTE_GATEWAY_CONFIG", global = true, value_name = "PATH")]
     pub config: Option<PathBuf>,
     /// Run fully offline: a fake Palette on loopback plus the demo config (ignores --config).
     #[arg(long)]
@@ -87,10 +82,7 @@ pub fn main() -> ExitCode {
 
 fn run(cli: Cli) -> ExitCode {
     init_tracing();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(r) => r,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
@@ -102,12 +94,10 @@ fn run(cli: Cli) -> ExitCode {
             return crate::demo::run().await;
         }
         let Some(path) = cli.config else {
-            anyhow::bail!(
-                "no config: pass --config PATH (or set PALETTE_GATEWAY_CONFIG), or try --demo"
-            );
+            anyhow::bail!("no config: pass --config PATH (or set PALETTE_GATEWAY_CONFIG), or try --demo");
         };
-        let config = config::load(&path, &ProcessEnv)
-            .map_err(|e| anyhow::anyhow!("invalid config {}:\n{e}", path.display()))?;
+        let config =
+            config::load(&path, &ProcessEnv).map_err(|e| anyhow::anyhow!("invalid config {}:\n{e}", path.display()))?;
         crate::app::run_until_signal(config).await?;
         Ok(())
     });
@@ -124,19 +114,13 @@ fn run(cli: Cli) -> ExitCode {
 /// scanners and people can tell what it is.
 pub fn new_key() -> String {
     let bytes: [u8; 32] = rand::random();
-    format!(
-        "pgw_{}",
-        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
-    )
+    format!("pgw_{}", base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes))
 }
 
 fn init_tracing() {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .try_init();
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
 }
 
 #[cfg(test)]
@@ -149,27 +133,17 @@ mod tests {
         let b = new_key();
         assert_ne!(a, b);
         assert!(a.len() >= 4 + 43);
-        assert!(a
-            .bytes()
-            .all(|c| c.is_ascii_alphanumeric() || c == b'-' || c == b'_'));
+        assert!(a.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'-' || c == b'_'));
     }
 
     #[test]
     fn cli_parses_contract_verbs() {
         assert!(matches!(
-            Cli::try_parse_from(["pg", "check", "--config", "x.toml"])
-                .unwrap()
-                .command,
+            Cli::try_parse_from(["pg", "check", "--config", "x.toml"]).unwrap().command,
             Some(Command::Check)
         ));
         assert!(Cli::try_parse_from(["pg", "--demo"]).unwrap().demo);
-        assert!(matches!(
-            Cli::try_parse_from(["pg", "new-key"]).unwrap().command,
-            Some(Command::NewKey)
-        ));
-        assert!(matches!(
-            Cli::try_parse_from(["pg", "hash-key"]).unwrap().command,
-            Some(Command::HashKey)
-        ));
+        assert!(matches!(Cli::try_parse_from(["pg", "new-key"]).unwrap().command, Some(Command::NewKey)));
+        assert!(matches!(Cli::try_parse_from(["pg", "hash-key"]).unwrap().command, Some(Command::HashKey)));
     }
 }

@@ -21,9 +21,7 @@ pub const DEMO_OPS_KEY: &str = "pgw_demo-ops-key-0123456789abcdefghijklmnopqrstu
 
 /// Loads the demo config with the demo secrets.
 pub fn demo_config() -> Result<config::Config, config::ConfigError> {
-    let env = MapEnv::new()
-        .with("PALETTE_API_KEY", DEMO_PALETTE_API_KEY)
-        .with("PALETTE_PASSWORD", DEMO_PASSWORD);
+    let env = MapEnv::new().with("PALETTE_API_KEY", DEMO_PALETTE_API_KEY).with("PALETTE_PASSWORD", DEMO_PASSWORD);
     config::load_str(DEMO_CONFIG, Path::new("config"), &env)
 }
 
@@ -31,11 +29,7 @@ pub fn demo_config() -> Result<config::Config, config::ConfigError> {
 pub fn demo_fake_config() -> FakePaletteConfig {
     FakePaletteConfig {
         api_keys: vec![DEMO_PALETTE_API_KEY.to_string()],
-        users: vec![FakeUser {
-            email: "ops@example.com".into(),
-            password: DEMO_PASSWORD.into(),
-            org: None,
-        }],
+        users: vec![FakeUser { email: "ops@example.com".into(), password: DEMO_PASSWORD.into(), org: None }],
         ..FakePaletteConfig::default()
     }
 }
@@ -43,9 +37,7 @@ pub fn demo_fake_config() -> FakePaletteConfig {
 /// Runs the demo until Ctrl-C.
 pub async fn run() -> anyhow::Result<()> {
     let cfg = demo_config().context("the built-in demo config is invalid")?;
-    let fake_addr = format!("{}", cfg.upstream.authority)
-        .parse()
-        .context("demo upstream address")?;
+    let fake_addr = format!("{}", cfg.upstream.authority).parse().context("demo upstream address")?;
     let fake = FakePalette::start_on(demo_fake_config(), fake_addr)
         .await
         .with_context(|| format!("cannot start the fake Palette on {fake_addr}"))?;
@@ -83,13 +75,7 @@ mod tests {
     #[test]
     fn demo_config_is_valid_and_keys_match() {
         let cfg = demo_config().unwrap();
-        assert_eq!(
-            cfg.client_by_key_hash(&crate::auth::hash_key(DEMO_CI_KEY)),
-            Some(0)
-        );
-        assert_eq!(
-            cfg.client_by_key_hash(&crate::auth::hash_key(DEMO_OPS_KEY)),
-            Some(1)
-        );
+        assert_eq!(cfg.client_by_key_hash(&crate::auth::hash_key(DEMO_CI_KEY)), Some(0));
+        assert_eq!(cfg.client_by_key_hash(&crate::auth::hash_key(DEMO_OPS_KEY)), Some(1));
     }
 }

@@ -26,27 +26,16 @@ pub enum GatewayError {
     UnknownCredential(String),
     /// `allow` refused the request.
     #[error("client {client} may not {method} {path}")]
-    Forbidden {
-        client: String,
-        method: String,
-        path: String,
-    },
+    Forbidden { client: String, method: String, path: String },
     /// A client tried to use the gateway's own Palette session.
-    #[error(
-        "client {client} may not call {path}: /v1/auth/** is reserved to the gateway's own session"
-    )]
+    #[error("client {client} may not call {path}: /v1/auth/** is reserved to the gateway's own session")]
     AuthPathForbidden { client: String, path: String },
     /// A `ProjectUid` outside the client's `projects`.
     #[error("client {client} may not use project {project}")]
     ProjectForbidden { client: String, project: String },
     /// A rate limit (the client's, the global one, or the upstream budget) refused the request.
     #[error("client {client} is over the {limit} rate limit ({rate}); retry after {retry_after}s")]
-    RateLimited {
-        client: String,
-        limit: &'static str,
-        rate: String,
-        retry_after: u64,
-    },
+    RateLimited { client: String, limit: &'static str, rate: String, retry_after: u64 },
     /// No valid upstream token could be had.
     #[error("credential {credential} has no valid upstream token: {reason}")]
     CredentialUnavailable { credential: String, reason: String },
@@ -67,21 +56,15 @@ impl GatewayError {
         match self {
             GatewayError::InvalidPath(_) => (StatusCode::BAD_REQUEST, "InvalidPath"),
             GatewayError::BadRequest(_) => (StatusCode::BAD_REQUEST, "BadRequest"),
-            GatewayError::MethodNotAllowed(_) => {
-                (StatusCode::METHOD_NOT_ALLOWED, "MethodNotAllowed")
-            }
+            GatewayError::MethodNotAllowed(_) => (StatusCode::METHOD_NOT_ALLOWED, "MethodNotAllowed"),
             GatewayError::MissingCredential => (StatusCode::UNAUTHORIZED, "Unauthorized"),
             GatewayError::UnknownCredential(_) => (StatusCode::UNAUTHORIZED, "Unauthorized"),
             GatewayError::Forbidden { .. } => (StatusCode::FORBIDDEN, "Forbidden"),
             GatewayError::AuthPathForbidden { .. } => (StatusCode::FORBIDDEN, "Forbidden"),
             GatewayError::ProjectForbidden { .. } => (StatusCode::FORBIDDEN, "ProjectForbidden"),
             GatewayError::RateLimited { .. } => (StatusCode::TOO_MANY_REQUESTS, "TooManyRequests"),
-            GatewayError::CredentialUnavailable { .. } => {
-                (StatusCode::SERVICE_UNAVAILABLE, "CredentialUnavailable")
-            }
-            GatewayError::UpstreamUnavailable(_) => {
-                (StatusCode::BAD_GATEWAY, "UpstreamUnavailable")
-            }
+            GatewayError::CredentialUnavailable { .. } => (StatusCode::SERVICE_UNAVAILABLE, "CredentialUnavailable"),
+            GatewayError::UpstreamUnavailable(_) => (StatusCode::BAD_GATEWAY, "UpstreamUnavailable"),
             GatewayError::UpstreamTimeout(_) => (StatusCode::GATEWAY_TIMEOUT, "UpstreamTimeout"),
             GatewayError::UpstreamError(_) => (StatusCode::BAD_GATEWAY, "UpstreamError"),
         }
@@ -92,9 +75,7 @@ impl GatewayError {
         match self {
             GatewayError::MissingCredential => Some("missing"),
             GatewayError::UnknownCredential(_) => Some("unknown_key"),
-            GatewayError::Forbidden { .. } | GatewayError::AuthPathForbidden { .. } => {
-                Some("forbidden")
-            }
+            GatewayError::Forbidden { .. } | GatewayError::AuthPathForbidden { .. } => Some("forbidden"),
             GatewayError::ProjectForbidden { .. } => Some("project"),
             GatewayError::InvalidPath(_)
             | GatewayError::BadRequest(_)
@@ -113,12 +94,10 @@ impl GatewayError {
         let mut resp = palette_error(status, code, &self.to_string(), request_id);
         match self {
             GatewayError::MissingCredential | GatewayError::UnknownCredential(_) => {
-                resp.headers_mut()
-                    .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+                resp.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
             }
             GatewayError::RateLimited { retry_after, .. } => {
-                resp.headers_mut()
-                    .insert(header::RETRY_AFTER, HeaderValue::from(retry_after));
+                resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(retry_after));
             }
             _ => {}
         }
@@ -127,20 +106,11 @@ impl GatewayError {
 }
 
 /// A Palette-shaped JSON error answer.
-pub fn palette_error(
-    status: StatusCode,
-    code: &str,
-    message: &str,
-    request_id: &str,
-) -> Response<Body> {
-    let json =
-        serde_json::json!({ "code": code, "message": message, "ref": request_id, "details": {} });
+pub fn palette_error(status: StatusCode, code: &str, message: &str, request_id: &str) -> Response<Body> {
+    let json = serde_json::json!({ "code": code, "message": message, "ref": request_id, "details": {} });
     let mut resp = Response::new(body::full(json.to_string()));
     *resp.status_mut() = status;
-    resp.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
+    resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
     resp
 }
 
@@ -151,103 +121,45 @@ mod tests {
 
     fn all() -> Vec<(GatewayError, u16, &'static str)> {
         vec![
-            (
-                GatewayError::InvalidPath(PathError::DotSegment),
-                400,
-                "InvalidPath",
-            ),
+            (GatewayError::InvalidPath(PathError::DotSegment), 400, "InvalidPath"),
             (GatewayError::BadRequest("x".into()), 400, "BadRequest"),
-            (
-                GatewayError::MethodNotAllowed("CONNECT".into()),
-                405,
-                "MethodNotAllowed",
-            ),
+            (GatewayError::MethodNotAllowed("CONNECT".into()), 405, "MethodNotAllowed"),
             (GatewayError::MissingCredential, 401, "Unauthorized"),
+            (GatewayError::UnknownCredential("x".into()), 401, "Unauthorized"),
             (
-                GatewayError::UnknownCredential("x".into()),
-                401,
-                "Unauthorized",
-            ),
-            (
-                GatewayError::Forbidden {
-                    client: "c".into(),
-                    method: "GET".into(),
-                    path: "/v1/x".into(),
-                },
+                GatewayError::Forbidden { client: "c".into(), method: "GET".into(), path: "/v1/x".into() },
                 403,
                 "Forbidden",
             ),
+            (GatewayError::AuthPathForbidden { client: "c".into(), path: "/v1/auth/x".into() }, 403, "Forbidden"),
+            (GatewayError::ProjectForbidden { client: "c".into(), project: "p".into() }, 403, "ProjectForbidden"),
             (
-                GatewayError::AuthPathForbidden {
-                    client: "c".into(),
-                    path: "/v1/auth/x".into(),
-                },
-                403,
-                "Forbidden",
-            ),
-            (
-                GatewayError::ProjectForbidden {
-                    client: "c".into(),
-                    project: "p".into(),
-                },
-                403,
-                "ProjectForbidden",
-            ),
-            (
-                GatewayError::RateLimited {
-                    client: "c".into(),
-                    limit: "client",
-                    rate: "1/s".into(),
-                    retry_after: 1,
-                },
+                GatewayError::RateLimited { client: "c".into(), limit: "client", rate: "1/s".into(), retry_after: 1 },
                 429,
                 "TooManyRequests",
             ),
             (
-                GatewayError::CredentialUnavailable {
-                    credential: "ops".into(),
-                    reason: "r".into(),
-                },
+                GatewayError::CredentialUnavailable { credential: "ops".into(), reason: "r".into() },
                 503,
                 "CredentialUnavailable",
             ),
-            (
-                GatewayError::UpstreamUnavailable("x".into()),
-                502,
-                "UpstreamUnavailable",
-            ),
-            (
-                GatewayError::UpstreamTimeout("5s".into()),
-                504,
-                "UpstreamTimeout",
-            ),
-            (
-                GatewayError::UpstreamError("x".into()),
-                502,
-                "UpstreamError",
-            ),
+            (GatewayError::UpstreamUnavailable("x".into()), 502, "UpstreamUnavailable"),
+            (GatewayError::UpstreamTimeout("5s".into()), 504, "UpstreamTimeout"),
+            (GatewayError::UpstreamError("x".into()), 502, "UpstreamError"),
         ]
     }
 
     #[test]
     fn each_error_has_its_status_and_code() {
         for (e, status, code) in all() {
-            assert_eq!(
-                e.status_and_code(),
-                (StatusCode::from_u16(status).unwrap(), code),
-                "{e:?}"
-            );
+            assert_eq!(e.status_and_code(), (StatusCode::from_u16(status).unwrap(), code), "{e:?}");
         }
     }
 
     #[tokio::test]
     async fn body_is_palette_shaped() {
-        let resp = GatewayError::Forbidden {
-            client: "ci".into(),
-            method: "DELETE".into(),
-            path: "/v1/x".into(),
-        }
-        .into_response("rid-1");
+        let resp = GatewayError::Forbidden { client: "ci".into(), method: "DELETE".into(), path: "/v1/x".into() }
+            .into_response("rid-1");
         assert_eq!(resp.status(), 403);
         assert_eq!(resp.headers()[header::CONTENT_TYPE], "application/json");
         let body = resp.into_body().collect().await.unwrap().to_bytes();
@@ -259,13 +171,9 @@ mod tests {
 
     #[test]
     fn too_many_requests_carries_retry_after() {
-        let resp = GatewayError::RateLimited {
-            client: "c".into(),
-            limit: "client",
-            rate: "1/s".into(),
-            retry_after: 3,
-        }
-        .into_response("r");
+        let resp =
+            GatewayError::RateLimited { client: "c".into(), limit: "client", rate: "1/s".into(), retry_after: 3 }
+                .into_response("r");
         assert_eq!(resp.headers()[header::RETRY_AFTER], "3");
     }
 

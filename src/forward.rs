@@ -76,10 +76,7 @@ pub fn request_headers(headers: &mut HeaderMap, peer: IpAddr, tls: bool, request
     if let Ok(v) = HeaderValue::from_str(&peer.to_string()) {
         headers.insert(X_FORWARDED_FOR.clone(), v);
     }
-    headers.insert(
-        X_FORWARDED_PROTO.clone(),
-        HeaderValue::from_static(if tls { "https" } else { "http" }),
-    );
+    headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(if tls { "https" } else { "http" }));
     headers.insert(X_REQUEST_ID.clone(), request_id.clone());
 }
 
@@ -92,37 +89,22 @@ pub fn response_headers(headers: &mut HeaderMap) {
 /// For an error answer, replaces every occurrence of an upstream secret in the body with
 /// `[redacted]`. An error body that cannot be checked (compressed, or over 1 MiB) is
 /// replaced by a Palette-shaped note rather than passed on unchecked.
-pub async fn scrub_error(
-    resp: Response<Body>,
-    secrets: &[&str],
-    request_id: &str,
-) -> Response<Body> {
+pub async fn scrub_error(resp: Response<Body>, secrets: &[&str], request_id: &str) -> Response<Body> {
     let status = resp.status();
-    if !(status.is_client_error() || status.is_server_error())
-        || secrets.iter().all(|s| s.is_empty())
-    {
+    if !(status.is_client_error() || status.is_server_error()) || secrets.iter().all(|s| s.is_empty()) {
         return resp;
     }
     let (mut parts, body) = resp.into_parts();
-    let encoded = parts
-        .headers
-        .get(header::CONTENT_ENCODING)
-        .is_some_and(|v| !v.as_bytes().eq_ignore_ascii_case(b"identity"));
-    let bytes = if encoded {
-        None
-    } else {
-        body::collect_limited(body, MAX_ERROR_BODY).await.ok()
-    };
+    let encoded =
+        parts.headers.get(header::CONTENT_ENCODING).is_some_and(|v| !v.as_bytes().eq_ignore_ascii_case(b"identity"));
+    let bytes = if encoded { None } else { body::collect_limited(body, MAX_ERROR_BODY).await.ok() };
     let Some(bytes) = bytes else {
         return withheld(status, request_id);
     };
     let scrubbed = redact(bytes, secrets);
     parts.headers.remove(header::CONTENT_LENGTH);
     for value in parts.headers.values_mut() {
-        if secrets
-            .iter()
-            .any(|s| !s.is_empty() && contains(value.as_bytes(), s.as_bytes()))
-        {
+        if secrets.iter().any(|s| !s.is_empty() && contains(value.as_bytes(), s.as_bytes())) {
             *value = HeaderValue::from_static("[redacted]");
         }
     }
@@ -133,7 +115,9 @@ fn withheld(status: StatusCode, request_id: &str) -> Response<Body> {
     crate::error::palette_error(
         status,
         "UpstreamError",
-        &format!("the upstream answered {status}; its error body was withheld because it could not be checked for secrets"),
+        &format!(
+            "the upstream answered {status}; its error body was withheld because it could not be checked for secrets"
+        ),
         request_id,
     )
 }
@@ -145,11 +129,7 @@ fn contains(hay: &[u8], needle: &[u8]) -> bool {
 /// Replaces each secret's occurrences with `[redacted]`.
 fn redact(bytes: Bytes, secrets: &[&str]) -> Bytes {
     let mut text = bytes.to_vec();
-    for secret in secrets
-        .iter()
-        .map(|s| s.as_bytes())
-        .filter(|s| !s.is_empty())
-    {
+    for secret in secrets.iter().map(|s| s.as_bytes()).filter(|s| !s.is_empty()) {
         if !contains(&text, secret) {
             continue;
         }
@@ -177,10 +157,7 @@ mod tests {
     #[test]
     fn hop_by_hop_and_connection_listed_are_removed() {
         let mut h = HeaderMap::new();
-        h.insert(
-            "connection",
-            HeaderValue::from_static("close, x-secret-hop"),
-        );
+        h.insert("connection", HeaderValue::from_static("close, x-secret-hop"));
         h.insert("x-secret-hop", HeaderValue::from_static("1"));
         h.insert("te", HeaderValue::from_static("trailers"));
         h.insert("upgrade", HeaderValue::from_static("websocket"));
@@ -203,12 +180,7 @@ mod tests {
         ] {
             h.insert(k, HeaderValue::from_static(v));
         }
-        request_headers(
-            &mut h,
-            "10.1.2.3".parse().unwrap(),
-            true,
-            &HeaderValue::from_static("rid"),
-        );
+        request_headers(&mut h, "10.1.2.3".parse().unwrap(), true, &HeaderValue::from_static("rid"));
         assert!(
             h.get("apikey").is_none()
                 && h.get("authorization").is_none()
@@ -239,24 +211,12 @@ mod tests {
 
     #[tokio::test]
     async fn error_bodies_are_scrubbed_and_successes_untouched() {
-        let resp = Response::builder()
-            .status(401)
-            .body(body::full("invalid api key SECRET"))
-            .unwrap();
+        let resp = Response::builder().status(401).body(body::full("invalid api key SECRET")).unwrap();
         let out = scrub_error(resp, &["SECRET"], "r").await;
         let b = out.into_body().collect().await.unwrap().to_bytes();
         assert_eq!(&b[..], b"invalid api key [redacted]");
-        let resp = Response::builder()
-            .status(200)
-            .body(body::full("SECRET"))
-            .unwrap();
-        let b = scrub_error(resp, &["SECRET"], "r")
-            .await
-            .into_body()
-            .collect()
-            .await
-            .unwrap()
-            .to_bytes();
+        let resp = Response::builder().status(200).body(body::full("SECRET")).unwrap();
+        let b = scrub_error(resp, &["SECRET"], "r").await.into_body().collect().await.unwrap().to_bytes();
         assert_eq!(&b[..], b"SECRET");
     }
 

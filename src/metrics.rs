@@ -3,8 +3,8 @@
 
 use http::Method;
 use prometheus::{
-    Encoder, Gauge, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec,
-    Opts, Registry, TextEncoder,
+    Encoder, Gauge, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    TextEncoder,
 };
 
 /// Every metric the gateway exports.
@@ -39,26 +39,21 @@ pub struct Metrics {
 
 /// Latency buckets from 1 ms to 60 s: a proxy hop is milliseconds, a Palette call up to the
 /// request timeout.
-const LATENCY_BUCKETS: [f64; 16] = [
-    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0,
-];
+const LATENCY_BUCKETS: [f64; 16] =
+    [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0];
 
 impl Metrics {
     /// A fresh registry with every metric, the build info and the process collector.
     pub fn new() -> Self {
         let registry = Registry::new();
         let counter = |name: &str, help: &str, labels: &[&str]| {
-            let c = IntCounterVec::new(Opts::new(name, help), labels)
-                .unwrap_or_else(|e| unreachable_metric(name, e));
+            let c = IntCounterVec::new(Opts::new(name, help), labels).unwrap_or_else(|e| unreachable_metric(name, e));
             register(&registry, Box::new(c.clone()));
             c
         };
         let histogram = |name: &str, help: &str, labels: &[&str]| {
-            let h = HistogramVec::new(
-                HistogramOpts::new(name, help).buckets(LATENCY_BUCKETS.to_vec()),
-                labels,
-            )
-            .unwrap_or_else(|e| unreachable_metric(name, e));
+            let h = HistogramVec::new(HistogramOpts::new(name, help).buckets(LATENCY_BUCKETS.to_vec()), labels)
+                .unwrap_or_else(|e| unreachable_metric(name, e));
             register(&registry, Box::new(h.clone()));
             h
         };
@@ -77,11 +72,8 @@ impl Metrics {
             "Time Palette took to answer, by limit-table prefix and status code.",
             &["prefix", "code"],
         );
-        let inflight = IntGauge::new(
-            "palette_gateway_inflight_requests",
-            "Requests being handled now.",
-        )
-        .unwrap_or_else(|e| unreachable_metric("inflight", e));
+        let inflight = IntGauge::new("palette_gateway_inflight_requests", "Requests being handled now.")
+            .unwrap_or_else(|e| unreachable_metric("inflight", e));
         register(&registry, Box::new(inflight.clone()));
         let rate_limited = counter("palette_gateway_rate_limited_total", "Requests refused with 429 by the gateway, by client and the limit that tripped (client, global, upstream).", &["client", "limit"]);
         let queue_wait = histogram(
@@ -113,34 +105,20 @@ impl Metrics {
         )
         .unwrap_or_else(|e| unreachable_metric("token_expiry", e));
         register(&registry, Box::new(token_expiry.clone()));
-        let config_reloads = counter(
-            "palette_gateway_config_reloads_total",
-            "Config reloads, by result.",
-            &["result"],
-        );
+        let config_reloads = counter("palette_gateway_config_reloads_total", "Config reloads, by result.", &["result"]);
         let config_last_reload_success = Gauge::new(
             "palette_gateway_config_last_reload_success_timestamp_seconds",
             "When the config was last loaded successfully (unix seconds).",
         )
         .unwrap_or_else(|e| unreachable_metric("config_last_reload_success", e));
         register(&registry, Box::new(config_last_reload_success.clone()));
-        let build_info = IntGaugeVec::new(
-            Opts::new(
-                "palette_gateway_build_info",
-                "The running version (always 1).",
-            ),
-            &["version"],
-        )
-        .unwrap_or_else(|e| unreachable_metric("build_info", e));
-        build_info
-            .with_label_values(&[env!("CARGO_PKG_VERSION")])
-            .set(1);
+        let build_info =
+            IntGaugeVec::new(Opts::new("palette_gateway_build_info", "The running version (always 1)."), &["version"])
+                .unwrap_or_else(|e| unreachable_metric("build_info", e));
+        build_info.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
         register(&registry, Box::new(build_info));
         #[cfg(target_os = "linux")]
-        register(
-            &registry,
-            Box::new(prometheus::process_collector::ProcessCollector::for_self()),
-        );
+        register(&registry, Box::new(prometheus::process_collector::ProcessCollector::for_self()));
         for reason in ["missing", "unknown_key", "forbidden", "project"] {
             auth_failures.with_label_values(&[reason]);
         }
@@ -211,9 +189,7 @@ mod tests {
     #[test]
     fn all_metrics_register_and_render() {
         let m = Metrics::new();
-        m.requests
-            .with_label_values(&["ci", "none", "GET", "200"])
-            .inc();
+        m.requests.with_label_values(&["ci", "none", "GET", "200"]).inc();
         let (text, _) = m.render();
         let text = String::from_utf8(text).unwrap();
         for name in [
@@ -230,10 +206,7 @@ mod tests {
 
     #[test]
     fn methods_are_bounded() {
-        assert_eq!(
-            method_label(&Method::from_bytes(b"WHATEVER").unwrap()),
-            "OTHER"
-        );
+        assert_eq!(method_label(&Method::from_bytes(b"WHATEVER").unwrap()), "OTHER");
         assert_eq!(method_label(&Method::GET), "GET");
     }
 }

@@ -65,9 +65,7 @@ impl CheckedPath {
     /// which is therefore already in checked form.
     pub fn with_path(&self, rest: &str) -> CheckedPath {
         debug_assert!(self.path.ends_with(rest) || rest == "/");
-        CheckedPath {
-            path: rest.to_string(),
-        }
+        CheckedPath { path: rest.to_string() }
     }
 }
 
@@ -189,26 +187,14 @@ mod tests {
 
     #[test]
     fn plain_paths_pass_unchanged() {
-        for p in [
-            "/",
-            "/v1/spectroclusters",
-            "/v1/users/auth/tokens/revoke",
-            "/v1/a-b_c~d/x1",
-        ] {
+        for p in ["/", "/v1/spectroclusters", "/v1/users/auth/tokens/revoke", "/v1/a-b_c~d/x1"] {
             assert_eq!(check(p).unwrap().as_str(), p);
         }
     }
 
     #[test]
     fn dot_segments_are_refused() {
-        for p in [
-            "/v1/./x",
-            "/v1/../auth",
-            "/..",
-            "/v1/x/.",
-            "/v1/%2e%2e/auth",
-            "/v1/.%2e/auth",
-        ] {
+        for p in ["/v1/./x", "/v1/../auth", "/..", "/v1/x/.", "/v1/%2e%2e/auth", "/v1/.%2e/auth"] {
             assert!(check(p).is_err(), "{p}");
         }
         assert_eq!(check("/v1/..").unwrap_err(), PathError::DotSegment);
@@ -218,18 +204,8 @@ mod tests {
 
     #[test]
     fn encoded_separators_are_refused() {
-        for p in [
-            "/v1%2fauth",
-            "/v1%2Fauth",
-            "/v1/a%5cb",
-            "/v1/a%5Cb",
-            "/v1/%2e",
-            "/v1/%2E",
-        ] {
-            assert!(
-                matches!(check(p), Err(PathError::EncodedSeparator(_))),
-                "{p}"
-            );
+        for p in ["/v1%2fauth", "/v1%2Fauth", "/v1/a%5cb", "/v1/a%5Cb", "/v1/%2e", "/v1/%2E"] {
+            assert!(matches!(check(p), Err(PathError::EncodedSeparator(_))), "{p}");
         }
         assert_eq!(check("/v1\\auth").unwrap_err(), PathError::Backslash);
     }
@@ -245,20 +221,13 @@ mod tests {
     fn trailing_slash_is_kept() {
         let p = check("/v1/notifications/").unwrap();
         assert_eq!(p.as_str(), "/v1/notifications/");
-        assert_eq!(
-            p.segments().collect::<Vec<_>>(),
-            vec!["v1", "notifications"]
-        );
+        assert_eq!(p.segments().collect::<Vec<_>>(), vec!["v1", "notifications"]);
     }
 
     #[test]
     fn invalid_percent_encoding_is_refused() {
         for p in ["/v1/%", "/v1/%4", "/v1/%zz", "/v1/%g1/x"] {
-            assert_eq!(
-                check(p).unwrap_err(),
-                PathError::InvalidPercentEncoding,
-                "{p}"
-            );
+            assert_eq!(check(p).unwrap_err(), PathError::InvalidPercentEncoding, "{p}");
         }
         assert_eq!(check("/v1/%00").unwrap_err(), PathError::EncodedControl);
         assert_eq!(check("/v1/%7f").unwrap_err(), PathError::EncodedControl);

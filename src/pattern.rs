@@ -53,17 +53,10 @@ impl AllowRule {
             if !method.bytes().all(|b| b.is_ascii_uppercase()) {
                 return Err(PatternError::Method(method.to_string()));
             }
-            Some(
-                Method::from_bytes(method.as_bytes())
-                    .map_err(|_| PatternError::Method(method.to_string()))?,
-            )
+            Some(Method::from_bytes(method.as_bytes()).map_err(|_| PatternError::Method(method.to_string()))?)
         };
         let segments = parse_path(path)?;
-        Ok(AllowRule {
-            method,
-            segments,
-            source: text.to_string(),
-        })
+        Ok(AllowRule { method, segments, source: text.to_string() })
     }
 
     /// Whether `method` on a path with these segments is allowed by this rule.
@@ -135,10 +128,7 @@ mod tests {
     fn m(rule: &str, method: &str, path: &str) -> bool {
         let r = AllowRule::parse(rule).unwrap();
         let p = crate::path::check(path).unwrap();
-        r.matches(
-            &Method::from_bytes(method.as_bytes()).unwrap(),
-            p.segments(),
-        )
+        r.matches(&Method::from_bytes(method.as_bytes()).unwrap(), p.segments())
     }
 
     #[test]
@@ -158,16 +148,8 @@ mod tests {
 
     #[test]
     fn literal_must_match_exactly_and_fully() {
-        assert!(m(
-            "POST /v1/dashboard/projects",
-            "POST",
-            "/v1/dashboard/projects"
-        ));
-        assert!(!m(
-            "POST /v1/dashboard/projects",
-            "POST",
-            "/v1/dashboard/projects/x"
-        ));
+        assert!(m("POST /v1/dashboard/projects", "POST", "/v1/dashboard/projects"));
+        assert!(!m("POST /v1/dashboard/projects", "POST", "/v1/dashboard/projects/x"));
         assert!(!m("POST /v1/dashboard", "POST", "/v1/dashboardx"));
     }
 
@@ -179,42 +161,15 @@ mod tests {
 
     #[test]
     fn bad_patterns_are_refused() {
-        assert!(matches!(
-            AllowRule::parse("GET"),
-            Err(PatternError::Shape(_))
-        ));
-        assert!(matches!(
-            AllowRule::parse("GET /a /b"),
-            Err(PatternError::Shape(_))
-        ));
-        assert!(matches!(
-            AllowRule::parse("get /v1"),
-            Err(PatternError::Method(_))
-        ));
-        assert!(matches!(
-            AllowRule::parse("GET v1"),
-            Err(PatternError::NotAbsolute)
-        ));
-        assert!(matches!(
-            AllowRule::parse("GET /**/x"),
-            Err(PatternError::DoubleStarNotLast)
-        ));
-        assert!(matches!(
-            AllowRule::parse("GET /v1/a*"),
-            Err(PatternError::PartialWildcard(_))
-        ));
-        assert!(matches!(
-            AllowRule::parse("GET /v1//x"),
-            Err(PatternError::EmptySegment)
-        ));
-        assert!(matches!(
-            AllowRule::parse("GET /v1/../x"),
-            Err(PatternError::Unmatchable(_))
-        ));
-        assert!(matches!(
-            AllowRule::parse("GET /v1/%61"),
-            Err(PatternError::Unmatchable(_))
-        ));
+        assert!(matches!(AllowRule::parse("GET"), Err(PatternError::Shape(_))));
+        assert!(matches!(AllowRule::parse("GET /a /b"), Err(PatternError::Shape(_))));
+        assert!(matches!(AllowRule::parse("get /v1"), Err(PatternError::Method(_))));
+        assert!(matches!(AllowRule::parse("GET v1"), Err(PatternError::NotAbsolute)));
+        assert!(matches!(AllowRule::parse("GET /**/x"), Err(PatternError::DoubleStarNotLast)));
+        assert!(matches!(AllowRule::parse("GET /v1/a*"), Err(PatternError::PartialWildcard(_))));
+        assert!(matches!(AllowRule::parse("GET /v1//x"), Err(PatternError::EmptySegment)));
+        assert!(matches!(AllowRule::parse("GET /v1/../x"), Err(PatternError::Unmatchable(_))));
+        assert!(matches!(AllowRule::parse("GET /v1/%61"), Err(PatternError::Unmatchable(_))));
     }
 
     proptest! {

@@ -10,19 +10,14 @@ use crate::path::CheckedPath;
 /// Refuses the request unless `client` may send `method` to `path` (the upstream path).
 pub fn check(client: &Client, method: &Method, path: &CheckedPath) -> Result<(), GatewayError> {
     if is_auth_path(path) {
-        return Err(GatewayError::AuthPathForbidden {
-            client: client.name.to_string(),
-            path: path.to_string(),
-        });
+        return Err(GatewayError::AuthPathForbidden { client: client.name.to_string(), path: path.to_string() });
     }
     match &client.allow {
-        Some(rules) if !rules.iter().any(|r| r.matches(method, path.segments())) => {
-            Err(GatewayError::Forbidden {
-                client: client.name.to_string(),
-                method: method.to_string(),
-                path: path.to_string(),
-            })
-        }
+        Some(rules) if !rules.iter().any(|r| r.matches(method, path.segments())) => Err(GatewayError::Forbidden {
+            client: client.name.to_string(),
+            method: method.to_string(),
+            path: path.to_string(),
+        }),
         _ => Ok(()),
     }
 }
@@ -62,13 +57,7 @@ mod tests {
     #[test]
     fn auth_paths_are_always_refused() {
         let c = client(None);
-        for p in [
-            "/v1/auth/authenticate",
-            "/V1/AUTH/refresh/x",
-            "/v1alpha1/auth/x",
-            "/v1/auth",
-            "/v1/%61uth/x",
-        ] {
+        for p in ["/v1/auth/authenticate", "/V1/AUTH/refresh/x", "/v1alpha1/auth/x", "/v1/auth", "/v1/%61uth/x"] {
             assert!(!ok(&c, Method::POST, p), "{p}");
         }
         assert!(ok(&c, Method::GET, "/v1/users/auth/tokens/revoke"));

@@ -136,14 +136,8 @@ impl Gateway {
         let client = outcome.client.as_deref().unwrap_or("none");
         let route = outcome.route.as_deref().unwrap_or("none");
         let m = method_label(&method);
-        metrics
-            .requests
-            .with_label_values(&[client, route, m, resp.status().as_str()])
-            .inc();
-        metrics
-            .request_duration
-            .with_label_values(&[client, route, m])
-            .observe(started.elapsed().as_secs_f64());
+        metrics.requests.with_label_values(&[client, route, m, resp.status().as_str()]).inc();
+        metrics.request_duration.with_label_values(&[client, route, m]).observe(started.elapsed().as_secs_f64());
         tracing::info!(
             target: "palette_gateway::access",
             request_id = %rid,
@@ -177,11 +171,7 @@ impl tower::Service<Request<Body>> for Gateway {
 fn request_id(headers: &http::HeaderMap) -> HeaderValue {
     if let Some(v) = headers.get(&X_REQUEST_ID) {
         let b = v.as_bytes();
-        if !b.is_empty()
-            && b.len() <= 128
-            && b.iter()
-                .all(|c| c.is_ascii_alphanumeric() || b"-_.:+=/".contains(c))
-        {
+        if !b.is_empty() && b.len() <= 128 && b.iter().all(|c| c.is_ascii_alphanumeric() || b"-_.:+=/".contains(c)) {
             return v.clone();
         }
     }
@@ -209,15 +199,11 @@ async fn process(
             "absolute-form request targets are not accepted: send origin-form (/v1/...)".into(),
         ));
     }
-    let conn = parts
-        .extensions
-        .get::<ConnInfo>()
-        .cloned()
-        .unwrap_or_else(|| ConnInfo {
-            peer: SocketAddr::from(([127, 0, 0, 1], 0)),
-            tls: false,
-            identity: Arc::default(),
-        });
+    let conn = parts.extensions.get::<ConnInfo>().cloned().unwrap_or_else(|| ConnInfo {
+        peer: SocketAddr::from(([127, 0, 0, 1], 0)),
+        tls: false,
+        identity: Arc::default(),
+    });
     let checked = path::check(parts.uri.path())?;
     let cfg = &rt.config;
     let client_idx = auth::identify(cfg, &parts.headers, &conn.identity)?;
@@ -227,17 +213,11 @@ async fn process(
         Ok(headers) => outcome.rate = headers,
         Err(refusal) => {
             outcome.rate = refusal.headers;
-            metrics
-                .rate_limited
-                .with_label_values(&[&client.name, refusal.kind.label()])
-                .inc();
+            metrics.rate_limited.with_label_values(&[&client.name, refusal.kind.label()]).inc();
             return Err(GatewayError::RateLimited {
                 client: client.name.to_string(),
                 limit: refusal.kind.label(),
-                rate: format!(
-                    "{}/s, burst {}",
-                    refusal.rate.per_second, refusal.rate.burst
-                ),
+                rate: format!("{}/s, burst {}", refusal.rate.per_second, refusal.rate.burst),
                 retry_after: retry_after_secs(refusal.retry_after),
             });
         }
@@ -252,14 +232,13 @@ async fn process(
         Some(q) => format!("{}?{q}", matched.upstream_path),
         None => matched.upstream_path.to_string(),
     };
-    let uri = rt.upstream.uri(&path_and_query).map_err(|e| {
-        GatewayError::BadRequest(format!("request target cannot be forwarded: {e}"))
-    })?;
-    let credential = rt.credentials.get(client.credential).ok_or_else(|| {
-        GatewayError::CredentialUnavailable {
-            credential: client.credential.to_string(),
-            reason: "not prepared".into(),
-        }
+    let uri = rt
+        .upstream
+        .uri(&path_and_query)
+        .map_err(|e| GatewayError::BadRequest(format!("request target cannot be forwarded: {e}")))?;
+    let credential = rt.credentials.get(client.credential).ok_or_else(|| GatewayError::CredentialUnavailable {
+        credential: client.credential.to_string(),
+        reason: "not prepared".into(),
     })?;
 
     let mut head = Request::new(());
@@ -298,35 +277,19 @@ enum Attempt {
 }
 
 impl Exchange<'_> {
-    async fn run(
-        &self,
-        credential: &UpstreamCredential,
-        body: Body,
-    ) -> Result<Response<Body>, GatewayError> {
+    async fn run(&self, credential: &UpstreamCredential, body: Body) -> Result<Response<Body>, GatewayError> {
         let unavailable = |m: &TokenManager, e: crate::credentials::TokenUnavailable| {
-            GatewayError::CredentialUnavailable {
-                credential: m.name().to_string(),
-                reason: e.0,
-            }
+            GatewayError::CredentialUnavailable { credential: m.name().to_string(), reason: e.0 }
         };
         let (manager, mut attempt) = match credential {
             UpstreamCredential::ApiKey { header, .. } => (None, Attempt::ApiKey(header.clone())),
-            UpstreamCredential::Token(m) => (
-                Some(&**m),
-                Attempt::Token(m.get().await.map_err(|e| unavailable(m, e))?),
-            ),
+            UpstreamCredential::Token(m) => (Some(&**m), Attempt::Token(m.get().await.map_err(|e| unavailable(m, e))?)),
         };
         // Buffer small bodies when a retry could need them: token credentials (401 → replay)
         // and idempotent methods (Palette's 429 → retry).
-        let idempotent = matches!(
-            self.head.method,
-            Method::GET | Method::HEAD | Method::PUT | Method::DELETE
-        );
-        let (mut first_body, replay) = if manager.is_some() || idempotent {
-            replayable(body).await?
-        } else {
-            (Some(body), None)
-        };
+        let idempotent = matches!(self.head.method, Method::GET | Method::HEAD | Method::PUT | Method::DELETE);
+        let (mut first_body, replay) =
+            if manager.is_some() || idempotent { replayable(body).await? } else { (Some(body), None) };
         let max_wait = self.rt.budget.max_wait();
         let deadline = tokio::time::Instant::now() + max_wait;
         let mut replayed_401 = false;
@@ -346,12 +309,7 @@ impl Exchange<'_> {
                 Attempt::ApiKey(h) => build(self.head, auth::API_KEY, h.clone(), body),
                 Attempt::Token(t) => {
                     secrets.push(t.value.clone());
-                    build(
-                        self.head,
-                        header::AUTHORIZATION.as_str(),
-                        t.header.clone(),
-                        body,
-                    )
+                    build(self.head, header::AUTHORIZATION.as_str(), t.header.clone(), body)
                 }
             };
             let resp = self.send(req).await?;
@@ -361,11 +319,7 @@ impl Exchange<'_> {
                         // The token was refused early (revoked, rotated): one new token, one replay.
                         replayed_401 = true;
                         drop(resp);
-                        attempt = Attempt::Token(
-                            m.replace(t.generation)
-                                .await
-                                .map_err(|e| unavailable(m, e))?,
-                        );
+                        attempt = Attempt::Token(m.replace(t.generation).await.map_err(|e| unavailable(m, e))?);
                         continue;
                     }
                     // Not replayable: the 401 passes through, but the refused token goes.
@@ -383,9 +337,7 @@ impl Exchange<'_> {
                         let rate = self.bucket.map_or(1.0, |b| b.current_rate());
                         resp.headers_mut().insert(
                             header::RETRY_AFTER,
-                            HeaderValue::from(retry_after_secs(
-                                std::time::Duration::from_secs_f64(1.0 / rate),
-                            )),
+                            HeaderValue::from(retry_after_secs(std::time::Duration::from_secs_f64(1.0 / rate))),
                         );
                     }
                     return Ok(resp);
@@ -403,25 +355,15 @@ impl Exchange<'_> {
         let left = deadline.saturating_duration_since(tokio::time::Instant::now());
         match bucket.acquire(self.client_idx, left).await {
             Ok(waited) => {
-                self.metrics
-                    .queue_wait
-                    .with_label_values(&[bucket.label()])
-                    .observe(waited.as_secs_f64());
+                self.metrics.queue_wait.with_label_values(&[bucket.label()]).observe(waited.as_secs_f64());
                 Ok(())
             }
             Err(busy) => {
-                self.metrics
-                    .rate_limited
-                    .with_label_values(&[self.client_name, "upstream"])
-                    .inc();
+                self.metrics.rate_limited.with_label_values(&[self.client_name, "upstream"]).inc();
                 Err(GatewayError::RateLimited {
                     client: self.client_name.to_string(),
                     limit: "upstream",
-                    rate: format!(
-                        "Palette budget for {}: {:.1}/s",
-                        bucket.label(),
-                        bucket.current_rate()
-                    ),
+                    rate: format!("Palette budget for {}: {:.1}/s", bucket.label(), bucket.current_rate()),
                     retry_after: retry_after_secs(busy.retry_after),
                 })
             }
@@ -432,17 +374,10 @@ impl Exchange<'_> {
     /// request should be retried (idempotent, replayable, time left).
     fn throttled(&self, retryable: bool, deadline: tokio::time::Instant) -> bool {
         let prefix = self.bucket.map_or("none", |b| b.label());
-        self.metrics
-            .upstream_throttled
-            .with_label_values(&[prefix])
-            .inc();
+        self.metrics.upstream_throttled.with_label_values(&[prefix]).inc();
         if let Some(b) = self.bucket {
             let rate = b.throttled();
-            tracing::warn!(
-                prefix,
-                rate,
-                "Palette answered 429; slowing this prefix down"
-            );
+            tracing::warn!(prefix, rate, "Palette answered 429; slowing this prefix down");
         }
         retryable && tokio::time::Instant::now() < deadline
     }
@@ -456,25 +391,18 @@ impl Exchange<'_> {
             Err(UpstreamFailure::Timeout(_)) => "timeout".into(),
             Err(_) => "error".into(),
         };
-        self.metrics
-            .upstream_duration
-            .with_label_values(&[prefix, &code])
-            .observe(started.elapsed().as_secs_f64());
+        self.metrics.upstream_duration.with_label_values(&[prefix, &code]).observe(started.elapsed().as_secs_f64());
         match result {
             Ok(resp) => Ok(resp.map(body::boxed)),
             Err(UpstreamFailure::Connect(e)) => Err(GatewayError::UpstreamUnavailable(e)),
-            Err(UpstreamFailure::Timeout(d)) => Err(GatewayError::UpstreamTimeout(
-                humantime::format_duration(d).to_string(),
-            )),
+            Err(UpstreamFailure::Timeout(d)) => {
+                Err(GatewayError::UpstreamTimeout(humantime::format_duration(d).to_string()))
+            }
             Err(UpstreamFailure::Protocol(e)) => Err(GatewayError::UpstreamError(e)),
         }
     }
 
-    async fn finish(
-        &self,
-        resp: Response<Body>,
-        secrets: &[crate::config::Secret],
-    ) -> Response<Body> {
+    async fn finish(&self, resp: Response<Body>, secrets: &[crate::config::Secret]) -> Response<Body> {
         let exposed: Vec<&str> = secrets.iter().map(|s| s.expose()).collect();
         let mut resp = forward::scrub_error(resp, &exposed, self.rid).await;
         forward::response_headers(resp.headers_mut());
@@ -482,12 +410,7 @@ impl Exchange<'_> {
     }
 }
 
-fn build(
-    head: &http::request::Parts,
-    name: &'static str,
-    value: HeaderValue,
-    body: Body,
-) -> Request<Body> {
+fn build(head: &http::request::Parts, name: &'static str, value: HeaderValue, body: Body) -> Request<Body> {
     let mut req = Request::new(body);
     *req.method_mut() = head.method.clone();
     *req.uri_mut() = head.uri.clone();

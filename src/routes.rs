@@ -23,44 +23,21 @@ impl RouteMatch<'_> {
 }
 
 /// Finds the first matching route for `client` and computes the upstream path.
-pub fn select<'a>(
-    cfg: &'a Config,
-    client: usize,
-    method: &Method,
-    path: &CheckedPath,
-) -> RouteMatch<'a> {
+pub fn select<'a>(cfg: &'a Config, client: usize, method: &Method, path: &CheckedPath) -> RouteMatch<'a> {
     for route in &cfg.routes {
         let Some(rest) = path.strip_prefix(&route.path_prefix) else {
             continue;
         };
-        if route
-            .methods
-            .as_ref()
-            .is_some_and(|ms| !ms.contains(method))
-        {
+        if route.methods.as_ref().is_some_and(|ms| !ms.contains(method)) {
             continue;
         }
-        if route
-            .clients
-            .as_ref()
-            .is_some_and(|cs| !cs.contains(&client))
-        {
+        if route.clients.as_ref().is_some_and(|cs| !cs.contains(&client)) {
             continue;
         }
-        let upstream_path = if route.strip_prefix {
-            path.with_path(rest)
-        } else {
-            path.clone()
-        };
-        return RouteMatch {
-            route: Some(route),
-            upstream_path,
-        };
+        let upstream_path = if route.strip_prefix { path.with_path(rest) } else { path.clone() };
+        return RouteMatch { route: Some(route), upstream_path };
     }
-    RouteMatch {
-        route: None,
-        upstream_path: path.clone(),
-    }
+    RouteMatch { route: None, upstream_path: path.clone() }
 }
 
 #[cfg(test)]
@@ -86,22 +63,13 @@ mod tests {
 
     #[test]
     fn prefix_strips_whole_segments() {
-        assert_eq!(
-            sel(0, Method::GET, "/team-a/v1/x"),
-            ("team-a".into(), "/v1/x".into())
-        );
-        assert_eq!(
-            sel(0, Method::GET, "/team-ab/v1/x"),
-            ("none".into(), "/team-ab/v1/x".into())
-        );
+        assert_eq!(sel(0, Method::GET, "/team-a/v1/x"), ("team-a".into(), "/v1/x".into()));
+        assert_eq!(sel(0, Method::GET, "/team-ab/v1/x"), ("none".into(), "/team-ab/v1/x".into()));
     }
 
     #[test]
     fn methods_and_clients_filter() {
-        assert_eq!(
-            sel(0, Method::GET, "/v1/spectroclusters/u1").0,
-            "ci-clusters"
-        );
+        assert_eq!(sel(0, Method::GET, "/v1/spectroclusters/u1").0, "ci-clusters");
         assert_eq!(sel(0, Method::POST, "/v1/spectroclusters/u1").0, "none");
         assert_eq!(sel(1, Method::GET, "/v1/spectroclusters/u1").0, "none");
         assert_eq!(sel(0, Method::GET, "/v1/spectroclustersx").0, "none");

@@ -33,10 +33,7 @@ pub fn apply(
         headers.remove(PROJECT_UID);
         headers.insert(PROJECT_UID, project.clone());
         let query = query.map(strip_project_params).filter(|q| !q.is_empty());
-        return Ok(Scope {
-            project: Some(project),
-            query,
-        });
+        return Ok(Scope { project: Some(project), query });
     }
     let mut asked: Option<String> = None;
     let mut note = |value: &str| -> Result<(), GatewayError> {
@@ -44,9 +41,9 @@ pub fn apply(
             return Err(GatewayError::BadRequest("ProjectUid is empty".into()));
         }
         match &asked {
-            Some(prev) if prev != value => Err(GatewayError::BadRequest(
-                "conflicting ProjectUid values in the request".into(),
-            )),
+            Some(prev) if prev != value => {
+                Err(GatewayError::BadRequest("conflicting ProjectUid values in the request".into()))
+            }
             Some(_) => Ok(()),
             None => {
                 asked = Some(value.to_string());
@@ -55,9 +52,7 @@ pub fn apply(
         }
     };
     for v in headers.get_all(PROJECT_UID) {
-        let text = v
-            .to_str()
-            .map_err(|_| GatewayError::BadRequest("ProjectUid header is not valid text".into()))?;
+        let text = v.to_str().map_err(|_| GatewayError::BadRequest("ProjectUid header is not valid text".into()))?;
         note(text.trim())?;
     }
     if let Some(q) = query {
@@ -69,27 +64,18 @@ pub fn apply(
     }
     let project = match asked {
         None => None,
-        Some(uid) if client.projects.allows(&uid) => {
-            Some(HeaderValue::from_str(&uid).map_err(|_| {
-                GatewayError::BadRequest("ProjectUid is not a valid header value".into())
-            })?)
-        }
-        Some(uid) => {
-            return Err(GatewayError::ProjectForbidden {
-                client: client.name.to_string(),
-                project: uid,
-            })
-        }
+        Some(uid) if client.projects.allows(&uid) => Some(
+            HeaderValue::from_str(&uid)
+                .map_err(|_| GatewayError::BadRequest("ProjectUid is not a valid header value".into()))?,
+        ),
+        Some(uid) => return Err(GatewayError::ProjectForbidden { client: client.name.to_string(), project: uid }),
     };
     if let Some(p) = &project {
         // One spelling, one value: what was checked is what Palette sees.
         headers.remove(PROJECT_UID);
         headers.insert(PROJECT_UID, p.clone());
     }
-    Ok(Scope {
-        project,
-        query: query.map(str::to_string),
-    })
+    Ok(Scope { project, query: query.map(str::to_string) })
 }
 
 /// Decoded `name=value` pairs the way Go's `url.ParseQuery` reads them (`+` is a space).
@@ -102,11 +88,7 @@ fn pairs(query: &str) -> impl Iterator<Item = (Cow<'_, str>, Cow<'_, str>)> {
 
 fn decode(s: &str) -> Cow<'_, str> {
     if s.contains('+') {
-        Cow::Owned(
-            percent_decode_str(&s.replace('+', " "))
-                .decode_utf8_lossy()
-                .into_owned(),
-        )
+        Cow::Owned(percent_decode_str(&s.replace('+', " ")).decode_utf8_lossy().into_owned())
     } else {
         percent_decode_str(s).decode_utf8_lossy()
     }
@@ -130,13 +112,7 @@ mod tests {
     use std::sync::Arc;
 
     fn client(projects: Projects) -> Client {
-        Client {
-            name: Arc::from("ci"),
-            credential: 0,
-            projects,
-            allow: None,
-            rate_limit: None,
-        }
+        Client { name: Arc::from("ci"), credential: 0, projects, allow: None, rate_limit: None }
     }
 
     fn route(project: &str) -> Route {
@@ -170,34 +146,19 @@ mod tests {
         .unwrap();
         assert_eq!(s.project.unwrap(), "p001");
         assert_eq!(s.query.as_deref(), Some("a=1&b=2"));
-        assert_eq!(
-            h.get_all(PROJECT_UID).iter().collect::<Vec<_>>(),
-            vec!["p001"]
-        );
+        assert_eq!(h.get_all(PROJECT_UID).iter().collect::<Vec<_>>(), vec!["p001"]);
     }
 
     #[test]
     fn client_project_must_be_listed() {
         let c = client(Projects::Only(vec!["p1".into()]));
         let mut h = headers(&[("ProjectUid", "p1")]);
-        assert_eq!(
-            apply(&c, None, &mut h, None).unwrap().project.unwrap(),
-            "p1"
-        );
+        assert_eq!(apply(&c, None, &mut h, None).unwrap().project.unwrap(), "p1");
         let mut h = headers(&[("projectuid", "p2")]);
-        assert!(matches!(
-            apply(&c, None, &mut h, None),
-            Err(GatewayError::ProjectForbidden { .. })
-        ));
+        assert!(matches!(apply(&c, None, &mut h, None), Err(GatewayError::ProjectForbidden { .. })));
         let mut h = HeaderMap::new();
-        assert!(matches!(
-            apply(&c, None, &mut h, Some("PROJECTUID=p2")),
-            Err(GatewayError::ProjectForbidden { .. })
-        ));
-        assert!(matches!(
-            apply(&c, None, &mut h, Some("Project%55id=p2")),
-            Err(GatewayError::ProjectForbidden { .. })
-        ));
+        assert!(matches!(apply(&c, None, &mut h, Some("PROJECTUID=p2")), Err(GatewayError::ProjectForbidden { .. })));
+        assert!(matches!(apply(&c, None, &mut h, Some("Project%55id=p2")), Err(GatewayError::ProjectForbidden { .. })));
         assert!(apply(&c, None, &mut HeaderMap::new(), Some("ProjectUid=p1")).is_ok());
     }
 
@@ -205,33 +166,18 @@ mod tests {
     fn conflicting_or_empty_values_are_bad_requests() {
         let c = client(Projects::Any);
         let mut h = headers(&[("ProjectUid", "p1")]);
-        assert!(matches!(
-            apply(&c, None, &mut h, Some("projectuid=p2")),
-            Err(GatewayError::BadRequest(_))
-        ));
+        assert!(matches!(apply(&c, None, &mut h, Some("projectuid=p2")), Err(GatewayError::BadRequest(_))));
         let mut h = headers(&[("ProjectUid", "p1"), ("ProjectUID", "p2")]);
-        assert!(matches!(
-            apply(&c, None, &mut h, None),
-            Err(GatewayError::BadRequest(_))
-        ));
+        assert!(matches!(apply(&c, None, &mut h, None), Err(GatewayError::BadRequest(_))));
         let mut h = headers(&[("ProjectUid", "")]);
-        assert!(matches!(
-            apply(&c, None, &mut h, None),
-            Err(GatewayError::BadRequest(_))
-        ));
+        assert!(matches!(apply(&c, None, &mut h, None), Err(GatewayError::BadRequest(_))));
     }
 
     #[test]
     fn no_project_means_tenant_scope() {
         let c = client(Projects::Only(vec![]));
         let s = apply(&c, None, &mut HeaderMap::new(), Some("limit=5")).unwrap();
-        assert_eq!(
-            s,
-            Scope {
-                project: None,
-                query: Some("limit=5".into())
-            }
-        );
+        assert_eq!(s, Scope { project: None, query: Some("limit=5".into()) });
     }
 
     #[test]

@@ -33,19 +33,13 @@ pub async fn serve<S>(
     shutdown: CancellationToken,
     drain: Duration,
 ) where
-    S: Service<Request<Body>, Response = Response<Body>, Error = Infallible>
-        + Clone
-        + Send
-        + 'static,
+    S: Service<Request<Body>, Response = Response<Body>, Error = Infallible> + Clone + Send + 'static,
     S::Future: Send + 'static,
 {
     let acceptor = tls.map(TlsAcceptor::from);
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT);
+    builder.http1().timer(TokioTimer::new()).header_read_timeout(HEADER_READ_TIMEOUT);
     builder.http2().timer(TokioTimer::new());
     let builder = Arc::new(builder);
     loop {
@@ -69,11 +63,7 @@ pub async fn serve<S>(
         tokio::spawn(async move {
             match acceptor {
                 None => {
-                    let conn = ConnInfo {
-                        peer,
-                        tls: false,
-                        identity: Arc::default(),
-                    };
+                    let conn = ConnInfo { peer, tls: false, identity: Arc::default() };
                     let svc = hyper_service(service, conn);
                     let fut = builder.serve_connection(TokioIo::new(stream), svc);
                     if let Err(e) = watcher.watch(fut.into_owned()).await {
@@ -84,11 +74,7 @@ pub async fn serve<S>(
                     let Some((tls, identity)) = handshake(&acceptor, stream, peer).await else {
                         return;
                     };
-                    let conn = ConnInfo {
-                        peer,
-                        tls: true,
-                        identity: Arc::new(identity),
-                    };
+                    let conn = ConnInfo { peer, tls: true, identity: Arc::new(identity) };
                     let svc = hyper_service(service, conn);
                     let fut = builder.serve_connection(TokioIo::new(tls), svc);
                     if let Err(e) = watcher.watch(fut.into_owned()).await {
@@ -164,10 +150,7 @@ struct ConnService<S> {
 
 impl<S> hyper::service::Service<Request<Incoming>> for ConnService<S>
 where
-    S: Service<Request<Body>, Response = Response<Body>, Error = Infallible>
-        + Clone
-        + Send
-        + 'static,
+    S: Service<Request<Body>, Response = Response<Body>, Error = Infallible> + Clone + Send + 'static,
     S::Future: Send + 'static,
 {
     type Response = Response<Body>;

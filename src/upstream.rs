@@ -38,9 +38,7 @@ pub struct UpstreamClient {
 
 impl std::fmt::Debug for UpstreamClient {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("UpstreamClient")
-            .field("authority", &self.authority)
-            .finish_non_exhaustive()
+        f.debug_struct("UpstreamClient").field("authority", &self.authority).finish_non_exhaustive()
     }
 }
 

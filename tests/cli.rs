@@ -16,18 +16,12 @@ fn write(name: &str, text: &str) -> std::path::PathBuf {
 /// `check` exits 0 on a valid config and names every problem by field otherwise.
 #[test]
 fn check_names_every_problem() {
-    let good = write("good.toml", "[upstream]\nurl = \"https://api.spectrocloud.com\"\n[credentials.default]\napi_key_env = \"PGW_TEST_KEY\"\n");
-    let out = Command::new(BIN)
-        .args(["check", "--config"])
-        .arg(&good)
-        .env("PGW_TEST_KEY", "k")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let good = write(
+        "good.toml",
+        "[upstream]\nurl = \"https://api.spectrocloud.com\"\n[credentials.default]\napi_key_env = \"PGW_TEST_KEY\"\n",
     );
+    let out = Command::new(BIN).args(["check", "--config"]).arg(&good).env("PGW_TEST_KEY", "k").output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 
     let bad = write(
         "bad.toml",
@@ -35,42 +29,24 @@ fn check_names_every_problem() {
          [[clients]]\nname = \"a\"\n[[clients]]\nname = \"b\"\n[[clients]]\nname = \"c\"\ncredential = \"opz\"\n\
          [[routes]]\nname = \"r\"\npath_prefix = \"nope\"\n",
     );
-    let out = Command::new(BIN)
-        .args(["check", "--config"])
-        .arg(&bad)
-        .env_remove("PGW_TEST_KEY")
-        .output()
-        .unwrap();
+    let out = Command::new(BIN).args(["check", "--config"]).arg(&bad).env_remove("PGW_TEST_KEY").output().unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        err.contains("clients[2].credential: no credential named \"opz\""),
-        "{err}"
-    );
+    assert!(err.contains("clients[2].credential: no credential named \"opz\""), "{err}");
     assert!(err.contains("routes[0].path_prefix:"), "{err}");
-    assert!(
-        err.contains(
-            "credentials.default.api_key_env: environment variable PGW_TEST_KEY is not set"
-        ),
-        "{err}"
-    );
+    assert!(err.contains("credentials.default.api_key_env: environment variable PGW_TEST_KEY is not set"), "{err}");
 }
 
 /// The config path can come from PALETTE_GATEWAY_CONFIG.
 #[test]
 fn check_reads_config_from_env() {
-    let good = write("env.toml", "[upstream]\nurl = \"http://127.0.0.1:1\"\n[credentials.default]\napi_key_env = \"PGW_TEST_KEY\"\n");
-    let out = Command::new(BIN)
-        .arg("check")
-        .env("PALETTE_GATEWAY_CONFIG", &good)
-        .env("PGW_TEST_KEY", "k")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let good = write(
+        "env.toml",
+        "[upstream]\nurl = \"http://127.0.0.1:1\"\n[credentials.default]\napi_key_env = \"PGW_TEST_KEY\"\n",
     );
+    let out =
+        Command::new(BIN).arg("check").env("PALETTE_GATEWAY_CONFIG", &good).env("PGW_TEST_KEY", "k").output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 }
 
 /// `new-key` prints a key and its hash; `hash-key` on that key prints the same hash.
@@ -79,29 +55,11 @@ fn new_key_and_hash_key_agree() {
     let out = Command::new(BIN).arg("new-key").output().unwrap();
     assert!(out.status.success());
     let text = String::from_utf8(out.stdout).unwrap();
-    let key = text
-        .lines()
-        .find_map(|l| l.strip_prefix("key: "))
-        .unwrap()
-        .to_string();
-    let hash = text
-        .lines()
-        .find_map(|l| l.strip_prefix("hash: "))
-        .unwrap()
-        .to_string();
+    let key = text.lines().find_map(|l| l.strip_prefix("key: ")).unwrap().to_string();
+    let hash = text.lines().find_map(|l| l.strip_prefix("hash: ")).unwrap().to_string();
     assert!(key.len() >= 43 && hash.starts_with("sha256:") && hash.len() == 7 + 64);
-    let mut child = Command::new(BIN)
-        .arg("hash-key")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(format!("{key}\n").as_bytes())
-        .unwrap();
+    let mut child = Command::new(BIN).arg("hash-key").stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().unwrap();
+    child.stdin.take().unwrap().write_all(format!("{key}\n").as_bytes()).unwrap();
     let out = child.wait_with_output().unwrap();
     assert_eq!(String::from_utf8(out.stdout).unwrap().trim(), hash);
 }
@@ -109,10 +67,7 @@ fn new_key_and_hash_key_agree() {
 /// Running without a config explains what to do.
 #[test]
 fn run_without_config_fails_clearly() {
-    let out = Command::new(BIN)
-        .env_remove("PALETTE_GATEWAY_CONFIG")
-        .output()
-        .unwrap();
+    let out = Command::new(BIN).env_remove("PALETTE_GATEWAY_CONFIG").output().unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("--config"));
 }

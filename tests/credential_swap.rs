@@ -20,10 +20,7 @@ async fn api_key_header_is_swapped_for_the_palette_key() {
     let got = h.last();
     assert_eq!(got.headers["apikey"], PALETTE_KEY);
     assert!(got.headers.get("authorization").is_none());
-    assert!(
-        got.headers.get("cookie").is_none(),
-        "client cookies never reach Palette"
-    );
+    assert!(got.headers.get("cookie").is_none(), "client cookies never reach Palette");
     assert_eq!(got.path_and_query, "/v1/packs?limit=5");
     assert_no_local_key(&got);
 }
@@ -32,13 +29,7 @@ async fn api_key_header_is_swapped_for_the_palette_key() {
 #[tokio::test]
 async fn bearer_local_key_is_swapped() {
     let h = Harness::standard().await;
-    let r = h
-        .http
-        .get(h.url("/v1/users"))
-        .bearer_auth(ADMIN_KEY)
-        .send()
-        .await
-        .unwrap();
+    let r = h.http.get(h.url("/v1/users")).bearer_auth(ADMIN_KEY).send().await.unwrap();
     assert_eq!(r.status(), 200);
     let got = h.last();
     assert_eq!(got.headers["apikey"], PALETTE_KEY);
@@ -59,10 +50,7 @@ async fn token_client_gets_raw_authorization_token() {
         .await
         .unwrap();
     assert_eq!(r.status(), 201);
-    assert!(
-        r.headers().get("auditUid").is_some(),
-        "Palette's AuditUid reaches the client"
-    );
+    assert!(r.headers().get("auditUid").is_some(), "Palette's AuditUid reaches the client");
     let got = h.last();
     let auth = got.headers["authorization"].to_str().unwrap().to_string();
     assert!(!auth.starts_with("Bearer"), "{auth}");
@@ -77,13 +65,7 @@ async fn token_client_gets_raw_authorization_token() {
 #[tokio::test]
 async fn unknown_key_is_401() {
     let h = Harness::standard().await;
-    let r = h
-        .http
-        .get(h.url("/v1/users"))
-        .header("ApiKey", "pgw_not-a-key")
-        .send()
-        .await
-        .unwrap();
+    let r = h.http.get(h.url("/v1/users")).header("ApiKey", "pgw_not-a-key").send().await.unwrap();
     assert_eq!(r.status(), 401);
     assert_eq!(r.headers()["www-authenticate"], "Bearer");
     let rid = r.headers()["x-request-id"].to_str().unwrap().to_string();
@@ -120,14 +102,7 @@ async fn anonymous_client_serves_requests_without_credentials() {
 #[tokio::test]
 async fn key_in_both_headers_is_400() {
     let h = Harness::standard().await;
-    let r = h
-        .http
-        .get(h.url("/v1/users"))
-        .header("ApiKey", ADMIN_KEY)
-        .bearer_auth(ADMIN_KEY)
-        .send()
-        .await
-        .unwrap();
+    let r = h.http.get(h.url("/v1/users")).header("ApiKey", ADMIN_KEY).bearer_auth(ADMIN_KEY).send().await.unwrap();
     assert_eq!(r.status(), 400);
     assert!(h.forwarded().is_empty());
 }
@@ -136,13 +111,7 @@ async fn key_in_both_headers_is_400() {
 #[tokio::test]
 async fn raw_authorization_is_not_accepted_as_local_key() {
     let h = Harness::standard().await;
-    let r = h
-        .http
-        .get(h.url("/v1/users"))
-        .header("Authorization", ADMIN_KEY)
-        .send()
-        .await
-        .unwrap();
+    let r = h.http.get(h.url("/v1/users")).header("Authorization", ADMIN_KEY).send().await.unwrap();
     assert_eq!(r.status(), 401);
 }
 
@@ -151,10 +120,7 @@ fn assert_no_local_key(r: &palette_gateway::fake_palette::RecordedRequest) {
         assert!(!r.path_and_query.contains(key));
         assert!(!String::from_utf8_lossy(&r.body).contains(key));
         for v in r.headers.values() {
-            assert!(
-                !String::from_utf8_lossy(v.as_bytes()).contains(key),
-                "local key leaked upstream"
-            );
+            assert!(!String::from_utf8_lossy(v.as_bytes()).contains(key), "local key leaked upstream");
         }
     }
 }

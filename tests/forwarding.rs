@@ -27,18 +27,8 @@ async fn hop_by_hop_and_forwarding_headers() {
     let r = h.raw(req.as_bytes()).await;
     assert_eq!(r.status, 200);
     let got = h.last();
-    for name in [
-        "x-hop",
-        "keep-alive",
-        "te",
-        "upgrade",
-        "proxy-authorization",
-        "forwarded",
-    ] {
-        assert!(
-            got.headers.get(name).is_none(),
-            "{name} reached the upstream"
-        );
+    for name in ["x-hop", "keep-alive", "te", "upgrade", "proxy-authorization", "forwarded"] {
+        assert!(got.headers.get(name).is_none(), "{name} reached the upstream");
     }
     assert_eq!(got.headers["x-forwarded-for"], "127.0.0.1");
     assert_eq!(got.headers["x-forwarded-proto"], "http");
@@ -60,13 +50,7 @@ async fn request_id_is_kept_or_generated() {
         .unwrap();
     assert_eq!(r.headers()["x-request-id"], "abc-123");
     assert_eq!(h.last().headers["x-request-id"], "abc-123");
-    let r = h
-        .http
-        .get(h.url("/v1/users"))
-        .header("ApiKey", ADMIN_KEY)
-        .send()
-        .await
-        .unwrap();
+    let r = h.http.get(h.url("/v1/users")).header("ApiKey", ADMIN_KEY).send().await.unwrap();
     let rid = r.headers()["x-request-id"].to_str().unwrap().to_string();
     assert_eq!(rid.len(), 32);
     assert_eq!(h.last().headers["x-request-id"], rid.as_str());
@@ -76,13 +60,7 @@ async fn request_id_is_kept_or_generated() {
 #[tokio::test]
 async fn set_cookie_is_withheld() {
     let h = Harness::standard().await;
-    let r = h
-        .http
-        .get(h.url("/v1/users"))
-        .header("ApiKey", ADMIN_KEY)
-        .send()
-        .await
-        .unwrap();
+    let r = h.http.get(h.url("/v1/users")).header("ApiKey", ADMIN_KEY).send().await.unwrap();
     assert_eq!(r.status(), 200);
     assert!(r.headers().get("set-cookie").is_none());
 }
@@ -93,13 +71,7 @@ async fn large_download_streams_with_flat_memory() {
     let h = Harness::standard().await;
     const SIZE: u64 = 512 * 1024 * 1024;
     let before = rss_kib();
-    let r = h
-        .http
-        .get(h.url(&format!("/v1/__fake/bytes/{SIZE}")))
-        .header("ApiKey", ADMIN_KEY)
-        .send()
-        .await
-        .unwrap();
+    let r = h.http.get(h.url(&format!("/v1/__fake/bytes/{SIZE}"))).header("ApiKey", ADMIN_KEY).send().await.unwrap();
     assert_eq!(r.status(), 200);
     let mut stream = r.bytes_stream();
     let mut total = 0u64;
@@ -112,11 +84,7 @@ async fn large_download_streams_with_flat_memory() {
     }
     assert_eq!(total, SIZE);
     let growth_mib = (peak.saturating_sub(before)) / 1024;
-    assert!(
-        growth_mib < 64,
-        "memory grew by {growth_mib} MiB while streaming {} MiB",
-        SIZE >> 20
-    );
+    assert!(growth_mib < 64, "memory grew by {growth_mib} MiB while streaming {} MiB", SIZE >> 20);
 }
 
 /// A request body streams to Palette unchanged (here 8 MiB, past any replay buffer).
@@ -124,14 +92,8 @@ async fn large_download_streams_with_flat_memory() {
 async fn upload_streams_unchanged() {
     let h = Harness::standard().await;
     let body: Vec<u8> = (0..8 * 1024 * 1024u32).map(|i| (i % 251) as u8).collect();
-    let r = h
-        .http
-        .put(h.url("/v1/__fake/echo-body"))
-        .header("ApiKey", ADMIN_KEY)
-        .body(body.clone())
-        .send()
-        .await
-        .unwrap();
+    let r =
+        h.http.put(h.url("/v1/__fake/echo-body")).header("ApiKey", ADMIN_KEY).body(body.clone()).send().await.unwrap();
     assert_eq!(r.status(), 200);
     assert_eq!(r.bytes().await.unwrap().len(), body.len());
 }
@@ -140,9 +102,7 @@ fn rss_kib() -> u64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+            s.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
         })
         .unwrap_or(0)
 }

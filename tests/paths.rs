@@ -8,10 +8,7 @@ use support::*;
 /// (the `/v1/auth/**` ones are refused by design, and are counted).
 #[tokio::test]
 async fn every_spec_path_passes_unchanged() {
-    let spec_path = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../shared/palette/palette-api-spec.json"
-    );
+    let spec_path = concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/palette/palette-api-spec.json");
     let spec: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(spec_path).expect("shared spec")).unwrap();
     // The budget would pace 1,100 requests to Palette's rates; this test is about paths.
@@ -25,16 +22,10 @@ async fn every_spec_path_passes_unchanged() {
             let Ok(m) = reqwest::Method::from_bytes(method.to_ascii_uppercase().as_bytes()) else {
                 continue;
             };
-            if !matches!(
-                m.as_str(),
-                "GET" | "POST" | "PUT" | "PATCH" | "DELETE" | "HEAD"
-            ) {
+            if !matches!(m.as_str(), "GET" | "POST" | "PUT" | "PATCH" | "DELETE" | "HEAD") {
                 continue;
             }
-            let mut req = h
-                .http
-                .request(m.clone(), h.url(&path))
-                .header("ApiKey", ADMIN_KEY);
+            let mut req = h.http.request(m.clone(), h.url(&path)).header("ApiKey", ADMIN_KEY);
             if matches!(m.as_str(), "POST" | "PUT" | "PATCH") {
                 req = req.header("content-type", "application/json").body("{}");
             }
@@ -107,9 +98,7 @@ async fn ambiguous_paths_are_400() {
 async fn escapes_cannot_dodge_allow() {
     let h = Harness::standard().await;
     // %44 is 'D': normalized to the same path, then judged by the same rules.
-    let r = h
-        .raw(&raw_get("/v1/%44ashboard/x", &[("ApiKey", CI_KEY)]))
-        .await;
+    let r = h.raw(&raw_get("/v1/%44ashboard/x", &[("ApiKey", CI_KEY)])).await;
     assert_eq!(r.status, 200);
     assert_eq!(h.last().path_and_query, "/v1/Dashboard/x");
 }

@@ -8,13 +8,7 @@ use support::*;
 #[tokio::test]
 async fn allow_denies_with_403_naming_client_method_path() {
     let h = Harness::standard().await;
-    let r = h
-        .http
-        .delete(h.url("/v1/packs/abc"))
-        .header("ApiKey", CI_KEY)
-        .send()
-        .await
-        .unwrap();
+    let r = h.http.delete(h.url("/v1/packs/abc")).header("ApiKey", CI_KEY).send().await.unwrap();
     assert_eq!(r.status(), 403);
     let v: serde_json::Value = r.json().await.unwrap();
     assert_eq!(v["code"], "Forbidden");
@@ -43,21 +37,9 @@ async fn auth_paths_are_always_403() {
         "/team-a/v1/auth/authenticate",
     ] {
         let r = h.raw(&raw_get(path, &[("ApiKey", ADMIN_KEY)])).await;
-        assert_eq!(
-            r.status,
-            403,
-            "{path}: {}",
-            String::from_utf8_lossy(&r.body)
-        );
+        assert_eq!(r.status, 403, "{path}: {}", String::from_utf8_lossy(&r.body));
     }
-    let r = h
-        .http
-        .post(h.url("/v1/auth/authenticate"))
-        .header("ApiKey", ADMIN_KEY)
-        .body("{}")
-        .send()
-        .await
-        .unwrap();
+    let r = h.http.post(h.url("/v1/auth/authenticate")).header("ApiKey", ADMIN_KEY).body("{}").send().await.unwrap();
     assert_eq!(r.status(), 403);
     assert!(h.forwarded().is_empty());
     // The only auth calls Palette saw are the gateway's own login for its `ops` credential.
@@ -92,31 +74,12 @@ async fn route_sets_project_and_strips_prefix() {
 #[tokio::test]
 async fn route_filters_by_client_and_method() {
     let h = Harness::standard().await;
-    h.http
-        .get(h.url("/v1/spectroclusters/u1"))
-        .header("ApiKey", CI_KEY)
-        .send()
-        .await
-        .unwrap();
+    h.http.get(h.url("/v1/spectroclusters/u1")).header("ApiKey", CI_KEY).send().await.unwrap();
     assert_eq!(h.last().headers["projectuid"], "p002");
-    h.http
-        .get(h.url("/v1/spectroclusters/u1"))
-        .header("ApiKey", ADMIN_KEY)
-        .send()
-        .await
-        .unwrap();
-    assert!(
-        h.last().headers.get("projectuid").is_none(),
-        "admin is not in the route's clients: tenant scope"
-    );
+    h.http.get(h.url("/v1/spectroclusters/u1")).header("ApiKey", ADMIN_KEY).send().await.unwrap();
+    assert!(h.last().headers.get("projectuid").is_none(), "admin is not in the route's clients: tenant scope");
     // /team-ab is not under /team-a (whole segments).
-    let r = h
-        .http
-        .get(h.url("/team-ab/v1/x"))
-        .header("ApiKey", ADMIN_KEY)
-        .send()
-        .await
-        .unwrap();
+    let r = h.http.get(h.url("/team-ab/v1/x")).header("ApiKey", ADMIN_KEY).send().await.unwrap();
     assert_eq!(r.status(), 200);
     assert_eq!(h.last().path_and_query, "/team-ab/v1/x");
 }
@@ -135,16 +98,10 @@ async fn client_project_must_be_allowed() {
         .unwrap();
     assert_eq!(r.status(), 200);
     assert_eq!(h.last().headers["projectuid"], "p001");
-    for (header, query) in [
-        (Some("p999"), ""),
-        (None, "?ProjectUid=p999"),
-        (None, "?projectuid=p999"),
-        (None, "?Project%55id=p999"),
-    ] {
-        let mut req = h
-            .http
-            .get(h.url(&format!("/v1/clusterprofiles{query}")))
-            .header("ApiKey", CI_KEY);
+    for (header, query) in
+        [(Some("p999"), ""), (None, "?ProjectUid=p999"), (None, "?projectuid=p999"), (None, "?Project%55id=p999")]
+    {
+        let mut req = h.http.get(h.url(&format!("/v1/clusterprofiles{query}"))).header("ApiKey", CI_KEY);
         if let Some(v) = header {
             req = req.header("projectUID", v);
         }
@@ -176,13 +133,7 @@ async fn conflicting_project_values_are_400() {
 #[tokio::test]
 async fn no_project_is_tenant_scope() {
     let h = Harness::standard().await;
-    let r = h
-        .http
-        .get(h.url("/v1/users"))
-        .header("ApiKey", CI_KEY)
-        .send()
-        .await
-        .unwrap();
+    let r = h.http.get(h.url("/v1/users")).header("ApiKey", CI_KEY).send().await.unwrap();
     assert_eq!(r.status(), 200);
     assert!(h.last().headers.get("projectuid").is_none());
 }

@@ -25,30 +25,20 @@ impl Pki {
         std::fs::create_dir_all(&dir).unwrap();
         let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
         params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params
-            .distinguished_name
-            .push(DnType::CommonName, "palette-gateway test CA");
+        params.distinguished_name.push(DnType::CommonName, "palette-gateway test CA");
         let ca_key = KeyPair::generate().unwrap();
         let ca_cert = params.self_signed(&ca_key).unwrap();
         let ca_pem = ca_cert.pem();
         std::fs::write(dir.join("ca.pem"), &ca_pem).unwrap();
-        Pki {
-            dir,
-            ca_pem,
-            ca_cert,
-            ca_key,
-        }
+        Pki { dir, ca_pem, ca_cert, ca_key }
     }
 
     /// Issues a leaf; returns (cert PEM, key PEM) and writes them as NAME.pem / NAME.key.
     fn leaf(&self, file: &str, dns: &str, client: bool) -> (String, String) {
         let mut params = CertificateParams::new(vec![dns.to_string()]).unwrap();
         params.distinguished_name.push(DnType::CommonName, dns);
-        params.extended_key_usages = vec![if client {
-            ExtendedKeyUsagePurpose::ClientAuth
-        } else {
-            ExtendedKeyUsagePurpose::ServerAuth
-        }];
+        params.extended_key_usages =
+            vec![if client { ExtendedKeyUsagePurpose::ClientAuth } else { ExtendedKeyUsagePurpose::ServerAuth }];
         let key = KeyPair::generate().unwrap();
         let cert = params.signed_by(&key, &self.ca_cert, &self.ca_key).unwrap();
         let (c, k) = (cert.pem(), key.serialize_pem());
@@ -77,8 +67,7 @@ fn tls_client(pki: &Pki, identity: Option<(String, String)>) -> reqwest::Client 
 async fn start_gateway(upstream: &str, upstream_extra: &str, rules: &str) -> RunningGateway {
     init_logs();
     let text = gateway_config(upstream, upstream_extra, rules);
-    let cfg = config::load_str(&text, Path::new("."), &standard_env())
-        .unwrap_or_else(|e| panic!("{e}\n{text}"));
+    let cfg = config::load_str(&text, Path::new("."), &standard_env()).unwrap_or_else(|e| panic!("{e}\n{text}"));
     RunningGateway::start(cfg).await.unwrap()
 }
 
@@ -98,10 +87,7 @@ async fn https_listener_with_http2() {
     let gw = start_gateway(&fake.url(), "", &rules).await;
     let client = tls_client(&pki, None);
     let r = client
-        .get(format!(
-            "https://localhost:{}/v1/users",
-            gw.proxy_addr.port()
-        ))
+        .get(format!("https://localhost:{}/v1/users", gw.proxy_addr.port()))
         .header("ApiKey", ADMIN_KEY)
         .send()
         .await
@@ -127,11 +113,7 @@ async fn mtls_identifies_client_by_cert_name() {
         pki.path("server.pem"),
         pki.path("server.key"),
         pki.path("ca.pem"),
-        standard_rules().replacen(
-            "name = \"ci\"\n",
-            "name = \"ci\"\ncert_names = [\"ci.internal\"]\n",
-            1
-        )
+        standard_rules().replacen("name = \"ci\"\n", "name = \"ci\"\ncert_names = [\"ci.internal\"]\n", 1)
     );
     let gw = start_gateway(&fake.url(), "", &rules).await;
     let url = |p: &str| format!("https://localhost:{}{p}", gw.proxy_addr.port());
@@ -141,43 +123,17 @@ async fn mtls_identifies_client_by_cert_name() {
     assert_eq!(r.status(), 200, "certificate alone identifies ci");
     let r = client.delete(url("/v1/users/x")).send().await.unwrap();
     assert_eq!(r.status(), 403, "ci's allow list applies");
-    let r = client
-        .get(url("/v1/users"))
-        .header("ApiKey", ADMIN_KEY)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(
-        r.status(),
-        401,
-        "a key for another client than the certificate's is refused"
-    );
+    let r = client.get(url("/v1/users")).header("ApiKey", ADMIN_KEY).send().await.unwrap();
+    assert_eq!(r.status(), 401, "a key for another client than the certificate's is refused");
 
     // A valid certificate naming no client falls back to keys.
     let other = tls_client(&pki, Some(stranger));
-    assert_eq!(
-        other.get(url("/v1/users")).send().await.unwrap().status(),
-        401
-    );
-    assert_eq!(
-        other
-            .get(url("/v1/users"))
-            .header("ApiKey", ADMIN_KEY)
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        200
-    );
+    assert_eq!(other.get(url("/v1/users")).send().await.unwrap().status(), 401);
+    assert_eq!(other.get(url("/v1/users")).header("ApiKey", ADMIN_KEY).send().await.unwrap().status(), 200);
 
     // No certificate: the handshake is refused.
     let none = tls_client(&pki, None);
-    assert!(none
-        .get(url("/v1/users"))
-        .header("ApiKey", ADMIN_KEY)
-        .send()
-        .await
-        .is_err());
+    assert!(none.get(url("/v1/users")).header("ApiKey", ADMIN_KEY).send().await.is_err());
 }
 
 /// An HTTPS upstream whose CA is given by `upstream.ca_file`.
@@ -185,52 +141,22 @@ async fn mtls_identifies_client_by_cert_name() {
 async fn https_upstream_trusted_by_ca_file() {
     let pki = Pki::new("up");
     let (cert, key) = pki.leaf("upstream", "localhost", false);
-    let certs = rustls_pemfile::certs(&mut cert.as_bytes())
-        .collect::<Result<Vec<_>, _>>()
-        .unwrap();
-    let key = rustls_pemfile::private_key(&mut key.as_bytes())
+    let certs = rustls_pemfile::certs(&mut cert.as_bytes()).collect::<Result<Vec<_>, _>>().unwrap();
+    let key = rustls_pemfile::private_key(&mut key.as_bytes()).unwrap().unwrap();
+    let mut tls = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
         .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
         .unwrap();
-    let mut tls = rustls::ServerConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_no_client_auth()
-    .with_single_cert(certs, key)
-    .unwrap();
     tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    let fake = FakePalette::start(FakePaletteConfig {
-        tls: Some(Arc::new(tls)),
-        ..standard_fake()
-    })
-    .await
-    .unwrap();
+    let fake = FakePalette::start(FakePaletteConfig { tls: Some(Arc::new(tls)), ..standard_fake() }).await.unwrap();
     assert!(fake.url().starts_with("https://"));
-    let gw = start_gateway(
-        &fake.url(),
-        &format!("ca_file = \"{}\"", pki.path("ca.pem")),
-        &standard_rules(),
-    )
-    .await;
-    let r = client()
-        .get(format!("http://{}/v1/users", gw.proxy_addr))
-        .header("ApiKey", BOT_KEY)
-        .send()
-        .await
-        .unwrap();
+    let gw = start_gateway(&fake.url(), &format!("ca_file = \"{}\"", pki.path("ca.pem")), &standard_rules()).await;
+    let r = client().get(format!("http://{}/v1/users", gw.proxy_addr)).header("ApiKey", BOT_KEY).send().await.unwrap();
     assert_eq!(r.status(), 200);
-    let got = fake
-        .requests()
-        .into_iter()
-        .rev()
-        .find(|r| !r.path_and_query.starts_with("/v1/auth/"))
-        .unwrap();
-    assert_eq!(
-        got.version,
-        http::Version::HTTP_2,
-        "HTTP/2 to the upstream by ALPN"
-    );
+    let got = fake.requests().into_iter().rev().find(|r| !r.path_and_query.starts_with("/v1/auth/")).unwrap();
+    assert_eq!(got.version, http::Version::HTTP_2, "HTTP/2 to the upstream by ALPN");
     assert!(fake.logins() == 1);
 }
 
@@ -239,36 +165,18 @@ async fn https_upstream_trusted_by_ca_file() {
 async fn untrusted_upstream_certificate_is_502() {
     let pki = Pki::new("untrusted");
     let (cert, key) = pki.leaf("upstream", "localhost", false);
-    let certs = rustls_pemfile::certs(&mut cert.as_bytes())
-        .collect::<Result<Vec<_>, _>>()
-        .unwrap();
-    let key = rustls_pemfile::private_key(&mut key.as_bytes())
+    let certs = rustls_pemfile::certs(&mut cert.as_bytes()).collect::<Result<Vec<_>, _>>().unwrap();
+    let key = rustls_pemfile::private_key(&mut key.as_bytes()).unwrap().unwrap();
+    let tls = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
         .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
         .unwrap();
-    let tls = rustls::ServerConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_no_client_auth()
-    .with_single_cert(certs, key)
-    .unwrap();
-    let fake = FakePalette::start(FakePaletteConfig {
-        tls: Some(Arc::new(tls)),
-        ..standard_fake()
-    })
-    .await
-    .unwrap();
+    let fake = FakePalette::start(FakePaletteConfig { tls: Some(Arc::new(tls)), ..standard_fake() }).await.unwrap();
     let gw = start_gateway(&fake.url(), "", &standard_rules()).await;
-    let r = client()
-        .get(format!("http://{}/v1/users", gw.proxy_addr))
-        .header("ApiKey", ADMIN_KEY)
-        .send()
-        .await
-        .unwrap();
+    let r =
+        client().get(format!("http://{}/v1/users", gw.proxy_addr)).header("ApiKey", ADMIN_KEY).send().await.unwrap();
     assert_eq!(r.status(), 502);
-    assert!(fake
-        .requests()
-        .iter()
-        .all(|r| r.path_and_query.starts_with("/v1/auth/")));
+    assert!(fake.requests().iter().all(|r| r.path_and_query.starts_with("/v1/auth/")));
 }

@@ -8,23 +8,13 @@ use palette_gateway::fake_palette::{FakePalette, FakePaletteConfig};
 use support::*;
 
 fn short_lived(lifetime: Duration, exp_claim: bool) -> FakePaletteConfig {
-    FakePaletteConfig {
-        token_lifetime: lifetime,
-        token_exp_claim: exp_claim,
-        ..standard_fake()
-    }
+    FakePaletteConfig { token_lifetime: lifetime, token_exp_claim: exp_claim, ..standard_fake() }
 }
 
 fn rules(lifetime: &str, refresh_before: &str) -> String {
     standard_rules()
-        .replace(
-            "token_lifetime = \"15m\"",
-            &format!("token_lifetime = \"{lifetime}\""),
-        )
-        .replace(
-            "refresh_before = \"3m\"",
-            &format!("refresh_before = \"{refresh_before}\""),
-        )
+        .replace("token_lifetime = \"15m\"", &format!("token_lifetime = \"{lifetime}\""))
+        .replace("refresh_before = \"3m\"", &format!("refresh_before = \"{refresh_before}\""))
 }
 
 /// 200 concurrent requests at a cold start cause exactly one login, and all succeed.
@@ -36,11 +26,7 @@ async fn cold_start_is_single_flight() {
         let http = h.http.clone();
         let url = h.url(&format!("/v1/users/{i}"));
         tasks.push(tokio::spawn(async move {
-            http.get(url)
-                .header("ApiKey", BOT_KEY)
-                .send()
-                .await
-                .map(|r| r.status().as_u16())
+            http.get(url).header("ApiKey", BOT_KEY).send().await.map(|r| r.status().as_u16())
         }));
     }
     for t in tasks {
@@ -54,45 +40,21 @@ async fn cold_start_is_single_flight() {
 /// (not re-logged-in), and every request carried a token that was valid.
 #[tokio::test]
 async fn refresh_cycles_without_failed_requests() {
-    let h = Harness::start(
-        short_lived(Duration::from_secs(3), true),
-        NO_BUDGET,
-        &rules("15m", "1s"),
-    )
-    .await;
+    let h = Harness::start(short_lived(Duration::from_secs(3), true), NO_BUDGET, &rules("15m", "1s")).await;
     h.wait_ready().await;
     let until = Instant::now() + Duration::from_secs(8);
     let mut n = 0;
     while Instant::now() < until {
-        let r = h
-            .http
-            .get(h.url("/v1/users"))
-            .header("ApiKey", BOT_KEY)
-            .send()
-            .await
-            .unwrap();
+        let r = h.http.get(h.url("/v1/users")).header("ApiKey", BOT_KEY).send().await.unwrap();
         assert_eq!(r.status(), 200, "request {n} failed");
         n += 1;
         tokio::time::sleep(Duration::from_millis(40)).await;
     }
     assert!(n > 50);
-    assert_eq!(
-        h.fake.logins(),
-        1,
-        "refresh, not login, keeps the token fresh"
-    );
-    assert!(
-        h.fake.refreshes() >= 3,
-        "only {} refreshes in 8 s of 3 s tokens",
-        h.fake.refreshes()
-    );
+    assert_eq!(h.fake.logins(), 1, "refresh, not login, keeps the token fresh");
+    assert!(h.fake.refreshes() >= 3, "only {} refreshes in 8 s of 3 s tokens", h.fake.refreshes());
     // The refresh call carries the token in its path with setCookie=false.
-    let refresh = h
-        .fake
-        .requests()
-        .into_iter()
-        .find(|r| r.path_and_query.starts_with("/v1/auth/refresh/"))
-        .unwrap();
+    let refresh = h.fake.requests().into_iter().find(|r| r.path_and_query.starts_with("/v1/auth/refresh/")).unwrap();
     assert!(refresh.path_and_query.ends_with("?setCookie=false"));
 }
 
@@ -100,22 +62,11 @@ async fn refresh_cycles_without_failed_requests() {
 /// that schedule.
 #[tokio::test]
 async fn no_exp_claim_uses_configured_lifetime() {
-    let h = Harness::start(
-        short_lived(Duration::from_secs(3), false),
-        NO_BUDGET,
-        &rules("3s", "1s"),
-    )
-    .await;
+    let h = Harness::start(short_lived(Duration::from_secs(3), false), NO_BUDGET, &rules("3s", "1s")).await;
     h.wait_ready().await;
     let until = Instant::now() + Duration::from_secs(5);
     while Instant::now() < until {
-        let r = h
-            .http
-            .get(h.url("/v1/users"))
-            .header("ApiKey", BOT_KEY)
-            .send()
-            .await
-            .unwrap();
+        let r = h.http.get(h.url("/v1/users")).header("ApiKey", BOT_KEY).send().await.unwrap();
         assert_eq!(r.status(), 200);
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -130,40 +81,21 @@ async fn token_refused_early_is_replaced_and_request_replayed() {
     let h = Harness::standard().await;
     h.wait_ready().await;
     h.fake.revoke_tokens();
-    let r = h
-        .http
-        .post(h.url("/v1/dashboard/projects"))
-        .header("ApiKey", BOT_KEY)
-        .body("{\"x\":1}")
-        .send()
-        .await
-        .unwrap();
+    let r =
+        h.http.post(h.url("/v1/dashboard/projects")).header("ApiKey", BOT_KEY).body("{\"x\":1}").send().await.unwrap();
     assert_eq!(r.status(), 201);
     assert_eq!(h.fake.logins(), 2);
-    let posts: Vec<_> = h
-        .forwarded()
-        .into_iter()
-        .filter(|r| r.method == "POST")
-        .collect();
+    let posts: Vec<_> = h.forwarded().into_iter().filter(|r| r.method == "POST").collect();
     assert_eq!(posts.len(), 2, "one refused, one replayed");
     assert_eq!(&posts[1].body[..], b"{\"x\":1}");
-    assert_ne!(
-        posts[0].headers["authorization"],
-        posts[1].headers["authorization"]
-    );
+    assert_ne!(posts[0].headers["authorization"], posts[1].headers["authorization"]);
     // Concurrent refusals share one new login.
     h.fake.revoke_tokens();
     let mut tasks = Vec::new();
     for _ in 0..20 {
         let (http, url) = (h.http.clone(), h.url("/v1/users"));
         tasks.push(tokio::spawn(async move {
-            http.get(url)
-                .header("ApiKey", BOT_KEY)
-                .send()
-                .await
-                .unwrap()
-                .status()
-                .as_u16()
+            http.get(url).header("ApiKey", BOT_KEY).send().await.unwrap().status().as_u16()
         }));
     }
     for t in tasks {
@@ -179,21 +111,11 @@ async fn large_body_is_not_replayed() {
     h.wait_ready().await;
     h.fake.revoke_tokens();
     let body = vec![b'a'; 100 * 1024];
-    let r = h
-        .http
-        .put(h.url("/v1/packs/x"))
-        .header("ApiKey", BOT_KEY)
-        .body(body)
-        .send()
-        .await
-        .unwrap();
+    let r = h.http.put(h.url("/v1/packs/x")).header("ApiKey", BOT_KEY).body(body).send().await.unwrap();
     assert_eq!(r.status(), 401);
     let text = r.text().await.unwrap();
     for t in h.fake.issued_tokens() {
-        assert!(
-            !text.contains(&t),
-            "a token leaked in the passed-through 401"
-        );
+        assert!(!text.contains(&t), "a token leaked in the passed-through 401");
     }
 }
 
@@ -204,55 +126,22 @@ async fn login_down_at_start_then_back() {
     let fake = FakePalette::start(standard_fake()).await.unwrap();
     fake.set_auth_down(true);
     let h = Harness::with_fake(fake, NO_BUDGET, &standard_rules()).await;
-    let r = h
-        .http
-        .get(h.url("/v1/users"))
-        .header("ApiKey", ADMIN_KEY)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(
-        r.status(),
-        200,
-        "API-key clients are served while the login is down"
-    );
-    let r = h
-        .http
-        .get(h.url("/v1/users"))
-        .header("ApiKey", BOT_KEY)
-        .send()
-        .await
-        .unwrap();
+    let r = h.http.get(h.url("/v1/users")).header("ApiKey", ADMIN_KEY).send().await.unwrap();
+    assert_eq!(r.status(), 200, "API-key clients are served while the login is down");
+    let r = h.http.get(h.url("/v1/users")).header("ApiKey", BOT_KEY).send().await.unwrap();
     assert_eq!(r.status(), 503);
     let v: serde_json::Value = r.json().await.unwrap();
     assert_eq!(v["code"], "CredentialUnavailable");
-    let r = h
-        .http
-        .get(format!("{}/readyz", h.admin))
-        .send()
-        .await
-        .unwrap();
+    let r = h.http.get(format!("{}/readyz", h.admin)).send().await.unwrap();
     assert_eq!(r.status(), 503);
     let v: serde_json::Value = r.json().await.unwrap();
     assert_eq!(v["credentials"][0]["credential"], "ops");
-    assert!(
-        v["credentials"][0]["error"]
-            .as_str()
-            .unwrap()
-            .contains("503"),
-        "{v}"
-    );
+    assert!(v["credentials"][0]["error"].as_str().unwrap().contains("503"), "{v}");
     let text = v.to_string();
     assert!(!text.contains(OPS_PASSWORD));
     h.fake.set_auth_down(false);
     h.wait_ready().await;
-    let r = h
-        .http
-        .get(h.url("/v1/users"))
-        .header("ApiKey", BOT_KEY)
-        .send()
-        .await
-        .unwrap();
+    let r = h.http.get(h.url("/v1/users")).header("ApiKey", BOT_KEY).send().await.unwrap();
     assert_eq!(r.status(), 200);
 }
 
@@ -260,26 +149,11 @@ async fn login_down_at_start_then_back() {
 #[tokio::test]
 async fn health_and_readiness() {
     let h = Harness::standard().await;
-    let r = h
-        .http
-        .get(format!("{}/healthz", h.admin))
-        .send()
-        .await
-        .unwrap();
+    let r = h.http.get(format!("{}/healthz", h.admin)).send().await.unwrap();
     assert_eq!(r.status(), 200);
     h.wait_ready().await;
-    let r = h
-        .http
-        .get(format!("{}/readyz", h.admin))
-        .send()
-        .await
-        .unwrap();
+    let r = h.http.get(format!("{}/readyz", h.admin)).send().await.unwrap();
     assert_eq!(r.status(), 200);
-    let r = h
-        .http
-        .get(format!("{}/nope", h.admin))
-        .send()
-        .await
-        .unwrap();
+    let r = h.http.get(format!("{}/nope", h.admin)).send().await.unwrap();
     assert_eq!(r.status(), 404);
 }

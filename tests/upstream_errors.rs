@@ -11,34 +11,19 @@ use support::*;
 async fn connect_failure_is_502() {
     init_logs();
     // A port that was just free: nothing listens there.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let text = gateway_config(&format!("http://127.0.0.1:{port}"), "", &standard_rules());
     let cfg = config::load_str(&text, std::path::Path::new("."), &standard_env()).unwrap();
-    let gw = palette_gateway::app::RunningGateway::start(cfg)
-        .await
-        .unwrap();
-    let r = client()
-        .get(format!("http://{}/v1/users", gw.proxy_addr))
-        .header("ApiKey", ADMIN_KEY)
-        .send()
-        .await
-        .unwrap();
+    let gw = palette_gateway::app::RunningGateway::start(cfg).await.unwrap();
+    let r =
+        client().get(format!("http://{}/v1/users", gw.proxy_addr)).header("ApiKey", ADMIN_KEY).send().await.unwrap();
     assert_eq!(r.status(), 502);
     let rid = r.headers()["x-request-id"].to_str().unwrap().to_string();
     let v: serde_json::Value = r.json().await.unwrap();
     assert_eq!(v["code"], "UpstreamUnavailable");
     assert_eq!(v["ref"], rid.as_str());
     // A token client cannot get a token either: 503 CredentialUnavailable.
-    let r = client()
-        .get(format!("http://{}/v1/users", gw.proxy_addr))
-        .header("ApiKey", BOT_KEY)
-        .send()
-        .await
-        .unwrap();
+    let r = client().get(format!("http://{}/v1/users", gw.proxy_addr)).header("ApiKey", BOT_KEY).send().await.unwrap();
     assert_eq!(r.status(), 503);
     let v: serde_json::Value = r.json().await.unwrap();
     assert_eq!(v["code"], "CredentialUnavailable");
@@ -50,13 +35,7 @@ async fn connect_failure_is_502() {
 async fn slow_upstream_is_504() {
     let h = Harness::start(standard_fake(), NO_BUDGET, &standard_rules()).await;
     let started = std::time::Instant::now();
-    let r = h
-        .http
-        .get(h.url("/v1/__fake/slow/8000"))
-        .header("ApiKey", ADMIN_KEY)
-        .send()
-        .await
-        .unwrap();
+    let r = h.http.get(h.url("/v1/__fake/slow/8000")).header("ApiKey", ADMIN_KEY).send().await.unwrap();
     assert_eq!(r.status(), 504);
     assert!(started.elapsed() < Duration::from_secs(8));
     let v: serde_json::Value = r.json().await.unwrap();
@@ -68,13 +47,7 @@ async fn slow_upstream_is_504() {
 #[tokio::test]
 async fn upstream_errors_pass_through_scrubbed() {
     let h = Harness::standard().await;
-    let r = h
-        .http
-        .get(h.url("/v1/__fake/status/403"))
-        .header("ApiKey", ADMIN_KEY)
-        .send()
-        .await
-        .unwrap();
+    let r = h.http.get(h.url("/v1/__fake/status/403")).header("ApiKey", ADMIN_KEY).send().await.unwrap();
     assert_eq!(r.status(), 403);
     let text = r.text().await.unwrap();
     assert!(!text.contains(PALETTE_KEY), "{text}");
@@ -82,13 +55,7 @@ async fn upstream_errors_pass_through_scrubbed() {
     let v: serde_json::Value = serde_json::from_str(&text).unwrap();
     assert_eq!(v["code"], "Forbidden");
     // Same for a token credential's token.
-    let r = h
-        .http
-        .get(h.url("/v1/__fake/status/404"))
-        .header("ApiKey", BOT_KEY)
-        .send()
-        .await
-        .unwrap();
+    let r = h.http.get(h.url("/v1/__fake/status/404")).header("ApiKey", BOT_KEY).send().await.unwrap();
     assert_eq!(r.status(), 404);
     let text = r.text().await.unwrap();
     for t in h.fake.issued_tokens() {
@@ -101,12 +68,6 @@ async fn upstream_errors_pass_through_scrubbed() {
 #[tokio::test]
 async fn upstream_500_passes_through() {
     let h = Harness::standard().await;
-    let r = h
-        .http
-        .get(h.url("/v1/__fake/status/500"))
-        .header("ApiKey", ADMIN_KEY)
-        .send()
-        .await
-        .unwrap();
+    let r = h.http.get(h.url("/v1/__fake/status/500")).header("ApiKey", ADMIN_KEY).send().await.unwrap();
     assert_eq!(r.status(), 500);
 }

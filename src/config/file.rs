@@ -25,6 +25,16 @@ pub struct RawConfig {
     pub routes: Vec<RawRoute>,
     #[serde(default)]
     pub rate_limit: RawRateLimits,
+    #[serde(default)]
+    pub log: RawLog,
+}
+
+/// `[log]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLog {
+    pub format: Option<String>,
+    pub level: Option<String>,
 }
 
 /// `{ per_second = 10, burst = 20 }`.
@@ -73,6 +83,18 @@ pub struct RawServer {
     #[serde(default = "default_admin_listen")]
     pub admin_listen: String,
     pub tls: Option<RawServerTls>,
+    #[serde(default, with = "humantime_serde")]
+    pub header_read_timeout: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    pub idle_timeout: Option<Duration>,
+    pub max_request_body: Option<u64>,
+    pub max_header_bytes: Option<usize>,
+    pub max_connections: Option<usize>,
+    pub max_inflight_requests: Option<usize>,
+    #[serde(default, with = "humantime_serde")]
+    pub shutdown_delay: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    pub drain_timeout: Option<Duration>,
 }
 
 impl Default for RawServer {
@@ -81,6 +103,14 @@ impl Default for RawServer {
             listen: default_listen(),
             admin_listen: default_admin_listen(),
             tls: None,
+            header_read_timeout: None,
+            idle_timeout: None,
+            max_request_body: None,
+            max_header_bytes: None,
+            max_connections: None,
+            max_inflight_requests: None,
+            shutdown_delay: None,
+            drain_timeout: None,
         }
     }
 }

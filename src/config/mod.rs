@@ -39,10 +39,7 @@ impl fmt::Display for Problem {
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read config file {path}: {source}")]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Read { path: PathBuf, source: std::io::Error },
     #[error("{0}")]
     Syntax(String),
     #[error("{}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"))]
@@ -62,18 +59,15 @@ impl ConfigError {
 /// Loads and validates the config at `path`; relative file paths inside it are relative to
 /// its directory. Used by start-up, reload and `check` alike.
 pub fn load(path: &Path, env: &dyn Environment) -> Result<Config, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-        path: path.to_path_buf(),
-        source,
-    })?;
+    let text =
+        std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
     let base = path.parent().unwrap_or(Path::new("."));
     load_str(&text, base, env)
 }
 
 /// Loads and validates config text; `base_dir` anchors relative file paths.
 pub fn load_str(text: &str, base_dir: &Path, env: &dyn Environment) -> Result<Config, ConfigError> {
-    let raw: file::RawConfig =
-        toml::from_str(text).map_err(|e| ConfigError::Syntax(render_toml_error(text, &e)))?;
+    let raw: file::RawConfig = toml::from_str(text).map_err(|e| ConfigError::Syntax(render_toml_error(text, &e)))?;
     validate::validate(raw, base_dir, env)
 }
 
@@ -105,6 +99,8 @@ pub struct Config {
     pub anonymous_client: Option<usize>,
     /// `[rate_limit] global`: one limit across all clients.
     pub global_rate_limit: Option<Rate>,
+    /// `[log]`.
+    pub log: LogConfig,
     key_index: HashMap<[u8; 32], usize>,
     cert_index: HashMap<String, usize>,
 }
@@ -135,6 +131,38 @@ pub struct ServerConfig {
     pub admin_listen: SocketAddr,
     /// HTTPS (and mTLS when it verifies clients).
     pub tls: Option<ServerTls>,
+    /// Connection and request limits.
+    pub limits: ServerLimits,
+}
+
+/// `[server]` limits against slow, large or too many clients.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerLimits {
+    /// Request headers must arrive within this time (slowloris). Default 10s.
+    pub header_read_timeout: Duration,
+    /// A keep-alive connection idle this long is closed. Default 60s.
+    pub idle_timeout: Duration,
+    /// Largest request body, bytes (413 past it). Default 16 MiB.
+    pub max_request_body: u64,
+    /// Largest request head (request line + headers), bytes (431 past it). Default 64 KiB.
+    pub max_header_bytes: usize,
+    /// Most open client connections; more wait in the kernel's accept queue. Default 10000.
+    pub max_connections: usize,
+    /// Most requests handled at once; more get 503 with `Retry-After` at once. Default 1024.
+    pub max_inflight_requests: usize,
+    /// After SIGTERM, keep serving (with `/readyz` 503) this long. Default 5s.
+    pub shutdown_delay: Duration,
+    /// Then let in-flight requests finish for up to this long. Default 30s.
+    pub drain_timeout: Duration,
+}
+
+/// `[log]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogConfig {
+    /// JSON lines (`json`, the default) or human-readable `text`.
+    pub json: bool,
+    /// A tracing filter (`info`, `palette_gateway=debug`); `RUST_LOG` overrides it.
+    pub level: String,
 }
 
 /// Server TLS, loaded and checked at config load.
@@ -147,9 +175,7 @@ pub struct ServerTls {
 
 impl fmt::Debug for ServerTls {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ServerTls")
-            .field("mtls", &self.mtls)
-            .finish_non_exhaustive()
+        f.debug_struct("ServerTls").field("mtls", &self.mtls).finish_non_exhaustive()
     }
 }
 

@@ -10,12 +10,10 @@ use std::time::Duration;
 use http::Method;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
-use super::file::{
-    RawClient, RawConfig, RawCredential, RawRate, RawRoute, RawServerTls, RawUpstream,
-};
+use super::file::{RawClient, RawConfig, RawCredential, RawRate, RawRoute, RawServerTls, RawUpstream};
 use super::{
-    Client, Config, Credential, CredentialKind, Environment, PrefixLimit, Problem, Projects, Rate,
-    Route, Secret, ServerConfig, ServerTls, TokenSettings, UpstreamConfig, UpstreamLimits,
+    Client, Config, Credential, CredentialKind, Environment, LogConfig, PrefixLimit, Problem, Projects, Rate, Route,
+    Secret, ServerConfig, ServerLimits, ServerTls, TokenSettings, UpstreamConfig, UpstreamLimits,
 };
 use crate::config::ConfigError;
 use crate::pattern::AllowRule;
@@ -27,39 +25,21 @@ struct Problems(Vec<Problem>);
 
 impl Problems {
     fn add(&mut self, field: impl Into<String>, message: impl Into<String>) {
-        self.0.push(Problem {
-            field: field.into(),
-            message: message.into(),
-        });
+        self.0.push(Problem { field: field.into(), message: message.into() });
     }
 }
 
-pub(super) fn validate(
-    raw: RawConfig,
-    base: &Path,
-    env: &dyn Environment,
-) -> Result<Config, ConfigError> {
+pub(super) fn validate(raw: RawConfig, base: &Path, env: &dyn Environment) -> Result<Config, ConfigError> {
     let mut p = Problems(Vec::new());
     let server = server(&raw, base, env, &mut p);
     let upstream = upstream(&raw.upstream, base, env, &mut p);
     let credentials = credentials(&raw.credentials, base, env, &mut p);
-    let cred_names: HashMap<&str, usize> = credentials
-        .iter()
-        .enumerate()
-        .map(|(i, c)| (c.name.as_str(), i))
-        .collect();
-    let mtls = server
-        .as_ref()
-        .is_some_and(|s| s.tls.as_ref().is_some_and(|t| t.mtls));
+    let cred_names: HashMap<&str, usize> = credentials.iter().enumerate().map(|(i, c)| (c.name.as_str(), i)).collect();
+    let mtls = server.as_ref().is_some_and(|s| s.tls.as_ref().is_some_and(|t| t.mtls));
 
-    let default_rate = raw
-        .rate_limit
-        .default
-        .and_then(|r| rate(r, "rate_limit.default", &mut p));
-    let global_rate_limit = raw
-        .rate_limit
-        .global
-        .and_then(|r| rate(r, "rate_limit.global", &mut p));
+    let log = log_config(&raw, &mut p);
+    let default_rate = raw.rate_limit.default.and_then(|r| rate(r, "rate_limit.default", &mut p));
+    let global_rate_limit = raw.rate_limit.global.and_then(|r| rate(r, "rate_limit.global", &mut p));
     let mut client_names: HashMap<String, usize> = HashMap::new();
     let mut clients = Vec::with_capacity(raw.clients.len());
     let mut key_index = HashMap::new();
@@ -67,10 +47,7 @@ pub(super) fn validate(
     for (i, c) in raw.clients.iter().enumerate() {
         let field = format!("clients[{i}]");
         if client_names.insert(c.name.clone(), i).is_some() {
-            p.add(
-                format!("{field}.name"),
-                format!("duplicate client name {:?}", c.name),
-            );
+            p.add(format!("{field}.name"), format!("duplicate client name {:?}", c.name));
         }
         for (k, key) in c.keys.iter().enumerate() {
             match parse_key_hash(key) {
@@ -102,17 +79,13 @@ pub(super) fn validate(
         }
     }
 
-    let anonymous_client =
-        raw.auth
-            .anonymous_client
-            .as_ref()
-            .and_then(|name| match client_names.get(name) {
-                Some(&i) => Some(i),
-                None => {
-                    p.add("auth.anonymous_client", format!("no client named {name:?}"));
-                    None
-                }
-            });
+    let anonymous_client = raw.auth.anonymous_client.as_ref().and_then(|name| match client_names.get(name) {
+        Some(&i) => Some(i),
+        None => {
+            p.add("auth.anonymous_client", format!("no client named {name:?}"));
+            None
+        }
+    });
 
     let mut route_names = HashSet::new();
     let routes: Vec<Route> = raw
@@ -122,10 +95,7 @@ pub(super) fn validate(
         .filter_map(|(i, r)| {
             let field = format!("routes[{i}]");
             if !route_names.insert(r.name.clone()) {
-                p.add(
-                    format!("{field}.name"),
-                    format!("duplicate route name {:?}", r.name),
-                );
+                p.add(format!("{field}.name"), format!("duplicate route name {:?}", r.name));
             }
             route(r, &field, &client_names, &mut p)
         })
@@ -143,6 +113,7 @@ pub(super) fn validate(
                 routes,
                 anonymous_client,
                 global_rate_limit,
+                log,
                 key_index,
                 cert_index,
             })
@@ -151,12 +122,7 @@ pub(super) fn validate(
     }
 }
 
-fn server(
-    raw: &RawConfig,
-    base: &Path,
-    env: &dyn Environment,
-    p: &mut Problems,
-) -> Option<ServerConfig> {
+fn server(raw: &RawConfig, base: &Path, env: &dyn Environment, p: &mut Problems) -> Option<ServerConfig> {
     let listen = socket_addr(&raw.server.listen, "server.listen", p);
     let admin_listen = socket_addr(&raw.server.admin_listen, "server.admin_listen", p);
     if let (Some(a), Some(b)) = (listen, admin_listen) {
@@ -168,33 +134,62 @@ fn server(
         Some(t) => Some(server_tls(t, base, env, p)?),
         None => None,
     };
-    Some(ServerConfig {
-        listen: listen?,
-        admin_listen: admin_listen?,
-        tls,
-    })
+    let s = &raw.server;
+    let limits = ServerLimits {
+        header_read_timeout: positive(
+            s.header_read_timeout.unwrap_or(Duration::from_secs(10)),
+            "server.header_read_timeout",
+            p,
+        ),
+        idle_timeout: positive(s.idle_timeout.unwrap_or(Duration::from_secs(60)), "server.idle_timeout", p),
+        max_request_body: s.max_request_body.unwrap_or(16 * 1024 * 1024),
+        max_header_bytes: s.max_header_bytes.unwrap_or(64 * 1024),
+        max_connections: s.max_connections.unwrap_or(10_000),
+        max_inflight_requests: s.max_inflight_requests.unwrap_or(1024),
+        shutdown_delay: s.shutdown_delay.unwrap_or(Duration::from_secs(5)),
+        drain_timeout: s.drain_timeout.unwrap_or(Duration::from_secs(30)),
+    };
+    if limits.max_header_bytes < 8192 {
+        p.add("server.max_header_bytes", "must be at least 8192 (hyper's smallest read buffer)");
+    }
+    for (field, v) in [
+        ("server.max_connections", limits.max_connections),
+        ("server.max_inflight_requests", limits.max_inflight_requests),
+    ] {
+        if v == 0 {
+            p.add(field, "must be at least 1");
+        }
+    }
+    Some(ServerConfig { listen: listen?, admin_listen: admin_listen?, tls, limits })
+}
+
+fn log_config(raw: &RawConfig, p: &mut Problems) -> LogConfig {
+    let json = match raw.log.format.as_deref() {
+        None | Some("json") => true,
+        Some("text") => false,
+        Some(other) => {
+            p.add("log.format", format!("{other:?} is not a log format: use \"json\" or \"text\""));
+            true
+        }
+    };
+    let level = raw.log.level.clone().unwrap_or_else(|| "info".into());
+    if let Err(e) = tracing_subscriber::EnvFilter::try_new(&level) {
+        p.add("log.level", format!("{level:?} is not a log level or filter: {e}"));
+    }
+    LogConfig { json, level }
 }
 
 fn socket_addr(text: &str, field: &str, p: &mut Problems) -> Option<SocketAddr> {
     match text.parse() {
         Ok(a) => Some(a),
         Err(_) => {
-            p.add(
-                field,
-                format!("{text:?} is not an IP:port address (e.g. \"127.0.0.1:8080\")"),
-            );
+            p.add(field, format!("{text:?} is not an IP:port address (e.g. \"127.0.0.1:8080\")"));
             None
         }
     }
 }
 
-fn read_file(
-    env: &dyn Environment,
-    base: &Path,
-    path: &Path,
-    field: &str,
-    p: &mut Problems,
-) -> Option<String> {
+fn read_file(env: &dyn Environment, base: &Path, path: &Path, field: &str, p: &mut Problems) -> Option<String> {
     let full = resolve(base, path);
     match env.read_to_string(&full) {
         Ok(s) => Some(s),
@@ -228,12 +223,7 @@ fn pem_certs(text: &str, field: &str, p: &mut Problems) -> Option<Vec<Certificat
     }
 }
 
-fn server_tls(
-    t: &RawServerTls,
-    base: &Path,
-    env: &dyn Environment,
-    p: &mut Problems,
-) -> Option<ServerTls> {
+fn server_tls(t: &RawServerTls, base: &Path, env: &dyn Environment, p: &mut Problems) -> Option<ServerTls> {
     let certs = read_file(env, base, &t.cert_file, "server.tls.cert_file", p)
         .and_then(|s| pem_certs(&s, "server.tls.cert_file", p));
     let key: Option<PrivateKeyDer<'static>> =
@@ -251,15 +241,14 @@ fn server_tls(
             }
         });
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let builder = match rustls::ServerConfig::builder_with_provider(provider.clone())
-        .with_safe_default_protocol_versions()
-    {
-        Ok(b) => b,
-        Err(e) => {
-            p.add("server.tls", e.to_string());
-            return None;
-        }
-    };
+    let builder =
+        match rustls::ServerConfig::builder_with_provider(provider.clone()).with_safe_default_protocol_versions() {
+            Ok(b) => b,
+            Err(e) => {
+                p.add("server.tls", e.to_string());
+                return None;
+            }
+        };
     let (builder, mtls) = match &t.client_ca_file {
         Some(ca) => {
             let cas = read_file(env, base, ca, "server.tls.client_ca_file", p)
@@ -267,18 +256,10 @@ fn server_tls(
             let mut roots = rustls::RootCertStore::empty();
             for c in cas {
                 if let Err(e) = roots.add(c) {
-                    p.add(
-                        "server.tls.client_ca_file",
-                        format!("unusable CA certificate: {e}"),
-                    );
+                    p.add("server.tls.client_ca_file", format!("unusable CA certificate: {e}"));
                 }
             }
-            match rustls::server::WebPkiClientVerifier::builder_with_provider(
-                Arc::new(roots),
-                provider,
-            )
-            .build()
-            {
+            match rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider).build() {
                 Ok(v) => (builder.with_client_cert_verifier(v), true),
                 Err(e) => {
                     p.add("server.tls.client_ca_file", e.to_string());
@@ -291,26 +272,15 @@ fn server_tls(
     let mut config = match builder.with_single_cert(certs?, key?) {
         Ok(c) => c,
         Err(e) => {
-            p.add(
-                "server.tls",
-                format!("certificate and key do not form a usable pair: {e}"),
-            );
+            p.add("server.tls", format!("certificate and key do not form a usable pair: {e}"));
             return None;
         }
     };
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    Some(ServerTls {
-        config: Arc::new(config),
-        mtls,
-    })
+    Some(ServerTls { config: Arc::new(config), mtls })
 }
 
-fn upstream(
-    u: &RawUpstream,
-    base: &Path,
-    env: &dyn Environment,
-    p: &mut Problems,
-) -> Option<UpstreamConfig> {
+fn upstream(u: &RawUpstream, base: &Path, env: &dyn Environment, p: &mut Problems) -> Option<UpstreamConfig> {
     let uri: Option<http::Uri> = match u.url.parse::<http::Uri>() {
         Ok(uri) => Some(uri),
         Err(e) => {
@@ -334,7 +304,10 @@ fn upstream(
             return None;
         }
         if !matches!(uri.path(), "" | "/") || uri.query().is_some() {
-            p.add("upstream.url", "must be scheme://host[:port] with no path or query (requests keep their own /v1/... path)");
+            p.add(
+                "upstream.url",
+                "must be scheme://host[:port] with no path or query (requests keep their own /v1/... path)",
+            );
             return None;
         }
         Some((scheme?, authority))
@@ -345,34 +318,16 @@ fn upstream(
             .unwrap_or_default(),
         None => Vec::new(),
     };
-    let connect_timeout = positive(
-        u.connect_timeout.unwrap_or(Duration::from_secs(5)),
-        "upstream.connect_timeout",
-        p,
-    );
-    let request_timeout = positive(
-        u.request_timeout.unwrap_or(Duration::from_secs(60)),
-        "upstream.request_timeout",
-        p,
-    );
+    let connect_timeout = positive(u.connect_timeout.unwrap_or(Duration::from_secs(5)), "upstream.connect_timeout", p);
+    let request_timeout = positive(u.request_timeout.unwrap_or(Duration::from_secs(60)), "upstream.request_timeout", p);
     let limits = upstream_limits(u, p);
     let (scheme, authority) = parts?;
-    Some(UpstreamConfig {
-        scheme,
-        authority,
-        extra_roots,
-        connect_timeout,
-        request_timeout,
-        limits: limits?,
-    })
+    Some(UpstreamConfig { scheme, authority, extra_roots, connect_timeout, request_timeout, limits: limits? })
 }
 
 fn rate(r: RawRate, field: &str, p: &mut Problems) -> Option<Rate> {
     if !(r.per_second.is_finite() && r.per_second > 0.0 && r.per_second <= 1_000_000.0) {
-        p.add(
-            format!("{field}.per_second"),
-            "must be a number greater than 0 (at most 1000000)",
-        );
+        p.add(format!("{field}.per_second"), "must be a number greater than 0 (at most 1000000)");
         return None;
     }
     let burst = match r.burst {
@@ -384,10 +339,7 @@ fn rate(r: RawRate, field: &str, p: &mut Problems) -> Option<Rate> {
         // One second's worth, at least one request.
         None => r.per_second.ceil().max(1.0) as u32,
     };
-    Some(Rate {
-        per_second: r.per_second,
-        burst,
-    })
+    Some(Rate { per_second: r.per_second, burst })
 }
 
 fn upstream_limits(u: &RawUpstream, p: &mut Problems) -> Option<UpstreamLimits> {
@@ -410,22 +362,12 @@ fn upstream_limits(u: &RawUpstream, p: &mut Problems) -> Option<UpstreamLimits> 
             p.add(format!("{field}.prefix"), m);
             continue;
         }
-        let Some(rate) = rate(
-            RawRate {
-                per_second: raw.per_second,
-                burst: raw.burst,
-            },
-            &field,
-            p,
-        ) else {
+        let Some(rate) = rate(RawRate { per_second: raw.per_second, burst: raw.burst }, &field, p) else {
             continue;
         };
         match rules.iter_mut().find(|r| r.prefix == raw.prefix) {
             Some(existing) => existing.rate = rate,
-            None => rules.push(PrefixLimit {
-                prefix: raw.prefix.clone(),
-                rate,
-            }),
+            None => rules.push(PrefixLimit { prefix: raw.prefix.clone(), rate }),
         }
     }
     let max_wait = l.max_wait.unwrap_or(Duration::from_secs(2));
@@ -433,11 +375,7 @@ fn upstream_limits(u: &RawUpstream, p: &mut Problems) -> Option<UpstreamLimits> 
     if max_queue == 0 {
         p.add("upstream.limits.max_queue", "must be at least 1");
     }
-    (p.0.len() == before).then_some(UpstreamLimits {
-        rules,
-        max_wait,
-        max_queue,
-    })
+    (p.0.len() == before).then_some(UpstreamLimits { rules, max_wait, max_queue })
 }
 
 fn positive(d: Duration, field: &str, p: &mut Problems) -> Duration {
@@ -458,8 +396,7 @@ fn secret(
     env: &dyn Environment,
     p: &mut Problems,
 ) -> Option<Secret> {
-    let given =
-        usize::from(plain.is_some()) + usize::from(env_var.is_some()) + usize::from(file.is_some());
+    let given = usize::from(plain.is_some()) + usize::from(env_var.is_some()) + usize::from(file.is_some());
     if given > 1 {
         let names = if plain.is_some() {
             format!("{field}, {field}_env, {field}_file")
@@ -476,17 +413,11 @@ fn secret(
         return match env.var(var) {
             Some(v) if !v.trim().is_empty() => Some(Secret::new(v.trim())),
             Some(_) => {
-                p.add(
-                    format!("{field}_env"),
-                    format!("environment variable {var} is empty"),
-                );
+                p.add(format!("{field}_env"), format!("environment variable {var} is empty"));
                 None
             }
             None => {
-                p.add(
-                    format!("{field}_env"),
-                    format!("environment variable {var} is not set"),
-                );
+                p.add(format!("{field}_env"), format!("environment variable {var} is not set"));
                 None
             }
         };
@@ -495,10 +426,7 @@ fn secret(
         let text = read_file(env, base, f, &format!("{field}_file"), p)?;
         let v = text.trim();
         if v.is_empty() {
-            p.add(
-                format!("{field}_file"),
-                format!("{} is empty", resolve(base, f).display()),
-            );
+            p.add(format!("{field}_file"), format!("{} is empty", resolve(base, f).display()));
             return None;
         }
         return Some(Secret::new(v));
@@ -516,10 +444,7 @@ fn credentials(
     for (name, c) in raw {
         let field = format!("credentials.{name}");
         if !valid_name(name) {
-            p.add(
-                &field,
-                "name must be 1-64 characters of letters, digits, '-', '_', '.'",
-            );
+            p.add(&field, "name must be 1-64 characters of letters, digits, '-', '_', '.'");
         }
         if c.api_key.is_some() {
             p.add(
@@ -542,7 +467,10 @@ fn credentials(
             || c.password.is_some();
         let kind = match (is_key, is_login) {
             (true, true) => {
-                p.add(&field, "is both an API key and a login: give api_key_env/api_key_file, or email + password, not both");
+                p.add(
+                    &field,
+                    "is both an API key and a login: give api_key_env/api_key_file, or email + password, not both",
+                );
                 None
             }
             (false, false) => {
@@ -556,10 +484,7 @@ fn credentials(
                     ("refresh_before", c.refresh_before.is_some()),
                 ] {
                     if set {
-                        p.add(
-                            format!("{field}.{k}"),
-                            "only applies to a login (email + password) credential",
-                        );
+                        p.add(format!("{field}.{k}"), "only applies to a login (email + password) credential");
                     }
                 }
                 secret(
@@ -592,25 +517,11 @@ fn credentials(
                     env,
                     p,
                 );
-                if email.is_none()
-                    && c.email.is_none()
-                    && c.email_env.is_none()
-                    && c.email_file.is_none()
-                {
-                    p.add(
-                        format!("{field}.email"),
-                        "a login credential needs email, email_env or email_file",
-                    );
+                if email.is_none() && c.email.is_none() && c.email_env.is_none() && c.email_file.is_none() {
+                    p.add(format!("{field}.email"), "a login credential needs email, email_env or email_file");
                 }
-                if password.is_none()
-                    && c.password_env.is_none()
-                    && c.password_file.is_none()
-                    && c.password.is_none()
-                {
-                    p.add(
-                        format!("{field}.password_env"),
-                        "a login credential needs password_env or password_file",
-                    );
+                if password.is_none() && c.password_env.is_none() && c.password_file.is_none() && c.password.is_none() {
+                    p.add(format!("{field}.password_env"), "a login credential needs password_env or password_file");
                 }
                 let token_lifetime = positive(
                     c.token_lifetime.unwrap_or(Duration::from_secs(15 * 60)),
@@ -621,10 +532,7 @@ fn credentials(
                 if refresh_before >= token_lifetime {
                     p.add(
                         format!("{field}.refresh_before"),
-                        format!(
-                            "must be shorter than token_lifetime ({})",
-                            humantime::format_duration(token_lifetime)
-                        ),
+                        format!("must be shorter than token_lifetime ({})", humantime::format_duration(token_lifetime)),
                     );
                 }
                 match (email, password) {
@@ -640,20 +548,14 @@ fn credentials(
             }
         };
         if let Some(kind) = kind {
-            out.push(Credential {
-                name: name.clone(),
-                kind,
-            });
+            out.push(Credential { name: name.clone(), kind });
         }
     }
     out
 }
 
 fn valid_name(name: &str) -> bool {
-    (1..=64).contains(&name.len())
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+    (1..=64).contains(&name.len()) && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
 }
 
 fn parse_key_hash(text: &str) -> Result<[u8; 32], String> {
@@ -677,10 +579,7 @@ fn client(
 ) -> Option<Client> {
     let before = p.0.len();
     if !valid_name(&c.name) {
-        p.add(
-            format!("{field}.name"),
-            "must be 1-64 characters of letters, digits, '-', '_', '.'",
-        );
+        p.add(format!("{field}.name"), "must be 1-64 characters of letters, digits, '-', '_', '.'");
     }
     let cred_name = c.credential.as_deref().unwrap_or(DEFAULT_CREDENTIAL);
     let credential = creds.get(cred_name).copied();
@@ -691,19 +590,13 @@ fn client(
         } else {
             ""
         };
-        p.add(
-            format!("{field}.credential"),
-            format!("no credential named {cred_name:?}{hint}"),
-        );
+        p.add(format!("{field}.credential"), format!("no credential named {cred_name:?}{hint}"));
     }
     let projects = match &c.projects {
         None => Projects::Only(Vec::new()),
         Some(list) if list.iter().any(|s| s == "*") => {
             if list.len() > 1 {
-                p.add(
-                    format!("{field}.projects"),
-                    "\"*\" (any project) must be the only entry",
-                );
+                p.add(format!("{field}.projects"), "\"*\" (any project) must be the only entry");
             }
             Projects::Any
         }
@@ -733,51 +626,28 @@ fn client(
             .collect::<Vec<_>>()
     });
     if !c.cert_names.is_empty() && !mtls {
-        p.add(
-            format!("{field}.cert_names"),
-            "needs server.tls.client_ca_file (mTLS) to be set",
-        );
+        p.add(format!("{field}.cert_names"), "needs server.tls.client_ca_file (mTLS) to be set");
     }
     if p.0.len() != before || credential.is_none() {
         return None;
     }
-    Some(Client {
-        name: Arc::from(c.name.as_str()),
-        credential: credential?,
-        projects,
-        allow,
-        rate_limit: None,
-    })
+    Some(Client { name: Arc::from(c.name.as_str()), credential: credential?, projects, allow, rate_limit: None })
 }
 
 fn valid_project_uid(uid: &str) -> bool {
-    (1..=128).contains(&uid.len())
-        && uid
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_'))
+    (1..=128).contains(&uid.len()) && uid.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_'))
 }
 
-fn route(
-    r: &RawRoute,
-    field: &str,
-    clients: &HashMap<String, usize>,
-    p: &mut Problems,
-) -> Option<Route> {
+fn route(r: &RawRoute, field: &str, clients: &HashMap<String, usize>, p: &mut Problems) -> Option<Route> {
     let before = p.0.len();
     if !valid_name(&r.name) {
-        p.add(
-            format!("{field}.name"),
-            "must be 1-64 characters of letters, digits, '-', '_', '.'",
-        );
+        p.add(format!("{field}.name"), "must be 1-64 characters of letters, digits, '-', '_', '.'");
     }
     match crate::path::check(&r.path_prefix) {
         Ok(_) if r.path_prefix.len() > 1 && r.path_prefix.ends_with('/') => {
             p.add(
                 format!("{field}.path_prefix"),
-                format!(
-                    "{:?} must not end with '/' (prefixes match whole segments)",
-                    r.path_prefix
-                ),
+                format!("{:?} must not end with '/' (prefixes match whole segments)", r.path_prefix),
             );
         }
         Ok(c) if c.as_str() == r.path_prefix => {}
@@ -785,28 +655,17 @@ fn route(
             format!("{field}.path_prefix"),
             format!(
                 "write it in normalized form: {:?}",
-                crate::path::check(&r.path_prefix)
-                    .map(|c| c.to_string())
-                    .unwrap_or_default()
+                crate::path::check(&r.path_prefix).map(|c| c.to_string()).unwrap_or_default()
             ),
         ),
-        Err(e) => p.add(
-            format!("{field}.path_prefix"),
-            format!("{:?}: {e}", r.path_prefix),
-        ),
+        Err(e) => p.add(format!("{field}.path_prefix"), format!("{:?}: {e}", r.path_prefix)),
     }
     if r.strip_prefix && r.path_prefix == "/" {
-        p.add(
-            format!("{field}.strip_prefix"),
-            "cannot strip the prefix \"/\"",
-        );
+        p.add(format!("{field}.strip_prefix"), "cannot strip the prefix \"/\"");
     }
     let project_uid = r.project_uid.as_ref().and_then(|uid| {
         if !valid_project_uid(uid) {
-            p.add(
-                format!("{field}.project_uid"),
-                format!("{uid:?} is not a project uid (letters, digits, '-', '_')"),
-            );
+            p.add(format!("{field}.project_uid"), format!("{uid:?} is not a project uid (letters, digits, '-', '_')"));
             return None;
         }
         http::HeaderValue::from_str(uid).ok()
@@ -833,10 +692,7 @@ fn route(
             .filter_map(|(k, n)| match clients.get(n) {
                 Some(&i) => Some(i),
                 None => {
-                    p.add(
-                        format!("{field}.clients[{k}]"),
-                        format!("no client named {n:?}"),
-                    );
+                    p.add(format!("{field}.clients[{k}]"), format!("no client named {n:?}"));
                     None
                 }
             })
@@ -860,13 +716,10 @@ mod tests {
     use super::super::{load_str, ConfigError, MapEnv};
     use std::path::Path;
 
-    const KEY_HASH: &str =
-        "sha256:0000000000000000000000000000000000000000000000000000000000000001";
+    const KEY_HASH: &str = "sha256:0000000000000000000000000000000000000000000000000000000000000001";
 
     fn env() -> MapEnv {
-        MapEnv::new()
-            .with("PALETTE_API_KEY", "k-123")
-            .with("PALETTE_PASSWORD", "pw")
+        MapEnv::new().with("PALETTE_API_KEY", "k-123").with("PALETTE_PASSWORD", "pw")
     }
 
     fn problems(text: &str) -> Vec<String> {
@@ -877,7 +730,8 @@ mod tests {
     }
 
     fn base() -> String {
-        "[upstream]\nurl = \"http://127.0.0.1:1\"\n[credentials.default]\napi_key_env = \"PALETTE_API_KEY\"\n".to_string()
+        "[upstream]\nurl = \"http://127.0.0.1:1\"\n[credentials.default]\napi_key_env = \"PALETTE_API_KEY\"\n"
+            .to_string()
     }
 
     #[test]
@@ -905,16 +759,9 @@ mod tests {
 
     #[test]
     fn unknown_keys_are_errors() {
-        let e = load_str(
-            &format!("{}[server]\nlisten = \"127.0.0.1:1\"\nlisen = 1\n", base()),
-            Path::new("."),
-            &env(),
-        )
-        .unwrap_err();
-        assert!(
-            matches!(e, ConfigError::Syntax(ref m) if m.contains("lisen")),
-            "{e}"
-        );
+        let e = load_str(&format!("{}[server]\nlisten = \"127.0.0.1:1\"\nlisen = 1\n", base()), Path::new("."), &env())
+            .unwrap_err();
+        assert!(matches!(e, ConfigError::Syntax(ref m) if m.contains("lisen")), "{e}");
     }
 
     #[test]
@@ -924,56 +771,27 @@ mod tests {
             base()
         );
         let p = problems(&text);
-        assert!(
-            p.contains(&"clients[2].credential: no credential named \"opz\"".to_string()),
-            "{p:?}"
-        );
-        assert!(
-            p.iter().any(|l| l.starts_with("clients[2].allow[0]:")),
-            "{p:?}"
-        );
-        assert!(
-            p.iter().any(|l| l.starts_with("clients[2].keys[0]:")),
-            "{p:?}"
-        );
+        assert!(p.contains(&"clients[2].credential: no credential named \"opz\"".to_string()), "{p:?}");
+        assert!(p.iter().any(|l| l.starts_with("clients[2].allow[0]:")), "{p:?}");
+        assert!(p.iter().any(|l| l.starts_with("clients[2].keys[0]:")), "{p:?}");
     }
 
     #[test]
     fn literal_secrets_are_refused() {
-        let p = problems(
-            "[upstream]\nurl = \"http://127.0.0.1:1\"\n[credentials.default]\napi_key = \"abc\"\n",
-        );
-        assert!(
-            p.iter()
-                .any(|l| l.starts_with("credentials.default.api_key: a literal secret")),
-            "{p:?}"
-        );
-        let p = problems(&format!(
-            "{}[credentials.ops]\nemail = \"a@b\"\npassword = \"x\"\n",
-            base()
-        ));
-        assert!(
-            p.iter()
-                .any(|l| l.starts_with("credentials.ops.password: a literal secret")),
-            "{p:?}"
-        );
+        let p = problems("[upstream]\nurl = \"http://127.0.0.1:1\"\n[credentials.default]\napi_key = \"abc\"\n");
+        assert!(p.iter().any(|l| l.starts_with("credentials.default.api_key: a literal secret")), "{p:?}");
+        let p = problems(&format!("{}[credentials.ops]\nemail = \"a@b\"\npassword = \"x\"\n", base()));
+        assert!(p.iter().any(|l| l.starts_with("credentials.ops.password: a literal secret")), "{p:?}");
     }
 
     #[test]
     fn missing_env_and_file_are_named() {
         let p = problems("[upstream]\nurl = \"http://127.0.0.1:1\"\n[credentials.default]\napi_key_env = \"NOPE\"\n[credentials.f]\napi_key_file = \"/nonexistent/key\"\n");
         assert!(
-            p.contains(
-                &"credentials.default.api_key_env: environment variable NOPE is not set"
-                    .to_string()
-            ),
+            p.contains(&"credentials.default.api_key_env: environment variable NOPE is not set".to_string()),
             "{p:?}"
         );
-        assert!(
-            p.iter()
-                .any(|l| l.starts_with("credentials.f.api_key_file: cannot read /nonexistent/key")),
-            "{p:?}"
-        );
+        assert!(p.iter().any(|l| l.starts_with("credentials.f.api_key_file: cannot read /nonexistent/key")), "{p:?}");
     }
 
     #[test]
@@ -981,21 +799,19 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("pg-cfg-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         std::fs::write(dir.join("key"), "  file-key\n").unwrap();
-        let cfg = load_str("[upstream]\nurl = \"http://127.0.0.1:1\"\n[credentials.default]\napi_key_file = \"key\"\n", &dir, &env()).unwrap();
-        assert_eq!(
-            cfg.credentials[0].kind,
-            super::CredentialKind::ApiKey(super::Secret::new("file-key"))
-        );
+        let cfg = load_str(
+            "[upstream]\nurl = \"http://127.0.0.1:1\"\n[credentials.default]\napi_key_file = \"key\"\n",
+            &dir,
+            &env(),
+        )
+        .unwrap();
+        assert_eq!(cfg.credentials[0].kind, super::CredentialKind::ApiKey(super::Secret::new("file-key")));
     }
 
     #[test]
     fn refresh_before_must_be_shorter_than_lifetime() {
         let p = problems(&format!("{}[credentials.ops]\nemail = \"a@b\"\npassword_env = \"PALETTE_PASSWORD\"\ntoken_lifetime = \"1m\"\nrefresh_before = \"2m\"\n", base()));
-        assert!(
-            p.iter()
-                .any(|l| l.starts_with("credentials.ops.refresh_before:")),
-            "{p:?}"
-        );
+        assert!(p.iter().any(|l| l.starts_with("credentials.ops.refresh_before:")), "{p:?}");
     }
 
     #[test]
@@ -1012,12 +828,10 @@ mod tests {
             ("https://x/api", "no path"),
             ("nope nope", "not a URL"),
         ] {
-            let p = problems(&format!("[upstream]\nurl = \"{url}\"\n[credentials.default]\napi_key_env = \"PALETTE_API_KEY\"\n"));
-            assert!(
-                p.iter()
-                    .any(|l| l.starts_with("upstream.url:") && l.contains(want)),
-                "{url}: {p:?}"
-            );
+            let p = problems(&format!(
+                "[upstream]\nurl = \"{url}\"\n[credentials.default]\napi_key_env = \"PALETTE_API_KEY\"\n"
+            ));
+            assert!(p.iter().any(|l| l.starts_with("upstream.url:") && l.contains(want)), "{url}: {p:?}");
         }
     }
 
@@ -1042,51 +856,30 @@ mod tests {
     #[test]
     fn anonymous_client_must_exist() {
         let p = problems(&format!("{}[auth]\nanonymous_client = \"side\"\n", base()));
-        assert_eq!(
-            p,
-            vec!["auth.anonymous_client: no client named \"side\"".to_string()]
-        );
+        assert_eq!(p, vec!["auth.anonymous_client: no client named \"side\"".to_string()]);
     }
 
     #[test]
     fn duplicate_keys_and_names() {
         let text = format!("{}[[clients]]\nname = \"a\"\nkeys = [\"{KEY_HASH}\"]\n[[clients]]\nname = \"a\"\nkeys = [\"{KEY_HASH}\"]\n", base());
         let p = problems(&text);
-        assert!(
-            p.iter()
-                .any(|l| l.starts_with("clients[1].name: duplicate")),
-            "{p:?}"
-        );
-        assert!(
-            p.iter()
-                .any(|l| l.starts_with("clients[1].keys[0]: this key hash is already used")),
-            "{p:?}"
-        );
+        assert!(p.iter().any(|l| l.starts_with("clients[1].name: duplicate")), "{p:?}");
+        assert!(p.iter().any(|l| l.starts_with("clients[1].keys[0]: this key hash is already used")), "{p:?}");
     }
 
     #[test]
     fn projects_star_alone_and_cert_names_need_mtls() {
-        let text = format!("{}[[clients]]\nname = \"a\"\nprojects = [\"*\", \"p1\"]\ncert_names = [\"a.internal\"]\n", base());
+        let text =
+            format!("{}[[clients]]\nname = \"a\"\nprojects = [\"*\", \"p1\"]\ncert_names = [\"a.internal\"]\n", base());
         let p = problems(&text);
-        assert!(
-            p.iter().any(|l| l.starts_with("clients[0].projects:")),
-            "{p:?}"
-        );
-        assert!(
-            p.iter()
-                .any(|l| l.starts_with("clients[0].cert_names: needs server.tls.client_ca_file")),
-            "{p:?}"
-        );
+        assert!(p.iter().any(|l| l.starts_with("clients[0].projects:")), "{p:?}");
+        assert!(p.iter().any(|l| l.starts_with("clients[0].cert_names: needs server.tls.client_ca_file")), "{p:?}");
     }
 
     #[test]
     fn client_default_credential_must_exist() {
         let p = problems("[upstream]\nurl = \"http://127.0.0.1:1\"\n[credentials.x]\napi_key_env = \"PALETTE_API_KEY\"\n[[clients]]\nname = \"a\"\n");
-        assert!(
-            p.iter()
-                .any(|l| l.starts_with("clients[0].credential: no credential named \"default\"")),
-            "{p:?}"
-        );
+        assert!(p.iter().any(|l| l.starts_with("clients[0].credential: no credential named \"default\"")), "{p:?}");
     }
 
     proptest::proptest! {

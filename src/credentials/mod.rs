@@ -52,25 +52,14 @@ impl Credentials {
         for c in &cfg.credentials {
             let cred = match &c.kind {
                 CredentialKind::ApiKey(secret) => {
-                    let mut header = HeaderValue::from_str(secret.expose())
-                        .map_err(|_| InvalidKey(c.name.clone()))?;
+                    let mut header = HeaderValue::from_str(secret.expose()).map_err(|_| InvalidKey(c.name.clone()))?;
                     header.set_sensitive(true);
-                    UpstreamCredential::ApiKey {
-                        header,
-                        secret: secret.clone(),
-                    }
+                    UpstreamCredential::ApiKey { header, secret: secret.clone() }
                 }
                 CredentialKind::Token(settings) => {
-                    let reused = previous
-                        .and_then(|p| p.token_manager(&c.name))
-                        .filter(|m| m.settings() == settings);
+                    let reused = previous.and_then(|p| p.token_manager(&c.name)).filter(|m| m.settings() == settings);
                     UpstreamCredential::Token(reused.unwrap_or_else(|| {
-                        Arc::new(TokenManager::new(
-                            &c.name,
-                            settings.clone(),
-                            client.clone(),
-                            metrics.clone(),
-                        ))
+                        Arc::new(TokenManager::new(&c.name, settings.clone(), client.clone(), metrics.clone()))
                     }))
                 }
             };
@@ -93,12 +82,9 @@ impl Credentials {
     }
 
     fn token_manager(&self, name: &str) -> Option<Arc<TokenManager>> {
-        self.items
-            .iter()
-            .find(|(n, _)| &**n == name)
-            .and_then(|(_, c)| match c {
-                UpstreamCredential::Token(m) => Some(m.clone()),
-                UpstreamCredential::ApiKey { .. } => None,
-            })
+        self.items.iter().find(|(n, _)| &**n == name).and_then(|(_, c)| match c {
+            UpstreamCredential::Token(m) => Some(m.clone()),
+            UpstreamCredential::ApiKey { .. } => None,
+        })
     }
 }

@@ -35,13 +35,9 @@ pub struct IssuedToken {
 }
 
 /// `POST /v1/auth/authenticate?setCookie=false`.
-pub async fn login(
-    client: &UpstreamClient,
-    s: &TokenSettings,
-) -> Result<IssuedToken, AuthCallError> {
+pub async fn login(client: &UpstreamClient, s: &TokenSettings) -> Result<IssuedToken, AuthCallError> {
     const CALL: &str = "login";
-    let mut payload =
-        serde_json::json!({ "emailId": s.email.expose(), "password": s.password.expose() });
+    let mut payload = serde_json::json!({ "emailId": s.email.expose(), "password": s.password.expose() });
     if let Some(org) = &s.org {
         payload["org"] = serde_json::Value::String(org.clone());
     }
@@ -59,22 +55,15 @@ pub async fn login(
 }
 
 /// `GET /v1/auth/refresh/{token}?setCookie=false` (the token also goes as `Authorization`).
-pub async fn refresh(
-    client: &UpstreamClient,
-    current: &Secret,
-) -> Result<IssuedToken, AuthCallError> {
+pub async fn refresh(client: &UpstreamClient, current: &Secret) -> Result<IssuedToken, AuthCallError> {
     const CALL: &str = "refresh";
     if !token_is_safe(current.expose()) {
         return Err(AuthCallError::BadAnswer(CALL));
     }
     let uri = client
-        .uri(&format!(
-            "/v1/auth/refresh/{}?setCookie=false",
-            current.expose()
-        ))
+        .uri(&format!("/v1/auth/refresh/{}?setCookie=false", current.expose()))
         .map_err(|_| AuthCallError::BadAnswer(CALL))?;
-    let mut auth =
-        HeaderValue::from_str(current.expose()).map_err(|_| AuthCallError::BadAnswer(CALL))?;
+    let mut auth = HeaderValue::from_str(current.expose()).map_err(|_| AuthCallError::BadAnswer(CALL))?;
     auth.set_sensitive(true);
     let req = Request::builder()
         .method(Method::GET)
@@ -91,49 +80,33 @@ async fn call(
     req: Request<body::Body>,
     name: &'static str,
 ) -> Result<IssuedToken, AuthCallError> {
-    let resp = client
-        .send(req)
-        .await
-        .map_err(|e| AuthCallError::Upstream(e.to_string(), name))?;
+    let resp = client.send(req).await.map_err(|e| AuthCallError::Upstream(e.to_string(), name))?;
     let status = resp.status();
     let bytes: Bytes = body::collect_limited(resp.into_body(), MAX_AUTH_BODY)
         .await
         .map_err(|e| AuthCallError::Upstream(format!("reading the answer: {e}"), name))?;
     if status != StatusCode::OK {
         // Only Palette's error `code` is kept: its message could echo what we sent.
-        let code = serde_json::from_slice::<serde_json::Value>(&bytes)
-            .ok()
-            .and_then(|v| {
-                v.get("code").and_then(|c| c.as_str()).map(|c| {
-                    c.chars()
-                        .filter(|c| c.is_ascii_alphanumeric())
-                        .take(64)
-                        .collect()
-                })
-            });
+        let code = serde_json::from_slice::<serde_json::Value>(&bytes).ok().and_then(|v| {
+            v.get("code")
+                .and_then(|c| c.as_str())
+                .map(|c| c.chars().filter(|c| c.is_ascii_alphanumeric()).take(64).collect())
+        });
         return Err(AuthCallError::Refused(name, status, code));
     }
-    let v: serde_json::Value =
-        serde_json::from_slice(&bytes).map_err(|_| AuthCallError::BadAnswer(name))?;
-    let token = v
-        .get("Authorization")
-        .and_then(|t| t.as_str())
-        .ok_or(AuthCallError::BadAnswer(name))?;
+    let v: serde_json::Value = serde_json::from_slice(&bytes).map_err(|_| AuthCallError::BadAnswer(name))?;
+    let token = v.get("Authorization").and_then(|t| t.as_str()).ok_or(AuthCallError::BadAnswer(name))?;
     if !token_is_safe(token) {
         return Err(AuthCallError::BadAnswer(name));
     }
-    Ok(IssuedToken {
-        exp: jwt_exp(token),
-        value: Secret::new(token),
-    })
+    Ok(IssuedToken { exp: jwt_exp(token), value: Secret::new(token) })
 }
 
 /// A token we will put in a header and a path must be a plain JWT-like string.
 fn token_is_safe(t: &str) -> bool {
     !t.is_empty()
         && t.len() <= 8192
-        && t.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'='))
+        && t.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'='))
         && !t.contains("..")
 }
 
@@ -141,9 +114,7 @@ fn token_is_safe(t: &str) -> bool {
 /// not to trust).
 pub fn jwt_exp(token: &str) -> Option<SystemTime> {
     let payload = token.split('.').nth(1)?;
-    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .decode(payload.trim_end_matches('='))
-        .ok()?;
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(payload.trim_end_matches('=')).ok()?;
     let v: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
     let exp = v.get("exp")?.as_f64()?;
     if !(exp.is_finite() && exp > 0.0 && exp < 1e11) {
@@ -158,21 +129,13 @@ mod tests {
 
     fn jwt(payload: &str) -> String {
         let e = base64::engine::general_purpose::URL_SAFE_NO_PAD;
-        format!(
-            "{}.{}.{}",
-            e.encode(r#"{"alg":"HS256"}"#),
-            e.encode(payload),
-            e.encode("sig")
-        )
+        format!("{}.{}.{}", e.encode(r#"{"alg":"HS256"}"#), e.encode(payload), e.encode("sig"))
     }
 
     #[test]
     fn exp_is_read_from_the_payload() {
         let t = jwt(r#"{"sub":"a","exp":2000000000}"#);
-        assert_eq!(
-            jwt_exp(&t),
-            Some(UNIX_EPOCH + Duration::from_secs(2_000_000_000))
-        );
+        assert_eq!(jwt_exp(&t), Some(UNIX_EPOCH + Duration::from_secs(2_000_000_000)));
     }
 
     #[test]
@@ -194,14 +157,7 @@ mod tests {
 
     #[test]
     fn errors_never_print_secrets() {
-        let e = AuthCallError::Refused(
-            "login",
-            StatusCode::UNAUTHORIZED,
-            Some("InvalidCredentials".into()),
-        );
-        assert_eq!(
-            e.to_string(),
-            "login: Palette answered 401 Unauthorized (InvalidCredentials)"
-        );
+        let e = AuthCallError::Refused("login", StatusCode::UNAUTHORIZED, Some("InvalidCredentials".into()));
+        assert_eq!(e.to_string(), "login: Palette answered 401 Unauthorized (InvalidCredentials)");
     }
 }

@@ -70,20 +70,13 @@ pub struct TokenManager {
 
 impl std::fmt::Debug for TokenManager {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TokenManager")
-            .field("name", &self.name)
-            .finish_non_exhaustive()
+        f.debug_struct("TokenManager").field("name", &self.name).finish_non_exhaustive()
     }
 }
 
 impl TokenManager {
     /// A manager with no token yet; [`TokenManager::run`] obtains one.
-    pub fn new(
-        name: &str,
-        settings: TokenSettings,
-        client: UpstreamClient,
-        metrics: Metrics,
-    ) -> Self {
+    pub fn new(name: &str, settings: TokenSettings, client: UpstreamClient, metrics: Metrics) -> Self {
         TokenManager {
             name: Arc::from(name),
             settings,
@@ -117,18 +110,12 @@ impl TokenManager {
 
     /// The last renewal error, if the last attempt failed.
     pub fn last_error(&self) -> Option<String> {
-        self.last_error
-            .lock()
-            .ok()
-            .and_then(|e| e.as_ref().map(|(m, _)| m.clone()))
+        self.last_error.lock().ok().and_then(|e| e.as_ref().map(|(m, _)| m.clone()))
     }
 
     /// Successful logins and refreshes so far.
     pub fn renewals(&self) -> (u64, u64) {
-        (
-            self.logins.load(Ordering::Relaxed),
-            self.refreshes.load(Ordering::Relaxed),
-        )
+        (self.logins.load(Ordering::Relaxed), self.refreshes.load(Ordering::Relaxed))
     }
 
     /// A usable token: the current one (steady state, no waiting) or, when there is none, the
@@ -167,9 +154,7 @@ impl TokenManager {
         if self.attempts.load(Ordering::Acquire) != seen || self.failed_recently() {
             // A renewal failed while we waited, or just before: share its answer rather than
             // pile logins onto an upstream that is refusing them (the background task retries).
-            return Err(TokenUnavailable(
-                self.last_error().unwrap_or_else(|| "login failed".into()),
-            ));
+            return Err(TokenUnavailable(self.last_error().unwrap_or_else(|| "login failed".into())));
         }
         self.renew_locked(false).await
     }
@@ -222,10 +207,7 @@ impl TokenManager {
     }
 
     fn count(&self, kind: &str, result: &str) {
-        self.metrics
-            .token_renewals
-            .with_label_values(&[&self.name, kind, result])
-            .inc();
+        self.metrics.token_renewals.with_label_values(&[&self.name, kind, result]).inc();
     }
 
     async fn login(&self) -> Result<IssuedToken, AuthCallError> {
@@ -251,30 +233,18 @@ impl TokenManager {
             .exp
             .and_then(|exp| exp.duration_since(now).ok())
             .filter(|d| !d.is_zero())
-            .unwrap_or_else(|| {
-                self.settings
-                    .token_lifetime
-                    .saturating_sub(started.elapsed())
-            });
+            .unwrap_or_else(|| self.settings.token_lifetime.saturating_sub(started.elapsed()));
         let expires_at = Instant::now() + lifetime;
         // Refresh `refresh_before` ahead; a token shorter-lived than that (a tenant setting)
         // is refreshed at half its life instead.
-        let lead = if self.settings.refresh_before < lifetime {
-            self.settings.refresh_before
-        } else {
-            lifetime / 2
-        };
+        let lead = if self.settings.refresh_before < lifetime { self.settings.refresh_before } else { lifetime / 2 };
         // Stop sending a token slightly before it expires, so none arrives expired.
         let margin = (lifetime / 10).min(Duration::from_secs(5));
         let generation = self.generation.fetch_add(1, Ordering::Relaxed) + 1;
         // `palette_auth` only returns header-safe tokens, so this cannot fail in practice.
-        let mut header = HeaderValue::from_str(issued.value.expose())
-            .unwrap_or_else(|_| HeaderValue::from_static(""));
+        let mut header = HeaderValue::from_str(issued.value.expose()).unwrap_or_else(|_| HeaderValue::from_static(""));
         header.set_sensitive(true);
-        let expires_unix = (now + lifetime)
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_secs_f64())
-            .unwrap_or(0.0);
+        let expires_unix = (now + lifetime).duration_since(UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0);
         let token = Arc::new(Token {
             value: issued.value,
             header,
@@ -284,10 +254,7 @@ impl TokenManager {
             generation,
         });
         self.current.store(Some(token.clone()));
-        self.metrics
-            .token_expiry
-            .with_label_values(&[&self.name])
-            .set(expires_unix);
+        self.metrics.token_expiry.with_label_values(&[&self.name]).set(expires_unix);
         token
     }
 
@@ -301,9 +268,7 @@ impl TokenManager {
             let wait = if failures > 0 {
                 backoff(failures)
             } else {
-                self.current.load_full().map_or(Duration::ZERO, |t| {
-                    t.refresh_at.saturating_duration_since(now)
-                })
+                self.current.load_full().map_or(Duration::ZERO, |t| t.refresh_at.saturating_duration_since(now))
             };
             if !wait.is_zero() {
                 tokio::select! {

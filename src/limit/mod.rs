@@ -31,16 +31,9 @@ impl Limit {
         let period = Duration::from_secs_f64(1.0 / rate.per_second).max(Duration::from_nanos(1));
         let burst = NonZeroU32::new(rate.burst).unwrap_or(NonZeroU32::MIN);
         // `with_period` fails only for a zero period, excluded just above.
-        let quota = Quota::with_period(period).map_or_else(
-            || Quota::per_second(NonZeroU32::MIN),
-            |q| q.allow_burst(burst),
-        );
-        Limit {
-            rate,
-            limiter: Arc::new(
-                RateLimiter::direct(quota).with_middleware::<StateInformationMiddleware>(),
-            ),
-        }
+        let quota =
+            Quota::with_period(period).map_or_else(|| Quota::per_second(NonZeroU32::MIN), |q| q.allow_burst(burst));
+        Limit { rate, limiter: Arc::new(RateLimiter::direct(quota).with_middleware::<StateInformationMiddleware>()) }
     }
 
     fn reuse_or_new(previous: Option<&Limit>, rate: Rate) -> Self {
@@ -121,21 +114,15 @@ impl ClientLimits {
             .iter()
             .map(|c| {
                 c.rate_limit.map(|rate| {
-                    let limit =
-                        Limit::reuse_or_new(previous.and_then(|p| p.by_name.get(&c.name)), rate);
+                    let limit = Limit::reuse_or_new(previous.and_then(|p| p.by_name.get(&c.name)), rate);
                     by_name.insert(c.name.clone(), limit.clone());
                     limit
                 })
             })
             .collect();
-        let global = cfg
-            .global_rate_limit
-            .map(|rate| Limit::reuse_or_new(previous.and_then(|p| p.global.as_ref()), rate));
-        ClientLimits {
-            per_client,
-            by_name,
-            global,
-        }
+        let global =
+            cfg.global_rate_limit.map(|rate| Limit::reuse_or_new(previous.and_then(|p| p.global.as_ref()), rate));
+        ClientLimits { per_client, by_name, global }
     }
 
     /// Takes one request from `client`'s limit and the global one. `Ok` carries the client's
@@ -173,11 +160,7 @@ impl ClientLimits {
 
 fn headers_for(rate: Rate, remaining: u32) -> RateHeaders {
     let missing = f64::from(rate.burst.saturating_sub(remaining));
-    RateHeaders {
-        limit: rate.burst,
-        remaining,
-        reset: (missing / rate.per_second).ceil() as u64,
-    }
+    RateHeaders { limit: rate.burst, remaining, reset: (missing / rate.per_second).ceil() as u64 }
 }
 
 /// `Retry-After` in whole seconds, rounded up, at least 1.
@@ -205,23 +188,12 @@ mod tests {
     fn per_client_override_and_headers() {
         let (_, l) = limits("[rate_limit]\ndefault = { per_second = 100, burst = 100 }");
         for remaining in [2, 1, 0] {
-            assert_eq!(
-                l.check(1).unwrap(),
-                Some(RateHeaders {
-                    limit: 3,
-                    remaining,
-                    reset: 3 - u64::from(remaining)
-                })
-            );
+            assert_eq!(l.check(1).unwrap(), Some(RateHeaders { limit: 3, remaining, reset: 3 - u64::from(remaining) }));
         }
         let refusal = l.check(1).unwrap_err();
         assert_eq!(refusal.kind, LimitKind::Client);
         assert_eq!(retry_after_secs(refusal.retry_after), 1);
-        assert_eq!(
-            l.check(0).unwrap().unwrap().limit,
-            100,
-            "the default applies to a"
-        );
+        assert_eq!(l.check(0).unwrap().unwrap().limit, 100, "the default applies to a");
     }
 
     #[test]
@@ -247,10 +219,7 @@ mod tests {
             l.check(1).unwrap();
         }
         let rebuilt = ClientLimits::build(&cfg, Some(&l));
-        assert!(
-            rebuilt.check(1).is_err(),
-            "the exhausted bucket carried over"
-        );
+        assert!(rebuilt.check(1).is_err(), "the exhausted bucket carried over");
     }
 
     #[test]

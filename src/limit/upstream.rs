@@ -67,17 +67,9 @@ pub const CATCH_ALL: &str = "*";
 /// Palette's documented per-prefix limits. The burst is 5 requests, well inside Palette's own
 /// (5 seconds' worth), so that the gateway's pacing never trips Palette's counters.
 pub fn palette_preset() -> Vec<PrefixLimit> {
-    let rule = |prefix: &str, per_second: f64| PrefixLimit {
-        prefix: prefix.to_string(),
-        rate: Rate {
-            per_second,
-            burst: 5,
-        },
-    };
-    let mut rules: Vec<PrefixLimit> = PALETTE_RESOURCES
-        .iter()
-        .map(|r| rule(&format!("/v1/{r}"), 10.0))
-        .collect();
+    let rule =
+        |prefix: &str, per_second: f64| PrefixLimit { prefix: prefix.to_string(), rate: Rate { per_second, burst: 5 } };
+    let mut rules: Vec<PrefixLimit> = PALETTE_RESOURCES.iter().map(|r| rule(&format!("/v1/{r}"), 10.0)).collect();
     for fast in [
         "/v1/spectroclusters",
         "/v1/spectroclusters/:uid/profiles",
@@ -111,9 +103,7 @@ pub fn check_prefix(prefix: &str) -> Result<(), String> {
         return Ok(());
     }
     let Some(rest) = prefix.strip_prefix('/') else {
-        return Err(format!(
-            "{prefix:?} must start with '/' (or be \"*\", the catch-all)"
-        ));
+        return Err(format!("{prefix:?} must start with '/' (or be \"*\", the catch-all)"));
     };
     for seg in rest.split('/') {
         if seg.is_empty() {
@@ -125,11 +115,7 @@ pub fn check_prefix(prefix: &str) -> Result<(), String> {
         }
         match crate::path::check(&format!("/{seg}")) {
             Ok(p) if p.as_str()[1..] == *seg => {}
-            _ => {
-                return Err(format!(
-                    "segment {seg:?} of {prefix:?} would never match a checked path"
-                ))
-            }
+            _ => return Err(format!("segment {seg:?} of {prefix:?} would never match a checked path")),
         }
     }
     Ok(())
@@ -162,11 +148,7 @@ impl UpstreamBudget {
     pub fn build(limits: &UpstreamLimits, previous: Option<&UpstreamBudget>) -> Self {
         let reuse = |prefix: &str, rate: Rate| -> Arc<Bucket> {
             previous
-                .and_then(|p| {
-                    p.buckets()
-                        .find(|b| &*b.label == prefix && b.base_rate == rate)
-                        .cloned()
-                })
+                .and_then(|p| p.buckets().find(|b| &*b.label == prefix && b.base_rate == rate).cloned())
                 .unwrap_or_else(|| Arc::new(Bucket::new(prefix, rate, limits.max_queue)))
         };
         let mut rules = Vec::new();
@@ -178,35 +160,19 @@ impl UpstreamBudget {
             }
             let segs = r.prefix[1..]
                 .split('/')
-                .map(|s| {
-                    if s.starts_with(':') {
-                        Seg::Any
-                    } else {
-                        Seg::Literal(s.to_string())
-                    }
-                })
+                .map(|s| if s.starts_with(':') { Seg::Any } else { Seg::Literal(s.to_string()) })
                 .collect::<Vec<_>>();
             rules.push((segs, reuse(&r.prefix, r.rate)));
         }
         // Most specific first: more segments, then more literal segments.
         rules.sort_by_key(|(segs, _)| {
-            std::cmp::Reverse((
-                segs.len(),
-                segs.iter().filter(|s| matches!(s, Seg::Literal(_))).count(),
-            ))
+            std::cmp::Reverse((segs.len(), segs.iter().filter(|s| matches!(s, Seg::Literal(_))).count()))
         });
-        UpstreamBudget {
-            rules,
-            catch_all,
-            max_wait: limits.max_wait,
-        }
+        UpstreamBudget { rules, catch_all, max_wait: limits.max_wait }
     }
 
     fn buckets(&self) -> impl Iterator<Item = &Arc<Bucket>> {
-        self.rules
-            .iter()
-            .map(|(_, b)| b)
-            .chain(self.catch_all.iter())
+        self.rules.iter().map(|(_, b)| b).chain(self.catch_all.iter())
     }
 
     /// The bucket a request to `path` draws from; `None` when no budget applies.
@@ -283,18 +249,12 @@ impl Bucket {
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
         // A panic while holding this lock cannot leave the state inconsistent in a way that
         // matters more than refusing all traffic would; keep serving.
-        self.state
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// Waits for budget for one request of `client`, at most `max_wait`. Returns how long it
     /// waited.
-    pub async fn acquire(
-        self: &Arc<Self>,
-        client: usize,
-        max_wait: Duration,
-    ) -> Result<Duration, Busy> {
+    pub async fn acquire(self: &Arc<Self>, client: usize, max_wait: Duration) -> Result<Duration, Busy> {
         let started = Instant::now();
         let rx = {
             let mut st = self.lock();
@@ -305,9 +265,7 @@ impl Bucket {
             }
             let estimate = st.estimate(self.base_rate, client, started);
             if st.queued >= self.max_queue || estimate > max_wait {
-                return Err(Busy {
-                    retry_after: estimate,
-                });
+                return Err(Busy { retry_after: estimate });
             }
             let (tx, rx) = oneshot::channel();
             match st.queues.iter_mut().find(|(c, _)| *c == client) {
@@ -325,9 +283,7 @@ impl Bucket {
             Ok(Ok(())) => Ok(started.elapsed()),
             _ => {
                 let st = self.lock();
-                Err(Busy {
-                    retry_after: st.estimate(self.base_rate, client, Instant::now()),
-                })
+                Err(Busy { retry_after: st.estimate(self.base_rate, client, Instant::now()) })
             }
         }
     }
@@ -380,21 +336,9 @@ impl State {
     /// How long a new request of `client` would wait: round-robin serves every other waiting
     /// client up to as many requests as `client` will have queued.
     fn estimate(&self, rate: Rate, client: usize, now: Instant) -> Duration {
-        let own = self
-            .queues
-            .iter()
-            .find(|(c, _)| *c == client)
-            .map_or(0, |(_, q)| q.len())
-            + 1;
-        let ahead: usize = self
-            .queues
-            .iter()
-            .filter(|(c, _)| *c != client)
-            .map(|(_, q)| q.len().min(own))
-            .sum();
-        let first = self
-            .ready_at(rate, now)
-            .map_or(Duration::ZERO, |at| at - now);
+        let own = self.queues.iter().find(|(c, _)| *c == client).map_or(0, |(_, q)| q.len()) + 1;
+        let ahead: usize = self.queues.iter().filter(|(c, _)| *c != client).map(|(_, q)| q.len().min(own)).sum();
+        let first = self.ready_at(rate, now).map_or(Duration::ZERO, |at| at - now);
         first + self.interval * u32::try_from(ahead + own - 1).unwrap_or(u32::MAX)
     }
 
@@ -457,63 +401,28 @@ mod tests {
     use super::*;
 
     fn limits(rules: Vec<PrefixLimit>) -> UpstreamLimits {
-        UpstreamLimits {
-            rules,
-            max_wait: Duration::from_secs(2),
-            max_queue: 1000,
-        }
+        UpstreamLimits { rules, max_wait: Duration::from_secs(2), max_queue: 1000 }
     }
 
     fn label(b: &UpstreamBudget, path: &str) -> String {
-        b.bucket_for(&crate::path::check(path).unwrap())
-            .map(|b| b.label().to_string())
-            .unwrap_or_default()
+        b.bucket_for(&crate::path::check(path).unwrap()).map(|b| b.label().to_string()).unwrap_or_default()
     }
 
     #[test]
     fn preset_buckets_match_palette_counting() {
         let b = UpstreamBudget::build(&limits(palette_preset()), None);
         assert_eq!(label(&b, "/v1/spectroclusters/abc"), "/v1/spectroclusters");
-        assert_eq!(
-            label(&b, "/v1/spectroclusters/abc/profiles"),
-            "/v1/spectroclusters/:uid/profiles"
-        );
-        assert_eq!(
-            label(&b, "/v1/spectroclusters/abc/assets/kubeconfig"),
-            "/v1/spectroclusters/:uid/assets"
-        );
-        assert_eq!(
-            label(&b, "/v1/spectroclusters/acquire"),
-            "/v1/spectroclusters/acquire"
-        );
-        assert_eq!(
-            label(&b, "/v1/cloudconfigs/aws/x/machinePools"),
-            "/v1/cloudconfigs"
-        );
-        assert_eq!(
-            label(&b, "/v1/events/components/x"),
-            "/v1/events/components"
-        );
+        assert_eq!(label(&b, "/v1/spectroclusters/abc/profiles"), "/v1/spectroclusters/:uid/profiles");
+        assert_eq!(label(&b, "/v1/spectroclusters/abc/assets/kubeconfig"), "/v1/spectroclusters/:uid/assets");
+        assert_eq!(label(&b, "/v1/spectroclusters/acquire"), "/v1/spectroclusters/acquire");
+        assert_eq!(label(&b, "/v1/cloudconfigs/aws/x/machinePools"), "/v1/cloudconfigs");
+        assert_eq!(label(&b, "/v1/events/components/x"), "/v1/events/components");
         assert_eq!(label(&b, "/v1/events"), "/v1/events");
         assert_eq!(label(&b, "/v1/packs"), "/v1/packs");
-        assert_eq!(
-            label(&b, "/v1/auth/user/password/reset"),
-            "/v1/auth/user/password/reset"
-        );
-        assert_eq!(
-            label(&b, "/v1/whatever/x"),
-            "*",
-            "unknown resources share the catch-all"
-        );
+        assert_eq!(label(&b, "/v1/auth/user/password/reset"), "/v1/auth/user/password/reset");
+        assert_eq!(label(&b, "/v1/whatever/x"), "*", "unknown resources share the catch-all");
         assert_eq!(label(&b, "/team-a"), "*");
-        let rate = |p: &str| {
-            palette_preset()
-                .into_iter()
-                .find(|r| r.prefix == p)
-                .unwrap()
-                .rate
-                .per_second
-        };
+        let rate = |p: &str| palette_preset().into_iter().find(|r| r.prefix == p).unwrap().rate.per_second;
         assert_eq!(rate("/v1/spectroclusters"), 50.0);
         assert_eq!(rate("/v1/spectroclusters/:uid/download"), 10.0);
         assert_eq!(rate("/v1/auth/user/password/reset"), 2.0);
@@ -523,9 +432,7 @@ mod tests {
     #[test]
     fn no_rules_no_budget() {
         let b = UpstreamBudget::build(&limits(vec![]), None);
-        assert!(b
-            .bucket_for(&crate::path::check("/v1/x").unwrap())
-            .is_none());
+        assert!(b.bucket_for(&crate::path::check("/v1/x").unwrap()).is_none());
     }
 
     #[test]
@@ -546,16 +453,10 @@ mod tests {
     async fn burst_passes_then_requests_are_paced() {
         let b = bucket(10.0, 3, 100);
         for _ in 0..3 {
-            assert_eq!(
-                b.acquire(0, Duration::from_secs(2)).await,
-                Ok(Duration::ZERO)
-            );
+            assert_eq!(b.acquire(0, Duration::from_secs(2)).await, Ok(Duration::ZERO));
         }
         let waited = b.acquire(0, Duration::from_secs(2)).await.unwrap();
-        assert!(
-            waited >= Duration::from_millis(99) && waited <= Duration::from_millis(101),
-            "{waited:?}"
-        );
+        assert!(waited >= Duration::from_millis(99) && waited <= Duration::from_millis(101), "{waited:?}");
     }
 
     #[tokio::test(start_paused = true)]
@@ -567,24 +468,11 @@ mod tests {
         let mut tasks = Vec::new();
         for _ in 0..3 {
             let b = b.clone();
-            tasks.push(tokio::spawn(async move {
-                b.acquire(0, Duration::from_millis(1500)).await
-            }));
+            tasks.push(tokio::spawn(async move { b.acquire(0, Duration::from_millis(1500)).await }));
         }
-        let results: Vec<_> = futures_util::future::join_all(tasks)
-            .await
-            .into_iter()
-            .map(|r| r.unwrap())
-            .collect();
-        assert_eq!(
-            results.iter().filter(|r| r.is_ok()).count(),
-            1,
-            "{results:?}"
-        );
-        assert!(results
-            .iter()
-            .filter_map(|r| r.err())
-            .all(|busy| busy.retry_after >= Duration::from_secs(1)));
+        let results: Vec<_> = futures_util::future::join_all(tasks).await.into_iter().map(|r| r.unwrap()).collect();
+        assert_eq!(results.iter().filter(|r| r.is_ok()).count(), 1, "{results:?}");
+        assert!(results.iter().filter_map(|r| r.err()).all(|busy| busy.retry_after >= Duration::from_secs(1)));
     }
 
     #[tokio::test(start_paused = true)]
@@ -644,19 +532,10 @@ mod tests {
 
     #[test]
     fn rebuild_keeps_bucket_state() {
-        let l = limits(vec![PrefixLimit {
-            prefix: "/v1/x".into(),
-            rate: Rate {
-                per_second: 1.0,
-                burst: 1,
-            },
-        }]);
+        let l = limits(vec![PrefixLimit { prefix: "/v1/x".into(), rate: Rate { per_second: 1.0, burst: 1 } }]);
         let a = UpstreamBudget::build(&l, None);
         let b = UpstreamBudget::build(&l, Some(&a));
         let p = crate::path::check("/v1/x").unwrap();
-        assert!(Arc::ptr_eq(
-            a.bucket_for(&p).unwrap(),
-            b.bucket_for(&p).unwrap()
-        ));
+        assert!(Arc::ptr_eq(a.bucket_for(&p).unwrap(), b.bucket_for(&p).unwrap()));
     }
 }

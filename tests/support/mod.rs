@@ -83,20 +83,14 @@ project_uid = "p002"
 pub fn standard_fake() -> FakePaletteConfig {
     FakePaletteConfig {
         api_keys: vec![PALETTE_KEY.to_string()],
-        users: vec![FakeUser {
-            email: OPS_EMAIL.into(),
-            password: OPS_PASSWORD.into(),
-            org: None,
-        }],
+        users: vec![FakeUser { email: OPS_EMAIL.into(), password: OPS_PASSWORD.into(), org: None }],
         ..FakePaletteConfig::default()
     }
 }
 
 /// The environment the standard config reads its secrets from.
 pub fn standard_env() -> MapEnv {
-    MapEnv::new()
-        .with("PALETTE_API_KEY", PALETTE_KEY)
-        .with("PALETTE_PASSWORD", OPS_PASSWORD)
+    MapEnv::new().with("PALETTE_API_KEY", PALETTE_KEY).with("PALETTE_PASSWORD", OPS_PASSWORD)
 }
 
 /// A running fake Palette and gateway.
@@ -120,9 +114,7 @@ impl Harness {
     /// `server_extra` lines) + `[upstream]` at the fake + `rules`.
     pub async fn start(fake_cfg: FakePaletteConfig, upstream_extra: &str, rules: &str) -> Harness {
         init_logs();
-        let fake = FakePalette::start(fake_cfg)
-            .await
-            .expect("fake palette starts");
+        let fake = FakePalette::start(fake_cfg).await.expect("fake palette starts");
         Harness::with_fake(fake, upstream_extra, rules).await
     }
 
@@ -135,13 +127,7 @@ impl Harness {
         let gateway = RunningGateway::start(cfg).await.expect("gateway starts");
         let base = format!("http://{}", gateway.proxy_addr);
         let admin = format!("http://{}", gateway.admin_addr);
-        Harness {
-            fake,
-            gateway,
-            base,
-            admin,
-            http: client(),
-        }
+        Harness { fake, gateway, base, admin, http: client() }
     }
 
     /// `base` + path.
@@ -151,11 +137,7 @@ impl Harness {
 
     /// The requests the fake received other than login/refresh.
     pub fn forwarded(&self) -> Vec<RecordedRequest> {
-        self.fake
-            .requests()
-            .into_iter()
-            .filter(|r| !r.path_and_query.starts_with("/v1/auth/"))
-            .collect()
+        self.fake.requests().into_iter().filter(|r| !r.path_and_query.starts_with("/v1/auth/")).collect()
     }
 
     /// The last forwarded request.
@@ -192,11 +174,7 @@ pub fn gateway_config(upstream_url: &str, upstream_extra: &str, rules: &str) -> 
 
 /// A plain HTTP client (no proxy, no automatic decompression, keep-alive).
 pub fn client() -> reqwest::Client {
-    reqwest::Client::builder()
-        .no_proxy()
-        .timeout(Duration::from_secs(30))
-        .build()
-        .expect("client builds")
+    reqwest::Client::builder().no_proxy().timeout(Duration::from_secs(30)).build().expect("client builds")
 }
 
 /// A raw HTTP/1.1 answer.
@@ -212,9 +190,7 @@ impl RawResponse {
     pub fn header(&self, name: &str) -> Option<String> {
         self.head.lines().skip(1).find_map(|l| {
             let (n, v) = l.split_once(':')?;
-            n.trim()
-                .eq_ignore_ascii_case(name)
-                .then(|| v.trim().to_string())
+            n.trim().eq_ignore_ascii_case(name).then(|| v.trim().to_string())
         })
     }
 
@@ -231,23 +207,13 @@ pub async fn raw_request(addr: SocketAddr, request: &[u8]) -> RawResponse {
     s.write_all(request).await.expect("write");
     let mut buf = Vec::new();
     let _ = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut buf)).await;
-    let split = buf
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .unwrap_or(buf.len());
+    let split = buf.windows(4).position(|w| w == b"\r\n\r\n").unwrap_or(buf.len());
     let head = String::from_utf8_lossy(&buf[..split]).to_string();
     let mut body = buf.get(split + 4..).unwrap_or_default().to_vec();
-    if head
-        .to_ascii_lowercase()
-        .contains("transfer-encoding: chunked")
-    {
+    if head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
         body = dechunk(&body);
     }
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
+    let status = head.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
     RawResponse { status, head, body }
 }
 
@@ -257,8 +223,7 @@ fn dechunk(mut b: &[u8]) -> Vec<u8> {
         let Some(eol) = b.windows(2).position(|w| w == b"\r\n") else {
             return out;
         };
-        let size =
-            usize::from_str_radix(String::from_utf8_lossy(&b[..eol]).trim(), 16).unwrap_or(0);
+        let size = usize::from_str_radix(String::from_utf8_lossy(&b[..eol]).trim(), 16).unwrap_or(0);
         if size == 0 {
             return out;
         }
@@ -281,9 +246,7 @@ pub fn raw_get(path: &str, headers: &[(&str, &str)]) -> Vec<u8> {
 /// Logs from the gateway under test go to the test's captured output.
 pub fn init_logs() {
     let _ = tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
-        )
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()))
         .with_test_writer()
         .try_init();
 }
