@@ -7,6 +7,7 @@ use std::task::{Context, Poll};
 
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use crate::body::{self, Body};
@@ -18,15 +19,17 @@ use crate::proxy::SharedRuntime;
 pub struct Admin {
     runtime: SharedRuntime,
     metrics: Arc<Metrics>,
+    draining: Arc<AtomicBool>,
 }
 
 impl Admin {
     /// Admin endpoints over the live runtime.
-    pub fn new(runtime: SharedRuntime, metrics: Arc<Metrics>) -> Self {
-        Admin { runtime, metrics }
+    pub fn new(runtime: SharedRuntime, metrics: Arc<Metrics>, draining: Arc<AtomicBool>) -> Self {
+        Admin { runtime, metrics, draining }
     }
 
-    fn answer(&self, req: &Request<Body>) -> Response<Body> {
+    /// Answers one admin request.
+    pub fn answer(&self, req: &Request<Body>) -> Response<Body> {
         if req.method() != Method::GET && req.method() != Method::HEAD {
             return json(
                 StatusCode::METHOD_NOT_ALLOWED,
@@ -52,6 +55,9 @@ impl Admin {
     }
 
     fn readiness(&self) -> Response<Body> {
+        if self.draining.load(Ordering::SeqCst) {
+            return json(StatusCode::SERVICE_UNAVAILABLE, serde_json::json!({"status": "shutting down"}));
+        }
         let rt = self.runtime.load();
         let waiting: Vec<_> = rt
             .credentials

@@ -1,8 +1,10 @@
-//! Wiring: binds the listeners, prepares the runtime, starts the token tasks and servers, and
-//! stops them all. The one place that spawns long-lived tasks; [`RunningGateway`] owns them.
+//! Wiring: binds the listeners, builds the runtime, owns every long-lived task (servers, token
+//! refreshers, the reload watcher), reloads the config whole, and shuts down gracefully.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
@@ -11,16 +13,14 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::admin::Admin;
-use crate::config::Config;
-use crate::credentials::{Credentials, InvalidKey};
+use crate::config::{self, Config, ConfigError, Environment, ServerLimits};
+use crate::credentials::{Credentials, InvalidKey, TokenManager};
 use crate::limit::upstream::UpstreamBudget;
 use crate::limit::ClientLimits;
 use crate::metrics::Metrics;
 use crate::proxy::{Gateway, Runtime, SharedRuntime};
+use crate::server::{ConnSettings, SettingsSource};
 use crate::upstream::UpstreamClient;
-
-/// How long in-flight requests may take to finish once shutdown starts.
-pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Why the gateway could not start.
 #[derive(Debug, thiserror::Error)]
@@ -31,16 +31,38 @@ pub enum StartError {
     Credential(#[from] InvalidKey),
 }
 
+/// Why a reload was refused (the old config keeps serving).
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    #[error(transparent)]
+    Invalid(#[from] ConfigError),
+    #[error("{0} cannot change on reload (restart the gateway to move a listener)")]
+    ListenerChanged(&'static str),
+    #[error(transparent)]
+    Credential(#[from] InvalidKey),
+}
+
+/// A token refresher task and what stops it.
+struct TokenTask {
+    manager: Arc<TokenManager>,
+    cancel: CancellationToken,
+    handle: JoinHandle<()>,
+}
+
 /// A started gateway: its bound addresses and the tasks it owns.
 pub struct RunningGateway {
     /// Where the proxy listens (the real port when the config said `:0`).
     pub proxy_addr: SocketAddr,
-    /// Where `/healthz` and `/readyz` are served.
+    /// Where `/healthz`, `/readyz` and `/metrics` are served.
     pub admin_addr: SocketAddr,
     runtime: SharedRuntime,
     metrics: Arc<Metrics>,
-    cancel: CancellationToken,
-    tasks: Vec<JoinHandle<()>>,
+    draining: Arc<AtomicBool>,
+    listeners: CancellationToken,
+    admin_listener: CancellationToken,
+    token_tasks: Mutex<Vec<TokenTask>>,
+    servers: Vec<JoinHandle<()>>,
+    admin_server: Option<JoinHandle<()>>,
 }
 
 impl RunningGateway {
@@ -48,52 +70,76 @@ impl RunningGateway {
     pub async fn start(config: Config) -> Result<Self, StartError> {
         let proxy = bind(config.server.listen, "server.listen").await?;
         let admin = bind(config.server.admin_listen, "server.admin_listen").await?;
-        let proxy_addr = proxy.local_addr().map_err(|source| StartError::Bind {
-            addr: config.server.listen,
-            what: "server.listen",
-            source,
-        })?;
-        let admin_addr = admin.local_addr().map_err(|source| StartError::Bind {
-            addr: config.server.admin_listen,
-            what: "server.admin_listen",
-            source,
-        })?;
+        let local =
+            |l: &TcpListener, addr, what| l.local_addr().map_err(|source| StartError::Bind { addr, what, source });
+        let proxy_addr = local(&proxy, config.server.listen, "server.listen")?;
+        let admin_addr = local(&admin, config.server.admin_listen, "server.admin_listen")?;
         let metrics = Arc::new(Metrics::new());
         let upstream = UpstreamClient::new(&config.upstream);
         let credentials = Credentials::build(&config, &upstream, None, &metrics)?;
         let limits = ClientLimits::build(&config, None);
         let budget = UpstreamBudget::build(&config.upstream.limits, None);
-        let tls = config.server.tls.as_ref().map(|t| t.config.clone());
         let config = Arc::new(config);
         metrics.config_last_reload_success.set(unix_now());
-        let runtime: SharedRuntime = Arc::new(ArcSwap::from_pointee(Runtime {
-            config,
-            credentials: credentials.clone(),
-            upstream,
-            limits,
-            budget,
-        }));
-        let cancel = CancellationToken::new();
-        let mut tasks = Vec::new();
-        for manager in credentials.token_managers() {
-            tasks.push(tokio::spawn(manager.clone().run(cancel.child_token())));
-        }
-        tasks.push(tokio::spawn(crate::server::serve(
+        let runtime: SharedRuntime =
+            Arc::new(ArcSwap::from_pointee(Runtime { config, credentials, upstream, limits, budget }));
+        let draining = Arc::new(AtomicBool::new(false));
+        let listeners = CancellationToken::new();
+        let admin_listener = CancellationToken::new();
+        let drain = runtime.load().config.server.limits.drain_timeout;
+
+        let rt = runtime.clone();
+        let proxy_settings: SettingsSource = Arc::new(move || {
+            let rt = rt.load();
+            ConnSettings {
+                tls: rt.config.server.tls.as_ref().map(|t| t.config.clone()),
+                limits: rt.config.server.limits.clone(),
+            }
+        });
+        let rt = runtime.clone();
+        let admin_settings: SettingsSource =
+            Arc::new(move || ConnSettings { tls: None, limits: rt.load().config.server.limits.clone() });
+        let servers = vec![tokio::spawn(crate::server::serve(
             proxy,
-            tls,
-            Gateway::new(runtime.clone(), metrics.clone()),
-            cancel.child_token(),
-            DRAIN_TIMEOUT,
-        )));
-        tasks.push(tokio::spawn(crate::server::serve(
+            proxy_settings,
+            {
+                let gateway = Gateway::new(runtime.clone(), metrics.clone());
+                Arc::new(move |req| {
+                    let gateway = gateway.clone();
+                    Box::pin(async move { gateway.handle(req).await })
+                })
+            },
+            listeners.clone(),
+            drain,
+        ))];
+        let admin_server = Some(tokio::spawn(crate::server::serve(
             admin,
-            None,
-            Admin::new(runtime.clone(), metrics.clone()),
-            cancel.child_token(),
+            admin_settings,
+            {
+                let admin = Admin::new(runtime.clone(), metrics.clone(), draining.clone());
+                Arc::new(move |req| {
+                    let resp = admin.answer(&req);
+                    Box::pin(async move { resp })
+                })
+            },
+            admin_listener.clone(),
             Duration::from_secs(1),
         )));
+        let gateway = RunningGateway {
+            proxy_addr,
+            admin_addr,
+            runtime,
+            metrics,
+            draining,
+            listeners,
+            admin_listener,
+            token_tasks: Mutex::new(Vec::new()),
+            servers,
+            admin_server,
+        };
+        gateway.sync_token_tasks();
         tracing::info!(%proxy_addr, %admin_addr, "palette-gateway listening");
-        Ok(RunningGateway { proxy_addr, admin_addr, runtime, metrics, cancel, tasks })
+        Ok(gateway)
     }
 
     /// The live runtime (config snapshot, credentials).
@@ -106,12 +152,111 @@ impl RunningGateway {
         &self.metrics
     }
 
-    /// Stops accepting, lets in-flight requests finish (up to the drain timeout), stops the
-    /// token tasks.
+    /// Starts a refresher for every token manager of the live runtime that has none, and stops
+    /// those whose manager is gone.
+    fn sync_token_tasks(&self) {
+        let rt = self.runtime.load();
+        let live: Vec<Arc<TokenManager>> = rt.credentials.token_managers().cloned().collect();
+        let mut tasks = self.token_tasks.lock().unwrap_or_else(|p| p.into_inner());
+        tasks.retain(|t| {
+            let keep = live.iter().any(|m| Arc::ptr_eq(m, &t.manager));
+            if !keep {
+                t.cancel.cancel();
+            }
+            keep
+        });
+        for m in live {
+            if !tasks.iter().any(|t| Arc::ptr_eq(&t.manager, &m)) {
+                let cancel = CancellationToken::new();
+                let handle = tokio::spawn(m.clone().run(cancel.clone()));
+                tasks.push(TokenTask { manager: m, cancel, handle });
+            }
+        }
+    }
+
+    /// Loads the config at `path` and swaps it in whole; on any problem the old config keeps
+    /// serving and the error says why. Counted in `palette_gateway_config_reloads_total`.
+    pub fn reload(&self, path: &Path, env: &dyn Environment) -> Result<(), ReloadError> {
+        let result = config::load(path, env).map_err(ReloadError::from).and_then(|cfg| self.apply(cfg));
+        match &result {
+            Ok(()) => {
+                self.metrics.config_reloads.with_label_values(&["ok"]).inc();
+                self.metrics.config_last_reload_success.set(unix_now());
+                tracing::info!(path = %path.display(), "config reloaded");
+            }
+            Err(e) => {
+                self.metrics.config_reloads.with_label_values(&["error"]).inc();
+                tracing::error!(path = %path.display(), error = %e, "config reload refused; the previous config keeps serving");
+            }
+        }
+        result
+    }
+
+    /// Swaps in a validated config. Token caches survive for credentials whose settings (and
+    /// upstream) did not change; rate-limit state survives for unchanged clients and prefixes.
+    pub fn apply(&self, cfg: Config) -> Result<(), ReloadError> {
+        let old = self.runtime.load_full();
+        if cfg.server.listen != old.config.server.listen {
+            return Err(ReloadError::ListenerChanged("server.listen"));
+        }
+        if cfg.server.admin_listen != old.config.server.admin_listen {
+            return Err(ReloadError::ListenerChanged("server.admin_listen"));
+        }
+        if cfg.server.tls.is_some() != old.config.server.tls.is_some() {
+            return Err(ReloadError::ListenerChanged("server.tls (on or off)"));
+        }
+        if cfg.server.limits.max_connections != old.config.server.limits.max_connections {
+            tracing::warn!("server.max_connections takes effect at the next restart");
+        }
+        let same_upstream = same_upstream(&cfg, &old.config);
+        let upstream = if same_upstream { old.upstream.clone() } else { UpstreamClient::new(&cfg.upstream) };
+        let previous = same_upstream.then_some(&old.credentials);
+        let credentials = Credentials::build(&cfg, &upstream, previous, &self.metrics)?;
+        let limits = ClientLimits::build(&cfg, Some(&old.limits));
+        let budget = UpstreamBudget::build(&cfg.upstream.limits, Some(&old.budget));
+        self.runtime.store(Arc::new(Runtime { config: Arc::new(cfg), credentials, upstream, limits, budget }));
+        self.sync_token_tasks();
+        Ok(())
+    }
+
+    /// Stops at once: no new connections, in-flight requests get up to the drain timeout.
     pub async fn shutdown(mut self) {
-        self.cancel.cancel();
-        for task in self.tasks.drain(..) {
-            let _ = task.await;
+        self.listeners.cancel();
+        for s in self.servers.drain(..) {
+            let _ = s.await;
+        }
+        self.stop_background().await;
+    }
+
+    /// The Kubernetes-friendly stop: `/readyz` turns 503 at once, the listener keeps serving for
+    /// `shutdown_delay`, then stops accepting and drains up to `drain_timeout`. Returns early
+    /// (abandoning the drain) when `hurry` fires.
+    pub async fn graceful_shutdown(mut self, hurry: CancellationToken) {
+        let limits: ServerLimits = self.runtime.load().config.server.limits.clone();
+        self.draining.store(true, Ordering::SeqCst);
+        tracing::info!(delay = ?limits.shutdown_delay, drain = ?limits.drain_timeout, "shutting down: not ready; serving until the delay ends");
+        tokio::select! {
+            _ = tokio::time::sleep(limits.shutdown_delay) => {}
+            _ = hurry.cancelled() => return,
+        }
+        self.listeners.cancel();
+        let servers: Vec<_> = self.servers.drain(..).collect();
+        tokio::select! {
+            _ = futures_util::future::join_all(servers) => {}
+            _ = hurry.cancelled() => return,
+        }
+        self.stop_background().await;
+    }
+
+    async fn stop_background(&mut self) {
+        self.admin_listener.cancel();
+        if let Some(a) = self.admin_server.take() {
+            let _ = a.await;
+        }
+        let tasks: Vec<TokenTask> = self.token_tasks.lock().map(|mut t| t.drain(..).collect()).unwrap_or_default();
+        for t in tasks {
+            t.cancel.cancel();
+            let _ = t.handle.await;
         }
     }
 }
@@ -119,11 +264,30 @@ impl RunningGateway {
 impl Drop for RunningGateway {
     fn drop(&mut self) {
         // Dropped without shutdown() (a test that ended early): stop everything at once.
-        self.cancel.cancel();
-        for task in &self.tasks {
-            task.abort();
+        self.listeners.cancel();
+        self.admin_listener.cancel();
+        for s in &self.servers {
+            s.abort();
+        }
+        if let Some(a) = &self.admin_server {
+            a.abort();
+        }
+        if let Ok(tasks) = self.token_tasks.lock() {
+            for t in tasks.iter() {
+                t.cancel.cancel();
+                t.handle.abort();
+            }
         }
     }
+}
+
+fn same_upstream(a: &Config, b: &Config) -> bool {
+    let (a, b) = (&a.upstream, &b.upstream);
+    a.scheme == b.scheme
+        && a.authority == b.authority
+        && a.extra_roots == b.extra_roots
+        && a.connect_timeout == b.connect_timeout
+        && a.request_timeout == b.request_timeout
 }
 
 fn unix_now() -> f64 {
@@ -134,12 +298,32 @@ async fn bind(addr: SocketAddr, what: &'static str) -> Result<TcpListener, Start
     TcpListener::bind(addr).await.map_err(|source| StartError::Bind { addr, what, source })
 }
 
-/// Runs until SIGTERM or SIGINT, then shuts down gracefully.
-pub async fn run_until_signal(config: Config) -> Result<(), StartError> {
-    let gateway = RunningGateway::start(config).await?;
+/// Runs the gateway from a config file until SIGTERM/SIGINT: reloads on SIGHUP and when the
+/// file (or a secret file it names) changes; a second stop signal exits at once.
+pub async fn run(path: PathBuf, cfg: Config, env: Arc<dyn Environment>) -> anyhow::Result<()> {
+    let watched = cfg.watched_files(&path);
+    let gateway = Arc::new(RunningGateway::start(cfg).await?);
+    let stop_watch = CancellationToken::new();
+    let watcher = crate::reload::spawn(gateway.clone(), path, env, watched, stop_watch.clone());
     wait_for_signal().await;
-    tracing::info!("shutting down: draining in-flight requests");
-    gateway.shutdown().await;
+    stop_watch.cancel();
+    let _ = watcher.await;
+    let hurry = CancellationToken::new();
+    let second = hurry.clone();
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        tracing::warn!("second stop signal: exiting now");
+        second.cancel();
+    });
+    let gateway = match Arc::try_unwrap(gateway) {
+        Ok(g) => g,
+        Err(_) => anyhow::bail!("internal: the gateway is still shared at shutdown"),
+    };
+    gateway.graceful_shutdown(hurry.clone()).await;
+    if hurry.is_cancelled() {
+        std::process::exit(1);
+    }
+    tracing::info!("stopped");
     Ok(())
 }
 

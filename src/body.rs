@@ -2,6 +2,7 @@
 //! and the gateway's own small answers are full bodies of the same type.
 
 use bytes::Bytes;
+use http_body::Body as _;
 use http_body_util::{combinators::UnsyncBoxBody, BodyExt, Empty, Full};
 
 /// Errors a body may yield while streaming.
@@ -59,4 +60,177 @@ where
         }
     }
     Ok(out.freeze())
+}
+
+/// Called once when a [`Tracked`] body ends: with the bytes that went through and whether the
+/// body was read to its end (`false`: dropped early, e.g. the client went away).
+pub type OnEnd = Box<dyn FnOnce(u64, bool) + Send>;
+
+/// A body that counts its bytes and reports when it is done (read to the end or dropped).
+pub struct Tracked {
+    inner: Body,
+    bytes: u64,
+    on_end: Option<OnEnd>,
+}
+
+impl Tracked {
+    /// Wraps `inner`; `on_end` runs exactly once.
+    pub fn new(inner: Body, on_end: OnEnd) -> Self {
+        Tracked { inner, bytes: 0, on_end: Some(on_end) }
+    }
+
+    /// As the gateway's body type (no second error conversion: see [`collect_limited`]).
+    pub fn into_body(self) -> Body {
+        self.boxed_unsync()
+    }
+
+    fn finish(&mut self, complete: bool) {
+        if let Some(f) = self.on_end.take() {
+            f(self.bytes, complete);
+        }
+    }
+}
+
+impl http_body::Body for Tracked {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, BoxError>>> {
+        let polled = std::pin::Pin::new(&mut self.inner).poll_frame(cx);
+        match &polled {
+            std::task::Poll::Ready(Some(Ok(frame))) => {
+                if let Some(d) = frame.data_ref() {
+                    self.bytes += d.len() as u64;
+                }
+            }
+            std::task::Poll::Ready(None) => self.finish(true),
+            std::task::Poll::Ready(Some(Err(_))) => self.finish(false),
+            std::task::Poll::Pending => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for Tracked {
+    fn drop(&mut self) {
+        let complete = self.inner.is_end_stream();
+        self.finish(complete);
+    }
+}
+
+/// What went through a request body: bytes, and whether it was cut off at the limit.
+#[derive(Debug, Default)]
+pub struct BodyStats {
+    bytes: std::sync::atomic::AtomicU64,
+    tripped: std::sync::atomic::AtomicBool,
+}
+
+impl BodyStats {
+    /// Bytes read so far.
+    pub fn bytes(&self) -> u64 {
+        self.bytes.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Whether the body went past its limit.
+    pub fn tripped(&self) -> bool {
+        self.tripped.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+/// A request body cut off at `limit` bytes: past it the stream fails and the stats say so, so
+/// the gateway can answer 413 instead of a generic upstream error.
+pub struct Capped {
+    inner: Body,
+    left: u64,
+    stats: std::sync::Arc<BodyStats>,
+}
+
+impl Capped {
+    /// Wraps `inner`, counting into `stats`.
+    pub fn new(inner: Body, limit: u64, stats: std::sync::Arc<BodyStats>) -> Self {
+        Capped { inner, left: limit, stats }
+    }
+}
+
+/// The request body exceeded `max_request_body`.
+#[derive(Debug, thiserror::Error)]
+#[error("request body larger than the gateway allows")]
+pub struct BodyTooLarge;
+
+impl http_body::Body for Capped {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, BoxError>>> {
+        let polled = std::pin::Pin::new(&mut self.inner).poll_frame(cx);
+        if let std::task::Poll::Ready(Some(Ok(frame))) = &polled {
+            if let Some(d) = frame.data_ref() {
+                let n = d.len() as u64;
+                if n > self.left {
+                    self.stats.tripped.store(true, std::sync::atomic::Ordering::Relaxed);
+                    return std::task::Poll::Ready(Some(Err(Box::new(BodyTooLarge))));
+                }
+                self.left -= n;
+                self.stats.bytes.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+            }
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::{Arc, Mutex};
+
+    #[tokio::test]
+    async fn tracked_reports_bytes_once_at_the_end() {
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let s = seen.clone();
+        let body = Tracked::new(full("hello"), Box::new(move |n, done| s.lock().unwrap().push((n, done))));
+        let bytes = body.collect().await.unwrap().to_bytes();
+        assert_eq!(&bytes[..], b"hello");
+        assert_eq!(*seen.lock().unwrap(), vec![(5, true)]);
+    }
+
+    #[test]
+    fn tracked_reports_when_dropped_early() {
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let s = seen.clone();
+        drop(Tracked::new(full("hello"), Box::new(move |n, done| s.lock().unwrap().push((n, done)))));
+        assert_eq!(*seen.lock().unwrap(), vec![(0, false)]);
+    }
+
+    #[tokio::test]
+    async fn capped_trips_past_the_limit() {
+        let stats = Arc::new(BodyStats::default());
+        assert!(Capped::new(full("12345"), 4, stats.clone()).collect().await.is_err());
+        assert!(stats.tripped());
+        let ok = Arc::new(BodyStats::default());
+        assert!(Capped::new(full("1234"), 4, ok.clone()).collect().await.is_ok());
+        assert!(!ok.tripped());
+        assert_eq!(ok.bytes(), 4);
+    }
 }

@@ -7,7 +7,9 @@ use std::process::ExitCode;
 use base64::Engine as _;
 use clap::{Parser, Subcommand};
 
-use crate::config::{self, ProcessEnv};
+use std::sync::Arc;
+
+use crate::config::{self, Environment, LogConfig, ProcessEnv};
 
 /// Authenticating, credential-swapping reverse proxy for the Spectro Cloud Palette API.
 #[derive(Debug, Parser)]
@@ -81,7 +83,6 @@ pub fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> ExitCode {
-    init_tracing();
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(r) => r,
         Err(e) => {
@@ -91,15 +92,17 @@ fn run(cli: Cli) -> ExitCode {
     };
     let result: anyhow::Result<()> = runtime.block_on(async move {
         if cli.demo {
+            init_tracing(&LogConfig { json: false, level: "info".into() });
             return crate::demo::run().await;
         }
         let Some(path) = cli.config else {
             anyhow::bail!("no config: pass --config PATH (or set PALETTE_GATEWAY_CONFIG), or try --demo");
         };
+        let env: Arc<dyn Environment> = Arc::new(ProcessEnv);
         let config =
-            config::load(&path, &ProcessEnv).map_err(|e| anyhow::anyhow!("invalid config {}:\n{e}", path.display()))?;
-        crate::app::run_until_signal(config).await?;
-        Ok(())
+            config::load(&path, &*env).map_err(|e| anyhow::anyhow!("invalid config {}:\n{e}", path.display()))?;
+        init_tracing(&config.log);
+        crate::app::run(path, config, env).await
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -117,10 +120,12 @@ pub fn new_key() -> String {
     format!("pgw_{}", base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes))
 }
 
-fn init_tracing() {
+/// Logs to stderr as JSON lines or text; `RUST_LOG` overrides the configured level.
+fn init_tracing(log: &LogConfig) {
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&log.level));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let _ = if log.json { builder.json().flatten_event(true).try_init() } else { builder.try_init() };
 }
 
 #[cfg(test)]

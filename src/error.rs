@@ -36,6 +36,12 @@ pub enum GatewayError {
     /// A rate limit (the client's, the global one, or the upstream budget) refused the request.
     #[error("client {client} is over the {limit} rate limit ({rate}); retry after {retry_after}s")]
     RateLimited { client: String, limit: &'static str, rate: String, retry_after: u64 },
+    /// The request body is larger than `max_request_body`.
+    #[error("request body larger than {0} bytes")]
+    PayloadTooLarge(u64),
+    /// More requests in flight than `max_inflight_requests`.
+    #[error("the gateway is at its in-flight request limit ({0}); retry shortly")]
+    Overloaded(usize),
     /// No valid upstream token could be had.
     #[error("credential {credential} has no valid upstream token: {reason}")]
     CredentialUnavailable { credential: String, reason: String },
@@ -63,6 +69,8 @@ impl GatewayError {
             GatewayError::AuthPathForbidden { .. } => (StatusCode::FORBIDDEN, "Forbidden"),
             GatewayError::ProjectForbidden { .. } => (StatusCode::FORBIDDEN, "ProjectForbidden"),
             GatewayError::RateLimited { .. } => (StatusCode::TOO_MANY_REQUESTS, "TooManyRequests"),
+            GatewayError::PayloadTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "RequestEntityTooLarge"),
+            GatewayError::Overloaded(_) => (StatusCode::SERVICE_UNAVAILABLE, "Overloaded"),
             GatewayError::CredentialUnavailable { .. } => (StatusCode::SERVICE_UNAVAILABLE, "CredentialUnavailable"),
             GatewayError::UpstreamUnavailable(_) => (StatusCode::BAD_GATEWAY, "UpstreamUnavailable"),
             GatewayError::UpstreamTimeout(_) => (StatusCode::GATEWAY_TIMEOUT, "UpstreamTimeout"),
@@ -81,6 +89,8 @@ impl GatewayError {
             | GatewayError::BadRequest(_)
             | GatewayError::MethodNotAllowed(_)
             | GatewayError::RateLimited { .. }
+            | GatewayError::PayloadTooLarge(_)
+            | GatewayError::Overloaded(_)
             | GatewayError::CredentialUnavailable { .. }
             | GatewayError::UpstreamUnavailable(_)
             | GatewayError::UpstreamTimeout(_)
@@ -98,6 +108,9 @@ impl GatewayError {
             }
             GatewayError::RateLimited { retry_after, .. } => {
                 resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(retry_after));
+            }
+            GatewayError::Overloaded(_) => {
+                resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
             }
             _ => {}
         }

@@ -30,6 +30,7 @@ pub mod path;
 pub mod pattern;
 pub mod policy;
 pub mod proxy;
+pub mod reload;
 pub mod routes;
 pub mod scope;
 pub mod server;

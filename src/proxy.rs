@@ -82,22 +82,93 @@ pub struct Gateway {
     metrics: Arc<Metrics>,
 }
 
-/// What the request path learned, for metrics, headers and the access log.
+/// What the request path learned, for metrics, headers and the access and audit logs.
 #[derive(Default)]
 struct Outcome {
     client: Option<Arc<str>>,
     route: Option<Arc<str>>,
     rate: Option<RateHeaders>,
+    project: Option<String>,
+    upstream_status: Option<u16>,
+    upstream_ms: f64,
+    wait_ms: f64,
 }
 
-/// Keeps the in-flight gauge right even when the client goes away mid-request (the future is
-/// dropped).
-struct InFlight<'a>(&'a Metrics);
+/// Keeps the in-flight gauge right even when the client goes away mid-request: it moves into
+/// the response body and drops with it.
+struct InFlight(Arc<Metrics>);
 
-impl Drop for InFlight<'_> {
+impl Drop for InFlight {
     fn drop(&mut self) {
         self.0.inflight.dec();
     }
+}
+
+/// The access-log fields known when the response head is ready; the event is written when its
+/// body ends, with the bytes sent.
+struct AccessRecord {
+    request_id: String,
+    client: Arc<str>,
+    route: Arc<str>,
+    method: Method,
+    path: String,
+    project: Option<String>,
+    status: u16,
+    upstream_status: Option<u16>,
+    bytes_in: Arc<body::BodyStats>,
+    started: Instant,
+    upstream_ms: f64,
+    wait_ms: f64,
+    traceparent: Option<String>,
+    tracestate: Option<String>,
+    audit_uid: Option<String>,
+}
+
+impl AccessRecord {
+    fn write(self, bytes_out: u64, complete: bool) {
+        let duration_ms = self.started.elapsed().as_secs_f64() * 1000.0;
+        let bytes_in = self.bytes_in.bytes();
+        tracing::info!(
+            target: "palette_gateway::access",
+            request_id = %self.request_id,
+            client = %self.client,
+            route = %self.route,
+            method = %self.method,
+            path = %self.path,
+            project = self.project.as_deref().unwrap_or(""),
+            status = self.status,
+            upstream_status = self.upstream_status.unwrap_or(0),
+            bytes_in,
+            bytes_out,
+            complete,
+            duration_ms,
+            upstream_ms = self.upstream_ms,
+            rate_limit_wait_ms = self.wait_ms,
+            traceparent = self.traceparent.as_deref().unwrap_or(""),
+            tracestate = self.tracestate.as_deref().unwrap_or(""),
+        );
+        if matches!(self.method, Method::POST | Method::PUT | Method::PATCH | Method::DELETE) {
+            let outcome = if (200..300).contains(&self.status) { "success" } else { "failure" };
+            tracing::info!(
+                target: "palette_gateway::audit",
+                request_id = %self.request_id,
+                client = %self.client,
+                method = %self.method,
+                path = %self.path,
+                project = self.project.as_deref().unwrap_or(""),
+                status = self.status,
+                outcome,
+                audit_uid = self.audit_uid.as_deref().unwrap_or(""),
+                traceparent = self.traceparent.as_deref().unwrap_or(""),
+            );
+        }
+    }
+}
+
+/// A header value fit for a log line: visible ASCII, bounded.
+fn loggable(headers: &http::HeaderMap, name: &str) -> Option<String> {
+    let v = headers.get(name)?.to_str().ok()?;
+    (v.len() <= 512 && v.bytes().all(|b| b.is_ascii_graphic() || b == b' ')).then(|| v.to_string())
 }
 
 impl Gateway {
@@ -110,16 +181,27 @@ impl Gateway {
     pub async fn handle(&self, req: Request<Body>) -> Response<Body> {
         let started = Instant::now();
         let metrics = &*self.metrics;
-        metrics.inflight.inc();
-        let _inflight = InFlight(metrics);
         // The snapshot is taken once: the request finishes on the config it started with.
         let rt = self.runtime.load_full();
         let request_id = request_id(req.headers());
         let rid = request_id.to_str().unwrap_or_default().to_string();
         let method = req.method().clone();
         let path_for_log = req.uri().path().to_string();
+        let traceparent = loggable(req.headers(), "traceparent");
+        let tracestate = loggable(req.headers(), "tracestate");
+        let max_inflight = rt.config.server.limits.max_inflight_requests;
+        // Over the in-flight limit: answer at once, before any work, so overload never snowballs.
+        let overloaded = usize::try_from(metrics.inflight.get()).unwrap_or(0) >= max_inflight;
+        metrics.inflight.inc();
+        let inflight = InFlight(self.metrics.clone());
+        let stats = Arc::new(body::BodyStats::default());
         let mut outcome = Outcome::default();
-        let mut resp = match process(&rt, metrics, req, &request_id, &rid, &mut outcome).await {
+        let result = if overloaded {
+            Err(GatewayError::Overloaded(max_inflight))
+        } else {
+            process(&rt, metrics, req, &request_id, &rid, &stats, &mut outcome).await
+        };
+        let mut resp = match result {
             Ok(r) => r,
             Err(e) => {
                 if let Some(reason) = e.auth_failure_reason() {
@@ -133,22 +215,38 @@ impl Gateway {
         if let Some(rate) = outcome.rate {
             rate.apply(resp.headers_mut());
         }
-        let client = outcome.client.as_deref().unwrap_or("none");
-        let route = outcome.route.as_deref().unwrap_or("none");
+        let client: Arc<str> = outcome.client.clone().unwrap_or_else(|| Arc::from("none"));
+        let route: Arc<str> = outcome.route.clone().unwrap_or_else(|| Arc::from("none"));
         let m = method_label(&method);
-        metrics.requests.with_label_values(&[client, route, m, resp.status().as_str()]).inc();
-        metrics.request_duration.with_label_values(&[client, route, m]).observe(started.elapsed().as_secs_f64());
-        tracing::info!(
-            target: "palette_gateway::access",
-            request_id = %rid,
+        metrics.requests.with_label_values(&[&client, &route, m, resp.status().as_str()]).inc();
+        metrics.request_duration.with_label_values(&[&client, &route, m]).observe(started.elapsed().as_secs_f64());
+        let record = AccessRecord {
+            request_id: rid,
             client,
             route,
-            method = %method,
-            path = %path_for_log,
-            status = resp.status().as_u16(),
-            duration_ms = started.elapsed().as_secs_f64() * 1000.0,
-        );
-        resp
+            method,
+            path: path_for_log,
+            project: outcome.project,
+            status: resp.status().as_u16(),
+            upstream_status: outcome.upstream_status,
+            bytes_in: stats,
+            started,
+            upstream_ms: outcome.upstream_ms,
+            wait_ms: outcome.wait_ms,
+            traceparent,
+            tracestate,
+            audit_uid: loggable(resp.headers(), "audituid"),
+        };
+        resp.map(move |b| {
+            body::Tracked::new(
+                b,
+                Box::new(move |bytes_out, complete| {
+                    drop(inflight);
+                    record.write(bytes_out, complete);
+                }),
+            )
+            .into_body()
+        })
     }
 }
 
@@ -186,9 +284,16 @@ async fn process(
     req: Request<Body>,
     request_id: &HeaderValue,
     rid: &str,
+    stats: &Arc<body::BodyStats>,
     outcome: &mut Outcome,
 ) -> Result<Response<Body>, GatewayError> {
     let (mut parts, body) = req.into_parts();
+    let max_body = rt.config.server.limits.max_request_body;
+    let declared = parts.headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > max_body) {
+        return Err(GatewayError::PayloadTooLarge(max_body));
+    }
+    let body = http_body_util::BodyExt::boxed_unsync(body::Capped::new(body, max_body, stats.clone()));
     if parts.method == Method::CONNECT {
         return Err(GatewayError::MethodNotAllowed("CONNECT".into()));
     }
@@ -226,6 +331,7 @@ async fn process(
     outcome.route = matched.route.map(|r| r.name.clone());
     policy::check(client, &parts.method, &matched.upstream_path)?;
     let scope = scope::apply(client, matched.route, &mut parts.headers, parts.uri.query())?;
+    outcome.project = scope.project.as_ref().and_then(|p| p.to_str().ok()).map(str::to_string);
     forward::request_headers(&mut parts.headers, conn.peer.ip(), conn.tls, request_id);
 
     let path_and_query = match &scope.query {
@@ -248,6 +354,7 @@ async fn process(
     let (head, ()) = head.into_parts();
 
     let exchange = Exchange {
+        stats,
         rt,
         metrics,
         head: &head,
@@ -256,11 +363,12 @@ async fn process(
         bucket: rt.budget.bucket_for(&matched.upstream_path),
         rid,
     };
-    exchange.run(credential, body).await
+    exchange.run(credential, body, outcome).await
 }
 
 /// One request's trip upstream, with its retries.
 struct Exchange<'a> {
+    stats: &'a body::BodyStats,
     rt: &'a Runtime,
     metrics: &'a Metrics,
     head: &'a http::request::Parts,
@@ -277,7 +385,12 @@ enum Attempt {
 }
 
 impl Exchange<'_> {
-    async fn run(&self, credential: &UpstreamCredential, body: Body) -> Result<Response<Body>, GatewayError> {
+    async fn run(
+        &self,
+        credential: &UpstreamCredential,
+        body: Body,
+        outcome: &mut Outcome,
+    ) -> Result<Response<Body>, GatewayError> {
         let unavailable = |m: &TokenManager, e: crate::credentials::TokenUnavailable| {
             GatewayError::CredentialUnavailable { credential: m.name().to_string(), reason: e.0 }
         };
@@ -298,7 +411,7 @@ impl Exchange<'_> {
             secrets.push(secret.clone());
         }
         loop {
-            self.take_budget(deadline).await?;
+            outcome.wait_ms += self.take_budget(deadline).await?;
             let body = match (first_body.take(), &replay) {
                 (Some(b), _) => b,
                 (None, Some(bytes)) => body::full(bytes.clone()),
@@ -312,7 +425,11 @@ impl Exchange<'_> {
                     build(self.head, header::AUTHORIZATION.as_str(), t.header.clone(), body)
                 }
             };
-            let resp = self.send(req).await?;
+            let sent = Instant::now();
+            let resp = self.send(req).await;
+            outcome.upstream_ms += sent.elapsed().as_secs_f64() * 1000.0;
+            let resp = resp?;
+            outcome.upstream_status = Some(resp.status().as_u16());
             match (resp.status(), &attempt, manager) {
                 (StatusCode::UNAUTHORIZED, Attempt::Token(t), Some(m)) => {
                     if replay.is_some() && !replayed_401 {
@@ -348,15 +465,15 @@ impl Exchange<'_> {
     }
 
     /// Waits for the prefix's budget, at most until `deadline`.
-    async fn take_budget(&self, deadline: tokio::time::Instant) -> Result<(), GatewayError> {
+    async fn take_budget(&self, deadline: tokio::time::Instant) -> Result<f64, GatewayError> {
         let Some(bucket) = self.bucket else {
-            return Ok(());
+            return Ok(0.0);
         };
         let left = deadline.saturating_duration_since(tokio::time::Instant::now());
         match bucket.acquire(self.client_idx, left).await {
             Ok(waited) => {
                 self.metrics.queue_wait.with_label_values(&[bucket.label()]).observe(waited.as_secs_f64());
-                Ok(())
+                Ok(waited.as_secs_f64() * 1000.0)
             }
             Err(busy) => {
                 self.metrics.rate_limited.with_label_values(&[self.client_name, "upstream"]).inc();
@@ -394,6 +511,10 @@ impl Exchange<'_> {
         self.metrics.upstream_duration.with_label_values(&[prefix, &code]).observe(started.elapsed().as_secs_f64());
         match result {
             Ok(resp) => Ok(resp.map(body::boxed)),
+            // The upstream call failed because the client's body went past the limit.
+            Err(_) if self.stats.tripped() => {
+                Err(GatewayError::PayloadTooLarge(self.rt.config.server.limits.max_request_body))
+            }
             Err(UpstreamFailure::Connect(e)) => Err(GatewayError::UpstreamUnavailable(e)),
             Err(UpstreamFailure::Timeout(d)) => {
                 Err(GatewayError::UpstreamTimeout(humantime::format_duration(d).to_string()))

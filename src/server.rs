@@ -1,48 +1,73 @@
-//! Listeners: accept TCP, terminate TLS (and verify client certificates for mTLS), serve HTTP/1.1
-//! and HTTP/2 on each connection, and drain connections on shutdown.
+//! Listeners: accept TCP (at most `max_connections` at once), terminate TLS (and verify client
+//! certificates for mTLS), serve HTTP/1.1 and HTTP/2 on each connection with header-size and
+//! header-time limits, close idle connections, and drain on shutdown.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
-use tower::{Service, ServiceExt};
+use tokio_util::task::TaskTracker;
 
 use crate::auth::PeerIdentity;
-use crate::body::{self, Body};
+use crate::body::{self, Body, Tracked};
+use crate::config::ServerLimits;
 use crate::proxy::ConnInfo;
 
 /// A client has this long to finish its TLS handshake.
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-/// Slow-loris guard: request headers must arrive within this time.
-const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// Serves `service` on `listener` until `shutdown` fires, then lets open connections finish
-/// their requests for up to `drain` before returning.
-pub async fn serve<S>(
+/// What a listener serves (the gateway, or the admin endpoints): a handler that never fails.
+/// A plain function type rather than a boxed tower service, whose future type (generic over the
+/// request body) trips a rustc higher-ranked lifetime bug inside `Send` async blocks.
+pub type HttpService = Arc<
+    dyn Fn(Request<Body>) -> std::pin::Pin<Box<dyn std::future::Future<Output = Response<Body>> + Send>> + Send + Sync,
+>;
+
+/// What a listener needs for each new connection; read at accept time, so a reload applies to
+/// new connections (a rotated certificate, new timeouts).
+#[derive(Clone)]
+pub struct ConnSettings {
+    /// Serve TLS with this config.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// Timeouts and sizes.
+    pub limits: ServerLimits,
+}
+
+/// Where a listener gets its current [`ConnSettings`].
+pub type SettingsSource = Arc<dyn Fn() -> ConnSettings + Send + Sync>;
+
+/// Serves `service` on `listener` until `shutdown` fires; then stops accepting, asks every
+/// connection to finish its in-flight requests (idle keep-alive connections close at once), and
+/// returns when they have, or after `drain`.
+pub async fn serve(
     listener: TcpListener,
-    tls: Option<Arc<rustls::ServerConfig>>,
-    service: S,
+    settings: SettingsSource,
+    service: HttpService,
     shutdown: CancellationToken,
     drain: Duration,
-) where
-    S: Service<Request<Body>, Response = Response<Body>, Error = Infallible> + Clone + Send + 'static,
-    S::Future: Send + 'static,
-{
-    let acceptor = tls.map(TlsAcceptor::from);
-    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder.http1().timer(TokioTimer::new()).header_read_timeout(HEADER_READ_TIMEOUT);
-    builder.http2().timer(TokioTimer::new());
-    let builder = Arc::new(builder);
+) {
+    let connections = Arc::new(Semaphore::new(settings().limits.max_connections));
+    let tracker = TaskTracker::new();
     loop {
+        // Past max_connections, new clients wait in the kernel's accept queue.
+        let permit = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            p = connections.clone().acquire_owned() => match p {
+                Ok(p) => p,
+                Err(_) => break,
+            },
+        };
         let (stream, peer) = tokio::select! {
             _ = shutdown.cancelled() => break,
             accepted = listener.accept() => match accepted {
@@ -57,37 +82,101 @@ pub async fn serve<S>(
         };
         let _ = stream.set_nodelay(true);
         let service = service.clone();
-        let builder = builder.clone();
-        let acceptor = acceptor.clone();
-        let watcher = graceful.watcher();
-        tokio::spawn(async move {
-            match acceptor {
+        let settings = settings();
+        let shutdown = shutdown.clone();
+        tracker.spawn(async move {
+            let _permit = permit;
+            match settings.tls.clone() {
                 None => {
                     let conn = ConnInfo { peer, tls: false, identity: Arc::default() };
-                    let svc = hyper_service(service, conn);
-                    let fut = builder.serve_connection(TokioIo::new(stream), svc);
-                    if let Err(e) = watcher.watch(fut.into_owned()).await {
-                        tracing::debug!(%peer, error = %e, "connection ended with an error");
-                    }
+                    drive(stream, conn, service, &settings.limits, shutdown).await;
                 }
-                Some(acceptor) => {
-                    let Some((tls, identity)) = handshake(&acceptor, stream, peer).await else {
+                Some(tls) => {
+                    let Some((stream, identity)) = handshake(&TlsAcceptor::from(tls), stream, peer).await else {
                         return;
                     };
                     let conn = ConnInfo { peer, tls: true, identity: Arc::new(identity) };
-                    let svc = hyper_service(service, conn);
-                    let fut = builder.serve_connection(TokioIo::new(tls), svc);
-                    if let Err(e) = watcher.watch(fut.into_owned()).await {
-                        tracing::debug!(%peer, error = %e, "connection ended with an error");
-                    }
+                    drive(stream, conn, service, &settings.limits, shutdown).await;
                 }
             }
         });
     }
     drop(listener);
-    tokio::select! {
-        _ = graceful.shutdown() => {}
-        _ = tokio::time::sleep(drain) => tracing::warn!("drain timeout reached; closing remaining connections"),
+    tracker.close();
+    if tokio::time::timeout(drain, tracker.wait()).await.is_err() {
+        tracing::warn!(open = tracker.len(), "drain timeout reached; closing remaining connections");
+    }
+}
+
+/// Serves one connection until it ends, the gateway drains, or it sits idle too long.
+async fn drive<I>(io: I, conn: ConnInfo, service: HttpService, limits: &ServerLimits, shutdown: CancellationToken)
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout)
+        .max_buf_size(limits.max_header_bytes);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
+        .keep_alive_interval(Some(limits.idle_timeout / 2))
+        .keep_alive_timeout(Duration::from_secs(20));
+    let activity = Arc::new(Activity::new());
+    let peer = conn.peer;
+    let svc = ConnService { inner: service, conn, activity: activity.clone() };
+    let connection = builder.serve_connection(TokioIo::new(io), svc);
+    tokio::pin!(connection);
+    let tick = (limits.idle_timeout / 4).max(Duration::from_millis(50));
+    let mut closing = false;
+    loop {
+        tokio::select! {
+            result = connection.as_mut() => {
+                if let Err(e) = result {
+                    tracing::debug!(%peer, error = %e, "connection ended with an error");
+                }
+                return;
+            }
+            _ = shutdown.cancelled(), if !closing => {
+                closing = true;
+                connection.as_mut().graceful_shutdown();
+            }
+            _ = tokio::time::sleep(tick), if !closing => {
+                if activity.idle_for() >= limits.idle_timeout {
+                    closing = true;
+                    connection.as_mut().graceful_shutdown();
+                }
+            }
+        }
+    }
+}
+
+/// Requests in flight on one connection and when the last one ended.
+struct Activity {
+    started: Instant,
+    inflight: AtomicUsize,
+    last_ms: AtomicU64,
+}
+
+impl Activity {
+    fn new() -> Self {
+        Activity { started: Instant::now(), inflight: AtomicUsize::new(0), last_ms: AtomicU64::new(0) }
+    }
+
+    fn touch(&self) {
+        let ms = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.last_ms.store(ms, Ordering::Relaxed);
+    }
+
+    /// How long the connection has had no request in flight (zero while one is).
+    fn idle_for(&self) -> Duration {
+        if self.inflight.load(Ordering::Relaxed) > 0 {
+            return Duration::ZERO;
+        }
+        self.started.elapsed().saturating_sub(Duration::from_millis(self.last_ms.load(Ordering::Relaxed)))
     }
 }
 
@@ -141,28 +230,60 @@ pub fn cert_names(der: &[u8]) -> Vec<String> {
     names
 }
 
-/// Adapts a tower service to hyper, tagging each request with its connection's [`ConnInfo`].
+/// Adapts a tower service to hyper: tags each request with its connection's [`ConnInfo`] and
+/// keeps the connection's activity (a request is in flight until its response body ends).
 #[derive(Clone)]
-struct ConnService<S> {
-    inner: S,
+struct ConnService {
+    inner: HttpService,
     conn: ConnInfo,
+    activity: Arc<Activity>,
 }
 
-impl<S> hyper::service::Service<Request<Incoming>> for ConnService<S>
-where
-    S: Service<Request<Body>, Response = Response<Body>, Error = Infallible> + Clone + Send + 'static,
-    S::Future: Send + 'static,
-{
+impl hyper::service::Service<Request<Incoming>> for ConnService {
     type Response = Response<Body>;
     type Error = Infallible;
-    type Future = tower::util::Oneshot<S, Request<Body>>;
+    type Future = std::pin::Pin<Box<dyn std::future::Future<Output = Result<Response<Body>, Infallible>> + Send>>;
 
     fn call(&self, mut req: Request<Incoming>) -> Self::Future {
         req.extensions_mut().insert(self.conn.clone());
-        self.inner.clone().oneshot(req.map(body::boxed))
+        let activity = self.activity.clone();
+        activity.inflight.fetch_add(1, Ordering::Relaxed);
+        activity.touch();
+        let call = (self.inner)(req.map(body::boxed));
+        Box::pin(async move {
+            // If the client goes away before the answer, this guard still ends the request.
+            let guard = EndGuard(Some(activity));
+            let resp = call.await;
+            Ok(resp.map(move |b| {
+                let mut guard = guard;
+                let activity = guard.0.take();
+                Tracked::new(
+                    b,
+                    Box::new(move |_, _| {
+                        if let Some(a) = activity {
+                            a.end();
+                        }
+                    }),
+                )
+                .into_body()
+            }))
+        })
     }
 }
 
-fn hyper_service<S>(inner: S, conn: ConnInfo) -> ConnService<S> {
-    ConnService { inner, conn }
+impl Activity {
+    fn end(&self) {
+        self.inflight.fetch_sub(1, Ordering::Relaxed);
+        self.touch();
+    }
+}
+
+struct EndGuard(Option<Arc<Activity>>);
+
+impl Drop for EndGuard {
+    fn drop(&mut self) {
+        if let Some(a) = self.0.take() {
+            a.end();
+        }
+    }
 }

@@ -101,6 +101,9 @@ pub struct Config {
     pub global_rate_limit: Option<Rate>,
     /// `[log]`.
     pub log: LogConfig,
+    /// Every file the config read (secrets, certificates): a reload re-reads them, and a change
+    /// to one triggers a reload.
+    pub files: Vec<PathBuf>,
     key_index: HashMap<[u8; 32], usize>,
     cert_index: HashMap<String, usize>,
 }
@@ -114,6 +117,11 @@ impl Config {
     /// The client identified by a certificate name (DNS SAN or CN).
     pub fn client_by_cert_name(&self, name: &str) -> Option<usize> {
         self.cert_index.get(name).copied()
+    }
+
+    /// The config file itself and every file it read.
+    pub fn watched_files(&self, config_path: &Path) -> Vec<PathBuf> {
+        std::iter::once(config_path.to_path_buf()).chain(self.files.iter().cloned()).collect()
     }
 
     /// A credential by name.

@@ -21,7 +21,7 @@ use crate::pattern::AllowRule;
 const DEFAULT_CREDENTIAL: &str = "default";
 
 /// Collects problems as validation walks the file.
-struct Problems(Vec<Problem>);
+struct Problems(Vec<Problem>, Vec<PathBuf>);
 
 impl Problems {
     fn add(&mut self, field: impl Into<String>, message: impl Into<String>) {
@@ -30,7 +30,7 @@ impl Problems {
 }
 
 pub(super) fn validate(raw: RawConfig, base: &Path, env: &dyn Environment) -> Result<Config, ConfigError> {
-    let mut p = Problems(Vec::new());
+    let mut p = Problems(Vec::new(), Vec::new());
     let server = server(&raw, base, env, &mut p);
     let upstream = upstream(&raw.upstream, base, env, &mut p);
     let credentials = credentials(&raw.credentials, base, env, &mut p);
@@ -114,6 +114,7 @@ pub(super) fn validate(raw: RawConfig, base: &Path, env: &dyn Environment) -> Re
                 anonymous_client,
                 global_rate_limit,
                 log,
+                files: p.1,
                 key_index,
                 cert_index,
             })
@@ -191,6 +192,7 @@ fn socket_addr(text: &str, field: &str, p: &mut Problems) -> Option<SocketAddr> 
 
 fn read_file(env: &dyn Environment, base: &Path, path: &Path, field: &str, p: &mut Problems) -> Option<String> {
     let full = resolve(base, path);
+    p.1.push(full.clone());
     match env.read_to_string(&full) {
         Ok(s) => Some(s),
         Err(e) => {

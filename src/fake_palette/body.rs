@@ -32,11 +32,7 @@ pub(super) struct Recorder {
 
 impl Recorder {
     pub(super) fn new(state: &Arc<State>, parts: &Parts) -> Self {
-        let path_and_query = parts
-            .uri
-            .path_and_query()
-            .map(|pq| pq.as_str().to_string())
-            .unwrap_or_default();
+        let path_and_query = parts.uri.path_and_query().map(|pq| pq.as_str().to_string()).unwrap_or_default();
         Self {
             state: Arc::clone(state),
             pending: Some(RecordedRequest {
@@ -91,10 +87,7 @@ pub(super) struct PatternBody {
 
 impl PatternBody {
     pub(super) fn new(len: u64, chunk: Bytes) -> Self {
-        Self {
-            remaining: len,
-            chunk,
-        }
+        Self { remaining: len, chunk }
     }
 }
 
@@ -102,17 +95,12 @@ impl Body for PatternBody {
     type Data = Bytes;
     type Error = Infallible;
 
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        _cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+    fn poll_frame(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
         let this = self.get_mut();
         if this.remaining == 0 {
             return Poll::Ready(None);
         }
-        let n = usize::try_from(this.remaining)
-            .unwrap_or(usize::MAX)
-            .min(this.chunk.len());
+        let n = usize::try_from(this.remaining).unwrap_or(usize::MAX).min(this.chunk.len());
         this.remaining -= n as u64;
         Poll::Ready(Some(Ok(Frame::data(this.chunk.slice(..n)))))
     }
@@ -135,10 +123,7 @@ pub(super) struct EchoBody {
 
 impl EchoBody {
     pub(super) fn new(inner: Incoming, recorder: Recorder) -> Self {
-        Self {
-            inner,
-            recorder: Some(recorder),
-        }
+        Self { inner, recorder: Some(recorder) }
     }
 
     fn finish(&mut self) {
@@ -152,10 +137,7 @@ impl Body for EchoBody {
     type Data = Bytes;
     type Error = hyper::Error;
 
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         let this = self.get_mut();
         let polled = Pin::new(&mut this.inner).poll_frame(cx);
         match &polled {

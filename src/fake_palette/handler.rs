@@ -1,6 +1,8 @@
-//! How the fake Palette answers one request: login, refresh, the credential check, the test
-//! hooks and the ordinary echo (the behaviour is listed in the parent module's docs).
+//! How the fake Palette answers one request: the rate limits, login, refresh, the credential
+//! check, the test hooks and the ordinary echo (the behaviour is listed in the parent module's
+//! docs).
 
+use std::net::IpAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
@@ -40,13 +42,17 @@ struct LoginRequest {
     org: Option<String>,
 }
 
-/// Records the request, then answers it.
-pub(super) async fn handle(state: Arc<State>, req: Request<Incoming>) -> FakeResponse {
+/// Counts the request against `peer`'s rate limits, records it, then answers it.
+pub(super) async fn handle(state: Arc<State>, peer: IpAddr, req: Request<Incoming>) -> FakeResponse {
     let (parts, mut body) = req.into_parts();
+    // Palette limits by source IP, before authentication and before reading the body.
+    let forcible = auth_call(&parts).is_none();
+    let throttled = state.limits().check(peer, parts.uri.path(), forcible, Instant::now());
     let mut recorder = Recorder::new(&state, &parts);
     // `echo-body` streams the body back as it arrives, so it is recorded when the body ends
     // (by the answer's body) instead of here. A refused one is drained and answered below.
-    if parts.uri.path() == ECHO_PATH
+    if throttled.is_ok()
+        && parts.uri.path() == ECHO_PATH
         && !body.is_end_stream()
         && authenticate(&state, &parts.headers).is_ok()
     {
@@ -55,27 +61,43 @@ pub(super) async fn handle(state: Arc<State>, req: Request<Incoming>) -> FakeRes
     let drained = recorder.drain(&mut body).await;
     let captured = recorder.record();
     drop(recorder);
+    if let Err(throttle) = throttled {
+        // No `Retry-After` (Palette documents none) and no session cookie.
+        return error(StatusCode::TOO_MANY_REQUESTS, &throttle.message());
+    }
     if let Err(err) = drained {
         tracing::debug!(%err, "fake Palette: request body failed");
-        return error(
-            StatusCode::BAD_REQUEST,
-            "the request body could not be read",
-        );
+        return error(StatusCode::BAD_REQUEST, "the request body could not be read");
     }
     route(&state, &parts, &captured).await
+}
+
+/// The two calls that need no credential.
+enum AuthCall<'a> {
+    /// `POST /v1/auth/authenticate`.
+    Login,
+    /// `GET /v1/auth/refresh/{token}`, with the token.
+    Refresh(&'a str),
+}
+
+/// Whether the request is a login or a refresh; every other request needs a credential.
+fn auth_call(parts: &Parts) -> Option<AuthCall<'_>> {
+    let path = parts.uri.path();
+    if path == LOGIN_PATH && parts.method == Method::POST {
+        return Some(AuthCall::Login);
+    }
+    let token = path.strip_prefix(REFRESH_PREFIX)?;
+    (parts.method == Method::GET && !token.is_empty() && !token.contains('/')).then_some(AuthCall::Refresh(token))
 }
 
 /// Picks the answer for a request whose body has been read.
 async fn route(state: &State, parts: &Parts, body: &[u8]) -> FakeResponse {
     let path = parts.uri.path();
     let set_cookie = !query_says_no_cookie(parts.uri.query());
-    if path == LOGIN_PATH && parts.method == Method::POST {
-        return login(state, body, set_cookie);
-    }
-    if let Some(token) = path.strip_prefix(REFRESH_PREFIX) {
-        if parts.method == Method::GET && !token.is_empty() && !token.contains('/') {
-            return refresh(state, token, set_cookie);
-        }
+    match auth_call(parts) {
+        Some(AuthCall::Login) => return login(state, body, set_cookie),
+        Some(AuthCall::Refresh(token)) => return refresh(state, token, set_cookie),
+        None => {}
     }
     let credential = match authenticate(state, &parts.headers) {
         Ok(credential) => credential,
@@ -90,10 +112,10 @@ async fn route(state: &State, parts: &Parts, body: &[u8]) -> FakeResponse {
 
 /// `setCookie=false` in the query (value compared ignoring ASCII case).
 fn query_says_no_cookie(query: Option<&str>) -> bool {
-    query.unwrap_or_default().split('&').any(|pair| {
-        pair.split_once('=')
-            .is_some_and(|(k, v)| k == "setCookie" && v.eq_ignore_ascii_case("false"))
-    })
+    query
+        .unwrap_or_default()
+        .split('&')
+        .any(|pair| pair.split_once('=').is_some_and(|(k, v)| k == "setCookie" && v.eq_ignore_ascii_case("false")))
 }
 
 /// `POST /v1/auth/authenticate`.
@@ -103,10 +125,7 @@ fn login(state: &State, body: &[u8], set_cookie: bool) -> FakeResponse {
         return auth_unavailable();
     }
     let Ok(req) = serde_json::from_slice::<LoginRequest>(body) else {
-        return error(
-            StatusCode::BAD_REQUEST,
-            "invalid login payload: expected {\"emailId\", \"password\", \"org\"?}",
-        );
+        return error(StatusCode::BAD_REQUEST, "invalid login payload: expected {\"emailId\", \"password\", \"org\"?}");
     };
     let user = state.users.iter().find(|u| {
         let org_ok = match &u.org {
@@ -118,12 +137,7 @@ fn login(state: &State, body: &[u8], set_cookie: bool) -> FakeResponse {
     let Some(user) = user else {
         return error(StatusCode::UNAUTHORIZED, "invalid email, password or org");
     };
-    let token = state.tokens().login(
-        Instant::now(),
-        &user.email,
-        state.token_lifetime,
-        state.token_exp_claim,
-    );
+    let token = state.tokens().login(Instant::now(), &user.email, state.token_lifetime, state.token_exp_claim);
     state.logins.fetch_add(1, Ordering::SeqCst);
     token_answer(token, set_cookie)
 }
@@ -133,12 +147,7 @@ fn refresh(state: &State, token: &str, set_cookie: bool) -> FakeResponse {
     if state.auth_down.load(Ordering::SeqCst) {
         return auth_unavailable();
     }
-    let refreshed = state.tokens().refresh(
-        Instant::now(),
-        token,
-        state.token_lifetime,
-        state.token_exp_claim,
-    );
+    let refreshed = state.tokens().refresh(Instant::now(), token, state.token_lifetime, state.token_exp_claim);
     match refreshed {
         Some(token) => {
             state.refreshes.fetch_add(1, Ordering::SeqCst);
@@ -149,19 +158,13 @@ fn refresh(state: &State, token: &str, set_cookie: bool) -> FakeResponse {
 }
 
 fn auth_unavailable() -> FakeResponse {
-    error(
-        StatusCode::SERVICE_UNAVAILABLE,
-        "the authentication service is unavailable",
-    )
+    error(StatusCode::SERVICE_UNAVAILABLE, "the authentication service is unavailable")
 }
 
 /// `200 {"Authorization": token, "isMfa": false}`, with the token cookie unless refused.
 fn token_answer(token: String, set_cookie: bool) -> FakeResponse {
     let cookie = format!("Authorization={token}; Path=/; HttpOnly");
-    let mut answer = json(
-        StatusCode::OK,
-        &serde_json::json!({"Authorization": token, "isMfa": false}),
-    );
+    let mut answer = json(StatusCode::OK, &serde_json::json!({"Authorization": token, "isMfa": false}));
     if set_cookie {
         // A token is base64url and dots, always a valid header value.
         if let Ok(cookie) = HeaderValue::from_str(&cookie) {
@@ -213,10 +216,7 @@ async fn hook(state: &State, parts: &Parts, hook_path: &str, credential: &str) -
                 let body = PatternBody::new(len, state.pattern.clone());
                 let mut answer = Response::new(body.map_err(|never| match never {}).boxed_unsync());
                 let headers = answer.headers_mut();
-                headers.insert(
-                    CONTENT_TYPE,
-                    HeaderValue::from_static("application/octet-stream"),
-                );
+                headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
                 headers.insert(CONTENT_LENGTH, HeaderValue::from(len));
                 answer
             }
@@ -267,19 +267,13 @@ fn echo(parts: &Parts, body: Incoming, recorder: Recorder) -> FakeResponse {
 /// Any other authenticated path: `POST` creates (201 + `AuditUid`), the rest echo.
 fn ordinary(parts: &Parts) -> FakeResponse {
     if parts.method == Method::POST {
-        let mut answer = json(
-            StatusCode::CREATED,
-            &serde_json::json!({"uid": random_hex(12)}),
-        );
+        let mut answer = json(StatusCode::CREATED, &serde_json::json!({"uid": random_hex(12)}));
         if let Ok(audit) = HeaderValue::from_str(&random_hex(12)) {
             answer.headers_mut().insert("audituid", audit);
         }
         return answer;
     }
-    let project = parts
-        .headers
-        .get("projectuid")
-        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
+    let project = parts.headers.get("projectuid").map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
     json(
         StatusCode::OK,
         &serde_json::json!({
@@ -292,9 +286,7 @@ fn ordinary(parts: &Parts) -> FakeResponse {
 }
 
 fn with_session_cookie(mut answer: FakeResponse) -> FakeResponse {
-    answer
-        .headers_mut()
-        .append(SET_COOKIE, HeaderValue::from_static("fake-session=abc"));
+    answer.headers_mut().append(SET_COOKIE, HeaderValue::from_static("fake-session=abc"));
     answer
 }
 
@@ -323,9 +315,7 @@ fn json(status: StatusCode, value: &serde_json::Value) -> FakeResponse {
     let body = Full::new(Bytes::from(value.to_string()));
     let mut answer = Response::new(body.map_err(|never| match never {}).boxed_unsync());
     *answer.status_mut() = status;
-    answer
-        .headers_mut()
-        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    answer.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
     answer
 }
 

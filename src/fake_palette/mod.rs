@@ -36,16 +36,42 @@
 //! is read and dropped), before it is answered. The one exception is `echo-body`, which is
 //! recorded when its request body ends, which is still before the client can see the whole
 //! answer.
+//!
+//! # Rate limits
+//!
+//! With [`FakePaletteConfig::rate_limits`] set, the fake enforces Palette's documented limits
+//! ("Rate limits" in `palette-api.md`), independently of the gateway's own table so that it
+//! can serve as the test oracle. Every request, login and refresh included, is counted when it
+//! arrives, before authentication and before its body is read (Palette limits by source IP), in
+//! one token bucket per source IP and parent resource prefix:
+//!
+//! | counting prefix | rate |
+//! | --- | --- |
+//! | `/v1/auth/user/password/reset` (and below) | 2/s |
+//! | `/v1/spectroclusters/{acquire,cost,usage}`, `/v1/spectroclusters/features/logFetcher`, `/v1/spectroclusters/{uid}/assets`, `/v1/spectroclusters/{uid}/download` (one bucket each, across uids) | 10/s |
+//! | `/v1/spectroclusters/{uid}/profiles` (one bucket across uids), `/v1/spectroclusters` (the rest of it), `/v1/cloudconfigs`, `/v1/clusterprofiles`, `/v1/events/components` | 50/s |
+//! | anything else: its first two segments (`/v1/packs`, `/v1/auth`, `/v1/events`, `/v1/__fake`...) | 10/s |
+//!
+//! Paths are matched segment by segment as received (no percent-decoding, empty segments
+//! skipped). A bucket holds `rate` × [`FakeRateLimits::burst_seconds`] tokens (Palette's
+//! "burst 5": 50 at 10/s), starts full and refills continuously at `rate` per second on
+//! [`tokio::time::Instant`] (a paused tokio clock holds it still). A request that finds less
+//! than one whole token takes none and is answered `429` with a Palette error body
+//! (`TooManyRequests`), no `Retry-After` (Palette documents none) and no session cookie; it is
+//! still recorded. [`FakePalette::force_429`] makes the next requests that need a credential
+//! (all but login and refresh) answer the same 429, before authentication, with or without rate
+//! limits. [`FakePalette::throttled`] and [`FakePalette::throttled_by_prefix`] count both kinds.
 
 mod body;
 mod handler;
+mod limits;
 mod tokens;
 
 #[cfg(test)]
 mod tests;
 
 use std::fmt;
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
@@ -59,6 +85,7 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use self::limits::Limiter;
 use self::tokens::TokenStore;
 
 /// How the fake Palette behaves: who may log in, which keys work, how long tokens live.
@@ -77,6 +104,9 @@ pub struct FakePaletteConfig {
     /// Serve HTTPS with this config instead of plain HTTP. The caller builds it (certificate,
     /// ALPN `h2` + `http/1.1`). Default: none (plain HTTP, HTTP/1.1 and h2c).
     pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// Enforce Palette's per-source-IP rate limits (see the module docs). Default: `None`, no
+    /// rate limiting ([`FakePalette::force_429`] works either way).
+    pub rate_limits: Option<FakeRateLimits>,
 }
 
 impl Default for FakePaletteConfig {
@@ -87,7 +117,23 @@ impl Default for FakePaletteConfig {
             token_lifetime: Duration::from_secs(15 * 60),
             token_exp_claim: true,
             tls: None,
+            rate_limits: None,
         }
+    }
+}
+
+/// How strictly the fake enforces Palette's rate limits.
+#[derive(Clone, Debug)]
+pub struct FakeRateLimits {
+    /// Bucket capacity in seconds of rate: Palette documents "burst 5" (5 seconds' worth: 50
+    /// requests at 10/s). Tests may use a stricter 1.0. Should be positive; a capacity below one
+    /// request (rate × this < 1) refuses every request of that prefix.
+    pub burst_seconds: f64,
+}
+
+impl Default for FakeRateLimits {
+    fn default() -> Self {
+        Self { burst_seconds: 5.0 }
     }
 }
 
@@ -157,6 +203,8 @@ struct State {
     auth_down: AtomicBool,
     requests: Mutex<Vec<RecordedRequest>>,
     tokens: Mutex<TokenStore>,
+    /// Rate limit buckets, forced 429s and the throttled counts.
+    limits: Mutex<Limiter>,
     /// One 64 KiB chunk of the `bytes` hook's pattern, shared by every answer.
     pattern: Bytes,
     /// Cancelled on shutdown; slow answers stop waiting.
@@ -172,6 +220,10 @@ impl State {
     fn tokens(&self) -> MutexGuard<'_, TokenStore> {
         self.tokens.lock().unwrap_or_else(PoisonError::into_inner)
     }
+
+    fn limits(&self) -> MutexGuard<'_, Limiter> {
+        self.limits.lock().unwrap_or_else(PoisonError::into_inner)
+    }
 }
 
 impl FakePalette {
@@ -181,10 +233,7 @@ impl FakePalette {
     }
 
     /// Starts the fake on `addr` (port 0 picks a free port).
-    pub async fn start_on(
-        cfg: FakePaletteConfig,
-        addr: SocketAddr,
-    ) -> std::io::Result<FakePalette> {
+    pub async fn start_on(cfg: FakePaletteConfig, addr: SocketAddr) -> std::io::Result<FakePalette> {
         let listener = TcpListener::bind(addr).await?;
         let addr = listener.local_addr()?;
         let cancel = CancellationToken::new();
@@ -199,27 +248,16 @@ impl FakePalette {
             auth_down: AtomicBool::new(false),
             requests: Mutex::new(Vec::new()),
             tokens: Mutex::new(TokenStore::default()),
+            limits: Mutex::new(Limiter::new(cfg.rate_limits.map(|r| r.burst_seconds))),
             pattern: body::pattern_chunk(),
             cancel: cancel.clone(),
         });
         let tls = cfg.tls.map(TlsAcceptor::from);
         let connections = TaskTracker::new();
-        let accept = tokio::spawn(accept_loop(
-            listener,
-            tls.clone(),
-            Arc::clone(&state),
-            cancel.clone(),
-            connections.clone(),
-        ));
+        let accept =
+            tokio::spawn(accept_loop(listener, tls.clone(), Arc::clone(&state), cancel.clone(), connections.clone()));
         tracing::debug!(%addr, tls = tls.is_some(), "fake Palette listening");
-        Ok(FakePalette {
-            addr,
-            tls: tls.is_some(),
-            state,
-            cancel,
-            connections,
-            accept: Some(accept),
-        })
+        Ok(FakePalette { addr, tls: tls.is_some(), state, cancel, connections, accept: Some(accept) })
     }
 
     /// The address the fake listens on.
@@ -282,6 +320,26 @@ impl FakePalette {
         self.state.tokens().issued()
     }
 
+    /// 429s answered so far, because of the rate limits or [`FakePalette::force_429`].
+    pub fn throttled(&self) -> u64 {
+        self.state.limits().throttled()
+    }
+
+    /// [`FakePalette::throttled`] per counting prefix (`/v1/packs`,
+    /// `/v1/spectroclusters/{uid}/assets`...), sorted by prefix; prefixes never throttled are
+    /// left out.
+    pub fn throttled_by_prefix(&self) -> Vec<(String, u64)> {
+        self.state.limits().throttled_by_prefix()
+    }
+
+    /// The next `n` requests that need a credential (everything but login and refresh) answer
+    /// 429 `TooManyRequests` with no `Retry-After`, whatever their credential, as if Palette's
+    /// rate limiter refused them. Replaces any count still pending (`0` cancels). A request the
+    /// rate limits already refuse does not use one up.
+    pub fn force_429(&self, n: u64) {
+        self.state.limits().force(n);
+    }
+
     /// Stops the server: when this returns the listener is closed and every connection task
     /// has ended. (Dropping the handle stops it too, without waiting.)
     pub async fn shutdown(mut self) {
@@ -306,9 +364,7 @@ impl Drop for FakePalette {
 
 impl fmt::Debug for FakePalette {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("FakePalette")
-            .field("url", &self.url())
-            .finish_non_exhaustive()
+        f.debug_struct("FakePalette").field("url", &self.url()).finish_non_exhaustive()
     }
 }
 
@@ -327,13 +383,7 @@ async fn accept_loop(
         };
         match accepted {
             Ok((stream, peer)) => {
-                connections.spawn(serve_connection(
-                    stream,
-                    peer,
-                    tls.clone(),
-                    Arc::clone(&state),
-                    cancel.clone(),
-                ));
+                connections.spawn(serve_connection(stream, peer, tls.clone(), Arc::clone(&state), cancel.clone()));
             }
             Err(err) => {
                 // Usually out of file descriptors: back off instead of spinning.
@@ -357,10 +407,10 @@ async fn serve_connection(
     let served = async {
         match tls {
             Some(acceptor) => match acceptor.accept(stream).await {
-                Ok(stream) => serve_io(TokioIo::new(stream), state).await,
+                Ok(stream) => serve_io(TokioIo::new(stream), peer.ip(), state).await,
                 Err(err) => tracing::debug!(%peer, %err, "fake Palette: TLS handshake failed"),
             },
-            None => serve_io(TokioIo::new(stream), state).await,
+            None => serve_io(TokioIo::new(stream), peer.ip(), state).await,
         }
     };
     tokio::select! {
@@ -369,14 +419,14 @@ async fn serve_connection(
     }
 }
 
-/// Runs hyper's HTTP/1.1 + HTTP/2 server on one connection.
-async fn serve_io<I>(io: I, state: Arc<State>)
+/// Runs hyper's HTTP/1.1 + HTTP/2 server on one connection from `peer`.
+async fn serve_io<I>(io: I, peer: IpAddr, state: Arc<State>)
 where
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {
     let service = hyper::service::service_fn(move |req| {
         let state = Arc::clone(&state);
-        async move { Ok::<_, std::convert::Infallible>(handler::handle(state, req).await) }
+        async move { Ok::<_, std::convert::Infallible>(handler::handle(state, peer, req).await) }
     });
     let builder = auto::Builder::new(TokioExecutor::new());
     if let Err(err) = builder.serve_connection(io, service).await {

@@ -30,31 +30,13 @@ pub(super) struct TokenStore {
 
 impl TokenStore {
     /// Issues a token for `email` in a new session, valid from `now` for `lifetime`.
-    pub(super) fn login(
-        &mut self,
-        now: Instant,
-        email: &str,
-        lifetime: Duration,
-        exp_claim: bool,
-    ) -> String {
+    pub(super) fn login(&mut self, now: Instant, email: &str, lifetime: Duration, exp_claim: bool) -> String {
         self.next_session += 1;
-        self.issue(
-            now,
-            self.next_session,
-            email.to_string(),
-            lifetime,
-            exp_claim,
-        )
+        self.issue(now, self.next_session, email.to_string(), lifetime, exp_claim)
     }
 
     /// Issues a new token in the session of `token` when `token` is valid at `now`.
-    pub(super) fn refresh(
-        &mut self,
-        now: Instant,
-        token: &str,
-        lifetime: Duration,
-        exp_claim: bool,
-    ) -> Option<String> {
+    pub(super) fn refresh(&mut self, now: Instant, token: &str, lifetime: Duration, exp_claim: bool) -> Option<String> {
         let old = self.tokens.get(token).filter(|t| t.valid_at(now))?;
         let (session, email) = (old.session, old.email.clone());
         Some(self.issue(now, session, email, lifetime, exp_claim))
@@ -77,14 +59,7 @@ impl TokenStore {
         self.order.clone()
     }
 
-    fn issue(
-        &mut self,
-        now: Instant,
-        session: u64,
-        email: String,
-        lifetime: Duration,
-        exp_claim: bool,
-    ) -> String {
+    fn issue(&mut self, now: Instant, session: u64, email: String, lifetime: Duration, exp_claim: bool) -> String {
         let expires = now + lifetime;
         loop {
             let token = mint(&email, lifetime, exp_claim);
@@ -94,15 +69,7 @@ impl TokenStore {
                 continue;
             }
             self.order.push(token.clone());
-            self.tokens.insert(
-                token.clone(),
-                Issued {
-                    session,
-                    email,
-                    expires,
-                    revoked: false,
-                },
-            );
+            self.tokens.insert(token.clone(), Issued { session, email, expires, revoked: false });
             return token;
         }
     }
@@ -117,9 +84,7 @@ impl Issued {
 /// Builds `base64url(header).base64url(payload).base64url(signature)`, unpadded. `exp` is the
 /// end of validity rounded down, so a client trusting it never holds an expired token.
 fn mint(email: &str, lifetime: Duration, exp_claim: bool) -> String {
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default();
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
     let mut rng = rand::thread_rng();
     let mut payload = serde_json::json!({
         "sub": email,
@@ -152,8 +117,7 @@ mod tests {
     fn payload(token: &str) -> serde_json::Value {
         let parts: Vec<&str> = token.split('.').collect();
         assert_eq!(parts.len(), 3, "{token}");
-        let header: serde_json::Value =
-            serde_json::from_slice(&URL_SAFE_NO_PAD.decode(parts[0]).unwrap()).unwrap();
+        let header: serde_json::Value = serde_json::from_slice(&URL_SAFE_NO_PAD.decode(parts[0]).unwrap()).unwrap();
         assert_eq!(header, serde_json::json!({"alg": "HS256", "typ": "JWT"}));
         assert_eq!(URL_SAFE_NO_PAD.decode(parts[2]).unwrap().len(), 32);
         serde_json::from_slice(&URL_SAFE_NO_PAD.decode(parts[1]).unwrap()).unwrap()

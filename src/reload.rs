@@ -1,0 +1,120 @@
+//! Reload triggers: SIGHUP, and changes to the config file or the secret/TLS files it names.
+//! Directories are watched (not the files), so a Kubernetes ConfigMap or Secret update, which
+//! swaps a `..data` symlink, is seen; a change is acted on only when a watched file's content
+//! actually changed.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use notify::{RecursiveMode, Watcher};
+use sha2::{Digest, Sha256};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::app::RunningGateway;
+use crate::config::Environment;
+
+/// Editors and Kubernetes write in several steps; act once things settle.
+const DEBOUNCE: Duration = Duration::from_millis(250);
+
+/// Starts the reload task; it ends when `stop` fires.
+pub fn spawn(
+    gateway: Arc<RunningGateway>,
+    path: PathBuf,
+    env: Arc<dyn Environment>,
+    watched: Vec<PathBuf>,
+    stop: CancellationToken,
+) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        let (tx, mut rx) = mpsc::unbounded_channel::<()>();
+        let watcher = watch(&watched, tx);
+        let mut fingerprint = fingerprint(&watched);
+        let mut hup = hangup();
+        loop {
+            let by_signal = tokio::select! {
+                _ = stop.cancelled() => break,
+                _ = next_hup(&mut hup) => true,
+                Some(()) = rx.recv() => false,
+            };
+            if !by_signal {
+                tokio::time::sleep(DEBOUNCE).await;
+                while rx.try_recv().is_ok() {}
+                let now = fingerprint_of(&watched);
+                if now == fingerprint {
+                    continue;
+                }
+                fingerprint = now;
+            } else {
+                tracing::info!("SIGHUP: reloading the config");
+                fingerprint = fingerprint_of(&watched);
+            }
+            let _ = gateway.reload(&path, &*env);
+        }
+        drop(watcher);
+    })
+}
+
+fn watch(files: &[PathBuf], tx: mpsc::UnboundedSender<()>) -> Option<notify::RecommendedWatcher> {
+    let mut watcher = match notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+        if event.is_ok() {
+            let _ = tx.send(());
+        }
+    }) {
+        Ok(w) => w,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot watch the config for changes; SIGHUP still reloads");
+            return None;
+        }
+    };
+    let dirs: BTreeSet<&Path> = files.iter().filter_map(|f| f.parent()).collect();
+    for dir in dirs {
+        let dir = if dir.as_os_str().is_empty() { Path::new(".") } else { dir };
+        if let Err(e) = watcher.watch(dir, RecursiveMode::NonRecursive) {
+            tracing::warn!(dir = %dir.display(), error = %e, "cannot watch directory");
+        }
+    }
+    Some(watcher)
+}
+
+fn fingerprint(files: &[PathBuf]) -> Vec<u8> {
+    fingerprint_of(files)
+}
+
+/// A hash of every watched file's content (missing files hash as empty).
+fn fingerprint_of(files: &[PathBuf]) -> Vec<u8> {
+    let mut h = Sha256::new();
+    for f in files {
+        h.update(f.as_os_str().as_encoded_bytes());
+        h.update(std::fs::read(f).unwrap_or_default());
+    }
+    h.finalize().to_vec()
+}
+
+#[cfg(unix)]
+type Hangup = Option<tokio::signal::unix::Signal>;
+#[cfg(not(unix))]
+type Hangup = ();
+
+#[cfg(unix)]
+fn hangup() -> Hangup {
+    tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok()
+}
+#[cfg(not(unix))]
+fn hangup() -> Hangup {}
+
+#[cfg(unix)]
+async fn next_hup(h: &mut Hangup) {
+    match h {
+        Some(s) => {
+            s.recv().await;
+        }
+        None => std::future::pending().await,
+    }
+}
+#[cfg(not(unix))]
+async fn next_hup(_: &mut Hangup) {
+    std::future::pending().await
+}
