@@ -21,6 +21,9 @@ pub struct Cli {
     /// Run fully offline: a fake Palette on loopback plus the demo config (ignores --config).
     #[arg(long)]
     pub demo: bool,
+    /// Worker threads for request handling (default: one per CPU).
+    #[arg(long, env = "PALETTE_GATEWAY_WORKER_THREADS", value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
+    pub worker_threads: Option<u16>,
     #[command(subcommand)]
     pub command: Option<Command>,
 }
@@ -83,7 +86,11 @@ pub fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> ExitCode {
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if let Some(n) = cli.worker_threads {
+        builder.worker_threads(usize::from(n));
+    }
+    let runtime = match builder.enable_all().build() {
         Ok(r) => r,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");

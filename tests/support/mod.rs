@@ -243,12 +243,41 @@ pub fn raw_get(path: &str, headers: &[(&str, &str)]) -> Vec<u8> {
     req.into_bytes()
 }
 
-/// Logs from the gateway under test go to the test's captured output.
+/// Where every test binary writes its logs (JSON lines, debug level): CI scans them all for
+/// secrets after the suite (scripts/scan-test-logs.sh).
+pub const TEST_LOG_DIR: &str = concat!(env!("CARGO_TARGET_TMPDIR"), "/test-logs");
+
+/// Sends the gateway's logs (debug level unless RUST_LOG says otherwise) to this test binary's
+/// log file under [`TEST_LOG_DIR`].
 pub fn init_logs() {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()))
-        .with_test_writer()
-        .try_init();
+    static INIT: std::sync::Once = std::sync::Once::new();
+    INIT.call_once(|| {
+        let _ = std::fs::create_dir_all(TEST_LOG_DIR);
+        let exe = std::env::current_exe().ok().and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()));
+        let file = format!("{TEST_LOG_DIR}/{}-{}.log", exe.unwrap_or_else(|| "test".into()), std::process::id());
+        let Ok(f) = std::fs::File::create(file) else { return };
+        let _ = tracing_subscriber::fmt()
+            .json()
+            .flatten_event(true)
+            .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "debug".into()))
+            .with_writer(std::sync::Mutex::new(f))
+            .try_init();
+    });
+}
+
+impl Drop for Harness {
+    fn drop(&mut self) {
+        // The fake's tokens are secrets too: record them for the log scan.
+        let tokens = self.fake.issued_tokens();
+        if !tokens.is_empty() {
+            use std::io::Write;
+            if let Ok(mut f) =
+                std::fs::OpenOptions::new().create(true).append(true).open(format!("{TEST_LOG_DIR}/tokens.txt"))
+            {
+                let _ = writeln!(f, "{}", tokens.join("\n"));
+            }
+        }
+    }
 }
 
 /// One sample of a Prometheus text exposition.
