@@ -61,6 +61,7 @@ pub struct RawUpstreamLimits {
     #[serde(default, with = "humantime_serde")]
     pub max_wait: Option<Duration>,
     pub max_queue: Option<usize>,
+    pub replicas: Option<u32>,
     #[serde(default)]
     pub prefix: Vec<RawPrefixLimit>,
 }

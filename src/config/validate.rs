@@ -377,6 +377,17 @@ fn upstream_limits(u: &RawUpstream, p: &mut Problems) -> Option<UpstreamLimits> 
     if max_queue == 0 {
         p.add("upstream.limits.max_queue", "must be at least 1");
     }
+    // Replicas behind one egress IP share Palette's per-IP budget: each takes its share.
+    match l.replicas.unwrap_or(1) {
+        0 => p.add("upstream.limits.replicas", "must be at least 1"),
+        1 => {}
+        n => {
+            for r in &mut rules {
+                r.rate.per_second /= f64::from(n);
+                r.rate.burst = r.rate.burst.div_ceil(n).max(1);
+            }
+        }
+    }
     (p.0.len() == before).then_some(UpstreamLimits { rules, max_wait, max_queue })
 }
 
@@ -853,6 +864,23 @@ mod tests {
         ] {
             assert!(p.iter().any(|l| l.starts_with(want)), "{want}: {p:?}");
         }
+    }
+
+    #[test]
+    fn replicas_share_the_upstream_budget() {
+        let text = base().replace(
+            "url = \"http://127.0.0.1:1\"\n",
+            "url = \"http://127.0.0.1:1\"\n[upstream.limits]\nreplicas = 4\n",
+        );
+        let cfg = load_str(&text, Path::new("."), &env()).unwrap();
+        let packs = cfg.upstream.limits.rules.iter().find(|r| r.prefix == "/v1/packs").unwrap();
+        assert_eq!(packs.rate.per_second, 2.5);
+        assert_eq!(packs.rate.burst, 2);
+        let p = problems(&base().replace(
+            "url = \"http://127.0.0.1:1\"\n",
+            "url = \"http://127.0.0.1:1\"\n[upstream.limits]\nreplicas = 0\n",
+        ));
+        assert_eq!(p, vec!["upstream.limits.replicas: must be at least 1".to_string()]);
     }
 
     #[test]
