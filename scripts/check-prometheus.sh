@@ -19,7 +19,12 @@ if ! command -v promtool >/dev/null || ! command -v prometheus >/dev/null; then
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus curl >/dev/null
 fi
 
-# The demo listens on 127.0.0.1:8080 (proxy) and 127.0.0.1:9090 (admin).
+# The demo listens on 127.0.0.1:8080 (proxy) and 127.0.0.1:9090 (admin). Installing Debian's
+# prometheus package on a machine with systemd starts a server on :9090: stop it first.
+if curl -fsS -o /dev/null http://127.0.0.1:9090/-/ready 2>/dev/null; then
+    systemctl stop prometheus 2>/dev/null || service prometheus stop 2>/dev/null || pkill -x prometheus || true
+    sleep 1
+fi
 "$bin" --demo >"$work/gateway.log" 2>&1 &
 pids+=($!)
 for _ in $(seq 1 100); do

@@ -86,7 +86,6 @@ impl RunningGateway {
         let draining = Arc::new(AtomicBool::new(false));
         let listeners = CancellationToken::new();
         let admin_listener = CancellationToken::new();
-        let drain = runtime.load().config.server.limits.drain_timeout;
 
         let rt = runtime.clone();
         let proxy_settings: SettingsSource = Arc::new(move || {
@@ -94,11 +93,17 @@ impl RunningGateway {
             ConnSettings {
                 tls: rt.config.server.tls.as_ref().map(|t| t.config.clone()),
                 limits: rt.config.server.limits.clone(),
+                drain: rt.config.server.limits.drain_timeout,
             }
         });
         let rt = runtime.clone();
         let admin_settings: SettingsSource =
-            Arc::new(move || ConnSettings { tls: None, limits: rt.load().config.server.limits.clone() });
+            // The admin listener drains quickly: probes and scrapes are short.
+            Arc::new(move || ConnSettings {
+                tls: None,
+                limits: rt.load().config.server.limits.clone(),
+                drain: Duration::from_secs(1),
+            });
         let servers = vec![tokio::spawn(crate::server::serve(
             proxy,
             proxy_settings,
@@ -110,7 +115,6 @@ impl RunningGateway {
                 })
             },
             listeners.clone(),
-            drain,
         ))];
         let admin_server = Some(tokio::spawn(crate::server::serve(
             admin,
@@ -123,7 +127,6 @@ impl RunningGateway {
                 })
             },
             admin_listener.clone(),
-            Duration::from_secs(1),
         )));
         let gateway = RunningGateway {
             proxy_addr,

@@ -42,6 +42,9 @@ pub struct ConnSettings {
     pub tls: Option<Arc<rustls::ServerConfig>>,
     /// Timeouts and sizes.
     pub limits: ServerLimits,
+    /// How long connections may take to finish once the listener stops (read at that moment,
+    /// so a reloaded `drain_timeout` applies).
+    pub drain: Duration,
 }
 
 /// Where a listener gets its current [`ConnSettings`].
@@ -50,13 +53,7 @@ pub type SettingsSource = Arc<dyn Fn() -> ConnSettings + Send + Sync>;
 /// Serves `service` on `listener` until `shutdown` fires; then stops accepting, asks every
 /// connection to finish its in-flight requests (idle keep-alive connections close at once), and
 /// returns when they have, or after `drain`.
-pub async fn serve(
-    listener: TcpListener,
-    settings: SettingsSource,
-    service: HttpService,
-    shutdown: CancellationToken,
-    drain: Duration,
-) {
+pub async fn serve(listener: TcpListener, settings: SettingsSource, service: HttpService, shutdown: CancellationToken) {
     let connections = Arc::new(Semaphore::new(settings().limits.max_connections));
     let tracker = TaskTracker::new();
     loop {
@@ -102,6 +99,7 @@ pub async fn serve(
         });
     }
     drop(listener);
+    let drain = settings().drain;
     tracker.close();
     if tokio::time::timeout(drain, tracker.wait()).await.is_err() {
         tracing::warn!(open = tracker.len(), "drain timeout reached; closing remaining connections");

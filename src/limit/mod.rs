@@ -145,13 +145,20 @@ impl ClientLimits {
             None => None,
         };
         if let Some(global) = &self.global {
-            if let Err(not_until) = global.limiter.check() {
-                return Err(Refusal {
-                    kind: LimitKind::Global,
-                    rate: global.rate,
-                    retry_after: not_until.wait_time_from(clock.now()),
-                    headers,
-                });
+            match global.limiter.check() {
+                // A client without a limit of its own sees where the global one stands.
+                Ok(snapshot) if headers.is_none() => {
+                    return Ok(Some(headers_for(global.rate, snapshot.remaining_burst_capacity())))
+                }
+                Ok(_) => {}
+                Err(not_until) => {
+                    return Err(Refusal {
+                        kind: LimitKind::Global,
+                        rate: global.rate,
+                        retry_after: not_until.wait_time_from(clock.now()),
+                        headers: headers.or(Some(headers_for(global.rate, 0))),
+                    });
+                }
             }
         }
         Ok(headers)
@@ -207,7 +214,7 @@ mod tests {
     #[test]
     fn global_limit_spans_clients() {
         let (_, l) = limits("[rate_limit]\nglobal = { per_second = 1, burst = 2 }");
-        assert!(l.check(0).is_ok());
+        assert_eq!(l.check(0).unwrap(), Some(RateHeaders { limit: 2, remaining: 1, reset: 1 }), "global headers");
         assert!(l.check(1).is_ok());
         assert_eq!(l.check(0).unwrap_err().kind, LimitKind::Global);
     }

@@ -148,7 +148,11 @@ impl UpstreamBudget {
     pub fn build(limits: &UpstreamLimits, previous: Option<&UpstreamBudget>) -> Self {
         let reuse = |prefix: &str, rate: Rate| -> Arc<Bucket> {
             previous
-                .and_then(|p| p.buckets().find(|b| &*b.label == prefix && b.base_rate == rate).cloned())
+                .and_then(|p| {
+                    p.buckets()
+                        .find(|b| &*b.label == prefix && b.base_rate == rate && b.max_queue == limits.max_queue)
+                        .cloned()
+                })
                 .unwrap_or_else(|| Arc::new(Bucket::new(prefix, rate, limits.max_queue)))
         };
         let mut rules = Vec::new();
