@@ -304,20 +304,23 @@ async fn bind(addr: SocketAddr, what: &'static str) -> Result<TcpListener, Start
 /// Runs the gateway from a config file until SIGTERM/SIGINT: reloads on SIGHUP and when the
 /// file (or a secret file it names) changes; a second stop signal exits at once.
 pub async fn run(path: PathBuf, cfg: Config, env: Arc<dyn Environment>) -> anyhow::Result<()> {
+    // Signal handlers first: a SIGTERM that arrives as soon as the listener answers must drain,
+    // not kill the process.
+    let mut signals = StopSignals::new();
     let watched = cfg.watched_files(&path);
     let gateway = Arc::new(RunningGateway::start(cfg).await?);
     let stop_watch = CancellationToken::new();
     let watcher = crate::reload::spawn(gateway.clone(), path, env, watched, stop_watch.clone());
-    wait_for_signal().await;
-    stop_watch.cancel();
-    let _ = watcher.await;
+    signals.recv().await;
     let hurry = CancellationToken::new();
     let second = hurry.clone();
     tokio::spawn(async move {
-        wait_for_signal().await;
+        signals.recv().await;
         tracing::warn!("second stop signal: exiting now");
         second.cancel();
     });
+    stop_watch.cancel();
+    let _ = watcher.await;
     let gateway = match Arc::try_unwrap(gateway) {
         Ok(g) => g,
         Err(_) => anyhow::bail!("internal: the gateway is still shared at shutdown"),
@@ -330,25 +333,65 @@ pub async fn run(path: PathBuf, cfg: Config, env: Arc<dyn Environment>) -> anyho
     Ok(())
 }
 
-/// Resolves on SIGTERM or SIGINT.
-pub async fn wait_for_signal() {
+/// SIGTERM and SIGINT, registered once so that no signal is lost between two waits.
+pub struct StopSignals {
     #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = term.recv() => {}
-                    _ = tokio::signal::ctrl_c() => {}
+    term: Option<tokio::signal::unix::Signal>,
+    #[cfg(unix)]
+    int: Option<tokio::signal::unix::Signal>,
+}
+
+impl StopSignals {
+    /// Registers the handlers (from now on the signals no longer kill the process).
+    pub fn new() -> Self {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{signal, SignalKind};
+            StopSignals { term: signal(SignalKind::terminate()).ok(), int: signal(SignalKind::interrupt()).ok() }
+        }
+        #[cfg(not(unix))]
+        StopSignals {}
+    }
+
+    /// Resolves on the next SIGTERM or SIGINT (including one that arrived since the last call).
+    pub async fn recv(&mut self) {
+        #[cfg(unix)]
+        {
+            let term = async {
+                match &mut self.term {
+                    Some(s) => {
+                        s.recv().await;
+                    }
+                    None => std::future::pending().await,
                 }
-            }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
+            };
+            let int = async {
+                match &mut self.int {
+                    Some(s) => {
+                        s.recv().await;
+                    }
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                _ = term => {}
+                _ = int => {}
             }
         }
+        #[cfg(not(unix))]
+        {
+            let _ = tokio::signal::ctrl_c().await;
+        }
     }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
+}
+
+impl Default for StopSignals {
+    fn default() -> Self {
+        Self::new()
     }
+}
+
+/// Resolves on SIGTERM or SIGINT.
+pub async fn wait_for_signal() {
+    StopSignals::new().recv().await;
 }

@@ -4,6 +4,7 @@
 use bytes::Bytes;
 use http_body::Body as _;
 use http_body_util::{combinators::UnsyncBoxBody, BodyExt, Empty, Full};
+use std::future::Future as _;
 
 /// Errors a body may yield while streaming.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -223,6 +224,37 @@ mod tests {
         assert_eq!(*seen.lock().unwrap(), vec![(0, false)]);
     }
 
+    #[tokio::test(start_paused = true)]
+    async fn idle_timeout_fails_a_stalled_body() {
+        let (mut tx, rx) = futures_channel_body();
+        let body = IdleTimeout::new(rx, std::time::Duration::from_secs(1));
+        tx.push(Bytes::from_static(b"abc"));
+        let mut body = body;
+        let first = body.frame().await.unwrap().unwrap();
+        assert_eq!(first.into_data().unwrap(), Bytes::from_static(b"abc"));
+        // Nothing more arrives: after the idle time the body fails instead of hanging.
+        let err = body.frame().await.unwrap().unwrap_err();
+        assert!(err.to_string().contains("stalled"));
+        drop(tx);
+    }
+
+    /// A body fed by hand: frames pushed into a channel, never ending on its own.
+    fn futures_channel_body() -> (Feeder, Body) {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<Bytes>();
+        let stream = futures_util::stream::unfold(rx, |mut rx| async move {
+            rx.recv().await.map(|b| (Ok::<_, BoxError>(http_body::Frame::data(b)), rx))
+        });
+        (Feeder(tx), http_body_util::StreamBody::new(stream).boxed_unsync())
+    }
+
+    struct Feeder(tokio::sync::mpsc::UnboundedSender<Bytes>);
+
+    impl Feeder {
+        fn push(&mut self, b: Bytes) {
+            self.0.send(b).unwrap();
+        }
+    }
+
     #[tokio::test]
     async fn capped_trips_past_the_limit() {
         let stats = Arc::new(BodyStats::default());
@@ -232,5 +264,61 @@ mod tests {
         assert!(Capped::new(full("1234"), 4, ok.clone()).collect().await.is_ok());
         assert!(!ok.tripped());
         assert_eq!(ok.bytes(), 4);
+    }
+}
+
+/// An upstream body that fails when no data arrives for `idle`: a stalled upstream must not
+/// hold a client (and its in-flight slot) forever.
+pub struct IdleTimeout {
+    inner: Body,
+    idle: std::time::Duration,
+    timer: std::pin::Pin<Box<tokio::time::Sleep>>,
+}
+
+/// The upstream stopped sending mid-body.
+#[derive(Debug, thiserror::Error)]
+#[error("upstream body stalled for {0:?}")]
+pub struct BodyStalled(std::time::Duration);
+
+impl IdleTimeout {
+    /// Wraps `inner`; each frame that arrives restarts the clock.
+    pub fn new(inner: Body, idle: std::time::Duration) -> Self {
+        IdleTimeout { inner, idle, timer: Box::pin(tokio::time::sleep(idle)) }
+    }
+
+    /// As the gateway's body type.
+    pub fn into_body(self) -> Body {
+        self.boxed_unsync()
+    }
+}
+
+impl http_body::Body for IdleTimeout {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        match std::pin::Pin::new(&mut this.inner).poll_frame(cx) {
+            std::task::Poll::Ready(frame) => {
+                let deadline = tokio::time::Instant::now() + this.idle;
+                this.timer.as_mut().reset(deadline);
+                std::task::Poll::Ready(frame)
+            }
+            std::task::Poll::Pending => match this.timer.as_mut().poll(cx) {
+                std::task::Poll::Ready(()) => std::task::Poll::Ready(Some(Err(Box::new(BodyStalled(this.idle))))),
+                std::task::Poll::Pending => std::task::Poll::Pending,
+            },
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
     }
 }

@@ -23,6 +23,8 @@ pub enum PathError {
     InvalidPercentEncoding,
     #[error("path contains an encoded control character")]
     EncodedControl,
+    #[error("path contains ';' (path parameters are read differently by different servers)")]
+    Semicolon,
 }
 
 /// A path that passed [`check`]: normalized (percent-encoded unreserved characters decoded,
@@ -96,7 +98,7 @@ fn is_unreserved(b: u8) -> bool {
 
 /// Checks and normalizes a request path (without its query).
 ///
-/// Refused: a path not starting with '/', empty segments (`//`; a trailing `/` is kept),
+/// Refused: a path not starting with '/', empty segments (`//`; a trailing `/` is kept), `;`,
 /// dot-segments, a literal backslash, `%2f` `%5c` `%2e` in any case, `%` not followed by two hex
 /// digits, and encoded control characters. Encoded unreserved characters (`%41` for `A`) are
 /// decoded so that `/v1/%61uth` is matched, and forwarded, as `/v1/auth`.
@@ -153,6 +155,8 @@ pub fn check(raw: &str) -> Result<CheckedPath, PathError> {
                     i += 3;
                 }
                 b'\\' => return Err(PathError::Backslash),
+                // `/v1/auth;x=1/...` is `/v1/auth/...` to servers that strip path parameters.
+                b';' => return Err(PathError::Semicolon),
                 0..=0x1f | 0x7f => return Err(PathError::EncodedControl),
                 _ => {
                     // Non-ASCII cannot reach here through hyper's URI parser; keep bytes as-is.
@@ -238,6 +242,15 @@ mod tests {
         assert_eq!(check("/v1/%61uth").unwrap().as_str(), "/v1/auth");
         assert_eq!(check("/v1/a%3ab%20c").unwrap().as_str(), "/v1/a%3Ab%20c");
         assert_eq!(check("/x%2D%5f%7E").unwrap().as_str(), "/x-_~");
+    }
+
+    #[test]
+    fn path_parameters_are_refused() {
+        for p in ["/v1/auth;x=1/authenticate", "/v1/users/..;/auth", "/v1/users/.;/x", "/v1/a;"] {
+            assert_eq!(check(p).unwrap_err(), PathError::Semicolon, "{p}");
+        }
+        // Encoded, it is an ordinary character of the segment and stays encoded.
+        assert_eq!(check("/v1/a%3bb").unwrap().as_str(), "/v1/a%3Bb");
     }
 
     #[test]

@@ -179,27 +179,31 @@ impl Gateway {
 
     /// Handles one request; never fails (errors become Palette-shaped answers).
     pub async fn handle(&self, req: Request<Body>) -> Response<Body> {
-        let started = Instant::now();
         let metrics = &*self.metrics;
         // The snapshot is taken once: the request finishes on the config it started with.
         let rt = self.runtime.load_full();
         let request_id = request_id(req.headers());
-        let rid = request_id.to_str().unwrap_or_default().to_string();
-        let method = req.method().clone();
-        let path_for_log = req.uri().path().to_string();
-        let traceparent = loggable(req.headers(), "traceparent");
-        let tracestate = loggable(req.headers(), "tracestate");
         let max_inflight = rt.config.server.limits.max_inflight_requests;
         // Over the in-flight limit: answer at once, before any work, so overload never snowballs.
         let overloaded = usize::try_from(metrics.inflight.get()).unwrap_or(0) >= max_inflight;
         metrics.inflight.inc();
-        let inflight = InFlight(self.metrics.clone());
-        let stats = Arc::new(body::BodyStats::default());
-        let mut outcome = Outcome::default();
+        let mut pending = Pending {
+            metrics: self.metrics.clone(),
+            started: Instant::now(),
+            request_id: request_id.to_str().unwrap_or_default().to_string(),
+            method: req.method().clone(),
+            path: req.uri().path().to_string(),
+            traceparent: loggable(req.headers(), "traceparent"),
+            tracestate: loggable(req.headers(), "tracestate"),
+            stats: Arc::new(body::BodyStats::default()),
+            outcome: Outcome::default(),
+            armed: true,
+        };
         let result = if overloaded {
             Err(GatewayError::Overloaded(max_inflight))
         } else {
-            process(&rt, metrics, req, &request_id, &rid, &stats, &mut outcome).await
+            let (rid, stats) = (pending.request_id.clone(), pending.stats.clone());
+            process(&rt, metrics, req, &request_id, &rid, &stats, &mut pending.outcome).await
         };
         let mut resp = match result {
             Ok(r) => r,
@@ -207,36 +211,16 @@ impl Gateway {
                 if let Some(reason) = e.auth_failure_reason() {
                     metrics.auth_failures.with_label_values(&[reason]).inc();
                 }
-                tracing::debug!(request_id = %rid, error = %e, "request refused");
-                e.into_response(&rid)
+                tracing::debug!(request_id = %pending.request_id, error = %e, "request refused");
+                e.into_response(&pending.request_id)
             }
         };
         resp.headers_mut().insert(X_REQUEST_ID.clone(), request_id);
-        if let Some(rate) = outcome.rate {
+        if let Some(rate) = pending.outcome.rate {
             rate.apply(resp.headers_mut());
         }
-        let client: Arc<str> = outcome.client.clone().unwrap_or_else(|| Arc::from("none"));
-        let route: Arc<str> = outcome.route.clone().unwrap_or_else(|| Arc::from("none"));
-        let m = method_label(&method);
-        metrics.requests.with_label_values(&[&client, &route, m, resp.status().as_str()]).inc();
-        metrics.request_duration.with_label_values(&[&client, &route, m]).observe(started.elapsed().as_secs_f64());
-        let record = AccessRecord {
-            request_id: rid,
-            client,
-            route,
-            method,
-            path: path_for_log,
-            project: outcome.project,
-            status: resp.status().as_u16(),
-            upstream_status: outcome.upstream_status,
-            bytes_in: stats,
-            started,
-            upstream_ms: outcome.upstream_ms,
-            wait_ms: outcome.wait_ms,
-            traceparent,
-            tracestate,
-            audit_uid: loggable(resp.headers(), "audituid"),
-        };
+        let audit_uid = loggable(resp.headers(), "audituid");
+        let (record, inflight) = pending.answered(resp.status().as_u16(), audit_uid);
         resp.map(move |b| {
             body::Tracked::new(
                 b,
@@ -247,6 +231,73 @@ impl Gateway {
             )
             .into_body()
         })
+    }
+}
+
+/// A request between its arrival and its answer. If the client goes away first (the handler's
+/// future is dropped), dropping this still counts the request (as status 499, as nginx does)
+/// and writes its access and audit events: a mutation Palette may have received is never lost
+/// from the audit log.
+struct Pending {
+    metrics: Arc<Metrics>,
+    started: Instant,
+    request_id: String,
+    method: Method,
+    path: String,
+    traceparent: Option<String>,
+    tracestate: Option<String>,
+    stats: Arc<body::BodyStats>,
+    outcome: Outcome,
+    armed: bool,
+}
+
+/// Status recorded for a request its client abandoned before the answer.
+const CLIENT_CLOSED: u16 = 499;
+
+impl Pending {
+    /// Counts the answered request and hands its log record and in-flight slot to the body.
+    fn answered(mut self, status: u16, audit_uid: Option<String>) -> (AccessRecord, InFlight) {
+        self.armed = false;
+        (self.record(status, audit_uid), InFlight(self.metrics.clone()))
+    }
+
+    fn record(&mut self, status: u16, audit_uid: Option<String>) -> AccessRecord {
+        let client: Arc<str> = self.outcome.client.clone().unwrap_or_else(|| Arc::from("none"));
+        let route: Arc<str> = self.outcome.route.clone().unwrap_or_else(|| Arc::from("none"));
+        let m = method_label(&self.method);
+        let code = status.to_string();
+        self.metrics.requests.with_label_values(&[&client, &route, m, &code]).inc();
+        self.metrics
+            .request_duration
+            .with_label_values(&[&client, &route, m])
+            .observe(self.started.elapsed().as_secs_f64());
+        AccessRecord {
+            request_id: std::mem::take(&mut self.request_id),
+            client,
+            route,
+            method: self.method.clone(),
+            path: std::mem::take(&mut self.path),
+            project: self.outcome.project.take(),
+            status,
+            upstream_status: self.outcome.upstream_status,
+            bytes_in: self.stats.clone(),
+            started: self.started,
+            upstream_ms: self.outcome.upstream_ms,
+            wait_ms: self.outcome.wait_ms,
+            traceparent: self.traceparent.take(),
+            tracestate: self.tracestate.take(),
+            audit_uid,
+        }
+    }
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        if self.armed {
+            self.armed = false;
+            self.record(CLIENT_CLOSED, None).write(0, false);
+            self.metrics.inflight.dec();
+        }
     }
 }
 
@@ -509,8 +560,10 @@ impl Exchange<'_> {
             Err(_) => "error".into(),
         };
         self.metrics.upstream_duration.with_label_values(&[prefix, &code]).observe(started.elapsed().as_secs_f64());
+        let idle = self.rt.config.upstream.request_timeout;
         match result {
-            Ok(resp) => Ok(resp.map(body::boxed)),
+            // A body that stalls for request_timeout fails instead of holding the client forever.
+            Ok(resp) => Ok(resp.map(|b| body::IdleTimeout::new(body::boxed(b), idle).into_body())),
             // The upstream call failed because the client's body went past the limit.
             Err(_) if self.stats.tripped() => {
                 Err(GatewayError::PayloadTooLarge(self.rt.config.server.limits.max_request_body))

@@ -30,8 +30,9 @@ pub fn spawn(
 ) -> JoinHandle<()> {
     tokio::spawn(async move {
         let (tx, mut rx) = mpsc::unbounded_channel::<()>();
-        let watcher = watch(&watched, tx);
-        let mut fingerprint = fingerprint(&watched);
+        let mut watched = watched;
+        let mut watcher = watch(&watched, tx.clone());
+        let mut fingerprint = fingerprint_of(&watched);
         let mut hup = hangup();
         loop {
             let by_signal = tokio::select! {
@@ -39,19 +40,26 @@ pub fn spawn(
                 _ = next_hup(&mut hup) => true,
                 Some(()) = rx.recv() => false,
             };
-            if !by_signal {
-                tokio::time::sleep(DEBOUNCE).await;
+            if by_signal {
+                tracing::info!("SIGHUP: reloading the config");
+            } else {
+                tokio::select! {
+                    _ = stop.cancelled() => break,
+                    _ = tokio::time::sleep(DEBOUNCE) => {}
+                }
                 while rx.try_recv().is_ok() {}
-                let now = fingerprint_of(&watched);
-                if now == fingerprint {
+                if fingerprint_of(&watched) == fingerprint {
                     continue;
                 }
-                fingerprint = now;
-            } else {
-                tracing::info!("SIGHUP: reloading the config");
-                fingerprint = fingerprint_of(&watched);
             }
             let _ = gateway.reload(&path, &*env);
+            // The new config may name other files (a new secret file): watch those too.
+            let now_watched = gateway.runtime().load().config.watched_files(&path);
+            if now_watched != watched {
+                watched = now_watched;
+                watcher = watch(&watched, tx.clone());
+            }
+            fingerprint = fingerprint_of(&watched);
         }
         drop(watcher);
     })
@@ -59,7 +67,8 @@ pub fn spawn(
 
 fn watch(files: &[PathBuf], tx: mpsc::UnboundedSender<()>) -> Option<notify::RecommendedWatcher> {
     let mut watcher = match notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-        if event.is_ok() {
+        // Only changes count: reading the files (ours included) raises access events.
+        if event.is_ok_and(|e| !matches!(e.kind, notify::EventKind::Access(_))) {
             let _ = tx.send(());
         }
     }) {
@@ -77,10 +86,6 @@ fn watch(files: &[PathBuf], tx: mpsc::UnboundedSender<()>) -> Option<notify::Rec
         }
     }
     Some(watcher)
-}
-
-fn fingerprint(files: &[PathBuf]) -> Vec<u8> {
-    fingerprint_of(files)
 }
 
 /// A hash of every watched file's content (missing files hash as empty).

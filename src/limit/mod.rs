@@ -128,7 +128,6 @@ impl ClientLimits {
     /// Takes one request from `client`'s limit and the global one. `Ok` carries the client's
     /// headers (when it has a limit).
     pub fn check(&self, client: usize) -> Result<Option<RateHeaders>, Refusal> {
-        let clock = DefaultClock::default();
         let own = self.per_client.get(client).and_then(Option::as_ref);
         let headers = match own {
             Some(limit) => match limit.limiter.check() {
@@ -137,7 +136,7 @@ impl ClientLimits {
                     return Err(Refusal {
                         kind: LimitKind::Client,
                         rate: limit.rate,
-                        retry_after: not_until.wait_time_from(clock.now()),
+                        retry_after: not_until.wait_time_from(limit.limiter.clock().now()),
                         headers: Some(headers_for(limit.rate, 0)),
                     })
                 }
@@ -155,7 +154,7 @@ impl ClientLimits {
                     return Err(Refusal {
                         kind: LimitKind::Global,
                         rate: global.rate,
-                        retry_after: not_until.wait_time_from(clock.now()),
+                        retry_after: not_until.wait_time_from(global.limiter.clock().now()),
                         headers: headers.or(Some(headers_for(global.rate, 0))),
                     });
                 }

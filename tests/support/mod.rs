@@ -328,3 +328,182 @@ impl Harness {
         (text, samples)
     }
 }
+
+// --- Production-operations helpers (reload, shutdown, server limits, logs) ---------------------
+
+/// A fresh, empty directory for one test's files, under cargo's per-target tmp dir.
+pub fn scratch_dir(name: &str) -> std::path::PathBuf {
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let dir = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join("scratch")
+        .join(format!("{name}-{}-{n}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("scratch dir");
+    dir
+}
+
+/// Writes `text` to `path` the way editors and config tools do: a temporary file renamed over it.
+pub fn write_atomically(path: &Path, text: &str) {
+    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+    std::fs::write(&tmp, text).expect("write temp file");
+    std::fs::rename(&tmp, path).expect("rename over the file");
+}
+
+/// A fake Palette that records the tokens it issued for the log scan when dropped (as
+/// [`Harness`] does), without keeping its owner from being taken apart.
+pub struct TrackedFake(pub FakePalette);
+
+impl std::ops::Deref for TrackedFake {
+    type Target = FakePalette;
+    fn deref(&self) -> &FakePalette {
+        &self.0
+    }
+}
+
+impl Drop for TrackedFake {
+    fn drop(&mut self) {
+        let tokens = self.0.issued_tokens();
+        if !tokens.is_empty() {
+            use std::io::Write;
+            let path = format!("{TEST_LOG_DIR}/tokens.txt");
+            if let Ok(mut f) = std::fs::OpenOptions::new().create(true).append(true).open(path) {
+                let _ = writeln!(f, "{}", tokens.join("\n"));
+            }
+        }
+    }
+}
+
+/// The config text of a test gateway with extra `[server]` lines (limits, delays).
+pub fn server_config(upstream_url: &str, server_extra: &str, upstream_extra: &str, rules: &str) -> String {
+    gateway_config(upstream_url, upstream_extra, rules).replacen(
+        "admin_listen = \"127.0.0.1:0\"\n",
+        &format!("admin_listen = \"127.0.0.1:0\"\n{server_extra}\n"),
+        1,
+    )
+}
+
+/// A fake Palette and a gateway started from a config file on disk (`<dir>/gateway.toml`).
+/// Unlike [`Harness`] its parts can be taken apart: the gateway reloaded from the file, shared
+/// in an `Arc` with the reload watcher, or shut down gracefully.
+pub struct FileGateway {
+    pub fake: TrackedFake,
+    pub gateway: RunningGateway,
+    pub dir: std::path::PathBuf,
+    pub path: std::path::PathBuf,
+    pub base: String,
+    pub admin: String,
+    pub http: reqwest::Client,
+}
+
+impl FileGateway {
+    /// Starts a fake with `fake_cfg` and a gateway from [`server_config`] written to a fresh
+    /// scratch directory named after `name`.
+    pub async fn start(
+        name: &str,
+        fake_cfg: FakePaletteConfig,
+        server_extra: &str,
+        upstream_extra: &str,
+        rules: &str,
+    ) -> FileGateway {
+        init_logs();
+        let fake = TrackedFake(FakePalette::start(fake_cfg).await.expect("fake palette starts"));
+        let dir = scratch_dir(name);
+        let path = dir.join("gateway.toml");
+        std::fs::write(&path, server_config(&fake.url(), server_extra, upstream_extra, rules)).expect("write config");
+        FileGateway::from_file(fake, dir, path).await
+    }
+
+    /// Starts a gateway from the config file at `path` in front of `fake`.
+    pub async fn from_file(fake: TrackedFake, dir: std::path::PathBuf, path: std::path::PathBuf) -> FileGateway {
+        init_logs();
+        let cfg = config::load(&path, &standard_env()).unwrap_or_else(|e| panic!("test config invalid:\n{e}"));
+        let gateway = RunningGateway::start(cfg).await.expect("gateway starts");
+        let base = format!("http://{}", gateway.proxy_addr);
+        let admin = format!("http://{}", gateway.admin_addr);
+        FileGateway { fake, gateway, dir, path, base, admin, http: client() }
+    }
+
+    /// The config text for this gateway's fake with other settings.
+    pub fn config_text(&self, server_extra: &str, upstream_extra: &str, rules: &str) -> String {
+        server_config(&self.fake.url(), server_extra, upstream_extra, rules)
+    }
+
+    /// `base` + path.
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+}
+
+/// Scrapes the admin listener's `/metrics`.
+pub async fn scrape(http: &reqwest::Client, admin: &str) -> Vec<Sample> {
+    let text = http.get(format!("{admin}/metrics")).send().await.expect("scrape").text().await.expect("metrics text");
+    parse_metrics(&text)
+}
+
+/// Polls `check` every 20 ms until it holds; false if it still does not after `within`.
+pub async fn eventually<F, Fut>(within: Duration, mut check: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        if check().await {
+            return true;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Reads one HTTP/1.1 answer from a kept-alive connection (by `Content-Length`, or to the
+/// end of a chunked body); `None` if the connection closed or nothing came within `within`.
+pub async fn read_response(s: &mut tokio::net::TcpStream, within: Duration) -> Option<RawResponse> {
+    let read = async {
+        let mut buf = Vec::new();
+        let mut chunk = [0u8; 16 * 1024];
+        let head_end = loop {
+            if let Some(p) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                break p;
+            }
+            let n = s.read(&mut chunk).await.ok()?;
+            if n == 0 {
+                return None;
+            }
+            buf.extend_from_slice(&chunk[..n]);
+        };
+        let head = String::from_utf8_lossy(&buf[..head_end]).to_string();
+        let status = head.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+        let mut resp = RawResponse { status, head, body: Vec::new() };
+        let mut body = buf[head_end + 4..].to_vec();
+        let chunked = resp.header("transfer-encoding").is_some_and(|v| v.eq_ignore_ascii_case("chunked"));
+        let length: usize = resp.header("content-length").and_then(|v| v.parse().ok()).unwrap_or(0);
+        loop {
+            let done = if chunked { body.ends_with(b"0\r\n\r\n") } else { body.len() >= length };
+            if done {
+                break;
+            }
+            let n = s.read(&mut chunk).await.ok()?;
+            if n == 0 {
+                return None;
+            }
+            body.extend_from_slice(&chunk[..n]);
+        }
+        resp.body = if chunked { dechunk(&body) } else { body };
+        Some(resp)
+    };
+    tokio::time::timeout(within, read).await.ok().flatten()
+}
+
+/// A keep-alive GET as raw bytes (the connection stays open after the answer).
+pub fn keep_alive_get(path: &str, headers: &[(&str, &str)]) -> Vec<u8> {
+    let mut req = format!("GET {path} HTTP/1.1\r\nHost: gateway.test\r\n");
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    req.into_bytes()
+}

@@ -1,0 +1,415 @@
+//! Access and audit logs as a log pipeline sees them (JSON lines): one access event per
+//! request with every field, an audit event per mutation with Palette's `AuditUid`, trace
+//! context and request ids carried through, reload refusals named by field, and no secret in
+//! any line, at debug level, however the run goes wrong.
+mod support;
+
+use std::io::Write as _;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use palette_gateway::fake_palette::{FakePaletteConfig, FakeUser};
+use serde_json::Value;
+use support::*;
+
+/// Every log line this test binary produced (the gateway's, the fake's, the HTTP stacks'),
+/// also copied to the test-log directory for the suite-wide secret scan.
+struct Capture {
+    lines: Arc<Mutex<Vec<u8>>>,
+    file: Option<Arc<Mutex<std::fs::File>>>,
+}
+
+/// The writer the subscriber gets for each event.
+struct CaptureWriter {
+    lines: Arc<Mutex<Vec<u8>>>,
+    file: Option<Arc<Mutex<std::fs::File>>>,
+}
+
+impl std::io::Write for CaptureWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.lines.lock().unwrap_or_else(|p| p.into_inner()).extend_from_slice(buf);
+        if let Some(f) = &self.file {
+            let _ = f.lock().unwrap_or_else(|p| p.into_inner()).write_all(buf);
+        }
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Installs (once per test binary, before any harness) a JSON-lines subscriber at debug level
+/// writing into memory.
+fn capture() -> &'static Capture {
+    static CAPTURE: OnceLock<Capture> = OnceLock::new();
+    CAPTURE.get_or_init(|| {
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let _ = std::fs::create_dir_all(TEST_LOG_DIR);
+        let file = std::fs::File::create(format!("{TEST_LOG_DIR}/logs-capture-{}.log", std::process::id()))
+            .ok()
+            .map(|f| Arc::new(Mutex::new(f)));
+        let (l, f) = (lines.clone(), file.clone());
+        tracing_subscriber::fmt()
+            .json()
+            .flatten_event(true)
+            .with_env_filter(tracing_subscriber::EnvFilter::new("debug"))
+            .with_writer(move || CaptureWriter { lines: l.clone(), file: f.clone() })
+            .try_init()
+            .expect("the capturing subscriber is the first one");
+        Capture { lines, file }
+    })
+}
+
+impl Capture {
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.lines.lock().unwrap_or_else(|p| p.into_inner())).into_owned()
+    }
+
+    /// Every captured line as JSON (each must be).
+    fn events(&self) -> Vec<Value> {
+        self.text()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("a log line is not JSON ({e}): {l}")))
+            .collect()
+    }
+
+    /// The events of `target` for request `rid`.
+    fn of(&self, target: &str, rid: &str) -> Vec<Value> {
+        self.events().into_iter().filter(|e| e["target"] == target && e["request_id"] == rid).collect()
+    }
+
+    /// Waits (at most 3 s) until request `rid` has its access event, and returns its events
+    /// of `target`.
+    async fn wait(&self, target: &str, rid: &str) -> Vec<Value> {
+        let seen = eventually(Duration::from_secs(3), || async { !self.of(ACCESS, rid).is_empty() }).await;
+        assert!(seen, "no access event for {rid}");
+        self.of(target, rid)
+    }
+}
+
+const ACCESS: &str = "palette_gateway::access";
+const AUDIT: &str = "palette_gateway::audit";
+
+fn num(v: &Value) -> f64 {
+    v.as_f64().unwrap_or_else(|| panic!("not a number: {v}"))
+}
+
+/// Each request gives exactly one access event with request id, client, route, method, path
+/// (query dropped), project, status, upstream status, bytes in and out, duration, upstream
+/// duration and rate-limit wait; a refused request gives one too.
+#[tokio::test]
+async fn one_access_event_per_request_with_every_field() {
+    let cap = capture();
+    // A tight Palette budget on /v1/packs so that a second request waits for it.
+    let budget = "[upstream.limits]\npreset = \"none\"\n[[upstream.limits.prefix]]\nprefix = \"/v1/packs\"\nper_second = 2\nburst = 1\n";
+    let h = Harness::start(standard_fake(), budget, &standard_rules()).await;
+
+    let r = h
+        .http
+        .get(h.url("/v1/spectroclusters?filter=query-marker-7"))
+        .header("ApiKey", CI_KEY)
+        .header("X-Request-Id", "logs-access-get")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let body = r.bytes().await.unwrap();
+    let events = cap.wait(ACCESS, "logs-access-get").await;
+    assert_eq!(events.len(), 1, "{events:?}");
+    let e = &events[0];
+    assert_eq!(e["level"], "INFO");
+    assert_eq!(e["client"], "ci");
+    assert_eq!(e["route"], "ci-clusters");
+    assert_eq!(e["method"], "GET");
+    assert_eq!(e["path"], "/v1/spectroclusters", "the query is dropped");
+    assert_eq!(e["project"], "p002");
+    assert_eq!(e["status"], 200);
+    assert_eq!(e["upstream_status"], 200);
+    assert_eq!(e["bytes_in"], 0);
+    assert_eq!(num(&e["bytes_out"]), body.len() as f64);
+    assert_eq!(e["complete"], true);
+    assert!(num(&e["upstream_ms"]) > 0.0, "{e}");
+    assert!(num(&e["duration_ms"]) >= num(&e["upstream_ms"]), "{e}");
+    assert_eq!(num(&e["rate_limit_wait_ms"]), 0.0);
+    assert!(!cap.text().contains("query-marker-7"), "the query reached a log line");
+
+    let r = h
+        .http
+        .post(h.url("/v1/dashboard/projects"))
+        .header("ApiKey", CI_KEY)
+        .header("ProjectUid", "p001")
+        .header("X-Request-Id", "logs-access-post")
+        .body("{\"name\":\"x\"}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let events = cap.wait(ACCESS, "logs-access-post").await;
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0]["bytes_in"], 12);
+    assert_eq!(events[0]["project"], "p001");
+    assert_eq!(events[0]["route"], "none");
+    assert_eq!(events[0]["upstream_status"], 201);
+
+    // Refused before it went anywhere: no client, no upstream.
+    let r = h
+        .http
+        .get(h.url("/v1/users"))
+        .header("ApiKey", "pgw_no-such-local-key-eeeeeeeeeeeeeeeeeeeeeeeeeeeee")
+        .header("X-Request-Id", "logs-access-refused")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    let events = cap.wait(ACCESS, "logs-access-refused").await;
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0]["client"], "none");
+    assert_eq!(events[0]["status"], 401);
+    assert_eq!(events[0]["upstream_status"], 0);
+    assert_eq!(num(&events[0]["upstream_ms"]), 0.0);
+
+    // The second of two back-to-back requests waits for the Palette budget, and says so.
+    for rid in ["logs-access-budget-1", "logs-access-budget-2"] {
+        let r = h.http.get(h.url("/v1/packs")).header("ApiKey", ADMIN_KEY).header("X-Request-Id", rid).send().await;
+        assert_eq!(r.unwrap().status(), 200);
+    }
+    let waited = num(&cap.wait(ACCESS, "logs-access-budget-2").await[0]["rate_limit_wait_ms"]);
+    assert!(waited >= 300.0, "rate_limit_wait_ms = {waited}");
+}
+
+/// Every POST, PUT, PATCH and DELETE gives an audit event: who, what, which project, the
+/// outcome and Palette's `AuditUid`; a refused mutation is audited as a failure; a GET is not.
+#[tokio::test]
+async fn mutations_are_audited_with_palette_audit_uid() {
+    let cap = capture();
+    let h = Harness::standard().await;
+    let r = h
+        .http
+        .post(h.url("/v1/dashboard/projects"))
+        .header("ApiKey", CI_KEY)
+        .header("ProjectUid", "p001")
+        .header("X-Request-Id", "logs-audit-post")
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let audit_uid = r.headers()["audituid"].to_str().unwrap().to_string();
+    let events = cap.wait(AUDIT, "logs-audit-post").await;
+    assert_eq!(events.len(), 1, "{events:?}");
+    let e = &events[0];
+    assert_eq!(e["client"], "ci");
+    assert_eq!(e["method"], "POST");
+    assert_eq!(e["path"], "/v1/dashboard/projects");
+    assert_eq!(e["project"], "p001");
+    assert_eq!(e["status"], 201);
+    assert_eq!(e["outcome"], "success");
+    assert_eq!(e["audit_uid"], audit_uid.as_str(), "Palette's AuditUid is in the audit event");
+
+    for method in ["PUT", "PATCH", "DELETE"] {
+        let rid = format!("logs-audit-{method}");
+        let m = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
+        let r = h
+            .http
+            .request(m, h.url("/v1/packs/pk1"))
+            .header("ApiKey", ADMIN_KEY)
+            .header("ProjectUid", "p9")
+            .header("X-Request-Id", &rid)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        let events = cap.wait(AUDIT, &rid).await;
+        assert_eq!(events.len(), 1, "{method}");
+        assert_eq!(events[0]["client"], "admin");
+        assert_eq!(events[0]["method"], method);
+        assert_eq!(events[0]["path"], "/v1/packs/pk1");
+        assert_eq!(events[0]["project"], "p9");
+        assert_eq!(events[0]["outcome"], "success");
+    }
+
+    // Refused by policy, and refused before authentication: both audited as failures.
+    let r = h.http.delete(h.url("/v1/packs/pk1")).header("ApiKey", CI_KEY).header("X-Request-Id", "logs-audit-denied");
+    assert_eq!(r.send().await.unwrap().status(), 403);
+    let e = &cap.wait(AUDIT, "logs-audit-denied").await[0];
+    assert_eq!(
+        (e["client"].as_str(), e["status"].as_u64(), e["outcome"].as_str()),
+        (Some("ci"), Some(403), Some("failure"))
+    );
+    let r = h.http.post(h.url("/v1/packs")).header("X-Request-Id", "logs-audit-anonymous").body("{}");
+    assert_eq!(r.send().await.unwrap().status(), 401);
+    let e = &cap.wait(AUDIT, "logs-audit-anonymous").await[0];
+    assert_eq!((e["client"].as_str(), e["outcome"].as_str()), (Some("none"), Some("failure")));
+
+    let r = h.http.get(h.url("/v1/packs")).header("ApiKey", ADMIN_KEY).header("X-Request-Id", "logs-audit-get");
+    assert_eq!(r.send().await.unwrap().status(), 200);
+    assert!(cap.wait(AUDIT, "logs-audit-get").await.is_empty(), "a GET is not audited");
+}
+
+/// W3C `traceparent`/`tracestate` and `X-Request-Id` reach Palette unchanged, come back to the
+/// client (the request id), and appear in the access and audit events; without an
+/// `X-Request-Id` the gateway makes one and uses it everywhere.
+#[tokio::test]
+async fn trace_context_and_request_id_pass_through() {
+    let cap = capture();
+    let h = Harness::standard().await;
+    let traceparent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let tracestate = "congo=t61rcWkgMzE,rojo=00f067aa0ba902b7";
+    let r = h
+        .http
+        .post(h.url("/v1/dashboard/projects"))
+        .header("ApiKey", CI_KEY)
+        .header("traceparent", traceparent)
+        .header("tracestate", tracestate)
+        .header("X-Request-Id", "logs-trace-0001")
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    assert_eq!(r.headers()["x-request-id"], "logs-trace-0001");
+    let upstream = h.last();
+    assert_eq!(upstream.headers["traceparent"], traceparent);
+    assert_eq!(upstream.headers["tracestate"], tracestate);
+    assert_eq!(upstream.headers["x-request-id"], "logs-trace-0001");
+    let access = cap.wait(ACCESS, "logs-trace-0001").await;
+    assert_eq!(access[0]["traceparent"], traceparent);
+    assert_eq!(access[0]["tracestate"], tracestate);
+    let audit = cap.of(AUDIT, "logs-trace-0001");
+    assert_eq!(audit.len(), 1);
+    assert_eq!(audit[0]["traceparent"], traceparent);
+
+    let r = h.http.get(h.url("/v1/users")).header("ApiKey", ADMIN_KEY).send().await.unwrap();
+    let rid = r.headers()["x-request-id"].to_str().unwrap().to_string();
+    assert!(rid.len() >= 16, "{rid}");
+    assert_eq!(h.last().headers["x-request-id"], rid.as_str());
+    assert_eq!(cap.wait(ACCESS, &rid).await.len(), 1);
+}
+
+/// A refused reload is logged as an error naming the field; the operator sees why.
+#[tokio::test]
+async fn refused_reload_is_logged_with_its_field() {
+    let cap = capture();
+    let g = FileGateway::start("logs-reload", standard_fake(), "", NO_BUDGET, &standard_rules()).await;
+    let broken = format!("{}\n[[clients]]\nname = \"broken\"\ncredential = \"nope\"\n", standard_rules());
+    write_atomically(&g.path, &g.config_text("", NO_BUDGET, &broken));
+    assert!(g.gateway.reload(&g.path, &standard_env()).is_err());
+    let path = g.path.display().to_string();
+    let logged: Vec<Value> =
+        cap.events().into_iter().filter(|e| e["level"] == "ERROR" && e["path"] == path.as_str()).collect();
+    assert_eq!(logged.len(), 1, "{logged:?}");
+    let error = logged[0]["error"].as_str().unwrap();
+    assert!(error.contains("clients[3].credential"), "{error}");
+    assert!(logged[0]["message"].as_str().unwrap().contains("previous config keeps serving"));
+}
+
+/// A run that goes wrong in every way that handles a secret (a failed login, a refused token,
+/// a failed refresh, upstream errors echoing the key and the token, unknown and doubled local
+/// keys) leaves no secret in any log line, at debug level.
+#[tokio::test]
+async fn no_secret_in_any_log_line() {
+    let cap = capture();
+    let unknown_key = "pgw_unknown-local-key-ffffffffffffffffffffffffffff";
+    // Short tokens, so that the gateway refreshes during the test.
+    let fake = FakePaletteConfig { token_lifetime: Duration::from_secs(3), ..standard_fake() };
+    let rules = standard_rules().replace("refresh_before = \"3m\"", "refresh_before = \"2s\"");
+    let h = Harness::start(fake, NO_BUDGET, &rules).await;
+    h.wait_ready().await;
+    let get = |path: &str, key: &str| h.http.get(h.url(path)).header("ApiKey", key.to_string()).send();
+    assert_eq!(get("/v1/users", BOT_KEY).await.unwrap().status(), 200);
+    assert!(eventually(Duration::from_secs(10), || async { h.fake.refreshes() >= 1 }).await, "no refresh");
+    // A token Palette refuses: replaced and replayed; and a body too large to replay: 401.
+    h.fake.revoke_tokens();
+    assert_eq!(get("/v1/users", BOT_KEY).await.unwrap().status(), 200);
+    h.fake.revoke_tokens();
+    let r = h.http.put(h.url("/v1/packs/x")).header("ApiKey", BOT_KEY).body(vec![b'a'; 100 * 1024]).send().await;
+    assert_eq!(r.unwrap().status(), 401);
+    // A refresh of a revoked token fails and the gateway logs in again.
+    h.fake.revoke_tokens();
+    let logins = h.fake.logins();
+    assert!(eventually(Duration::from_secs(10), || async { h.fake.logins() > logins }).await, "no new login");
+    // Palette errors that echo the credential.
+    assert_eq!(get("/v1/__fake/status/500", ADMIN_KEY).await.unwrap().status(), 500);
+    assert_eq!(get("/v1/__fake/status/403", BOT_KEY).await.unwrap().status(), 403);
+    // Local keys: unknown, as a bearer token, and in both headers at once.
+    assert_eq!(get("/v1/users", unknown_key).await.unwrap().status(), 401);
+    let r = h.http.get(h.url("/v1/users")).bearer_auth(CI_KEY).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let r = h.http.get(h.url("/v1/users")).header("ApiKey", CI_KEY).bearer_auth(ADMIN_KEY).send().await.unwrap();
+    assert!(r.status().is_client_error() || r.status().is_success());
+
+    // A login Palette refuses (the gateway's password is not the user's).
+    let refusing = FakePaletteConfig {
+        users: vec![FakeUser { email: OPS_EMAIL.into(), password: "another-password-0009".into(), org: None }],
+        ..standard_fake()
+    };
+    let h2 = Harness::start(refusing, NO_BUDGET, &standard_rules()).await;
+    let r = h2.http.get(h2.url("/v1/users")).header("ApiKey", BOT_KEY).send().await.unwrap();
+    assert_eq!(r.status(), 503);
+    assert!(h2.fake.login_attempts() >= 1 && h2.fake.logins() == 0);
+
+    // Let the last events land, then scan.
+    let _ = cap.wait(ACCESS, r.headers()["x-request-id"].to_str().unwrap()).await;
+    let text = cap.text();
+    let mut secrets: Vec<String> = SECRETS.iter().map(|s| s.to_string()).collect();
+    secrets.push(unknown_key.into());
+    secrets.extend(h.fake.issued_tokens());
+    secrets.extend(h2.fake.issued_tokens());
+    assert!(h.fake.issued_tokens().len() >= 4, "logins and refreshes issued tokens");
+    for line in text.lines() {
+        for s in &secrets {
+            assert!(!line.contains(s.as_str()), "a secret ({}...) is in a log line: {line}", &s[..8]);
+        }
+    }
+    // The scan saw the run: debug lines, the failed login, the refused token, the refresh.
+    let events = cap.events();
+    let has = |msg: &str| events.iter().any(|e| e["message"].as_str().is_some_and(|m| m.contains(msg)));
+    assert!(events.iter().any(|e| e["level"] == "DEBUG"), "no debug lines captured");
+    assert!(has("login failed"), "the failed login was not logged");
+    assert!(has("upstream refused the token"), "the refused token was not logged");
+    assert!(has("token refreshed"), "the refresh was not logged");
+    if let Some(f) = &cap.file {
+        let _ = f.lock().unwrap_or_else(|p| p.into_inner()).flush();
+    }
+}
+
+/// A client that gives up before the answer (its own timeout) still leaves one access event,
+/// and a mutation it abandoned, which Palette received, still leaves an audit event.
+#[tokio::test]
+async fn abandoned_requests_are_still_logged() {
+    let cap = capture();
+    let h = Harness::standard().await;
+    let impatient = reqwest::Client::builder().no_proxy().timeout(Duration::from_millis(300)).build().unwrap();
+    for (method, rid) in [(reqwest::Method::GET, "logs-abandoned-get"), (reqwest::Method::POST, "logs-abandoned-post")]
+    {
+        let r = impatient
+            .request(method, h.url("/v1/__fake/slow/1500"))
+            .header("ApiKey", ADMIN_KEY)
+            .header("X-Request-Id", rid)
+            .body("{}")
+            .send()
+            .await;
+        assert!(r.is_err(), "the client gave up");
+    }
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            h.fake.requests().iter().filter(|r| r.path_and_query == "/v1/__fake/slow/1500").count() == 2
+        })
+        .await,
+        "both requests reached Palette"
+    );
+    let seen = eventually(Duration::from_secs(5), || async {
+        cap.of(ACCESS, "logs-abandoned-get").len() == 1
+            && cap.of(ACCESS, "logs-abandoned-post").len() == 1
+            && cap.of(AUDIT, "logs-abandoned-post").len() == 1
+    })
+    .await;
+    assert!(
+        seen,
+        "access GET: {:?}, access POST: {:?}, audit POST: {:?}",
+        cap.of(ACCESS, "logs-abandoned-get"),
+        cap.of(ACCESS, "logs-abandoned-post"),
+        cap.of(AUDIT, "logs-abandoned-post")
+    );
+}
