@@ -412,4 +412,13 @@ async fn abandoned_requests_are_still_logged() {
         cap.of(ACCESS, "logs-abandoned-post"),
         cap.of(AUDIT, "logs-abandoned-post")
     );
+    // Recorded as abandoned by the client (nginx's 499), with who and what.
+    for rid in ["logs-abandoned-get", "logs-abandoned-post"] {
+        let e = &cap.of(ACCESS, rid)[0];
+        assert_eq!((e["status"].as_u64(), e["complete"].as_bool()), (Some(499), Some(false)), "{e}");
+        assert_eq!(e["client"], "admin");
+    }
+    let audit = &cap.of(AUDIT, "logs-abandoned-post")[0];
+    assert_eq!((audit["client"].as_str(), audit["outcome"].as_str()), (Some("admin"), Some("failure")), "{audit}");
+    assert_eq!(audit["path"], "/v1/__fake/slow/1500");
 }
