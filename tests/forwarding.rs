@@ -106,3 +106,18 @@ fn rss_kib() -> u64 {
         })
         .unwrap_or(0)
 }
+
+/// Upstream connections are pooled: many requests, from many client connections, reuse a few
+/// connections to Palette instead of opening one each.
+#[tokio::test]
+async fn upstream_connections_are_reused() {
+    let h = Harness::standard().await;
+    let before = h.fake.connections();
+    for _ in 0..50 {
+        // A fresh client each time: a new client connection for every request.
+        let r = client().get(h.url("/v1/packs")).header("ApiKey", ADMIN_KEY).send().await.unwrap();
+        assert_eq!(r.status(), 200);
+    }
+    let opened = h.fake.connections() - before;
+    assert!(opened <= 2, "{opened} upstream connections for 50 sequential requests");
+}

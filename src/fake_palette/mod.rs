@@ -198,6 +198,8 @@ struct State {
     token_lifetime: Duration,
     token_exp_claim: bool,
     logins: AtomicU64,
+    /// TCP connections accepted (to show that a client pools and reuses them).
+    connections: AtomicU64,
     login_attempts: AtomicU64,
     refreshes: AtomicU64,
     auth_down: AtomicBool,
@@ -243,6 +245,7 @@ impl FakePalette {
             token_lifetime: cfg.token_lifetime,
             token_exp_claim: cfg.token_exp_claim,
             logins: AtomicU64::new(0),
+            connections: AtomicU64::new(0),
             login_attempts: AtomicU64::new(0),
             refreshes: AtomicU64::new(0),
             auth_down: AtomicBool::new(false),
@@ -320,6 +323,11 @@ impl FakePalette {
         self.state.tokens().issued()
     }
 
+    /// TCP connections accepted so far.
+    pub fn connections(&self) -> u64 {
+        self.state.connections.load(Ordering::Relaxed)
+    }
+
     /// 429s answered so far, because of the rate limits or [`FakePalette::force_429`].
     pub fn throttled(&self) -> u64 {
         self.state.limits().throttled()
@@ -383,6 +391,7 @@ async fn accept_loop(
         };
         match accepted {
             Ok((stream, peer)) => {
+                state.connections.fetch_add(1, Ordering::Relaxed);
                 connections.spawn(serve_connection(stream, peer, tls.clone(), Arc::clone(&state), cancel.clone()));
             }
             Err(err) => {
