@@ -274,6 +274,9 @@ fn ordinary(parts: &Parts) -> FakeResponse {
         return answer;
     }
     let project = parts.headers.get("projectuid").map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
+    // Which kind of credential authenticated the call (never its value): lets `--demo` show the
+    // swap from a local key to the gateway's own credential.
+    let credential = if parts.headers.contains_key("apikey") { "ApiKey" } else { "Authorization token" };
     json(
         StatusCode::OK,
         &serde_json::json!({
@@ -281,6 +284,7 @@ fn ordinary(parts: &Parts) -> FakeResponse {
             "path": parts.uri.path(),
             "query": parts.uri.query(),
             "projectUid": project,
+            "authenticatedWith": credential,
         }),
     )
 }

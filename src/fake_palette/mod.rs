@@ -19,7 +19,7 @@
 //!   (`invalid api key <key>`) as real Palette error bodies may do.
 //! - Authenticated answers: `POST` → `201 {"uid": ...}` with an `AuditUid` header; every other
 //!   method → `200 {"method", "path", "query", "projectUid"}` (`query` is the raw query string or
-//!   null, `projectUid` the `ProjectUid` header or null). Every authenticated answer, test hooks
+//!   null, `projectUid` the `ProjectUid` header or null, `authenticatedWith` the kind of credential: `ApiKey` or `Authorization token`, never its value). Every authenticated answer, test hooks
 //!   included, carries `Set-Cookie: fake-session=abc`, which a gateway must strip.
 //! - Test hooks (authenticated like any other path):
 //!   - `/v1/__fake/status/{code}`: that status with a Palette error body whose message echoes the

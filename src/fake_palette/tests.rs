@@ -165,7 +165,7 @@ async fn api_key_accepted_and_rejected_with_echo() {
     assert_eq!(ok.status, StatusCode::OK);
     assert_eq!(
         ok.json(),
-        json!({"method": "GET", "path": "/v1/spectroclusters", "query": "limit=5", "projectUid": null})
+        json!({"method": "GET", "path": "/v1/spectroclusters", "query": "limit=5", "projectUid": null, "authenticatedWith": "ApiKey"})
     );
     assert_eq!(ok.cookies(), vec!["fake-session=abc"]);
 
