@@ -272,7 +272,8 @@ mod tests {
 pub struct IdleTimeout {
     inner: Body,
     idle: std::time::Duration,
-    timer: std::pin::Pin<Box<tokio::time::Sleep>>,
+    /// Armed only once the body has to wait: most small answers arrive whole and never need it.
+    timer: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
 }
 
 /// The upstream stopped sending mid-body.
@@ -283,7 +284,7 @@ pub struct BodyStalled(std::time::Duration);
 impl IdleTimeout {
     /// Wraps `inner`; each frame that arrives restarts the clock.
     pub fn new(inner: Body, idle: std::time::Duration) -> Self {
-        IdleTimeout { inner, idle, timer: Box::pin(tokio::time::sleep(idle)) }
+        IdleTimeout { inner, idle, timer: None }
     }
 
     /// As the gateway's body type.
@@ -303,14 +304,18 @@ impl http_body::Body for IdleTimeout {
         let this = &mut *self;
         match std::pin::Pin::new(&mut this.inner).poll_frame(cx) {
             std::task::Poll::Ready(frame) => {
-                let deadline = tokio::time::Instant::now() + this.idle;
-                this.timer.as_mut().reset(deadline);
+                // Data moved: the next wait starts a fresh idle period.
+                this.timer = None;
                 std::task::Poll::Ready(frame)
             }
-            std::task::Poll::Pending => match this.timer.as_mut().poll(cx) {
-                std::task::Poll::Ready(()) => std::task::Poll::Ready(Some(Err(Box::new(BodyStalled(this.idle))))),
-                std::task::Poll::Pending => std::task::Poll::Pending,
-            },
+            std::task::Poll::Pending => {
+                let idle = this.idle;
+                let timer = this.timer.get_or_insert_with(|| Box::pin(tokio::time::sleep(idle)));
+                match timer.as_mut().poll(cx) {
+                    std::task::Poll::Ready(()) => std::task::Poll::Ready(Some(Err(Box::new(BodyStalled(idle))))),
+                    std::task::Poll::Pending => std::task::Poll::Pending,
+                }
+            }
         }
     }
 
