@@ -81,8 +81,14 @@ impl RunningGateway {
         let budget = UpstreamBudget::build(&config.upstream.limits, None);
         let config = Arc::new(config);
         metrics.config_last_reload_success.set(unix_now());
-        let runtime: SharedRuntime =
-            Arc::new(ArcSwap::from_pointee(Runtime { config, credentials, upstream, limits, budget }));
+        let runtime: SharedRuntime = Arc::new(ArcSwap::from_pointee(Runtime {
+            config,
+            credentials,
+            upstream,
+            limits,
+            budget,
+            key_cache: Default::default(),
+        }));
         let draining = Arc::new(AtomicBool::new(false));
         let listeners = CancellationToken::new();
         let admin_listener = CancellationToken::new();
@@ -217,7 +223,14 @@ impl RunningGateway {
         let credentials = Credentials::build(&cfg, &upstream, previous, &self.metrics)?;
         let limits = ClientLimits::build(&cfg, Some(&old.limits));
         let budget = UpstreamBudget::build(&cfg.upstream.limits, Some(&old.budget));
-        self.runtime.store(Arc::new(Runtime { config: Arc::new(cfg), credentials, upstream, limits, budget }));
+        self.runtime.store(Arc::new(Runtime {
+            config: Arc::new(cfg),
+            credentials,
+            upstream,
+            limits,
+            budget,
+            key_cache: Default::default(),
+        }));
         self.sync_token_tasks();
         Ok(())
     }

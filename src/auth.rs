@@ -1,14 +1,15 @@
 //! Local authentication: which configured client is calling, from its local key (`ApiKey` or
 //! `Authorization: Bearer`), its verified client certificate, or the anonymous client.
 
-use http::{header, HeaderMap};
+use http::header::{self, HeaderName};
+use http::HeaderMap;
 use sha2::{Digest, Sha256};
 
 use crate::config::Config;
 use crate::error::GatewayError;
 
 /// `ApiKey`, the header Palette's SDK and Terraform provider send.
-pub const API_KEY: &str = "apikey";
+pub static API_KEY: HeaderName = HeaderName::from_static("apikey");
 
 /// What the TLS layer verified about the connection's client certificate.
 #[derive(Debug, Clone, Default)]
@@ -27,13 +28,44 @@ pub fn key_hash_string(key: &str) -> String {
     format!("sha256:{}", hex::encode(hash_key(key)))
 }
 
+/// Keys already matched to a client, so that steady traffic skips the SHA-256. Only keys that
+/// matched are kept (at most [`KeyCache::CAPACITY`]), so unknown keys cannot grow it; it lives in
+/// one runtime snapshot, so a reload that removes a key forgets it.
+#[derive(Debug, Default)]
+pub struct KeyCache {
+    known: std::sync::RwLock<std::collections::HashMap<Box<str>, usize>>,
+}
+
+impl KeyCache {
+    /// Most keys remembered.
+    pub const CAPACITY: usize = 4096;
+
+    fn lookup(&self, cfg: &Config, key: &str) -> Option<usize> {
+        if let Some(&client) = self.known.read().ok().as_ref().and_then(|m| m.get(key)) {
+            return Some(client);
+        }
+        let client = cfg.client_by_key_hash(&hash_key(key))?;
+        if let Ok(mut m) = self.known.write() {
+            if m.len() < Self::CAPACITY {
+                m.insert(key.into(), client);
+            }
+        }
+        Some(client)
+    }
+}
+
 /// Finds the calling client. Errors are 400 (ambiguous credentials) or 401.
-pub fn identify(cfg: &Config, headers: &HeaderMap, peer: &PeerIdentity) -> Result<usize, GatewayError> {
+pub fn identify(
+    cfg: &Config,
+    cache: &KeyCache,
+    headers: &HeaderMap,
+    peer: &PeerIdentity,
+) -> Result<usize, GatewayError> {
     let key = local_key(headers)?;
     let by_cert = peer.cert_names.iter().find_map(|n| cfg.client_by_cert_name(n));
     match (key, by_cert) {
         (Some(key), cert) => {
-            let Some(client) = cfg.client_by_key_hash(&hash_key(key)) else {
+            let Some(client) = cache.lookup(cfg, key) else {
                 return Err(GatewayError::UnknownCredential("the local key is not known to this gateway".into()));
             };
             if cert.is_some_and(|c| c != client) {
@@ -50,8 +82,8 @@ pub fn identify(cfg: &Config, headers: &HeaderMap, peer: &PeerIdentity) -> Resul
 
 /// The local key the request carries, if any.
 fn local_key(headers: &HeaderMap) -> Result<Option<&str>, GatewayError> {
-    let api_key = single(headers, API_KEY, "ApiKey")?;
-    let bearer = match single(headers, header::AUTHORIZATION.as_str(), "Authorization")? {
+    let api_key = single(headers, &API_KEY, "ApiKey")?;
+    let bearer = match single(headers, &header::AUTHORIZATION, "Authorization")? {
         Some(v) => Some(bearer_token(v)?),
         None => None,
     };
@@ -64,7 +96,7 @@ fn local_key(headers: &HeaderMap) -> Result<Option<&str>, GatewayError> {
     }
 }
 
-fn single<'a>(headers: &'a HeaderMap, name: &str, shown: &str) -> Result<Option<&'a str>, GatewayError> {
+fn single<'a>(headers: &'a HeaderMap, name: &HeaderName, shown: &str) -> Result<Option<&'a str>, GatewayError> {
     let mut values = headers.get_all(name).iter();
     let Some(first) = values.next() else {
         return Ok(None);
@@ -128,31 +160,34 @@ mod tests {
     fn api_key_and_bearer_identify() {
         let c = cfg("");
         let none = PeerIdentity::default();
-        assert_eq!(identify(&c, &h(&[("apikey", "key-a")]), &none).unwrap(), 0);
-        assert_eq!(identify(&c, &h(&[("authorization", "Bearer key-b")]), &none).unwrap(), 1);
-        assert_eq!(identify(&c, &h(&[("authorization", "bearer key-b")]), &none).unwrap(), 1);
+        assert_eq!(identify(&c, &KeyCache::default(), &h(&[("apikey", "key-a")]), &none).unwrap(), 0);
+        assert_eq!(identify(&c, &KeyCache::default(), &h(&[("authorization", "Bearer key-b")]), &none).unwrap(), 1);
+        assert_eq!(identify(&c, &KeyCache::default(), &h(&[("authorization", "bearer key-b")]), &none).unwrap(), 1);
     }
 
     #[test]
     fn unknown_missing_and_ambiguous() {
         let c = cfg("");
         let none = PeerIdentity::default();
-        assert!(matches!(identify(&c, &h(&[("apikey", "nope")]), &none), Err(GatewayError::UnknownCredential(_))));
-        assert!(matches!(identify(&c, &h(&[]), &none), Err(GatewayError::MissingCredential)));
         assert!(matches!(
-            identify(&c, &h(&[("apikey", "key-a"), ("authorization", "Bearer key-a")]), &none),
+            identify(&c, &KeyCache::default(), &h(&[("apikey", "nope")]), &none),
+            Err(GatewayError::UnknownCredential(_))
+        ));
+        assert!(matches!(identify(&c, &KeyCache::default(), &h(&[]), &none), Err(GatewayError::MissingCredential)));
+        assert!(matches!(
+            identify(&c, &KeyCache::default(), &h(&[("apikey", "key-a"), ("authorization", "Bearer key-a")]), &none),
             Err(GatewayError::BadRequest(_))
         ));
         assert!(matches!(
-            identify(&c, &h(&[("apikey", "key-a"), ("apikey", "key-a")]), &none),
+            identify(&c, &KeyCache::default(), &h(&[("apikey", "key-a"), ("apikey", "key-a")]), &none),
             Err(GatewayError::BadRequest(_))
         ));
         assert!(matches!(
-            identify(&c, &h(&[("authorization", "Basic eDp5")]), &none),
+            identify(&c, &KeyCache::default(), &h(&[("authorization", "Basic eDp5")]), &none),
             Err(GatewayError::UnknownCredential(_))
         ));
         assert!(matches!(
-            identify(&c, &h(&[("authorization", "key-a")]), &none),
+            identify(&c, &KeyCache::default(), &h(&[("authorization", "key-a")]), &none),
             Err(GatewayError::UnknownCredential(_))
         ));
     }
@@ -160,8 +195,8 @@ mod tests {
     #[test]
     fn anonymous_client_when_configured() {
         let c = cfg("[auth]\nanonymous_client = \"b\"\n");
-        assert_eq!(identify(&c, &h(&[]), &PeerIdentity::default()).unwrap(), 1);
+        assert_eq!(identify(&c, &KeyCache::default(), &h(&[]), &PeerIdentity::default()).unwrap(), 1);
         // A wrong key is still refused: anonymous covers only "no credential".
-        assert!(identify(&c, &h(&[("apikey", "nope")]), &PeerIdentity::default()).is_err());
+        assert!(identify(&c, &KeyCache::default(), &h(&[("apikey", "nope")]), &PeerIdentity::default()).is_err());
     }
 }

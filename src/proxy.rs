@@ -59,6 +59,8 @@ pub struct Runtime {
     pub limits: ClientLimits,
     /// The outbound budget per Palette prefix.
     pub budget: UpstreamBudget,
+    /// Local keys already matched to a client (this snapshot's clients only).
+    pub key_cache: auth::KeyCache,
 }
 
 /// The live runtime, shared by the listeners and reload.
@@ -362,7 +364,7 @@ async fn process(
     });
     let checked = path::check(parts.uri.path())?;
     let cfg = &rt.config;
-    let client_idx = auth::identify(cfg, &parts.headers, &conn.identity)?;
+    let client_idx = auth::identify(cfg, &rt.key_cache, &parts.headers, &conn.identity)?;
     let client = &cfg.clients[client_idx];
     outcome.client = Some(client.name.clone());
     match rt.limits.check(client_idx) {
@@ -470,10 +472,10 @@ impl Exchange<'_> {
                 (None, None) => body::empty(),
             };
             let req = match &attempt {
-                Attempt::ApiKey(h) => build(self.head, auth::API_KEY, h.clone(), body),
+                Attempt::ApiKey(h) => build(self.head, &auth::API_KEY, h.clone(), body),
                 Attempt::Token(t) => {
                     secrets.push(t.value.clone());
-                    build(self.head, header::AUTHORIZATION.as_str(), t.header.clone(), body)
+                    build(self.head, &header::AUTHORIZATION, t.header.clone(), body)
                 }
             };
             let sent = Instant::now();
@@ -584,12 +586,17 @@ impl Exchange<'_> {
     }
 }
 
-fn build(head: &http::request::Parts, name: &'static str, value: HeaderValue, body: Body) -> Request<Body> {
+fn build(
+    head: &http::request::Parts,
+    name: &http::header::HeaderName,
+    value: HeaderValue,
+    body: Body,
+) -> Request<Body> {
     let mut req = Request::new(body);
     *req.method_mut() = head.method.clone();
     *req.uri_mut() = head.uri.clone();
     *req.headers_mut() = head.headers.clone();
-    req.headers_mut().insert(name, value);
+    req.headers_mut().insert(name.clone(), value);
     req
 }
 

@@ -4,6 +4,7 @@
 
 use std::borrow::Cow;
 
+use http::header::HeaderName;
 use http::{HeaderMap, HeaderValue};
 use percent_encoding::percent_decode_str;
 
@@ -12,6 +13,7 @@ use crate::error::GatewayError;
 
 /// `ProjectUid` (header names are case-insensitive; `ProjectUID` is the same header).
 pub const PROJECT_UID: &str = "projectuid";
+static PROJECT_UID_HEADER: HeaderName = HeaderName::from_static(PROJECT_UID);
 
 /// The scope decided for a request.
 #[derive(Debug, PartialEq, Eq)]
@@ -30,8 +32,8 @@ pub fn apply(
     query: Option<&str>,
 ) -> Result<Scope, GatewayError> {
     if let Some(project) = route.and_then(|r| r.project_uid.clone()) {
-        headers.remove(PROJECT_UID);
-        headers.insert(PROJECT_UID, project.clone());
+        headers.remove(&PROJECT_UID_HEADER);
+        headers.insert(PROJECT_UID_HEADER.clone(), project.clone());
         let query = query.map(strip_project_params).filter(|q| !q.is_empty());
         return Ok(Scope { project: Some(project), query });
     }
@@ -51,7 +53,7 @@ pub fn apply(
             }
         }
     };
-    for v in headers.get_all(PROJECT_UID) {
+    for v in headers.get_all(&PROJECT_UID_HEADER) {
         let text = v.to_str().map_err(|_| GatewayError::BadRequest("ProjectUid header is not valid text".into()))?;
         note(text.trim())?;
     }
@@ -72,8 +74,8 @@ pub fn apply(
     };
     if let Some(p) = &project {
         // One spelling, one value: what was checked is what Palette sees.
-        headers.remove(PROJECT_UID);
-        headers.insert(PROJECT_UID, p.clone());
+        headers.remove(&PROJECT_UID_HEADER);
+        headers.insert(PROJECT_UID_HEADER.clone(), p.clone());
     }
     Ok(Scope { project, query: query.map(str::to_string) })
 }
