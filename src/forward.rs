@@ -2,8 +2,6 @@
 //! credentials and forwarding headers replaced, `Set-Cookie` withheld, and upstream error
 //! bodies scrubbed of any upstream secret they echo.
 
-use std::net::IpAddr;
-
 use bytes::Bytes;
 use http::header::{self, HeaderName};
 use http::{HeaderMap, HeaderValue, Response, StatusCode};
@@ -73,12 +71,9 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
 
 /// Prepares a client's headers for the upstream. The credential and `ProjectUid` are set by
 /// their own steps; this removes everything the client must not control.
-pub fn request_headers(headers: &mut HeaderMap, peer: IpAddr, tls: bool, request_id: &HeaderValue) {
+pub fn request_headers(headers: &mut HeaderMap, forwarded_for: &HeaderValue, tls: bool, request_id: &HeaderValue) {
     strip(headers, |n| is_hop_by_hop(n) || is_client_only(n));
-    // An IP address always renders as a valid header value.
-    if let Ok(v) = HeaderValue::from_str(&peer.to_string()) {
-        headers.insert(X_FORWARDED_FOR.clone(), v);
-    }
+    headers.insert(X_FORWARDED_FOR.clone(), forwarded_for.clone());
     headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(if tls { "https" } else { "http" }));
     headers.insert(X_REQUEST_ID.clone(), request_id.clone());
 }
@@ -182,7 +177,7 @@ mod tests {
         ] {
             h.insert(k, HeaderValue::from_static(v));
         }
-        request_headers(&mut h, "10.1.2.3".parse().unwrap(), true, &HeaderValue::from_static("rid"));
+        request_headers(&mut h, &HeaderValue::from_static("10.1.2.3"), true, &HeaderValue::from_static("rid"));
         assert!(
             h.get("apikey").is_none()
                 && h.get("authorization").is_none()

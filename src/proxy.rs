@@ -75,6 +75,18 @@ pub struct ConnInfo {
     pub tls: bool,
     /// The verified client certificate's names (mTLS).
     pub identity: Arc<PeerIdentity>,
+    /// `X-Forwarded-For` for requests on this connection, rendered once per connection.
+    pub forwarded_for: HeaderValue,
+}
+
+impl ConnInfo {
+    /// A connection from `peer`.
+    pub fn new(peer: SocketAddr, tls: bool, identity: Arc<PeerIdentity>) -> Self {
+        // An IP address always renders as a valid header value.
+        let forwarded_for =
+            HeaderValue::from_str(&peer.ip().to_string()).unwrap_or_else(|_| HeaderValue::from_static("unknown"));
+        ConnInfo { peer, tls, identity, forwarded_for }
+    }
 }
 
 /// The gateway as a tower service.
@@ -168,7 +180,11 @@ impl AccessRecord {
 }
 
 /// A header value fit for a log line: visible ASCII, bounded.
-fn loggable(headers: &http::HeaderMap, name: &str) -> Option<String> {
+static TRACEPARENT: http::header::HeaderName = http::header::HeaderName::from_static("traceparent");
+static TRACESTATE: http::header::HeaderName = http::header::HeaderName::from_static("tracestate");
+static AUDIT_UID: http::header::HeaderName = http::header::HeaderName::from_static("audituid");
+
+fn loggable(headers: &http::HeaderMap, name: &http::header::HeaderName) -> Option<String> {
     let v = headers.get(name)?.to_str().ok()?;
     (v.len() <= 512 && v.bytes().all(|b| b.is_ascii_graphic() || b == b' ')).then(|| v.to_string())
 }
@@ -195,8 +211,8 @@ impl Gateway {
             request_id: request_id.to_str().unwrap_or_default().to_string(),
             method: req.method().clone(),
             path: req.uri().path().to_string(),
-            traceparent: loggable(req.headers(), "traceparent"),
-            tracestate: loggable(req.headers(), "tracestate"),
+            traceparent: loggable(req.headers(), &TRACEPARENT),
+            tracestate: loggable(req.headers(), &TRACESTATE),
             stats: Arc::new(body::BodyStats::default()),
             outcome: Outcome::default(),
             armed: true,
@@ -221,7 +237,7 @@ impl Gateway {
         if let Some(rate) = pending.outcome.rate {
             rate.apply(resp.headers_mut());
         }
-        let audit_uid = loggable(resp.headers(), "audituid");
+        let audit_uid = loggable(resp.headers(), &AUDIT_UID);
         let (record, inflight) = pending.answered(resp.status().as_u16(), audit_uid);
         resp.map(move |b| {
             body::Tracked::new(
@@ -327,8 +343,13 @@ fn request_id(headers: &http::HeaderMap) -> HeaderValue {
         }
     }
     let id: u128 = rand::random();
+    let mut hex = [0u8; 32];
+    for (i, byte) in id.to_be_bytes().iter().enumerate() {
+        hex[2 * i] = b"0123456789abcdef"[usize::from(byte >> 4)];
+        hex[2 * i + 1] = b"0123456789abcdef"[usize::from(byte & 0xf)];
+    }
     // 32 hex digits are always a valid header value.
-    HeaderValue::from_str(&format!("{id:032x}")).unwrap_or_else(|_| HeaderValue::from_static("0"))
+    HeaderValue::from_bytes(&hex).unwrap_or_else(|_| HeaderValue::from_static("0"))
 }
 
 async fn process(
@@ -357,11 +378,11 @@ async fn process(
             "absolute-form request targets are not accepted: send origin-form (/v1/...)".into(),
         ));
     }
-    let conn = parts.extensions.get::<ConnInfo>().cloned().unwrap_or_else(|| ConnInfo {
-        peer: SocketAddr::from(([127, 0, 0, 1], 0)),
-        tls: false,
-        identity: Arc::default(),
-    });
+    let conn = parts
+        .extensions
+        .get::<ConnInfo>()
+        .cloned()
+        .unwrap_or_else(|| ConnInfo::new(SocketAddr::from(([127, 0, 0, 1], 0)), false, Arc::default()));
     let checked = path::check(parts.uri.path())?;
     let cfg = &rt.config;
     let client_idx = auth::identify(cfg, &rt.key_cache, &parts.headers, &conn.identity)?;
@@ -385,7 +406,7 @@ async fn process(
     policy::check(client, &parts.method, &matched.upstream_path)?;
     let scope = scope::apply(client, matched.route, &mut parts.headers, parts.uri.query())?;
     outcome.project = scope.project.as_ref().and_then(|p| p.to_str().ok()).map(str::to_string);
-    forward::request_headers(&mut parts.headers, conn.peer.ip(), conn.tls, request_id);
+    forward::request_headers(&mut parts.headers, &conn.forwarded_for, conn.tls, request_id);
 
     let path_and_query = match &scope.query {
         Some(q) => format!("{}?{q}", matched.upstream_path),

@@ -85,14 +85,14 @@ pub async fn serve(listener: TcpListener, settings: SettingsSource, service: Htt
             let _permit = permit;
             match settings.tls.clone() {
                 None => {
-                    let conn = ConnInfo { peer, tls: false, identity: Arc::default() };
+                    let conn = ConnInfo::new(peer, false, Arc::default());
                     drive(stream, conn, service, &settings.limits, shutdown).await;
                 }
                 Some(tls) => {
                     let Some((stream, identity)) = handshake(&TlsAcceptor::from(tls), stream, peer).await else {
                         return;
                     };
-                    let conn = ConnInfo { peer, tls: true, identity: Arc::new(identity) };
+                    let conn = ConnInfo::new(peer, true, Arc::new(identity));
                     drive(stream, conn, service, &settings.limits, shutdown).await;
                 }
             }

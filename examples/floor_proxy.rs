@@ -1,0 +1,65 @@
+//! The framework floor for the benchmark: the smallest proxy on the same stack as the gateway
+//! (hyper 1 server, hyper-util pooled client, tokio current-thread, mimalloc), doing only the
+//! header swap and none of the gateway's work. The gateway's distance to it is what its own code
+//! costs; the floor's distance to HAProxy is what the stack costs.
+//!
+//! `cargo run --release --example floor_proxy -- 127.0.0.1:18086 http://127.0.0.1:18090 UPSTREAM-KEY`
+
+use std::convert::Infallible;
+
+use http::{HeaderValue, Request, Uri};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use hyper_util::client::legacy::{connect::HttpConnector, Client};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+type Body = http_body_util::combinators::UnsyncBoxBody<bytes::Bytes, hyper::Error>;
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let mut args = std::env::args().skip(1);
+    let listen = args.next().unwrap_or_else(|| "127.0.0.1:18086".into());
+    let upstream: Uri = args.next().unwrap_or_else(|| "http://127.0.0.1:18090".into()).parse()?;
+    let key = HeaderValue::from_str(&args.next().unwrap_or_else(|| "UPSTREAM-SECRET".into()))?;
+    tokio::runtime::Builder::new_current_thread().enable_all().build()?.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(&listen).await?;
+        let client: Client<HttpConnector, Body> = Client::builder(TokioExecutor::new()).build(HttpConnector::new());
+        loop {
+            let (stream, _) = listener.accept().await?;
+            let _ = stream.set_nodelay(true);
+            let (client, upstream, key) = (client.clone(), upstream.clone(), key.clone());
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
+                    let (client, upstream, key) = (client.clone(), upstream.clone(), key.clone());
+                    async move {
+                        let (mut parts, body) = req.into_parts();
+                        let pq = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+                        parts.uri = Uri::builder()
+                            .scheme(upstream.scheme_str().unwrap_or("http"))
+                            .authority(upstream.authority().map_or("127.0.0.1", |a| a.as_str()))
+                            .path_and_query(pq)
+                            .build()
+                            .unwrap_or_default();
+                        parts.headers.remove("host");
+                        parts.headers.insert("apikey", key);
+                        let resp = match client.request(Request::from_parts(parts, body.boxed_unsync())).await {
+                            Ok(r) => r.map(|b| b.boxed_unsync()),
+                            Err(_) => {
+                                let mut r = http::Response::new(
+                                    http_body_util::Empty::new().map_err(|n| match n {}).boxed_unsync(),
+                                );
+                                *r.status_mut() = http::StatusCode::BAD_GATEWAY;
+                                r
+                            }
+                        };
+                        Ok::<_, Infallible>(resp)
+                    }
+                });
+                let _ = auto::Builder::new(TokioExecutor::new()).serve_connection(TokioIo::new(stream), svc).await;
+            });
+        }
+    })
+}
