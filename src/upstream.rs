@@ -79,7 +79,9 @@ impl UpstreamClient {
             .wrap_connector(http);
         let client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(90))
-            .pool_max_idle_per_host(256)
+            // Enough idle connections for a burst of concurrent requests (HTTP/2 clients multiplex
+            // hundreds of streams onto HTTP/1.1 upstream connections) without closing and reopening.
+            .pool_max_idle_per_host(1024)
             .pool_timer(TokioTimer::new())
             .timer(TokioTimer::new())
             .build(https);
