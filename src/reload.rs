@@ -66,9 +66,22 @@ pub fn spawn(
 }
 
 fn watch(files: &[PathBuf], tx: mpsc::UnboundedSender<()>) -> Option<notify::RecommendedWatcher> {
+    // The names that matter in the watched directories: the files themselves, and Kubernetes'
+    // `..data`-style entries whose swap replaces them. Other files there (a log written next to
+    // the config) must not wake us.
+    let names: BTreeSet<std::ffi::OsString> =
+        files.iter().filter_map(|f| f.file_name().map(|n| n.to_os_string())).collect();
     let mut watcher = match notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+        let Ok(event) = event else { return };
         // Only changes count: reading the files (ours included) raises access events.
-        if event.is_ok_and(|e| !matches!(e.kind, notify::EventKind::Access(_))) {
+        if matches!(event.kind, notify::EventKind::Access(_)) {
+            return;
+        }
+        let relevant = event
+            .paths
+            .iter()
+            .any(|p| p.file_name().is_some_and(|n| names.contains(n) || n.to_string_lossy().starts_with("..")));
+        if relevant {
             let _ = tx.send(());
         }
     }) {
