@@ -23,7 +23,7 @@ fn overhead(c: &mut Criterion) {
     let limits = ClientLimits::build(&cfg, None);
     let budget = UpstreamBudget::build(&cfg.upstream.limits, None);
     let metrics = Metrics::new();
-    let path = palette_gateway::path::check("/v1/spectroclusters/abc/profiles").expect("path");
+    let path = palette_gateway::path::check("/v1/spectroclusters/abc").expect("path");
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
 
     c.bench_function("client_limits_check", |b| b.iter(|| limits.check(0)));
