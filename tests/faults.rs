@@ -375,16 +375,6 @@ fn panics_seen() -> usize {
     PANICS.lock().map(|p| p.len()).unwrap_or(usize::MAX)
 }
 
-/// VmRSS of this process in KiB.
-fn rss_kib() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
-        })
-        .unwrap_or(0)
-}
-
 /// How one request of the mixed run ended.
 enum Outcome {
     /// Answered with the expected status (and body).

@@ -98,15 +98,6 @@ async fn upload_streams_unchanged() {
     assert_eq!(r.bytes().await.unwrap().len(), body.len());
 }
 
-fn rss_kib() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
-        })
-        .unwrap_or(0)
-}
-
 /// Upstream connections are pooled: many requests, from many client connections, reuse a few
 /// connections to Palette instead of opening one each.
 #[tokio::test]

@@ -507,3 +507,13 @@ pub fn keep_alive_get(path: &str, headers: &[(&str, &str)]) -> Vec<u8> {
     req.push_str("\r\n");
     req.into_bytes()
 }
+
+/// VmRSS of this test process in KiB (0 where /proc is not there).
+pub fn rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        })
+        .unwrap_or(0)
+}
