@@ -325,6 +325,24 @@ impl ConfigMapDir {
     }
 }
 
+/// Rotates the Palette key in a Secret-style directory (alternating, so every round is a change)
+/// until requests reach the fake with the rotated key.
+async fn rotate_until_used(
+    secret: &mut ConfigMapDir,
+    http: &reqwest::Client,
+    url: &str,
+    fake: &palette_gateway::fake_palette::FakePalette,
+) -> bool {
+    change_until(
+        |round| secret.swap("api-key", if round % 2 == 0 { ROTATED_KEY } else { PALETTE_KEY }),
+        || async {
+            status(http, url, ADMIN_KEY).await == 200
+                && fake.requests().last().is_some_and(|r| r.headers["apikey"] == ROTATED_KEY)
+        },
+    )
+    .await
+}
+
 /// A Kubernetes ConfigMap update (the `..data` symlink swapped) reloads the gateway on its own.
 #[tokio::test]
 async fn watcher_follows_a_kubernetes_configmap_symlink_swap() {
@@ -375,15 +393,7 @@ async fn watcher_applies_a_rotated_kubernetes_secret() {
     let url = format!("{base}/v1/users");
     assert_eq!(status(&http, &url, ADMIN_KEY).await, 200);
     assert_eq!(fake.requests().last().unwrap().headers["apikey"], PALETTE_KEY);
-    let ok = change_until(
-        // Alternate so that every round is a change.
-        |round| secret.swap("api-key", if round % 2 == 0 { ROTATED_KEY } else { PALETTE_KEY }),
-        || async {
-            status(&http, &url, ADMIN_KEY).await == 200
-                && fake.requests().last().is_some_and(|r| r.headers["apikey"] == ROTATED_KEY)
-        },
-    )
-    .await;
+    let ok = rotate_until_used(&mut secret, &http, &url, &fake).await;
     assert!(ok, "the rotated secret never took effect");
     w.stop().await;
 }
@@ -533,14 +543,7 @@ async fn watcher_follows_secret_files_added_by_a_reload() {
     assert!(moved, "the config change was not reloaded");
     assert_eq!(status(&http, &url, ADMIN_KEY).await, 200);
     assert_eq!(fake.requests().last().unwrap().headers["apikey"], PALETTE_KEY);
-    let rotated = change_until(
-        |round| secret.swap("api-key", if round % 2 == 0 { ROTATED_KEY } else { PALETTE_KEY }),
-        || async {
-            status(&http, &url, ADMIN_KEY).await == 200
-                && fake.requests().last().is_some_and(|r| r.headers["apikey"] == ROTATED_KEY)
-        },
-    )
-    .await;
+    let rotated = rotate_until_used(&mut secret, &http, &url, &fake).await;
     w.stop().await;
     assert!(rotated, "rotating the new secret file never took effect");
 }
