@@ -30,8 +30,9 @@ fn is_hop_by_hop(name: &str) -> bool {
     )
 }
 
-/// Client headers that must never reach Palette: the client's credentials, and forwarding
-/// headers the gateway sets itself (a client could otherwise spoof them).
+/// Client headers that must never reach Palette: the client's credentials, and headers the
+/// gateway sets itself (a client could otherwise spoof them). `ProjectUid` is among them: the
+/// scope step has read (and checked) the client's, and the decided one is set again last.
 fn is_client_only(name: &str) -> bool {
     matches!(
         name,
@@ -44,6 +45,8 @@ fn is_client_only(name: &str) -> bool {
             | "x-forwarded-proto"
             | "x-forwarded-host"
             | "x-real-ip"
+            | "x-request-id"
+            | crate::scope::PROJECT_UID
     )
 }
 
@@ -69,13 +72,31 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
     strip(headers, is_hop_by_hop);
 }
 
-/// Prepares a client's headers for the upstream. The credential and `ProjectUid` are set by
-/// their own steps; this removes everything the client must not control.
-pub fn request_headers(headers: &mut HeaderMap, forwarded_for: &HeaderValue, tls: bool, request_id: &HeaderValue) {
+/// The request headers the gateway decides, whatever the client sent.
+#[derive(Debug, Clone, Copy)]
+pub struct Decided<'a> {
+    /// `X-Forwarded-For`: the client's address.
+    pub forwarded_for: &'a HeaderValue,
+    /// `X-Forwarded-Proto`: `https` when the client connection is TLS.
+    pub tls: bool,
+    /// `X-Request-Id`.
+    pub request_id: &'a HeaderValue,
+    /// `ProjectUid`, as the scope step decided (`None`: tenant scope, no header).
+    pub project: Option<&'a HeaderValue>,
+}
+
+/// Prepares a client's headers for the upstream: first every removal (hop-by-hop headers,
+/// those `Connection` names, client-only ones), then the headers the gateway decides, so no
+/// `Connection: ProjectUid` (or `X-Request-Id`, ...) can take one away. The upstream credential
+/// is added after this, per attempt, and `Host` comes from the upstream URI.
+pub fn request_headers(headers: &mut HeaderMap, decided: &Decided<'_>) {
     strip(headers, |n| is_hop_by_hop(n) || is_client_only(n));
-    headers.insert(X_FORWARDED_FOR.clone(), forwarded_for.clone());
-    headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(if tls { "https" } else { "http" }));
-    headers.insert(X_REQUEST_ID.clone(), request_id.clone());
+    headers.insert(X_FORWARDED_FOR.clone(), decided.forwarded_for.clone());
+    headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(if decided.tls { "https" } else { "http" }));
+    headers.insert(X_REQUEST_ID.clone(), decided.request_id.clone());
+    if let Some(project) = decided.project {
+        headers.insert(HeaderName::from_static(crate::scope::PROJECT_UID), project.clone());
+    }
 }
 
 /// Prepares the upstream's headers for the client.
@@ -177,7 +198,7 @@ mod tests {
         ] {
             h.insert(k, HeaderValue::from_static(v));
         }
-        request_headers(&mut h, &HeaderValue::from_static("10.1.2.3"), true, &HeaderValue::from_static("rid"));
+        request_headers(&mut h, &decided(None));
         assert!(
             h.get("apikey").is_none()
                 && h.get("authorization").is_none()
@@ -188,6 +209,41 @@ mod tests {
         assert_eq!(h["x-forwarded-proto"], "https");
         assert_eq!(h["x-request-id"], "rid");
         assert!(h.get("forwarded").is_none());
+    }
+
+    fn decided(project: Option<&'static HeaderValue>) -> Decided<'static> {
+        static FOR: HeaderValue = HeaderValue::from_static("10.1.2.3");
+        static RID: HeaderValue = HeaderValue::from_static("rid");
+        Decided { forwarded_for: &FOR, tls: true, request_id: &RID, project }
+    }
+
+    #[test]
+    fn connection_cannot_remove_what_the_gateway_decides() {
+        static P001: HeaderValue = HeaderValue::from_static("p001");
+        for connection in [
+            "keep-alive, ProjectUid",
+            "PROJECTUID",
+            "close,projectuid , x-request-id",
+            "X-Request-Id, X-Forwarded-For, X-Forwarded-Proto, Host, ApiKey, Authorization",
+        ] {
+            for project in [Some(&P001), None] {
+                let mut h = HeaderMap::new();
+                h.insert("connection", HeaderValue::from_static(connection));
+                h.append("projectuid", HeaderValue::from_static("p001"));
+                h.append("projectuid", HeaderValue::from_static("evil"));
+                h.insert("x-request-id", HeaderValue::from_static("client-rid"));
+                h.insert("x-forwarded-for", HeaderValue::from_static("6.6.6.6"));
+                h.insert("x-forwarded-proto", HeaderValue::from_static("gopher"));
+                h.insert("apikey", HeaderValue::from_static("local"));
+                request_headers(&mut h, &decided(project));
+                let all = |n: &str| h.get_all(n).iter().map(|v| v.to_str().unwrap().to_string()).collect::<Vec<_>>();
+                assert_eq!(all("projectuid"), project.map(|_| "p001".to_string()).into_iter().collect::<Vec<_>>());
+                assert_eq!(all("x-request-id"), ["rid"], "{connection}");
+                assert_eq!(all("x-forwarded-for"), ["10.1.2.3"], "{connection}");
+                assert_eq!(all("x-forwarded-proto"), ["https"], "{connection}");
+                assert!(h.get("apikey").is_none() && h.get("connection").is_none(), "{connection}");
+            }
+        }
     }
 
     #[test]

@@ -404,9 +404,18 @@ async fn process(
     let matched = routes::select(cfg, client_idx, &parts.method, &checked);
     outcome.route = matched.route.map(|r| r.name.clone());
     policy::check(client, &parts.method, &matched.upstream_path)?;
-    let scope = scope::apply(client, matched.route, &mut parts.headers, parts.uri.query())?;
-    outcome.project = scope.project.as_ref().and_then(|p| p.to_str().ok()).map(str::to_string);
-    forward::request_headers(&mut parts.headers, &conn.forwarded_for, conn.tls, request_id);
+    // Scope is decided on the headers as the client sent them (a `Connection: ProjectUid`
+    // cannot hide a project from the check); every removal comes next, then every header the
+    // gateway decides, so none can be taken away. The log records what goes upstream.
+    let scope = scope::decide(client, matched.route, &parts.headers, parts.uri.query())?;
+    let decided = forward::Decided {
+        forwarded_for: &conn.forwarded_for,
+        tls: conn.tls,
+        request_id,
+        project: scope.project.as_ref(),
+    };
+    forward::request_headers(&mut parts.headers, &decided);
+    outcome.project = parts.headers.get(scope::PROJECT_UID).and_then(|p| p.to_str().ok()).map(str::to_string);
 
     let path_and_query = match &scope.query {
         Some(q) => format!("{}?{q}", matched.upstream_path),
