@@ -102,3 +102,58 @@ async fn escapes_cannot_dodge_allow() {
     assert_eq!(r.status, 200);
     assert_eq!(h.last().path_and_query, "/v1/Dashboard/x");
 }
+
+const NARROW_KEY: &str = "pgw_narrow-local-key-dddddddddddddddddddddddddddddd";
+
+/// The standard setup plus a client whose rules name exact paths.
+fn narrow_rules() -> String {
+    format!(
+        "{}\n[[clients]]\nname = \"narrow\"\nkeys = [\"{}\"]\nallow = [\"POST /v1/dashboard/projects\", \"GET /v1/notifications/\", \"GET /v1/users/**\"]\n",
+        standard_rules(),
+        palette_gateway::auth::key_hash_string(NARROW_KEY)
+    )
+}
+
+/// A trailing `/` is part of the path as forwarded: a rule for `/x` does not let `/x/` through
+/// (nor the reverse), `/x/**` covers both, and the slash reaches Palette as sent.
+#[tokio::test]
+async fn trailing_slash_is_matched_exactly() {
+    let h = Harness::start(standard_fake(), NO_BUDGET, &narrow_rules()).await;
+    let post = |path: &str| {
+        h.http.post(h.url(path)).header("ApiKey", NARROW_KEY).header("content-type", "application/json").body("{}")
+    };
+    let r = post("/v1/dashboard/projects/").send().await.unwrap();
+    assert_eq!(r.status(), 403, "the rule names /v1/dashboard/projects, not .../projects/");
+    let v: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(v["message"], "client narrow may not POST /v1/dashboard/projects/");
+    assert!(h.forwarded().is_empty());
+    assert!(post("/v1/dashboard/projects").send().await.unwrap().status().is_success());
+    assert_eq!(h.last().path_and_query, "/v1/dashboard/projects");
+
+    let get = |path: &'static str| {
+        let h = &h;
+        async move { h.raw(&raw_get(path, &[("ApiKey", NARROW_KEY)])).await }
+    };
+    assert_eq!(get("/v1/notifications/").await.status, 200);
+    assert_eq!(h.last().path_and_query, "/v1/notifications/");
+    assert_eq!(get("/v1/notifications").await.status, 403);
+    for path in ["/v1/users", "/v1/users/", "/v1/users/u1/"] {
+        assert_eq!(get(path).await.status, 200, "{path}");
+        assert_eq!(h.last().path_and_query, path);
+    }
+}
+
+/// A route prefix covers the prefix itself with or without a trailing `/`; the slash of what
+/// is left after a stripped prefix is kept, and the route's project applies.
+#[tokio::test]
+async fn routes_keep_the_trailing_slash() {
+    let h = Harness::standard().await;
+    let r = h.raw(&raw_get("/team-a/v1/clusterprofiles/", &[("ApiKey", ADMIN_KEY)])).await;
+    assert_eq!(r.status, 200);
+    let got = h.last();
+    assert_eq!(got.path_and_query, "/v1/clusterprofiles/");
+    assert_eq!(got.headers["projectuid"], "p001");
+    let r = h.raw(&raw_get("/v1/spectroclusters/", &[("ApiKey", CI_KEY)])).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(h.last().headers["projectuid"], "p002", "/v1/spectroclusters/ is under the route's prefix");
+}
