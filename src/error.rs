@@ -27,6 +27,12 @@ pub enum GatewayError {
     /// `allow` refused the request.
     #[error("client {client} may not {method} {path}")]
     Forbidden { client: String, method: String, path: String },
+    /// A credential endpoint (see `credential_endpoints`) not opened for the client.
+    #[error(
+        "client {client} may not {method} {path}: a credential endpoint, because {why}; an operator can open it for \
+         this client with allow_credential_endpoints = [\"{opening}\"] (its allow rules must cover it too)"
+    )]
+    CredentialEndpointForbidden { client: String, method: String, path: String, why: &'static str, opening: String },
     /// A client tried to use the gateway's own Palette session.
     #[error("client {client} may not call {path}: /v1/auth/** is reserved to the gateway's own session")]
     AuthPathForbidden { client: String, path: String },
@@ -67,6 +73,7 @@ impl GatewayError {
             GatewayError::UnknownCredential(_) => (StatusCode::UNAUTHORIZED, "Unauthorized"),
             GatewayError::Forbidden { .. } => (StatusCode::FORBIDDEN, "Forbidden"),
             GatewayError::AuthPathForbidden { .. } => (StatusCode::FORBIDDEN, "Forbidden"),
+            GatewayError::CredentialEndpointForbidden { .. } => (StatusCode::FORBIDDEN, "Forbidden"),
             GatewayError::ProjectForbidden { .. } => (StatusCode::FORBIDDEN, "ProjectForbidden"),
             GatewayError::RateLimited { .. } => (StatusCode::TOO_MANY_REQUESTS, "TooManyRequests"),
             GatewayError::PayloadTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "RequestEntityTooLarge"),
@@ -83,7 +90,9 @@ impl GatewayError {
         match self {
             GatewayError::MissingCredential => Some("missing"),
             GatewayError::UnknownCredential(_) => Some("unknown_key"),
-            GatewayError::Forbidden { .. } | GatewayError::AuthPathForbidden { .. } => Some("forbidden"),
+            GatewayError::Forbidden { .. }
+            | GatewayError::AuthPathForbidden { .. }
+            | GatewayError::CredentialEndpointForbidden { .. } => Some("forbidden"),
             GatewayError::ProjectForbidden { .. } => Some("project"),
             GatewayError::InvalidPath(_)
             | GatewayError::BadRequest(_)
@@ -145,6 +154,17 @@ mod tests {
                 "Forbidden",
             ),
             (GatewayError::AuthPathForbidden { client: "c".into(), path: "/v1/auth/x".into() }, 403, "Forbidden"),
+            (
+                GatewayError::CredentialEndpointForbidden {
+                    client: "c".into(),
+                    method: "POST".into(),
+                    path: "/v1/apiKeys".into(),
+                    why: "it mints a key",
+                    opening: "POST /v1/apiKeys".into(),
+                },
+                403,
+                "Forbidden",
+            ),
             (GatewayError::ProjectForbidden { client: "c".into(), project: "p".into() }, 403, "ProjectForbidden"),
             (
                 GatewayError::RateLimited { client: "c".into(), limit: "client", rate: "1/s".into(), retry_after: 1 },

@@ -19,6 +19,7 @@ pub mod auth;
 pub mod body;
 pub mod cli;
 pub mod config;
+pub mod credential_endpoints;
 pub mod credentials;
 pub mod demo;
 pub mod error;

@@ -135,7 +135,14 @@ mod tests {
     use std::sync::Arc;
 
     fn client(projects: Projects) -> Client {
-        Client { name: Arc::from("ci"), credential: 0, projects, allow: None, rate_limit: None }
+        Client {
+            name: Arc::from("ci"),
+            credential: 0,
+            projects,
+            allow: None,
+            allow_credential_endpoints: Vec::new(),
+            rate_limit: None,
+        }
     }
 
     fn route(project: &str) -> Route {
