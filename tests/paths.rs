@@ -5,7 +5,7 @@ mod support;
 use support::*;
 
 /// Every operation in Palette's own API spec, placeholders filled, reaches the fake unchanged
-/// (the `/v1/auth/**` ones are refused by design, and are counted).
+/// (the `/v1/auth/**` ones and the credential endpoints are refused by design, and counted).
 #[tokio::test]
 async fn every_spec_path_passes_unchanged() {
     let spec_path = concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/palette/palette-api-spec.json");
@@ -16,6 +16,7 @@ async fn every_spec_path_passes_unchanged() {
     let h = Harness::start(standard_fake(), NO_BUDGET, &rules).await;
     let mut forwarded = 0;
     let mut refused_auth = 0;
+    let mut refused_credential = 0;
     for (template, ops) in spec["paths"].as_object().unwrap() {
         let path = fill(template);
         for method in ops.as_object().unwrap().keys() {
@@ -36,6 +37,17 @@ async fn every_spec_path_passes_unchanged() {
                 refused_auth += 1;
                 continue;
             }
+            let method = http::Method::from_bytes(m.as_str().as_bytes()).unwrap();
+            let checked = palette_gateway::path::check(&path).unwrap();
+            if palette_gateway::credential_endpoints::refused(&method, &checked).is_some() {
+                assert_eq!(r.status(), 403, "{m} {path}");
+                if m != reqwest::Method::HEAD {
+                    let v: serde_json::Value = r.json().await.unwrap();
+                    assert!(v["message"].as_str().unwrap().contains("a credential endpoint"), "{m} {path}: {v}");
+                }
+                refused_credential += 1;
+                continue;
+            }
             assert!(r.status().is_success(), "{m} {path}: {}", r.status());
             let got = h.last();
             assert_eq!(got.method.as_str(), m.as_str());
@@ -43,8 +55,10 @@ async fn every_spec_path_passes_unchanged() {
             forwarded += 1;
         }
     }
-    assert!(forwarded > 1100, "only {forwarded} operations forwarded");
+    assert!(forwarded > 1050, "only {forwarded} operations forwarded");
     assert!(refused_auth > 0);
+    // The credential endpoints of the spec (see src/credential_endpoints.rs), and no more.
+    assert!((30..60).contains(&refused_credential), "{refused_credential} credential endpoints refused");
 }
 
 fn fill(template: &str) -> String {

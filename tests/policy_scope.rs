@@ -311,3 +311,82 @@ async fn get_rules_and_routes_cover_head() {
     let r = h.http.request(reqwest::Method::OPTIONS, h.url("/v1/packs")).header("ApiKey", CI_KEY).send().await.unwrap();
     assert_eq!(r.status(), 403);
 }
+
+const MINTER_KEY: &str = "pgw_minter-local-key-eeeeeeeeeeeeeeeeeeeeeeeeeeeeeeee";
+const OPENED_KEY: &str = "pgw_opened-local-key-ffffffffffffffffffffffffffffffff";
+
+/// The standard setup plus a client allowed `POST /v1/**`, and one that also has
+/// `POST /v1/apiKeys` opened by name.
+fn credential_rules() -> String {
+    use palette_gateway::auth::key_hash_string;
+    format!(
+        "{}\n[[clients]]\nname = \"minter\"\nkeys = [\"{}\"]\nallow = [\"POST /v1/**\", \"GET /v1/**\"]\n\
+         [[clients]]\nname = \"opened\"\nkeys = [\"{}\"]\nallow = [\"POST /v1/**\"]\nallow_credential_endpoints = [\"POST /v1/apiKeys\"]\n",
+        standard_rules(),
+        key_hash_string(MINTER_KEY),
+        key_hash_string(OPENED_KEY)
+    )
+}
+
+/// A client whose `allow` covers `POST /v1/apiKeys` (or that has no `allow` at all) gets 403
+/// `Forbidden` saying it is a credential endpoint and how to open it; nothing reaches Palette.
+#[tokio::test]
+async fn credential_endpoints_are_refused_whatever_allow_says() {
+    let h = Harness::start(standard_fake(), NO_BUDGET, &credential_rules()).await;
+    let r = h.http.post(h.url("/v1/apiKeys")).header("ApiKey", MINTER_KEY).body("{}").send().await.unwrap();
+    assert_eq!(r.status(), 403);
+    let v: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(v["code"], "Forbidden");
+    let msg = v["message"].as_str().unwrap();
+    assert!(msg.starts_with("client minter may not POST /v1/apiKeys: a credential endpoint"), "{msg}");
+    assert!(msg.contains("allow_credential_endpoints = [\"POST /v1/apiKeys\"]"), "{msg}");
+    for (key, method, path) in [
+        (ADMIN_KEY, "POST", "/v1/apiKeys"),
+        (ADMIN_KEY, "POST", "/V1/APIKEYS"),
+        (ADMIN_KEY, "POST", "/v1/apiKeys/"),
+        (ADMIN_KEY, "POST", "/v1alpha1/apiKeys"),
+        (ADMIN_KEY, "POST", "/team-a/v1/apiKeys"),
+        (ADMIN_KEY, "PUT", "/v1/apiKeys/k1/state"),
+        (ADMIN_KEY, "DELETE", "/v1/apiKeys/k1"),
+        (ADMIN_KEY, "POST", "/v1/users/auth/tokens/revoke"),
+        (ADMIN_KEY, "PATCH", "/v1/users/password/change"),
+        (ADMIN_KEY, "PATCH", "/v1/users/u1/password/reset"),
+        (ADMIN_KEY, "GET", "/v1/spectroclusters/c1/assets/adminTokenKubeconfig"),
+        (ADMIN_KEY, "GET", "/v1/edgehosts/tokens"),
+        (ADMIN_KEY, "POST", "/v1/edgehosts/tokens/t1/x"),
+        (MINTER_KEY, "GET", "/v1/edgehosts/tokens/t1"),
+        (MINTER_KEY, "HEAD", "/v1/edgehosts/tokens"),
+        (BOT_KEY, "POST", "/v1/apiKeys"),
+    ] {
+        let m = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
+        let r = h.http.request(m, h.url(path)).header("ApiKey", key).body("{}").send().await.unwrap();
+        assert_eq!(r.status(), 403, "{method} {path}");
+        if method != "HEAD" {
+            let v: serde_json::Value = r.json().await.unwrap();
+            assert!(v["message"].as_str().unwrap().contains("credential endpoint"), "{method} {path}: {v}");
+        }
+    }
+    assert!(h.forwarded().is_empty());
+    // Listing keys stays open.
+    let r = h.http.get(h.url("/v1/apiKeys")).header("ApiKey", MINTER_KEY).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(h.last().path_and_query, "/v1/apiKeys");
+}
+
+/// Naming `POST /v1/apiKeys` in a client's `allow_credential_endpoints` opens exactly that
+/// endpoint for that client (its `allow` covers it): the request reaches Palette.
+#[tokio::test]
+async fn allow_credential_endpoints_opens_the_named_endpoint() {
+    let h = Harness::start(standard_fake(), NO_BUDGET, &credential_rules()).await;
+    let r = h.http.post(h.url("/v1/apiKeys")).header("ApiKey", OPENED_KEY).body("{}").send().await.unwrap();
+    assert!(r.status().is_success(), "{}", r.status());
+    let got = h.last();
+    assert_eq!((got.method.as_str(), got.path_and_query.as_str()), ("POST", "/v1/apiKeys"));
+    assert_eq!(got.headers["apikey"], PALETTE_KEY);
+    // Only that one: other credential endpoints stay refused for it, and for other clients.
+    let r = h.http.post(h.url("/v1/users/auth/tokens/revoke")).header("ApiKey", OPENED_KEY).send().await.unwrap();
+    assert_eq!(r.status(), 403);
+    let r = h.http.post(h.url("/v1/apiKeys")).header("ApiKey", MINTER_KEY).send().await.unwrap();
+    assert_eq!(r.status(), 403);
+    assert_eq!(h.forwarded().len(), 1);
+}
