@@ -472,6 +472,16 @@ mod tests {
         }
     }
 
+    /// The README's table lists every entry, with its reason.
+    #[test]
+    fn the_readme_lists_every_entry() {
+        let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+        for e in ENTRIES {
+            let row = format!("| `{}` | {} |", e.path, e.why);
+            assert!(readme.contains(&row), "README.md lacks the row for {}: {row}", e.path);
+        }
+    }
+
     /// Why reads of `/v1/apiKeys` stay open: the key field is deprecated in the spec, and only
     /// the create answer carries a key.
     #[test]
