@@ -440,7 +440,7 @@ mod tests {
             if lower.starts_with("/v1/auth/") || !WORDS.iter().any(|w| lower.contains(w)) {
                 continue;
             }
-            let concrete = path(&template.replace('{', "").replace('}', ""));
+            let concrete = path(&template.replace(['{', '}'], ""));
             for m in ops.as_object().unwrap().keys().filter(|m| *m != "parameters") {
                 let m = m.to_ascii_uppercase();
                 let op = format!("{m} {template}");
