@@ -181,7 +181,7 @@ async fn curl_h2c_gets_refusals_cleanly() {
     let url = h.url("/v1/clusterprofiles");
     // ci may not POST there (403); HEAD goes to a path no client may call (403 too).
     let head_url = h.url("/v1/auth/authenticate");
-    let body = "x".repeat(4096);
+    let body = "x".repeat(60 * 1024);
     let mut runs = Vec::new();
     for i in 0..50 {
         let mut cmd = std::process::Command::new("curl");
