@@ -58,7 +58,9 @@ async fn head_over_h2_has_no_body_whoever_answers() {
     let admin = h.gateway.admin_addr;
     let gw = h2c(proxy).await;
     let adm = h2c(admin).await;
-    let cases: [(&h2::client::SendRequest<Bytes>, SocketAddr, &str, Option<&str>, u16); 8] = [
+    // (connection, listener, path, local key, status)
+    type Case<'a> = (&'a h2::client::SendRequest<Bytes>, SocketAddr, &'a str, Option<&'a str>, u16);
+    let cases: [Case; 8] = [
         (&gw, proxy, "/v1/users", None, 401),
         (&gw, proxy, "/v1/users", Some("pgw_not-a-key"), 401),
         (&gw, proxy, "/v1/auth/authenticate", Some(ADMIN_KEY), 403),
