@@ -60,6 +60,10 @@ pub enum GatewayError {
     /// The upstream answered something unusable.
     #[error("upstream error: {0}")]
     UpstreamError(String),
+    /// A request framing the gateway does not implement (a transfer coding other than
+    /// `chunked`): RFC 9112 §6.1 says 501.
+    #[error("{0}")]
+    NotImplemented(String),
 }
 
 impl GatewayError {
@@ -82,6 +86,7 @@ impl GatewayError {
             GatewayError::UpstreamUnavailable(_) => (StatusCode::BAD_GATEWAY, "UpstreamUnavailable"),
             GatewayError::UpstreamTimeout(_) => (StatusCode::GATEWAY_TIMEOUT, "UpstreamTimeout"),
             GatewayError::UpstreamError(_) => (StatusCode::BAD_GATEWAY, "UpstreamError"),
+            GatewayError::NotImplemented(_) => (StatusCode::NOT_IMPLEMENTED, "NotImplemented"),
         }
     }
 
@@ -103,7 +108,8 @@ impl GatewayError {
             | GatewayError::CredentialUnavailable { .. }
             | GatewayError::UpstreamUnavailable(_)
             | GatewayError::UpstreamTimeout(_)
-            | GatewayError::UpstreamError(_) => None,
+            | GatewayError::UpstreamError(_)
+            | GatewayError::NotImplemented(_) => None,
         }
     }
 
@@ -179,6 +185,7 @@ mod tests {
             (GatewayError::UpstreamUnavailable("x".into()), 502, "UpstreamUnavailable"),
             (GatewayError::UpstreamTimeout("5s".into()), 504, "UpstreamTimeout"),
             (GatewayError::UpstreamError("x".into()), 502, "UpstreamError"),
+            (GatewayError::NotImplemented("x".into()), 501, "NotImplemented"),
         ]
     }
 
