@@ -4,6 +4,7 @@ mod support;
 
 use std::time::{Duration, Instant};
 
+use palette_gateway::credentials::token::FRESH_REPLACEMENT;
 use palette_gateway::fake_palette::{FakePalette, FakePaletteConfig};
 use support::*;
 
@@ -89,7 +90,9 @@ async fn token_refused_early_is_replaced_and_request_replayed() {
     assert_eq!(posts.len(), 2, "one refused, one replayed");
     assert_eq!(&posts[1].body[..], b"{\"x\":1}");
     assert_ne!(posts[0].headers["authorization"], posts[1].headers["authorization"]);
-    // Concurrent refusals share one new login.
+    // Concurrent refusals share one new login. (A replacement is trusted for
+    // FRESH_REPLACEMENT: a 401 on it before then is the endpoint's answer, see below.)
+    tokio::time::sleep(FRESH_REPLACEMENT).await;
     h.fake.revoke_tokens();
     let mut tasks = Vec::new();
     for _ in 0..20 {

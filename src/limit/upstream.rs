@@ -195,6 +195,13 @@ impl UpstreamBudget {
             .or(self.catch_all.as_ref())
     }
 
+    /// The bucket the gateway's own logins and refreshes draw from (`/v1/auth` in Palette's
+    /// preset), if any rule covers them.
+    pub fn auth_bucket(&self) -> Option<&Arc<Bucket>> {
+        let login = crate::path::check("/v1/auth/authenticate").ok()?;
+        self.bucket_for(&login)
+    }
+
     /// The longest a request waits for budget.
     pub fn max_wait(&self) -> Duration {
         self.max_wait
