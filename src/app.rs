@@ -261,7 +261,10 @@ impl RunningGateway {
             _ = futures_util::future::join_all(servers) => {}
             _ = hurry.cancelled() => return,
         }
-        self.stop_background().await;
+        tokio::select! {
+            _ = self.stop_background() => {}
+            _ = hurry.cancelled() => {}
+        }
     }
 
     async fn stop_background(&mut self) {
@@ -331,9 +334,15 @@ pub async fn run(path: PathBuf, cfg: Config, env: Arc<dyn Environment>) -> anyho
         signals.recv().await;
         tracing::warn!("second stop signal: exiting now");
         second.cancel();
+        // Whatever the shutdown is waiting for (a drain, the watcher, a token task), a second
+        // signal ends the process now.
+        std::process::exit(1);
     });
     stop_watch.cancel();
-    let _ = watcher.await;
+    tokio::select! {
+        _ = watcher => {}
+        _ = hurry.cancelled() => std::process::exit(1),
+    }
     let gateway = match Arc::try_unwrap(gateway) {
         Ok(g) => g,
         Err(_) => anyhow::bail!("internal: the gateway is still shared at shutdown"),
