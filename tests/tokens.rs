@@ -160,3 +160,52 @@ async fn health_and_readiness() {
     let r = h.http.get(format!("{}/nope", h.admin)).send().await.unwrap();
     assert_eq!(r.status(), 404);
 }
+
+/// One tool calls an endpoint that always answers 401 (`/v1/__fake/status/401`) 50 times,
+/// replayable GETs and non-replayable large PUTs, while another tool on the same login
+/// credential calls a healthy path: the 401s pass through with Palette's answer, they cost at
+/// most one login beyond the first (not one or two per request), and the other tool never
+/// gets a 503 or a 401: its token is never taken away.
+#[tokio::test]
+async fn an_endpoint_answering_401_neither_storms_logins_nor_starves_other_clients() {
+    const OTHER_KEY: &str = "pgw_other-local-key-dddddddddddddddddddddddddddddd";
+    let rules = format!(
+        "{}\n[[clients]]\nname = \"other\"\nkeys = [\"{}\"]\ncredential = \"ops\"\nprojects = [\"*\"]\n",
+        standard_rules(),
+        palette_gateway::auth::key_hash_string(OTHER_KEY)
+    );
+    let h = std::sync::Arc::new(Harness::start(standard_fake(), NO_BUDGET, &rules).await);
+    h.wait_ready().await;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let healthy = {
+        let (h, stop) = (h.clone(), stop.clone());
+        tokio::spawn(async move {
+            let mut statuses = Vec::new();
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                let r = h.http.get(h.url("/v1/users")).header("ApiKey", OTHER_KEY).send().await.unwrap();
+                statuses.push(r.status().as_u16());
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            statuses
+        })
+    };
+    for i in 0..50 {
+        let r = if i % 5 == 4 {
+            // Too large to buffer: cannot be replayed.
+            let body = vec![b'a'; 100 * 1024];
+            h.http.put(h.url("/v1/__fake/status/401")).header("ApiKey", BOT_KEY).body(body).send().await.unwrap()
+        } else {
+            h.http.get(h.url("/v1/__fake/status/401")).header("ApiKey", BOT_KEY).send().await.unwrap()
+        };
+        assert_eq!(r.status(), 401, "request {i}");
+        let v: serde_json::Value = r.json().await.unwrap();
+        assert_eq!(v["code"], "Unauthorized", "Palette's answer passes through: {v}");
+    }
+    // Let a background replacement (if any) finish before counting.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let statuses = healthy.await.unwrap();
+    assert!(!statuses.is_empty());
+    assert!(statuses.iter().all(|&s| s == 200), "the healthy client got {:?}", statuses.iter().filter(|&&s| s != 200).collect::<Vec<_>>());
+    assert!(h.fake.login_attempts() <= 2, "{} logins for 50 requests to one refusing endpoint", h.fake.login_attempts());
+}
