@@ -288,7 +288,10 @@ async fn stalled_login_gives_503_within_the_timeout_then_recovers() {
 async fn stalled_login_does_not_hold_shutdown() {
     let up = FaultyUpstream::start(Mode::StallMidBody).await;
     let gw = Gw::start_with(&up.url(), "30s", &login_rules()).await;
-    let logging_in = eventually(Duration::from_secs(5), || async { up.request_log().iter().any(|(_, p)| p.starts_with("/v1/auth/")) }).await;
+    let logging_in = eventually(Duration::from_secs(5), || async {
+        up.request_log().iter().any(|(_, p)| p.starts_with("/v1/auth/"))
+    })
+    .await;
     assert!(logging_in, "the login never reached the upstream");
     let started = Instant::now();
     bounded(Duration::from_secs(5), gw.gateway.shutdown(), "shutdown with a stalled login").await;

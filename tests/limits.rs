@@ -251,7 +251,8 @@ async fn palette_always_429_without_budget_is_retried_few_times_and_paced() {
 async fn palette_retry_after_is_followed() {
     let up = FaultyUpstream::start(Mode::TooManyRetryAfter).await;
     let gw = api_key_gateway(&up.url(), NO_BUDGET).await;
-    let r = client().get(format!("http://{}/v1/packs", gw.proxy_addr)).header("ApiKey", ADMIN_KEY).send().await.unwrap();
+    let r =
+        client().get(format!("http://{}/v1/packs", gw.proxy_addr)).header("ApiKey", ADMIN_KEY).send().await.unwrap();
     assert_eq!(r.status(), 429);
     assert_eq!(r.headers()["retry-after"], "1", "Palette's own Retry-After passes through");
     let arrivals = up.arrivals("/v1/packs");
@@ -269,7 +270,8 @@ async fn palette_429_on_a_preset_prefix_spaces_the_attempts() {
     let gw = api_key_gateway(&up.url(), "").await;
     let http = client();
     for _ in 0..10 {
-        let r = http.get(format!("http://{}/v1/packs", gw.proxy_addr)).header("ApiKey", ADMIN_KEY).send().await.unwrap();
+        let r =
+            http.get(format!("http://{}/v1/packs", gw.proxy_addr)).header("ApiKey", ADMIN_KEY).send().await.unwrap();
         assert_eq!(r.status(), 429);
     }
     let arrivals = up.arrivals("/v1/packs");

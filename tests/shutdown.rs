@@ -249,8 +249,11 @@ impl Gateway {
         let dir = scratch_dir(name);
         let config = dir.join("gateway.toml");
         let ports = free_ports();
-        let text = binary_config(upstream_url, ports, server_extra, log_cfg)
-            .replacen("request_timeout = \"5s\"", &format!("request_timeout = \"{request_timeout}\""), 1);
+        let text = binary_config(upstream_url, ports, server_extra, log_cfg).replacen(
+            "request_timeout = \"5s\"",
+            &format!("request_timeout = \"{request_timeout}\""),
+            1,
+        );
         std::fs::write(&config, text).unwrap();
         std::fs::create_dir_all(TEST_LOG_DIR).unwrap();
         let log = Path::new(TEST_LOG_DIR).join(format!("{name}-binary-{}.log", std::process::id()));
@@ -444,7 +447,8 @@ async fn binary_stops_with_a_stalled_login() {
     assert!(logging_in, "the login never reached the upstream");
     let sent = Instant::now();
     g.signal("-TERM");
-    let status = g.exited(Duration::from_secs(8)).await.expect("one SIGTERM stops the gateway despite the stalled login");
+    let status =
+        g.exited(Duration::from_secs(8)).await.expect("one SIGTERM stops the gateway despite the stalled login");
     assert!(status.success(), "{status:?}");
     assert!(sent.elapsed() < Duration::from_secs(4), "{:?}", sent.elapsed());
 

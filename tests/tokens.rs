@@ -206,6 +206,14 @@ async fn an_endpoint_answering_401_neither_storms_logins_nor_starves_other_clien
     stop.store(true, std::sync::atomic::Ordering::SeqCst);
     let statuses = healthy.await.unwrap();
     assert!(!statuses.is_empty());
-    assert!(statuses.iter().all(|&s| s == 200), "the healthy client got {:?}", statuses.iter().filter(|&&s| s != 200).collect::<Vec<_>>());
-    assert!(h.fake.login_attempts() <= 2, "{} logins for 50 requests to one refusing endpoint", h.fake.login_attempts());
+    assert!(
+        statuses.iter().all(|&s| s == 200),
+        "the healthy client got {:?}",
+        statuses.iter().filter(|&&s| s != 200).collect::<Vec<_>>()
+    );
+    assert!(
+        h.fake.login_attempts() <= 2,
+        "{} logins for 50 requests to one refusing endpoint",
+        h.fake.login_attempts()
+    );
 }

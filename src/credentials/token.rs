@@ -297,7 +297,8 @@ impl TokenManager {
     async fn refresh(&self, current: &Secret) -> Result<(IssuedToken, Duration), AuthCallError> {
         self.pace("refresh").await?;
         let started = Instant::now();
-        let result = palette_auth::refresh(&self.client, current).await.and_then(|i| self.checked(i, started, "refresh"));
+        let result =
+            palette_auth::refresh(&self.client, current).await.and_then(|i| self.checked(i, started, "refresh"));
         match &result {
             Ok(_) => {
                 self.refreshes.fetch_add(1, Ordering::Relaxed);
@@ -343,7 +344,12 @@ impl TokenManager {
     }
 
     /// The issued token's lifetime from now, or why it cannot be used.
-    fn checked(&self, issued: IssuedToken, started: Instant, call: &'static str) -> Result<(IssuedToken, Duration), AuthCallError> {
+    fn checked(
+        &self,
+        issued: IssuedToken,
+        started: Instant,
+        call: &'static str,
+    ) -> Result<(IssuedToken, Duration), AuthCallError> {
         let configured = self.settings.token_lifetime.saturating_sub(started.elapsed());
         match lifetime(issued.exp, SystemTime::now(), configured) {
             Ok(life) => Ok((issued, life)),

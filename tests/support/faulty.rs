@@ -347,7 +347,12 @@ fn expired_token() -> String {
         .map(|d| d.as_secs())
         .unwrap_or(0)
         .saturating_sub(3600);
-    format!("{}.{}.{}", e.encode(r#"{"alg":"HS256"}"#), e.encode(format!(r#"{{"sub":"faulty","exp":{exp}}}"#)), e.encode("sig"))
+    format!(
+        "{}.{}.{}",
+        e.encode(r#"{"alg":"HS256"}"#),
+        e.encode(format!(r#"{{"sub":"faulty","exp":{exp}}}"#)),
+        e.encode("sig")
+    )
 }
 
 /// Closes with RST instead of FIN.
