@@ -298,6 +298,32 @@ async fn stalled_login_does_not_hold_shutdown() {
     assert!(started.elapsed() < Duration::from_secs(3), "{:?}", started.elapsed());
 }
 
+/// Palette refuses every login (429) while a tool keeps calling on that credential
+/// (`preset = "none"`, so no budget bucket paces `/v1/auth`): logins still start at least 1 s
+/// apart, however many requests want a token, and each request gets a prompt 503.
+#[tokio::test]
+async fn failing_logins_are_spaced_whoever_asks() {
+    let up = FaultyUpstream::start(Mode::TooManyRequests).await;
+    let gw = Gw::start_with(&up.url(), "1s", &login_rules()).await;
+    let until = Instant::now() + Duration::from_millis(3500);
+    let mut n = 0;
+    while Instant::now() < until {
+        let req = gw.http.get(gw.url("/v1/users")).header("ApiKey", BOT_KEY).send();
+        let r = bounded(REQUEST_TIMEOUT * 2, req, "a request while logins fail").await.unwrap();
+        assert_eq!(r.status(), 503);
+        n += 1;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(n > 20);
+    let logins = up.arrivals("/v1/auth/");
+    assert!(!logins.is_empty() && logins.len() <= 4, "{} logins in 3.5 s", logins.len());
+    for w in logins.windows(2) {
+        let gap = w[1].duration_since(w[0]);
+        assert!(gap >= Duration::from_millis(950), "two logins {gap:?} apart");
+    }
+    assert!(up.arrivals("/v1/users").is_empty(), "a request went upstream without a token");
+}
+
 /// A login answering a JWT whose `exp` is an hour in the past is a failed login: `/readyz`
 /// stays 503 naming a possible clock skew, the token-rejected metric counts it, no expiry is
 /// published, and requests on that credential get 503 rather than a token Palette will refuse.

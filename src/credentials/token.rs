@@ -214,6 +214,10 @@ impl TokenManager {
 
     async fn renew_shared(&self, refuted: Option<u64>) -> Result<Arc<Token>, TokenUnavailable> {
         let seen = self.attempts.load(Ordering::Acquire);
+        if self.failed_recently() {
+            // Backing off after failures: answer now instead of queueing behind the pause.
+            return Err(TokenUnavailable(self.last_error().unwrap_or_else(|| "login failed".into())));
+        }
         let _guard = self.renew.lock().await;
         if let Some(t) = self.current().filter(|t| Some(t.generation) != refuted) {
             return Ok(t);
@@ -226,12 +230,14 @@ impl TokenManager {
         self.renew_locked(false, refuted.is_some()).await
     }
 
+    /// The last renewal failed a moment ago, or logins are backing off after failures.
     fn failed_recently(&self) -> bool {
-        self.last_error
-            .lock()
-            .ok()
-            .and_then(|e| e.as_ref().map(|(_, at)| at.elapsed() < FAIL_FAST_WINDOW))
-            .unwrap_or(false)
+        let failed_at = self.last_error.lock().ok().and_then(|e| e.as_ref().map(|(_, at)| *at));
+        let Some(at) = failed_at else {
+            return false;
+        };
+        let p = self.pacing();
+        at.elapsed() < FAIL_FAST_WINDOW || (p.failures > 0 && p.next_login.is_some_and(|n| n > Instant::now()))
     }
 
     /// Runs one renewal; the caller holds `renew`. `prefer_refresh` tries the refresh call first
@@ -391,8 +397,11 @@ impl TokenManager {
             let now = Instant::now();
             let refused = self.refused.load(Ordering::Acquire);
             let wait = match self.current.load_full() {
-                // Failed logins are spaced by `pace`; a refused token is replaced at once.
-                _ if failures > 0 => Duration::ZERO,
+                // After failures, wait out the logins' backoff here, not holding `renew`.
+                _ if failures > 0 => {
+                    self.pacing().next_login.map_or(Duration::ZERO, |n| n.saturating_duration_since(now))
+                }
+                // A refused token is replaced at once.
                 Some(t) if t.generation == refused => Duration::ZERO,
                 Some(t) => t.refresh_at.saturating_duration_since(now),
                 None => Duration::ZERO,
