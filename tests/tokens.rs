@@ -217,3 +217,21 @@ async fn an_endpoint_answering_401_neither_storms_logins_nor_starves_other_clien
         h.fake.login_attempts()
     );
 }
+
+/// `refresh_before` below the "stop sending" margin (a 3 s token without `exp`, `refresh_before`
+/// 100 ms, where the token stops being sent 300 ms before it expires): the token is still
+/// refreshed before it stops being sent, so no request waits for a login and no second login
+/// happens.
+#[tokio::test]
+async fn refresh_before_below_the_margin_still_renews_in_time() {
+    let h = Harness::start(short_lived(Duration::from_secs(3), false), NO_BUDGET, &rules("3s", "100ms")).await;
+    h.wait_ready().await;
+    let until = Instant::now() + Duration::from_secs(4);
+    while Instant::now() < until {
+        let r = h.http.get(h.url("/v1/users")).header("ApiKey", BOT_KEY).send().await.unwrap();
+        assert_eq!(r.status(), 200);
+        tokio::time::sleep(Duration::from_millis(30)).await;
+    }
+    assert_eq!(h.fake.logins(), 1, "a request found no usable token and logged in");
+    assert!(h.fake.refreshes() >= 1);
+}
