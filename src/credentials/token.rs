@@ -186,13 +186,14 @@ impl TokenManager {
     /// every request that saw the same refusal, waited for at most `within`. The refused token
     /// keeps serving other requests until the new one is installed.
     pub async fn replace(&self, token: &Token, within: Duration) -> Result<Arc<Token>, TokenUnavailable> {
-        tracing::warn!(credential = %self.name, "Palette refused the token; logging in again");
+        tracing::warn!(credential = %self.name, "upstream refused the token; logging in again");
         self.bounded(within, self.renew_shared(Some(token.generation))).await
     }
 
     /// Palette refused `token` on a request that cannot be replayed: the background task
     /// replaces it (paced like every login); nobody loses the current token meanwhile.
     pub fn replace_soon(&self, token: &Token) {
+        tracing::warn!(credential = %self.name, "upstream refused the token; logging in again in the background");
         self.refused.store(token.generation, Ordering::Release);
         self.wake.notify_one();
     }
