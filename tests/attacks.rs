@@ -110,6 +110,11 @@ const ANON_OK: &[u8] =
 /// A gateway in front of `upstream_url` with the API-key credential only (no login traffic),
 /// `admin` (any project, no allow rules) and `ci` (projects p001 and p002), and no budget.
 async fn gateway(upstream_url: &str) -> RunningGateway {
+    gateway_with(upstream_url, "").await
+}
+
+/// [`gateway`] with extra `[upstream]` lines (`ca_file = ...`).
+async fn gateway_with(upstream_url: &str, upstream_extra: &str) -> RunningGateway {
     init_logs();
     let text = format!(
         r#"[server]
@@ -120,6 +125,7 @@ admin_listen = "127.0.0.1:0"
 url = "{upstream_url}"
 connect_timeout = "2s"
 request_timeout = "5s"
+{upstream_extra}
 
 [upstream.limits]
 preset = "none"
@@ -304,7 +310,9 @@ async fn connect_and_extended_connect_open_no_tunnel() {
 
 // --- Trailers --------------------------------------------------------------------------------
 
-/// Request trailers sent over HTTP/1.1 chunked bodies: a client's local key, an Authorization
+/// Guard (held already). Request trailers sent over HTTP/1.1 chunked bodies, to an HTTP/1.1
+/// upstream (hyper's HTTP/1 client sends no undeclared trailers on its own; the HTTP/2 test
+/// below is the one that catches a regression in the gateway's drop): a client's local key, an Authorization
 /// and a ProjectUid in the trailer section never reach Palette, for streamed (POST) and
 /// buffered (PUT) bodies alike.
 #[tokio::test]
@@ -327,7 +335,8 @@ async fn request_trailers_over_http1_never_reach_palette() {
     }
 }
 
-/// Request trailers sent over HTTP/2 (a HEADERS frame after the DATA): the same.
+/// Guard (held already). Request trailers sent over HTTP/2 (a HEADERS frame after the DATA),
+/// to an HTTP/1.1 upstream: the same.
 #[tokio::test]
 async fn request_trailers_over_http2_never_reach_palette() {
     let up = Scripted::start(ANON_OK).await;
@@ -355,6 +364,114 @@ async fn request_trailers_over_http2_never_reach_palette() {
         no_local_key(raw, "the upstream request");
         assert!(!raw.contains("p999"), "a trailer's ProjectUid reached Palette:\n{raw}");
         assert!(!raw.to_ascii_lowercase().contains("x-trailer-seen"), "a trailer reached Palette:\n{raw}");
+    }
+}
+
+/// An HTTPS upstream speaking HTTP/2 (as Palette's SaaS does, chosen by ALPN) that records
+/// every request's headers and trailers, and answers 200 `{}`.
+struct H2Upstream {
+    url: String,
+    ca_file: String,
+    seen: Arc<Mutex<Vec<(http::HeaderMap, Option<http::HeaderMap>)>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for H2Upstream {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl H2Upstream {
+    async fn start(name: &str) -> H2Upstream {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let params = rcgen::CertificateParams::new(vec!["localhost".to_string()]).unwrap();
+        let cert = params.self_signed(&key).unwrap();
+        let dir = scratch_dir(name);
+        let ca_file = dir.join("upstream.pem").display().to_string();
+        std::fs::write(&ca_file, cert.pem()).unwrap();
+        let certs = vec![cert.der().clone()];
+        let der = rustls::pki_types::PrivateKeyDer::try_from(key.serialize_der()).unwrap();
+        let mut tls = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(certs, der)
+            .unwrap();
+        tls.alpn_protocols = vec![b"h2".to_vec()];
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("https://localhost:{}", listener.local_addr().unwrap().port());
+        let seen: Arc<Mutex<Vec<(http::HeaderMap, Option<http::HeaderMap>)>>> = Arc::default();
+        let record = seen.clone();
+        let task = tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                let (acceptor, record) = (acceptor.clone(), record.clone());
+                tokio::spawn(async move {
+                    let Ok(tls) = acceptor.accept(tcp).await else { return };
+                    let Ok(mut conn) = h2::server::handshake(tls).await else { return };
+                    while let Some(Ok((req, mut respond))) = conn.accept().await {
+                        let record = record.clone();
+                        tokio::spawn(async move {
+                            let (parts, mut body) = req.into_parts();
+                            while let Some(Ok(chunk)) = body.data().await {
+                                let _ = body.flow_control().release_capacity(chunk.len());
+                            }
+                            let trailers = body.trailers().await.ok().flatten();
+                            record.lock().unwrap().push((parts.headers, trailers));
+                            let resp = http::Response::builder().status(200).body(()).unwrap();
+                            if let Ok(mut send) = respond.send_response(resp, false) {
+                                let _ = send.send_data(Bytes::from_static(b"{}"), true);
+                            }
+                        });
+                    }
+                });
+            }
+        });
+        H2Upstream { url, ca_file, seen, task }
+    }
+}
+
+/// Guard (held already, by `drain`'s trailer drop; this test fails without it). Over an HTTP/2
+/// upstream (Palette's SaaS, by ALPN) hyper forwards a body's trailers: a client's local key,
+/// an Authorization or a ProjectUid in its trailer section would reach Palette. None does,
+/// whether the client speaks HTTP/1.1 (chunked) or HTTP/2, with a streamed or buffered body.
+#[tokio::test]
+async fn request_trailers_never_reach_an_http2_palette() {
+    let up = H2Upstream::start("attacks-h2-upstream").await;
+    let gw = gateway_with(&up.url, &format!("ca_file = \"{}\"", up.ca_file)).await;
+    let addr = gw.proxy_addr;
+    // HTTP/1.1 chunked with a trailer section, streamed (POST) and buffered (PUT).
+    for method in ["POST", "PUT"] {
+        let req = format!(
+            "{method} /v1/dashboard/projects HTTP/1.1\r\nHost: gateway.test\r\nApiKey: {CI_KEY}\r\nProjectUid: p001\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n2\r\n{{}}\r\n0\r\nApiKey: {CI_KEY}\r\nProjectUid: p999\r\nX-Trailer-Seen: yes\r\n\r\n"
+        );
+        let r = raw_request(addr, req.as_bytes()).await;
+        assert_eq!(r.status, 200, "{method}: {}", String::from_utf8_lossy(&r.body));
+    }
+    // HTTP/2 with a trailing HEADERS frame.
+    let h2 = h2c(addr).await;
+    for method in [Method::POST, Method::PUT] {
+        let mut trailers = http::HeaderMap::new();
+        trailers.insert("apikey", CI_KEY.parse().unwrap());
+        trailers.insert("authorization", format!("Bearer {ADMIN_KEY}").parse().unwrap());
+        trailers.insert("projectuid", "p999".parse().unwrap());
+        trailers.insert("x-trailer-seen", "yes".parse().unwrap());
+        let req = Request::builder()
+            .method(method.clone())
+            .uri(format!("http://{addr}/v1/dashboard/projects"))
+            .header("apikey", CI_KEY)
+            .header("projectuid", "p001")
+            .body(())
+            .unwrap();
+        let (status, _) = h2_send(&h2, req, b"{}", Some(trailers)).await;
+        assert_eq!(status, 200, "{method}");
+    }
+    let seen = up.seen.lock().unwrap().clone();
+    assert_eq!(seen.len(), 4);
+    for (headers, trailers) in seen {
+        assert_eq!(headers.get_all("projectuid").iter().collect::<Vec<_>>(), ["p001"]);
+        assert_eq!(trailers, None, "trailers reached Palette");
     }
 }
 
