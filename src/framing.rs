@@ -1,5 +1,6 @@
 //! HTTP message framing the gateway enforces itself, whatever hyper lets through: only the
-//! methods of Palette's API are forwarded, request transfer codings other than `chunked` are
+//! methods of Palette's API are forwarded (and no header overrides them or the path), request
+//! transfer codings other than `chunked` are
 //! refused, an upstream protocol switch nobody asked for is not relayed, and no answer to
 //! `HEAD` carries a body.
 
@@ -27,6 +28,24 @@ pub fn check_method(method: &Method) -> Result<(), GatewayError> {
     }
     // A method is a token (visible ASCII), but it can be long: the answer shows a bounded part.
     Err(GatewayError::MethodNotAllowed(method.as_str().chars().take(32).collect()))
+}
+
+/// Headers by which some servers and frameworks take another method or path than the request
+/// line's. A rule checks the request's own method and path, so one of these could turn an
+/// allowed `POST /v1/dashboard/...` into a `DELETE`, or an allowed path into another, behind
+/// every rule's back if anything in front of or inside Palette honours it.
+const OVERRIDES: [&str; 5] =
+    ["x-http-method-override", "x-http-method", "x-method-override", "x-original-url", "x-rewrite-url"];
+
+/// Refuses a request carrying a method or URL override header (see [`OVERRIDES`]): 400 naming
+/// it, since dropping it silently would run another method than the client meant.
+pub fn check_overrides(headers: &HeaderMap) -> Result<(), GatewayError> {
+    match OVERRIDES.iter().find(|name| headers.contains_key(**name)) {
+        None => Ok(()),
+        Some(name) => Err(GatewayError::BadRequest(format!(
+            "the {name} header is not accepted: the gateway's rules apply to the request's own method and path, so send those"
+        ))),
+    }
 }
 
 /// Refuses an upstream answer that is not final: hyper's client passes on a `101 Switching
@@ -106,6 +125,18 @@ mod tests {
         let long = "X".repeat(200);
         let err = check_method(&Method::from_bytes(long.as_bytes()).unwrap()).unwrap_err();
         assert!(err.to_string().len() < 200, "{err}");
+    }
+
+    #[test]
+    fn method_and_url_overrides_are_refused() {
+        for name in OVERRIDES {
+            let mut h = HeaderMap::new();
+            h.insert(name, HeaderValue::from_static("DELETE"));
+            let err = check_overrides(&h).unwrap_err();
+            assert_eq!(err.status_and_code().0, 400);
+            assert!(err.to_string().contains(name), "{err}");
+        }
+        assert!(check_overrides(&HeaderMap::new()).is_ok());
     }
 
     #[test]

@@ -375,6 +375,7 @@ async fn process(
 ) -> Result<Response<Body>, GatewayError> {
     let (mut parts, body) = req.into_parts();
     framing::check_method(&parts.method)?;
+    framing::check_overrides(&parts.headers)?;
     framing::check_transfer_encoding(&parts.headers)?;
     let max_body = rt.config.server.limits.max_request_body;
     let declared = parts.headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());

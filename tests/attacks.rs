@@ -267,6 +267,35 @@ async fn a_lowercase_method_cannot_reach_a_credential_endpoint() {
     assert!(h.forwarded().is_empty(), "reached Palette: {:?}", h.forwarded());
 }
 
+/// Fixed here. A restricted client cannot turn an allowed request into another with a method
+/// or URL override header (`X-HTTP-Method-Override: DELETE` on an allowed POST, which many
+/// frameworks honour, or `X-Original-URL`): 400 naming the header, and nothing reaches Palette.
+#[tokio::test]
+async fn method_and_url_override_headers_are_refused() {
+    let h = Harness::standard().await;
+    for (name, value) in [
+        ("X-HTTP-Method-Override", "DELETE"),
+        ("X-HTTP-Method", "DELETE"),
+        ("X-Method-Override", "PUT"),
+        ("X-Original-URL", "/v1/apiKeys"),
+        ("X-Rewrite-URL", "/v1/auth/authenticate"),
+    ] {
+        let r = h
+            .http
+            .post(h.url("/v1/dashboard/projects"))
+            .header("ApiKey", CI_KEY)
+            .header(name, value)
+            .body("{}")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 400, "{name}");
+        let v: serde_json::Value = r.json().await.unwrap();
+        assert!(v["message"].as_str().unwrap().contains(&name.to_ascii_lowercase()), "{v}");
+    }
+    assert!(h.forwarded().is_empty(), "reached Palette: {:?}", h.forwarded());
+}
+
 /// Guard (held already). Palette's own methods still go through, each as sent.
 #[tokio::test]
 async fn palettes_methods_are_forwarded() {
