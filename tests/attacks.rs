@@ -396,12 +396,15 @@ async fn request_trailers_over_http2_never_reach_palette() {
     }
 }
 
+/// Each request's headers and trailers, as an upstream got them.
+type Seen = Arc<Mutex<Vec<(http::HeaderMap, Option<http::HeaderMap>)>>>;
+
 /// An HTTPS upstream speaking HTTP/2 (as Palette's SaaS does, chosen by ALPN) that records
 /// every request's headers and trailers, and answers 200 `{}`.
 struct H2Upstream {
     url: String,
     ca_file: String,
-    seen: Arc<Mutex<Vec<(http::HeaderMap, Option<http::HeaderMap>)>>>,
+    seen: Seen,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -431,7 +434,7 @@ impl H2Upstream {
         let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("https://localhost:{}", listener.local_addr().unwrap().port());
-        let seen: Arc<Mutex<Vec<(http::HeaderMap, Option<http::HeaderMap>)>>> = Arc::default();
+        let seen: Seen = Arc::default();
         let record = seen.clone();
         let task = tokio::spawn(async move {
             while let Ok((tcp, _)) = listener.accept().await {
