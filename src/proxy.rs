@@ -1,7 +1,7 @@
 //! The request path, in the order each request takes it:
 //!
 //! ```text
-//! request id → in-flight/metrics → target form → path check → local auth → client limits
+//! request id → in-flight/metrics → method (Palette's only) → target form → path check → local auth → client limits
 //!   → route → policy (/v1/auth block, allow) → scope (ProjectUid) → header hygiene
 //!   → credential swap → upstream budget → forward (401 on a token that may be dead → new
 //!     token → one replay; 429 → slow the prefix → paced retry of idempotent requests within
@@ -376,6 +376,8 @@ async fn process(
     outcome: &mut Outcome,
 ) -> Result<Response<Body>, GatewayError> {
     let (mut parts, body) = req.into_parts();
+    framing::check_method(&parts.method)?;
+    framing::check_overrides(&parts.headers)?;
     framing::check_transfer_encoding(&parts.headers)?;
     let max_body = rt.config.server.limits.max_request_body;
     let declared = parts.headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
@@ -383,9 +385,6 @@ async fn process(
         return Err(GatewayError::PayloadTooLarge(max_body));
     }
     let body = http_body_util::BodyExt::boxed_unsync(body::Capped::new(body, max_body, stats.clone()));
-    if parts.method == Method::CONNECT {
-        return Err(GatewayError::MethodNotAllowed("CONNECT".into()));
-    }
     // HTTP/2 always carries :authority; in HTTP/1 an authority means absolute-form, which a
     // reverse proxy must not follow to another host.
     if parts.version < Version::HTTP_2 && parts.uri.authority().is_some() {
@@ -461,7 +460,7 @@ async fn process(
         bucket: rt.budget.bucket_for(&matched.upstream_path),
         rid,
     };
-    exchange.run(credential, body, outcome).await
+    framing::check_upstream_status(exchange.run(credential, body, outcome).await?)
 }
 
 /// One request's trip upstream, with its retries.
