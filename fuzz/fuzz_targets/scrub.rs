@@ -5,8 +5,9 @@
 //! decodes a truncated stream as far as it goes, so this one does too). 2xx bodies stream
 //! unscrubbed by design and are not checked.
 //!
-//! Secrets are shaped like real ones (API keys, JWTs: 9+ characters of `A-Z a-z 0-9 . _ ~ + / = -`),
-//! so no secret is part of the `[redacted]` marker that replaces it.
+//! Secrets are shaped like real ones (API keys, JWTs): 20+ characters of `A-Z a-z 0-9 . _ ~ + / = -`
+//! with a letter and a digit, so that no secret is part of the `[redacted]` marker that replaces
+//! it or of the gateway's own words (`application/json`, its `UpstreamError` message).
 //!
 //! Input (bytes): line 1 the status; line 2 response headers, `name=value` separated by `|`;
 //! line 3 the secrets, separated by `|`; the rest is the body. In line 2 and the body, `$0`..`$9`
@@ -102,7 +103,12 @@ fuzz_target!(|data: &[u8]| {
     let Ok(secret_line) = std::str::from_utf8(secret_line) else { return };
     let secrets: Vec<&str> = secret_line
         .split('|')
-        .filter(|s| s.len() >= 9 && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"._~+/=-".contains(&b)))
+        .filter(|s| {
+            s.len() >= 20
+                && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"._~+/=-".contains(&b))
+                && s.bytes().any(|b| b.is_ascii_digit())
+                && s.bytes().any(|b| b.is_ascii_alphabetic())
+        })
         .collect();
 
     let mut resp = Response::new(body::full(Bytes::from(substitute(body_raw, &secrets))));
