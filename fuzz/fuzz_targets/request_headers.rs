@@ -164,10 +164,8 @@ fuzz_target!(|data: &[u8]| {
     headers.insert(cred_name.clone(), cred_value.clone());
 
     // What would reach Palette.
-    let creds: Vec<(&str, &HeaderValue)> = ["apikey", "authorization"]
-        .into_iter()
-        .flat_map(|n| headers.get_all(n).iter().map(move |v| (n, v)))
-        .collect();
+    let creds: Vec<(&str, &HeaderValue)> =
+        ["apikey", "authorization"].into_iter().flat_map(|n| headers.get_all(n).iter().map(move |v| (n, v))).collect();
     assert_eq!(creds, vec![(cred_name.as_str(), &cred_value)], "not exactly one upstream credential");
     let project: Vec<&HeaderValue> = headers.get_all(scope::PROJECT_UID).iter().collect();
     assert_eq!(project, decided.project.iter().collect::<Vec<_>>(), "ProjectUid is not what scope decided");

@@ -152,7 +152,10 @@ fuzz_target!(|data: &[u8]| {
     }
     for reading in &readings {
         for s in &secrets {
-            assert!(!contains(reading, s.as_bytes()), "secret {s:?} readable in the {status} body (codings {codings:?})");
+            assert!(
+                !contains(reading, s.as_bytes()),
+                "secret {s:?} readable in the {status} body (codings {codings:?})"
+            );
         }
     }
 });
