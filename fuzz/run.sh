@@ -41,9 +41,12 @@ for t in $targets; do
         -max_total_time="$seconds" -timeout=10 -rss_limit_mb=2048 \
         -artifact_prefix="$work/artifacts/" -print_final_stats=1 >"$work/log" 2>&1 || status=$?
     execs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$work/log" | tail -n 1)
-    tail -n 3 "$work/log" | grep -v '^stat::' || true
+    grep -E '^Done [0-9]+ runs' "$work/log" || true
     if [ "$status" -ne 0 ]; then
-        grep -E -A 20 '^(thread .* panicked|==[0-9]+== ERROR|ALARM|SUMMARY)' "$work/log" | head -n 40 || tail -n 40 "$work/log"
+        # The panic message (a broken invariant names itself), else libFuzzer's own verdict
+        # (timeout, out of memory, signal).
+        grep -m 1 -A 4 'panicked at' "$work/log" ||
+            grep -m 1 -A 2 -E '==[0-9]+== ERROR|ALARM' "$work/log" || tail -n 20 "$work/log"
         for a in "$work/artifacts/"*; do
             [ -f "$a" ] || continue
             echo "crashing input $a (as Rust bytes):"
