@@ -130,11 +130,13 @@ impl Drop for Tracked {
     }
 }
 
-/// What went through a request body: bytes, and whether it was cut off at the limit.
+/// What went through a request body: bytes, and whether it was cut off at the limit or
+/// stalled past `request_body_timeout`.
 #[derive(Debug, Default)]
 pub struct BodyStats {
     bytes: std::sync::atomic::AtomicU64,
     tripped: std::sync::atomic::AtomicBool,
+    timed_out: std::sync::atomic::AtomicBool,
 }
 
 impl BodyStats {
@@ -146,6 +148,16 @@ impl BodyStats {
     /// Whether the body went past its limit.
     pub fn tripped(&self) -> bool {
         self.tripped.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Whether the client stopped sending its body for longer than allowed.
+    pub fn timed_out(&self) -> bool {
+        self.timed_out.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Records that the body timed out (see [`IdleTimeout::request`]).
+    pub fn set_timed_out(&self) {
+        self.timed_out.store(true, std::sync::atomic::Ordering::Relaxed);
     }
 }
 
@@ -267,24 +279,38 @@ mod tests {
     }
 }
 
-/// An upstream body that fails when no data arrives for `idle`: a stalled upstream must not
-/// hold a client (and its in-flight slot) forever.
+/// A body that fails when no data arrives for `idle`: a stalled upstream, or a client that
+/// declared a body and stopped sending it, must not hold the other side (and an in-flight
+/// slot) forever. The error reaches whoever reads the body: for a response, hyper then ends the
+/// transfer as an error the client sees (HTTP/1.1: connection closed before the declared length
+/// or the last chunk; HTTP/2: `RST_STREAM`), never as a silently short body.
 pub struct IdleTimeout {
     inner: Body,
     idle: std::time::Duration,
+    side: &'static str,
+    /// Told when a request body stalls, so the gateway answers 408 rather than 502.
+    stats: Option<std::sync::Arc<BodyStats>>,
     /// Armed only once the body has to wait: most small answers arrive whole and never need it.
     timer: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
 }
 
-/// The upstream stopped sending mid-body.
+/// The sender stopped sending mid-body.
 #[derive(Debug, thiserror::Error)]
-#[error("upstream body stalled for {0:?}")]
-pub struct BodyStalled(std::time::Duration);
+#[error("{side} body stalled for {idle:?}")]
+pub struct BodyStalled {
+    side: &'static str,
+    idle: std::time::Duration,
+}
 
 impl IdleTimeout {
-    /// Wraps `inner`; each frame that arrives restarts the clock.
+    /// Wraps an upstream body `inner`; each frame that arrives restarts the clock.
     pub fn new(inner: Body, idle: std::time::Duration) -> Self {
-        IdleTimeout { inner, idle, timer: None }
+        IdleTimeout { inner, idle, side: "upstream", stats: None, timer: None }
+    }
+
+    /// Wraps a client's request body; a stall is recorded in `stats`.
+    pub fn request(inner: Body, idle: std::time::Duration, stats: std::sync::Arc<BodyStats>) -> Self {
+        IdleTimeout { inner, idle, side: "request", stats: Some(stats), timer: None }
     }
 
     /// As the gateway's body type.
@@ -312,7 +338,14 @@ impl http_body::Body for IdleTimeout {
                 let idle = this.idle;
                 let timer = this.timer.get_or_insert_with(|| Box::pin(tokio::time::sleep(idle)));
                 match timer.as_mut().poll(cx) {
-                    std::task::Poll::Ready(()) => std::task::Poll::Ready(Some(Err(Box::new(BodyStalled(idle))))),
+                    std::task::Poll::Ready(()) => {
+                        this.timer = None;
+                        if let Some(stats) = &this.stats {
+                            stats.set_timed_out();
+                        }
+                        tracing::debug!(side = this.side, ?idle, "body stalled; cutting the transfer");
+                        std::task::Poll::Ready(Some(Err(Box::new(BodyStalled { side: this.side, idle }))))
+                    }
                     std::task::Poll::Pending => std::task::Poll::Pending,
                 }
             }

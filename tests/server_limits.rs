@@ -297,3 +297,51 @@ async fn h2_header_block_over_max_header_bytes_is_431() {
     }
     assert_eq!(forwarded(&g).len(), 1, "only the request within the limit was forwarded");
 }
+
+/// Four clients that declare `Content-Length: 10` and never send the body hold every in-flight
+/// slot only until `request_body_timeout`: then each gets 408 `RequestTimeout` and everyone
+/// else is served again. Both buffered bodies (PUT, replayable) and token-credential bodies.
+#[tokio::test]
+async fn declared_but_unsent_bodies_get_408_and_free_their_slots() {
+    let g = gateway("limits-408-unsent", "max_inflight_requests = 4\nrequest_body_timeout = \"1s\"\n").await;
+    let mut held = Vec::new();
+    for (method, key) in [("PUT", ADMIN_KEY), ("PUT", ADMIN_KEY), ("DELETE", ADMIN_KEY), ("POST", BOT_KEY)] {
+        let mut s = TcpStream::connect(g.gateway.proxy_addr).await.unwrap();
+        let head = format!(
+            "{method} /v1/dashboard/projects/x HTTP/1.1\r\nHost: x\r\nApiKey: {key}\r\nContent-Length: 10\r\n\r\n"
+        );
+        s.write_all(head.as_bytes()).await.unwrap();
+        held.push(s);
+    }
+    let started = Instant::now();
+    assert!(inflight_becomes(&g, 4.0, Duration::from_secs(2)).await, "four bodies are awaited");
+    let r = g.http.get(g.url("/v1/users")).header("ApiKey", ADMIN_KEY).send().await.unwrap();
+    assert_eq!(r.status(), 503, "while the slots are held");
+    for s in &mut held {
+        let r = read_response(s, Duration::from_secs(5)).await.expect("an answer to the stalled body");
+        assert_eq!(r.status, 408, "{}", r.head);
+        assert_eq!(r.json()["code"], "RequestTimeout");
+        assert!(r.json()["message"].as_str().unwrap().contains("request_body_timeout"), "{:?}", r.json());
+    }
+    let took = started.elapsed();
+    assert!(took >= Duration::from_millis(900) && took < Duration::from_secs(4), "answered after {took:?}");
+    assert!(inflight_becomes(&g, 0.0, Duration::from_secs(2)).await, "the slots are free");
+    assert_eq!(g.http.get(g.url("/v1/users")).header("ApiKey", ADMIN_KEY).send().await.unwrap().status(), 200);
+    assert!(forwarded(&g).iter().all(|r| r.path_and_query != "/v1/dashboard/projects/x"), "nothing half-sent");
+}
+
+/// A streamed upload (POST with an API key, not buffered) that stops halfway gets 408 once it
+/// has been silent for `request_body_timeout`, and gives back its slot.
+#[tokio::test]
+async fn stalled_streamed_upload_gets_408() {
+    let g = gateway("limits-408-streamed", "request_body_timeout = \"1s\"\n").await;
+    let mut s = TcpStream::connect(g.gateway.proxy_addr).await.unwrap();
+    let head = format!(
+        "POST /v1/dashboard/projects HTTP/1.1\r\nHost: x\r\nApiKey: {ADMIN_KEY}\r\nContent-Type: application/json\r\nContent-Length: 10\r\n\r\n{{\"a\":"
+    );
+    s.write_all(head.as_bytes()).await.unwrap();
+    let r = read_response(&mut s, Duration::from_secs(5)).await.expect("an answer to the stalled upload");
+    assert_eq!(r.status, 408, "{}", r.head);
+    assert_eq!(r.json()["code"], "RequestTimeout");
+    assert!(inflight_becomes(&g, 0.0, Duration::from_secs(2)).await, "the slot is free");
+}

@@ -31,6 +31,7 @@ impl Problems {
 
 pub(super) fn validate(raw: RawConfig, base: &Path, env: &dyn Environment) -> Result<Config, ConfigError> {
     let mut p = Problems(Vec::new(), Vec::new());
+    duration_bounds(&raw, &mut p);
     let server = server(&raw, base, env, &mut p);
     let upstream = upstream(&raw.upstream, base, env, &mut p);
     let credentials = credentials(&raw.credentials, base, env, &mut p);
@@ -143,6 +144,11 @@ fn server(raw: &RawConfig, base: &Path, env: &dyn Environment, p: &mut Problems)
             p,
         ),
         idle_timeout: positive(s.idle_timeout.unwrap_or(Duration::from_secs(60)), "server.idle_timeout", p),
+        request_body_timeout: positive(
+            s.request_body_timeout.unwrap_or(Duration::from_secs(30)),
+            "server.request_body_timeout",
+            p,
+        ),
         max_request_body: s.max_request_body.unwrap_or(16 * 1024 * 1024),
         max_header_bytes: s.max_header_bytes.unwrap_or(64 * 1024),
         max_connections: s.max_connections.unwrap_or(10_000),
@@ -322,19 +328,40 @@ fn upstream(u: &RawUpstream, base: &Path, env: &dyn Environment, p: &mut Problem
     };
     let connect_timeout = positive(u.connect_timeout.unwrap_or(Duration::from_secs(5)), "upstream.connect_timeout", p);
     let request_timeout = positive(u.request_timeout.unwrap_or(Duration::from_secs(60)), "upstream.request_timeout", p);
+    let body_idle_timeout =
+        positive(u.body_idle_timeout.unwrap_or(Duration::from_secs(60)), "upstream.body_idle_timeout", p);
     let limits = upstream_limits(u, p);
     let (scheme, authority) = parts?;
-    Some(UpstreamConfig { scheme, authority, extra_roots, connect_timeout, request_timeout, limits: limits? })
+    Some(UpstreamConfig {
+        scheme,
+        authority,
+        extra_roots,
+        connect_timeout,
+        request_timeout,
+        body_idle_timeout,
+        limits: limits?,
+    })
 }
 
+/// Rates and bursts are bounded so that every limiter built from them (client GCRAs, budget
+/// buckets, `Retry-After` arithmetic) stays far from overflow: one request per 1000 s at the
+/// slowest, a million per second and a burst of a million at the most.
+const MIN_RATE: f64 = 0.001;
+const MAX_RATE: f64 = 1_000_000.0;
+const MAX_BURST: u32 = 1_000_000;
+
 fn rate(r: RawRate, field: &str, p: &mut Problems) -> Option<Rate> {
-    if !(r.per_second.is_finite() && r.per_second > 0.0 && r.per_second <= 1_000_000.0) {
-        p.add(format!("{field}.per_second"), "must be a number greater than 0 (at most 1000000)");
+    if !(r.per_second.is_finite() && (MIN_RATE..=MAX_RATE).contains(&r.per_second)) {
+        p.add(format!("{field}.per_second"), "must be a number from 0.001 (one request per 1000 s) to 1000000");
         return None;
     }
     let burst = match r.burst {
         Some(0) => {
             p.add(format!("{field}.burst"), "must be at least 1");
+            return None;
+        }
+        Some(b) if b > MAX_BURST => {
+            p.add(format!("{field}.burst"), format!("must be at most {MAX_BURST}"));
             return None;
         }
         Some(b) => b,
@@ -380,6 +407,7 @@ fn upstream_limits(u: &RawUpstream, p: &mut Problems) -> Option<UpstreamLimits> 
     // Replicas behind one egress IP share Palette's per-IP budget: each takes its share.
     match l.replicas.unwrap_or(1) {
         0 => p.add("upstream.limits.replicas", "must be at least 1"),
+        n if n > MAX_REPLICAS => p.add("upstream.limits.replicas", format!("must be at most {MAX_REPLICAS}")),
         1 => {}
         n => {
             for r in &mut rules {
@@ -389,6 +417,39 @@ fn upstream_limits(u: &RawUpstream, p: &mut Problems) -> Option<UpstreamLimits> 
         }
     }
     (p.0.len() == before).then_some(UpstreamLimits { rules, max_wait, max_queue })
+}
+
+/// Most gateway replicas sharing one egress IP's budget.
+const MAX_REPLICAS: u32 = 1000;
+
+/// The longest any duration key may be. Far above every sane setting, and far below what
+/// would overflow when added to a clock reading (`400000000000years` would panic a request).
+const MAX_DURATION: Duration = Duration::from_secs(24 * 60 * 60);
+
+/// Every duration key of the file, bounded by [`MAX_DURATION`].
+fn duration_bounds(raw: &RawConfig, p: &mut Problems) {
+    let s = &raw.server;
+    let u = &raw.upstream;
+    let mut keys: Vec<(String, Option<Duration>)> = vec![
+        ("server.header_read_timeout".into(), s.header_read_timeout),
+        ("server.idle_timeout".into(), s.idle_timeout),
+        ("server.request_body_timeout".into(), s.request_body_timeout),
+        ("server.shutdown_delay".into(), s.shutdown_delay),
+        ("server.drain_timeout".into(), s.drain_timeout),
+        ("upstream.connect_timeout".into(), u.connect_timeout),
+        ("upstream.request_timeout".into(), u.request_timeout),
+        ("upstream.body_idle_timeout".into(), u.body_idle_timeout),
+        ("upstream.limits.max_wait".into(), u.limits.max_wait),
+    ];
+    for (name, c) in &raw.credentials {
+        keys.push((format!("credentials.{name}.token_lifetime"), c.token_lifetime));
+        keys.push((format!("credentials.{name}.refresh_before"), c.refresh_before));
+    }
+    for (field, d) in keys {
+        if d.is_some_and(|d| d > MAX_DURATION) {
+            p.add(field, "must be at most 1 day (\"24h\")");
+        }
+    }
 }
 
 fn positive(d: Duration, field: &str, p: &mut Problems) -> Duration {
@@ -424,7 +485,9 @@ fn secret(
     }
     if let Some(var) = env_var {
         return match env.var(var) {
-            Some(v) if !v.trim().is_empty() => Some(Secret::new(v.trim())),
+            Some(v) if !secret_text(&v).is_empty() => {
+                secret_value(secret_text(&v), &format!("{field}_env"), &format!("environment variable {var}"), p)
+            }
             Some(_) => {
                 p.add(format!("{field}_env"), format!("environment variable {var} is empty"));
                 None
@@ -437,14 +500,47 @@ fn secret(
     }
     if let Some(f) = file {
         let text = read_file(env, base, f, &format!("{field}_file"), p)?;
-        let v = text.trim();
+        let v = secret_text(&text);
         if v.is_empty() {
             p.add(format!("{field}_file"), format!("{} is empty", resolve(base, f).display()));
             return None;
         }
-        return Some(Secret::new(v));
+        return secret_value(v, &format!("{field}_file"), &resolve(base, f).display().to_string(), p);
     }
     None
+}
+
+/// A secret as written: without a leading UTF-8 byte-order mark (some editors add one, and it
+/// would be sent upstream as part of the key), then trimmed.
+fn secret_text(raw: &str) -> &str {
+    raw.strip_prefix('\u{feff}').unwrap_or(raw).trim()
+}
+
+/// A trimmed secret value, refused when it cannot be one: too long, or with a control character
+/// inside (a second line, a NUL) that would break the header or body it is sent in.
+fn secret_value(v: &str, field: &str, source: &str, p: &mut Problems) -> Option<Secret> {
+    if v.len() > super::secret::MAX_SECRET_BYTES {
+        p.add(field, format!("{source} holds more than {} bytes: not a secret", super::secret::MAX_SECRET_BYTES));
+        return None;
+    }
+    if v.chars().any(char::is_control) {
+        p.add(
+            field,
+            format!("{source} has a control character (a newline, NUL or tab) inside the value: a secret is one line"),
+        );
+        return None;
+    }
+    Some(Secret::new(v))
+}
+
+/// An API key is sent as the `ApiKey` header: refused here, by the same test start-up applies,
+/// so `check` fails exactly when the gateway would.
+fn header_safe(key: Secret, field: &str, p: &mut Problems) -> Option<Secret> {
+    if http::HeaderValue::from_str(key.expose()).is_err() {
+        p.add(field, "the API key must be visible ASCII (it is sent as the ApiKey header)");
+        return None;
+    }
+    Some(key)
 }
 
 fn credentials(
@@ -509,6 +605,10 @@ fn credentials(
                     env,
                     p,
                 )
+                .and_then(|key| {
+                    let source = if c.api_key_env.is_some() { "api_key_env" } else { "api_key_file" };
+                    header_safe(key, &format!("{field}.{source}"), p)
+                })
                 .map(CredentialKind::ApiKey)
             }
             (false, true) => {
