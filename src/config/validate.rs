@@ -536,8 +536,9 @@ fn secret_value(v: &str, field: &str, source: &str, p: &mut Problems) -> Option<
 /// An API key is sent as the `ApiKey` header: refused here, by the same test start-up applies,
 /// so `check` fails exactly when the gateway would.
 fn header_safe(key: Secret, field: &str, p: &mut Problems) -> Option<Secret> {
-    if http::HeaderValue::from_str(key.expose()).is_err() {
-        p.add(field, "the API key must be visible ASCII (it is sent as the ApiKey header)");
+    let visible = key.expose().bytes().all(|b| b.is_ascii_graphic());
+    if !visible || http::HeaderValue::from_str(key.expose()).is_err() {
+        p.add(field, "the API key must be visible ASCII, without spaces (it is sent as the ApiKey header)");
         return None;
     }
     Some(key)
@@ -1010,6 +1011,245 @@ mod tests {
     fn client_default_credential_must_exist() {
         let p = problems("[upstream]\nurl = \"http://127.0.0.1:1\"\n[credentials.x]\napi_key_env = \"PALETTE_API_KEY\"\n[[clients]]\nname = \"a\"\n");
         assert!(p.iter().any(|l| l.starts_with("clients[0].credential: no credential named \"default\"")), "{p:?}");
+    }
+
+    fn scratch(name: &str) -> std::path::PathBuf {
+        let dir = std::env::temp_dir().join(format!("pg-cfg-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    fn key_file_problems(dir: &Path) -> Vec<String> {
+        let text = "[upstream]\nurl = \"http://127.0.0.1:1\"\n[credentials.default]\napi_key_file = \"key\"\n";
+        match load_str(text, dir, &env()) {
+            Ok(_) => Vec::new(),
+            Err(e) => e.problems(),
+        }
+    }
+
+    #[test]
+    fn api_keys_with_inner_newline_nul_or_non_ascii_are_refused() {
+        let dir = scratch("inner");
+        for bad in ["k-1\nk-2", "k-1\0k-2", "k-1\rk", "k-\u{e9}"] {
+            std::fs::write(dir.join("key"), format!("{bad}\n")).unwrap();
+            let p = key_file_problems(&dir);
+            assert!(p.len() == 1 && p[0].starts_with("credentials.default.api_key_file:"), "{bad:?}: {p:?}");
+            let p = match load_str(&base(), Path::new("."), &MapEnv::new().with("PALETTE_API_KEY", bad)) {
+                Ok(_) => Vec::new(),
+                Err(e) => e.problems(),
+            };
+            assert!(p.len() == 1 && p[0].starts_with("credentials.default.api_key_env:"), "{bad:?}: {p:?}");
+        }
+    }
+
+    #[test]
+    fn a_leading_bom_is_not_part_of_the_secret() {
+        let dir = scratch("bom");
+        std::fs::write(dir.join("key"), "\u{feff}file-key\r\n").unwrap();
+        let cfg = load_str(
+            "[upstream]\nurl = \"http://127.0.0.1:1\"\n[credentials.default]\napi_key_file = \"key\"\n",
+            &dir,
+            &env(),
+        )
+        .unwrap();
+        assert_eq!(cfg.credentials[0].kind, super::CredentialKind::ApiKey(super::Secret::new("file-key")));
+    }
+
+    #[test]
+    fn fifo_device_and_oversized_files_are_refused_without_hanging() {
+        let dir = scratch("fifo");
+        let fifo = dir.join("key");
+        let made = std::process::Command::new("mkfifo").arg(&fifo).status().is_ok_and(|s| s.success());
+        if made {
+            // Nobody ever writes the FIFO: a blocking open or read would hang this thread.
+            let (tx, rx) = std::sync::mpsc::channel();
+            let d = dir.clone();
+            std::thread::spawn(move || {
+                let _ = tx.send(key_file_problems(&d));
+            });
+            let p = rx.recv_timeout(std::time::Duration::from_secs(5)).expect("reading a FIFO secret hangs");
+            assert!(p.len() == 1 && p[0].contains("not a regular file"), "{p:?}");
+            std::fs::remove_file(&fifo).unwrap();
+        }
+        let text = "[upstream]\nurl = \"http://127.0.0.1:1\"\nca_file = \"/dev/zero\"\n[credentials.default]\napi_key_env = \"PALETTE_API_KEY\"\n";
+        let p = problems(text);
+        assert!(p.len() == 1 && p[0].starts_with("upstream.ca_file:") && p[0].contains("not a regular file"), "{p:?}");
+        std::fs::write(&fifo, vec![b'k'; 2 * 1024 * 1024]).unwrap();
+        let p = key_file_problems(&dir);
+        assert!(p.len() == 1 && p[0].contains("larger than 1048576 bytes"), "{p:?}");
+        std::fs::write(&fifo, vec![b'k'; 100 * 1024]).unwrap();
+        let p = key_file_problems(&dir);
+        assert!(p.len() == 1 && p[0].contains("more than 65536 bytes"), "{p:?}");
+        let e = super::super::load(&dir.join("missing.toml"), &env()).unwrap_err();
+        assert!(e.to_string().contains("cannot read config file"), "{e}");
+        let e = super::super::load(&dir, &env()).unwrap_err();
+        assert!(e.to_string().contains("not a regular file"), "{e}");
+    }
+
+    #[test]
+    fn durations_past_a_day_are_refused_by_field() {
+        let huge = "\"400000000000years\"";
+        let text = format!(
+            "[server]\nidle_timeout = {huge}\nrequest_body_timeout = \"25h\"\n\
+             [upstream]\nurl = \"http://127.0.0.1:1\"\nrequest_timeout = {huge}\n[upstream.limits]\nmax_wait = {huge}\n\
+             [credentials.default]\napi_key_env = \"PALETTE_API_KEY\"\n"
+        );
+        let p = problems(&text);
+        for field in [
+            "server.idle_timeout",
+            "server.request_body_timeout",
+            "upstream.request_timeout",
+            "upstream.limits.max_wait",
+        ] {
+            assert!(p.contains(&format!("{field}: must be at most 1 day (\"24h\")")), "{field}: {p:?}");
+        }
+        assert!(problems(&format!("[server]\nidle_timeout = \"24h\"\n{}", base())).is_empty());
+    }
+
+    #[test]
+    fn rates_and_bursts_are_bounded() {
+        let p = problems(&format!(
+            "{}[rate_limit]\ndefault = {{ per_second = 1e-12, burst = 4000000000 }}\nglobal = {{ per_second = 1, burst = 4000000000 }}\n",
+            base()
+        ));
+        assert!(p.iter().any(|l| l.starts_with("rate_limit.default.per_second: must be a number from 0.001")), "{p:?}");
+        assert!(p.iter().any(|l| l.starts_with("rate_limit.global.burst: must be at most 1000000")), "{p:?}");
+        let p = problems(&base().replace(
+            "url = \"http://127.0.0.1:1\"\n",
+            "url = \"http://127.0.0.1:1\"\n[upstream.limits]\nreplicas = 1000000\n",
+        ));
+        assert_eq!(p, vec!["upstream.limits.replicas: must be at most 1000".to_string()]);
+    }
+
+    /// A number for every duration and rate key, from zero to absurd.
+    fn number() -> impl proptest::strategy::Strategy<Value = f64> {
+        use proptest::prelude::*;
+        prop_oneof![
+            1 => prop_oneof![Just(0.0), Just(1e-12), Just(1e300), Just(f64::MAX), 0.0..1e12f64],
+            1 => Just(0.001),
+            1 => Just(1_000_000.0),
+            4 => 0.001..1000.0f64,
+        ]
+    }
+
+    /// A burst: mostly valid, sometimes far past the bound.
+    fn burst() -> impl proptest::strategy::Strategy<Value = u32> {
+        use proptest::prelude::*;
+        prop_oneof![1 => 0u32..=u32::MAX, 1 => Just(1_000_000u32), 4 => 1u32..1000]
+    }
+
+    /// A duration string for every magnitude humantime accepts.
+    fn duration() -> impl proptest::strategy::Strategy<Value = String> {
+        use proptest::prelude::*;
+        let unit = prop::sample::select(vec!["ns", "ms", "s", "m", "h", "days", "years"]);
+        prop_oneof![
+            1 => (0u64..u64::MAX, unit.clone()),
+            1 => Just((24, "h")),
+            8 => (0u64..100, prop::sample::select(vec!["ms", "s", "m"])),
+        ]
+        .prop_map(|(n, unit)| format!("\"{n}{unit}\""))
+    }
+
+    /// A config with every duration and rate key set.
+    fn numeric_config(d: &[String], r: &[f64], b: &[u32], replicas: u32) -> String {
+        format!(
+            "[server]\nheader_read_timeout = {}\nidle_timeout = {}\nrequest_body_timeout = {}\nshutdown_delay = {}\ndrain_timeout = {}\n\
+             [upstream]\nurl = \"http://127.0.0.1:1\"\nconnect_timeout = {}\nrequest_timeout = {}\nbody_idle_timeout = {}\n\
+             [upstream.limits]\nmax_wait = {}\nreplicas = {replicas}\n[[upstream.limits.prefix]]\nprefix = \"/v1/x\"\nper_second = {:e}\nburst = {}\n\
+             [credentials.default]\napi_key_env = \"PALETTE_API_KEY\"\n\
+             [credentials.ops]\nemail = \"a@b\"\npassword_env = \"PALETTE_PASSWORD\"\ntoken_lifetime = {}\nrefresh_before = {}\n\
+             [rate_limit]\ndefault = {{ per_second = {:e}, burst = {} }}\nglobal = {{ per_second = {:e} }}\n\
+             [[clients]]\nname = \"c\"\nrate_limit = {{ per_second = {:e}, burst = {} }}\n",
+            d[0], d[1], d[2], d[3], d[4], d[5], d[6], d[7], d[8], r[0], b[0], d[9], d[10], r[1], b[1], r[2], r[3], b[2],
+        )
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
+        /// Whatever numbers the duration and rate keys hold, loading never panics, and a config
+        /// that loads builds its runtime without a panic.
+        #[test]
+        fn numeric_keys_never_panic_in_load(
+            d in proptest::collection::vec(duration(), 11),
+            r in proptest::collection::vec(number(), 4),
+            b in proptest::collection::vec(burst(), 3),
+            replicas in 0u32..5000,
+        ) {
+            if let Ok(cfg) = load_str(&numeric_config(&d, &r, &b, replicas), Path::new("."), &env()) {
+                runtime_survives(&cfg);
+            }
+        }
+
+        /// Every value inside the bounds loads, and builds a runtime (client limits, budget,
+        /// credentials, upstream client) whose clock arithmetic never panics.
+        #[test]
+        fn numeric_keys_within_bounds_build_the_runtime(
+            ms in proptest::collection::vec(1u64..=86_400_000, 9),
+            r in proptest::collection::vec(0.001..=1_000_000.0f64, 4),
+            b in proptest::collection::vec(1u32..=1_000_000, 3),
+            replicas in 1u32..=1000,
+        ) {
+            let mut d: Vec<String> = ms.iter().map(|m| format!("\"{m}ms\"")).collect();
+            d.extend(["\"24h\"".to_string(), "\"23h\"".to_string()]);
+            let cfg = load_str(&numeric_config(&d, &r, &b, replicas), Path::new("."), &env());
+            let cfg = cfg.unwrap_or_else(|e| panic!("{e}"));
+            runtime_survives(&cfg);
+        }
+    }
+
+    /// Builds everything a config feeds at run time and drives it a little: limits checked,
+    /// a budget bucket taken and throttled, every duration added to a clock reading.
+    fn runtime_survives(cfg: &super::Config) {
+        let limits = crate::limit::ClientLimits::build(cfg, None);
+        for _ in 0..3 {
+            let _ = limits.check(0);
+        }
+        let budget = crate::limit::upstream::UpstreamBudget::build(&cfg.upstream.limits, None);
+        if let Some(bucket) = budget.bucket_for(&crate::path::check("/v1/x").unwrap()) {
+            for _ in 0..8 {
+                let _ = bucket.throttled();
+            }
+            let _ = std::time::Duration::from_secs_f64(1.0 / bucket.current_rate());
+            let rt = tokio::runtime::Builder::new_current_thread().enable_time().start_paused(true).build().unwrap();
+            for client in 0..3 {
+                let _ = rt.block_on(bucket.acquire(client, cfg.upstream.limits.max_wait));
+            }
+        }
+        {
+            let upstream = crate::upstream::UpstreamClient::new(&cfg.upstream);
+            let metrics = crate::metrics::Metrics::new();
+            assert!(crate::credentials::Credentials::build(cfg, &upstream, None, &metrics).is_ok());
+            let now = std::time::Instant::now();
+            let l = &cfg.server.limits;
+            for d in [
+                l.header_read_timeout,
+                l.idle_timeout,
+                l.request_body_timeout,
+                l.shutdown_delay,
+                l.drain_timeout,
+                cfg.upstream.connect_timeout,
+                cfg.upstream.request_timeout,
+                cfg.upstream.body_idle_timeout,
+                cfg.upstream.limits.max_wait,
+            ] {
+                let _ = now + d;
+                let _ = tokio::time::Instant::now() + d;
+            }
+        }
+    }
+
+    /// The corners of every bound at once still build and run.
+    #[test]
+    fn the_extremes_of_every_bound_build_a_working_runtime() {
+        let text = "[server]\nheader_read_timeout = \"24h\"\nidle_timeout = \"24h\"\nrequest_body_timeout = \"24h\"\n\
+             [upstream]\nurl = \"http://127.0.0.1:1\"\nrequest_timeout = \"24h\"\nbody_idle_timeout = \"1ns\"\n\
+             [upstream.limits]\nmax_wait = \"24h\"\nreplicas = 1000\n[[upstream.limits.prefix]]\nprefix = \"/v1/x\"\nper_second = 0.001\nburst = 1000000\n\
+             [credentials.default]\napi_key_env = \"PALETTE_API_KEY\"\n\
+             [rate_limit]\ndefault = { per_second = 0.001, burst = 1000000 }\nglobal = { per_second = 1000000, burst = 1 }\n\
+             [[clients]]\nname = \"c\"\n";
+        let cfg = load_str(text, Path::new("."), &env()).unwrap();
+        runtime_survives(&cfg);
     }
 
     proptest::proptest! {
