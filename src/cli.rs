@@ -138,8 +138,21 @@ pub fn new_key() -> String {
 fn init_tracing(log: &LogConfig) {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&log.level));
+    let filter = quiet_watcher(filter);
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     let _ = if log.json { builder.json().flatten_event(true).try_init() } else { builder.try_init() };
+}
+
+/// The file watcher (`notify`) logs every file-system event in the watched directories at
+/// trace level. When the log itself is written in one of them (stderr redirected next to the
+/// config), each line is an event, whose trace line is another event: an idle gateway would
+/// write its log as fast as the disk allows. Those lines are capped at debug, whatever the
+/// filter says (replacing, not adding to, a `notify=...` directive the operator gave).
+fn quiet_watcher(filter: tracing_subscriber::EnvFilter) -> tracing_subscriber::EnvFilter {
+    ["notify=debug", "notify::inotify=debug", "notify::kqueue=debug", "notify::fsevent=debug"]
+        .into_iter()
+        .filter_map(|d| d.parse().ok())
+        .fold(filter, |f, d| f.add_directive(d))
 }
 
 #[cfg(test)]

@@ -601,3 +601,50 @@ async fn bad_secret_files_are_refused_on_reload_without_hanging() {
     assert!(rotated, "a good key after the bad ones is used");
     w.stop().await;
 }
+
+/// With `RUST_LOG=trace` and the log written next to the config (as a container's redirected
+/// stderr often is), an idle gateway stays quiet: its log writes must not wake the config
+/// watcher, whose own trace lines would be written there again, in a loop. A change to the
+/// config is still reloaded.
+#[tokio::test]
+async fn trace_logging_next_to_the_config_does_not_feed_the_watcher() {
+    let fake = TrackedFake(palette_gateway::fake_palette::FakePalette::start(standard_fake()).await.unwrap());
+    let dir = scratch_dir("reload-trace-log");
+    let path = dir.join("gateway.toml");
+    let rules = format!(
+        "[credentials.default]\napi_key_env = \"PALETTE_API_KEY\"\n[[clients]]\nname = \"admin\"\nkeys = [\"{}\"]\n",
+        key_hash_string(ADMIN_KEY)
+    );
+    let text = server_config(&fake.url(), "", NO_BUDGET, &rules);
+    std::fs::write(&path, &text).unwrap();
+    let log = dir.join("gateway.log");
+    for filter in ["trace", "info,notify=trace"] {
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_palette-gateway"))
+            .arg("--config")
+            .arg(&path)
+            .env("RUST_LOG", filter)
+            .env("PALETTE_API_KEY", PALETTE_KEY)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        let read = || std::fs::read_to_string(&log).unwrap_or_default();
+        let size = || std::fs::metadata(&log).map(|m| m.len()).unwrap_or(0);
+        let listening = eventually(Duration::from_secs(10), || async { read().contains("palette-gateway listening") });
+        assert!(listening.await, "{filter}: the gateway did not start:\n{}", read());
+        // Let start-up settle, then measure two seconds of idling.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let before = size();
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let grown = size() - before;
+        let reloaded = {
+            write_atomically(&path, &format!("{text}\n# changed\n"));
+            eventually(Duration::from_secs(5), || async { read().contains("config reloaded") }).await
+        };
+        let _ = child.kill();
+        let _ = child.wait();
+        assert!(grown < 64 * 1024, "{filter}: an idle gateway wrote {grown} bytes of log in 2 s");
+        assert!(reloaded, "{filter}: the config change was not reloaded");
+        std::fs::write(&path, &text).unwrap();
+    }
+}
