@@ -126,6 +126,7 @@ where
     let activity = Arc::new(Activity::new());
     let peer = conn.peer;
     let svc = ConnService { inner: service, conn, activity: activity.clone() };
+    let io = body::SendTimeout::new(io, limits.send_timeout);
     let connection = builder.serve_connection(TokioIo::new(io), svc);
     tokio::pin!(connection);
     let tick = (limits.idle_timeout / 4).max(Duration::from_millis(50));

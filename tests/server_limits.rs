@@ -345,3 +345,39 @@ async fn stalled_streamed_upload_gets_408() {
     assert_eq!(r.json()["code"], "RequestTimeout");
     assert!(inflight_becomes(&g, 0.0, Duration::from_secs(2)).await, "the slot is free");
 }
+
+/// A client that asks for a large download and then stops reading is disconnected once it has
+/// accepted no bytes for `send_timeout`: its in-flight slot and the download from Palette are
+/// released instead of being held for as long as the client keeps the socket open.
+#[tokio::test]
+async fn client_that_stops_reading_is_cut_at_send_timeout() {
+    let g = FileGateway::start(
+        "limits-slow-reader",
+        standard_fake(),
+        "send_timeout = \"1s\"\n",
+        NO_BUDGET,
+        &api_key_rules(),
+    )
+    .await;
+    let mut s = TcpStream::connect(g.gateway.proxy_addr).await.unwrap();
+    s.write_all(&keep_alive_get("/v1/__fake/bytes/200000000", &[("ApiKey", ADMIN_KEY)])).await.unwrap();
+    assert!(inflight_becomes(&g, 1.0, Duration::from_secs(2)).await, "the download is in flight");
+    // The client reads nothing: once the socket buffers are full, the gateway's writes wait.
+    assert!(
+        inflight_becomes(&g, 0.0, Duration::from_secs(15)).await,
+        "a client that stopped reading still holds its in-flight slot"
+    );
+    assert!(upstream_released(&g).await, "the download from Palette went on for a client that stopped reading");
+    // What the client does get is cut short: the connection ends long before 200 MB.
+    let mut got = 0usize;
+    let mut buf = vec![0u8; 256 * 1024];
+    loop {
+        match tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => break,
+            Ok(Ok(n)) => got += n,
+            Err(_) => panic!("the connection stayed open after the send timeout"),
+        }
+    }
+    assert!(got < 200_000_000, "the whole body arrived: {got}");
+    assert_eq!(g.http.get(g.url("/v1/users")).header("ApiKey", ADMIN_KEY).send().await.unwrap().status(), 200);
+}

@@ -90,6 +90,8 @@ pub struct RawServer {
     pub idle_timeout: Option<Duration>,
     #[serde(default, with = "humantime_serde")]
     pub request_body_timeout: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    pub send_timeout: Option<Duration>,
     pub max_request_body: Option<u64>,
     pub max_header_bytes: Option<usize>,
     pub max_connections: Option<usize>,
@@ -109,6 +111,7 @@ impl Default for RawServer {
             header_read_timeout: None,
             idle_timeout: None,
             request_body_timeout: None,
+            send_timeout: None,
             max_request_body: None,
             max_header_bytes: None,
             max_connections: None,

@@ -153,6 +153,8 @@ pub struct ServerLimits {
     /// A request body must arrive within this time when buffered, and may pause no longer than
     /// this while streamed (408 past it). Default 30s.
     pub request_body_timeout: Duration,
+    /// A client that accepts no response bytes for this long is disconnected. Default 30s.
+    pub send_timeout: Duration,
     /// Largest request body, bytes (413 past it). Default 16 MiB.
     pub max_request_body: u64,
     /// Largest request head (request line + headers), bytes (431 past it). Default 64 KiB.
