@@ -578,7 +578,8 @@ async fn bad_secret_files_are_refused_on_reload_without_hanging() {
     assert!(up, "the watcher never reloaded");
     let fifo = dir.join("fifo.tmp");
     assert!(std::process::Command::new("mkfifo").arg(&fifo).status().unwrap().success());
-    let bad: [(&str, Box<dyn Fn()>); 3] = [
+    type Change<'a> = Box<dyn Fn() + 'a>;
+    let bad: [(&str, Change); 3] = [
         ("a FIFO", Box::new(|| std::fs::rename(&fifo, &key).unwrap())),
         ("a 2 MiB file", Box::new(|| write_atomically(&key, &"k".repeat(2 * 1024 * 1024)))),
         ("a key with a second line", Box::new(|| write_atomically(&key, &format!("{PALETTE_KEY}\n{ROTATED_KEY}\n")))),
