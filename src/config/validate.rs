@@ -71,11 +71,10 @@ pub(super) fn validate(raw: RawConfig, base: &Path, env: &dyn Environment) -> Re
                 );
             }
         }
+        // Checked even when the client has other problems, so every problem is named at once.
+        let own_rate = c.rate_limit.map(|r| rate(r, &format!("{field}.rate_limit"), &mut p));
         if let Some(mut client) = client(c, &field, &cred_names, &raw.credentials, mtls, &mut p) {
-            client.rate_limit = match c.rate_limit {
-                Some(r) => rate(r, &format!("{field}.rate_limit"), &mut p),
-                None => default_rate,
-            };
+            client.rate_limit = own_rate.unwrap_or(default_rate);
             clients.push(client);
         }
     }
