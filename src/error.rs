@@ -27,6 +27,12 @@ pub enum GatewayError {
     /// `allow` refused the request.
     #[error("client {client} may not {method} {path}")]
     Forbidden { client: String, method: String, path: String },
+    /// A credential endpoint (see `credential_endpoints`) not opened for the client.
+    #[error(
+        "client {client} may not {method} {path}: a credential endpoint, because {why}; an operator can open it for \
+         this client with allow_credential_endpoints = [\"{opening}\"] (its allow rules must cover it too)"
+    )]
+    CredentialEndpointForbidden { client: String, method: String, path: String, why: &'static str, opening: String },
     /// A client tried to use the gateway's own Palette session.
     #[error("client {client} may not call {path}: /v1/auth/** is reserved to the gateway's own session")]
     AuthPathForbidden { client: String, path: String },
@@ -57,6 +63,10 @@ pub enum GatewayError {
     /// The upstream answered something unusable.
     #[error("upstream error: {0}")]
     UpstreamError(String),
+    /// A request framing the gateway does not implement (a transfer coding other than
+    /// `chunked`): RFC 9112 §6.1 says 501.
+    #[error("{0}")]
+    NotImplemented(String),
 }
 
 impl GatewayError {
@@ -70,6 +80,7 @@ impl GatewayError {
             GatewayError::UnknownCredential(_) => (StatusCode::UNAUTHORIZED, "Unauthorized"),
             GatewayError::Forbidden { .. } => (StatusCode::FORBIDDEN, "Forbidden"),
             GatewayError::AuthPathForbidden { .. } => (StatusCode::FORBIDDEN, "Forbidden"),
+            GatewayError::CredentialEndpointForbidden { .. } => (StatusCode::FORBIDDEN, "Forbidden"),
             GatewayError::ProjectForbidden { .. } => (StatusCode::FORBIDDEN, "ProjectForbidden"),
             GatewayError::RateLimited { .. } => (StatusCode::TOO_MANY_REQUESTS, "TooManyRequests"),
             GatewayError::RequestTimeout(_) => (StatusCode::REQUEST_TIMEOUT, "RequestTimeout"),
@@ -79,6 +90,7 @@ impl GatewayError {
             GatewayError::UpstreamUnavailable(_) => (StatusCode::BAD_GATEWAY, "UpstreamUnavailable"),
             GatewayError::UpstreamTimeout(_) => (StatusCode::GATEWAY_TIMEOUT, "UpstreamTimeout"),
             GatewayError::UpstreamError(_) => (StatusCode::BAD_GATEWAY, "UpstreamError"),
+            GatewayError::NotImplemented(_) => (StatusCode::NOT_IMPLEMENTED, "NotImplemented"),
         }
     }
 
@@ -87,7 +99,9 @@ impl GatewayError {
         match self {
             GatewayError::MissingCredential => Some("missing"),
             GatewayError::UnknownCredential(_) => Some("unknown_key"),
-            GatewayError::Forbidden { .. } | GatewayError::AuthPathForbidden { .. } => Some("forbidden"),
+            GatewayError::Forbidden { .. }
+            | GatewayError::AuthPathForbidden { .. }
+            | GatewayError::CredentialEndpointForbidden { .. } => Some("forbidden"),
             GatewayError::ProjectForbidden { .. } => Some("project"),
             GatewayError::InvalidPath(_)
             | GatewayError::BadRequest(_)
@@ -99,7 +113,8 @@ impl GatewayError {
             | GatewayError::CredentialUnavailable { .. }
             | GatewayError::UpstreamUnavailable(_)
             | GatewayError::UpstreamTimeout(_)
-            | GatewayError::UpstreamError(_) => None,
+            | GatewayError::UpstreamError(_)
+            | GatewayError::NotImplemented(_) => None,
         }
     }
 
@@ -150,6 +165,17 @@ mod tests {
                 "Forbidden",
             ),
             (GatewayError::AuthPathForbidden { client: "c".into(), path: "/v1/auth/x".into() }, 403, "Forbidden"),
+            (
+                GatewayError::CredentialEndpointForbidden {
+                    client: "c".into(),
+                    method: "POST".into(),
+                    path: "/v1/apiKeys".into(),
+                    why: "it mints a key",
+                    opening: "POST /v1/apiKeys".into(),
+                },
+                403,
+                "Forbidden",
+            ),
             (GatewayError::ProjectForbidden { client: "c".into(), project: "p".into() }, 403, "ProjectForbidden"),
             (
                 GatewayError::RateLimited { client: "c".into(), limit: "client", rate: "1/s".into(), retry_after: 1 },
@@ -165,6 +191,7 @@ mod tests {
             (GatewayError::UpstreamUnavailable("x".into()), 502, "UpstreamUnavailable"),
             (GatewayError::UpstreamTimeout("5s".into()), 504, "UpstreamTimeout"),
             (GatewayError::UpstreamError("x".into()), 502, "UpstreamError"),
+            (GatewayError::NotImplemented("x".into()), 501, "NotImplemented"),
         ]
     }
 

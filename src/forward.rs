@@ -30,8 +30,9 @@ fn is_hop_by_hop(name: &str) -> bool {
     )
 }
 
-/// Client headers that must never reach Palette: the client's credentials, and forwarding
-/// headers the gateway sets itself (a client could otherwise spoof them).
+/// Client headers that must never reach Palette: the client's credentials, and headers the
+/// gateway sets itself (a client could otherwise spoof them). `ProjectUid` is among them: the
+/// scope step has read (and checked) the client's, and the decided one is set again last.
 fn is_client_only(name: &str) -> bool {
     matches!(
         name,
@@ -44,6 +45,8 @@ fn is_client_only(name: &str) -> bool {
             | "x-forwarded-proto"
             | "x-forwarded-host"
             | "x-real-ip"
+            | "x-request-id"
+            | crate::scope::PROJECT_UID
     )
 }
 
@@ -69,13 +72,31 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
     strip(headers, is_hop_by_hop);
 }
 
-/// Prepares a client's headers for the upstream. The credential and `ProjectUid` are set by
-/// their own steps; this removes everything the client must not control.
-pub fn request_headers(headers: &mut HeaderMap, forwarded_for: &HeaderValue, tls: bool, request_id: &HeaderValue) {
+/// The request headers the gateway decides, whatever the client sent.
+#[derive(Debug, Clone, Copy)]
+pub struct Decided<'a> {
+    /// `X-Forwarded-For`: the client's address.
+    pub forwarded_for: &'a HeaderValue,
+    /// `X-Forwarded-Proto`: `https` when the client connection is TLS.
+    pub tls: bool,
+    /// `X-Request-Id`.
+    pub request_id: &'a HeaderValue,
+    /// `ProjectUid`, as the scope step decided (`None`: tenant scope, no header).
+    pub project: Option<&'a HeaderValue>,
+}
+
+/// Prepares a client's headers for the upstream: first every removal (hop-by-hop headers,
+/// those `Connection` names, client-only ones), then the headers the gateway decides, so no
+/// `Connection: ProjectUid` (or `X-Request-Id`, ...) can take one away. The upstream credential
+/// is added after this, per attempt, and `Host` comes from the upstream URI.
+pub fn request_headers(headers: &mut HeaderMap, decided: &Decided<'_>) {
     strip(headers, |n| is_hop_by_hop(n) || is_client_only(n));
-    headers.insert(X_FORWARDED_FOR.clone(), forwarded_for.clone());
-    headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(if tls { "https" } else { "http" }));
-    headers.insert(X_REQUEST_ID.clone(), request_id.clone());
+    headers.insert(X_FORWARDED_FOR.clone(), decided.forwarded_for.clone());
+    headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(if decided.tls { "https" } else { "http" }));
+    headers.insert(X_REQUEST_ID.clone(), decided.request_id.clone());
+    if let Some(project) = decided.project {
+        headers.insert(HeaderName::from_static(crate::scope::PROJECT_UID), project.clone());
+    }
 }
 
 /// Prepares the upstream's headers for the client.
@@ -83,29 +104,38 @@ pub fn response_headers(headers: &mut HeaderMap) {
     strip(headers, |n| is_hop_by_hop(n) || n == "set-cookie");
 }
 
+// --- Response side: upstream secrets kept out of answers (headers of every status, decoded
+// error bodies), trailers dropped.
+
 /// For an error answer, replaces every occurrence of an upstream secret in the body with
-/// `[redacted]`. An error body that cannot be checked (compressed, or over 1 MiB) is
-/// replaced by a Palette-shaped note rather than passed on unchecked.
+/// `[redacted]`. A compressed body (every `Content-Encoding` header, every coding in each) is
+/// decoded first and passed on decoded, so Palette's error code reaches the client; only a
+/// body that cannot be checked (an unknown coding, corrupt data, over 1 MiB compressed or
+/// decoded) is replaced by a Palette-shaped note rather than passed on unchecked.
 pub async fn scrub_error(resp: Response<Body>, secrets: &[&str], request_id: &str) -> Response<Body> {
     let status = resp.status();
     if !(status.is_client_error() || status.is_server_error()) || secrets.iter().all(|s| s.is_empty()) {
         return resp;
     }
     let (mut parts, body) = resp.into_parts();
-    let encoded =
-        parts.headers.get(header::CONTENT_ENCODING).is_some_and(|v| !v.as_bytes().eq_ignore_ascii_case(b"identity"));
-    let bytes = if encoded { None } else { body::collect_limited(body, MAX_ERROR_BODY).await.ok() };
-    let Some(bytes) = bytes else {
+    let Ok(codings) = crate::decode::codings(&parts.headers) else {
         return withheld(status, request_id);
     };
-    let scrubbed = redact(bytes, secrets);
-    parts.headers.remove(header::CONTENT_LENGTH);
-    for value in parts.headers.values_mut() {
-        if secrets.iter().any(|s| !s.is_empty() && contains(value.as_bytes(), s.as_bytes())) {
-            *value = HeaderValue::from_static("[redacted]");
-        }
+    let Ok(raw) = body::collect_limited(body, MAX_ERROR_BODY).await else {
+        return withheld(status, request_id);
+    };
+    if raw.is_empty() {
+        // Nothing to check (a HEAD answer, a bare status): the headers still describe it.
+        return Response::from_parts(parts, body::empty());
     }
-    Response::from_parts(parts, body::full(scrubbed))
+    let Ok(decoded) = crate::decode::decode(raw, &codings, MAX_ERROR_BODY) else {
+        return withheld(status, request_id);
+    };
+    // The body goes out decoded: its coding and length headers no longer describe it (hyper
+    // sets the new length from the full body).
+    parts.headers.remove(header::CONTENT_ENCODING);
+    parts.headers.remove(header::CONTENT_LENGTH);
+    Response::from_parts(parts, body::full(redact(decoded, secrets)))
 }
 
 fn withheld(status: StatusCode, request_id: &str) -> Response<Body> {
@@ -120,30 +150,90 @@ fn withheld(status: StatusCode, request_id: &str) -> Response<Body> {
 }
 
 fn contains(hay: &[u8], needle: &[u8]) -> bool {
-    !needle.is_empty() && hay.windows(needle.len()).any(|w| w == needle)
+    !needle.is_empty() && memchr::memmem::find(hay, needle).is_some()
 }
 
 /// Replaces each secret's occurrences with `[redacted]`.
 fn redact(bytes: Bytes, secrets: &[&str]) -> Bytes {
-    let mut text = bytes.to_vec();
+    let mut text = bytes;
     for secret in secrets.iter().map(|s| s.as_bytes()).filter(|s| !s.is_empty()) {
         if !contains(&text, secret) {
             continue;
         }
         let mut out = Vec::with_capacity(text.len());
-        let mut i = 0;
-        while i < text.len() {
-            if text[i..].starts_with(secret) {
-                out.extend_from_slice(b"[redacted]");
-                i += secret.len();
-            } else {
-                out.push(text[i]);
-                i += 1;
+        let mut rest = &text[..];
+        while let Some(at) = memchr::memmem::find(rest, secret) {
+            out.extend_from_slice(&rest[..at]);
+            out.extend_from_slice(REDACTED);
+            rest = &rest[at + secret.len()..];
+        }
+        out.extend_from_slice(rest);
+        text = Bytes::from(out);
+    }
+    text
+}
+
+const REDACTED: &[u8] = b"[redacted]";
+
+/// Replaces every upstream secret found in a response header value (of any status: a 302's
+/// `Location`, a 304's `ETag`, any header of a 200) with `[redacted]`, and drops a header
+/// whose name holds one. On the hot path for every answer: one substring search per header
+/// and secret, and no allocation unless something matches.
+pub fn redact_headers(headers: &mut HeaderMap, secrets: &[&str]) {
+    let secrets_in = |b: &[u8]| secrets.iter().any(|s| contains(b, s.as_bytes()));
+    let mut doomed: Vec<HeaderName> = Vec::new();
+    for (name, value) in headers.iter_mut() {
+        if secrets_in(name.as_str().as_bytes()) {
+            doomed.push(name.clone());
+        } else if secrets_in(value.as_bytes()) {
+            let redacted = redact(Bytes::copy_from_slice(value.as_bytes()), secrets);
+            // The secret's bytes became visible ASCII, so the value stays valid; the fallback
+            // is only there so that no input can panic.
+            let mut new = HeaderValue::from_maybe_shared(redacted).unwrap_or(HeaderValue::from_static("[redacted]"));
+            new.set_sensitive(true);
+            *value = new;
+        }
+    }
+    for name in doomed {
+        headers.remove(name);
+    }
+}
+
+/// An upstream body with its trailers dropped: Palette's REST API sends none, and a trailer
+/// is a header the client would otherwise get unchecked (HTTP/2 or chunked upstreams alike).
+pub fn drop_trailers(body: Body) -> Body {
+    http_body_util::BodyExt::boxed_unsync(NoTrailers { inner: body })
+}
+
+struct NoTrailers {
+    inner: Body,
+}
+
+impl http_body::Body for NoTrailers {
+    type Data = Bytes;
+    type Error = body::BoxError;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, body::BoxError>>> {
+        loop {
+            match std::pin::Pin::new(&mut self.inner).poll_frame(cx) {
+                std::task::Poll::Ready(Some(Ok(frame))) if frame.is_trailers() => {
+                    tracing::debug!("upstream trailers dropped");
+                }
+                other => return other,
             }
         }
-        text = out;
     }
-    Bytes::from(text)
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
 }
 
 #[cfg(test)]
@@ -177,7 +267,7 @@ mod tests {
         ] {
             h.insert(k, HeaderValue::from_static(v));
         }
-        request_headers(&mut h, &HeaderValue::from_static("10.1.2.3"), true, &HeaderValue::from_static("rid"));
+        request_headers(&mut h, &decided(None));
         assert!(
             h.get("apikey").is_none()
                 && h.get("authorization").is_none()
@@ -188,6 +278,41 @@ mod tests {
         assert_eq!(h["x-forwarded-proto"], "https");
         assert_eq!(h["x-request-id"], "rid");
         assert!(h.get("forwarded").is_none());
+    }
+
+    fn decided(project: Option<&'static HeaderValue>) -> Decided<'static> {
+        static FOR: HeaderValue = HeaderValue::from_static("10.1.2.3");
+        static RID: HeaderValue = HeaderValue::from_static("rid");
+        Decided { forwarded_for: &FOR, tls: true, request_id: &RID, project }
+    }
+
+    #[test]
+    fn connection_cannot_remove_what_the_gateway_decides() {
+        static P001: HeaderValue = HeaderValue::from_static("p001");
+        for connection in [
+            "keep-alive, ProjectUid",
+            "PROJECTUID",
+            "close,projectuid , x-request-id",
+            "X-Request-Id, X-Forwarded-For, X-Forwarded-Proto, Host, ApiKey, Authorization",
+        ] {
+            for project in [Some(&P001), None] {
+                let mut h = HeaderMap::new();
+                h.insert("connection", HeaderValue::from_static(connection));
+                h.append("projectuid", HeaderValue::from_static("p001"));
+                h.append("projectuid", HeaderValue::from_static("evil"));
+                h.insert("x-request-id", HeaderValue::from_static("client-rid"));
+                h.insert("x-forwarded-for", HeaderValue::from_static("6.6.6.6"));
+                h.insert("x-forwarded-proto", HeaderValue::from_static("gopher"));
+                h.insert("apikey", HeaderValue::from_static("local"));
+                request_headers(&mut h, &decided(project));
+                let all = |n: &str| h.get_all(n).iter().map(|v| v.to_str().unwrap().to_string()).collect::<Vec<_>>();
+                assert_eq!(all("projectuid"), project.map(|_| "p001".to_string()).into_iter().collect::<Vec<_>>());
+                assert_eq!(all("x-request-id"), ["rid"], "{connection}");
+                assert_eq!(all("x-forwarded-for"), ["10.1.2.3"], "{connection}");
+                assert_eq!(all("x-forwarded-proto"), ["https"], "{connection}");
+                assert!(h.get("apikey").is_none() && h.get("connection").is_none(), "{connection}");
+            }
+        }
     }
 
     #[test]
@@ -217,16 +342,83 @@ mod tests {
         assert_eq!(&b[..], b"SECRET");
     }
 
+    fn gzip(data: &[u8]) -> Vec<u8> {
+        use std::io::Write;
+        let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        e.write_all(data).unwrap();
+        e.finish().unwrap()
+    }
+
+    async fn text(resp: Response<Body>) -> String {
+        String::from_utf8(resp.into_body().collect().await.unwrap().to_bytes().to_vec()).unwrap()
+    }
+
     #[tokio::test]
-    async fn compressed_error_bodies_are_withheld() {
+    async fn unreadable_error_bodies_are_withheld() {
+        for (coding, data) in [
+            ("gzip", &b"\x1f\x8b... not gzip SECRET"[..]),
+            ("zstd", b"\x28\xb5\x2f\xfd SECRET"),
+            ("gzip, compress", b"SECRET"),
+        ] {
+            let resp = Response::builder()
+                .status(403)
+                .header("content-encoding", coding)
+                .body(body::full(Bytes::from_static(data)))
+                .unwrap();
+            let out = scrub_error(resp, &["SECRET"], "r").await;
+            assert_eq!(out.status(), 403);
+            let b = text(out).await;
+            assert!(b.contains("withheld") && !b.contains("SECRET"), "{coding}: {b}");
+        }
+    }
+
+    #[tokio::test]
+    async fn every_content_encoding_header_is_read() {
+        // `identity` first, then `gzip`: the scrubber used to read only the first header.
         let resp = Response::builder()
-            .status(403)
+            .status(401)
+            .header("content-encoding", "identity")
             .header("content-encoding", "gzip")
-            .body(body::full(Bytes::from_static(b"\x1f\x8b...")))
+            .header("content-length", "999")
+            .body(body::full(gzip(b"{\"code\":\"Unauthorized\",\"message\":\"invalid api key SECRET\"}")))
             .unwrap();
         let out = scrub_error(resp, &["SECRET"], "r").await;
-        assert_eq!(out.status(), 403);
-        let b = out.into_body().collect().await.unwrap().to_bytes();
-        assert!(String::from_utf8_lossy(&b).contains("withheld"));
+        assert_eq!(out.status(), 401);
+        assert!(out.headers().get("content-encoding").is_none());
+        assert!(out.headers().get("content-length").is_none());
+        let b = text(out).await;
+        assert_eq!(b, "{\"code\":\"Unauthorized\",\"message\":\"invalid api key [redacted]\"}");
+    }
+
+    #[test]
+    fn header_values_of_any_status_lose_secrets() {
+        let mut h = HeaderMap::new();
+        h.insert("location", HeaderValue::from_static("https://p.example/x?key=SECRET&a=1"));
+        h.insert("etag", HeaderValue::from_static("\"SECRET\""));
+        h.insert("x-secret", HeaderValue::from_static("TOKEN"));
+        h.insert("x-fine", HeaderValue::from_static("ok"));
+        redact_headers(&mut h, &["SECRET", "TOKEN", ""]);
+        assert_eq!(h["location"], "https://p.example/x?key=[redacted]&a=1");
+        assert_eq!(h["etag"], "\"[redacted]\"");
+        assert_eq!(h["x-secret"], "[redacted]");
+        assert!(h["x-secret"].is_sensitive());
+        assert_eq!(h["x-fine"], "ok");
+        // A header named after a secret goes.
+        let mut h = HeaderMap::new();
+        h.insert("secret", HeaderValue::from_static("1"));
+        redact_headers(&mut h, &["secret"]);
+        assert!(h.is_empty());
+    }
+
+    #[tokio::test]
+    async fn upstream_trailers_are_dropped() {
+        let mut trailers = HeaderMap::new();
+        trailers.insert("x-echo", HeaderValue::from_static("SECRET"));
+        let frames: Vec<Result<http_body::Frame<Bytes>, body::BoxError>> =
+            vec![Ok(http_body::Frame::data(Bytes::from_static(b"ok"))), Ok(http_body::Frame::trailers(trailers))];
+        let inner = http_body_util::StreamBody::new(futures_util::stream::iter(frames)).boxed_unsync();
+        let collected = drop_trailers(inner).collect().await.unwrap();
+        assert!(collected.trailers().is_none());
+        assert_eq!(&collected.to_bytes()[..], b"ok");
     }
 }

@@ -9,6 +9,8 @@
 //! - [`proxy`]: the request path, in order: [`path`] check → [`auth`] → [`routes`] → [`policy`]
 //!   ([`pattern`]) → [`scope`] → [`forward`] hygiene → credential swap ([`credentials`]) →
 //!   [`upstream`] client. [`error`] is the one place that shapes the gateway's own answers.
+//!   [`framing`] (transfer codings, bodiless `HEAD` answers), [`drain`] (small unread request
+//!   bodies) and [`decode`] (compressed error bodies, for the scrubber) serve that path.
 //! - [`app`]: wiring and task ownership. [`cli`]: the command line. [`demo`] and
 //!   [`fake_palette`]: the offline demo and the fake upstream the tests share.
 #![forbid(unsafe_code)]
@@ -19,11 +21,15 @@ pub mod auth;
 pub mod body;
 pub mod cli;
 pub mod config;
+pub mod credential_endpoints;
 pub mod credentials;
+pub mod decode;
 pub mod demo;
+pub mod drain;
 pub mod error;
 pub mod fake_palette;
 pub mod forward;
+pub mod framing;
 pub mod limit;
 pub mod metrics;
 pub mod path;

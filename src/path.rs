@@ -40,9 +40,12 @@ impl CheckedPath {
         &self.path
     }
 
-    /// The segments after the leading '/' ("/" has none).
+    /// The segments after the leading '/', exactly as forwarded: "/" has none, and a trailing
+    /// '/' is a last, empty segment (`/x/` is `["x", ""]`), so no rule mistakes `/x/` for `/x`.
+    /// Only the last segment can be empty (the check refuses `//`).
     pub fn segments(&self) -> impl Iterator<Item = &str> + Clone {
-        self.path[1..].split('/').filter(|s| !s.is_empty())
+        let rest = if self.path == "/" { None } else { Some(&self.path[1..]) };
+        rest.into_iter().flat_map(|r| r.split('/'))
     }
 
     /// The path left after `prefix` (whole segments), or `None` when it does not start with it.
@@ -248,7 +251,8 @@ mod tests {
     fn trailing_slash_is_kept() {
         let p = check("/v1/notifications/").unwrap();
         assert_eq!(p.as_str(), "/v1/notifications/");
-        assert_eq!(p.segments().collect::<Vec<_>>(), vec!["v1", "notifications"]);
+        assert_eq!(p.segments().collect::<Vec<_>>(), vec!["v1", "notifications", ""]);
+        assert_eq!(check("/v1/").unwrap().segments().collect::<Vec<_>>(), vec!["v1", ""]);
     }
 
     #[test]
@@ -311,7 +315,10 @@ mod tests {
                 let lower = p.as_str().to_ascii_lowercase();
                 prop_assert!(!lower.contains("%2f") && !lower.contains("%2e") && !lower.contains("%5c"));
                 prop_assert!(!p.as_str().contains("//"));
-                prop_assert!(p.segments().all(|s| !s.is_empty()));
+                // Only a trailing '/' gives an empty segment, and only as the last one.
+                let segs: Vec<&str> = p.segments().collect();
+                prop_assert!(segs.iter().rev().skip(1).all(|s| !s.is_empty()));
+                prop_assert_eq!(segs.last().is_some_and(|s| s.is_empty()), p.as_str().len() > 1 && p.as_str().ends_with('/'));
                 for s in p.segments() {
                     prop_assert!(s != "." && s != "..");
                 }

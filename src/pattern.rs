@@ -1,7 +1,10 @@
 //! `allow` rules: `METHOD /path` patterns where `*` is one segment and `**` the rest.
 //!
 //! Patterns are compiled once at config load; matching is a walk over the checked path's
-//! segments with no allocation.
+//! segments with no allocation. A path is matched exactly as it is forwarded: a trailing '/'
+//! is a last, empty segment, so `GET /x` does not match `/x/` (write `GET /x/` for that) while
+//! `GET /x/**` matches `/x`, `/x/` and everything below. A `GET` rule also covers `HEAD`,
+//! which is a `GET` without the body (`curl -I`).
 
 use http::Method;
 
@@ -18,7 +21,7 @@ pub enum PatternError {
     DoubleStarNotLast,
     #[error("'*' must be a whole segment (got {0:?})")]
     PartialWildcard(String),
-    #[error("empty segment in path pattern")]
+    #[error("empty segment in path pattern (only a trailing '/' is allowed)")]
     EmptySegment,
     #[error("path pattern segment {0:?} would never match a checked path")]
     Unmatchable(String),
@@ -62,7 +65,7 @@ impl AllowRule {
     /// Whether `method` on a path with these segments is allowed by this rule.
     pub fn matches<'a>(&self, method: &Method, segments: impl Iterator<Item = &'a str>) -> bool {
         if let Some(m) = &self.method {
-            if m != method {
+            if !method_covers(m, method) {
                 return false;
             }
         }
@@ -70,8 +73,10 @@ impl AllowRule {
         for seg in &self.segments {
             match seg {
                 Seg::Rest => return true,
+                // One real segment: never the empty one a trailing '/' leaves, or `/x/*` would
+                // match `/x/`.
                 Seg::One => {
-                    if segments.next().is_none() {
+                    if !matches!(segments.next(), Some(s) if !s.is_empty()) {
                         return false;
                     }
                 }
@@ -88,6 +93,33 @@ impl AllowRule {
     pub fn as_str(&self) -> &str {
         &self.source
     }
+
+    /// The method, `None` for `*`.
+    pub fn method(&self) -> Option<&Method> {
+        self.method.as_ref()
+    }
+
+    /// Whether the path pattern has a `**`.
+    pub fn has_rest(&self) -> bool {
+        self.segments.last() == Some(&Seg::Rest)
+    }
+
+    /// The path pattern's segments: `Some(literal)`, or `None` for `*` (a `**` is not listed;
+    /// see [`AllowRule::has_rest`]).
+    pub fn path_segments(&self) -> impl Iterator<Item = Option<&str>> {
+        self.segments.iter().filter_map(|s| match s {
+            Seg::Literal(l) => Some(Some(l.as_str())),
+            Seg::One => Some(None),
+            Seg::Rest => None,
+        })
+    }
+}
+
+/// Whether a rule (or route) naming `rule` covers a request with `method`: the same method, or
+/// `HEAD` under `GET` (RFC 9110 §9.3.2: `HEAD` is `GET` without the body, so a client allowed to
+/// read a resource may ask for its headers; `curl -I` sends it).
+pub fn method_covers(rule: &Method, method: &Method) -> bool {
+    rule == method || (*rule == Method::GET && *method == Method::HEAD)
 }
 
 fn parse_path(path: &str) -> Result<Vec<Seg>, PatternError> {
@@ -101,6 +133,9 @@ fn parse_path(path: &str) -> Result<Vec<Seg>, PatternError> {
     let mut out = Vec::with_capacity(raw.len());
     for (i, s) in raw.iter().enumerate() {
         let seg = match *s {
+            // A trailing '/' names the path with the slash (`GET /v1/notifications/`), which
+            // Palette serves apart from the one without.
+            "" if i + 1 == raw.len() && i > 0 => Seg::Literal(String::new()),
             "" => return Err(PatternError::EmptySegment),
             "**" if i + 1 == raw.len() => Seg::Rest,
             "**" => return Err(PatternError::DoubleStarNotLast),
@@ -154,6 +189,34 @@ mod tests {
     }
 
     #[test]
+    fn trailing_slash_is_its_own_path() {
+        // The rule for one upstream path never lets the other through (issue 9, point 3).
+        assert!(!m("POST /v1/dashboard/projects", "POST", "/v1/dashboard/projects/"));
+        assert!(!m("GET /v1/notifications/", "GET", "/v1/notifications"));
+        assert!(m("GET /v1/notifications/", "GET", "/v1/notifications/"));
+        assert!(!m("GET /v1/*", "GET", "/v1/"), "'*' is one real segment, not the empty one");
+        assert!(m("GET /v1/*/", "GET", "/v1/x/"));
+        assert!(!m("GET /v1/*/", "GET", "/v1/x"));
+        // '**' covers the path itself, with and without the slash, and everything below.
+        for p in ["/v1/dashboard", "/v1/dashboard/", "/v1/dashboard/x", "/v1/dashboard/x/"] {
+            assert!(m("POST /v1/dashboard/**", "POST", p), "{p}");
+        }
+        assert!(!m("GET /", "GET", "/v1/"));
+        assert!(m("GET /", "GET", "/"));
+    }
+
+    #[test]
+    fn get_covers_head_and_nothing_else() {
+        assert!(m("GET /v1/**", "HEAD", "/v1/x"));
+        assert!(m("GET /v1/x", "HEAD", "/v1/x"));
+        assert!(!m("HEAD /v1/x", "GET", "/v1/x"));
+        assert!(!m("GET /v1/x", "OPTIONS", "/v1/x"));
+        assert!(!m("POST /v1/x", "HEAD", "/v1/x"));
+        assert!(method_covers(&Method::GET, &Method::HEAD));
+        assert!(!method_covers(&Method::HEAD, &Method::GET));
+    }
+
+    #[test]
     fn star_method_is_any() {
         assert!(m("* /v1/**", "DELETE", "/v1/x"));
         assert!(m("* /**", "PATCH", "/"));
@@ -168,6 +231,9 @@ mod tests {
         assert!(matches!(AllowRule::parse("GET /**/x"), Err(PatternError::DoubleStarNotLast)));
         assert!(matches!(AllowRule::parse("GET /v1/a*"), Err(PatternError::PartialWildcard(_))));
         assert!(matches!(AllowRule::parse("GET /v1//x"), Err(PatternError::EmptySegment)));
+        assert!(matches!(AllowRule::parse("GET //"), Err(PatternError::EmptySegment)));
+        assert!(matches!(AllowRule::parse("GET /v1//"), Err(PatternError::EmptySegment)));
+        assert!(matches!(AllowRule::parse("GET /v1/**/"), Err(PatternError::DoubleStarNotLast)));
         assert!(matches!(AllowRule::parse("GET /v1/../x"), Err(PatternError::Unmatchable(_))));
         assert!(matches!(AllowRule::parse("GET /v1/%61"), Err(PatternError::Unmatchable(_))));
     }
@@ -183,6 +249,35 @@ mod tests {
                 let segs: Vec<&str> = p.segments().collect();
                 prop_assert_eq!(ok, segs.len() >= 2 && segs[1] == "dashboard");
             }
+        }
+
+        /// A rule without `**` never matches a path with another segment count, nor the same
+        /// path with or without a trailing '/'.
+        #[test]
+        fn rule_without_rest_matches_only_its_segment_count(
+            rule in "/([a-z]{1,3}|\\*)(/([a-z]{1,3}|\\*)){0,3}/?",
+            path in "/[a-z]{1,3}(/[a-z]{1,3}){0,4}/?",
+        ) {
+            let r = AllowRule::parse(&format!("GET {rule}")).unwrap();
+            let p = crate::path::check(&path).unwrap();
+            if r.matches(&Method::GET, p.segments()) {
+                prop_assert_eq!(rule.split('/').count(), path.split('/').count(), "{} {}", rule, path);
+                prop_assert_eq!(rule.ends_with('/'), path.ends_with('/'), "{} {}", rule, path);
+            }
+            // The slash-less or slashed twin of a matched path is never matched too.
+            let twin = match path.strip_suffix('/') { Some(t) => t.to_string(), None => format!("{path}/") };
+            let t = crate::path::check(&twin).unwrap();
+            prop_assert!(!(r.matches(&Method::GET, p.segments()) && r.matches(&Method::GET, t.segments())));
+        }
+
+        /// `/x/**` matches `/x`, `/x/` and everything below, and nothing else.
+        #[test]
+        fn rest_covers_the_prefix_with_and_without_slash(tail in "(/[a-z]{1,3}){0,3}/?") {
+            let r = AllowRule::parse("GET /v1/x/**").unwrap();
+            let path = format!("/v1/x{tail}");
+            prop_assert!(r.matches(&Method::GET, crate::path::check(&path).unwrap().segments()), "{}", path);
+            let other = format!("/v1/y{tail}");
+            prop_assert!(!r.matches(&Method::GET, crate::path::check(&other).unwrap().segments()));
         }
 
         #[test]

@@ -1,9 +1,11 @@
-//! What a client may call: the `/v1/auth/**` block (the gateway's session is not the client's)
-//! and the client's `allow` rules, both checked on the path that would reach Palette.
+//! What a client may call: the `/v1/auth/**` block (the gateway's session is not the client's),
+//! the credential endpoints (refused unless opened for the client by name), and the client's
+//! `allow` rules, all checked on the path that would reach Palette.
 
 use http::Method;
 
 use crate::config::Client;
+use crate::credential_endpoints::{self, is_api_version};
 use crate::error::GatewayError;
 use crate::path::CheckedPath;
 
@@ -11,6 +13,18 @@ use crate::path::CheckedPath;
 pub fn check(client: &Client, method: &Method, path: &CheckedPath) -> Result<(), GatewayError> {
     if is_auth_path(path) {
         return Err(GatewayError::AuthPathForbidden { client: client.name.to_string(), path: path.to_string() });
+    }
+    if let Some(entry) = credential_endpoints::refused(method, path) {
+        // Opened only by name; a wildcard `allow` never opens it (and must still cover it).
+        if !client.allow_credential_endpoints.iter().any(|r| r.matches(method, path.segments())) {
+            return Err(GatewayError::CredentialEndpointForbidden {
+                client: client.name.to_string(),
+                method: method.to_string(),
+                path: path.to_string(),
+                why: entry.why,
+                opening: credential_endpoints::opening_for(entry, method, path),
+            });
+        }
     }
     match &client.allow {
         Some(rules) if !rules.iter().any(|r| r.matches(method, path.segments())) => Err(GatewayError::Forbidden {
@@ -22,15 +36,11 @@ pub fn check(client: &Client, method: &Method, path: &CheckedPath) -> Result<(),
     }
 }
 
-/// `/v1/auth/...` in any case and any API version (`/v1alpha1/auth`): a denylist, so it is
-/// matched as broadly as Palette's router might read it.
+/// `/v1/auth/...` in any case and any API version (`/v1alpha1/auth`), with or without a
+/// trailing '/': a denylist, so it is matched as broadly as Palette's router might read it.
 fn is_auth_path(path: &CheckedPath) -> bool {
     let mut segs = path.segments();
-    let version = segs.next().unwrap_or("");
-    let is_version = version.len() >= 2
-        && version.as_bytes()[0].eq_ignore_ascii_case(&b'v')
-        && version.as_bytes()[1].is_ascii_digit();
-    is_version && segs.next().is_some_and(|s| s.eq_ignore_ascii_case("auth"))
+    is_api_version(segs.next().unwrap_or("")) && segs.next().is_some_and(|s| s.eq_ignore_ascii_case("auth"))
 }
 
 #[cfg(test)]
@@ -46,8 +56,14 @@ mod tests {
             credential: 0,
             projects: Projects::Any,
             allow: allow.map(|a| a.iter().map(|r| AllowRule::parse(r).unwrap()).collect()),
+            allow_credential_endpoints: Vec::new(),
             rate_limit: None,
         }
+    }
+
+    fn opened(mut c: Client, openings: &[&str]) -> Client {
+        c.allow_credential_endpoints = openings.iter().map(|r| AllowRule::parse(r).unwrap()).collect();
+        c
     }
 
     fn ok(c: &Client, m: Method, p: &str) -> bool {
@@ -60,7 +76,11 @@ mod tests {
         for p in ["/v1/auth/authenticate", "/V1/AUTH/refresh/x", "/v1alpha1/auth/x", "/v1/auth", "/v1/%61uth/x"] {
             assert!(!ok(&c, Method::POST, p), "{p}");
         }
-        assert!(ok(&c, Method::GET, "/v1/users/auth/tokens/revoke"));
+        // Not the gateway's session, but a credential endpoint (refused for its own reason).
+        assert!(matches!(
+            check(&c, &Method::POST, &crate::path::check("/v1/users/auth/tokens/revoke").unwrap()),
+            Err(GatewayError::CredentialEndpointForbidden { .. })
+        ));
         assert!(ok(&c, Method::GET, "/v1/authx"));
     }
 
@@ -72,6 +92,39 @@ mod tests {
         assert!(!ok(&c, Method::DELETE, "/v1/spectroclusters/x"));
         let err = check(&c, &Method::DELETE, &crate::path::check("/v1/x").unwrap()).unwrap_err();
         assert_eq!(err.to_string(), "client ci may not DELETE /v1/x");
+    }
+
+    #[test]
+    fn credential_endpoints_need_a_named_opening_and_allow() {
+        for c in [client(None), client(Some(&["POST /v1/**", "* /**"]))] {
+            let err = check(&c, &Method::POST, &crate::path::check("/v1/apiKeys").unwrap()).unwrap_err();
+            assert!(matches!(err, GatewayError::CredentialEndpointForbidden { .. }));
+            let text = err.to_string();
+            assert!(
+                text.contains("credential endpoint")
+                    && text.contains("allow_credential_endpoints = [\"POST /v1/apiKeys\"]"),
+                "{text}"
+            );
+            assert!(ok(&c, Method::GET, "/v1/apiKeys"), "the listing stays open");
+        }
+        let c = opened(client(Some(&["POST /v1/**"])), &["POST /v1/apiKeys"]);
+        assert!(ok(&c, Method::POST, "/v1/apiKeys"));
+        assert!(!ok(&c, Method::POST, "/v1/apiKeys/"), "an opening opens the spelling it names");
+        assert!(!ok(&c, Method::PUT, "/v1/apiKeys/k1/state"), "one opening opens one endpoint");
+        // The allow rules must cover an opened endpoint too.
+        let c = opened(client(Some(&["GET /v1/**"])), &["POST /v1/apiKeys"]);
+        assert!(matches!(
+            check(&c, &Method::POST, &crate::path::check("/v1/apiKeys").unwrap()),
+            Err(GatewayError::Forbidden { .. })
+        ));
+        let c = opened(client(None), &["PUT /v1/apiKeys/*/state"]);
+        assert!(ok(&c, Method::PUT, "/v1/apiKeys/k1/state"));
+    }
+
+    #[test]
+    fn auth_paths_with_a_trailing_slash_are_refused() {
+        assert!(!ok(&client(None), Method::GET, "/v1/auth/"));
+        assert!(ok(&client(None), Method::GET, "/v1/"));
     }
 
     #[test]

@@ -5,7 +5,8 @@
 //!   → route → policy (/v1/auth block, allow) → scope (ProjectUid) → header hygiene
 //!   → credential swap → upstream budget → forward (401 → new token → one replay;
 //!     429 → slow the prefix → retry idempotent requests within max_wait)
-//!   → response hygiene (hop-by-hop, Set-Cookie, secret scrub)
+//!   → response hygiene (hop-by-hop, Set-Cookie, trailers, secret scrub of every answer's
+//!     headers and of decoded error bodies) → unread small request body drained → HEAD: no body
 //! ```
 //!
 //! Each step lives in its own module as a plain function over the request parts; this module
@@ -41,7 +42,7 @@ use crate::limit::upstream::{Bucket, UpstreamBudget};
 use crate::limit::{retry_after_secs, ClientLimits, RateHeaders};
 use crate::metrics::{method_label, Metrics};
 use crate::upstream::{UpstreamClient, UpstreamFailure};
-use crate::{path, policy, routes, scope};
+use crate::{drain, framing, path, policy, routes, scope};
 
 /// A request body up to this size is buffered so it can be replayed (after a token refusal or
 /// Palette's 429).
@@ -217,12 +218,21 @@ impl Gateway {
             outcome: Outcome::default(),
             armed: true,
         };
+        let method = req.method().clone();
+        // A body the request path drops unread (a refusal, an early upstream answer) comes
+        // back here to be drained before the answer goes out (see `drain`).
+        let (req, unread) = {
+            let (parts, body) = req.into_parts();
+            let (body, unread) = drain::track(body);
+            (Request::from_parts(parts, body), unread)
+        };
         let result = if overloaded {
             Err(GatewayError::Overloaded(max_inflight))
         } else {
             let (rid, stats) = (pending.request_id.clone(), pending.stats.clone());
             process(&rt, metrics, req, &request_id, &rid, &stats, &mut pending.outcome).await
         };
+        unread.drain().await;
         let mut resp = match result {
             Ok(r) => r,
             Err(e) => {
@@ -237,6 +247,8 @@ impl Gateway {
         if let Some(rate) = pending.outcome.rate {
             rate.apply(resp.headers_mut());
         }
+        // No body on any answer to HEAD, the gateway's own errors included.
+        let resp = framing::strip_head_body(&method, resp);
         let audit_uid = loggable(resp.headers(), &AUDIT_UID);
         let (record, inflight) = pending.answered(resp.status().as_u16(), audit_uid);
         resp.map(move |b| {
@@ -362,6 +374,7 @@ async fn process(
     outcome: &mut Outcome,
 ) -> Result<Response<Body>, GatewayError> {
     let (mut parts, body) = req.into_parts();
+    framing::check_transfer_encoding(&parts.headers)?;
     let max_body = rt.config.server.limits.max_request_body;
     let declared = parts.headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
     if declared.is_some_and(|n| n > max_body) {
@@ -408,9 +421,18 @@ async fn process(
     let matched = routes::select(cfg, client_idx, &parts.method, &checked);
     outcome.route = matched.route.map(|r| r.name.clone());
     policy::check(client, &parts.method, &matched.upstream_path)?;
-    let scope = scope::apply(client, matched.route, &mut parts.headers, parts.uri.query())?;
-    outcome.project = scope.project.as_ref().and_then(|p| p.to_str().ok()).map(str::to_string);
-    forward::request_headers(&mut parts.headers, &conn.forwarded_for, conn.tls, request_id);
+    // Scope is decided on the headers as the client sent them (a `Connection: ProjectUid`
+    // cannot hide a project from the check); every removal comes next, then every header the
+    // gateway decides, so none can be taken away. The log records what goes upstream.
+    let scope = scope::decide(client, matched.route, &parts.headers, parts.uri.query())?;
+    let decided = forward::Decided {
+        forwarded_for: &conn.forwarded_for,
+        tls: conn.tls,
+        request_id,
+        project: scope.project.as_ref(),
+    };
+    forward::request_headers(&mut parts.headers, &decided);
+    outcome.project = parts.headers.get(scope::PROJECT_UID).and_then(|p| p.to_str().ok()).map(str::to_string);
 
     let path_and_query = match &scope.query {
         Some(q) => format!("{}?{q}", matched.upstream_path),
@@ -612,7 +634,8 @@ impl Exchange<'_> {
         let exposed: Vec<&str> = secrets.iter().map(|s| s.expose()).collect();
         let mut resp = forward::scrub_error(resp, &exposed, self.rid).await;
         forward::response_headers(resp.headers_mut());
-        resp
+        forward::redact_headers(resp.headers_mut(), &exposed);
+        resp.map(forward::drop_trailers)
     }
 }
 

@@ -1,5 +1,10 @@
 //! Route rules: the first route whose prefix, methods and clients match a request decides its
 //! `ProjectUid` and whether the prefix is stripped before forwarding.
+//!
+//! A prefix matches whole segments, like an `allow` rule's `/prefix/**`: `/team-a` matches
+//! `/team-a`, `/team-a/` and `/team-a/v1/x/`, never `/team-ab`; what is left after a stripped
+//! prefix keeps its trailing '/' (`/team-a/v1/x/` goes up as `/v1/x/`). `methods = ["GET"]`
+//! also covers `HEAD`, as an `allow` rule does, so a `HEAD` gets the same route (and project).
 
 use http::Method;
 
@@ -28,7 +33,7 @@ pub fn select<'a>(cfg: &'a Config, client: usize, method: &Method, path: &Checke
         let Some(rest) = path.strip_prefix(&route.path_prefix) else {
             continue;
         };
-        if route.methods.as_ref().is_some_and(|ms| !ms.contains(method)) {
+        if route.methods.as_ref().is_some_and(|ms| !ms.iter().any(|m| crate::pattern::method_covers(m, method))) {
             continue;
         }
         if route.clients.as_ref().is_some_and(|cs| !cs.contains(&client)) {
@@ -65,6 +70,21 @@ mod tests {
     fn prefix_strips_whole_segments() {
         assert_eq!(sel(0, Method::GET, "/team-a/v1/x"), ("team-a".into(), "/v1/x".into()));
         assert_eq!(sel(0, Method::GET, "/team-ab/v1/x"), ("none".into(), "/team-ab/v1/x".into()));
+    }
+
+    #[test]
+    fn trailing_slash_is_kept_and_under_the_prefix() {
+        assert_eq!(sel(0, Method::GET, "/team-a/v1/x/"), ("team-a".into(), "/v1/x/".into()));
+        assert_eq!(sel(0, Method::GET, "/team-a/"), ("team-a".into(), "/".into()));
+        assert_eq!(sel(0, Method::GET, "/team-a"), ("team-a".into(), "/".into()));
+        assert_eq!(sel(0, Method::GET, "/v1/spectroclusters/"), ("ci-clusters".into(), "/v1/spectroclusters/".into()));
+        assert_eq!(sel(0, Method::GET, "/team-ab/"), ("none".into(), "/team-ab/".into()));
+    }
+
+    #[test]
+    fn get_route_covers_head() {
+        assert_eq!(sel(0, Method::HEAD, "/v1/spectroclusters/u1").0, "ci-clusters");
+        assert_eq!(sel(0, Method::OPTIONS, "/v1/spectroclusters/u1").0, "none");
     }
 
     #[test]

@@ -1,6 +1,8 @@
 //! Project scope: the `ProjectUid` a request carries upstream. A route's project replaces
 //! whatever the client sent (header in any case, or `?ProjectUid=` in any case or encoding);
-//! without one, the client's own request passes only for a project it is allowed.
+//! without one, the client's own request passes only for a project it is allowed. The header
+//! itself is set by `forward::request_headers`, after every removal, so nothing the client
+//! sends can take the decided project away.
 
 use std::borrow::Cow;
 
@@ -24,23 +26,28 @@ pub struct Scope {
     pub query: Option<String>,
 }
 
-/// Decides the scope and rewrites `headers` to carry exactly it.
-pub fn apply(
+/// Decides the scope from the client's request, before any header is removed: a client cannot
+/// hide its `ProjectUid` from this check (by naming it in `Connection`, say). The headers are
+/// not changed here; [`crate::forward::request_headers`] removes every client `ProjectUid` and
+/// sets [`Scope::project`] after all removals.
+///
+/// An empty value (`ProjectUID: ""`, which Palette's TypeScript SDK sends when no project is
+/// set, or `?ProjectUid=`) asks for no project: alone it means tenant scope, and beside a
+/// non-empty value it is ignored, so the non-empty one is checked as if it were alone.
+pub fn decide(
     client: &Client,
     route: Option<&Route>,
-    headers: &mut HeaderMap,
+    headers: &HeaderMap,
     query: Option<&str>,
 ) -> Result<Scope, GatewayError> {
     if let Some(project) = route.and_then(|r| r.project_uid.clone()) {
-        headers.remove(&PROJECT_UID_HEADER);
-        headers.insert(PROJECT_UID_HEADER.clone(), project.clone());
         let query = query.map(strip_project_params).filter(|q| !q.is_empty());
         return Ok(Scope { project: Some(project), query });
     }
     let mut asked: Option<String> = None;
     let mut note = |value: &str| -> Result<(), GatewayError> {
         if value.is_empty() {
-            return Err(GatewayError::BadRequest("ProjectUid is empty".into()));
+            return Ok(());
         }
         match &asked {
             Some(prev) if prev != value => {
@@ -57,9 +64,11 @@ pub fn apply(
         let text = v.to_str().map_err(|_| GatewayError::BadRequest("ProjectUid header is not valid text".into()))?;
         note(text.trim())?;
     }
+    let mut empty_param = false;
     if let Some(q) = query {
         for (name, value) in pairs(q) {
             if name.eq_ignore_ascii_case(PROJECT_UID) {
+                empty_param |= value.is_empty();
                 note(&value)?;
             }
         }
@@ -72,12 +81,13 @@ pub fn apply(
         ),
         Some(uid) => return Err(GatewayError::ProjectForbidden { client: client.name.to_string(), project: uid }),
     };
-    if let Some(p) = &project {
-        // One spelling, one value: what was checked is what Palette sees.
-        headers.remove(&PROJECT_UID_HEADER);
-        headers.insert(PROJECT_UID_HEADER.clone(), p.clone());
-    }
-    Ok(Scope { project, query: query.map(str::to_string) })
+    // An empty `ProjectUid=` is dropped: Palette sees the decided scope and nothing that could
+    // read as another (the non-empty parameters, if any, all name the checked project).
+    let query = match query {
+        Some(q) if empty_param => Some(strip_empty_project_params(q)).filter(|q| !q.is_empty()),
+        other => other.map(str::to_string),
+    };
+    Ok(Scope { project, query })
 }
 
 /// Decoded `name=value` pairs the way Go's `url.ParseQuery` reads them (`+` is a space).
@@ -94,6 +104,17 @@ fn decode(s: &str) -> Cow<'_, str> {
     } else {
         percent_decode_str(s).decode_utf8_lossy()
     }
+}
+
+fn strip_empty_project_params(query: &str) -> String {
+    query
+        .split('&')
+        .filter(|pair| {
+            let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+            !(decode(name).eq_ignore_ascii_case(PROJECT_UID) && decode(value).is_empty())
+        })
+        .collect::<Vec<_>>()
+        .join("&")
 }
 
 fn strip_project_params(query: &str) -> String {
@@ -114,7 +135,14 @@ mod tests {
     use std::sync::Arc;
 
     fn client(projects: Projects) -> Client {
-        Client { name: Arc::from("ci"), credential: 0, projects, allow: None, rate_limit: None }
+        Client {
+            name: Arc::from("ci"),
+            credential: 0,
+            projects,
+            allow: None,
+            allow_credential_endpoints: Vec::new(),
+            rate_limit: None,
+        }
     }
 
     fn route(project: &str) -> Route {
@@ -138,53 +166,89 @@ mod tests {
 
     #[test]
     fn route_project_replaces_header_and_query() {
-        let mut h = headers(&[("ProjectUID", "evil"), ("projectuid", "evil2")]);
-        let s = apply(
+        let h = headers(&[("ProjectUID", "evil"), ("projectuid", "evil2")]);
+        let s = decide(
             &client(Projects::Only(vec![])),
             Some(&route("p001")),
-            &mut h,
+            &h,
             Some("a=1&projectUid=evil&Project%55id=e&b=2"),
         )
         .unwrap();
         assert_eq!(s.project.unwrap(), "p001");
         assert_eq!(s.query.as_deref(), Some("a=1&b=2"));
-        assert_eq!(h.get_all(PROJECT_UID).iter().collect::<Vec<_>>(), vec!["p001"]);
     }
 
     #[test]
     fn client_project_must_be_listed() {
         let c = client(Projects::Only(vec!["p1".into()]));
-        let mut h = headers(&[("ProjectUid", "p1")]);
-        assert_eq!(apply(&c, None, &mut h, None).unwrap().project.unwrap(), "p1");
-        let mut h = headers(&[("projectuid", "p2")]);
-        assert!(matches!(apply(&c, None, &mut h, None), Err(GatewayError::ProjectForbidden { .. })));
-        let mut h = HeaderMap::new();
-        assert!(matches!(apply(&c, None, &mut h, Some("PROJECTUID=p2")), Err(GatewayError::ProjectForbidden { .. })));
-        assert!(matches!(apply(&c, None, &mut h, Some("Project%55id=p2")), Err(GatewayError::ProjectForbidden { .. })));
-        assert!(apply(&c, None, &mut HeaderMap::new(), Some("ProjectUid=p1")).is_ok());
+        let h = headers(&[("ProjectUid", "p1")]);
+        assert_eq!(decide(&c, None, &h, None).unwrap().project.unwrap(), "p1");
+        let h = headers(&[("projectuid", "p2")]);
+        assert!(matches!(decide(&c, None, &h, None), Err(GatewayError::ProjectForbidden { .. })));
+        let h = HeaderMap::new();
+        assert!(matches!(decide(&c, None, &h, Some("PROJECTUID=p2")), Err(GatewayError::ProjectForbidden { .. })));
+        assert!(matches!(decide(&c, None, &h, Some("Project%55id=p2")), Err(GatewayError::ProjectForbidden { .. })));
+        assert!(decide(&c, None, &h, Some("ProjectUid=p1")).is_ok());
     }
 
     #[test]
-    fn conflicting_or_empty_values_are_bad_requests() {
+    fn the_check_sees_a_project_the_client_names_in_connection() {
+        // `Connection: ProjectUid` is for the removal step; the project is checked all the same.
+        let c = client(Projects::Only(vec!["p1".into()]));
+        let h = headers(&[("connection", "keep-alive, ProjectUid"), ("ProjectUid", "p2")]);
+        assert!(matches!(decide(&c, None, &h, None), Err(GatewayError::ProjectForbidden { .. })));
+    }
+
+    #[test]
+    fn conflicting_values_are_bad_requests() {
         let c = client(Projects::Any);
-        let mut h = headers(&[("ProjectUid", "p1")]);
-        assert!(matches!(apply(&c, None, &mut h, Some("projectuid=p2")), Err(GatewayError::BadRequest(_))));
-        let mut h = headers(&[("ProjectUid", "p1"), ("ProjectUID", "p2")]);
-        assert!(matches!(apply(&c, None, &mut h, None), Err(GatewayError::BadRequest(_))));
-        let mut h = headers(&[("ProjectUid", "")]);
-        assert!(matches!(apply(&c, None, &mut h, None), Err(GatewayError::BadRequest(_))));
+        let h = headers(&[("ProjectUid", "p1")]);
+        assert!(matches!(decide(&c, None, &h, Some("projectuid=p2")), Err(GatewayError::BadRequest(_))));
+        let h = headers(&[("ProjectUid", "p1"), ("ProjectUID", "p2")]);
+        assert!(matches!(decide(&c, None, &h, None), Err(GatewayError::BadRequest(_))));
+    }
+
+    #[test]
+    fn empty_values_ask_for_no_project() {
+        // Palette's TypeScript SDK sends `ProjectUID: ""` when no project is set.
+        let c = client(Projects::Only(vec!["p1".into()]));
+        for (h, q) in [
+            (headers(&[("ProjectUID", "")]), None),
+            (headers(&[("ProjectUid", "  ")]), None),
+            (HeaderMap::new(), Some("ProjectUid=")),
+            (headers(&[("ProjectUID", "")]), Some("ProjectUid=&projectuid")),
+        ] {
+            let s = decide(&c, None, &h, q).unwrap();
+            assert_eq!(s, Scope { project: None, query: None }, "{h:?} {q:?}");
+        }
+        let s = decide(&c, None, &HeaderMap::new(), Some("limit=5&ProjectUid=&offset=2")).unwrap();
+        assert_eq!(s, Scope { project: None, query: Some("limit=5&offset=2".into()) });
+    }
+
+    #[test]
+    fn an_empty_value_beside_another_changes_nothing() {
+        let c = client(Projects::Only(vec!["p1".into()]));
+        let forbidden = |h: &HeaderMap, q| matches!(decide(&c, None, h, q), Err(GatewayError::ProjectForbidden { .. }));
+        assert!(forbidden(&headers(&[("ProjectUID", "")]), Some("ProjectUid=p2")));
+        assert!(forbidden(&headers(&[("ProjectUID", ""), ("projectuid", "p2")]), None));
+        assert!(forbidden(&headers(&[("ProjectUID", "p2")]), Some("ProjectUid=")));
+        let s =
+            decide(&c, None, &headers(&[("ProjectUID", ""), ("ProjectUid", "p1")]), Some("ProjectUid=&a=1")).unwrap();
+        assert_eq!(s, Scope { project: Some(HeaderValue::from_static("p1")), query: Some("a=1".into()) });
+        let s = decide(&c, None, &HeaderMap::new(), Some("ProjectUid=&ProjectUid=p1")).unwrap();
+        assert_eq!(s, Scope { project: Some(HeaderValue::from_static("p1")), query: Some("ProjectUid=p1".into()) });
     }
 
     #[test]
     fn no_project_means_tenant_scope() {
         let c = client(Projects::Only(vec![]));
-        let s = apply(&c, None, &mut HeaderMap::new(), Some("limit=5")).unwrap();
+        let s = decide(&c, None, &HeaderMap::new(), Some("limit=5")).unwrap();
         assert_eq!(s, Scope { project: None, query: Some("limit=5".into()) });
     }
 
     #[test]
     fn any_project_with_star() {
-        let mut h = headers(&[("ProjectUid", "whatever")]);
-        assert!(apply(&client(Projects::Any), None, &mut h, None).is_ok());
+        let h = headers(&[("ProjectUid", "whatever")]);
+        assert!(decide(&client(Projects::Any), None, &h, None).is_ok());
     }
 }

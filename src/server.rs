@@ -248,11 +248,14 @@ impl hyper::service::Service<Request<Incoming>> for ConnService {
         let activity = self.activity.clone();
         activity.inflight.fetch_add(1, Ordering::Relaxed);
         activity.touch();
+        let method = req.method().clone();
         let call = (self.inner)(req.map(body::boxed));
         Box::pin(async move {
             // If the client goes away before the answer, this guard still ends the request.
             let guard = EndGuard(Some(activity));
-            let resp = call.await;
+            // Every listener's answers to HEAD lose their body here (the admin endpoints'
+            // too): hyper's HTTP/2 server would send it.
+            let resp = crate::framing::strip_head_body(&method, call.await);
             Ok(resp.map(move |b| {
                 let mut guard = guard;
                 let activity = guard.0.take();

@@ -112,3 +112,35 @@ async fn upstream_connections_are_reused() {
     let opened = h.fake.connections() - before;
     assert!(opened <= 2, "{opened} upstream connections for 50 sequential requests");
 }
+
+/// `Transfer-Encoding: gzip, chunked` (or any transfer coding but a single `chunked`, in any
+/// case or spacing, in one header or several) gets 501 NotImplemented naming the header, and
+/// nothing reaches Palette; a plain chunked upload still goes through.
+#[tokio::test]
+async fn transfer_codings_other_than_chunked_are_refused() {
+    let h = Harness::standard().await;
+    let body = "5\r\nhello\r\n0\r\n\r\n";
+    for te in [
+        "Transfer-Encoding: gzip, chunked\r\n",
+        "Transfer-Encoding: GZIP ,Chunked\r\n",
+        "Transfer-Encoding: gzip\r\nTransfer-Encoding: chunked\r\n",
+        "Transfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n",
+        "Transfer-Encoding: identity, chunked\r\n",
+    ] {
+        let req = format!(
+            "POST /v1/dashboard/projects HTTP/1.1\r\nHost: gateway.test\r\nApiKey: {ADMIN_KEY}\r\nContent-Type: application/json\r\n{te}Connection: close\r\n\r\n{body}"
+        );
+        let r = h.raw(req.as_bytes()).await;
+        assert_eq!(r.status, 501, "{te:?}: {}", r.head);
+        let v = r.json();
+        assert_eq!(v["code"], "NotImplemented", "{te:?}");
+        assert!(v["message"].as_str().unwrap().contains("Transfer-Encoding"), "{v}");
+    }
+    assert!(h.forwarded().is_empty(), "a refused request reached Palette");
+    let req = format!(
+        "POST /v1/dashboard/projects HTTP/1.1\r\nHost: gateway.test\r\nApiKey: {ADMIN_KEY}\r\nTransfer-Encoding: Chunked\r\nConnection: close\r\n\r\n{body}"
+    );
+    let r = h.raw(req.as_bytes()).await;
+    assert_eq!(r.status, 201, "{}", r.head);
+    assert_eq!(&h.last().body[..], b"hello");
+}

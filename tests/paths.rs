@@ -5,7 +5,7 @@ mod support;
 use support::*;
 
 /// Every operation in Palette's own API spec, placeholders filled, reaches the fake unchanged
-/// (the `/v1/auth/**` ones are refused by design, and are counted).
+/// (the `/v1/auth/**` ones and the credential endpoints are refused by design, and counted).
 #[tokio::test]
 async fn every_spec_path_passes_unchanged() {
     let spec_path = concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/palette/palette-api-spec.json");
@@ -16,6 +16,7 @@ async fn every_spec_path_passes_unchanged() {
     let h = Harness::start(standard_fake(), NO_BUDGET, &rules).await;
     let mut forwarded = 0;
     let mut refused_auth = 0;
+    let mut refused_credential = 0;
     for (template, ops) in spec["paths"].as_object().unwrap() {
         let path = fill(template);
         for method in ops.as_object().unwrap().keys() {
@@ -36,6 +37,17 @@ async fn every_spec_path_passes_unchanged() {
                 refused_auth += 1;
                 continue;
             }
+            let method = http::Method::from_bytes(m.as_str().as_bytes()).unwrap();
+            let checked = palette_gateway::path::check(&path).unwrap();
+            if palette_gateway::credential_endpoints::refused(&method, &checked).is_some() {
+                assert_eq!(r.status(), 403, "{m} {path}");
+                if m != reqwest::Method::HEAD {
+                    let v: serde_json::Value = r.json().await.unwrap();
+                    assert!(v["message"].as_str().unwrap().contains("a credential endpoint"), "{m} {path}: {v}");
+                }
+                refused_credential += 1;
+                continue;
+            }
             assert!(r.status().is_success(), "{m} {path}: {}", r.status());
             let got = h.last();
             assert_eq!(got.method.as_str(), m.as_str());
@@ -43,8 +55,10 @@ async fn every_spec_path_passes_unchanged() {
             forwarded += 1;
         }
     }
-    assert!(forwarded > 1100, "only {forwarded} operations forwarded");
+    assert!(forwarded > 1050, "only {forwarded} operations forwarded");
     assert!(refused_auth > 0);
+    // The credential endpoints of the spec (see src/credential_endpoints.rs), and no more.
+    assert!((30..60).contains(&refused_credential), "{refused_credential} credential endpoints refused");
 }
 
 fn fill(template: &str) -> String {
@@ -101,4 +115,59 @@ async fn escapes_cannot_dodge_allow() {
     let r = h.raw(&raw_get("/v1/%44ashboard/x", &[("ApiKey", CI_KEY)])).await;
     assert_eq!(r.status, 200);
     assert_eq!(h.last().path_and_query, "/v1/Dashboard/x");
+}
+
+const NARROW_KEY: &str = "pgw_narrow-local-key-dddddddddddddddddddddddddddddd";
+
+/// The standard setup plus a client whose rules name exact paths.
+fn narrow_rules() -> String {
+    format!(
+        "{}\n[[clients]]\nname = \"narrow\"\nkeys = [\"{}\"]\nallow = [\"POST /v1/dashboard/projects\", \"GET /v1/notifications/\", \"GET /v1/users/**\"]\n",
+        standard_rules(),
+        palette_gateway::auth::key_hash_string(NARROW_KEY)
+    )
+}
+
+/// A trailing `/` is part of the path as forwarded: a rule for `/x` does not let `/x/` through
+/// (nor the reverse), `/x/**` covers both, and the slash reaches Palette as sent.
+#[tokio::test]
+async fn trailing_slash_is_matched_exactly() {
+    let h = Harness::start(standard_fake(), NO_BUDGET, &narrow_rules()).await;
+    let post = |path: &str| {
+        h.http.post(h.url(path)).header("ApiKey", NARROW_KEY).header("content-type", "application/json").body("{}")
+    };
+    let r = post("/v1/dashboard/projects/").send().await.unwrap();
+    assert_eq!(r.status(), 403, "the rule names /v1/dashboard/projects, not .../projects/");
+    let v: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(v["message"], "client narrow may not POST /v1/dashboard/projects/");
+    assert!(h.forwarded().is_empty());
+    assert!(post("/v1/dashboard/projects").send().await.unwrap().status().is_success());
+    assert_eq!(h.last().path_and_query, "/v1/dashboard/projects");
+
+    let get = |path: &'static str| {
+        let h = &h;
+        async move { h.raw(&raw_get(path, &[("ApiKey", NARROW_KEY)])).await }
+    };
+    assert_eq!(get("/v1/notifications/").await.status, 200);
+    assert_eq!(h.last().path_and_query, "/v1/notifications/");
+    assert_eq!(get("/v1/notifications").await.status, 403);
+    for path in ["/v1/users", "/v1/users/", "/v1/users/u1/"] {
+        assert_eq!(get(path).await.status, 200, "{path}");
+        assert_eq!(h.last().path_and_query, path);
+    }
+}
+
+/// A route prefix covers the prefix itself with or without a trailing `/`; the slash of what
+/// is left after a stripped prefix is kept, and the route's project applies.
+#[tokio::test]
+async fn routes_keep_the_trailing_slash() {
+    let h = Harness::standard().await;
+    let r = h.raw(&raw_get("/team-a/v1/clusterprofiles/", &[("ApiKey", ADMIN_KEY)])).await;
+    assert_eq!(r.status, 200);
+    let got = h.last();
+    assert_eq!(got.path_and_query, "/v1/clusterprofiles/");
+    assert_eq!(got.headers["projectuid"], "p001");
+    let r = h.raw(&raw_get("/v1/spectroclusters/", &[("ApiKey", CI_KEY)])).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(h.last().headers["projectuid"], "p002", "/v1/spectroclusters/ is under the route's prefix");
 }

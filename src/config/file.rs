@@ -195,6 +195,8 @@ pub struct RawClient {
     pub projects: Option<Vec<String>>,
     pub allow: Option<Vec<String>>,
     #[serde(default)]
+    pub allow_credential_endpoints: Vec<String>,
+    #[serde(default)]
     pub cert_names: Vec<String>,
     pub rate_limit: Option<RawRate>,
 }

@@ -304,6 +304,9 @@ pub struct Client {
     pub projects: Projects,
     /// `allow`; `None` allows everything.
     pub allow: Option<Vec<AllowRule>>,
+    /// `allow_credential_endpoints`: the refused credential endpoints opened for this client
+    /// (each names one exactly; `allow` must cover the request too).
+    pub allow_credential_endpoints: Vec<AllowRule>,
     /// The client's own limit (its `rate_limit`, else `[rate_limit] default`); `None`: unlimited.
     pub rate_limit: Option<Rate>,
 }

@@ -740,13 +740,37 @@ fn client(
             })
             .collect::<Vec<_>>()
     });
+    let allow_credential_endpoints = c
+        .allow_credential_endpoints
+        .iter()
+        .enumerate()
+        .filter_map(|(k, r)| {
+            match AllowRule::parse(r).map_err(|e| e.to_string()).and_then(|rule| {
+                crate::credential_endpoints::check_opening(&rule)?;
+                Ok(rule)
+            }) {
+                Ok(rule) => Some(rule),
+                Err(e) => {
+                    p.add(format!("{field}.allow_credential_endpoints[{k}]"), e);
+                    None
+                }
+            }
+        })
+        .collect::<Vec<_>>();
     if !c.cert_names.is_empty() && !mtls {
         p.add(format!("{field}.cert_names"), "needs server.tls.client_ca_file (mTLS) to be set");
     }
     if p.0.len() != before || credential.is_none() {
         return None;
     }
-    Some(Client { name: Arc::from(c.name.as_str()), credential: credential?, projects, allow, rate_limit: None })
+    Some(Client {
+        name: Arc::from(c.name.as_str()),
+        credential: credential?,
+        projects,
+        allow,
+        allow_credential_endpoints,
+        rate_limit: None,
+    })
 }
 
 fn valid_project_uid(uid: &str) -> bool {
@@ -1006,6 +1030,28 @@ mod tests {
         let p = problems(&text);
         assert!(p.iter().any(|l| l.starts_with("clients[0].projects:")), "{p:?}");
         assert!(p.iter().any(|l| l.starts_with("clients[0].cert_names: needs server.tls.client_ca_file")), "{p:?}");
+    }
+
+    #[test]
+    fn credential_endpoint_openings_are_checked_by_field() {
+        let text = format!(
+            "{}[[clients]]\nname = \"a\"\nallow_credential_endpoints = [\"POST /v1/apiKeys\", \"POST /v1/**\", \"* /v1/apiKeys\", \"GET /v1/packs\", \"PATCH /v1/users/password/*\", \"nonsense\"]\n",
+            base()
+        );
+        let p = problems(&text);
+        assert_eq!(p.len(), 5, "{p:?}");
+        for (k, want) in
+            [(1, "'**'"), (2, "one method"), (3, "names no refused"), (4, "'*' may stand only"), (5, "expected")]
+        {
+            let field = format!("clients[0].allow_credential_endpoints[{k}]: ");
+            assert!(p.iter().any(|l| l.starts_with(&field) && l.contains(want)), "{field}{want}: {p:?}");
+        }
+        let ok = format!(
+            "{}[[clients]]\nname = \"a\"\nallow_credential_endpoints = [\"PUT /v1/apiKeys/*/state\"]\n",
+            base()
+        );
+        let cfg = load_str(&ok, Path::new("."), &env()).unwrap();
+        assert_eq!(cfg.clients[0].allow_credential_endpoints[0].as_str(), "PUT /v1/apiKeys/*/state");
     }
 
     #[test]

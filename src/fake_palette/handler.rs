@@ -232,6 +232,14 @@ async fn hook(state: &State, parts: &Parts, hook_path: &str, credential: &str) -
             }
             Err(_) => error(StatusCode::BAD_REQUEST, "slow hook: bad milliseconds"),
         },
+        "encoded-status" => match parse_status(arg) {
+            Some(status) => encoded_status_hook(status, credential, parts.uri.query()),
+            None => error(StatusCode::BAD_REQUEST, "encoded-status hook: bad status code"),
+        },
+        "secret-headers" => match parse_status(arg) {
+            Some(status) => secret_headers_hook(status, credential, parts),
+            None => error(StatusCode::BAD_REQUEST, "secret-headers hook: bad status code"),
+        },
         // An `echo-body` with a body was answered before its body was read; this one had none.
         "echo-body" if arg.is_empty() => {
             let mut answer = Response::new(empty());
@@ -252,6 +260,79 @@ fn status_hook(status: StatusCode, credential: &str) -> FakeResponse {
         return answer;
     }
     error(status, &format!("credential {credential} is not allowed"))
+}
+
+fn parse_status(arg: &str) -> Option<StatusCode> {
+    arg.parse::<u16>().ok().and_then(|code| StatusCode::from_u16(code).ok()).filter(|s| !s.is_informational())
+}
+
+/// `/v1/__fake/encoded-status/{code}?ce=identity&ce=gzip[&code=Name]`: the `status` hook's
+/// error body (with Palette code `Name` if given),
+/// encoded with each `ce` in turn (`gzip`, `deflate`; `identity` and unknown codings leave the
+/// bytes as they are), each `ce` sent as its own `Content-Encoding` header. No `ce`: gzip.
+fn encoded_status_hook(status: StatusCode, credential: &str, query: Option<&str>) -> FakeResponse {
+    let pairs = || query.unwrap_or_default().split('&');
+    let mut codings: Vec<&str> = pairs().filter_map(|pair| pair.strip_prefix("ce=")).collect();
+    let code = pairs().find_map(|pair| pair.strip_prefix("code=")).map_or_else(|| code_name(status), str::to_string);
+    if codings.is_empty() {
+        codings.push("gzip");
+    }
+    let mut answer = Response::new(());
+    *answer.status_mut() = status;
+    answer.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    let (mut parts, ()) = answer.into_parts();
+    let mut bytes = serde_json::json!({
+        "code": code,
+        "message": format!("credential {credential} is not allowed"),
+        "ref": random_hex(10),
+        "details": {},
+    })
+    .to_string()
+    .into_bytes();
+    for coding in &codings {
+        bytes = encode(coding, &bytes);
+        if let Ok(v) = HeaderValue::from_str(coding) {
+            parts.headers.append(http::header::CONTENT_ENCODING, v);
+        }
+    }
+    let body = Full::new(Bytes::from(bytes)).map_err(|never| match never {}).boxed_unsync();
+    Response::from_parts(parts, body)
+}
+
+fn encode(coding: &str, data: &[u8]) -> Vec<u8> {
+    use std::io::Write;
+    let level = flate2::Compression::default();
+    let done = match coding {
+        "gzip" => {
+            let mut e = flate2::write::GzEncoder::new(Vec::new(), level);
+            e.write_all(data).and_then(|()| e.finish())
+        }
+        "deflate" => {
+            let mut e = flate2::write::ZlibEncoder::new(Vec::new(), level);
+            e.write_all(data).and_then(|()| e.finish())
+        }
+        _ => Ok(data.to_vec()),
+    };
+    done.unwrap_or_else(|_| data.to_vec())
+}
+
+/// `/v1/__fake/secret-headers/{code}`: that status with the credential echoed in `Location`,
+/// `ETag` and `X-Echo`; a 2xx other than 204 has an ordinary body, the rest none.
+fn secret_headers_hook(status: StatusCode, credential: &str, parts: &Parts) -> FakeResponse {
+    let mut answer =
+        if status.is_success() && status != StatusCode::NO_CONTENT { ordinary(parts) } else { Response::new(empty()) };
+    *answer.status_mut() = status;
+    let headers = answer.headers_mut();
+    for (name, value) in [
+        ("location", format!("https://palette.example/v1/next?key={credential}")),
+        ("etag", format!("\"{credential}\"")),
+        ("x-echo", credential.to_string()),
+    ] {
+        if let Ok(v) = HeaderValue::from_str(&value) {
+            headers.insert(name, v);
+        }
+    }
+    answer
 }
 
 /// `/v1/__fake/echo-body` with a body: the body streamed back, `Content-Type` kept.

@@ -25,6 +25,12 @@
 //!   - `/v1/__fake/status/{code}`: that status with a Palette error body whose message echoes the
 //!     credential header value used (`credential <value> is not allowed`); 204 and 304 have no
 //!     body.
+//!   - `/v1/__fake/encoded-status/{code}[?ce=identity&ce=gzip...&code=Name]`: the same error
+//!     body (Palette code `Name` if given),
+//!     encoded with each `ce` in turn (`gzip`, `deflate`; `identity` and unknown names leave
+//!     the bytes alone), one `Content-Encoding` header per `ce`; gzip when none is given.
+//!   - `/v1/__fake/secret-headers/{code}`: that status with the credential echoed in
+//!     `Location`, `ETag` and `X-Echo`; a 2xx (but 204) has an ordinary body, others none.
 //!   - `/v1/__fake/bytes/{n}`: `n` bytes, `Content-Length: n`, streamed in 64 KiB chunks with
 //!     flat memory; the byte at offset `i` is `i % 256`.
 //!   - `/v1/__fake/slow/{ms}`: waits `ms` milliseconds, then answers like an ordinary path.

@@ -185,9 +185,12 @@ impl UpstreamBudget {
             .iter()
             .find(|(segs, _)| {
                 let mut path_segs = path.segments();
+                // A prefix covers itself with or without a trailing '/' and what is below it;
+                // `:name` is one real segment, never the empty one a trailing '/' leaves
+                // (`/v1/spectroclusters/` is not under `/v1/spectroclusters/:uid`).
                 segs.iter().all(|s| match (s, path_segs.next()) {
                     (Seg::Literal(l), Some(p)) => l == p,
-                    (Seg::Any, Some(_)) => true,
+                    (Seg::Any, Some(p)) => !p.is_empty(),
                     (_, None) => false,
                 })
             })
@@ -431,6 +434,20 @@ mod tests {
         assert_eq!(rate("/v1/spectroclusters/:uid/download"), 10.0);
         assert_eq!(rate("/v1/auth/user/password/reset"), 2.0);
         assert_eq!(rate("/v1/users"), 10.0);
+    }
+
+    #[test]
+    fn budget_prefixes_see_the_trailing_slash() {
+        let rule = |prefix: &str| PrefixLimit { prefix: prefix.into(), rate: Rate { per_second: 1.0, burst: 1 } };
+        let b = UpstreamBudget::build(&limits(vec![rule("/v1/x"), rule("/v1/x/:id"), rule("*")]), None);
+        assert_eq!(label(&b, "/v1/x"), "/v1/x");
+        assert_eq!(label(&b, "/v1/x/"), "/v1/x", "a trailing '/' is not an :id segment");
+        assert_eq!(label(&b, "/v1/x/a"), "/v1/x/:id");
+        assert_eq!(label(&b, "/v1/x/a/"), "/v1/x/:id");
+        assert_eq!(label(&b, "/v1/xy/"), "*");
+        let b = UpstreamBudget::build(&limits(palette_preset()), None);
+        assert_eq!(label(&b, "/v1/notifications/"), "/v1/notifications");
+        assert_eq!(label(&b, "/v1/spectroclusters/"), "/v1/spectroclusters");
     }
 
     #[test]
