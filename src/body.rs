@@ -250,6 +250,46 @@ mod tests {
         drop(tx);
     }
 
+    #[tokio::test(start_paused = true)]
+    async fn a_stalled_request_body_is_recorded_as_timed_out() {
+        let (mut tx, rx) = futures_channel_body();
+        let stats = Arc::new(BodyStats::default());
+        let mut body = IdleTimeout::request(rx, std::time::Duration::from_secs(30), stats.clone());
+        tx.push(Bytes::from_static(b"12345"));
+        assert!(body.frame().await.unwrap().is_ok());
+        assert!(!stats.timed_out());
+        let started = tokio::time::Instant::now();
+        let err = body.frame().await.unwrap().unwrap_err();
+        assert_eq!(started.elapsed(), std::time::Duration::from_secs(30));
+        assert!(err.to_string().starts_with("request body stalled"), "{err}");
+        assert!(stats.timed_out());
+        drop(tx);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn send_timeout_fails_writes_the_peer_does_not_take() {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let (ours, mut theirs) = tokio::io::duplex(1024);
+        let mut io = SendTimeout::new(ours, std::time::Duration::from_secs(5));
+        // A reading peer: writes go through however long it all takes.
+        let reader = tokio::spawn(async move {
+            let mut buf = vec![0u8; 4096];
+            let mut got = 0;
+            while got < 64 * 1024 {
+                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                got += theirs.read(&mut buf).await.unwrap();
+            }
+            theirs
+        });
+        io.write_all(&[0u8; 64 * 1024]).await.unwrap();
+        let _theirs = reader.await.unwrap();
+        // The peer stops reading: once the buffer is full, the write fails after the limit.
+        let started = tokio::time::Instant::now();
+        let err = io.write_all(&[0u8; 64 * 1024]).await.unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::TimedOut);
+        assert_eq!(started.elapsed(), std::time::Duration::from_secs(5));
+    }
+
     /// A body fed by hand: frames pushed into a channel, never ending on its own.
     fn futures_channel_body() -> (Feeder, Body) {
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<Bytes>();

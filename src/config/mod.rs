@@ -67,6 +67,8 @@ pub fn load(path: &Path, env: &dyn Environment) -> Result<Config, ConfigError> {
 
 /// Loads and validates config text; `base_dir` anchors relative file paths.
 pub fn load_str(text: &str, base_dir: &Path, env: &dyn Environment) -> Result<Config, ConfigError> {
+    // Some editors start a UTF-8 file with a byte-order mark; TOML has no use for it.
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     let raw: file::RawConfig = toml::from_str(text).map_err(|e| ConfigError::Syntax(render_toml_error(text, &e)))?;
     validate::validate(raw, base_dir, env)
 }

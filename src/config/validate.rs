@@ -326,6 +326,13 @@ fn upstream(u: &RawUpstream, base: &Path, env: &dyn Environment, p: &mut Problem
             .unwrap_or_default(),
         None => Vec::new(),
     };
+    // The upstream client adds these to its trust store; one it cannot use is named here
+    // rather than skipped silently there.
+    for cert in &extra_roots {
+        if let Err(e) = rustls::RootCertStore::empty().add(cert.clone()) {
+            p.add("upstream.ca_file", format!("unusable CA certificate: {e}"));
+        }
+    }
     let connect_timeout = positive(u.connect_timeout.unwrap_or(Duration::from_secs(5)), "upstream.connect_timeout", p);
     let request_timeout = positive(u.request_timeout.unwrap_or(Duration::from_secs(60)), "upstream.request_timeout", p);
     let body_idle_timeout =
@@ -1088,6 +1095,20 @@ mod tests {
             };
             assert!(p.len() == 1 && p[0].starts_with("credentials.default.api_key_env:"), "{bad:?}: {p:?}");
         }
+    }
+
+    #[test]
+    fn a_config_file_may_start_with_a_bom_and_a_bad_ca_is_named() {
+        assert!(problems(&format!("\u{feff}{}", base())).is_empty());
+        let dir = scratch("ca");
+        // A PEM block labelled CERTIFICATE that is no certificate: rustls cannot trust it.
+        std::fs::write(dir.join("ca.pem"), "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n").unwrap();
+        let text = "[upstream]\nurl = \"http://127.0.0.1:1\"\nca_file = \"ca.pem\"\n[credentials.default]\napi_key_env = \"PALETTE_API_KEY\"\n";
+        let p = match load_str(text, &dir, &env()) {
+            Ok(_) => Vec::new(),
+            Err(e) => e.problems(),
+        };
+        assert!(p.len() == 1 && p[0].starts_with("upstream.ca_file: unusable CA certificate"), "{p:?}");
     }
 
     #[test]
