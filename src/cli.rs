@@ -113,8 +113,11 @@ fn run(cli: Cli) -> ExitCode {
             anyhow::bail!("no config: pass --config PATH (or set PALETTE_GATEWAY_CONFIG), or try --demo");
         };
         let env: Arc<dyn Environment> = Arc::new(ProcessEnv);
-        let config =
-            config::load(&path, &*env).map_err(|e| anyhow::anyhow!("invalid config {}:\n{e}", path.display()))?;
+        // Reading files (and building TLS configs) blocks: not on a runtime thread.
+        let (p, e) = (path.clone(), env.clone());
+        let config = tokio::task::spawn_blocking(move || config::load(&p, &*e))
+            .await?
+            .map_err(|e| anyhow::anyhow!("invalid config {}:\n{e}", path.display()))?;
         init_tracing(&config.log);
         crate::app::run(path, config, env).await
     });
