@@ -381,3 +381,36 @@ async fn client_that_stops_reading_is_cut_at_send_timeout() {
     assert!(got < 200_000_000, "the whole body arrived: {got}");
     assert_eq!(g.http.get(g.url("/v1/users")).header("ApiKey", ADMIN_KEY).send().await.unwrap().status(), 200);
 }
+
+/// Over HTTP/2 too: a stream whose body never comes (a PUT declaring 10 bytes, buffered, and a
+/// POST streamed upstream) gets 408 `RequestTimeout` after `request_body_timeout`.
+#[tokio::test]
+async fn h2_stalled_request_bodies_get_408() {
+    let g = gateway("limits-408-h2", "request_body_timeout = \"1s\"\n").await;
+    let h2 =
+        reqwest::Client::builder().no_proxy().http2_prior_knowledge().timeout(Duration::from_secs(10)).build().unwrap();
+    for (method, path) in
+        [(reqwest::Method::PUT, "/v1/dashboard/projects/x"), (reqwest::Method::POST, "/v1/dashboard/projects")]
+    {
+        let first: Result<Vec<u8>, std::io::Error> = Ok(b"12345".to_vec());
+        let never = futures_util::stream::pending::<Result<Vec<u8>, std::io::Error>>();
+        let body =
+            reqwest::Body::wrap_stream(futures_util::StreamExt::chain(futures_util::stream::iter([first]), never));
+        let started = Instant::now();
+        let r = h2
+            .request(method.clone(), g.url(path))
+            .header("ApiKey", ADMIN_KEY)
+            .header("Content-Length", "10")
+            .body(body)
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("{method}: no answer over HTTP/2: {e:?}"));
+        assert_eq!(r.version(), reqwest::Version::HTTP_2);
+        assert_eq!(r.status(), 408, "{method}");
+        let took = started.elapsed();
+        assert!(took >= Duration::from_millis(900) && took < Duration::from_secs(4), "{method}: {took:?}");
+        let v: serde_json::Value = r.json().await.unwrap();
+        assert_eq!(v["code"], "RequestTimeout", "{method}");
+    }
+    assert!(inflight_becomes(&g, 0.0, Duration::from_secs(2)).await, "the slots are free");
+}
