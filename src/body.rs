@@ -383,7 +383,12 @@ impl http_body::Body for IdleTimeout {
                         if let Some(stats) = &this.stats {
                             stats.set_timed_out();
                         }
-                        tracing::debug!(side = this.side, ?idle, "body stalled; cutting the transfer");
+                        if this.stats.is_some() {
+                            tracing::debug!(?idle, "request body stalled; answering 408");
+                        } else {
+                            // A sick upstream is the operator's business; a slow client is not.
+                            tracing::warn!(?idle, "upstream body stalled; the transfer to the client is cut");
+                        }
                         std::task::Poll::Ready(Some(Err(Box::new(BodyStalled { side: this.side, idle }))))
                     }
                     std::task::Poll::Pending => std::task::Poll::Pending,
