@@ -290,6 +290,24 @@ mod tests {
         assert_eq!(started.elapsed(), std::time::Duration::from_secs(5));
     }
 
+    #[tokio::test]
+    async fn send_progress_tells_waiting_on_the_consumer_from_waiting_on_the_producer() {
+        let (mut tx, rx) = futures_channel_body();
+        let progress = Arc::new(SendProgress::default());
+        let epoch = std::time::Instant::now();
+        let mut body = SendWatch::new(rx, progress.clone(), epoch);
+        assert_eq!(progress.waiting_for(epoch), None, "nothing given yet");
+        tx.push(Bytes::from_static(b"abc"));
+        assert!(body.frame().await.unwrap().is_ok());
+        assert!(progress.waiting_for(epoch).is_some(), "a frame given and not yet taken");
+        // Asked again with nothing from the producer: waiting on it, not on the consumer.
+        let waker = futures_util::task::noop_waker();
+        let mut cx = std::task::Context::from_waker(&waker);
+        assert!(std::pin::Pin::new(&mut body).poll_frame(&mut cx).is_pending());
+        assert_eq!(progress.waiting_for(epoch), None);
+        drop(tx);
+    }
+
     /// A body fed by hand: frames pushed into a channel, never ending on its own.
     fn futures_channel_body() -> (Feeder, Body) {
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<Bytes>();
@@ -395,6 +413,76 @@ impl http_body::Body for IdleTimeout {
                 }
             }
         }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// Whether a response body's consumer (hyper, on behalf of the client) has left the last frame
+/// it was given untaken, and since when: hyper asks for the next frame as soon as it has sent
+/// one, unless the client does not take it (a full socket, or an HTTP/2 stream without
+/// flow-control credit). The listener polls this to cut answers nobody reads.
+#[derive(Debug, Default)]
+pub struct SendProgress {
+    /// Milliseconds since the connection's epoch, plus one; 0: not waiting for the consumer.
+    waiting_since: std::sync::atomic::AtomicU64,
+}
+
+impl SendProgress {
+    /// How long the consumer has left the last frame untaken (`None`: it is not waiting on
+    /// the consumer, but on the upstream, or done).
+    pub fn waiting_for(&self, epoch: std::time::Instant) -> Option<std::time::Duration> {
+        match self.waiting_since.load(std::sync::atomic::Ordering::Relaxed) {
+            0 => None,
+            since => Some(epoch.elapsed().saturating_sub(std::time::Duration::from_millis(since - 1))),
+        }
+    }
+}
+
+/// A response body that keeps its [`SendProgress`] up to date.
+pub struct SendWatch {
+    inner: Body,
+    progress: std::sync::Arc<SendProgress>,
+    epoch: std::time::Instant,
+}
+
+impl SendWatch {
+    /// Wraps `inner`; times are measured from `epoch`.
+    pub fn new(inner: Body, progress: std::sync::Arc<SendProgress>, epoch: std::time::Instant) -> Self {
+        SendWatch { inner, progress, epoch }
+    }
+
+    /// As the gateway's body type.
+    pub fn into_body(self) -> Body {
+        self.boxed_unsync()
+    }
+}
+
+impl http_body::Body for SendWatch {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, BoxError>>> {
+        use std::sync::atomic::Ordering::Relaxed;
+        // Asked again: the consumer took the last frame.
+        self.progress.waiting_since.store(0, Relaxed);
+        let polled = std::pin::Pin::new(&mut self.inner).poll_frame(cx);
+        if let std::task::Poll::Ready(Some(Ok(frame))) = &polled {
+            if frame.data_ref().is_some_and(|d| !d.is_empty()) {
+                let ms = u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX - 1);
+                self.progress.waiting_since.store(ms + 1, Relaxed);
+            }
+        }
+        polled
     }
 
     fn is_end_stream(&self) -> bool {

@@ -414,3 +414,46 @@ async fn h2_stalled_request_bodies_get_408() {
     }
     assert!(inflight_becomes(&g, 0.0, Duration::from_secs(2)).await, "the slots are free");
 }
+
+/// Over HTTP/2 a client that stops reading a download does not fill its socket: it stops
+/// granting flow-control credit. That stalls the answer just the same, and is cut the same way:
+/// after `send_timeout` without progress the connection is closed and the slot released.
+#[tokio::test]
+async fn h2_client_that_stops_reading_is_cut_at_send_timeout() {
+    let g = FileGateway::start(
+        "limits-slow-reader-h2",
+        standard_fake(),
+        "send_timeout = \"1s\"\n",
+        NO_BUDGET,
+        &api_key_rules(),
+    )
+    .await;
+    let h2 = reqwest::Client::builder().no_proxy().http2_prior_knowledge().build().unwrap();
+    let mut r = h2.get(g.url("/v1/__fake/bytes/200000000")).header("ApiKey", ADMIN_KEY).send().await.unwrap();
+    assert_eq!(r.version(), reqwest::Version::HTTP_2);
+    assert_eq!(r.status(), 200);
+    assert!(r.chunk().await.unwrap().is_some(), "the download started");
+    // A slow reader that keeps taking bytes (a pause shorter than send_timeout) is not cut.
+    for _ in 0..5 {
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        assert!(r.chunk().await.unwrap().is_some(), "a slow but steady reader was cut");
+    }
+    // The client holds the answer and reads no more.
+    assert!(
+        inflight_becomes(&g, 0.0, Duration::from_secs(10)).await,
+        "an HTTP/2 client that stopped reading still holds its in-flight slot"
+    );
+    assert!(upstream_released(&g).await, "the download from Palette went on for a client that stopped reading");
+    let mut rest = 0usize;
+    let ended = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            match r.chunk().await {
+                Ok(Some(c)) => rest += c.len(),
+                other => return other.map(|_| ()),
+            }
+        }
+    })
+    .await
+    .expect("the cut stream ends");
+    assert!(ended.is_err(), "the cut download ended cleanly after {rest} more bytes");
+}
