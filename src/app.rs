@@ -76,9 +76,9 @@ impl RunningGateway {
         let admin_addr = local(&admin, config.server.admin_listen, "server.admin_listen")?;
         let metrics = Arc::new(Metrics::new());
         let upstream = UpstreamClient::new(&config.upstream);
-        let credentials = Credentials::build(&config, &upstream, None, &metrics)?;
         let limits = ClientLimits::build(&config, None);
         let budget = UpstreamBudget::build(&config.upstream.limits, None);
+        let credentials = Credentials::build(&config, &upstream, None, &metrics, budget.auth_bucket())?;
         let config = Arc::new(config);
         metrics.config_last_reload_success.set(unix_now());
         let runtime: SharedRuntime = Arc::new(ArcSwap::from_pointee(Runtime {
@@ -220,9 +220,9 @@ impl RunningGateway {
         let same_upstream = same_upstream(&cfg, &old.config);
         let upstream = if same_upstream { old.upstream.clone() } else { UpstreamClient::new(&cfg.upstream) };
         let previous = same_upstream.then_some(&old.credentials);
-        let credentials = Credentials::build(&cfg, &upstream, previous, &self.metrics)?;
         let limits = ClientLimits::build(&cfg, Some(&old.limits));
         let budget = UpstreamBudget::build(&cfg.upstream.limits, Some(&old.budget));
+        let credentials = Credentials::build(&cfg, &upstream, previous, &self.metrics, budget.auth_bucket())?;
         self.runtime.store(Arc::new(Runtime {
             config: Arc::new(cfg),
             credentials,
@@ -261,7 +261,10 @@ impl RunningGateway {
             _ = futures_util::future::join_all(servers) => {}
             _ = hurry.cancelled() => return,
         }
-        self.stop_background().await;
+        tokio::select! {
+            _ = self.stop_background() => {}
+            _ = hurry.cancelled() => {}
+        }
     }
 
     async fn stop_background(&mut self) {
@@ -331,9 +334,15 @@ pub async fn run(path: PathBuf, cfg: Config, env: Arc<dyn Environment>) -> anyho
         signals.recv().await;
         tracing::warn!("second stop signal: exiting now");
         second.cancel();
+        // Whatever the shutdown is waiting for (a drain, the watcher, a token task), a second
+        // signal ends the process now.
+        std::process::exit(1);
     });
     stop_watch.cancel();
-    let _ = watcher.await;
+    tokio::select! {
+        _ = watcher => {}
+        _ = hurry.cancelled() => std::process::exit(1),
+    }
     let gateway = match Arc::try_unwrap(gateway) {
         Ok(g) => g,
         Err(_) => anyhow::bail!("internal: the gateway is still shared at shutdown"),

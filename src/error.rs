@@ -15,8 +15,8 @@ pub enum GatewayError {
     /// A malformed request (header, query, target form).
     #[error("{0}")]
     BadRequest(String),
-    /// CONNECT and other methods a reverse proxy does not serve.
-    #[error("method {0} is not supported by the gateway")]
+    /// A method outside Palette's API (CONNECT, TRACE, unknown ones, `get`).
+    #[error("method {0} is not supported by the gateway: it forwards only {methods}", methods = crate::framing::ALLOWED_METHODS)]
     MethodNotAllowed(String),
     /// No local credential and no anonymous client.
     #[error("a local credential is required: send ApiKey: <local key> or Authorization: Bearer <local key>")]
@@ -132,6 +132,10 @@ impl GatewayError {
             GatewayError::Overloaded(_) => {
                 resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
             }
+            GatewayError::MethodNotAllowed(_) => {
+                // RFC 9110 §15.5.6: a 405 says which methods the target takes.
+                resp.headers_mut().insert(header::ALLOW, HeaderValue::from_static(crate::framing::ALLOWED_METHODS));
+            }
             _ => {}
         }
         resp
@@ -221,6 +225,12 @@ mod tests {
             GatewayError::RateLimited { client: "c".into(), limit: "client", rate: "1/s".into(), retry_after: 3 }
                 .into_response("r");
         assert_eq!(resp.headers()[header::RETRY_AFTER], "3");
+    }
+
+    #[test]
+    fn method_not_allowed_carries_allow() {
+        let resp = GatewayError::MethodNotAllowed("TRACE".into()).into_response("r");
+        assert_eq!(resp.headers()[header::ALLOW], crate::framing::ALLOWED_METHODS);
     }
 
     #[test]

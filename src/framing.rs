@@ -1,5 +1,8 @@
-//! HTTP message framing the gateway enforces itself, whatever hyper lets through: request
-//! transfer codings other than `chunked` are refused, and no answer to `HEAD` carries a body.
+//! HTTP message framing the gateway enforces itself, whatever hyper lets through: only the
+//! methods of Palette's API are forwarded (and no header overrides them or the path), request
+//! transfer codings other than `chunked` are
+//! refused, an upstream protocol switch nobody asked for is not relayed, and no answer to
+//! `HEAD` carries a body.
 
 use http::header::{self, HeaderMap, HeaderValue};
 use http::{Method, Response};
@@ -7,6 +10,57 @@ use http_body::Body as _;
 
 use crate::body::{self, Body};
 use crate::error::GatewayError;
+
+/// The methods of Palette's REST API, the only ones the gateway forwards (the `Allow` header
+/// of its 405).
+pub const ALLOWED_METHODS: &str = "GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS";
+
+/// Refuses every method outside Palette's set: `TRACE`/`TRACK` would have a server echo the
+/// request back, the upstream credential the gateway added included, in a 2xx body nothing
+/// scrubs; `CONNECT` asks for a tunnel; unknown methods and other spellings (`get`, `Post`:
+/// methods are case-sensitive) are names no `allow` rule, route or credential-endpoint entry
+/// is written for, so they are refused before any rule sees them.
+pub fn check_method(method: &Method) -> Result<(), GatewayError> {
+    const FORWARDED: [Method; 7] =
+        [Method::GET, Method::HEAD, Method::POST, Method::PUT, Method::PATCH, Method::DELETE, Method::OPTIONS];
+    if FORWARDED.contains(method) {
+        return Ok(());
+    }
+    // A method is a token (visible ASCII), but it can be long: the answer shows a bounded part.
+    Err(GatewayError::MethodNotAllowed(method.as_str().chars().take(32).collect()))
+}
+
+/// Headers by which some servers and frameworks take another method or path than the request
+/// line's. A rule checks the request's own method and path, so one of these could turn an
+/// allowed `POST /v1/dashboard/...` into a `DELETE`, or an allowed path into another, behind
+/// every rule's back if anything in front of or inside Palette honours it.
+const OVERRIDES: [&str; 5] =
+    ["x-http-method-override", "x-http-method", "x-method-override", "x-original-url", "x-rewrite-url"];
+
+/// Refuses a request carrying a method or URL override header (see [`OVERRIDES`]): 400 naming
+/// it, since dropping it silently would run another method than the client meant.
+pub fn check_overrides(headers: &HeaderMap) -> Result<(), GatewayError> {
+    match OVERRIDES.iter().find(|name| headers.contains_key(**name)) {
+        None => Ok(()),
+        Some(name) => Err(GatewayError::BadRequest(format!(
+            "the {name} header is not accepted: the gateway's rules apply to the request's own method and path, so send those"
+        ))),
+    }
+}
+
+/// Refuses an upstream answer that is not final: hyper's client passes on a `101 Switching
+/// Protocols` (it skips other 1xx, `103 Early Hints` included), and the gateway never forwards
+/// `Upgrade`, so a 101 is an answer to a question nobody asked. Relayed, it would switch the
+/// client's connection to whatever Palette (or whoever answers for it) speaks next.
+pub fn check_upstream_status(resp: Response<Body>) -> Result<Response<Body>, GatewayError> {
+    if resp.status().is_informational() {
+        return Err(GatewayError::UpstreamError(format!(
+            "the upstream answered {} to a request that asked for no protocol switch",
+            resp.status()
+        )));
+    }
+    Ok(resp)
+}
 
 /// Refuses a request whose transfer codings are anything but exactly one `chunked` (RFC 9112
 /// §6.1: a server that does not understand a transfer coding answers 501). hyper's HTTP/1
@@ -56,6 +110,42 @@ mod tests {
             h.append(header::TRANSFER_ENCODING, HeaderValue::from_static(v));
         }
         h
+    }
+
+    #[test]
+    fn only_palettes_methods_pass() {
+        for ok in ALLOWED_METHODS.split(", ") {
+            assert!(check_method(&Method::from_bytes(ok.as_bytes()).unwrap()).is_ok(), "{ok}");
+        }
+        for bad in ["TRACE", "TRACK", "CONNECT", "BREW", "get", "Post", "PROPFIND", "M-SEARCH"] {
+            let err = check_method(&Method::from_bytes(bad.as_bytes()).unwrap()).unwrap_err();
+            assert_eq!(err.status_and_code().0, 405, "{bad}");
+            assert!(err.to_string().contains(bad), "{err}");
+        }
+        let long = "X".repeat(200);
+        let err = check_method(&Method::from_bytes(long.as_bytes()).unwrap()).unwrap_err();
+        assert!(err.to_string().len() < 200, "{err}");
+    }
+
+    #[test]
+    fn method_and_url_overrides_are_refused() {
+        for name in OVERRIDES {
+            let mut h = HeaderMap::new();
+            h.insert(name, HeaderValue::from_static("DELETE"));
+            let err = check_overrides(&h).unwrap_err();
+            assert_eq!(err.status_and_code().0, 400);
+            assert!(err.to_string().contains(name), "{err}");
+        }
+        assert!(check_overrides(&HeaderMap::new()).is_ok());
+    }
+
+    #[test]
+    fn a_protocol_switch_from_upstream_is_refused() {
+        let mut resp = Response::new(body::empty());
+        *resp.status_mut() = http::StatusCode::SWITCHING_PROTOCOLS;
+        let err = check_upstream_status(resp).unwrap_err();
+        assert_eq!(err.status_and_code(), (http::StatusCode::BAD_GATEWAY, "UpstreamError"));
+        assert!(check_upstream_status(Response::new(body::empty())).is_ok());
     }
 
     #[test]

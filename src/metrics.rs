@@ -29,6 +29,10 @@ pub struct Metrics {
     pub auth_failures: IntCounterVec,
     /// `palette_gateway_token_renewals_total{credential,kind,result}`.
     pub token_renewals: IntCounterVec,
+    /// `palette_gateway_token_rejected_total{credential,reason}`.
+    pub token_rejected: IntCounterVec,
+    /// `palette_gateway_upstream_retries_total{prefix,reason}`.
+    pub upstream_retries: IntCounterVec,
     /// `palette_gateway_token_expiry_timestamp_seconds{credential}`.
     pub token_expiry: GaugeVec,
     /// `palette_gateway_config_reloads_total{result}`.
@@ -96,6 +100,16 @@ impl Metrics {
             "Palette logins and token refreshes, by credential and result.",
             &["credential", "kind", "result"],
         );
+        let token_rejected = counter(
+            "palette_gateway_token_rejected_total",
+            "Tokens Palette issued that the gateway would not use, by credential and reason (expired: the JWT exp is in the past, a clock skew).",
+            &["credential", "reason"],
+        );
+        let upstream_retries = counter(
+            "palette_gateway_upstream_retries_total",
+            "Requests sent to Palette again, by limit-table prefix and reason (429: Palette throttled; 401: replayed with a new token).",
+            &["prefix", "reason"],
+        );
         let token_expiry = GaugeVec::new(
             Opts::new(
                 "palette_gateway_token_expiry_timestamp_seconds",
@@ -133,6 +147,8 @@ impl Metrics {
             upstream_throttled,
             auth_failures,
             token_renewals,
+            token_rejected,
+            upstream_retries,
             token_expiry,
             config_reloads,
             config_last_reload_success,

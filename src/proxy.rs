@@ -1,10 +1,11 @@
 //! The request path, in the order each request takes it:
 //!
 //! ```text
-//! request id → in-flight/metrics → target form → path check → local auth → client limits
+//! request id → in-flight/metrics → method (Palette's only) → target form → path check → local auth → client limits
 //!   → route → policy (/v1/auth block, allow) → scope (ProjectUid) → header hygiene
-//!   → credential swap → upstream budget → forward (401 → new token → one replay;
-//!     429 → slow the prefix → retry idempotent requests within max_wait)
+//!   → credential swap → upstream budget → forward (401 on a token that may be dead → new
+//!     token → one replay; 429 → slow the prefix → paced retry of idempotent requests within
+//!     max_wait; at most MAX_ATTEMPTS sends in all)
 //!   → response hygiene (hop-by-hop, Set-Cookie, trailers, secret scrub of every answer's
 //!     headers and of decoded error bodies) → unread small request body drained → HEAD: no body
 //! ```
@@ -25,17 +26,18 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode, Version};
 use http_body::Body as _;
+use rand::Rng as _;
 
 use crate::auth::{self, PeerIdentity};
 use crate::body::{self, Body};
 use crate::config::Config;
-use crate::credentials::{Credentials, Token, TokenManager, UpstreamCredential};
+use crate::credentials::{Credentials, UpstreamCredential};
 use crate::error::GatewayError;
 use crate::forward::{self, X_REQUEST_ID};
 use crate::limit::upstream::{Bucket, UpstreamBudget};
@@ -374,6 +376,8 @@ async fn process(
     outcome: &mut Outcome,
 ) -> Result<Response<Body>, GatewayError> {
     let (mut parts, body) = req.into_parts();
+    framing::check_method(&parts.method)?;
+    framing::check_overrides(&parts.headers)?;
     framing::check_transfer_encoding(&parts.headers)?;
     let max_body = rt.config.server.limits.max_request_body;
     let declared = parts.headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
@@ -385,9 +389,6 @@ async fn process(
     let body_timeout = rt.config.server.limits.request_body_timeout;
     let body = body::IdleTimeout::request(body, body_timeout, stats.clone()).into_body();
     let body = http_body_util::BodyExt::boxed_unsync(body::Capped::new(body, max_body, stats.clone()));
-    if parts.method == Method::CONNECT {
-        return Err(GatewayError::MethodNotAllowed("CONNECT".into()));
-    }
     // HTTP/2 always carries :authority; in HTTP/1 an authority means absolute-form, which a
     // reverse proxy must not follow to another host.
     if parts.version < Version::HTTP_2 && parts.uri.authority().is_some() {
@@ -463,7 +464,7 @@ async fn process(
         bucket: rt.budget.bucket_for(&matched.upstream_path),
         rid,
     };
-    exchange.run(credential, body, outcome).await
+    framing::check_upstream_status(exchange.run(credential, body, outcome).await?)
 }
 
 /// One request's trip upstream, with its retries.
@@ -478,93 +479,172 @@ struct Exchange<'a> {
     rid: &'a str,
 }
 
-/// Which credential header a given attempt carries.
-enum Attempt {
-    ApiKey(HeaderValue),
-    Token(Arc<Token>),
+/// A request goes to Palette at most this many times in all: the first send, the replay
+/// after a refused token, and retries after Palette's 429 together.
+pub const MAX_ATTEMPTS: u32 = 3;
+/// The first wait before a retry after a 429 without `Retry-After`; it doubles with every
+/// retry, with ±50 % jitter.
+const RETRY_BACKOFF: Duration = Duration::from_millis(250);
+/// Palette's `Retry-After` is followed up to this long (and never past `max_wait`).
+const MAX_RETRY_AFTER: Duration = Duration::from_secs(60);
+
+/// The body of a request, sent once or replayed from a buffer, and how often it was sent.
+struct Sends {
+    first: Option<Body>,
+    replay: Option<Bytes>,
+    count: u32,
+}
+
+impl Sends {
+    /// The body for the next send; `None` when a streamed body was already sent.
+    fn next(&mut self) -> Option<Body> {
+        match (self.first.take(), &self.replay) {
+            (Some(b), _) => Some(b),
+            (None, Some(bytes)) => Some(body::full(bytes.clone())),
+            (None, None) => None,
+        }
+    }
+
+    /// Whether another send is allowed: the body can be sent again and the cap not reached.
+    fn can_resend(&self) -> bool {
+        self.replay.is_some() && self.count < MAX_ATTEMPTS
+    }
 }
 
 impl Exchange<'_> {
+    /// The request's trip upstream, in two steps: [`Exchange::authorized`] sends it with the
+    /// credential (and replays it once if Palette refused a token), then a 429 from Palette is
+    /// retried, paced, by [`Exchange::after_429`].
     async fn run(
         &self,
         credential: &UpstreamCredential,
         body: Body,
         outcome: &mut Outcome,
     ) -> Result<Response<Body>, GatewayError> {
-        let unavailable = |m: &TokenManager, e: crate::credentials::TokenUnavailable| {
-            GatewayError::CredentialUnavailable { credential: m.name().to_string(), reason: e.0 }
-        };
-        let (manager, mut attempt) = match credential {
-            UpstreamCredential::ApiKey { header, .. } => (None, Attempt::ApiKey(header.clone())),
-            UpstreamCredential::Token(m) => (Some(&**m), Attempt::Token(m.get().await.map_err(|e| unavailable(m, e))?)),
-        };
-        // Buffer small bodies when a retry could need them: token credentials (401 → replay)
+        // Buffer small bodies when a resend could need them: token credentials (401 → replay)
         // and idempotent methods (Palette's 429 → retry).
         let idempotent = matches!(self.head.method, Method::GET | Method::HEAD | Method::PUT | Method::DELETE);
-        let (mut first_body, replay) = if manager.is_some() || idempotent {
+        let token = matches!(credential, UpstreamCredential::Token(_));
+        let (first, replay) = if token || idempotent {
             replayable(body, self.rt.config.server.limits.request_body_timeout, self.stats).await?
         } else {
             (Some(body), None)
         };
-        let max_wait = self.rt.budget.max_wait();
-        let deadline = tokio::time::Instant::now() + max_wait;
-        let mut replayed_401 = false;
+        let mut sends = Sends { first, replay, count: 0 };
+        let deadline = tokio::time::Instant::now() + self.rt.budget.max_wait();
         let mut secrets: Vec<crate::config::Secret> = Vec::new();
         if let UpstreamCredential::ApiKey { secret, .. } = credential {
             secrets.push(secret.clone());
         }
+        let mut retries = 0;
         loop {
-            outcome.wait_ms += self.take_budget(deadline).await?;
-            let body = match (first_body.take(), &replay) {
-                (Some(b), _) => b,
-                (None, Some(bytes)) => body::full(bytes.clone()),
-                // A streamed body is sent once; the loop only continues when `replay` is set.
-                (None, None) => body::empty(),
-            };
-            let req = match &attempt {
-                Attempt::ApiKey(h) => build(self.head, &auth::API_KEY, h.clone(), body),
-                Attempt::Token(t) => {
-                    secrets.push(t.value.clone());
-                    build(self.head, &header::AUTHORIZATION, t.header.clone(), body)
+            let resp = self.authorized(credential, &mut sends, &mut secrets, deadline, outcome).await?;
+            if resp.status() != StatusCode::TOO_MANY_REQUESTS {
+                return Ok(self.finish(resp, &secrets).await);
+            }
+            match self.after_429(&resp, idempotent && sends.can_resend(), retries, deadline) {
+                Some(wait) => {
+                    drop(resp);
+                    retries += 1;
+                    self.metrics.upstream_retries.with_label_values(&[self.prefix(), "429"]).inc();
+                    tokio::time::sleep(wait).await;
+                    outcome.wait_ms += wait.as_secs_f64() * 1000.0;
                 }
-            };
-            let sent = Instant::now();
-            let resp = self.send(req).await;
-            outcome.upstream_ms += sent.elapsed().as_secs_f64() * 1000.0;
-            let resp = resp?;
-            outcome.upstream_status = Some(resp.status().as_u16());
-            match (resp.status(), &attempt, manager) {
-                (StatusCode::UNAUTHORIZED, Attempt::Token(t), Some(m)) => {
-                    if replay.is_some() && !replayed_401 {
-                        // The token was refused early (revoked, rotated): one new token, one replay.
-                        replayed_401 = true;
-                        drop(resp);
-                        attempt = Attempt::Token(m.replace(t.generation).await.map_err(|e| unavailable(m, e))?);
-                        continue;
-                    }
-                    // Not replayable: the 401 passes through, but the refused token goes.
-                    m.invalidate(t.generation);
-                    return Ok(self.finish(resp, &secrets).await);
-                }
-                (StatusCode::TOO_MANY_REQUESTS, _, _) => {
-                    let retry = self.throttled(idempotent && replay.is_some(), deadline);
-                    if retry {
-                        drop(resp);
-                        continue;
-                    }
+                None => {
                     let mut resp = self.finish(resp, &secrets).await;
                     if !resp.headers().contains_key(header::RETRY_AFTER) {
                         let rate = self.bucket.map_or(1.0, |b| b.current_rate());
-                        resp.headers_mut().insert(
-                            header::RETRY_AFTER,
-                            HeaderValue::from(retry_after_secs(std::time::Duration::from_secs_f64(1.0 / rate))),
-                        );
+                        let wait = Duration::from_secs_f64(1.0 / rate).max(backoff(retries));
+                        resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(retry_after_secs(wait)));
                     }
                     return Ok(resp);
                 }
-                _ => return Ok(self.finish(resp, &secrets).await),
             }
         }
+    }
+
+    /// One send with the credential. A 401 on a token that may be dead (see
+    /// [`crate::credentials::Token::worth_replacing`]) gets one replay with a new token when the body allows it;
+    /// otherwise the 401 is the endpoint's answer and passes through, and a token that may be
+    /// dead is replaced in the background without taking it from other requests.
+    async fn authorized(
+        &self,
+        credential: &UpstreamCredential,
+        sends: &mut Sends,
+        secrets: &mut Vec<crate::config::Secret>,
+        deadline: tokio::time::Instant,
+        outcome: &mut Outcome,
+    ) -> Result<Response<Body>, GatewayError> {
+        let manager = match credential {
+            UpstreamCredential::ApiKey { header, .. } => {
+                return self.send_once(sends, &auth::API_KEY, header.clone(), deadline, outcome).await;
+            }
+            UpstreamCredential::Token(m) => m,
+        };
+        let within = self.rt.config.upstream.request_timeout;
+        let unavailable = |e: crate::credentials::TokenUnavailable| GatewayError::CredentialUnavailable {
+            credential: manager.name().to_string(),
+            reason: e.0,
+        };
+        let token = manager.get(within).await.map_err(unavailable)?;
+        secrets.push(token.value.clone());
+        let resp = self.send_once(sends, &header::AUTHORIZATION, token.header.clone(), deadline, outcome).await?;
+        if resp.status() != StatusCode::UNAUTHORIZED || !token.worth_replacing() {
+            return Ok(resp);
+        }
+        if !sends.can_resend() {
+            manager.replace_soon(&token);
+            return Ok(resp);
+        }
+        drop(resp);
+        let fresh = manager.replace(&token, within).await.map_err(unavailable)?;
+        secrets.push(fresh.value.clone());
+        self.metrics.upstream_retries.with_label_values(&[self.prefix(), "401"]).inc();
+        self.send_once(sends, &header::AUTHORIZATION, fresh.header.clone(), deadline, outcome).await
+    }
+
+    /// Takes budget and sends the request once with `name: value` as its credential.
+    async fn send_once(
+        &self,
+        sends: &mut Sends,
+        name: &http::header::HeaderName,
+        value: HeaderValue,
+        deadline: tokio::time::Instant,
+        outcome: &mut Outcome,
+    ) -> Result<Response<Body>, GatewayError> {
+        outcome.wait_ms += self.take_budget(deadline).await?;
+        // Callers check `can_resend` before a second send, so a body is always there.
+        let body = sends.next().unwrap_or_else(body::empty);
+        sends.count += 1;
+        let sent = Instant::now();
+        let resp = self.send(build(self.head, name, value, body)).await;
+        outcome.upstream_ms += sent.elapsed().as_secs_f64() * 1000.0;
+        let resp = resp?;
+        outcome.upstream_status = Some(resp.status().as_u16());
+        Ok(resp)
+    }
+
+    /// Palette answered 429 despite the budget: slows the prefix down and says how long to
+    /// wait before a retry, or `None` when the request must not be retried (not `retryable`, or
+    /// the wait would end past `deadline`). The wait is Palette's `Retry-After` when it sent
+    /// one, else exponential backoff with jitter; the prefix's slowed budget adds to it.
+    fn after_429(
+        &self,
+        resp: &Response<Body>,
+        retryable: bool,
+        retries: u32,
+        deadline: tokio::time::Instant,
+    ) -> Option<Duration> {
+        self.throttled();
+        if !retryable {
+            return None;
+        }
+        let wait = retry_after(resp.headers(), std::time::SystemTime::now()).unwrap_or_else(|| backoff(retries));
+        (tokio::time::Instant::now() + wait < deadline).then_some(wait)
+    }
+
+    fn prefix(&self) -> &str {
+        self.bucket.map_or("none", |b| b.label())
     }
 
     /// Waits for the prefix's budget, at most until `deadline`.
@@ -590,16 +670,14 @@ impl Exchange<'_> {
         }
     }
 
-    /// Palette answered 429 despite the budget: slow the prefix down, and say whether the
-    /// request should be retried (idempotent, replayable, time left).
-    fn throttled(&self, retryable: bool, deadline: tokio::time::Instant) -> bool {
-        let prefix = self.bucket.map_or("none", |b| b.label());
+    /// Counts Palette's 429 and slows the prefix down.
+    fn throttled(&self) {
+        let prefix = self.prefix();
         self.metrics.upstream_throttled.with_label_values(&[prefix]).inc();
         if let Some(b) = self.bucket {
             let rate = b.throttled();
             tracing::warn!(prefix, rate, "Palette answered 429; slowing this prefix down");
         }
-        retryable && tokio::time::Instant::now() < deadline
     }
 
     async fn send(&self, req: Request<Body>) -> Result<Response<Body>, GatewayError> {
@@ -637,6 +715,22 @@ impl Exchange<'_> {
         forward::redact_headers(resp.headers_mut(), &exposed);
         resp.map(forward::drop_trailers)
     }
+}
+
+/// The wait before retry number `retries + 1` after a 429 without `Retry-After`.
+fn backoff(retries: u32) -> Duration {
+    let base = RETRY_BACKOFF.saturating_mul(1u32 << retries.min(8));
+    base.mul_f64(rand::thread_rng().gen_range(0.5..1.5))
+}
+
+/// Palette's `Retry-After`: delay-seconds or an HTTP-date, capped at [`MAX_RETRY_AFTER`].
+fn retry_after(headers: &http::HeaderMap, now: std::time::SystemTime) -> Option<Duration> {
+    let v = headers.get(header::RETRY_AFTER)?.to_str().ok()?.trim();
+    let wait = match v.parse::<u64>() {
+        Ok(secs) => Duration::from_secs(secs),
+        Err(_) => httpdate::parse_http_date(v).ok()?.duration_since(now).unwrap_or(Duration::ZERO),
+    };
+    Some(wait.min(MAX_RETRY_AFTER))
 }
 
 fn build(
@@ -685,4 +779,37 @@ fn timeout_after(d: std::time::Duration) -> GatewayError {
 
 fn request_timeout(rt: &Runtime) -> GatewayError {
     timeout_after(rt.config.server.limits.request_body_timeout)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_after_reads_seconds_and_dates_and_is_capped() {
+        let now = std::time::SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        let with = |v: &str| {
+            let mut h = http::HeaderMap::new();
+            h.insert(header::RETRY_AFTER, HeaderValue::from_str(v).unwrap());
+            retry_after(&h, now)
+        };
+        assert_eq!(with("3"), Some(Duration::from_secs(3)));
+        assert_eq!(with("86400"), Some(MAX_RETRY_AFTER));
+        assert_eq!(with(&httpdate::fmt_http_date(now + Duration::from_secs(7))), Some(Duration::from_secs(7)));
+        assert_eq!(with(&httpdate::fmt_http_date(now - Duration::from_secs(7))), Some(Duration::ZERO));
+        assert_eq!(with("soon"), None);
+        assert_eq!(retry_after(&http::HeaderMap::new(), now), None);
+    }
+
+    #[test]
+    fn backoff_doubles_with_jitter() {
+        for retries in 0..4u32 {
+            let base = RETRY_BACKOFF * (1 << retries);
+            for _ in 0..20 {
+                let b = backoff(retries);
+                assert!(b >= base / 2 && b <= base * 3 / 2, "{retries}: {b:?}");
+            }
+        }
+        assert!(backoff(u32::MAX) <= RETRY_BACKOFF * 256 * 3 / 2);
+    }
 }

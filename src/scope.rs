@@ -90,9 +90,11 @@ pub fn decide(
     Ok(Scope { project, query })
 }
 
-/// Decoded `name=value` pairs the way Go's `url.ParseQuery` reads them (`+` is a space).
+/// Decoded `name=value` pairs the way Go's `url.ParseQuery` reads them (`+` is a space), and
+/// also split at `;`, which Go before 1.17 (and other routers) read as a separator: the check
+/// sees `a=1;ProjectUid=p9` as naming a project, however Palette's server splits it.
 fn pairs(query: &str) -> impl Iterator<Item = (Cow<'_, str>, Cow<'_, str>)> {
-    query.split('&').filter(|p| !p.is_empty()).map(|pair| {
+    query.split(['&', ';']).filter(|p| !p.is_empty()).map(|pair| {
         let (n, v) = pair.split_once('=').unwrap_or((pair, ""));
         (decode(n), decode(v))
     })
@@ -117,12 +119,16 @@ fn strip_empty_project_params(query: &str) -> String {
         .join("&")
 }
 
+/// Drops every `&`-pair that names `ProjectUid`, also after a `;` (`a=1;ProjectUid=p9` goes
+/// whole: a server that splits at `;` would read a project from it).
 fn strip_project_params(query: &str) -> String {
     query
         .split('&')
         .filter(|pair| {
-            let name = pair.split_once('=').map_or(*pair, |(n, _)| n);
-            !decode(name).eq_ignore_ascii_case(PROJECT_UID)
+            !pair.split(';').any(|piece| {
+                let name = piece.split_once('=').map_or(piece, |(n, _)| n);
+                decode(name).eq_ignore_ascii_case(PROJECT_UID)
+            })
         })
         .collect::<Vec<_>>()
         .join("&")
@@ -176,6 +182,22 @@ mod tests {
         .unwrap();
         assert_eq!(s.project.unwrap(), "p001");
         assert_eq!(s.query.as_deref(), Some("a=1&b=2"));
+    }
+
+    #[test]
+    fn a_project_after_a_semicolon_is_seen() {
+        let c = client(Projects::Only(vec!["p1".into()]));
+        let h = HeaderMap::new();
+        let forbidden = |q| matches!(decide(&c, None, &h, Some(q)), Err(GatewayError::ProjectForbidden { .. }));
+        assert!(forbidden("a=1;ProjectUid=p2"));
+        assert!(forbidden("a=1;%50rojectUid=p2&b=2"));
+        let conflict = decide(&c, None, &headers(&[("ProjectUid", "p1")]), Some("x;projectuid=p2"));
+        assert!(matches!(conflict, Err(GatewayError::BadRequest(_))));
+        let s = decide(&c, None, &h, Some("a=1;ProjectUid=p1")).unwrap();
+        assert_eq!(s.project.unwrap(), "p1");
+        // Under a route's project, a pair hiding one after ';' goes whole.
+        let s = decide(&c, Some(&route("p001")), &h, Some("a=1;ProjectUid=evil&b=2")).unwrap();
+        assert_eq!(s.query.as_deref(), Some("b=2"));
     }
 
     #[test]

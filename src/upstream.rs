@@ -102,6 +102,11 @@ impl UpstreamClient {
             .build()
     }
 
+    /// How long a call waits for the upstream's response headers.
+    pub fn request_timeout(&self) -> Duration {
+        self.request_timeout
+    }
+
     /// The upstream's host (and port), for logs.
     pub fn authority(&self) -> &http::uri::Authority {
         &self.authority

@@ -42,8 +42,22 @@ struct Gw {
     http: reqwest::Client,
 }
 
+/// A login credential and the `bot` client using it, for [`Gw::start_with`].
+fn login_rules() -> String {
+    format!(
+        "\n[credentials.ops]\nemail = \"{OPS_EMAIL}\"\npassword_env = \"PALETTE_PASSWORD\"\n\n\
+         [[clients]]\nname = \"bot\"\nkeys = [\"{}\"]\ncredential = \"ops\"\nprojects = [\"*\"]\n",
+        key_hash_string(BOT_KEY)
+    )
+}
+
 impl Gw {
     async fn start(upstream_url: &str, request_timeout: &str) -> Gw {
+        Gw::start_with(upstream_url, request_timeout, "").await
+    }
+
+    /// [`Gw::start`] with more config appended (credentials, clients).
+    async fn start_with(upstream_url: &str, request_timeout: &str, extra: &str) -> Gw {
         init_logs();
         let text = format!(
             r#"[server]
@@ -67,7 +81,7 @@ api_key_env = "PALETTE_API_KEY"
 name = "admin"
 keys = ["{admin}"]
 projects = ["*"]
-"#,
+{extra}"#,
             idle = humantime::format_duration(IDLE_TIMEOUT),
             connect = humantime::format_duration(CONNECT_TIMEOUT),
             admin = key_hash_string(ADMIN_KEY),
@@ -239,6 +253,104 @@ async fn hang_before_headers_is_504_within_request_timeout_then_recovers() {
     up.set_mode(Mode::Ok).await;
     gw.assert_recovered(&up).await;
     assert_eq!(gw.settle().await, 0.0);
+}
+
+/// A login whose answer sends its head and then stalls the body: requests on that credential
+/// get 503 `CredentialUnavailable` within about `request_timeout` (not a hang), API-key
+/// clients are served meanwhile, and once Palette answers logins again the gateway recovers
+/// by itself.
+#[tokio::test]
+async fn stalled_login_gives_503_within_the_timeout_then_recovers() {
+    let up = FaultyUpstream::start(Mode::StallMidBody).await;
+    let gw = Gw::start_with(&up.url(), "1s", &login_rules()).await;
+    for _ in 0..2 {
+        let started = Instant::now();
+        let req = gw.http.get(gw.url("/v1/users")).header("ApiKey", BOT_KEY).send();
+        let r = bounded(REQUEST_TIMEOUT * 4, req, "a request waiting on a stalled login").await.unwrap();
+        let msg = assert_gateway_error(r, 503, "CredentialUnavailable").await;
+        assert!(started.elapsed() < REQUEST_TIMEOUT * 2 + Duration::from_millis(500), "took {:?}", started.elapsed());
+        assert!(!msg.contains(OPS_PASSWORD));
+    }
+    let readyz = gw.http.get(format!("{}/readyz", gw.admin)).send().await.unwrap();
+    assert_eq!(readyz.status(), 503);
+    up.set_mode(Mode::Palette).await;
+    let recovered = eventually(Duration::from_secs(10), || async {
+        let r = gw.http.get(gw.url("/v1/users")).header("ApiKey", BOT_KEY).send().await;
+        r.is_ok_and(|r| r.status() == 200)
+    })
+    .await;
+    assert!(recovered, "no recovery once Palette answered logins again");
+    assert!(up.request_log().iter().any(|(_, p)| p.starts_with("/v1/auth/authenticate")));
+}
+
+/// A login stalled mid-body with a long `request_timeout` (30 s) does not hold shutdown: the
+/// token task stops at cancellation even in the middle of the call.
+#[tokio::test]
+async fn stalled_login_does_not_hold_shutdown() {
+    let up = FaultyUpstream::start(Mode::StallMidBody).await;
+    let gw = Gw::start_with(&up.url(), "30s", &login_rules()).await;
+    let logging_in = eventually(Duration::from_secs(5), || async {
+        up.request_log().iter().any(|(_, p)| p.starts_with("/v1/auth/"))
+    })
+    .await;
+    assert!(logging_in, "the login never reached the upstream");
+    let started = Instant::now();
+    bounded(Duration::from_secs(5), gw.gateway.shutdown(), "shutdown with a stalled login").await;
+    assert!(started.elapsed() < Duration::from_secs(3), "{:?}", started.elapsed());
+}
+
+/// Palette refuses every login (429) while a tool keeps calling on that credential
+/// (`preset = "none"`, so no budget bucket paces `/v1/auth`): logins still start at least 1 s
+/// apart, however many requests want a token, and each request gets a prompt 503.
+#[tokio::test]
+async fn failing_logins_are_spaced_whoever_asks() {
+    let up = FaultyUpstream::start(Mode::TooManyRequests).await;
+    let gw = Gw::start_with(&up.url(), "1s", &login_rules()).await;
+    let until = Instant::now() + Duration::from_millis(3500);
+    let mut n = 0;
+    while Instant::now() < until {
+        let req = gw.http.get(gw.url("/v1/users")).header("ApiKey", BOT_KEY).send();
+        let r = bounded(REQUEST_TIMEOUT * 2, req, "a request while logins fail").await.unwrap();
+        assert_eq!(r.status(), 503);
+        n += 1;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(n > 20);
+    let logins = up.arrivals("/v1/auth/");
+    assert!(!logins.is_empty() && logins.len() <= 4, "{} logins in 3.5 s", logins.len());
+    for w in logins.windows(2) {
+        let gap = w[1].duration_since(w[0]);
+        assert!(gap >= Duration::from_millis(950), "two logins {gap:?} apart");
+    }
+    assert!(up.arrivals("/v1/users").is_empty(), "a request went upstream without a token");
+}
+
+/// A login answering a JWT whose `exp` is an hour in the past is a failed login: `/readyz`
+/// stays 503 naming a possible clock skew, the token-rejected metric counts it, no expiry is
+/// published, and requests on that credential get 503 rather than a token Palette will refuse.
+#[tokio::test]
+async fn expired_jwt_is_a_failed_login_naming_clock_skew() {
+    let up = FaultyUpstream::start(Mode::PaletteExpired).await;
+    let gw = Gw::start_with(&up.url(), "1s", &login_rules()).await;
+    let mut last = serde_json::Value::Null;
+    let until = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < until {
+        let r = gw.http.get(format!("{}/readyz", gw.admin)).send().await.unwrap();
+        assert_eq!(r.status(), 503, "ready with an expired token");
+        last = r.json().await.unwrap();
+        if last["credentials"][0]["error"].as_str().unwrap_or_default().contains("clock") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(last["credentials"][0]["error"].as_str().unwrap_or_default().contains("clock"), "{last}");
+    let r = gw.http.get(gw.url("/v1/users")).header("ApiKey", BOT_KEY).send().await.unwrap();
+    assert_gateway_error(r, 503, "CredentialUnavailable").await;
+    let text = gw.http.get(format!("{}/metrics", gw.admin)).send().await.unwrap().text().await.unwrap();
+    let m = parse_metrics(&text);
+    assert!(metric(&m, "palette_gateway_token_rejected_total", &[("credential", "ops"), ("reason", "expired")]) >= 1.0);
+    assert_eq!(metric(&m, "palette_gateway_token_expiry_timestamp_seconds", &[("credential", "ops")]), 0.0);
+    assert!(!up.request_log().iter().any(|(_, p)| p == "/v1/users"), "an expired token was sent");
 }
 
 /// Reads a response body to its end or first error, at most `within`; returns the bytes and

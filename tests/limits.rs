@@ -2,12 +2,38 @@
 //! itself never has to answer 429.
 mod support;
 
+#[path = "support/faulty.rs"]
+mod faulty;
+
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use faulty::{FaultyUpstream, Mode};
+use palette_gateway::app::RunningGateway;
 use palette_gateway::auth::key_hash_string;
+use palette_gateway::config;
 use palette_gateway::fake_palette::FakeRateLimits;
+use palette_gateway::proxy::MAX_ATTEMPTS;
 use support::*;
+
+/// A gateway in front of `upstream_url` with only the API-key `admin` client (no login
+/// credential, whose own calls would blur the counts).
+async fn api_key_gateway(upstream_url: &str, upstream_extra: &str) -> RunningGateway {
+    init_logs();
+    let rules = format!(
+        "[credentials.default]\napi_key_env = \"PALETTE_API_KEY\"\n\n[[clients]]\nname = \"admin\"\nkeys = [\"{}\"]\nprojects = [\"*\"]\n",
+        key_hash_string(ADMIN_KEY)
+    );
+    let text = gateway_config(upstream_url, upstream_extra, &rules);
+    let cfg = config::load_str(&text, Path::new("."), &standard_env()).unwrap_or_else(|e| panic!("{e}\n{text}"));
+    RunningGateway::start(cfg).await.expect("gateway starts")
+}
+
+/// The gaps between consecutive instants.
+fn gaps(times: &[Instant]) -> Vec<Duration> {
+    times.windows(2).map(|w| w[1].duration_since(w[0])).collect()
+}
 
 /// Over its own limit a client gets 429 in Palette's shape naming it and the limit, with
 /// `Retry-After` and `RateLimit-*`; successful answers carry `RateLimit-*` too; another client
@@ -196,4 +222,70 @@ async fn three_clients_over_budget_share_it_fairly_and_palette_never_429s() {
     // 50/s for 5 s plus the burst: the budget was used, not wasted.
     assert!(mean * 3.0 >= 200.0, "only {served:?} served");
     assert!(worst <= max_wait + Duration::from_millis(500), "a request waited {worst:?}");
+}
+
+/// Palette answers every request 429 and no budget prefix covers the path (`preset = "none"`):
+/// one client GET makes at most `MAX_ATTEMPTS` upstream attempts, each retry waits (backoff
+/// with jitter, at least 125 ms), the client gets Palette's 429 with a `Retry-After`, and the
+/// retries are counted.
+#[tokio::test]
+async fn palette_always_429_without_budget_is_retried_few_times_and_paced() {
+    let up = FaultyUpstream::start(Mode::TooManyRequests).await;
+    let gw = api_key_gateway(&up.url(), NO_BUDGET).await;
+    let http = client();
+    let r = http.get(format!("http://{}/v1/packs", gw.proxy_addr)).header("ApiKey", ADMIN_KEY).send().await.unwrap();
+    assert_eq!(r.status(), 429);
+    assert!(r.headers().contains_key("retry-after"));
+    let v: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(v["code"], "TooManyRequests", "Palette's own 429 passes through: {v}");
+    let arrivals = up.arrivals("/v1/packs");
+    assert!(arrivals.len() as u32 <= MAX_ATTEMPTS, "{} attempts for one GET", arrivals.len());
+    assert!(arrivals.len() >= 2, "an idempotent GET is retried at least once");
+    for gap in gaps(&arrivals) {
+        assert!(gap >= Duration::from_millis(100), "a retry went out {gap:?} after the previous attempt");
+    }
+    // Nothing else goes out afterwards.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(up.arrivals("/v1/packs").len(), arrivals.len());
+    let m = scrape(&http, &format!("http://{}", gw.admin_addr)).await;
+    let retries = metric(&m, "palette_gateway_upstream_retries_total", &[("prefix", "none"), ("reason", "429")]);
+    assert_eq!(retries as usize, arrivals.len() - 1);
+    assert_eq!(metric(&m, "palette_gateway_upstream_throttled_total", &[("prefix", "none")]) as usize, arrivals.len());
+}
+
+/// Palette answers 429 with `Retry-After: 1`: the retry waits that second (not less), and a
+/// retry whose wait would end past `max_wait` (2 s) is not made.
+#[tokio::test]
+async fn palette_retry_after_is_followed() {
+    let up = FaultyUpstream::start(Mode::TooManyRetryAfter).await;
+    let gw = api_key_gateway(&up.url(), NO_BUDGET).await;
+    let r =
+        client().get(format!("http://{}/v1/packs", gw.proxy_addr)).header("ApiKey", ADMIN_KEY).send().await.unwrap();
+    assert_eq!(r.status(), 429);
+    assert_eq!(r.headers()["retry-after"], "1", "Palette's own Retry-After passes through");
+    let arrivals = up.arrivals("/v1/packs");
+    assert_eq!(arrivals.len(), 2, "one retry fits in max_wait");
+    assert!(gaps(&arrivals)[0] >= Duration::from_millis(990), "{:?}", gaps(&arrivals));
+}
+
+/// A preset prefix (`/v1/packs`, 10/s, burst 5) whose every request Palette answers 429: ten
+/// GETs in a row never make attempts in a burst. After the first 429 every attempt waits for
+/// the slowed rate, so consecutive attempts are at least 100 ms apart (not ten within 1 ms), and
+/// there are fewer attempts than GETs once the slowed rate no longer fits `max_wait`.
+#[tokio::test]
+async fn palette_429_on_a_preset_prefix_spaces_the_attempts() {
+    let up = FaultyUpstream::start(Mode::TooManyRequests).await;
+    let gw = api_key_gateway(&up.url(), "").await;
+    let http = client();
+    for _ in 0..10 {
+        let r =
+            http.get(format!("http://{}/v1/packs", gw.proxy_addr)).header("ApiKey", ADMIN_KEY).send().await.unwrap();
+        assert_eq!(r.status(), 429);
+    }
+    let arrivals = up.arrivals("/v1/packs");
+    assert!(!arrivals.is_empty());
+    for (i, gap) in gaps(&arrivals).into_iter().enumerate() {
+        assert!(gap >= Duration::from_millis(100), "attempt {} went out {gap:?} after the previous one", i + 2);
+    }
+    assert!(arrivals.len() < 10, "{} attempts for 10 GETs against a prefix answering 429", arrivals.len());
 }

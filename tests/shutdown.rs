@@ -4,6 +4,9 @@
 //! exits at once on a second signal, and reloads on SIGHUP.
 mod support;
 
+#[path = "support/faulty.rs"]
+mod faulty;
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -208,8 +211,8 @@ fn free_ports() -> (u16, u16) {
 /// The `[log]` section most binary tests use.
 const LOG_JSON: &str = "[log]\nformat = \"json\"\nlevel = \"info\"\n";
 
-fn binary_config(fake: &FakePalette, ports: (u16, u16), server_extra: &str, log: &str) -> String {
-    server_config(&fake.url(), server_extra, NO_BUDGET, &standard_rules())
+fn binary_config(upstream_url: &str, ports: (u16, u16), server_extra: &str, log: &str) -> String {
+    server_config(upstream_url, server_extra, NO_BUDGET, &standard_rules())
         .replacen("listen = \"127.0.0.1:0\"", &format!("listen = \"127.0.0.1:{}\"", ports.0), 1)
         .replacen("admin_listen = \"127.0.0.1:0\"", &format!("admin_listen = \"127.0.0.1:{}\"", ports.1), 1)
         + "\n"
@@ -231,10 +234,27 @@ impl Gateway {
         log_cfg: &str,
         rust_log: Option<&str>,
     ) -> Gateway {
+        Gateway::start_at(name, &fake.url(), "5s", server_extra, log_cfg, rust_log).await
+    }
+
+    /// [`Gateway::start_with`] in front of any upstream, with its `request_timeout`.
+    async fn start_at(
+        name: &str,
+        upstream_url: &str,
+        request_timeout: &str,
+        server_extra: &str,
+        log_cfg: &str,
+        rust_log: Option<&str>,
+    ) -> Gateway {
         let dir = scratch_dir(name);
         let config = dir.join("gateway.toml");
         let ports = free_ports();
-        std::fs::write(&config, binary_config(fake, ports, server_extra, log_cfg)).unwrap();
+        let text = binary_config(upstream_url, ports, server_extra, log_cfg).replacen(
+            "request_timeout = \"5s\"",
+            &format!("request_timeout = \"{request_timeout}\""),
+            1,
+        );
+        std::fs::write(&config, text).unwrap();
         std::fs::create_dir_all(TEST_LOG_DIR).unwrap();
         let log = Path::new(TEST_LOG_DIR).join(format!("{name}-binary-{}.log", std::process::id()));
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_palette-gateway"));
@@ -413,4 +433,39 @@ async fn binary_log_format_and_level() {
         let listening = text.lines().any(|l| l.contains("INFO") && l.contains("palette-gateway listening"));
         assert_eq!(listening, info_expected, "{name}: {text}");
     }
+}
+
+/// Palette's login answer sends its head and then stalls the body (the standard `ops` login
+/// credential logs in at start; `request_timeout` 30 s): one SIGTERM still stops the binary after the delay and the
+/// drain, with status 0; with a long `shutdown_delay`, a second signal exits at once.
+#[tokio::test]
+async fn binary_stops_with_a_stalled_login() {
+    let up = faulty::FaultyUpstream::start(faulty::Mode::StallMidBody).await;
+    let extra = "shutdown_delay = \"200ms\"\ndrain_timeout = \"1s\"\n";
+    let mut g = Gateway::start_at("shutdown-stalled-login", &up.url(), "30s", extra, LOG_JSON, None).await;
+    let logging_in = eventually(Duration::from_secs(5), || async { !up.arrivals("/v1/auth/").is_empty() }).await;
+    assert!(logging_in, "the login never reached the upstream");
+    let sent = Instant::now();
+    g.signal("-TERM");
+    let status =
+        g.exited(Duration::from_secs(8)).await.expect("one SIGTERM stops the gateway despite the stalled login");
+    assert!(status.success(), "{status:?}");
+    assert!(sent.elapsed() < Duration::from_secs(4), "{:?}", sent.elapsed());
+
+    let before = up.arrivals("/v1/auth/").len();
+    let extra = "shutdown_delay = \"20s\"\ndrain_timeout = \"5s\"\n";
+    let mut g = Gateway::start_at("shutdown-stalled-login-twice", &up.url(), "30s", extra, LOG_JSON, None).await;
+    let logging_in = eventually(Duration::from_secs(5), || async { up.arrivals("/v1/auth/").len() > before }).await;
+    assert!(logging_in, "the second gateway's login never reached the upstream");
+    g.signal("-TERM");
+    assert!(eventually(Duration::from_secs(5), || async { g.ready_status().await == Some(503) }).await);
+    let mut status = None;
+    for _ in 0..3 {
+        g.signal("-INT");
+        status = g.exited(Duration::from_secs(1)).await;
+        if status.is_some() {
+            break;
+        }
+    }
+    assert!(!status.expect("the second signal exits at once").success());
 }

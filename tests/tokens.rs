@@ -4,6 +4,7 @@ mod support;
 
 use std::time::{Duration, Instant};
 
+use palette_gateway::credentials::token::FRESH_REPLACEMENT;
 use palette_gateway::fake_palette::{FakePalette, FakePaletteConfig};
 use support::*;
 
@@ -89,7 +90,9 @@ async fn token_refused_early_is_replaced_and_request_replayed() {
     assert_eq!(posts.len(), 2, "one refused, one replayed");
     assert_eq!(&posts[1].body[..], b"{\"x\":1}");
     assert_ne!(posts[0].headers["authorization"], posts[1].headers["authorization"]);
-    // Concurrent refusals share one new login.
+    // Concurrent refusals share one new login. (A replacement is trusted for
+    // FRESH_REPLACEMENT: a 401 on it before then is the endpoint's answer, see below.)
+    tokio::time::sleep(FRESH_REPLACEMENT).await;
     h.fake.revoke_tokens();
     let mut tasks = Vec::new();
     for _ in 0..20 {
@@ -156,4 +159,79 @@ async fn health_and_readiness() {
     assert_eq!(r.status(), 200);
     let r = h.http.get(format!("{}/nope", h.admin)).send().await.unwrap();
     assert_eq!(r.status(), 404);
+}
+
+/// One tool calls an endpoint that always answers 401 (`/v1/__fake/status/401`) 50 times,
+/// replayable GETs and non-replayable large PUTs, while another tool on the same login
+/// credential calls a healthy path: the 401s pass through with Palette's answer, they cost at
+/// most one login beyond the first (not one or two per request), and the other tool never
+/// gets a 503 or a 401: its token is never taken away.
+#[tokio::test]
+async fn an_endpoint_answering_401_neither_storms_logins_nor_starves_other_clients() {
+    const OTHER_KEY: &str = "pgw_other-local-key-dddddddddddddddddddddddddddddd";
+    let rules = format!(
+        "{}\n[[clients]]\nname = \"other\"\nkeys = [\"{}\"]\ncredential = \"ops\"\nprojects = [\"*\"]\n",
+        standard_rules(),
+        palette_gateway::auth::key_hash_string(OTHER_KEY)
+    );
+    let h = std::sync::Arc::new(Harness::start(standard_fake(), NO_BUDGET, &rules).await);
+    h.wait_ready().await;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let healthy = {
+        let (h, stop) = (h.clone(), stop.clone());
+        tokio::spawn(async move {
+            let mut statuses = Vec::new();
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                let r = h.http.get(h.url("/v1/users")).header("ApiKey", OTHER_KEY).send().await.unwrap();
+                statuses.push(r.status().as_u16());
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            statuses
+        })
+    };
+    for i in 0..50 {
+        let r = if i % 5 == 4 {
+            // Too large to buffer: cannot be replayed.
+            let body = vec![b'a'; 100 * 1024];
+            h.http.put(h.url("/v1/__fake/status/401")).header("ApiKey", BOT_KEY).body(body).send().await.unwrap()
+        } else {
+            h.http.get(h.url("/v1/__fake/status/401")).header("ApiKey", BOT_KEY).send().await.unwrap()
+        };
+        assert_eq!(r.status(), 401, "request {i}");
+        let v: serde_json::Value = r.json().await.unwrap();
+        assert_eq!(v["code"], "Unauthorized", "Palette's answer passes through: {v}");
+    }
+    // Let a background replacement (if any) finish before counting.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let statuses = healthy.await.unwrap();
+    assert!(!statuses.is_empty());
+    assert!(
+        statuses.iter().all(|&s| s == 200),
+        "the healthy client got {:?}",
+        statuses.iter().filter(|&&s| s != 200).collect::<Vec<_>>()
+    );
+    assert!(
+        h.fake.login_attempts() <= 2,
+        "{} logins for 50 requests to one refusing endpoint",
+        h.fake.login_attempts()
+    );
+}
+
+/// `refresh_before` below the "stop sending" margin (a 3 s token without `exp`, `refresh_before`
+/// 100 ms, where the token stops being sent 300 ms before it expires): the token is still
+/// refreshed before it stops being sent, so no request waits for a login and no second login
+/// happens.
+#[tokio::test]
+async fn refresh_before_below_the_margin_still_renews_in_time() {
+    let h = Harness::start(short_lived(Duration::from_secs(3), false), NO_BUDGET, &rules("3s", "100ms")).await;
+    h.wait_ready().await;
+    let until = Instant::now() + Duration::from_secs(4);
+    while Instant::now() < until {
+        let r = h.http.get(h.url("/v1/users")).header("ApiKey", BOT_KEY).send().await.unwrap();
+        assert_eq!(r.status(), 200);
+        tokio::time::sleep(Duration::from_millis(30)).await;
+    }
+    assert_eq!(h.fake.logins(), 1, "a request found no usable token and logged in");
+    assert!(h.fake.refreshes() >= 1);
 }

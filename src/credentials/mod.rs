@@ -10,6 +10,7 @@ use std::sync::Arc;
 use http::HeaderValue;
 
 use crate::config::{Config, CredentialKind, Secret};
+use crate::limit::upstream::Bucket;
 use crate::metrics::Metrics;
 use crate::upstream::UpstreamClient;
 pub use token::{Token, TokenManager, TokenUnavailable};
@@ -41,12 +42,14 @@ pub struct InvalidKey(String);
 
 impl Credentials {
     /// Prepares every credential of `cfg`; token managers of `previous` with identical settings
-    /// are reused (token and all).
+    /// are reused (token and all). Logins and refreshes are paced through `auth_bucket`, the
+    /// budget's bucket for `/v1/auth` (when it has one).
     pub fn build(
         cfg: &Config,
         client: &UpstreamClient,
         previous: Option<&Credentials>,
         metrics: &Metrics,
+        auth_bucket: Option<&Arc<Bucket>>,
     ) -> Result<Self, InvalidKey> {
         let mut items = Vec::with_capacity(cfg.credentials.len());
         for c in &cfg.credentials {
@@ -58,9 +61,11 @@ impl Credentials {
                 }
                 CredentialKind::Token(settings) => {
                     let reused = previous.and_then(|p| p.token_manager(&c.name)).filter(|m| m.settings() == settings);
-                    UpstreamCredential::Token(reused.unwrap_or_else(|| {
+                    let manager = reused.unwrap_or_else(|| {
                         Arc::new(TokenManager::new(&c.name, settings.clone(), client.clone(), metrics.clone()))
-                    }))
+                    });
+                    manager.set_auth_bucket(auth_bucket.cloned());
+                    UpstreamCredential::Token(manager)
                 }
             };
             items.push((Arc::from(c.name.as_str()), cred));

@@ -23,6 +23,29 @@ pub enum AuthCallError {
     Refused(&'static str, StatusCode, Option<String>),
     #[error("{0}: the answer carries no usable token")]
     BadAnswer(&'static str),
+    #[error("{0}: no complete answer within {within}", within = humantime::format_duration(*.1))]
+    Timeout(&'static str, Duration),
+    #[error("{0}: Palette's /v1/auth budget has no room within {within}", within = humantime::format_duration(*.1))]
+    Busy(&'static str, Duration),
+    #[error(
+        "{0}: Palette issued a token whose JWT exp is {1} s in the past; the gateway's clock and \
+         Palette's probably disagree (clock skew): check NTP on the gateway's host"
+    )]
+    Expired(&'static str, u64),
+}
+
+impl AuthCallError {
+    /// A bounded label for metrics: why the call failed.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            AuthCallError::Upstream(..) => "upstream",
+            AuthCallError::Refused(..) => "refused",
+            AuthCallError::BadAnswer(_) => "bad_answer",
+            AuthCallError::Timeout(..) => "timeout",
+            AuthCallError::Busy(..) => "budget",
+            AuthCallError::Expired(..) => "expired",
+        }
+    }
 }
 
 /// A token as Palette issued it.
@@ -75,16 +98,24 @@ pub async fn refresh(client: &UpstreamClient, current: &Secret) -> Result<Issued
     call(client, req, CALL).await
 }
 
+/// One login or refresh, headers and body within the upstream's `request_timeout` in all: a
+/// Palette that sends the head and then stalls the body must not hold the token manager.
 async fn call(
     client: &UpstreamClient,
     req: Request<body::Body>,
     name: &'static str,
 ) -> Result<IssuedToken, AuthCallError> {
-    let resp = client.send(req).await.map_err(|e| AuthCallError::Upstream(e.to_string(), name))?;
-    let status = resp.status();
-    let bytes: Bytes = body::collect_limited(resp.into_body(), MAX_AUTH_BODY)
-        .await
-        .map_err(|e| AuthCallError::Upstream(format!("reading the answer: {e}"), name))?;
+    let total = client.request_timeout();
+    let exchange = async {
+        let resp = client.send(req).await.map_err(|e| AuthCallError::Upstream(e.to_string(), name))?;
+        let status = resp.status();
+        let bytes: Bytes = body::collect_limited(resp.into_body(), MAX_AUTH_BODY)
+            .await
+            .map_err(|e| AuthCallError::Upstream(format!("reading the answer: {e}"), name))?;
+        Ok((status, bytes))
+    };
+    let (status, bytes) =
+        tokio::time::timeout(total, exchange).await.map_err(|_| AuthCallError::Timeout(name, total))??;
     if status != StatusCode::OK {
         // Only Palette's error `code` is kept: its message could echo what we sent.
         let code = serde_json::from_slice::<serde_json::Value>(&bytes).ok().and_then(|v| {

@@ -198,6 +198,13 @@ impl UpstreamBudget {
             .or(self.catch_all.as_ref())
     }
 
+    /// The bucket the gateway's own logins and refreshes draw from (`/v1/auth` in Palette's
+    /// preset), if any rule covers them.
+    pub fn auth_bucket(&self) -> Option<&Arc<Bucket>> {
+        let login = crate::path::check("/v1/auth/authenticate").ok()?;
+        self.bucket_for(&login)
+    }
+
     /// The longest a request waits for budget.
     pub fn max_wait(&self) -> Duration {
         self.max_wait
@@ -295,13 +302,18 @@ impl Bucket {
         }
     }
 
-    /// Palette answered 429 for this prefix: halve its rate (recovering over time). Returns
-    /// the new rate, for the log.
+    /// Palette answered 429 for this prefix: halve its rate (recovering over time) and drop
+    /// the burst credit, so the next request waits one slowed interval. Returns the new rate,
+    /// for the log.
     pub fn throttled(&self) -> f64 {
         let mut st = self.lock();
+        let now = Instant::now();
         let max = interval_of(self.base_rate) * MAX_SLOWDOWN;
         st.interval = (st.interval * 2).min(max);
-        st.slowed_at = Some(Instant::now());
+        st.slowed_at = Some(now);
+        // Palette just said "too many": whatever burst credit was left is not real. A slowed
+        // bucket has no burst (see `tolerance`), so the next grant is one interval from now.
+        st.tat = st.tat.max(now + st.interval);
         1.0 / st.interval.as_secs_f64()
     }
 
@@ -316,8 +328,16 @@ fn interval_of(rate: Rate) -> Duration {
 }
 
 impl State {
+    /// The GCRA burst window: the configured burst at the configured rate, and none at all
+    /// while the prefix is slowed down (a window of `interval * (burst - 1)` would grow as the
+    /// rate shrinks and let a burst through right after Palette's 429).
     fn tolerance(&self, rate: Rate) -> Duration {
-        self.interval * rate.burst.saturating_sub(1)
+        let base = interval_of(rate);
+        if self.interval > base {
+            Duration::ZERO
+        } else {
+            base * rate.burst.saturating_sub(1)
+        }
     }
 
     /// `None` when a request may go now, else when it may.
@@ -549,6 +569,49 @@ mod tests {
         tokio::time::advance(RECOVERY_STEP).await;
         b.acquire(0, Duration::from_secs(2)).await.unwrap();
         assert_eq!(b.current_rate(), 10.0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn after_a_429_the_next_grant_waits_the_slowed_interval() {
+        let b = bucket(10.0, 5, 100);
+        // A full burst is available; Palette answers 429 anyway.
+        assert_eq!(b.acquire(0, Duration::from_secs(2)).await, Ok(Duration::ZERO));
+        b.throttled();
+        // The 4 requests of burst credit left are gone: the next waits one slowed interval
+        // (5/s: 200 ms), and so does each one after it (no burst while slowed).
+        for _ in 0..3 {
+            let waited = b.acquire(0, Duration::from_secs(2)).await.unwrap();
+            assert!(waited >= Duration::from_millis(199) && waited <= Duration::from_millis(201), "{waited:?}");
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn slowing_down_never_widens_the_burst() {
+        let b = bucket(10.0, 5, 100);
+        for _ in 0..3 {
+            b.throttled();
+        }
+        // 1.25/s now. An idle while (shorter than the recovery step) must not buy a burst of
+        // 5 slowed intervals (4 s of Palette's budget in a moment).
+        tokio::time::advance(Duration::from_secs(4)).await;
+        assert_eq!(b.acquire(0, Duration::from_secs(10)).await, Ok(Duration::ZERO));
+        let waited = b.acquire(0, Duration::from_secs(10)).await.unwrap();
+        assert!(waited >= Duration::from_millis(799), "a burst went through while slowed: {waited:?}");
+        let st = b.lock();
+        assert_eq!(st.tolerance(b.base_rate), Duration::ZERO);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn burst_comes_back_with_the_configured_rate() {
+        let b = bucket(10.0, 5, 100);
+        b.throttled();
+        tokio::time::advance(RECOVERY_STEP).await;
+        b.acquire(0, Duration::from_secs(2)).await.unwrap();
+        assert_eq!(b.current_rate(), 10.0);
+        tokio::time::advance(Duration::from_secs(1)).await;
+        for _ in 0..5 {
+            assert_eq!(b.acquire(0, Duration::from_secs(2)).await, Ok(Duration::ZERO));
+        }
     }
 
     #[test]

@@ -51,7 +51,19 @@ pub enum Mode {
     Garbage = 7,
     /// A `200` head with two different `Content-Length`s (a response-smuggling attempt).
     ConflictingLength = 8,
+    /// `429` with a Palette error body and no `Retry-After`, to every request.
+    TooManyRequests = 9,
+    /// `429` with `Retry-After: 1`, to every request.
+    TooManyRetryAfter = 10,
+    /// A healthy Palette for token credentials: login and refresh answer [`FAULTY_TOKEN`]
+    /// (a JWT without `exp`), every other path [`OK_BODY`].
+    Palette = 11,
+    /// Like [`Mode::Palette`], but the token's JWT `exp` is an hour in the past.
+    PaletteExpired = 12,
 }
+
+/// The token [`Mode::Palette`] issues (a JWT with no `exp`).
+pub const FAULTY_TOKEN: &str = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJmYXVsdHkifQ.c2lnbmF0dXJl";
 
 impl Mode {
     fn from_u8(v: u8) -> Mode {
@@ -64,6 +76,10 @@ impl Mode {
             6 => Mode::StallMidBody,
             7 => Mode::Garbage,
             8 => Mode::ConflictingLength,
+            9 => Mode::TooManyRequests,
+            10 => Mode::TooManyRetryAfter,
+            11 => Mode::Palette,
+            12 => Mode::PaletteExpired,
             _ => Mode::Ok,
         }
     }
@@ -75,6 +91,8 @@ struct Shared {
     accepted: AtomicU64,
     requests: AtomicU64,
     open: AtomicUsize,
+    /// When each request head arrived, with its path.
+    log: Mutex<Vec<(Instant, String)>>,
     /// Cancelled on drop: every connection task ends.
     cancel: CancellationToken,
 }
@@ -103,6 +121,7 @@ impl FaultyUpstream {
             accepted: AtomicU64::new(0),
             requests: AtomicU64::new(0),
             open: AtomicUsize::new(0),
+            log: Mutex::new(Vec::new()),
             cancel: CancellationToken::new(),
         });
         let up = FaultyUpstream { addr, shared, listening: Mutex::new(Listening::Reserved(socket)) };
@@ -154,6 +173,16 @@ impl FaultyUpstream {
     /// Requests whose head arrived so far.
     pub fn requests(&self) -> u64 {
         self.shared.requests.load(Ordering::SeqCst)
+    }
+
+    /// When each request head arrived so far, with its path, oldest first.
+    pub fn request_log(&self) -> Vec<(Instant, String)> {
+        self.shared.log.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
+    }
+
+    /// Arrival times of the requests whose path starts with `prefix`.
+    pub fn arrivals(&self, prefix: &str) -> Vec<Instant> {
+        self.request_log().into_iter().filter(|(_, p)| p.starts_with(prefix)).map(|(t, _)| t).collect()
     }
 
     /// Connections open now (accepted and not yet closed by either side).
@@ -228,7 +257,44 @@ async fn serve(mut s: TcpStream, shared: &Shared) -> std::io::Result<()> {
         return Ok(());
     };
     shared.requests.fetch_add(1, Ordering::SeqCst);
+    let path = head.split_whitespace().nth(1).unwrap_or_default().to_string();
+    shared.log.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push((Instant::now(), path.clone()));
     match Mode::from_u8(shared.mode.load(Ordering::SeqCst)) {
+        Mode::TooManyRequests | Mode::TooManyRetryAfter => {
+            read_body(&mut s, &head, rest).await?;
+            let retry = if shared.mode.load(Ordering::SeqCst) == Mode::TooManyRetryAfter as u8 {
+                "retry-after: 1\r\n"
+            } else {
+                ""
+            };
+            let body = r#"{"code":"TooManyRequests","message":"slow down","ref":"faulty","details":{}}"#;
+            let answer = format!(
+                "HTTP/1.1 429 Too Many Requests\r\ncontent-type: application/json\r\n{retry}content-length: {}\r\nconnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            s.write_all(answer.as_bytes()).await?;
+            s.shutdown().await?;
+            drain(&mut s).await;
+        }
+        mode @ (Mode::Palette | Mode::PaletteExpired) => {
+            read_body(&mut s, &head, rest).await?;
+            let body = if path.starts_with("/v1/auth/") {
+                let token = match mode {
+                    Mode::Palette => FAULTY_TOKEN.to_string(),
+                    _ => expired_token(),
+                };
+                format!(r#"{{"Authorization":"{token}","isMfa":false}}"#)
+            } else {
+                OK_BODY.to_string()
+            };
+            let answer = format!(
+                "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            s.write_all(answer.as_bytes()).await?;
+            s.shutdown().await?;
+            drain(&mut s).await;
+        }
         Mode::Ok => {
             read_body(&mut s, &head, rest).await?;
             let answer = format!(
@@ -270,6 +336,23 @@ async fn serve(mut s: TcpStream, shared: &Shared) -> std::io::Result<()> {
         }
     }
     Ok(())
+}
+
+/// A JWT-shaped token whose `exp` claim is an hour ago.
+fn expired_token() -> String {
+    use base64::Engine as _;
+    let e = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let exp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+        .saturating_sub(3600);
+    format!(
+        "{}.{}.{}",
+        e.encode(r#"{"alg":"HS256"}"#),
+        e.encode(format!(r#"{{"sub":"faulty","exp":{exp}}}"#)),
+        e.encode("sig")
+    )
 }
 
 /// Closes with RST instead of FIN.
