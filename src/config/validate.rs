@@ -1287,7 +1287,9 @@ mod tests {
         {
             let upstream = crate::upstream::UpstreamClient::new(&cfg.upstream);
             let metrics = crate::metrics::Metrics::new();
-            assert!(crate::credentials::Credentials::build(cfg, &upstream, None, &metrics).is_ok());
+            assert!(
+                crate::credentials::Credentials::build(cfg, &upstream, None, &metrics, budget.auth_bucket()).is_ok()
+            );
             let now = std::time::Instant::now();
             let l = &cfg.server.limits;
             for d in [
