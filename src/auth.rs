@@ -62,7 +62,7 @@ pub fn identify(
     peer: &PeerIdentity,
 ) -> Result<usize, GatewayError> {
     let key = local_key(headers)?;
-    let by_cert = peer.cert_names.iter().find_map(|n| cfg.client_by_cert_name(n));
+    let by_cert = cert_client(cfg, peer)?;
     match (key, by_cert) {
         (Some(key), cert) => {
             let Some(client) = cache.lookup(cfg, key) else {
@@ -78,6 +78,26 @@ pub fn identify(
         (None, Some(client)) => Ok(client),
         (None, None) => cfg.anonymous_client.ok_or(GatewayError::MissingCredential),
     }
+}
+
+/// The client a verified certificate's names identify. A certificate whose names map to two
+/// different clients identifies neither: which one would win is an accident of SAN order.
+fn cert_client(cfg: &Config, peer: &PeerIdentity) -> Result<Option<usize>, GatewayError> {
+    let mut found: Option<usize> = None;
+    for name in &peer.cert_names {
+        match (found, cfg.client_by_cert_name(name)) {
+            (Some(a), Some(b)) if a != b => {
+                return Err(GatewayError::UnknownCredential(format!(
+                    "the client certificate's names identify more than one client ({} and {}); \
+                     a certificate must name exactly one",
+                    cfg.clients[a].name, cfg.clients[b].name
+                )))
+            }
+            (None, Some(b)) => found = Some(b),
+            _ => {}
+        }
+    }
+    Ok(found)
 }
 
 /// The local key the request carries, if any.
@@ -190,6 +210,33 @@ mod tests {
             identify(&c, &KeyCache::default(), &h(&[("authorization", "key-a")]), &none),
             Err(GatewayError::UnknownCredential(_))
         ));
+    }
+
+    #[test]
+    fn a_certificate_naming_two_clients_is_refused() {
+        let peer = |names: &[&str]| PeerIdentity { cert_names: names.iter().map(|n| n.to_string()).collect() };
+        let with_certs = cfg_with_certs();
+        let one = identify(&with_certs, &KeyCache::default(), &h(&[]), &peer(&["a.internal", "other"])).unwrap();
+        assert_eq!(one, 0);
+        for names in [["a.internal", "b.internal"], ["b.internal", "a.internal"]] {
+            match identify(&with_certs, &KeyCache::default(), &h(&[]), &peer(&names)) {
+                Err(GatewayError::UnknownCredential(m)) => assert!(m.contains("more than one client"), "{m}"),
+                other => panic!("{names:?}: {other:?}"),
+            }
+        }
+    }
+
+    /// Clients `a` and `b` identified by certificate names `a.internal` and `b.internal`.
+    fn cfg_with_certs() -> Config {
+        let dir = std::env::temp_dir().join(format!("pg-auth-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let ca = rcgen::generate_simple_self_signed(vec!["ca.internal".to_string()]).unwrap();
+        std::fs::write(dir.join("cert.pem"), ca.cert.pem()).unwrap();
+        std::fs::write(dir.join("key.pem"), ca.key_pair.serialize_pem()).unwrap();
+        let text = "[server.tls]\ncert_file = \"cert.pem\"\nkey_file = \"key.pem\"\nclient_ca_file = \"cert.pem\"\n\
+             [upstream]\nurl = \"http://127.0.0.1:1\"\n[credentials.default]\napi_key_env = \"K\"\n\
+             [[clients]]\nname = \"a\"\ncert_names = [\"a.internal\"]\n[[clients]]\nname = \"b\"\ncert_names = [\"b.internal\"]\n";
+        load_str(text, &dir, &MapEnv::new().with("K", "x")).unwrap()
     }
 
     #[test]

@@ -130,11 +130,13 @@ impl Drop for Tracked {
     }
 }
 
-/// What went through a request body: bytes, and whether it was cut off at the limit.
+/// What went through a request body: bytes, and whether it was cut off at the limit or
+/// stalled past `request_body_timeout`.
 #[derive(Debug, Default)]
 pub struct BodyStats {
     bytes: std::sync::atomic::AtomicU64,
     tripped: std::sync::atomic::AtomicBool,
+    timed_out: std::sync::atomic::AtomicBool,
 }
 
 impl BodyStats {
@@ -146,6 +148,16 @@ impl BodyStats {
     /// Whether the body went past its limit.
     pub fn tripped(&self) -> bool {
         self.tripped.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Whether the client stopped sending its body for longer than allowed.
+    pub fn timed_out(&self) -> bool {
+        self.timed_out.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Records that the body timed out (see [`IdleTimeout::request`]).
+    pub fn set_timed_out(&self) {
+        self.timed_out.store(true, std::sync::atomic::Ordering::Relaxed);
     }
 }
 
@@ -238,6 +250,64 @@ mod tests {
         drop(tx);
     }
 
+    #[tokio::test(start_paused = true)]
+    async fn a_stalled_request_body_is_recorded_as_timed_out() {
+        let (mut tx, rx) = futures_channel_body();
+        let stats = Arc::new(BodyStats::default());
+        let mut body = IdleTimeout::request(rx, std::time::Duration::from_secs(30), stats.clone());
+        tx.push(Bytes::from_static(b"12345"));
+        assert!(body.frame().await.unwrap().is_ok());
+        assert!(!stats.timed_out());
+        let started = tokio::time::Instant::now();
+        let err = body.frame().await.unwrap().unwrap_err();
+        assert_eq!(started.elapsed(), std::time::Duration::from_secs(30));
+        assert!(err.to_string().starts_with("request body stalled"), "{err}");
+        assert!(stats.timed_out());
+        drop(tx);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn send_timeout_fails_writes_the_peer_does_not_take() {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let (ours, mut theirs) = tokio::io::duplex(1024);
+        let mut io = SendTimeout::new(ours, std::time::Duration::from_secs(5));
+        // A reading peer: writes go through however long it all takes.
+        let reader = tokio::spawn(async move {
+            let mut buf = vec![0u8; 4096];
+            let mut got = 0;
+            while got < 64 * 1024 {
+                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                got += theirs.read(&mut buf).await.unwrap();
+            }
+            theirs
+        });
+        io.write_all(&[0u8; 64 * 1024]).await.unwrap();
+        let _theirs = reader.await.unwrap();
+        // The peer stops reading: once the buffer is full, the write fails after the limit.
+        let started = tokio::time::Instant::now();
+        let err = io.write_all(&[0u8; 64 * 1024]).await.unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::TimedOut);
+        assert_eq!(started.elapsed(), std::time::Duration::from_secs(5));
+    }
+
+    #[tokio::test]
+    async fn send_progress_tells_waiting_on_the_consumer_from_waiting_on_the_producer() {
+        let (mut tx, rx) = futures_channel_body();
+        let progress = Arc::new(SendProgress::default());
+        let epoch = std::time::Instant::now();
+        let mut body = SendWatch::new(rx, progress.clone(), epoch);
+        assert_eq!(progress.waiting_for(epoch), None, "nothing given yet");
+        tx.push(Bytes::from_static(b"abc"));
+        assert!(body.frame().await.unwrap().is_ok());
+        assert!(progress.waiting_for(epoch).is_some(), "a frame given and not yet taken");
+        // Asked again with nothing from the producer: waiting on it, not on the consumer.
+        let waker = futures_util::task::noop_waker();
+        let mut cx = std::task::Context::from_waker(&waker);
+        assert!(std::pin::Pin::new(&mut body).poll_frame(&mut cx).is_pending());
+        assert_eq!(progress.waiting_for(epoch), None);
+        drop(tx);
+    }
+
     /// A body fed by hand: frames pushed into a channel, never ending on its own.
     fn futures_channel_body() -> (Feeder, Body) {
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<Bytes>();
@@ -267,24 +337,38 @@ mod tests {
     }
 }
 
-/// An upstream body that fails when no data arrives for `idle`: a stalled upstream must not
-/// hold a client (and its in-flight slot) forever.
+/// A body that fails when no data arrives for `idle`: a stalled upstream, or a client that
+/// declared a body and stopped sending it, must not hold the other side (and an in-flight
+/// slot) forever. The error reaches whoever reads the body: for a response, hyper then ends the
+/// transfer as an error the client sees (HTTP/1.1: connection closed before the declared length
+/// or the last chunk; HTTP/2: `RST_STREAM`), never as a silently short body.
 pub struct IdleTimeout {
     inner: Body,
     idle: std::time::Duration,
+    side: &'static str,
+    /// Told when a request body stalls, so the gateway answers 408 rather than 502.
+    stats: Option<std::sync::Arc<BodyStats>>,
     /// Armed only once the body has to wait: most small answers arrive whole and never need it.
     timer: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
 }
 
-/// The upstream stopped sending mid-body.
+/// The sender stopped sending mid-body.
 #[derive(Debug, thiserror::Error)]
-#[error("upstream body stalled for {0:?}")]
-pub struct BodyStalled(std::time::Duration);
+#[error("{side} body stalled for {idle:?}")]
+pub struct BodyStalled {
+    side: &'static str,
+    idle: std::time::Duration,
+}
 
 impl IdleTimeout {
-    /// Wraps `inner`; each frame that arrives restarts the clock.
+    /// Wraps an upstream body `inner`; each frame that arrives restarts the clock.
     pub fn new(inner: Body, idle: std::time::Duration) -> Self {
-        IdleTimeout { inner, idle, timer: None }
+        IdleTimeout { inner, idle, side: "upstream", stats: None, timer: None }
+    }
+
+    /// Wraps a client's request body; a stall is recorded in `stats`.
+    pub fn request(inner: Body, idle: std::time::Duration, stats: std::sync::Arc<BodyStats>) -> Self {
+        IdleTimeout { inner, idle, side: "request", stats: Some(stats), timer: None }
     }
 
     /// As the gateway's body type.
@@ -312,7 +396,19 @@ impl http_body::Body for IdleTimeout {
                 let idle = this.idle;
                 let timer = this.timer.get_or_insert_with(|| Box::pin(tokio::time::sleep(idle)));
                 match timer.as_mut().poll(cx) {
-                    std::task::Poll::Ready(()) => std::task::Poll::Ready(Some(Err(Box::new(BodyStalled(idle))))),
+                    std::task::Poll::Ready(()) => {
+                        this.timer = None;
+                        if let Some(stats) = &this.stats {
+                            stats.set_timed_out();
+                        }
+                        if this.stats.is_some() {
+                            tracing::debug!(?idle, "request body stalled; answering 408");
+                        } else {
+                            // A sick upstream is the operator's business; a slow client is not.
+                            tracing::warn!(?idle, "upstream body stalled; the transfer to the client is cut");
+                        }
+                        std::task::Poll::Ready(Some(Err(Box::new(BodyStalled { side: this.side, idle }))))
+                    }
                     std::task::Poll::Pending => std::task::Poll::Pending,
                 }
             }
@@ -325,5 +421,167 @@ impl http_body::Body for IdleTimeout {
 
     fn size_hint(&self) -> http_body::SizeHint {
         self.inner.size_hint()
+    }
+}
+
+/// Whether a response body's consumer (hyper, on behalf of the client) has left the last frame
+/// it was given untaken, and since when: hyper asks for the next frame as soon as it has sent
+/// one, unless the client does not take it (a full socket, or an HTTP/2 stream without
+/// flow-control credit). The listener polls this to cut answers nobody reads.
+#[derive(Debug, Default)]
+pub struct SendProgress {
+    /// Milliseconds since the connection's epoch, plus one; 0: not waiting for the consumer.
+    waiting_since: std::sync::atomic::AtomicU64,
+}
+
+impl SendProgress {
+    /// How long the consumer has left the last frame untaken (`None`: it is not waiting on
+    /// the consumer, but on the upstream, or done).
+    pub fn waiting_for(&self, epoch: std::time::Instant) -> Option<std::time::Duration> {
+        match self.waiting_since.load(std::sync::atomic::Ordering::Relaxed) {
+            0 => None,
+            since => Some(epoch.elapsed().saturating_sub(std::time::Duration::from_millis(since - 1))),
+        }
+    }
+}
+
+/// A response body that keeps its [`SendProgress`] up to date.
+pub struct SendWatch {
+    inner: Body,
+    progress: std::sync::Arc<SendProgress>,
+    epoch: std::time::Instant,
+}
+
+impl SendWatch {
+    /// Wraps `inner`; times are measured from `epoch`.
+    pub fn new(inner: Body, progress: std::sync::Arc<SendProgress>, epoch: std::time::Instant) -> Self {
+        SendWatch { inner, progress, epoch }
+    }
+
+    /// As the gateway's body type.
+    pub fn into_body(self) -> Body {
+        self.boxed_unsync()
+    }
+}
+
+impl http_body::Body for SendWatch {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, BoxError>>> {
+        use std::sync::atomic::Ordering::Relaxed;
+        // Asked again: the consumer took the last frame.
+        self.progress.waiting_since.store(0, Relaxed);
+        let polled = std::pin::Pin::new(&mut self.inner).poll_frame(cx);
+        if let std::task::Poll::Ready(Some(Ok(frame))) = &polled {
+            if frame.data_ref().is_some_and(|d| !d.is_empty()) {
+                let ms = u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX - 1);
+                self.progress.waiting_since.store(ms + 1, Relaxed);
+            }
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// A client connection whose writes fail once the client has accepted no bytes for `limit`:
+/// a client that stops reading its answer (its socket buffers full) must not hold the
+/// connection, the upstream transfer and an in-flight slot forever. Each write that makes
+/// progress restarts the clock; an idle connection (nothing to write) is never affected.
+pub struct SendTimeout<I> {
+    io: I,
+    limit: std::time::Duration,
+    timer: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl<I> SendTimeout<I> {
+    /// Wraps `io`.
+    pub fn new(io: I, limit: std::time::Duration) -> Self {
+        SendTimeout { io, limit, timer: None }
+    }
+
+    /// Maps a write's outcome: progress disarms the timer, a wait arms it, and a wait past the
+    /// limit becomes a `TimedOut` error (hyper then closes the connection).
+    fn guard<T>(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+        polled: std::task::Poll<std::io::Result<T>>,
+    ) -> std::task::Poll<std::io::Result<T>> {
+        if polled.is_ready() {
+            self.timer = None;
+            return polled;
+        }
+        let limit = self.limit;
+        let timer = self.timer.get_or_insert_with(|| Box::pin(tokio::time::sleep(limit)));
+        match timer.as_mut().poll(cx) {
+            std::task::Poll::Ready(()) => {
+                self.timer = None;
+                tracing::debug!(?limit, "the client accepted no response bytes in time; closing its connection");
+                std::task::Poll::Ready(Err(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "the client accepted no response bytes within server.send_timeout",
+                )))
+            }
+            std::task::Poll::Pending => std::task::Poll::Pending,
+        }
+    }
+}
+
+impl<I: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for SendTimeout<I> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl<I: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for SendTimeout<I> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        let polled = std::pin::Pin::new(&mut self.io).poll_write(cx, buf);
+        self.guard(cx, polled)
+    }
+
+    fn poll_write_vectored(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        let polled = std::pin::Pin::new(&mut self.io).poll_write_vectored(cx, bufs);
+        self.guard(cx, polled)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let polled = std::pin::Pin::new(&mut self.io).poll_flush(cx);
+        self.guard(cx, polled)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.io).poll_shutdown(cx)
     }
 }

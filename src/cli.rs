@@ -113,8 +113,11 @@ fn run(cli: Cli) -> ExitCode {
             anyhow::bail!("no config: pass --config PATH (or set PALETTE_GATEWAY_CONFIG), or try --demo");
         };
         let env: Arc<dyn Environment> = Arc::new(ProcessEnv);
-        let config =
-            config::load(&path, &*env).map_err(|e| anyhow::anyhow!("invalid config {}:\n{e}", path.display()))?;
+        // Reading files (and building TLS configs) blocks: not on a runtime thread.
+        let (p, e) = (path.clone(), env.clone());
+        let config = tokio::task::spawn_blocking(move || config::load(&p, &*e))
+            .await?
+            .map_err(|e| anyhow::anyhow!("invalid config {}:\n{e}", path.display()))?;
         init_tracing(&config.log);
         crate::app::run(path, config, env).await
     });
@@ -138,8 +141,21 @@ pub fn new_key() -> String {
 fn init_tracing(log: &LogConfig) {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&log.level));
+    let filter = quiet_watcher(filter);
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     let _ = if log.json { builder.json().flatten_event(true).try_init() } else { builder.try_init() };
+}
+
+/// The file watcher (`notify`) logs every file-system event in the watched directories at
+/// trace level. When the log itself is written in one of them (stderr redirected next to the
+/// config), each line is an event, whose trace line is another event: an idle gateway would
+/// write its log as fast as the disk allows. Those lines are capped at debug, whatever the
+/// filter says (replacing, not adding to, a `notify=...` directive the operator gave).
+fn quiet_watcher(filter: tracing_subscriber::EnvFilter) -> tracing_subscriber::EnvFilter {
+    ["notify=debug", "notify::inotify=debug", "notify::kqueue=debug", "notify::fsevent=debug"]
+        .into_iter()
+        .filter_map(|d| d.parse().ok())
+        .fold(filter, |f, d| f.add_directive(d))
 }
 
 #[cfg(test)]

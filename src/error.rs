@@ -42,6 +42,9 @@ pub enum GatewayError {
     /// A rate limit (the client's, the global one, or the upstream budget) refused the request.
     #[error("client {client} is over the {limit} rate limit ({rate}); retry after {retry_after}s")]
     RateLimited { client: String, limit: &'static str, rate: String, retry_after: u64 },
+    /// The client did not send its request body within `request_body_timeout`.
+    #[error("the request body did not arrive within {0} (server.request_body_timeout)")]
+    RequestTimeout(String),
     /// The request body is larger than `max_request_body`.
     #[error("request body larger than {0} bytes")]
     PayloadTooLarge(u64),
@@ -80,6 +83,7 @@ impl GatewayError {
             GatewayError::CredentialEndpointForbidden { .. } => (StatusCode::FORBIDDEN, "Forbidden"),
             GatewayError::ProjectForbidden { .. } => (StatusCode::FORBIDDEN, "ProjectForbidden"),
             GatewayError::RateLimited { .. } => (StatusCode::TOO_MANY_REQUESTS, "TooManyRequests"),
+            GatewayError::RequestTimeout(_) => (StatusCode::REQUEST_TIMEOUT, "RequestTimeout"),
             GatewayError::PayloadTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "RequestEntityTooLarge"),
             GatewayError::Overloaded(_) => (StatusCode::SERVICE_UNAVAILABLE, "Overloaded"),
             GatewayError::CredentialUnavailable { .. } => (StatusCode::SERVICE_UNAVAILABLE, "CredentialUnavailable"),
@@ -103,6 +107,7 @@ impl GatewayError {
             | GatewayError::BadRequest(_)
             | GatewayError::MethodNotAllowed(_)
             | GatewayError::RateLimited { .. }
+            | GatewayError::RequestTimeout(_)
             | GatewayError::PayloadTooLarge(_)
             | GatewayError::Overloaded(_)
             | GatewayError::CredentialUnavailable { .. }
@@ -186,6 +191,7 @@ mod tests {
                 503,
                 "CredentialUnavailable",
             ),
+            (GatewayError::RequestTimeout("30s".into()), 408, "RequestTimeout"),
             (GatewayError::UpstreamUnavailable("x".into()), 502, "UpstreamUnavailable"),
             (GatewayError::UpstreamTimeout("5s".into()), 504, "UpstreamTimeout"),
             (GatewayError::UpstreamError("x".into()), 502, "UpstreamError"),

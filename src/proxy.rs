@@ -384,6 +384,10 @@ async fn process(
     if declared.is_some_and(|n| n > max_body) {
         return Err(GatewayError::PayloadTooLarge(max_body));
     }
+    // A body that stops arriving fails after request_body_timeout (408), buffered or streamed,
+    // so a declared-but-unsent body never holds an in-flight slot.
+    let body_timeout = rt.config.server.limits.request_body_timeout;
+    let body = body::IdleTimeout::request(body, body_timeout, stats.clone()).into_body();
     let body = http_body_util::BodyExt::boxed_unsync(body::Capped::new(body, max_body, stats.clone()));
     // HTTP/2 always carries :authority; in HTTP/1 an authority means absolute-form, which a
     // reverse proxy must not follow to another host.
@@ -521,7 +525,11 @@ impl Exchange<'_> {
         // and idempotent methods (Palette's 429 → retry).
         let idempotent = matches!(self.head.method, Method::GET | Method::HEAD | Method::PUT | Method::DELETE);
         let token = matches!(credential, UpstreamCredential::Token(_));
-        let (first, replay) = if token || idempotent { replayable(body).await? } else { (Some(body), None) };
+        let (first, replay) = if token || idempotent {
+            replayable(body, self.rt.config.server.limits.request_body_timeout, self.stats).await?
+        } else {
+            (Some(body), None)
+        };
         let mut sends = Sends { first, replay, count: 0 };
         let deadline = tokio::time::Instant::now() + self.rt.budget.max_wait();
         let mut secrets: Vec<crate::config::Secret> = Vec::new();
@@ -682,10 +690,12 @@ impl Exchange<'_> {
             Err(_) => "error".into(),
         };
         self.metrics.upstream_duration.with_label_values(&[prefix, &code]).observe(started.elapsed().as_secs_f64());
-        let idle = self.rt.config.upstream.request_timeout;
+        let idle = self.rt.config.upstream.body_idle_timeout;
         match result {
-            // A body that stalls for request_timeout fails instead of holding the client forever.
+            // A body that stalls for body_idle_timeout fails instead of holding the client forever.
             Ok(resp) => Ok(resp.map(|b| body::IdleTimeout::new(body::boxed(b), idle).into_body())),
+            // The upstream call failed because the client stopped sending its body.
+            Err(_) if self.stats.timed_out() => Err(request_timeout(self.rt)),
             // The upstream call failed because the client's body went past the limit.
             Err(_) if self.stats.tripped() => {
                 Err(GatewayError::PayloadTooLarge(self.rt.config.server.limits.max_request_body))
@@ -738,20 +748,37 @@ fn build(
 }
 
 /// Buffers a body of at most [`REPLAY_LIMIT`] bytes (known from its length) so it can be sent
-/// again; larger or unknown-length bodies stream once (`None` replay).
-async fn replayable(body: Body) -> Result<(Option<Body>, Option<Bytes>), GatewayError> {
+/// again; larger or unknown-length bodies stream once (`None` replay). The whole body must
+/// arrive within `deadline` (408 otherwise): a client that declares a body and never sends it
+/// gives back its in-flight slot.
+async fn replayable(
+    body: Body,
+    deadline: std::time::Duration,
+    stats: &body::BodyStats,
+) -> Result<(Option<Body>, Option<Bytes>), GatewayError> {
     if body.is_end_stream() {
         return Ok((None, Some(Bytes::new())));
     }
     match body.size_hint().upper() {
         Some(n) if n <= REPLAY_LIMIT => {
-            let bytes = body::collect_limited(body, REPLAY_LIMIT as usize)
-                .await
-                .map_err(|e| GatewayError::BadRequest(format!("reading the request body: {e}")))?;
-            Ok((None, Some(bytes)))
+            let read = tokio::time::timeout(deadline, body::collect_limited(body, REPLAY_LIMIT as usize)).await;
+            match read {
+                Ok(Ok(bytes)) => Ok((None, Some(bytes))),
+                Err(_) => Err(timeout_after(deadline)),
+                Ok(Err(_)) if stats.timed_out() => Err(timeout_after(deadline)),
+                Ok(Err(e)) => Err(GatewayError::BadRequest(format!("reading the request body: {e}"))),
+            }
         }
         _ => Ok((Some(body), None)),
     }
+}
+
+fn timeout_after(d: std::time::Duration) -> GatewayError {
+    GatewayError::RequestTimeout(humantime::format_duration(d).to_string())
+}
+
+fn request_timeout(rt: &Runtime) -> GatewayError {
+    timeout_after(rt.config.server.limits.request_body_timeout)
 }
 
 #[cfg(test)]

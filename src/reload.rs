@@ -32,7 +32,7 @@ pub fn spawn(
         let (tx, mut rx) = mpsc::unbounded_channel::<()>();
         let mut watched = watched;
         let mut watcher = watch(&watched, tx.clone());
-        let mut fingerprint = fingerprint_of(&watched);
+        let mut fingerprint = fingerprint_off_runtime(&watched).await;
         let mut hup = hangup();
         loop {
             let by_signal = tokio::select! {
@@ -48,18 +48,21 @@ pub fn spawn(
                     _ = tokio::time::sleep(DEBOUNCE) => {}
                 }
                 while rx.try_recv().is_ok() {}
-                if fingerprint_of(&watched) == fingerprint {
+                if fingerprint_off_runtime(&watched).await == fingerprint {
                     continue;
                 }
             }
-            let _ = gateway.reload(&path, &*env);
+            // Reading and validating files (and building TLS configs) blocks: keep it off the
+            // threads that serve requests.
+            let (g, p, e) = (gateway.clone(), path.clone(), env.clone());
+            let _ = tokio::task::spawn_blocking(move || g.reload(&p, &*e)).await;
             // The new config may name other files (a new secret file): watch those too.
             let now_watched = gateway.runtime().load().config.watched_files(&path);
             if now_watched != watched {
                 watched = now_watched;
                 watcher = watch(&watched, tx.clone());
             }
-            fingerprint = fingerprint_of(&watched);
+            fingerprint = fingerprint_off_runtime(&watched).await;
         }
         drop(watcher);
     })
@@ -101,12 +104,23 @@ fn watch(files: &[PathBuf], tx: mpsc::UnboundedSender<()>) -> Option<notify::Rec
     Some(watcher)
 }
 
-/// A hash of every watched file's content (missing files hash as empty).
+/// [`fingerprint_of`] on the blocking pool.
+async fn fingerprint_off_runtime(files: &[PathBuf]) -> Vec<u8> {
+    let files = files.to_vec();
+    tokio::task::spawn_blocking(move || fingerprint_of(&files)).await.unwrap_or_default()
+}
+
+/// A hash of every watched file's content, read as the config loader reads it (regular files,
+/// bounded): a file that cannot be read hashes as its error, so a FIFO or an oversized file
+/// put in place still counts as a change, and the reload names the problem.
 fn fingerprint_of(files: &[PathBuf]) -> Vec<u8> {
     let mut h = Sha256::new();
     for f in files {
         h.update(f.as_os_str().as_encoded_bytes());
-        h.update(std::fs::read(f).unwrap_or_default());
+        match crate::config::secret::read_bounded(f, crate::config::secret::MAX_FILE_BYTES) {
+            Ok(text) => h.update(text.as_bytes()),
+            Err(e) => h.update(format!("\0error: {e}").as_bytes()),
+        }
     }
     h.finalize().to_vec()
 }

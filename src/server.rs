@@ -126,9 +126,10 @@ where
     let activity = Arc::new(Activity::new());
     let peer = conn.peer;
     let svc = ConnService { inner: service, conn, activity: activity.clone() };
+    let io = body::SendTimeout::new(io, limits.send_timeout);
     let connection = builder.serve_connection(TokioIo::new(io), svc);
     tokio::pin!(connection);
-    let tick = (limits.idle_timeout / 4).max(Duration::from_millis(50));
+    let tick = (limits.idle_timeout / 4).min(limits.send_timeout / 4).max(Duration::from_millis(50));
     let mut closing = false;
     loop {
         tokio::select! {
@@ -142,8 +143,14 @@ where
                 closing = true;
                 connection.as_mut().graceful_shutdown();
             }
-            _ = tokio::time::sleep(tick), if !closing => {
-                if activity.idle_for() >= limits.idle_timeout {
+            _ = tokio::time::sleep(tick) => {
+                // An answer the client takes no bytes of (an HTTP/2 stream it grants no credit:
+                // its socket never fills, so `SendTimeout` cannot see it) ends the connection.
+                if activity.stalled(limits.send_timeout) {
+                    tracing::debug!(%peer, "the client took no bytes of an answer within send_timeout; closing");
+                    return;
+                }
+                if !closing && activity.idle_for() >= limits.idle_timeout {
                     closing = true;
                     connection.as_mut().graceful_shutdown();
                 }
@@ -157,11 +164,32 @@ struct Activity {
     started: Instant,
     inflight: AtomicUsize,
     last_ms: AtomicU64,
+    /// The answers still being sent (dropped ones fall away).
+    sending: std::sync::Mutex<Vec<std::sync::Weak<body::SendProgress>>>,
 }
 
 impl Activity {
     fn new() -> Self {
-        Activity { started: Instant::now(), inflight: AtomicUsize::new(0), last_ms: AtomicU64::new(0) }
+        Activity {
+            started: Instant::now(),
+            inflight: AtomicUsize::new(0),
+            last_ms: AtomicU64::new(0),
+            sending: std::sync::Mutex::default(),
+        }
+    }
+
+    /// Watches an answer's body for a client that stops taking it.
+    fn watch(&self, b: Body) -> Body {
+        let progress = Arc::new(body::SendProgress::default());
+        self.sending.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(Arc::downgrade(&progress));
+        body::SendWatch::new(b, progress, self.started).into_body()
+    }
+
+    /// Whether an answer has waited on the client for `limit` or longer.
+    fn stalled(&self, limit: Duration) -> bool {
+        let mut sending = self.sending.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        sending.retain(|w| w.strong_count() > 0);
+        sending.iter().filter_map(std::sync::Weak::upgrade).any(|p| p.waiting_for(self.started) >= Some(limit))
     }
 
     fn touch(&self) {
@@ -258,6 +286,10 @@ impl hyper::service::Service<Request<Incoming>> for ConnService {
             Ok(resp.map(move |b| {
                 let mut guard = guard;
                 let activity = guard.0.take();
+                let b = match &activity {
+                    Some(a) => a.watch(b),
+                    None => b,
+                };
                 Tracked::new(
                     b,
                     Box::new(move |_, _| {

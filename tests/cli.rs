@@ -71,3 +71,46 @@ fn run_without_config_fails_clearly() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("--config"));
 }
+
+/// `check` refuses what the gateway would refuse or panic on, each by its field: an API key with
+/// a second line, a duration of 400000000000 years, a rate too slow for any limiter, a burst of
+/// four billion, a secret file that is a FIFO. Running the gateway on the same file fails the
+/// same way at once (exit 1, no panic, no hang).
+#[test]
+fn check_fails_exactly_when_the_gateway_would() {
+    let dir = std::env::temp_dir().join(format!("pgw-cli-truth-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    assert!(Command::new("mkfifo").arg(dir.join("fifo-key")).status().unwrap().success());
+    let path = dir.join("bad.toml");
+    std::fs::write(
+        &path,
+        "[upstream]\nurl = \"http://127.0.0.1:1\"\n[upstream.limits]\nmax_wait = \"400000000000years\"\n\
+         [credentials.default]\napi_key_env = \"PGW_TEST_KEY\"\n[credentials.f]\napi_key_file = \"fifo-key\"\n\
+         [[clients]]\nname = \"a\"\nrate_limit = { per_second = 1e-12, burst = 4000000000 }\n",
+    )
+    .unwrap();
+    let wants = [
+        "upstream.limits.max_wait: must be at most 1 day",
+        "credentials.default.api_key_env: environment variable PGW_TEST_KEY has a control character",
+        "credentials.f.api_key_file: cannot read",
+        "not a regular file",
+        "clients[0].rate_limit.per_second: must be a number from 0.001",
+    ];
+    for args in [&["check", "--config"][..], &["--config"][..]] {
+        let out = Command::new(BIN)
+            .args(args)
+            .arg(&path)
+            .env("PGW_TEST_KEY", "key-one\nkey-two")
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(1), "{args:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        for want in wants {
+            assert!(err.contains(want), "{args:?}: {want}\n{err}");
+        }
+        assert!(!err.contains("panicked"), "{err}");
+        assert!(!err.contains("key-one"), "the secret itself is never printed: {err}");
+    }
+}

@@ -69,6 +69,7 @@ idle_timeout = "{idle}"
 url = "{upstream_url}"
 connect_timeout = "{connect}"
 request_timeout = "{request_timeout}"
+body_idle_timeout = "{request_timeout}"
 
 [upstream.limits]
 preset = "none"

@@ -55,6 +55,7 @@ async fn client_limit_gives_429_with_headers() {
         assert_eq!(r.headers()["ratelimit-limit"], "3");
         assert_eq!(r.headers()["ratelimit-remaining"], remaining);
         assert!(r.headers().contains_key("ratelimit-reset"));
+        assert_eq!(r.headers()["ratelimit-policy"], "3;w=6;name=\"client\"");
     }
     let r = h.http.get(h.url("/v1/packs")).header("ApiKey", ADMIN_KEY).send().await.unwrap();
     assert_eq!(r.status(), 429);
@@ -74,15 +75,22 @@ async fn client_limit_gives_429_with_headers() {
     assert_eq!(metric(&m, "palette_gateway_rate_limited_total", &[("client", "admin"), ("limit", "client")]), 1.0);
 }
 
-/// The global limit spans clients.
+/// The global limit spans clients. A client without a limit of its own sees the global limit
+/// in its `RateLimit-*` headers, named by `RateLimit-Policy`.
 #[tokio::test]
 async fn global_limit_spans_clients() {
     let rules = format!("[rate_limit]\nglobal = {{ per_second = 0.5, burst = 2 }}\n{}", standard_rules());
     let h = Harness::start(standard_fake(), NO_BUDGET, &rules).await;
-    assert_eq!(h.http.get(h.url("/v1/packs")).header("ApiKey", ADMIN_KEY).send().await.unwrap().status(), 200);
+    let r = h.http.get(h.url("/v1/packs")).header("ApiKey", ADMIN_KEY).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["ratelimit-limit"], "2");
+    assert_eq!(r.headers()["ratelimit-remaining"], "1");
+    assert_eq!(r.headers()["ratelimit-policy"], "2;w=4;name=\"global\"");
     assert_eq!(h.http.get(h.url("/v1/packs")).header("ApiKey", CI_KEY).send().await.unwrap().status(), 200);
     let r = h.http.get(h.url("/v1/packs")).header("ApiKey", ADMIN_KEY).send().await.unwrap();
     assert_eq!(r.status(), 429);
+    assert_eq!(r.headers()["ratelimit-remaining"], "0");
+    assert_eq!(r.headers()["ratelimit-policy"], "2;w=4;name=\"global\"");
     let v: serde_json::Value = r.json().await.unwrap();
     assert!(v["message"].as_str().unwrap().contains("global rate limit"));
     let (_, m) = h.metrics().await;

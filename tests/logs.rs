@@ -422,3 +422,86 @@ async fn abandoned_requests_are_still_logged() {
     assert_eq!((audit["client"].as_str(), audit["outcome"].as_str()), (Some("admin"), Some("failure")), "{audit}");
     assert_eq!(audit["path"], "/v1/__fake/slow/1500");
 }
+
+#[path = "support/faulty.rs"]
+mod faulty;
+
+/// An upstream body that pauses longer than `upstream.body_idle_timeout` is cut as an error the
+/// client sees, never a silently short body: over HTTP/1.1 the connection closes before the
+/// declared `Content-Length`, over HTTP/2 the stream is reset; the access log says
+/// `complete: false` with the bytes that did go out.
+#[tokio::test]
+async fn upstream_body_stall_is_an_error_for_h1_and_h2_clients_and_in_the_access_log() {
+    let cap = capture();
+    let up = faulty::FaultyUpstream::start(faulty::Mode::StallMidBody).await;
+    let text = gateway_config(
+        &up.url(),
+        "body_idle_timeout = \"1s\"\n[upstream.limits]\npreset = \"none\"\n",
+        &standard_rules(),
+    )
+    .replace("request_timeout = \"5s\"", "request_timeout = \"30s\"");
+    let cfg = palette_gateway::config::load_str(&text, std::path::Path::new("."), &standard_env()).unwrap();
+    let gw = palette_gateway::app::RunningGateway::start(cfg).await.unwrap();
+
+    // HTTP/1.1, raw: the head promises 100000 bytes, 1000 come, then the connection closes.
+    let req = raw_get("/v1/users", &[("ApiKey", ADMIN_KEY), ("X-Request-Id", "stall-h1-raw")]);
+    let started = std::time::Instant::now();
+    let r = raw_request(gw.proxy_addr, &req).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("content-length").as_deref(), Some("100000"));
+    assert_eq!(r.body.len(), faulty::PARTIAL_LEN, "the body is cut short, with the connection closed");
+    assert!(started.elapsed() < Duration::from_secs(5), "cut after the idle limit, not request_timeout");
+
+    // HTTP/1.1 and HTTP/2 clients both see the body fail.
+    let h2 = reqwest::Client::builder().no_proxy().http2_prior_knowledge().build().unwrap();
+    for (http, rid) in [(client(), "stall-h1"), (h2, "stall-h2")] {
+        let mut resp = http
+            .get(format!("http://{}/v1/users", gw.proxy_addr))
+            .header("ApiKey", ADMIN_KEY)
+            .header("X-Request-Id", rid)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        let mut got = 0;
+        let ended = tokio::time::timeout(Duration::from_secs(10), async {
+            loop {
+                match resp.chunk().await {
+                    Ok(Some(c)) => got += c.len(),
+                    other => return other.map(|_| ()),
+                }
+            }
+        })
+        .await
+        .expect("the stalled body ends");
+        assert!(ended.is_err(), "{rid}: the body ended cleanly after {got} bytes: the client cannot tell");
+        assert_eq!(got, faulty::PARTIAL_LEN, "{rid}");
+    }
+
+    // A chunked answer (Palette echoing an upload that stopped) that stalls: the connection
+    // closes without the terminating chunk.
+    let echo =
+        Harness::start(standard_fake(), &format!("body_idle_timeout = \"1s\"\n{NO_BUDGET}"), &standard_rules()).await;
+    let mut s = tokio::net::TcpStream::connect(echo.gateway.proxy_addr).await.unwrap();
+    let head = format!(
+        "POST /v1/__fake/echo-body HTTP/1.1\r\nHost: x\r\nApiKey: {ADMIN_KEY}\r\nX-Request-Id: stall-chunked\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n"
+    );
+    tokio::io::AsyncWriteExt::write_all(&mut s, head.as_bytes()).await.unwrap();
+    let mut got = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(10), tokio::io::AsyncReadExt::read_to_end(&mut s, &mut got));
+    assert!(read.await.is_ok(), "the stalled chunked answer ends");
+    let got = String::from_utf8_lossy(&got).to_ascii_lowercase();
+    assert!(got.starts_with("http/1.1 200") && got.contains("transfer-encoding: chunked"), "{got}");
+    assert!(got.contains("hello"), "{got}");
+    assert!(!got.ends_with("0\r\n\r\n"), "a terminating chunk marks the cut body complete: {got}");
+
+    for rid in ["stall-h1-raw", "stall-h1", "stall-h2", "stall-chunked"] {
+        let e = cap.wait(ACCESS, rid).await;
+        assert_eq!(e.len(), 1, "{rid}: {e:?}");
+        assert_eq!(e[0]["status"], 200, "{rid}");
+        assert_eq!(e[0]["complete"], false, "{rid}: {}", e[0]);
+        if rid != "stall-chunked" {
+            assert_eq!(num(&e[0]["bytes_out"]), faulty::PARTIAL_LEN as f64, "{rid}");
+        }
+    }
+}

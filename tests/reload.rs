@@ -547,3 +547,105 @@ async fn watcher_follows_secret_files_added_by_a_reload() {
     w.stop().await;
     assert!(rotated, "rotating the new secret file never took effect");
 }
+
+/// A secret file replaced by something that is not a one-line secret is refused on reload, as
+/// `check` and start-up refuse it, and never hangs the watcher: a FIFO nobody writes, a file
+/// over the size bound, a key with a second line. The old key keeps serving throughout, and a
+/// good key written afterwards is picked up.
+#[tokio::test]
+async fn bad_secret_files_are_refused_on_reload_without_hanging() {
+    let fake_cfg = palette_gateway::fake_palette::FakePaletteConfig {
+        api_keys: vec![PALETTE_KEY.into(), ROTATED_KEY.into()],
+        ..standard_fake()
+    };
+    let dir = scratch_dir("reload-bad-secret");
+    let key = dir.join("palette.key");
+    std::fs::write(&key, format!("{PALETTE_KEY}\n")).unwrap();
+    let rules = standard_rules().replace("api_key_env = \"PALETTE_API_KEY\"", "api_key_file = \"palette.key\"");
+    let fake = TrackedFake(palette_gateway::fake_palette::FakePalette::start(fake_cfg).await.unwrap());
+    let path = dir.join("gateway.toml");
+    std::fs::write(&path, server_config(&fake.url(), "", NO_BUDGET, &rules)).unwrap();
+    let g = FileGateway::from_file(fake, dir.clone(), path.clone()).await;
+    let FileGateway { fake, gateway, base, http, .. } = g;
+    let w = Watched::spawn(gateway, &path);
+    let url = format!("{base}/v1/users");
+    // The watcher is up once a harmless change (same key, other whitespace) has been reloaded.
+    let up = change_until(
+        |round| write_atomically(&key, &format!("{PALETTE_KEY}{}", "\n".repeat(round as usize + 2))),
+        || async { w.reloads("ok") >= 1 },
+    )
+    .await;
+    assert!(up, "the watcher never reloaded");
+    let fifo = dir.join("fifo.tmp");
+    assert!(std::process::Command::new("mkfifo").arg(&fifo).status().unwrap().success());
+    type Change<'a> = Box<dyn Fn() + 'a>;
+    let bad: [(&str, Change); 3] = [
+        ("a FIFO", Box::new(|| std::fs::rename(&fifo, &key).unwrap())),
+        ("a 2 MiB file", Box::new(|| write_atomically(&key, &"k".repeat(2 * 1024 * 1024)))),
+        ("a key with a second line", Box::new(|| write_atomically(&key, &format!("{PALETTE_KEY}\n{ROTATED_KEY}\n")))),
+    ];
+    for (n, (what, change)) in bad.iter().enumerate() {
+        change();
+        let refused = eventually(Duration::from_secs(5), || async { w.reloads("error") > n as u64 }).await;
+        assert!(refused, "{what}: the reload was not refused (or the watcher hangs)");
+        let started = Instant::now();
+        assert_eq!(status(&http, &url, ADMIN_KEY).await, 200, "{what}");
+        assert!(started.elapsed() < Duration::from_secs(1), "{what}: serving slowed down");
+        assert_eq!(fake.requests().last().unwrap().headers["apikey"], PALETTE_KEY, "{what}: the old key serves");
+    }
+    write_atomically(&key, &format!("{ROTATED_KEY}\n"));
+    let rotated = eventually(Duration::from_secs(5), || async {
+        status(&http, &url, ADMIN_KEY).await == 200
+            && fake.requests().last().is_some_and(|r| r.headers["apikey"] == ROTATED_KEY)
+    })
+    .await;
+    assert!(rotated, "a good key after the bad ones is used");
+    w.stop().await;
+}
+
+/// With `RUST_LOG=trace` and the log written next to the config (as a container's redirected
+/// stderr often is), an idle gateway stays quiet: its log writes must not wake the config
+/// watcher, whose own trace lines would be written there again, in a loop. A change to the
+/// config is still reloaded.
+#[tokio::test]
+async fn trace_logging_next_to_the_config_does_not_feed_the_watcher() {
+    let fake = TrackedFake(palette_gateway::fake_palette::FakePalette::start(standard_fake()).await.unwrap());
+    let dir = scratch_dir("reload-trace-log");
+    let path = dir.join("gateway.toml");
+    let rules = format!(
+        "[credentials.default]\napi_key_env = \"PALETTE_API_KEY\"\n[[clients]]\nname = \"admin\"\nkeys = [\"{}\"]\n",
+        key_hash_string(ADMIN_KEY)
+    );
+    let text = server_config(&fake.url(), "", NO_BUDGET, &rules);
+    std::fs::write(&path, &text).unwrap();
+    let log = dir.join("gateway.log");
+    for filter in ["trace", "info,notify=trace"] {
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_palette-gateway"))
+            .arg("--config")
+            .arg(&path)
+            .env("RUST_LOG", filter)
+            .env("PALETTE_API_KEY", PALETTE_KEY)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        let read = || std::fs::read_to_string(&log).unwrap_or_default();
+        let size = || std::fs::metadata(&log).map(|m| m.len()).unwrap_or(0);
+        let listening = eventually(Duration::from_secs(10), || async { read().contains("palette-gateway listening") });
+        assert!(listening.await, "{filter}: the gateway did not start:\n{}", read());
+        // Let start-up settle, then measure two seconds of idling.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let before = size();
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let grown = size() - before;
+        let reloaded = {
+            write_atomically(&path, &format!("{text}\n# changed\n"));
+            eventually(Duration::from_secs(5), || async { read().contains("config reloaded") }).await
+        };
+        let _ = child.kill();
+        let _ = child.wait();
+        assert!(grown < 64 * 1024, "{filter}: an idle gateway wrote {grown} bytes of log in 2 s");
+        assert!(reloaded, "{filter}: the config change was not reloaded");
+        std::fs::write(&path, &text).unwrap();
+    }
+}

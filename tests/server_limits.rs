@@ -297,3 +297,163 @@ async fn h2_header_block_over_max_header_bytes_is_431() {
     }
     assert_eq!(forwarded(&g).len(), 1, "only the request within the limit was forwarded");
 }
+
+/// Four clients that declare `Content-Length: 10` and never send the body hold every in-flight
+/// slot only until `request_body_timeout`: then each gets 408 `RequestTimeout` and everyone
+/// else is served again. Both buffered bodies (PUT, replayable) and token-credential bodies.
+#[tokio::test]
+async fn declared_but_unsent_bodies_get_408_and_free_their_slots() {
+    let g = gateway("limits-408-unsent", "max_inflight_requests = 4\nrequest_body_timeout = \"1s\"\n").await;
+    let mut held = Vec::new();
+    for (method, key) in [("PUT", ADMIN_KEY), ("PUT", ADMIN_KEY), ("DELETE", ADMIN_KEY), ("POST", BOT_KEY)] {
+        let mut s = TcpStream::connect(g.gateway.proxy_addr).await.unwrap();
+        let head = format!(
+            "{method} /v1/dashboard/projects/x HTTP/1.1\r\nHost: x\r\nApiKey: {key}\r\nContent-Length: 10\r\n\r\n"
+        );
+        s.write_all(head.as_bytes()).await.unwrap();
+        held.push(s);
+    }
+    let started = Instant::now();
+    assert!(inflight_becomes(&g, 4.0, Duration::from_secs(2)).await, "four bodies are awaited");
+    let r = g.http.get(g.url("/v1/users")).header("ApiKey", ADMIN_KEY).send().await.unwrap();
+    assert_eq!(r.status(), 503, "while the slots are held");
+    for s in &mut held {
+        let r = read_response(s, Duration::from_secs(5)).await.expect("an answer to the stalled body");
+        assert_eq!(r.status, 408, "{}", r.head);
+        assert_eq!(r.json()["code"], "RequestTimeout");
+        assert!(r.json()["message"].as_str().unwrap().contains("request_body_timeout"), "{:?}", r.json());
+    }
+    let took = started.elapsed();
+    assert!(took >= Duration::from_millis(900) && took < Duration::from_secs(4), "answered after {took:?}");
+    assert!(inflight_becomes(&g, 0.0, Duration::from_secs(2)).await, "the slots are free");
+    assert_eq!(g.http.get(g.url("/v1/users")).header("ApiKey", ADMIN_KEY).send().await.unwrap().status(), 200);
+    assert!(forwarded(&g).iter().all(|r| r.path_and_query != "/v1/dashboard/projects/x"), "nothing half-sent");
+}
+
+/// A streamed upload (POST with an API key, not buffered) that stops halfway gets 408 once it
+/// has been silent for `request_body_timeout`, and gives back its slot.
+#[tokio::test]
+async fn stalled_streamed_upload_gets_408() {
+    let g = gateway("limits-408-streamed", "request_body_timeout = \"1s\"\n").await;
+    let mut s = TcpStream::connect(g.gateway.proxy_addr).await.unwrap();
+    let head = format!(
+        "POST /v1/dashboard/projects HTTP/1.1\r\nHost: x\r\nApiKey: {ADMIN_KEY}\r\nContent-Type: application/json\r\nContent-Length: 10\r\n\r\n{{\"a\":"
+    );
+    s.write_all(head.as_bytes()).await.unwrap();
+    let r = read_response(&mut s, Duration::from_secs(5)).await.expect("an answer to the stalled upload");
+    assert_eq!(r.status, 408, "{}", r.head);
+    assert_eq!(r.json()["code"], "RequestTimeout");
+    assert!(inflight_becomes(&g, 0.0, Duration::from_secs(2)).await, "the slot is free");
+}
+
+/// A client that asks for a large download and then stops reading is disconnected once it has
+/// accepted no bytes for `send_timeout`: its in-flight slot and the download from Palette are
+/// released instead of being held for as long as the client keeps the socket open.
+#[tokio::test]
+async fn client_that_stops_reading_is_cut_at_send_timeout() {
+    let g = FileGateway::start(
+        "limits-slow-reader",
+        standard_fake(),
+        "send_timeout = \"1s\"\n",
+        NO_BUDGET,
+        &api_key_rules(),
+    )
+    .await;
+    let mut s = TcpStream::connect(g.gateway.proxy_addr).await.unwrap();
+    s.write_all(&keep_alive_get("/v1/__fake/bytes/200000000", &[("ApiKey", ADMIN_KEY)])).await.unwrap();
+    assert!(inflight_becomes(&g, 1.0, Duration::from_secs(2)).await, "the download is in flight");
+    // The client reads nothing: once the socket buffers are full, the gateway's writes wait.
+    assert!(
+        inflight_becomes(&g, 0.0, Duration::from_secs(15)).await,
+        "a client that stopped reading still holds its in-flight slot"
+    );
+    assert!(upstream_released(&g).await, "the download from Palette went on for a client that stopped reading");
+    // What the client does get is cut short: the connection ends long before 200 MB.
+    let mut got = 0usize;
+    let mut buf = vec![0u8; 256 * 1024];
+    loop {
+        match tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => break,
+            Ok(Ok(n)) => got += n,
+            Err(_) => panic!("the connection stayed open after the send timeout"),
+        }
+    }
+    assert!(got < 200_000_000, "the whole body arrived: {got}");
+    assert_eq!(g.http.get(g.url("/v1/users")).header("ApiKey", ADMIN_KEY).send().await.unwrap().status(), 200);
+}
+
+/// Over HTTP/2 too: a stream whose body never comes (a PUT declaring 10 bytes, buffered, and a
+/// POST streamed upstream) gets 408 `RequestTimeout` after `request_body_timeout`.
+#[tokio::test]
+async fn h2_stalled_request_bodies_get_408() {
+    let g = gateway("limits-408-h2", "request_body_timeout = \"1s\"\n").await;
+    let h2 =
+        reqwest::Client::builder().no_proxy().http2_prior_knowledge().timeout(Duration::from_secs(10)).build().unwrap();
+    for (method, path) in
+        [(reqwest::Method::PUT, "/v1/dashboard/projects/x"), (reqwest::Method::POST, "/v1/dashboard/projects")]
+    {
+        let first: Result<Vec<u8>, std::io::Error> = Ok(b"12345".to_vec());
+        let never = futures_util::stream::pending::<Result<Vec<u8>, std::io::Error>>();
+        let body =
+            reqwest::Body::wrap_stream(futures_util::StreamExt::chain(futures_util::stream::iter([first]), never));
+        let started = Instant::now();
+        let r = h2
+            .request(method.clone(), g.url(path))
+            .header("ApiKey", ADMIN_KEY)
+            .header("Content-Length", "10")
+            .body(body)
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("{method}: no answer over HTTP/2: {e:?}"));
+        assert_eq!(r.version(), reqwest::Version::HTTP_2);
+        assert_eq!(r.status(), 408, "{method}");
+        let took = started.elapsed();
+        assert!(took >= Duration::from_millis(900) && took < Duration::from_secs(4), "{method}: {took:?}");
+        let v: serde_json::Value = r.json().await.unwrap();
+        assert_eq!(v["code"], "RequestTimeout", "{method}");
+    }
+    assert!(inflight_becomes(&g, 0.0, Duration::from_secs(2)).await, "the slots are free");
+}
+
+/// Over HTTP/2 a client that stops reading a download does not fill its socket: it stops
+/// granting flow-control credit. That stalls the answer just the same, and is cut the same way:
+/// after `send_timeout` without progress the connection is closed and the slot released.
+#[tokio::test]
+async fn h2_client_that_stops_reading_is_cut_at_send_timeout() {
+    let g = FileGateway::start(
+        "limits-slow-reader-h2",
+        standard_fake(),
+        "send_timeout = \"1s\"\n",
+        NO_BUDGET,
+        &api_key_rules(),
+    )
+    .await;
+    let h2 = reqwest::Client::builder().no_proxy().http2_prior_knowledge().build().unwrap();
+    let mut r = h2.get(g.url("/v1/__fake/bytes/200000000")).header("ApiKey", ADMIN_KEY).send().await.unwrap();
+    assert_eq!(r.version(), reqwest::Version::HTTP_2);
+    assert_eq!(r.status(), 200);
+    assert!(r.chunk().await.unwrap().is_some(), "the download started");
+    // A slow reader that keeps taking bytes (a pause shorter than send_timeout) is not cut.
+    for _ in 0..5 {
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        assert!(r.chunk().await.unwrap().is_some(), "a slow but steady reader was cut");
+    }
+    // The client holds the answer and reads no more.
+    assert!(
+        inflight_becomes(&g, 0.0, Duration::from_secs(10)).await,
+        "an HTTP/2 client that stopped reading still holds its in-flight slot"
+    );
+    assert!(upstream_released(&g).await, "the download from Palette went on for a client that stopped reading");
+    let mut rest = 0usize;
+    let ended = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            match r.chunk().await {
+                Ok(Some(c)) => rest += c.len(),
+                other => return other.map(|_| ()),
+            }
+        }
+    })
+    .await
+    .expect("the cut stream ends");
+    assert!(ended.is_err(), "the cut download ended cleanly after {rest} more bytes");
+}

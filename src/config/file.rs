@@ -88,6 +88,10 @@ pub struct RawServer {
     pub header_read_timeout: Option<Duration>,
     #[serde(default, with = "humantime_serde")]
     pub idle_timeout: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    pub request_body_timeout: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    pub send_timeout: Option<Duration>,
     pub max_request_body: Option<u64>,
     pub max_header_bytes: Option<usize>,
     pub max_connections: Option<usize>,
@@ -106,6 +110,8 @@ impl Default for RawServer {
             tls: None,
             header_read_timeout: None,
             idle_timeout: None,
+            request_body_timeout: None,
+            send_timeout: None,
             max_request_body: None,
             max_header_bytes: None,
             max_connections: None,
@@ -143,6 +149,8 @@ pub struct RawUpstream {
     pub connect_timeout: Option<Duration>,
     #[serde(default, with = "humantime_serde")]
     pub request_timeout: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    pub body_idle_timeout: Option<Duration>,
     #[serde(default)]
     pub limits: RawUpstreamLimits,
 }

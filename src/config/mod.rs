@@ -59,14 +59,16 @@ impl ConfigError {
 /// Loads and validates the config at `path`; relative file paths inside it are relative to
 /// its directory. Used by start-up, reload and `check` alike.
 pub fn load(path: &Path, env: &dyn Environment) -> Result<Config, ConfigError> {
-    let text =
-        std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
+    let text = secret::read_bounded(path, secret::MAX_FILE_BYTES)
+        .map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
     let base = path.parent().unwrap_or(Path::new("."));
     load_str(&text, base, env)
 }
 
 /// Loads and validates config text; `base_dir` anchors relative file paths.
 pub fn load_str(text: &str, base_dir: &Path, env: &dyn Environment) -> Result<Config, ConfigError> {
+    // Some editors start a UTF-8 file with a byte-order mark; TOML has no use for it.
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     let raw: file::RawConfig = toml::from_str(text).map_err(|e| ConfigError::Syntax(render_toml_error(text, &e)))?;
     validate::validate(raw, base_dir, env)
 }
@@ -150,6 +152,11 @@ pub struct ServerLimits {
     pub header_read_timeout: Duration,
     /// A keep-alive connection idle this long is closed. Default 60s.
     pub idle_timeout: Duration,
+    /// A request body must arrive within this time when buffered, and may pause no longer than
+    /// this while streamed (408 past it). Default 30s.
+    pub request_body_timeout: Duration,
+    /// A client that accepts no response bytes for this long is disconnected. Default 30s.
+    pub send_timeout: Duration,
     /// Largest request body, bytes (413 past it). Default 16 MiB.
     pub max_request_body: u64,
     /// Largest request head (request line + headers), bytes (431 past it). Default 64 KiB.
@@ -200,6 +207,9 @@ pub struct UpstreamConfig {
     pub connect_timeout: Duration,
     /// Time allowed until the upstream's response headers.
     pub request_timeout: Duration,
+    /// Longest pause inside an upstream response body before the transfer is cut (as an error
+    /// the client sees). Default 60s.
+    pub body_idle_timeout: Duration,
     /// The outbound budget per Palette resource prefix.
     pub limits: UpstreamLimits,
 }

@@ -31,6 +31,7 @@ impl Problems {
 
 pub(super) fn validate(raw: RawConfig, base: &Path, env: &dyn Environment) -> Result<Config, ConfigError> {
     let mut p = Problems(Vec::new(), Vec::new());
+    duration_bounds(&raw, &mut p);
     let server = server(&raw, base, env, &mut p);
     let upstream = upstream(&raw.upstream, base, env, &mut p);
     let credentials = credentials(&raw.credentials, base, env, &mut p);
@@ -70,11 +71,10 @@ pub(super) fn validate(raw: RawConfig, base: &Path, env: &dyn Environment) -> Re
                 );
             }
         }
+        // Checked even when the client has other problems, so every problem is named at once.
+        let own_rate = c.rate_limit.map(|r| rate(r, &format!("{field}.rate_limit"), &mut p));
         if let Some(mut client) = client(c, &field, &cred_names, &raw.credentials, mtls, &mut p) {
-            client.rate_limit = match c.rate_limit {
-                Some(r) => rate(r, &format!("{field}.rate_limit"), &mut p),
-                None => default_rate,
-            };
+            client.rate_limit = own_rate.unwrap_or(default_rate);
             clients.push(client);
         }
     }
@@ -143,6 +143,12 @@ fn server(raw: &RawConfig, base: &Path, env: &dyn Environment, p: &mut Problems)
             p,
         ),
         idle_timeout: positive(s.idle_timeout.unwrap_or(Duration::from_secs(60)), "server.idle_timeout", p),
+        request_body_timeout: positive(
+            s.request_body_timeout.unwrap_or(Duration::from_secs(30)),
+            "server.request_body_timeout",
+            p,
+        ),
+        send_timeout: positive(s.send_timeout.unwrap_or(Duration::from_secs(30)), "server.send_timeout", p),
         max_request_body: s.max_request_body.unwrap_or(16 * 1024 * 1024),
         max_header_bytes: s.max_header_bytes.unwrap_or(64 * 1024),
         max_connections: s.max_connections.unwrap_or(10_000),
@@ -320,21 +326,49 @@ fn upstream(u: &RawUpstream, base: &Path, env: &dyn Environment, p: &mut Problem
             .unwrap_or_default(),
         None => Vec::new(),
     };
+    // The upstream client adds these to its trust store; one it cannot use is named here
+    // rather than skipped silently there.
+    for cert in &extra_roots {
+        if let Err(e) = rustls::RootCertStore::empty().add(cert.clone()) {
+            p.add("upstream.ca_file", format!("unusable CA certificate: {e}"));
+        }
+    }
     let connect_timeout = positive(u.connect_timeout.unwrap_or(Duration::from_secs(5)), "upstream.connect_timeout", p);
     let request_timeout = positive(u.request_timeout.unwrap_or(Duration::from_secs(60)), "upstream.request_timeout", p);
+    let body_idle_timeout =
+        positive(u.body_idle_timeout.unwrap_or(Duration::from_secs(60)), "upstream.body_idle_timeout", p);
     let limits = upstream_limits(u, p);
     let (scheme, authority) = parts?;
-    Some(UpstreamConfig { scheme, authority, extra_roots, connect_timeout, request_timeout, limits: limits? })
+    Some(UpstreamConfig {
+        scheme,
+        authority,
+        extra_roots,
+        connect_timeout,
+        request_timeout,
+        body_idle_timeout,
+        limits: limits?,
+    })
 }
 
+/// Rates and bursts are bounded so that every limiter built from them (client GCRAs, budget
+/// buckets, `Retry-After` arithmetic) stays far from overflow: one request per 1000 s at the
+/// slowest, a million per second and a burst of a million at the most.
+const MIN_RATE: f64 = 0.001;
+const MAX_RATE: f64 = 1_000_000.0;
+const MAX_BURST: u32 = 1_000_000;
+
 fn rate(r: RawRate, field: &str, p: &mut Problems) -> Option<Rate> {
-    if !(r.per_second.is_finite() && r.per_second > 0.0 && r.per_second <= 1_000_000.0) {
-        p.add(format!("{field}.per_second"), "must be a number greater than 0 (at most 1000000)");
+    if !(r.per_second.is_finite() && (MIN_RATE..=MAX_RATE).contains(&r.per_second)) {
+        p.add(format!("{field}.per_second"), "must be a number from 0.001 (one request per 1000 s) to 1000000");
         return None;
     }
     let burst = match r.burst {
         Some(0) => {
             p.add(format!("{field}.burst"), "must be at least 1");
+            return None;
+        }
+        Some(b) if b > MAX_BURST => {
+            p.add(format!("{field}.burst"), format!("must be at most {MAX_BURST}"));
             return None;
         }
         Some(b) => b,
@@ -380,6 +414,7 @@ fn upstream_limits(u: &RawUpstream, p: &mut Problems) -> Option<UpstreamLimits> 
     // Replicas behind one egress IP share Palette's per-IP budget: each takes its share.
     match l.replicas.unwrap_or(1) {
         0 => p.add("upstream.limits.replicas", "must be at least 1"),
+        n if n > MAX_REPLICAS => p.add("upstream.limits.replicas", format!("must be at most {MAX_REPLICAS}")),
         1 => {}
         n => {
             for r in &mut rules {
@@ -389,6 +424,40 @@ fn upstream_limits(u: &RawUpstream, p: &mut Problems) -> Option<UpstreamLimits> 
         }
     }
     (p.0.len() == before).then_some(UpstreamLimits { rules, max_wait, max_queue })
+}
+
+/// Most gateway replicas sharing one egress IP's budget.
+const MAX_REPLICAS: u32 = 1000;
+
+/// The longest any duration key may be. Far above every sane setting, and far below what
+/// would overflow when added to a clock reading (`400000000000years` would panic a request).
+const MAX_DURATION: Duration = Duration::from_secs(24 * 60 * 60);
+
+/// Every duration key of the file, bounded by [`MAX_DURATION`].
+fn duration_bounds(raw: &RawConfig, p: &mut Problems) {
+    let s = &raw.server;
+    let u = &raw.upstream;
+    let mut keys: Vec<(String, Option<Duration>)> = vec![
+        ("server.header_read_timeout".into(), s.header_read_timeout),
+        ("server.idle_timeout".into(), s.idle_timeout),
+        ("server.request_body_timeout".into(), s.request_body_timeout),
+        ("server.send_timeout".into(), s.send_timeout),
+        ("server.shutdown_delay".into(), s.shutdown_delay),
+        ("server.drain_timeout".into(), s.drain_timeout),
+        ("upstream.connect_timeout".into(), u.connect_timeout),
+        ("upstream.request_timeout".into(), u.request_timeout),
+        ("upstream.body_idle_timeout".into(), u.body_idle_timeout),
+        ("upstream.limits.max_wait".into(), u.limits.max_wait),
+    ];
+    for (name, c) in &raw.credentials {
+        keys.push((format!("credentials.{name}.token_lifetime"), c.token_lifetime));
+        keys.push((format!("credentials.{name}.refresh_before"), c.refresh_before));
+    }
+    for (field, d) in keys {
+        if d.is_some_and(|d| d > MAX_DURATION) {
+            p.add(field, "must be at most 1 day (\"24h\")");
+        }
+    }
 }
 
 fn positive(d: Duration, field: &str, p: &mut Problems) -> Duration {
@@ -424,7 +493,9 @@ fn secret(
     }
     if let Some(var) = env_var {
         return match env.var(var) {
-            Some(v) if !v.trim().is_empty() => Some(Secret::new(v.trim())),
+            Some(v) if !secret_text(&v).is_empty() => {
+                secret_value(secret_text(&v), &format!("{field}_env"), &format!("environment variable {var}"), p)
+            }
             Some(_) => {
                 p.add(format!("{field}_env"), format!("environment variable {var} is empty"));
                 None
@@ -437,14 +508,48 @@ fn secret(
     }
     if let Some(f) = file {
         let text = read_file(env, base, f, &format!("{field}_file"), p)?;
-        let v = text.trim();
+        let v = secret_text(&text);
         if v.is_empty() {
             p.add(format!("{field}_file"), format!("{} is empty", resolve(base, f).display()));
             return None;
         }
-        return Some(Secret::new(v));
+        return secret_value(v, &format!("{field}_file"), &resolve(base, f).display().to_string(), p);
     }
     None
+}
+
+/// A secret as written: without a leading UTF-8 byte-order mark (some editors add one, and it
+/// would be sent upstream as part of the key), then trimmed.
+fn secret_text(raw: &str) -> &str {
+    raw.strip_prefix('\u{feff}').unwrap_or(raw).trim()
+}
+
+/// A trimmed secret value, refused when it cannot be one: too long, or with a control character
+/// inside (a second line, a NUL) that would break the header or body it is sent in.
+fn secret_value(v: &str, field: &str, source: &str, p: &mut Problems) -> Option<Secret> {
+    if v.len() > super::secret::MAX_SECRET_BYTES {
+        p.add(field, format!("{source} holds more than {} bytes: not a secret", super::secret::MAX_SECRET_BYTES));
+        return None;
+    }
+    if v.chars().any(char::is_control) {
+        p.add(
+            field,
+            format!("{source} has a control character (a newline, NUL or tab) inside the value: a secret is one line"),
+        );
+        return None;
+    }
+    Some(Secret::new(v))
+}
+
+/// An API key is sent as the `ApiKey` header: refused here, by the same test start-up applies,
+/// so `check` fails exactly when the gateway would.
+fn header_safe(key: Secret, field: &str, p: &mut Problems) -> Option<Secret> {
+    let visible = key.expose().bytes().all(|b| b.is_ascii_graphic());
+    if !visible || http::HeaderValue::from_str(key.expose()).is_err() {
+        p.add(field, "the API key must be visible ASCII, without spaces (it is sent as the ApiKey header)");
+        return None;
+    }
+    Some(key)
 }
 
 fn credentials(
@@ -509,6 +614,10 @@ fn credentials(
                     env,
                     p,
                 )
+                .and_then(|key| {
+                    let source = if c.api_key_env.is_some() { "api_key_env" } else { "api_key_file" };
+                    header_safe(key, &format!("{field}.{source}"), p)
+                })
                 .map(CredentialKind::ApiKey)
             }
             (false, true) => {
@@ -956,6 +1065,262 @@ mod tests {
     fn client_default_credential_must_exist() {
         let p = problems("[upstream]\nurl = \"http://127.0.0.1:1\"\n[credentials.x]\napi_key_env = \"PALETTE_API_KEY\"\n[[clients]]\nname = \"a\"\n");
         assert!(p.iter().any(|l| l.starts_with("clients[0].credential: no credential named \"default\"")), "{p:?}");
+    }
+
+    fn scratch(name: &str) -> std::path::PathBuf {
+        let dir = std::env::temp_dir().join(format!("pg-cfg-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    fn key_file_problems(dir: &Path) -> Vec<String> {
+        let text = "[upstream]\nurl = \"http://127.0.0.1:1\"\n[credentials.default]\napi_key_file = \"key\"\n";
+        match load_str(text, dir, &env()) {
+            Ok(_) => Vec::new(),
+            Err(e) => e.problems(),
+        }
+    }
+
+    #[test]
+    fn api_keys_with_inner_newline_nul_or_non_ascii_are_refused() {
+        let dir = scratch("inner");
+        for bad in ["k-1\nk-2", "k-1\0k-2", "k-1\rk", "k-\u{e9}"] {
+            std::fs::write(dir.join("key"), format!("{bad}\n")).unwrap();
+            let p = key_file_problems(&dir);
+            assert!(p.len() == 1 && p[0].starts_with("credentials.default.api_key_file:"), "{bad:?}: {p:?}");
+            let p = match load_str(&base(), Path::new("."), &MapEnv::new().with("PALETTE_API_KEY", bad)) {
+                Ok(_) => Vec::new(),
+                Err(e) => e.problems(),
+            };
+            assert!(p.len() == 1 && p[0].starts_with("credentials.default.api_key_env:"), "{bad:?}: {p:?}");
+        }
+    }
+
+    #[test]
+    fn a_config_file_may_start_with_a_bom_and_a_bad_ca_is_named() {
+        assert!(problems(&format!("\u{feff}{}", base())).is_empty());
+        let dir = scratch("ca");
+        // A PEM block labelled CERTIFICATE that is no certificate: rustls cannot trust it.
+        std::fs::write(dir.join("ca.pem"), "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n").unwrap();
+        let text = "[upstream]\nurl = \"http://127.0.0.1:1\"\nca_file = \"ca.pem\"\n[credentials.default]\napi_key_env = \"PALETTE_API_KEY\"\n";
+        let p = match load_str(text, &dir, &env()) {
+            Ok(_) => Vec::new(),
+            Err(e) => e.problems(),
+        };
+        assert!(p.len() == 1 && p[0].starts_with("upstream.ca_file: unusable CA certificate"), "{p:?}");
+    }
+
+    #[test]
+    fn a_leading_bom_is_not_part_of_the_secret() {
+        let dir = scratch("bom");
+        std::fs::write(dir.join("key"), "\u{feff}file-key\r\n").unwrap();
+        let cfg = load_str(
+            "[upstream]\nurl = \"http://127.0.0.1:1\"\n[credentials.default]\napi_key_file = \"key\"\n",
+            &dir,
+            &env(),
+        )
+        .unwrap();
+        assert_eq!(cfg.credentials[0].kind, super::CredentialKind::ApiKey(super::Secret::new("file-key")));
+    }
+
+    #[test]
+    fn fifo_device_and_oversized_files_are_refused_without_hanging() {
+        let dir = scratch("fifo");
+        let fifo = dir.join("key");
+        let made = std::process::Command::new("mkfifo").arg(&fifo).status().is_ok_and(|s| s.success());
+        if made {
+            // Nobody ever writes the FIFO: a blocking open or read would hang this thread.
+            let (tx, rx) = std::sync::mpsc::channel();
+            let d = dir.clone();
+            std::thread::spawn(move || {
+                let _ = tx.send(key_file_problems(&d));
+            });
+            let p = rx.recv_timeout(std::time::Duration::from_secs(5)).expect("reading a FIFO secret hangs");
+            assert!(p.len() == 1 && p[0].contains("not a regular file"), "{p:?}");
+            std::fs::remove_file(&fifo).unwrap();
+        }
+        let text = "[upstream]\nurl = \"http://127.0.0.1:1\"\nca_file = \"/dev/zero\"\n[credentials.default]\napi_key_env = \"PALETTE_API_KEY\"\n";
+        let p = problems(text);
+        assert!(p.len() == 1 && p[0].starts_with("upstream.ca_file:") && p[0].contains("not a regular file"), "{p:?}");
+        std::fs::write(&fifo, vec![b'k'; 2 * 1024 * 1024]).unwrap();
+        let p = key_file_problems(&dir);
+        assert!(p.len() == 1 && p[0].contains("larger than 1048576 bytes"), "{p:?}");
+        std::fs::write(&fifo, vec![b'k'; 100 * 1024]).unwrap();
+        let p = key_file_problems(&dir);
+        assert!(p.len() == 1 && p[0].contains("more than 65536 bytes"), "{p:?}");
+        let e = super::super::load(&dir.join("missing.toml"), &env()).unwrap_err();
+        assert!(e.to_string().contains("cannot read config file"), "{e}");
+        let e = super::super::load(&dir, &env()).unwrap_err();
+        assert!(e.to_string().contains("not a regular file"), "{e}");
+    }
+
+    #[test]
+    fn durations_past_a_day_are_refused_by_field() {
+        let huge = "\"400000000000years\"";
+        let text = format!(
+            "[server]\nidle_timeout = {huge}\nrequest_body_timeout = \"25h\"\n\
+             [upstream]\nurl = \"http://127.0.0.1:1\"\nrequest_timeout = {huge}\n[upstream.limits]\nmax_wait = {huge}\n\
+             [credentials.default]\napi_key_env = \"PALETTE_API_KEY\"\n"
+        );
+        let p = problems(&text);
+        for field in [
+            "server.idle_timeout",
+            "server.request_body_timeout",
+            "upstream.request_timeout",
+            "upstream.limits.max_wait",
+        ] {
+            assert!(p.contains(&format!("{field}: must be at most 1 day (\"24h\")")), "{field}: {p:?}");
+        }
+        assert!(problems(&format!("[server]\nidle_timeout = \"24h\"\n{}", base())).is_empty());
+    }
+
+    #[test]
+    fn rates_and_bursts_are_bounded() {
+        let p = problems(&format!(
+            "{}[rate_limit]\ndefault = {{ per_second = 1e-12, burst = 4000000000 }}\nglobal = {{ per_second = 1, burst = 4000000000 }}\n",
+            base()
+        ));
+        assert!(p.iter().any(|l| l.starts_with("rate_limit.default.per_second: must be a number from 0.001")), "{p:?}");
+        assert!(p.iter().any(|l| l.starts_with("rate_limit.global.burst: must be at most 1000000")), "{p:?}");
+        let p = problems(&base().replace(
+            "url = \"http://127.0.0.1:1\"\n",
+            "url = \"http://127.0.0.1:1\"\n[upstream.limits]\nreplicas = 1000000\n",
+        ));
+        assert_eq!(p, vec!["upstream.limits.replicas: must be at most 1000".to_string()]);
+    }
+
+    /// A number for every duration and rate key, from zero to absurd.
+    fn number() -> impl proptest::strategy::Strategy<Value = f64> {
+        use proptest::prelude::*;
+        prop_oneof![
+            1 => prop_oneof![Just(0.0), Just(1e-12), Just(1e300), Just(f64::MAX), 0.0..1e12f64],
+            1 => Just(0.001),
+            1 => Just(1_000_000.0),
+            4 => 0.001..1000.0f64,
+        ]
+    }
+
+    /// A burst: mostly valid, sometimes far past the bound.
+    fn burst() -> impl proptest::strategy::Strategy<Value = u32> {
+        use proptest::prelude::*;
+        prop_oneof![1 => 0u32..=u32::MAX, 1 => Just(1_000_000u32), 4 => 1u32..1000]
+    }
+
+    /// A duration string for every magnitude humantime accepts.
+    fn duration() -> impl proptest::strategy::Strategy<Value = String> {
+        use proptest::prelude::*;
+        let unit = prop::sample::select(vec!["ns", "ms", "s", "m", "h", "days", "years"]);
+        prop_oneof![
+            1 => (0u64..u64::MAX, unit.clone()),
+            1 => Just((24, "h")),
+            8 => (0u64..100, prop::sample::select(vec!["ms", "s", "m"])),
+        ]
+        .prop_map(|(n, unit)| format!("\"{n}{unit}\""))
+    }
+
+    /// A config with every duration and rate key set.
+    fn numeric_config(d: &[String], r: &[f64], b: &[u32], replicas: u32) -> String {
+        format!(
+            "[server]\nheader_read_timeout = {}\nidle_timeout = {}\nrequest_body_timeout = {}\nshutdown_delay = {}\ndrain_timeout = {}\n\
+             [upstream]\nurl = \"http://127.0.0.1:1\"\nconnect_timeout = {}\nrequest_timeout = {}\nbody_idle_timeout = {}\n\
+             [upstream.limits]\nmax_wait = {}\nreplicas = {replicas}\n[[upstream.limits.prefix]]\nprefix = \"/v1/x\"\nper_second = {:e}\nburst = {}\n\
+             [credentials.default]\napi_key_env = \"PALETTE_API_KEY\"\n\
+             [credentials.ops]\nemail = \"a@b\"\npassword_env = \"PALETTE_PASSWORD\"\ntoken_lifetime = {}\nrefresh_before = {}\n\
+             [rate_limit]\ndefault = {{ per_second = {:e}, burst = {} }}\nglobal = {{ per_second = {:e} }}\n\
+             [[clients]]\nname = \"c\"\nrate_limit = {{ per_second = {:e}, burst = {} }}\n",
+            d[0], d[1], d[2], d[3], d[4], d[5], d[6], d[7], d[8], r[0], b[0], d[9], d[10], r[1], b[1], r[2], r[3], b[2],
+        )
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
+        /// Whatever numbers the duration and rate keys hold, loading never panics, and a config
+        /// that loads builds its runtime without a panic.
+        #[test]
+        fn numeric_keys_never_panic_in_load(
+            d in proptest::collection::vec(duration(), 11),
+            r in proptest::collection::vec(number(), 4),
+            b in proptest::collection::vec(burst(), 3),
+            replicas in 0u32..5000,
+        ) {
+            if let Ok(cfg) = load_str(&numeric_config(&d, &r, &b, replicas), Path::new("."), &env()) {
+                runtime_survives(&cfg);
+            }
+        }
+
+        /// Every value inside the bounds loads, and builds a runtime (client limits, budget,
+        /// credentials, upstream client) whose clock arithmetic never panics.
+        #[test]
+        fn numeric_keys_within_bounds_build_the_runtime(
+            ms in proptest::collection::vec(1u64..=86_400_000, 9),
+            r in proptest::collection::vec(0.001..=1_000_000.0f64, 4),
+            b in proptest::collection::vec(1u32..=1_000_000, 3),
+            replicas in 1u32..=1000,
+        ) {
+            let mut d: Vec<String> = ms.iter().map(|m| format!("\"{m}ms\"")).collect();
+            d.extend(["\"24h\"".to_string(), "\"23h\"".to_string()]);
+            let cfg = load_str(&numeric_config(&d, &r, &b, replicas), Path::new("."), &env());
+            let cfg = cfg.unwrap_or_else(|e| panic!("{e}"));
+            runtime_survives(&cfg);
+        }
+    }
+
+    /// Builds everything a config feeds at run time and drives it a little: limits checked,
+    /// a budget bucket taken and throttled, every duration added to a clock reading.
+    fn runtime_survives(cfg: &super::Config) {
+        let limits = crate::limit::ClientLimits::build(cfg, None);
+        for _ in 0..3 {
+            let _ = limits.check(0);
+        }
+        let budget = crate::limit::upstream::UpstreamBudget::build(&cfg.upstream.limits, None);
+        if let Some(bucket) = budget.bucket_for(&crate::path::check("/v1/x").unwrap()) {
+            for _ in 0..8 {
+                let _ = bucket.throttled();
+            }
+            let _ = std::time::Duration::from_secs_f64(1.0 / bucket.current_rate());
+            let rt = tokio::runtime::Builder::new_current_thread().enable_time().start_paused(true).build().unwrap();
+            for client in 0..3 {
+                let _ = rt.block_on(bucket.acquire(client, cfg.upstream.limits.max_wait));
+            }
+        }
+        {
+            let upstream = crate::upstream::UpstreamClient::new(&cfg.upstream);
+            let metrics = crate::metrics::Metrics::new();
+            assert!(
+                crate::credentials::Credentials::build(cfg, &upstream, None, &metrics, budget.auth_bucket()).is_ok()
+            );
+            let now = std::time::Instant::now();
+            let l = &cfg.server.limits;
+            for d in [
+                l.header_read_timeout,
+                l.idle_timeout,
+                l.request_body_timeout,
+                l.send_timeout,
+                l.shutdown_delay,
+                l.drain_timeout,
+                cfg.upstream.connect_timeout,
+                cfg.upstream.request_timeout,
+                cfg.upstream.body_idle_timeout,
+                cfg.upstream.limits.max_wait,
+            ] {
+                let _ = now + d;
+                let _ = tokio::time::Instant::now() + d;
+            }
+        }
+    }
+
+    /// The corners of every bound at once still build and run.
+    #[test]
+    fn the_extremes_of_every_bound_build_a_working_runtime() {
+        let text = "[server]\nheader_read_timeout = \"24h\"\nidle_timeout = \"24h\"\nrequest_body_timeout = \"24h\"\n\
+             [upstream]\nurl = \"http://127.0.0.1:1\"\nrequest_timeout = \"24h\"\nbody_idle_timeout = \"1ns\"\n\
+             [upstream.limits]\nmax_wait = \"24h\"\nreplicas = 1000\n[[upstream.limits.prefix]]\nprefix = \"/v1/x\"\nper_second = 0.001\nburst = 1000000\n\
+             [credentials.default]\napi_key_env = \"PALETTE_API_KEY\"\n\
+             [rate_limit]\ndefault = { per_second = 0.001, burst = 1000000 }\nglobal = { per_second = 1000000, burst = 1 }\n\
+             [[clients]]\nname = \"c\"\n";
+        let cfg = load_str(text, Path::new("."), &env()).unwrap();
+        runtime_survives(&cfg);
     }
 
     proptest::proptest! {

@@ -77,7 +77,9 @@ pub struct Refusal {
     pub headers: Option<RateHeaders>,
 }
 
-/// `RateLimit-Limit`, `RateLimit-Remaining`, `RateLimit-Reset` for a client's own limit.
+/// `RateLimit-Limit`, `RateLimit-Remaining`, `RateLimit-Reset` and `RateLimit-Policy` for the
+/// limit that applies to a request: the client's own or the global one, whichever has fewer
+/// requests left (on a refusal: the one that refused).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RateHeaders {
     /// Burst size.
@@ -86,6 +88,10 @@ pub struct RateHeaders {
     pub remaining: u32,
     /// Whole seconds until the full burst is available again.
     pub reset: u64,
+    /// Which limit these are: `client` or `global`.
+    pub policy: LimitKind,
+    /// Whole seconds the limit takes to refill its whole burst (the policy's window).
+    pub window: u64,
 }
 
 impl RateHeaders {
@@ -94,9 +100,15 @@ impl RateHeaders {
         static LIMIT: HeaderName = HeaderName::from_static("ratelimit-limit");
         static REMAINING: HeaderName = HeaderName::from_static("ratelimit-remaining");
         static RESET: HeaderName = HeaderName::from_static("ratelimit-reset");
+        static POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
         headers.insert(LIMIT.clone(), HeaderValue::from(self.limit));
         headers.insert(REMAINING.clone(), HeaderValue::from(self.remaining));
         headers.insert(RESET.clone(), HeaderValue::from(self.reset));
+        // `<burst>;w=<seconds>;name="client"`: digits and a fixed name, always a valid value.
+        let policy = format!("{};w={};name=\"{}\"", self.limit, self.window, self.policy.label());
+        if let Ok(v) = HeaderValue::from_str(&policy) {
+            headers.insert(POLICY.clone(), v);
+        }
     }
 }
 
@@ -129,19 +141,19 @@ impl ClientLimits {
         ClientLimits { per_client, by_name, global }
     }
 
-    /// Takes one request from `client`'s limit and the global one. `Ok` carries the client's
-    /// headers (when it has a limit).
+    /// Takes one request from `client`'s limit and the global one. `Ok` carries the headers of
+    /// the limit that applies (the one with fewer requests left), if any limit does.
     pub fn check(&self, client: usize) -> Result<Option<RateHeaders>, Refusal> {
         let own = self.per_client.get(client).and_then(Option::as_ref);
         let headers = match own {
             Some(limit) => match limit.limiter.check() {
-                Ok(snapshot) => Some(headers_for(limit.rate, snapshot.remaining_burst_capacity())),
+                Ok(snapshot) => Some(headers_for(limit.rate, snapshot.remaining_burst_capacity(), LimitKind::Client)),
                 Err(not_until) => {
                     return Err(Refusal {
                         kind: LimitKind::Client,
                         rate: limit.rate,
                         retry_after: not_until.wait_time_from(limit.limiter.clock().now()),
-                        headers: Some(headers_for(limit.rate, 0)),
+                        headers: Some(headers_for(limit.rate, 0, LimitKind::Client)),
                     })
                 }
             },
@@ -149,17 +161,20 @@ impl ClientLimits {
         };
         if let Some(global) = &self.global {
             match global.limiter.check() {
-                // A client without a limit of its own sees where the global one stands.
-                Ok(snapshot) if headers.is_none() => {
-                    return Ok(Some(headers_for(global.rate, snapshot.remaining_burst_capacity())))
+                Ok(snapshot) => {
+                    let g = headers_for(global.rate, snapshot.remaining_burst_capacity(), LimitKind::Global);
+                    // The tighter limit is the one the client runs into first.
+                    return Ok(Some(match headers {
+                        Some(own) if own.remaining <= g.remaining => own,
+                        _ => g,
+                    }));
                 }
-                Ok(_) => {}
                 Err(not_until) => {
                     return Err(Refusal {
                         kind: LimitKind::Global,
                         rate: global.rate,
                         retry_after: not_until.wait_time_from(global.limiter.clock().now()),
-                        headers: headers.or(Some(headers_for(global.rate, 0))),
+                        headers: Some(headers_for(global.rate, 0, LimitKind::Global)),
                     });
                 }
             }
@@ -168,9 +183,15 @@ impl ClientLimits {
     }
 }
 
-fn headers_for(rate: Rate, remaining: u32) -> RateHeaders {
+fn headers_for(rate: Rate, remaining: u32, policy: LimitKind) -> RateHeaders {
     let missing = f64::from(rate.burst.saturating_sub(remaining));
-    RateHeaders { limit: rate.burst, remaining, reset: (missing / rate.per_second).ceil() as u64 }
+    RateHeaders {
+        limit: rate.burst,
+        remaining,
+        reset: (missing / rate.per_second).ceil() as u64,
+        policy,
+        window: (f64::from(rate.burst) / rate.per_second).ceil() as u64,
+    }
 }
 
 /// `Retry-After` in whole seconds, rounded up, at least 1.
@@ -198,7 +219,14 @@ mod tests {
     fn per_client_override_and_headers() {
         let (_, l) = limits("[rate_limit]\ndefault = { per_second = 100, burst = 100 }");
         for remaining in [2, 1, 0] {
-            assert_eq!(l.check(1).unwrap(), Some(RateHeaders { limit: 3, remaining, reset: 3 - u64::from(remaining) }));
+            let want = RateHeaders {
+                limit: 3,
+                remaining,
+                reset: 3 - u64::from(remaining),
+                policy: LimitKind::Client,
+                window: 3,
+            };
+            assert_eq!(l.check(1).unwrap(), Some(want));
         }
         let refusal = l.check(1).unwrap_err();
         assert_eq!(refusal.kind, LimitKind::Client);
@@ -217,9 +245,34 @@ mod tests {
     #[test]
     fn global_limit_spans_clients() {
         let (_, l) = limits("[rate_limit]\nglobal = { per_second = 1, burst = 2 }");
-        assert_eq!(l.check(0).unwrap(), Some(RateHeaders { limit: 2, remaining: 1, reset: 1 }), "global headers");
+        let global = RateHeaders { limit: 2, remaining: 1, reset: 1, policy: LimitKind::Global, window: 2 };
+        assert_eq!(l.check(0).unwrap(), Some(global), "a client without a limit of its own sees the global one");
         assert!(l.check(1).is_ok());
-        assert_eq!(l.check(0).unwrap_err().kind, LimitKind::Global);
+        let refusal = l.check(0).unwrap_err();
+        assert_eq!(refusal.kind, LimitKind::Global);
+        assert_eq!(refusal.headers.map(|h| (h.policy, h.remaining)), Some((LimitKind::Global, 0)));
+    }
+
+    #[test]
+    fn the_tighter_limit_gives_the_headers() {
+        // b: own limit burst 3; global burst 2, so after one request global has 1 left, b's 2.
+        let (_, l) = limits("[rate_limit]\nglobal = { per_second = 1, burst = 2 }");
+        assert_eq!(l.check(1).unwrap().map(|h| (h.policy, h.remaining)), Some((LimitKind::Global, 1)));
+        let (_, l) = limits("[rate_limit]\nglobal = { per_second = 100, burst = 100 }");
+        assert_eq!(l.check(1).unwrap().map(|h| (h.policy, h.remaining)), Some((LimitKind::Client, 2)));
+        // A global refusal shows the global limit, not the client's.
+        let (_, l) = limits("[rate_limit]\nglobal = { per_second = 0.01, burst = 1 }");
+        l.check(0).unwrap();
+        let refusal = l.check(1).unwrap_err();
+        assert_eq!(refusal.headers.map(|h| (h.policy, h.limit, h.remaining)), Some((LimitKind::Global, 1, 0)));
+    }
+
+    #[test]
+    fn policy_header_names_the_limit() {
+        let mut h = HeaderMap::new();
+        RateHeaders { limit: 20, remaining: 19, reset: 1, policy: LimitKind::Global, window: 2 }.apply(&mut h);
+        assert_eq!(h["ratelimit-policy"], "20;w=2;name=\"global\"");
+        assert_eq!(h["ratelimit-limit"], "20");
     }
 
     #[test]
