@@ -48,9 +48,13 @@ pub fn spawn(
                     _ = tokio::time::sleep(DEBOUNCE) => {}
                 }
                 while rx.try_recv().is_ok() {}
-                if fingerprint_off_runtime(&watched).await == fingerprint {
-                    continue;
-                }
+            }
+            // The fingerprint of what this reload will read (or older), taken before it: a file
+            // that changes while the reload runs then still differs from it, so that change is
+            // acted on next round instead of being folded into the fingerprint unseen.
+            let before = fingerprint_off_runtime(&watched).await;
+            if !by_signal && before == fingerprint {
+                continue;
             }
             // Reading and validating files (and building TLS configs) blocks: keep it off the
             // threads that serve requests.
@@ -58,11 +62,12 @@ pub fn spawn(
             let _ = tokio::task::spawn_blocking(move || g.reload(&p, &*e)).await;
             // The new config may name other files (a new secret file): watch those too.
             let now_watched = gateway.runtime().load().config.watched_files(&path);
+            fingerprint = before;
             if now_watched != watched {
                 watched = now_watched;
                 watcher = watch(&watched, tx.clone());
+                fingerprint = fingerprint_off_runtime(&watched).await;
             }
-            fingerprint = fingerprint_off_runtime(&watched).await;
         }
         drop(watcher);
     })

@@ -1,9 +1,8 @@
 //! Request-header hygiene: arbitrary client headers (names and values from bytes: `Connection`
 //! tokens naming other headers, `ProjectUid` spellings, `ApiKey`/`Authorization`, hop-by-hop and
-//! forwarding headers) through the steps of `proxy::process` and `build`: scope, then
-//! `forward::request_headers`, then the headers the gateway decides. It models the intended order
-//! (issue 9 point 1): everything the client may not control is removed first, and `ProjectUid`,
-//! the forwarding headers and the upstream credential are set after every removal.
+//! forwarding headers) through the steps of `proxy::process` and `build`: `scope::decide` on the
+//! headers as sent, then `forward::request_headers` (every removal, then every header the gateway
+//! decides: issue 9 point 1), then the upstream credential, as `build` sets it per attempt.
 //!
 //! Invariants on what would go upstream: no local key value survives; exactly one upstream
 //! credential header, with the credential's value; `ProjectUid` is exactly what scope decided
@@ -137,14 +136,9 @@ fuzz_target!(|data: &[u8]| {
         k.len() >= 8 && !ours.iter().any(|o| contains(o.as_bytes(), k))
     });
 
-    // 1. Scope decides, reading what the client sent.
-    let Ok(decided) = scope::apply(client, route, &mut headers, query) else { return };
-    // A decided project is written by scope itself, once. (With none decided, what is left, e.g.
-    // the SDK's `ProjectUID: ""`, is removed by the last step.)
-    if let Some(p) = &decided.project {
-        let after_scope: Vec<&HeaderValue> = headers.get_all(scope::PROJECT_UID).iter().collect();
-        assert_eq!(after_scope, vec![p], "scope wrote another ProjectUid");
-    }
+    // 1. Scope decides, reading what the client sent (headers untouched).
+    let Ok(decided) = scope::decide(client, route, &headers, query) else { return };
+    assert_eq!(headers, sent, "scope changed the headers");
     match (route, &decided.project) {
         (Some(_), p) => assert_eq!(p.as_ref().map(HeaderValue::as_bytes), Some(ROUTE_PROJECT.as_bytes())),
         (None, Some(p)) => {
@@ -155,16 +149,13 @@ fuzz_target!(|data: &[u8]| {
         (None, None) => {}
     }
 
-    // 2. Everything the client must not control goes.
+    // 2. The library's hygiene: every removal, then every header the gateway decides.
     let xff = HeaderValue::from_static(XFF);
     let rid = HeaderValue::from_static(REQUEST_ID);
-    forward::request_headers(&mut headers, &xff, tls, &rid);
+    let facts = forward::Decided { forwarded_for: &xff, tls, request_id: &rid, project: decided.project.as_ref() };
+    forward::request_headers(&mut headers, &facts);
 
-    // 3. What the gateway decides is set last (the intended order: after every removal).
-    headers.remove(scope::PROJECT_UID);
-    if let Some(p) = &decided.project {
-        headers.insert(HeaderName::from_static(scope::PROJECT_UID), p.clone());
-    }
+    // 3. The credential, set per attempt after hygiene (as `proxy::build` does).
     headers.insert(cred_name.clone(), cred_value.clone());
 
     // What would reach Palette.
