@@ -115,7 +115,7 @@ async fn raw_authorization_is_not_accepted_as_local_key() {
     assert_eq!(r.status(), 401);
 }
 
-fn assert_no_local_key(r: &palette_gateway::fake_palette::RecordedRequest) {
+fn assert_no_local_key(r: &fake_palette::RecordedRequest) {
     for key in [CI_KEY, ADMIN_KEY, BOT_KEY] {
         assert!(!r.path_and_query.contains(key));
         assert!(!String::from_utf8_lossy(&r.body).contains(key));

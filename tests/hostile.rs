@@ -12,7 +12,7 @@ mod support;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use palette_gateway::fake_palette::RecordedRequest;
+use fake_palette::RecordedRequest;
 use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 

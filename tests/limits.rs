@@ -13,7 +13,7 @@ use faulty::{FaultyUpstream, Mode};
 use palette_gateway::app::RunningGateway;
 use palette_gateway::auth::key_hash_string;
 use palette_gateway::config;
-use palette_gateway::fake_palette::FakeRateLimits;
+use fake_palette::FakeRateLimits;
 use palette_gateway::proxy::MAX_ATTEMPTS;
 use support::*;
 
@@ -169,7 +169,7 @@ async fn three_clients_over_budget_share_it_fairly_and_palette_never_429s() {
     for (i, k) in keys.iter().enumerate() {
         rules.push_str(&format!("\n[[clients]]\nname = \"t{}\"\nkeys = [\"{}\"]\n", i + 1, key_hash_string(k)));
     }
-    let fake_cfg = palette_gateway::fake_palette::FakePaletteConfig {
+    let fake_cfg = fake_palette::FakePaletteConfig {
         rate_limits: Some(FakeRateLimits { burst_seconds: 1.0 }),
         ..standard_fake()
     };

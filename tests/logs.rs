@@ -8,7 +8,7 @@ use std::io::Write as _;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
-use palette_gateway::fake_palette::{FakePaletteConfig, FakeUser};
+use fake_palette::{FakePaletteConfig, FakeUser};
 use serde_json::Value;
 use support::*;
 

@@ -169,7 +169,7 @@ async fn access_event(rid: &str) -> serde_json::Value {
     found.unwrap()
 }
 
-fn values(r: &palette_gateway::fake_palette::RecordedRequest, name: &str) -> Vec<String> {
+fn values(r: &fake_palette::RecordedRequest, name: &str) -> Vec<String> {
     r.headers.get_all(name).iter().map(|v| v.to_str().unwrap().to_string()).collect()
 }
 

@@ -197,14 +197,14 @@ async fn rate_limit_state_survives_for_unchanged_clients() {
 /// the new Palette key.
 #[tokio::test]
 async fn rewritten_secret_file_takes_effect_on_reload() {
-    let fake_cfg = palette_gateway::fake_palette::FakePaletteConfig {
+    let fake_cfg = fake_palette::FakePaletteConfig {
         api_keys: vec![PALETTE_KEY.into(), ROTATED_KEY.into()],
         ..standard_fake()
     };
     let dir = scratch_dir("reload-secret-file");
     std::fs::write(dir.join("palette.key"), format!("{PALETTE_KEY}\n")).unwrap();
     let rules = standard_rules().replace("api_key_env = \"PALETTE_API_KEY\"", "api_key_file = \"palette.key\"");
-    let fake = TrackedFake(palette_gateway::fake_palette::FakePalette::start(fake_cfg).await.unwrap());
+    let fake = TrackedFake(fake_palette::FakePalette::start(fake_cfg).await.unwrap());
     let path = dir.join("gateway.toml");
     std::fs::write(&path, server_config(&fake.url(), "", NO_BUDGET, &rules)).unwrap();
     let g = FileGateway::from_file(fake, dir.clone(), path).await;
@@ -331,7 +331,7 @@ async fn rotate_until_used(
     secret: &mut ConfigMapDir,
     http: &reqwest::Client,
     url: &str,
-    fake: &palette_gateway::fake_palette::FakePalette,
+    fake: &fake_palette::FakePalette,
 ) -> bool {
     change_until(
         |round| secret.swap("api-key", if round % 2 == 0 { ROTATED_KEY } else { PALETTE_KEY }),
@@ -346,7 +346,7 @@ async fn rotate_until_used(
 /// A Kubernetes ConfigMap update (the `..data` symlink swapped) reloads the gateway on its own.
 #[tokio::test]
 async fn watcher_follows_a_kubernetes_configmap_symlink_swap() {
-    let fake = TrackedFake(palette_gateway::fake_palette::FakePalette::start(standard_fake()).await.unwrap());
+    let fake = TrackedFake(fake_palette::FakePalette::start(standard_fake()).await.unwrap());
     let dir = scratch_dir("reload-configmap");
     let mut mount =
         ConfigMapDir::new(dir.clone(), "gateway.toml", &server_config(&fake.url(), "", NO_BUDGET, &standard_rules()));
@@ -372,11 +372,11 @@ async fn watcher_follows_a_kubernetes_configmap_symlink_swap() {
 /// reloads on its own and the next request carries the new key.
 #[tokio::test]
 async fn watcher_applies_a_rotated_kubernetes_secret() {
-    let fake_cfg = palette_gateway::fake_palette::FakePaletteConfig {
+    let fake_cfg = fake_palette::FakePaletteConfig {
         api_keys: vec![PALETTE_KEY.into(), ROTATED_KEY.into()],
         ..standard_fake()
     };
-    let fake = TrackedFake(palette_gateway::fake_palette::FakePalette::start(fake_cfg).await.unwrap());
+    let fake = TrackedFake(fake_palette::FakePalette::start(fake_cfg).await.unwrap());
     let dir = scratch_dir("reload-k8s-secret");
     let secret_dir = dir.join("secret");
     std::fs::create_dir(&secret_dir).unwrap();
@@ -519,7 +519,7 @@ async fn watcher_stops_at_once() {
 /// variable to a Secret mount) is watched from then on: rotating it reloads on its own.
 #[tokio::test]
 async fn watcher_follows_secret_files_added_by_a_reload() {
-    let fake_cfg = palette_gateway::fake_palette::FakePaletteConfig {
+    let fake_cfg = fake_palette::FakePaletteConfig {
         api_keys: vec![PALETTE_KEY.into(), ROTATED_KEY.into()],
         ..standard_fake()
     };
@@ -554,7 +554,7 @@ async fn watcher_follows_secret_files_added_by_a_reload() {
 /// good key written afterwards is picked up.
 #[tokio::test]
 async fn bad_secret_files_are_refused_on_reload_without_hanging() {
-    let fake_cfg = palette_gateway::fake_palette::FakePaletteConfig {
+    let fake_cfg = fake_palette::FakePaletteConfig {
         api_keys: vec![PALETTE_KEY.into(), ROTATED_KEY.into()],
         ..standard_fake()
     };
@@ -562,7 +562,7 @@ async fn bad_secret_files_are_refused_on_reload_without_hanging() {
     let key = dir.join("palette.key");
     std::fs::write(&key, format!("{PALETTE_KEY}\n")).unwrap();
     let rules = standard_rules().replace("api_key_env = \"PALETTE_API_KEY\"", "api_key_file = \"palette.key\"");
-    let fake = TrackedFake(palette_gateway::fake_palette::FakePalette::start(fake_cfg).await.unwrap());
+    let fake = TrackedFake(fake_palette::FakePalette::start(fake_cfg).await.unwrap());
     let path = dir.join("gateway.toml");
     std::fs::write(&path, server_config(&fake.url(), "", NO_BUDGET, &rules)).unwrap();
     let g = FileGateway::from_file(fake, dir.clone(), path.clone()).await;
@@ -609,7 +609,7 @@ async fn bad_secret_files_are_refused_on_reload_without_hanging() {
 /// config is still reloaded.
 #[tokio::test]
 async fn trace_logging_next_to_the_config_does_not_feed_the_watcher() {
-    let fake = TrackedFake(palette_gateway::fake_palette::FakePalette::start(standard_fake()).await.unwrap());
+    let fake = TrackedFake(fake_palette::FakePalette::start(standard_fake()).await.unwrap());
     let dir = scratch_dir("reload-trace-log");
     let path = dir.join("gateway.toml");
     let rules = format!(

@@ -24,7 +24,7 @@ async fn inflight_becomes(g: &FileGateway, n: f64, within: Duration) -> bool {
 }
 
 /// What reached the fake other than the gateway's own login and refresh calls.
-fn forwarded(g: &FileGateway) -> Vec<palette_gateway::fake_palette::RecordedRequest> {
+fn forwarded(g: &FileGateway) -> Vec<fake_palette::RecordedRequest> {
     g.fake.requests().into_iter().filter(|r| !r.path_and_query.starts_with("/v1/auth/")).collect()
 }
 

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-use palette_gateway::fake_palette::FakePalette;
+use fake_palette::FakePalette;
 use support::*;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;

@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use palette_gateway::app::RunningGateway;
 use palette_gateway::config;
-use palette_gateway::fake_palette::{FakePalette, FakePaletteConfig};
+use fake_palette::{FakePalette, FakePaletteConfig};
 use rcgen::{BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair};
 use support::*;
 

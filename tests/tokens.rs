@@ -5,7 +5,7 @@ mod support;
 use std::time::{Duration, Instant};
 
 use palette_gateway::credentials::token::FRESH_REPLACEMENT;
-use palette_gateway::fake_palette::{FakePalette, FakePaletteConfig};
+use fake_palette::{FakePalette, FakePaletteConfig};
 use support::*;
 
 fn short_lived(lifetime: Duration, exp_claim: bool) -> FakePaletteConfig {

@@ -10,7 +10,7 @@ use std::time::Duration;
 use palette_gateway::app::RunningGateway;
 use palette_gateway::auth::key_hash_string;
 use palette_gateway::config::{self, MapEnv};
-use palette_gateway::fake_palette::{FakePalette, FakePaletteConfig, FakeUser, RecordedRequest};
+use fake_palette::{FakePalette, FakePaletteConfig, FakeUser, RecordedRequest};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// The Palette API key the gateway holds (the fake accepts it).
