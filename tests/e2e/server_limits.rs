@@ -1,11 +1,9 @@
 //! `[server]` limits against large, slow and too many clients: 413 and 431, 503 past the
 //! in-flight limit, the header-read and idle timeouts, `max_connections`, and clients that go
 //! away mid-transfer.
-mod support;
-
 use std::time::{Duration, Instant};
 
-use support::*;
+use crate::support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 

@@ -1,7 +1,5 @@
 //! What a client may call, and in which project scope (issue points 2 and 3).
-mod support;
-
-use support::*;
+use crate::support::*;
 
 /// A method/path outside the client's `allow` gets 403 naming client, method and path; nothing
 /// reaches Palette.

@@ -2,15 +2,13 @@
 //! request with every field, an audit event per mutation with Palette's `AuditUid`, trace
 //! context and request ids carried through, reload refusals named by field, and no secret in
 //! any line, at debug level, however the run goes wrong.
-mod support;
-
 use std::io::Write as _;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use fake_palette::{FakePaletteConfig, FakeUser};
 use serde_json::Value;
-use support::*;
+use crate::support::*;
 
 /// Every log line this test binary produced (the gateway's, the fake's, the HTTP stacks'),
 /// also copied to the test-log directory for the suite-wide secret scan.
@@ -423,8 +421,6 @@ async fn abandoned_requests_are_still_logged() {
     assert_eq!(audit["path"], "/v1/__fake/slow/1500");
 }
 
-#[path = "support/faulty.rs"]
-mod faulty;
 
 /// An upstream body that pauses longer than `upstream.body_idle_timeout` is cut as an error the
 /// client sees, never a silently short body: over HTTP/1.1 the connection closes before the

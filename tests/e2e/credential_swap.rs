@@ -1,7 +1,5 @@
 //! Local credentials in, the gateway's Palette credential out (issue points 1 and 4).
-mod support;
-
-use support::*;
+use crate::support::*;
 
 /// A client sending its local key as `ApiKey` reaches Palette with the gateway's API key, and
 /// its local key appears nowhere in what Palette receives.

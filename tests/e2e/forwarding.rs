@@ -1,9 +1,7 @@
 //! What crosses the gateway: target forms, hop-by-hop and forwarding headers, request ids,
 //! cookies, streaming bodies (issue point 5).
-mod support;
-
 use futures_util::StreamExt;
-use support::*;
+use crate::support::*;
 
 /// Absolute-form targets (a proxy request for another host) get 400; CONNECT gets 405.
 #[tokio::test]

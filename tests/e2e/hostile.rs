@@ -7,13 +7,11 @@
 //! Spellings already covered by `tests/paths.rs`, `tests/policy_scope.rs` and
 //! `tests/forwarding.rs` are not repeated here; oversized bodies, slow and greedy clients are in
 //! `tests/server_limits.rs`.
-mod support;
-
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use fake_palette::RecordedRequest;
-use support::*;
+use crate::support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// Everything the fake received except the gateway's own login and refresh calls: what a

@@ -7,10 +7,6 @@
 //! run time; the mixed run uses the fake Palette and its hooks. Login down at start-up and a
 //! token refused early are in `tests/tokens.rs`; clients leaving mid-download or mid-upload in
 //! `tests/server_limits.rs`.
-mod support;
-
-#[path = "support/faulty.rs"]
-mod faulty;
 
 use std::future::Future;
 use std::path::Path;
@@ -19,12 +15,12 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use faulty::{FaultyUpstream, Mode, DECLARED_LEN, OK_BODY, PARTIAL_LEN};
+use crate::support::faulty::{FaultyUpstream, Mode, DECLARED_LEN, OK_BODY, PARTIAL_LEN};
 use palette_gateway::app::RunningGateway;
 use palette_gateway::auth::key_hash_string;
 use palette_gateway::config;
 use rand::{Rng, SeedableRng};
-use support::*;
+use crate::support::*;
 
 /// The gateway's `request_timeout` in these tests.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(1);

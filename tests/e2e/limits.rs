@@ -1,21 +1,17 @@
 //! Client limits and the upstream budget: who gets 429, with which headers, and that Palette
 //! itself never has to answer 429.
-mod support;
-
-#[path = "support/faulty.rs"]
-mod faulty;
 
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use faulty::{FaultyUpstream, Mode};
+use crate::support::faulty::{FaultyUpstream, Mode};
 use palette_gateway::app::RunningGateway;
 use palette_gateway::auth::key_hash_string;
 use palette_gateway::config;
 use fake_palette::FakeRateLimits;
 use palette_gateway::proxy::MAX_ATTEMPTS;
-use support::*;
+use crate::support::*;
 
 /// A gateway in front of `upstream_url` with only the API-key `admin` client (no login
 /// credential, whose own calls would blur the counts).

@@ -1,8 +1,6 @@
 //! Hot reload: a new config is loaded and validated whole, then swapped in; an invalid one is
 //! refused while the old one keeps serving; state that did not change (tokens, rate limits)
 //! survives; the file watcher follows plain rewrites and Kubernetes' `..data` symlink swaps.
-mod support;
-
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -10,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use palette_gateway::auth::key_hash_string;
 use palette_gateway::config::Environment;
-use support::*;
+use crate::support::*;
 use tokio_util::sync::CancellationToken;
 
 /// A local key that only the reloaded configs know.
