@@ -12,12 +12,12 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::support::*;
 use bytes::Bytes;
 use http::{Method, Request};
 use palette_gateway::app::RunningGateway;
 use palette_gateway::auth::key_hash_string;
 use palette_gateway::config;
-use crate::support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// The methods of Palette's API, which the gateway forwards.

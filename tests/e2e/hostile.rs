@@ -10,8 +10,8 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use fake_palette::RecordedRequest;
 use crate::support::*;
+use fake_palette::RecordedRequest;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// Everything the fake received except the gateway's own login and refresh calls: what a

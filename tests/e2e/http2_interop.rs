@@ -4,9 +4,9 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use crate::support::*;
 use bytes::Bytes;
 use http::{Method, Request, StatusCode};
-use crate::support::*;
 
 /// An h2c (prior knowledge) connection to `addr`.
 async fn h2c(addr: SocketAddr) -> h2::client::SendRequest<Bytes> {

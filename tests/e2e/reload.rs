@@ -6,9 +6,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::support::*;
 use palette_gateway::auth::key_hash_string;
 use palette_gateway::config::Environment;
-use crate::support::*;
 use tokio_util::sync::CancellationToken;
 
 /// A local key that only the reloaded configs know.
@@ -195,10 +195,8 @@ async fn rate_limit_state_survives_for_unchanged_clients() {
 /// the new Palette key.
 #[tokio::test]
 async fn rewritten_secret_file_takes_effect_on_reload() {
-    let fake_cfg = fake_palette::FakePaletteConfig {
-        api_keys: vec![PALETTE_KEY.into(), ROTATED_KEY.into()],
-        ..standard_fake()
-    };
+    let fake_cfg =
+        fake_palette::FakePaletteConfig { api_keys: vec![PALETTE_KEY.into(), ROTATED_KEY.into()], ..standard_fake() };
     let dir = scratch_dir("reload-secret-file");
     std::fs::write(dir.join("palette.key"), format!("{PALETTE_KEY}\n")).unwrap();
     let rules = standard_rules().replace("api_key_env = \"PALETTE_API_KEY\"", "api_key_file = \"palette.key\"");
@@ -370,10 +368,8 @@ async fn watcher_follows_a_kubernetes_configmap_symlink_swap() {
 /// reloads on its own and the next request carries the new key.
 #[tokio::test]
 async fn watcher_applies_a_rotated_kubernetes_secret() {
-    let fake_cfg = fake_palette::FakePaletteConfig {
-        api_keys: vec![PALETTE_KEY.into(), ROTATED_KEY.into()],
-        ..standard_fake()
-    };
+    let fake_cfg =
+        fake_palette::FakePaletteConfig { api_keys: vec![PALETTE_KEY.into(), ROTATED_KEY.into()], ..standard_fake() };
     let fake = TrackedFake(fake_palette::FakePalette::start(fake_cfg).await.unwrap());
     let dir = scratch_dir("reload-k8s-secret");
     let secret_dir = dir.join("secret");
@@ -517,10 +513,8 @@ async fn watcher_stops_at_once() {
 /// variable to a Secret mount) is watched from then on: rotating it reloads on its own.
 #[tokio::test]
 async fn watcher_follows_secret_files_added_by_a_reload() {
-    let fake_cfg = fake_palette::FakePaletteConfig {
-        api_keys: vec![PALETTE_KEY.into(), ROTATED_KEY.into()],
-        ..standard_fake()
-    };
+    let fake_cfg =
+        fake_palette::FakePaletteConfig { api_keys: vec![PALETTE_KEY.into(), ROTATED_KEY.into()], ..standard_fake() };
     let g = FileGateway::start("reload-new-secret", fake_cfg, "", NO_BUDGET, &standard_rules()).await;
     let FileGateway { fake, gateway, path, dir, base, http, .. } = g;
     let w = Watched::spawn(gateway, &path);
@@ -552,10 +546,8 @@ async fn watcher_follows_secret_files_added_by_a_reload() {
 /// good key written afterwards is picked up.
 #[tokio::test]
 async fn bad_secret_files_are_refused_on_reload_without_hanging() {
-    let fake_cfg = fake_palette::FakePaletteConfig {
-        api_keys: vec![PALETTE_KEY.into(), ROTATED_KEY.into()],
-        ..standard_fake()
-    };
+    let fake_cfg =
+        fake_palette::FakePaletteConfig { api_keys: vec![PALETTE_KEY.into(), ROTATED_KEY.into()], ..standard_fake() };
     let dir = scratch_dir("reload-bad-secret");
     let key = dir.join("palette.key");
     std::fs::write(&key, format!("{PALETTE_KEY}\n")).unwrap();

@@ -4,11 +4,11 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use crate::support::*;
+use fake_palette::{FakePalette, FakePaletteConfig};
 use palette_gateway::app::RunningGateway;
 use palette_gateway::config;
-use fake_palette::{FakePalette, FakePaletteConfig};
 use rcgen::{BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair};
-use crate::support::*;
 
 struct Pki {
     dir: PathBuf,

@@ -2,9 +2,9 @@
 //! and readiness while no token can be had.
 use std::time::{Duration, Instant};
 
-use palette_gateway::credentials::token::FRESH_REPLACEMENT;
-use fake_palette::{FakePalette, FakePaletteConfig};
 use crate::support::*;
+use fake_palette::{FakePalette, FakePaletteConfig};
+use palette_gateway::credentials::token::FRESH_REPLACEMENT;
 
 fn short_lived(lifetime: Duration, exp_claim: bool) -> FakePaletteConfig {
     FakePaletteConfig { token_lifetime: lifetime, token_exp_claim: exp_claim, ..standard_fake() }

@@ -1,8 +1,8 @@
 //! Errors the gateway makes and upstream errors it passes on (issue point 7).
 use std::time::Duration;
 
-use palette_gateway::config::{self};
 use crate::support::*;
+use palette_gateway::config::{self};
 
 /// Upstream refuses connections: 502 UpstreamUnavailable, Palette-shaped, ref = request id.
 #[tokio::test]

@@ -304,7 +304,6 @@ where
     }
 }
 
-
 /// For a test that measures the whole process (memory, open descriptors, panics on any thread):
 /// runs test `name` (`module::function`) alone in a child process of this test binary, so that
 /// no other test shares what it measures. True in that child, where the caller runs its body;
