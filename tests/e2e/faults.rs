@@ -5,8 +5,8 @@
 //!
 //! The sick upstream is `support/faulty.rs`, a raw-TCP server whose behaviour is switched at
 //! run time; the mixed run uses the fake Palette and its hooks. Login down at start-up and a
-//! token refused early are in `tests/tokens.rs`; clients leaving mid-download or mid-upload in
-//! `tests/server_limits.rs`.
+//! token refused early are in `tests/e2e/tokens.rs`; clients leaving mid-download or mid-upload in
+//! `tests/e2e/server_limits.rs`.
 
 use std::future::Future;
 use std::path::Path;

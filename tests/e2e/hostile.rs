@@ -4,9 +4,9 @@
 //! ambiguous local keys, odd `Host`s. Each gets the right 4xx (or is forwarded harmlessly, which
 //! the test then proves), and nothing reaches the fake Palette in a form that escapes the rules.
 //!
-//! Spellings already covered by `tests/paths.rs`, `tests/policy_scope.rs` and
-//! `tests/forwarding.rs` are not repeated here; oversized bodies, slow and greedy clients are in
-//! `tests/server_limits.rs`.
+//! Spellings already covered by `tests/e2e/paths.rs`, `tests/e2e/policy_scope.rs` and
+//! `tests/e2e/forwarding.rs` are not repeated here; oversized bodies, slow and greedy clients are in
+//! `tests/e2e/server_limits.rs`.
 use std::net::SocketAddr;
 use std::time::Duration;
 
