@@ -7,10 +7,13 @@ dir=target/tmp/test-logs
 [ -d "$dir" ] || { echo "no test logs in $dir: run the test suite first" >&2; exit 1; }
 secrets=$(mktemp)
 trap 'rm -f "$secrets"' EXIT
-# The fixed secrets of tests/support/mod.rs (every `pub const ...: &str = "..."` that is a key,
-# password or local key), plus the tokens the fake issued.
-grep -E 'pub const (PALETTE_KEY|OPS_PASSWORD|CI_KEY|ADMIN_KEY|BOT_KEY): &str' tests/support/mod.rs | sed -E 's/.*= "(.*)";/\1/' >"$secrets"
-grep -hoE 'pgw_[A-Za-z0-9_-]{20,}' tests/*.rs | sort -u >>"$secrets" || true
+# The fixed secrets of tests/e2e/support/harness.rs (every `pub const ...: &str = "..."` that is
+# a key, password or local key), every local key written in a test, plus the tokens the fake
+# issued.
+harness=tests/e2e/support/harness.rs
+grep -E 'pub const (PALETTE_KEY|OPS_PASSWORD|CI_KEY|ADMIN_KEY|BOT_KEY): &str' "$harness" | sed -E 's/.*= "(.*)";/\1/' >"$secrets"
+[ "$(wc -l <"$secrets")" -eq 5 ] || { echo "expected 5 fixed secrets in $harness" >&2; exit 1; }
+grep -rhoE --include='*.rs' 'pgw_[A-Za-z0-9_-]{20,}' tests/ | sort -u >>"$secrets" || true
 [ -f "$dir/tokens.txt" ] && grep -v '^$' "$dir/tokens.txt" | sort -u >>"$secrets"
 n_secrets=$(wc -l <"$secrets")
 n_lines=$(cat "$dir"/*.log | wc -l)
@@ -20,4 +23,4 @@ if grep -F -f "$secrets" "$dir"/*.log >/dev/null; then
     grep -F -l -f "$secrets" "$dir"/*.log >&2
     exit 1
 fi
-echo "scanned $n_lines log lines from $(ls "$dir"/*.log | wc -l) test binaries for $n_secrets secrets: none found"
+echo "scanned $n_lines log lines from $(ls "$dir"/*.log | wc -l) test processes for $n_secrets secrets: none found"

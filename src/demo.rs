@@ -1,12 +1,16 @@
 //! `--demo`: the gateway fully offline, in front of the fake Palette, with curl commands that
-//! show the credential swap, a ProjectUid route and a refused request.
+//! show the credential swap, a ProjectUid route and a refused request. The fake Palette is a
+//! crate of its own (`crates/fake-palette`), linked in by the default `demo` feature; a gateway
+//! built without it says so when asked for `--demo`.
 
 use std::path::Path;
 
+#[cfg(feature = "demo")]
 use anyhow::Context as _;
+#[cfg(feature = "demo")]
+use fake_palette::{FakePalette, FakePaletteConfig, FakeUser};
 
 use crate::config::{self, MapEnv};
-use crate::fake_palette::{FakePalette, FakePaletteConfig, FakeUser};
 
 /// The demo config (also in `config/demo.toml`).
 pub const DEMO_CONFIG: &str = include_str!("../config/demo.toml");
@@ -26,6 +30,7 @@ pub fn demo_config() -> Result<config::Config, config::ConfigError> {
 }
 
 /// The fake Palette the demo config expects.
+#[cfg(feature = "demo")]
 pub fn demo_fake_config() -> FakePaletteConfig {
     FakePaletteConfig {
         api_keys: vec![DEMO_PALETTE_API_KEY.to_string()],
@@ -35,6 +40,7 @@ pub fn demo_fake_config() -> FakePaletteConfig {
 }
 
 /// Runs the demo until Ctrl-C.
+#[cfg(feature = "demo")]
 pub async fn run() -> anyhow::Result<()> {
     let cfg = demo_config().context("the built-in demo config is invalid")?;
     let fake_addr = format!("{}", cfg.upstream.authority).parse().context("demo upstream address")?;
@@ -66,6 +72,12 @@ pub async fn run() -> anyhow::Result<()> {
     gateway.shutdown().await;
     drop(fake);
     Ok(())
+}
+
+/// Without the `demo` feature there is no fake Palette to run against.
+#[cfg(not(feature = "demo"))]
+pub async fn run() -> anyhow::Result<()> {
+    anyhow::bail!("this palette-gateway was built without the `demo` feature: --demo is not available")
 }
 
 #[cfg(test)]

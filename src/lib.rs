@@ -27,7 +27,6 @@ pub mod decode;
 pub mod demo;
 pub mod drain;
 pub mod error;
-pub mod fake_palette;
 pub mod forward;
 pub mod framing;
 pub mod limit;

@@ -1,10 +1,8 @@
 //! Errors the gateway makes and upstream errors it passes on (issue point 7).
-mod support;
-
 use std::time::Duration;
 
+use crate::support::*;
 use palette_gateway::config::{self};
-use support::*;
 
 /// Upstream refuses connections: 502 UpstreamUnavailable, Palette-shaped, ref = request id.
 #[tokio::test]

@@ -5,12 +5,8 @@
 //!
 //! The sick upstream is `support/faulty.rs`, a raw-TCP server whose behaviour is switched at
 //! run time; the mixed run uses the fake Palette and its hooks. Login down at start-up and a
-//! token refused early are in `tests/tokens.rs`; clients leaving mid-download or mid-upload in
-//! `tests/server_limits.rs`.
-mod support;
-
-#[path = "support/faulty.rs"]
-mod faulty;
+//! token refused early are in `tests/e2e/tokens.rs`; clients leaving mid-download or mid-upload in
+//! `tests/e2e/server_limits.rs`.
 
 use std::future::Future;
 use std::path::Path;
@@ -18,13 +14,13 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use crate::support::faulty::{FaultyUpstream, Mode, DECLARED_LEN, OK_BODY, PARTIAL_LEN};
+use crate::support::*;
 use bytes::Bytes;
-use faulty::{FaultyUpstream, Mode, DECLARED_LEN, OK_BODY, PARTIAL_LEN};
 use palette_gateway::app::RunningGateway;
 use palette_gateway::auth::key_hash_string;
 use palette_gateway::config;
 use rand::{Rng, SeedableRng};
-use support::*;
 
 /// The gateway's `request_timeout` in these tests.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(1);
@@ -626,6 +622,10 @@ fn open_fds() -> usize {
 /// may grow at most 50 MiB in all and at most 10 MiB (2 KiB a request) over its second half.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mixed_run_with_faults_and_disconnects_leaks_nothing() {
+    // Memory is the whole process's: measured where no other test runs.
+    if !alone_in_process("faults::mixed_run_with_faults_and_disconnects_leaks_nothing") {
+        return;
+    }
     record_panics();
     let panics_before = panics_seen();
     let h = Arc::new(Harness::standard().await);

@@ -1,11 +1,9 @@
 //! `[server]` limits against large, slow and too many clients: 413 and 431, 503 past the
 //! in-flight limit, the header-read and idle timeouts, `max_connections`, and clients that go
 //! away mid-transfer.
-mod support;
-
 use std::time::{Duration, Instant};
 
-use support::*;
+use crate::support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -24,7 +22,7 @@ async fn inflight_becomes(g: &FileGateway, n: f64, within: Duration) -> bool {
 }
 
 /// What reached the fake other than the gateway's own login and refresh calls.
-fn forwarded(g: &FileGateway) -> Vec<palette_gateway::fake_palette::RecordedRequest> {
+fn forwarded(g: &FileGateway) -> Vec<fake_palette::RecordedRequest> {
     g.fake.requests().into_iter().filter(|r| !r.path_and_query.starts_with("/v1/auth/")).collect()
 }
 

@@ -1,21 +1,17 @@
 //! Client limits and the upstream budget: who gets 429, with which headers, and that Palette
 //! itself never has to answer 429.
-mod support;
-
-#[path = "support/faulty.rs"]
-mod faulty;
 
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use faulty::{FaultyUpstream, Mode};
+use crate::support::faulty::{FaultyUpstream, Mode};
+use crate::support::*;
+use fake_palette::FakeRateLimits;
 use palette_gateway::app::RunningGateway;
 use palette_gateway::auth::key_hash_string;
 use palette_gateway::config;
-use palette_gateway::fake_palette::FakeRateLimits;
 use palette_gateway::proxy::MAX_ATTEMPTS;
-use support::*;
 
 /// A gateway in front of `upstream_url` with only the API-key `admin` client (no login
 /// credential, whose own calls would blur the counts).
@@ -169,10 +165,8 @@ async fn three_clients_over_budget_share_it_fairly_and_palette_never_429s() {
     for (i, k) in keys.iter().enumerate() {
         rules.push_str(&format!("\n[[clients]]\nname = \"t{}\"\nkeys = [\"{}\"]\n", i + 1, key_hash_string(k)));
     }
-    let fake_cfg = palette_gateway::fake_palette::FakePaletteConfig {
-        rate_limits: Some(FakeRateLimits { burst_seconds: 1.0 }),
-        ..standard_fake()
-    };
+    let fake_cfg =
+        fake_palette::FakePaletteConfig { rate_limits: Some(FakeRateLimits { burst_seconds: 1.0 }), ..standard_fake() };
     let h = Arc::new(Harness::start(fake_cfg, "", &rules).await);
     let max_wait = Duration::from_secs(2);
     let run_for = Duration::from_secs(5);

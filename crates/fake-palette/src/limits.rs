@@ -2,7 +2,7 @@
 //! belongs to, one continuous token bucket per (source IP, prefix), and the forced 429s.
 //!
 //! This is written from `/work/shared/palette-api.md` alone, independently of the gateway's own
-//! table (`crate::limit`): the fake is the oracle the gateway is tested against.
+//! table (`palette_gateway::limit`): the fake is the oracle the gateway is tested against.
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;

@@ -1,9 +1,7 @@
 //! What crosses the gateway: target forms, hop-by-hop and forwarding headers, request ids,
 //! cookies, streaming bodies (issue point 5).
-mod support;
-
+use crate::support::*;
 use futures_util::StreamExt;
-use support::*;
 
 /// Absolute-form targets (a proxy request for another host) get 400; CONNECT gets 405.
 #[tokio::test]
@@ -68,6 +66,10 @@ async fn set_cookie_is_withheld() {
 /// A large download streams through with flat memory (the gateway does not buffer it).
 #[tokio::test]
 async fn large_download_streams_with_flat_memory() {
+    // Memory is the whole process's: measured where no other test runs.
+    if !alone_in_process("forwarding::large_download_streams_with_flat_memory") {
+        return;
+    }
     let h = Harness::standard().await;
     const SIZE: u64 = 512 * 1024 * 1024;
     let before = rss_kib();

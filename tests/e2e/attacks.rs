@@ -7,19 +7,17 @@
 //!
 //! Each test names what it guards. Those marked "fixed here" failed before this round; the
 //! others passed already and stay as regression guards.
-mod support;
-
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::support::*;
 use bytes::Bytes;
 use http::{Method, Request};
 use palette_gateway::app::RunningGateway;
 use palette_gateway::auth::key_hash_string;
 use palette_gateway::config;
-use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// The methods of Palette's API, which the gateway forwards.

@@ -4,16 +4,14 @@
 //! ambiguous local keys, odd `Host`s. Each gets the right 4xx (or is forwarded harmlessly, which
 //! the test then proves), and nothing reaches the fake Palette in a form that escapes the rules.
 //!
-//! Spellings already covered by `tests/paths.rs`, `tests/policy_scope.rs` and
-//! `tests/forwarding.rs` are not repeated here; oversized bodies, slow and greedy clients are in
-//! `tests/server_limits.rs`.
-mod support;
-
+//! Spellings already covered by `tests/e2e/paths.rs`, `tests/e2e/policy_scope.rs` and
+//! `tests/e2e/forwarding.rs` are not repeated here; oversized bodies, slow and greedy clients are in
+//! `tests/e2e/server_limits.rs`.
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use palette_gateway::fake_palette::RecordedRequest;
-use support::*;
+use crate::support::*;
+use fake_palette::RecordedRequest;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// Everything the fake received except the gateway's own login and refresh calls: what a

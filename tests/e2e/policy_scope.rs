@@ -1,7 +1,5 @@
 //! What a client may call, and in which project scope (issue points 2 and 3).
-mod support;
-
-use support::*;
+use crate::support::*;
 
 /// A method/path outside the client's `allow` gets 403 naming client, method and path; nothing
 /// reaches Palette.
@@ -169,7 +167,7 @@ async fn access_event(rid: &str) -> serde_json::Value {
     found.unwrap()
 }
 
-fn values(r: &palette_gateway::fake_palette::RecordedRequest, name: &str) -> Vec<String> {
+fn values(r: &fake_palette::RecordedRequest, name: &str) -> Vec<String> {
     r.headers.get_all(name).iter().map(|v| v.to_str().unwrap().to_string()).collect()
 }
 

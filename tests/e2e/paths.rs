@@ -1,8 +1,6 @@
 //! Path checks (issue point 6): every real Palette path passes byte for byte; every spelling
 //! that could be read two ways is refused before any rule sees it.
-mod support;
-
-use support::*;
+use crate::support::*;
 
 /// Every operation in Palette's own API spec, placeholders filled, reaches the fake unchanged
 /// (the `/v1/auth/**` ones and the credential endpoints are refused by design, and counted).

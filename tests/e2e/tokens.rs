@@ -1,12 +1,10 @@
 //! Token credentials: background login, refresh before expiry, single-flight, the 401 replay,
 //! and readiness while no token can be had.
-mod support;
-
 use std::time::{Duration, Instant};
 
+use crate::support::*;
+use fake_palette::{FakePalette, FakePaletteConfig};
 use palette_gateway::credentials::token::FRESH_REPLACEMENT;
-use palette_gateway::fake_palette::{FakePalette, FakePaletteConfig};
-use support::*;
 
 fn short_lived(lifetime: Duration, exp_claim: bool) -> FakePaletteConfig {
     FakePaletteConfig { token_lifetime: lifetime, token_exp_claim: exp_claim, ..standard_fake() }

@@ -1,8 +1,6 @@
 //! `/metrics`: the counters move by exactly the requests sent, labels stay bounded, and no
 //! secret reaches the exposition.
-mod support;
-
-use support::*;
+use crate::support::*;
 
 /// After a known mix of traffic, each counter shows exactly that traffic.
 #[tokio::test]

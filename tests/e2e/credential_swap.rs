@@ -1,7 +1,5 @@
 //! Local credentials in, the gateway's Palette credential out (issue points 1 and 4).
-mod support;
-
-use support::*;
+use crate::support::*;
 
 /// A client sending its local key as `ApiKey` reaches Palette with the gateway's API key, and
 /// its local key appears nowhere in what Palette receives.
@@ -115,7 +113,7 @@ async fn raw_authorization_is_not_accepted_as_local_key() {
     assert_eq!(r.status(), 401);
 }
 
-fn assert_no_local_key(r: &palette_gateway::fake_palette::RecordedRequest) {
+fn assert_no_local_key(r: &fake_palette::RecordedRequest) {
     for key in [CI_KEY, ADMIN_KEY, BOT_KEY] {
         assert!(!r.path_and_query.contains(key));
         assert!(!String::from_utf8_lossy(&r.body).contains(key));

@@ -1,17 +1,18 @@
-//! Test harness: the real gateway on ephemeral loopback ports in front of the fake Palette
-//! (the same `fake_palette` that `--demo` uses), plus small clients for what reqwest cannot
-//! send (raw, malformed HTTP/1.1).
+//! The gateways under test: the real gateway on ephemeral loopback ports in front of the fake
+//! Palette (the `fake-palette` crate, which `--demo` uses too), with the standard clients and
+//! secrets; the test log file every gateway writes to; and running one test alone in a process.
 #![allow(dead_code)]
 
-use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
+use fake_palette::{FakePalette, FakePaletteConfig, FakeUser, RecordedRequest};
 use palette_gateway::app::RunningGateway;
 use palette_gateway::auth::key_hash_string;
 use palette_gateway::config::{self, MapEnv};
-use palette_gateway::fake_palette::{FakePalette, FakePaletteConfig, FakeUser, RecordedRequest};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use super::files::scratch_dir;
+use super::http::{client, raw_request, RawResponse};
 
 /// The Palette API key the gateway holds (the fake accepts it).
 pub const PALETTE_KEY: &str = "palette-api-key-0001";
@@ -95,7 +96,7 @@ pub fn standard_env() -> MapEnv {
 
 /// A running fake Palette and gateway.
 pub struct Harness {
-    pub fake: FakePalette,
+    pub fake: TrackedFake,
     pub gateway: RunningGateway,
     /// `http://127.0.0.1:PORT` of the proxy listener.
     pub base: String,
@@ -127,7 +128,7 @@ impl Harness {
         let gateway = RunningGateway::start(cfg).await.expect("gateway starts");
         let base = format!("http://{}", gateway.proxy_addr);
         let admin = format!("http://{}", gateway.admin_addr);
-        Harness { fake, gateway, base, admin, http: client() }
+        Harness { fake: TrackedFake(fake), gateway, base, admin, http: client() }
     }
 
     /// `base` + path.
@@ -172,90 +173,24 @@ pub fn gateway_config(upstream_url: &str, upstream_extra: &str, rules: &str) -> 
     )
 }
 
-/// A plain HTTP client (no proxy, no automatic decompression, keep-alive).
-pub fn client() -> reqwest::Client {
-    reqwest::Client::builder().no_proxy().timeout(Duration::from_secs(30)).build().expect("client builds")
-}
-
-/// A raw HTTP/1.1 answer.
-#[derive(Debug)]
-pub struct RawResponse {
-    pub status: u16,
-    pub head: String,
-    pub body: Vec<u8>,
-}
-
-impl RawResponse {
-    /// A header's value (first occurrence, case-insensitive name).
-    pub fn header(&self, name: &str) -> Option<String> {
-        self.head.lines().skip(1).find_map(|l| {
-            let (n, v) = l.split_once(':')?;
-            n.trim().eq_ignore_ascii_case(name).then(|| v.trim().to_string())
-        })
-    }
-
-    /// The body as JSON.
-    pub fn json(&self) -> serde_json::Value {
-        serde_json::from_slice(&self.body)
-            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&self.body)))
-    }
-}
-
-/// Writes `request` to `addr` and reads one answer (the request should say `Connection: close`).
-pub async fn raw_request(addr: SocketAddr, request: &[u8]) -> RawResponse {
-    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
-    s.write_all(request).await.expect("write");
-    let mut buf = Vec::new();
-    let _ = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut buf)).await;
-    let split = buf.windows(4).position(|w| w == b"\r\n\r\n").unwrap_or(buf.len());
-    let head = String::from_utf8_lossy(&buf[..split]).to_string();
-    let mut body = buf.get(split + 4..).unwrap_or_default().to_vec();
-    if head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
-        body = dechunk(&body);
-    }
-    let status = head.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
-    RawResponse { status, head, body }
-}
-
-fn dechunk(mut b: &[u8]) -> Vec<u8> {
-    let mut out = Vec::new();
-    loop {
-        let Some(eol) = b.windows(2).position(|w| w == b"\r\n") else {
-            return out;
-        };
-        let size = usize::from_str_radix(String::from_utf8_lossy(&b[..eol]).trim(), 16).unwrap_or(0);
-        if size == 0 {
-            return out;
-        }
-        let start = eol + 2;
-        out.extend_from_slice(&b[start..(start + size).min(b.len())]);
-        b = &b[(start + size + 2).min(b.len())..];
-    }
-}
-
-/// A GET through the raw client (paths reqwest would normalize).
-pub fn raw_get(path: &str, headers: &[(&str, &str)]) -> Vec<u8> {
-    let mut req = format!("GET {path} HTTP/1.1\r\nHost: gateway.test\r\nConnection: close\r\n");
-    for (k, v) in headers {
-        req.push_str(&format!("{k}: {v}\r\n"));
-    }
-    req.push_str("\r\n");
-    req.into_bytes()
-}
-
-/// Where every test binary writes its logs (JSON lines, debug level): CI scans them all for
+/// Where every test process writes its logs (JSON lines, debug level): CI scans them all for
 /// secrets after the suite (scripts/scan-test-logs.sh).
 pub const TEST_LOG_DIR: &str = concat!(env!("CARGO_TARGET_TMPDIR"), "/test-logs");
 
-/// Sends the gateway's logs (debug level unless RUST_LOG says otherwise) to this test binary's
-/// log file under [`TEST_LOG_DIR`].
+/// This test process's log file under [`TEST_LOG_DIR`] (`<binary>-<pid>.log`).
+pub fn log_file() -> String {
+    let exe = std::env::current_exe().ok().and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()));
+    format!("{TEST_LOG_DIR}/{}-{}.log", exe.unwrap_or_else(|| "test".into()), std::process::id())
+}
+
+/// Sends every log line of this process (the gateway's, the fake's, the HTTP stacks'; debug
+/// level unless RUST_LOG says otherwise) to [`log_file`]. One subscriber for the whole binary:
+/// tests that read logs read that file.
 pub fn init_logs() {
     static INIT: std::sync::Once = std::sync::Once::new();
     INIT.call_once(|| {
         let _ = std::fs::create_dir_all(TEST_LOG_DIR);
-        let exe = std::env::current_exe().ok().and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()));
-        let file = format!("{TEST_LOG_DIR}/{}-{}.log", exe.unwrap_or_else(|| "test".into()), std::process::id());
-        let Ok(f) = std::fs::File::create(file) else { return };
+        let Ok(f) = std::fs::File::create(log_file()) else { return };
         let _ = tracing_subscriber::fmt()
             .json()
             .flatten_event(true)
@@ -265,93 +200,8 @@ pub fn init_logs() {
     });
 }
 
-impl Drop for Harness {
-    fn drop(&mut self) {
-        // The fake's tokens are secrets too: record them for the log scan.
-        let tokens = self.fake.issued_tokens();
-        if !tokens.is_empty() {
-            use std::io::Write;
-            if let Ok(mut f) =
-                std::fs::OpenOptions::new().create(true).append(true).open(format!("{TEST_LOG_DIR}/tokens.txt"))
-            {
-                let _ = writeln!(f, "{}", tokens.join("\n"));
-            }
-        }
-    }
-}
-
-/// One sample of a Prometheus text exposition.
-#[derive(Debug, Clone)]
-pub struct Sample {
-    pub name: String,
-    pub labels: std::collections::BTreeMap<String, String>,
-    pub value: f64,
-}
-
-/// Parses the Prometheus text format (enough for our own exposition: no escapes in values).
-pub fn parse_metrics(text: &str) -> Vec<Sample> {
-    text.lines()
-        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
-        .filter_map(|l| {
-            let (series, value) = l.rsplit_once(' ')?;
-            let (name, labels) = match series.split_once('{') {
-                Some((n, rest)) => (n, rest.trim_end_matches('}')),
-                None => (series, ""),
-            };
-            let labels = labels
-                .split("\",")
-                .filter(|p| !p.is_empty())
-                .filter_map(|p| {
-                    let (k, v) = p.split_once('=')?;
-                    Some((k.trim().to_string(), v.trim_matches('"').to_string()))
-                })
-                .collect();
-            Some(Sample { name: name.to_string(), labels, value: value.parse().ok()? })
-        })
-        .collect()
-}
-
-/// The value of the series `name` whose labels include all of `labels` (0 when absent).
-pub fn metric(samples: &[Sample], name: &str, labels: &[(&str, &str)]) -> f64 {
-    samples
-        .iter()
-        .filter(|s| s.name == name && labels.iter().all(|(k, v)| s.labels.get(*k).map(String::as_str) == Some(*v)))
-        .map(|s| s.value)
-        .sum()
-}
-
-impl Harness {
-    /// Scrapes `/metrics`.
-    pub async fn metrics(&self) -> (String, Vec<Sample>) {
-        let text = self.http.get(format!("{}/metrics", self.admin)).send().await.unwrap().text().await.unwrap();
-        let samples = parse_metrics(&text);
-        (text, samples)
-    }
-}
-
-// --- Production-operations helpers (reload, shutdown, server limits, logs) ---------------------
-
-/// A fresh, empty directory for one test's files, under cargo's per-target tmp dir.
-pub fn scratch_dir(name: &str) -> std::path::PathBuf {
-    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let dir = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
-        .join("scratch")
-        .join(format!("{name}-{}-{n}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).expect("scratch dir");
-    dir
-}
-
-/// Writes `text` to `path` the way editors and config tools do: a temporary file renamed over it.
-pub fn write_atomically(path: &Path, text: &str) {
-    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
-    std::fs::write(&tmp, text).expect("write temp file");
-    std::fs::rename(&tmp, path).expect("rename over the file");
-}
-
-/// A fake Palette that records the tokens it issued for the log scan when dropped (as
-/// [`Harness`] does), without keeping its owner from being taken apart.
+/// A fake Palette that records the tokens it issued for the log scan when dropped (the fake of
+/// [`Harness`] and [`FileGateway`] alike), without keeping its owner from being taken apart.
 pub struct TrackedFake(pub FakePalette);
 
 impl std::ops::Deref for TrackedFake {
@@ -363,6 +213,7 @@ impl std::ops::Deref for TrackedFake {
 
 impl Drop for TrackedFake {
     fn drop(&mut self) {
+        // The fake's tokens are secrets too: record them for the log scan.
         let tokens = self.0.issued_tokens();
         if !tokens.is_empty() {
             use std::io::Write;
@@ -435,12 +286,6 @@ impl FileGateway {
     }
 }
 
-/// Scrapes the admin listener's `/metrics`.
-pub async fn scrape(http: &reqwest::Client, admin: &str) -> Vec<Sample> {
-    let text = http.get(format!("{admin}/metrics")).send().await.expect("scrape").text().await.expect("metrics text");
-    parse_metrics(&text)
-}
-
 /// Polls `check` every 20 ms until it holds; false if it still does not after `within`.
 pub async fn eventually<F, Fut>(within: Duration, mut check: F) -> bool
 where
@@ -459,61 +304,27 @@ where
     }
 }
 
-/// Reads one HTTP/1.1 answer from a kept-alive connection (by `Content-Length`, or to the
-/// end of a chunked body); `None` if the connection closed or nothing came within `within`.
-pub async fn read_response(s: &mut tokio::net::TcpStream, within: Duration) -> Option<RawResponse> {
-    let read = async {
-        let mut buf = Vec::new();
-        let mut chunk = [0u8; 16 * 1024];
-        let head_end = loop {
-            if let Some(p) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                break p;
-            }
-            let n = s.read(&mut chunk).await.ok()?;
-            if n == 0 {
-                return None;
-            }
-            buf.extend_from_slice(&chunk[..n]);
-        };
-        let head = String::from_utf8_lossy(&buf[..head_end]).to_string();
-        let status = head.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
-        let mut resp = RawResponse { status, head, body: Vec::new() };
-        let mut body = buf[head_end + 4..].to_vec();
-        let chunked = resp.header("transfer-encoding").is_some_and(|v| v.eq_ignore_ascii_case("chunked"));
-        let length: usize = resp.header("content-length").and_then(|v| v.parse().ok()).unwrap_or(0);
-        loop {
-            let done = if chunked { body.ends_with(b"0\r\n\r\n") } else { body.len() >= length };
-            if done {
-                break;
-            }
-            let n = s.read(&mut chunk).await.ok()?;
-            if n == 0 {
-                return None;
-            }
-            body.extend_from_slice(&chunk[..n]);
-        }
-        resp.body = if chunked { dechunk(&body) } else { body };
-        Some(resp)
-    };
-    tokio::time::timeout(within, read).await.ok().flatten()
-}
-
-/// A keep-alive GET as raw bytes (the connection stays open after the answer).
-pub fn keep_alive_get(path: &str, headers: &[(&str, &str)]) -> Vec<u8> {
-    let mut req = format!("GET {path} HTTP/1.1\r\nHost: gateway.test\r\n");
-    for (k, v) in headers {
-        req.push_str(&format!("{k}: {v}\r\n"));
+/// For a test that measures the whole process (memory, open descriptors, panics on any thread):
+/// runs test `name` (`module::function`) alone in a child process of this test binary, so that
+/// no other test shares what it measures. True in that child, where the caller runs its body;
+/// in the parent, fails with the child's output if the child failed, and returns false.
+pub fn alone_in_process(name: &str) -> bool {
+    const VAR: &str = "PALETTE_GATEWAY_TEST_ALONE";
+    if std::env::var(VAR).is_ok_and(|v| v == name) {
+        return true;
     }
-    req.push_str("\r\n");
-    req.into_bytes()
-}
-
-/// VmRSS of this test process in KiB (0 where /proc is not there).
-pub fn rss_kib() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
-        })
-        .unwrap_or(0)
+    let exe = std::env::current_exe().expect("the test binary");
+    let out = std::process::Command::new(exe)
+        .args(["--exact", name, "--test-threads=1", "--nocapture"])
+        .env(VAR, name)
+        .output()
+        .expect("the test binary runs");
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success() && stdout.contains("1 passed"),
+        "{name}, alone in process {}, failed:\n{stdout}\n{stderr}",
+        out.status
+    );
+    eprintln!("{name} passed alone in its own process:\n{stderr}");
+    false
 }

@@ -1,11 +1,9 @@
 //! The Grafana dashboard and the Prometheus alerts in deploy/ use only metric names (and
 //! histogram series) that a running gateway exports, so they cannot drift from the code.
-mod support;
-
 use std::collections::BTreeSet;
 use std::process::Command;
 
-use support::*;
+use crate::support::*;
 
 fn names(args: &[&str]) -> BTreeSet<String> {
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/metric-names.py");

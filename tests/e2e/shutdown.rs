@@ -2,18 +2,14 @@
 //! then stops accepting, lets in-flight requests (streaming bodies included) finish within
 //! `drain_timeout`, and closes idle keep-alive connections. The binary does this on SIGTERM,
 //! exits at once on a second signal, and reloads on SIGHUP.
-mod support;
-
-#[path = "support/faulty.rs"]
-mod faulty;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-use palette_gateway::fake_palette::FakePalette;
-use support::*;
+use crate::support::*;
+use fake_palette::FakePalette;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;

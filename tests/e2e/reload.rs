@@ -1,16 +1,14 @@
 //! Hot reload: a new config is loaded and validated whole, then swapped in; an invalid one is
 //! refused while the old one keeps serving; state that did not change (tokens, rate limits)
 //! survives; the file watcher follows plain rewrites and Kubernetes' `..data` symlink swaps.
-mod support;
-
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::support::*;
 use palette_gateway::auth::key_hash_string;
 use palette_gateway::config::Environment;
-use support::*;
 use tokio_util::sync::CancellationToken;
 
 /// A local key that only the reloaded configs know.
@@ -197,14 +195,12 @@ async fn rate_limit_state_survives_for_unchanged_clients() {
 /// the new Palette key.
 #[tokio::test]
 async fn rewritten_secret_file_takes_effect_on_reload() {
-    let fake_cfg = palette_gateway::fake_palette::FakePaletteConfig {
-        api_keys: vec![PALETTE_KEY.into(), ROTATED_KEY.into()],
-        ..standard_fake()
-    };
+    let fake_cfg =
+        fake_palette::FakePaletteConfig { api_keys: vec![PALETTE_KEY.into(), ROTATED_KEY.into()], ..standard_fake() };
     let dir = scratch_dir("reload-secret-file");
     std::fs::write(dir.join("palette.key"), format!("{PALETTE_KEY}\n")).unwrap();
     let rules = standard_rules().replace("api_key_env = \"PALETTE_API_KEY\"", "api_key_file = \"palette.key\"");
-    let fake = TrackedFake(palette_gateway::fake_palette::FakePalette::start(fake_cfg).await.unwrap());
+    let fake = TrackedFake(fake_palette::FakePalette::start(fake_cfg).await.unwrap());
     let path = dir.join("gateway.toml");
     std::fs::write(&path, server_config(&fake.url(), "", NO_BUDGET, &rules)).unwrap();
     let g = FileGateway::from_file(fake, dir.clone(), path).await;
@@ -331,7 +327,7 @@ async fn rotate_until_used(
     secret: &mut ConfigMapDir,
     http: &reqwest::Client,
     url: &str,
-    fake: &palette_gateway::fake_palette::FakePalette,
+    fake: &fake_palette::FakePalette,
 ) -> bool {
     change_until(
         |round| secret.swap("api-key", if round % 2 == 0 { ROTATED_KEY } else { PALETTE_KEY }),
@@ -346,7 +342,7 @@ async fn rotate_until_used(
 /// A Kubernetes ConfigMap update (the `..data` symlink swapped) reloads the gateway on its own.
 #[tokio::test]
 async fn watcher_follows_a_kubernetes_configmap_symlink_swap() {
-    let fake = TrackedFake(palette_gateway::fake_palette::FakePalette::start(standard_fake()).await.unwrap());
+    let fake = TrackedFake(fake_palette::FakePalette::start(standard_fake()).await.unwrap());
     let dir = scratch_dir("reload-configmap");
     let mut mount =
         ConfigMapDir::new(dir.clone(), "gateway.toml", &server_config(&fake.url(), "", NO_BUDGET, &standard_rules()));
@@ -372,11 +368,9 @@ async fn watcher_follows_a_kubernetes_configmap_symlink_swap() {
 /// reloads on its own and the next request carries the new key.
 #[tokio::test]
 async fn watcher_applies_a_rotated_kubernetes_secret() {
-    let fake_cfg = palette_gateway::fake_palette::FakePaletteConfig {
-        api_keys: vec![PALETTE_KEY.into(), ROTATED_KEY.into()],
-        ..standard_fake()
-    };
-    let fake = TrackedFake(palette_gateway::fake_palette::FakePalette::start(fake_cfg).await.unwrap());
+    let fake_cfg =
+        fake_palette::FakePaletteConfig { api_keys: vec![PALETTE_KEY.into(), ROTATED_KEY.into()], ..standard_fake() };
+    let fake = TrackedFake(fake_palette::FakePalette::start(fake_cfg).await.unwrap());
     let dir = scratch_dir("reload-k8s-secret");
     let secret_dir = dir.join("secret");
     std::fs::create_dir(&secret_dir).unwrap();
@@ -519,10 +513,8 @@ async fn watcher_stops_at_once() {
 /// variable to a Secret mount) is watched from then on: rotating it reloads on its own.
 #[tokio::test]
 async fn watcher_follows_secret_files_added_by_a_reload() {
-    let fake_cfg = palette_gateway::fake_palette::FakePaletteConfig {
-        api_keys: vec![PALETTE_KEY.into(), ROTATED_KEY.into()],
-        ..standard_fake()
-    };
+    let fake_cfg =
+        fake_palette::FakePaletteConfig { api_keys: vec![PALETTE_KEY.into(), ROTATED_KEY.into()], ..standard_fake() };
     let g = FileGateway::start("reload-new-secret", fake_cfg, "", NO_BUDGET, &standard_rules()).await;
     let FileGateway { fake, gateway, path, dir, base, http, .. } = g;
     let w = Watched::spawn(gateway, &path);
@@ -554,15 +546,13 @@ async fn watcher_follows_secret_files_added_by_a_reload() {
 /// good key written afterwards is picked up.
 #[tokio::test]
 async fn bad_secret_files_are_refused_on_reload_without_hanging() {
-    let fake_cfg = palette_gateway::fake_palette::FakePaletteConfig {
-        api_keys: vec![PALETTE_KEY.into(), ROTATED_KEY.into()],
-        ..standard_fake()
-    };
+    let fake_cfg =
+        fake_palette::FakePaletteConfig { api_keys: vec![PALETTE_KEY.into(), ROTATED_KEY.into()], ..standard_fake() };
     let dir = scratch_dir("reload-bad-secret");
     let key = dir.join("palette.key");
     std::fs::write(&key, format!("{PALETTE_KEY}\n")).unwrap();
     let rules = standard_rules().replace("api_key_env = \"PALETTE_API_KEY\"", "api_key_file = \"palette.key\"");
-    let fake = TrackedFake(palette_gateway::fake_palette::FakePalette::start(fake_cfg).await.unwrap());
+    let fake = TrackedFake(fake_palette::FakePalette::start(fake_cfg).await.unwrap());
     let path = dir.join("gateway.toml");
     std::fs::write(&path, server_config(&fake.url(), "", NO_BUDGET, &rules)).unwrap();
     let g = FileGateway::from_file(fake, dir.clone(), path.clone()).await;
@@ -609,7 +599,7 @@ async fn bad_secret_files_are_refused_on_reload_without_hanging() {
 /// config is still reloaded.
 #[tokio::test]
 async fn trace_logging_next_to_the_config_does_not_feed_the_watcher() {
-    let fake = TrackedFake(palette_gateway::fake_palette::FakePalette::start(standard_fake()).await.unwrap());
+    let fake = TrackedFake(fake_palette::FakePalette::start(standard_fake()).await.unwrap());
     let dir = scratch_dir("reload-trace-log");
     let path = dir.join("gateway.toml");
     let rules = format!(

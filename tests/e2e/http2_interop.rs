@@ -1,14 +1,12 @@
 //! HTTP/2 (h2c) and HTTP/1.1 clients see clean answers: no body on any answer to `HEAD`
 //! (issue 9 point 17), and refusals of requests with small bodies end the stream normally
 //! instead of resetting it under the client's upload (point 18).
-mod support;
-
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use crate::support::*;
 use bytes::Bytes;
 use http::{Method, Request, StatusCode};
-use support::*;
 
 /// An h2c (prior knowledge) connection to `addr`.
 async fn h2c(addr: SocketAddr) -> h2::client::SendRequest<Bytes> {

@@ -2,81 +2,56 @@
 //! request with every field, an audit event per mutation with Palette's `AuditUid`, trace
 //! context and request ids carried through, reload refusals named by field, and no secret in
 //! any line, at debug level, however the run goes wrong.
-mod support;
-
-use std::io::Write as _;
-use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
-use palette_gateway::fake_palette::{FakePaletteConfig, FakeUser};
+use crate::support::*;
+use fake_palette::{FakePaletteConfig, FakeUser};
 use serde_json::Value;
-use support::*;
 
-/// Every log line this test binary produced (the gateway's, the fake's, the HTTP stacks'),
-/// also copied to the test-log directory for the suite-wide secret scan.
+/// The log lines of this test process (the gateway's, the fake's, the HTTP stacks'), as
+/// written to its log file (debug level, JSON lines; the suite-wide secret scan reads the same
+/// file) from the moment a test called [`capture`].
 struct Capture {
-    lines: Arc<Mutex<Vec<u8>>>,
-    file: Option<Arc<Mutex<std::fs::File>>>,
+    file: String,
+    from: u64,
 }
 
-/// The writer the subscriber gets for each event.
-struct CaptureWriter {
-    lines: Arc<Mutex<Vec<u8>>>,
-    file: Option<Arc<Mutex<std::fs::File>>>,
-}
-
-impl std::io::Write for CaptureWriter {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.lines.lock().unwrap_or_else(|p| p.into_inner()).extend_from_slice(buf);
-        if let Some(f) = &self.file {
-            let _ = f.lock().unwrap_or_else(|p| p.into_inner()).write_all(buf);
-        }
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-/// Installs (once per test binary, before any harness) a JSON-lines subscriber at debug level
-/// writing into memory.
-fn capture() -> &'static Capture {
-    static CAPTURE: OnceLock<Capture> = OnceLock::new();
-    CAPTURE.get_or_init(|| {
-        let lines = Arc::new(Mutex::new(Vec::new()));
-        let _ = std::fs::create_dir_all(TEST_LOG_DIR);
-        let file = std::fs::File::create(format!("{TEST_LOG_DIR}/logs-capture-{}.log", std::process::id()))
-            .ok()
-            .map(|f| Arc::new(Mutex::new(f)));
-        let (l, f) = (lines.clone(), file.clone());
-        tracing_subscriber::fmt()
-            .json()
-            .flatten_event(true)
-            .with_env_filter(tracing_subscriber::EnvFilter::new("debug"))
-            .with_writer(move || CaptureWriter { lines: l.clone(), file: f.clone() })
-            .try_init()
-            .expect("the capturing subscriber is the first one");
-        Capture { lines, file }
-    })
+/// Starts reading this process's log lines at the current end of its log file. Every test of
+/// the binary logs into that file at once, so each test picks its own events out by request
+/// id or path.
+fn capture() -> Capture {
+    init_logs();
+    let file = log_file();
+    let from = std::fs::metadata(&file).map(|m| m.len()).unwrap_or(0);
+    Capture { file, from }
 }
 
 impl Capture {
+    /// Every whole line written since [`capture`].
     fn text(&self) -> String {
-        String::from_utf8_lossy(&self.lines.lock().unwrap_or_else(|p| p.into_inner())).into_owned()
+        let mut bytes = Vec::new();
+        if let Ok(mut f) = std::fs::File::open(&self.file) {
+            use std::io::{Read as _, Seek as _};
+            if f.seek(std::io::SeekFrom::Start(self.from)).is_ok() {
+                let _ = f.read_to_end(&mut bytes);
+            }
+        }
+        // A line still being written is not one yet.
+        let whole = bytes.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
+        String::from_utf8_lossy(&bytes[..whole]).into_owned()
     }
 
     /// Every captured line as JSON (each must be).
     fn events(&self) -> Vec<Value> {
-        self.text()
-            .lines()
-            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("a log line is not JSON ({e}): {l}")))
-            .collect()
+        self.text().lines().map(parse).collect()
     }
 
     /// The events of `target` for request `rid`.
     fn of(&self, target: &str, rid: &str) -> Vec<Value> {
-        self.events().into_iter().filter(|e| e["target"] == target && e["request_id"] == rid).collect()
+        let text = self.text();
+        // Only lines naming `rid` are parsed: the file holds every concurrent test's lines.
+        let lines = text.lines().filter(|l| l.contains(rid)).map(parse);
+        lines.filter(|e| e["target"] == target && e["request_id"] == rid).collect()
     }
 
     /// Waits (at most 3 s) until request `rid` has its access event, and returns its events
@@ -86,6 +61,10 @@ impl Capture {
         assert!(seen, "no access event for {rid}");
         self.of(target, rid)
     }
+}
+
+fn parse(line: &str) -> Value {
+    serde_json::from_str(line).unwrap_or_else(|e| panic!("a log line is not JSON ({e}): {line}"))
 }
 
 const ACCESS: &str = "palette_gateway::access";
@@ -100,7 +79,7 @@ fn num(v: &Value) -> f64 {
 /// duration and rate-limit wait; a refused request gives one too.
 #[tokio::test]
 async fn one_access_event_per_request_with_every_field() {
-    let cap = capture();
+    let cap = &capture();
     // A tight Palette budget on /v1/packs so that a second request waits for it.
     let budget = "[upstream.limits]\npreset = \"none\"\n[[upstream.limits.prefix]]\nprefix = \"/v1/packs\"\nper_second = 2\nburst = 1\n";
     let h = Harness::start(standard_fake(), budget, &standard_rules()).await;
@@ -182,7 +161,7 @@ async fn one_access_event_per_request_with_every_field() {
 /// outcome and Palette's `AuditUid`; a refused mutation is audited as a failure; a GET is not.
 #[tokio::test]
 async fn mutations_are_audited_with_palette_audit_uid() {
-    let cap = capture();
+    let cap = &capture();
     let h = Harness::standard().await;
     let r = h
         .http
@@ -252,7 +231,7 @@ async fn mutations_are_audited_with_palette_audit_uid() {
 /// `X-Request-Id` the gateway makes one and uses it everywhere.
 #[tokio::test]
 async fn trace_context_and_request_id_pass_through() {
-    let cap = capture();
+    let cap = &capture();
     let h = Harness::standard().await;
     let traceparent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
     let tracestate = "congo=t61rcWkgMzE,rojo=00f067aa0ba902b7";
@@ -290,7 +269,7 @@ async fn trace_context_and_request_id_pass_through() {
 /// A refused reload is logged as an error naming the field; the operator sees why.
 #[tokio::test]
 async fn refused_reload_is_logged_with_its_field() {
-    let cap = capture();
+    let cap = &capture();
     let g = FileGateway::start("logs-reload", standard_fake(), "", NO_BUDGET, &standard_rules()).await;
     let broken = format!("{}\n[[clients]]\nname = \"broken\"\ncredential = \"nope\"\n", standard_rules());
     write_atomically(&g.path, &g.config_text("", NO_BUDGET, &broken));
@@ -309,7 +288,7 @@ async fn refused_reload_is_logged_with_its_field() {
 /// keys) leaves no secret in any log line, at debug level.
 #[tokio::test]
 async fn no_secret_in_any_log_line() {
-    let cap = capture();
+    let cap = &capture();
     let unknown_key = "pgw_unknown-local-key-ffffffffffffffffffffffffffff";
     // Short tokens, so that the gateway refreshes during the test.
     let fake = FakePaletteConfig { token_lifetime: Duration::from_secs(3), ..standard_fake() };
@@ -369,16 +348,13 @@ async fn no_secret_in_any_log_line() {
     assert!(has("login failed"), "the failed login was not logged");
     assert!(has("upstream refused the token"), "the refused token was not logged");
     assert!(has("token refreshed"), "the refresh was not logged");
-    if let Some(f) = &cap.file {
-        let _ = f.lock().unwrap_or_else(|p| p.into_inner()).flush();
-    }
 }
 
 /// A client that gives up before the answer (its own timeout) still leaves one access event,
 /// and a mutation it abandoned, which Palette received, still leaves an audit event.
 #[tokio::test]
 async fn abandoned_requests_are_still_logged() {
-    let cap = capture();
+    let cap = &capture();
     let h = Harness::standard().await;
     let impatient = reqwest::Client::builder().no_proxy().timeout(Duration::from_millis(300)).build().unwrap();
     for (method, rid) in [(reqwest::Method::GET, "logs-abandoned-get"), (reqwest::Method::POST, "logs-abandoned-post")]
@@ -423,16 +399,13 @@ async fn abandoned_requests_are_still_logged() {
     assert_eq!(audit["path"], "/v1/__fake/slow/1500");
 }
 
-#[path = "support/faulty.rs"]
-mod faulty;
-
 /// An upstream body that pauses longer than `upstream.body_idle_timeout` is cut as an error the
 /// client sees, never a silently short body: over HTTP/1.1 the connection closes before the
 /// declared `Content-Length`, over HTTP/2 the stream is reset; the access log says
 /// `complete: false` with the bytes that did go out.
 #[tokio::test]
 async fn upstream_body_stall_is_an_error_for_h1_and_h2_clients_and_in_the_access_log() {
-    let cap = capture();
+    let cap = &capture();
     let up = faulty::FaultyUpstream::start(faulty::Mode::StallMidBody).await;
     let text = gateway_config(
         &up.url(),

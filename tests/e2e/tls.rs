@@ -1,16 +1,14 @@
 //! HTTPS on both sides: the gateway serving TLS (HTTP/2 by ALPN), mTLS client identification
 //! by `cert_names`, and an HTTPS upstream trusted through `ca_file`. Certificates come from a
 //! throwaway rcgen CA.
-mod support;
-
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use crate::support::*;
+use fake_palette::{FakePalette, FakePaletteConfig};
 use palette_gateway::app::RunningGateway;
 use palette_gateway::config;
-use palette_gateway::fake_palette::{FakePalette, FakePaletteConfig};
 use rcgen::{BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair};
-use support::*;
 
 struct Pki {
     dir: PathBuf,
