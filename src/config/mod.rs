@@ -4,6 +4,7 @@
 //! the runtime types below (resolved secrets, hashed keys, compiled patterns, TLS material).
 
 mod file;
+mod preset;
 pub mod secret;
 mod validate;
 
@@ -16,6 +17,7 @@ use std::time::Duration;
 
 use http::Method;
 
+pub(crate) use preset::{palette_preset, CATCH_ALL};
 pub use secret::{Environment, MapEnv, ProcessEnv, Secret};
 
 use crate::pattern::AllowRule;

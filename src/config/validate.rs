@@ -382,7 +382,7 @@ fn upstream_limits(u: &RawUpstream, p: &mut Problems) -> Option<UpstreamLimits> 
     let l = &u.limits;
     let before = p.0.len();
     let mut rules = match l.preset.as_deref() {
-        None | Some("palette") => crate::limit::upstream::palette_preset(),
+        None | Some("palette") => super::palette_preset(),
         Some("none") => Vec::new(),
         Some(other) => {
             p.add(
@@ -394,7 +394,7 @@ fn upstream_limits(u: &RawUpstream, p: &mut Problems) -> Option<UpstreamLimits> 
     };
     for (i, raw) in l.prefix.iter().enumerate() {
         let field = format!("upstream.limits.prefix[{i}]");
-        if let Err(m) = crate::limit::upstream::check_prefix(&raw.prefix) {
+        if let Err(m) = super::preset::check_prefix(&raw.prefix) {
             p.add(format!("{field}.prefix"), m);
             continue;
         }
