@@ -5,7 +5,10 @@
 
 mod file;
 mod preset;
+mod problems;
+mod read;
 pub mod secret;
+mod tls;
 mod validate;
 
 use std::collections::HashMap;
@@ -17,7 +20,10 @@ use std::time::Duration;
 
 use http::Method;
 
-pub(crate) use preset::{palette_preset, CATCH_ALL};
+#[cfg(test)]
+pub(crate) use preset::palette_preset;
+pub(crate) use preset::CATCH_ALL;
+pub(crate) use read::{read_bounded, MAX_FILE_BYTES};
 pub use secret::{Environment, MapEnv, ProcessEnv, Secret};
 
 use crate::pattern::AllowRule;
@@ -61,8 +67,8 @@ impl ConfigError {
 /// Loads and validates the config at `path`; relative file paths inside it are relative to
 /// its directory. Used by start-up, reload and `check` alike.
 pub fn load(path: &Path, env: &dyn Environment) -> Result<Config, ConfigError> {
-    let text = secret::read_bounded(path, secret::MAX_FILE_BYTES)
-        .map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
+    let text =
+        read_bounded(path, MAX_FILE_BYTES).map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
     let base = path.parent().unwrap_or(Path::new("."));
     load_str(&text, base, env)
 }
