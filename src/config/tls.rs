@@ -5,14 +5,16 @@
 use std::path::Path;
 use std::sync::Arc;
 
+use rustls::pki_types::pem::{self, PemObject};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
 use super::file::RawServerTls;
 use super::problems::Problems;
 use super::{Environment, ServerTls};
 
+/// Every certificate in a PEM text (other sections are skipped), at least one.
 fn pem_certs(text: &str, field: &str, p: &mut Problems) -> Option<Vec<CertificateDer<'static>>> {
-    let certs: Result<Vec<_>, _> = rustls_pemfile::certs(&mut text.as_bytes()).collect();
+    let certs: Result<Vec<_>, _> = CertificateDer::pem_slice_iter(text.as_bytes()).collect();
     match certs {
         Ok(c) if !c.is_empty() => Some(c),
         Ok(_) => {
@@ -20,9 +22,19 @@ fn pem_certs(text: &str, field: &str, p: &mut Problems) -> Option<Vec<Certificat
             None
         }
         Err(e) => {
-            p.add(field, format!("invalid PEM: {e}"));
+            p.add(field, format!("invalid PEM: {}", pem_error(&e)));
             None
         }
+    }
+}
+
+/// A PEM error in words: pki-types prints a missing end marker as a list of bytes.
+fn pem_error(e: &pem::Error) -> String {
+    let text = |bytes: &[u8]| String::from_utf8_lossy(&bytes[..bytes.len().min(80)]).into_owned();
+    match e {
+        pem::Error::MissingSectionEnd { end_marker } => format!("section end {:?} missing", text(end_marker)),
+        pem::Error::IllegalSectionStart { line } => format!("malformed section start {:?}", text(line)),
+        other => other.to_string(),
     }
 }
 
@@ -32,14 +44,14 @@ pub(super) fn server_tls(t: &RawServerTls, base: &Path, env: &dyn Environment, p
         .and_then(|s| pem_certs(&s, "server.tls.cert_file", p));
     let key: Option<PrivateKeyDer<'static>> =
         p.read_file(env, base, &t.key_file, "server.tls.key_file").and_then(|s| {
-            match rustls_pemfile::private_key(&mut s.as_bytes()) {
-                Ok(Some(k)) => Some(k),
-                Ok(None) => {
+            match PrivateKeyDer::from_pem_slice(s.as_bytes()) {
+                Ok(k) => Some(k),
+                Err(pem::Error::NoItemsFound) => {
                     p.add("server.tls.key_file", "no PEM private key found");
                     None
                 }
                 Err(e) => {
-                    p.add("server.tls.key_file", format!("invalid PEM: {e}"));
+                    p.add("server.tls.key_file", format!("invalid PEM: {}", pem_error(&e)));
                     None
                 }
             }
@@ -106,4 +118,65 @@ pub(super) fn upstream_roots(
         }
     }
     extra_roots
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use crate::config::{load_str, MapEnv};
+
+    const BASE: &str = "[upstream]\nurl = \"http://127.0.0.1:1\"\n[credentials.default]\napi_key_env = \"K\"\n";
+
+    /// The problems of a config whose `server.tls` files (and `upstream.ca_file`) hold `cert`,
+    /// `key` and `ca`.
+    fn problems(name: &str, cert: &str, key: &str, ca: Option<&str>) -> Vec<String> {
+        let dir = std::env::temp_dir().join(format!("pg-tls-{name}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("cert.pem"), cert).unwrap();
+        std::fs::write(dir.join("key.pem"), key).unwrap();
+        let mut text = format!("[server.tls]\ncert_file = \"cert.pem\"\nkey_file = \"key.pem\"\n{BASE}");
+        if let Some(ca) = ca {
+            std::fs::write(dir.join("ca.pem"), ca).unwrap();
+            text =
+                text.replace("url = \"http://127.0.0.1:1\"\n", "url = \"http://127.0.0.1:1\"\nca_file = \"ca.pem\"\n");
+        }
+        let p = match load_str(&text, &dir, &MapEnv::new().with("K", "k")) {
+            Ok(_) => Vec::new(),
+            Err(e) => e.problems(),
+        };
+        let _ = std::fs::remove_dir_all(&dir);
+        p
+    }
+
+    const UNTERMINATED: &str = "-----BEGIN CERTIFICATE-----\nAAAA\n";
+    const BAD_BASE64_KEY: &str = "-----BEGIN PRIVATE KEY-----\n!!!!\n-----END PRIVATE KEY-----\n";
+
+    #[test]
+    fn bad_pem_is_named_by_its_field() {
+        let p = problems("none", "no pem here\n", "no pem here\n", Some("nothing\n"));
+        for want in [
+            "server.tls.cert_file: no PEM certificate found",
+            "server.tls.key_file: no PEM private key found",
+            "upstream.ca_file: no PEM certificate found",
+        ] {
+            assert!(p.iter().any(|l| l == want), "{want}: {p:?}");
+        }
+        let p = problems("broken", UNTERMINATED, BAD_BASE64_KEY, Some(UNTERMINATED));
+        for field in ["server.tls.cert_file", "server.tls.key_file", "upstream.ca_file"] {
+            let want = format!("{field}: invalid PEM: ");
+            assert!(p.iter().any(|l| l.starts_with(&want)), "{want}: {p:?}");
+        }
+        assert!(
+            p.contains(&"server.tls.cert_file: invalid PEM: section end \"CERTIFICATE\" missing".to_string()),
+            "{p:?}"
+        );
+        assert!(p.iter().any(|l| l.starts_with("server.tls.key_file: invalid PEM: base64")), "{p:?}");
+        assert_eq!(p.len(), 3, "{p:?}");
+    }
+
+    #[test]
+    fn a_config_without_tls_reads_no_pem() {
+        assert!(load_str(BASE, Path::new("."), &MapEnv::new().with("K", "k")).is_ok());
+    }
 }
