@@ -7,7 +7,7 @@ mod file;
 mod preset;
 mod problems;
 mod read;
-pub mod secret;
+mod secret;
 mod tls;
 mod validate;
 
@@ -24,7 +24,8 @@ use http::Method;
 pub(crate) use preset::palette_preset;
 pub(crate) use preset::CATCH_ALL;
 pub(crate) use read::{read_bounded, MAX_FILE_BYTES};
-pub use secret::{Environment, MapEnv, ProcessEnv, Secret};
+pub(crate) use secret::ProcessEnv;
+pub use secret::{Environment, MapEnv, Secret};
 
 use crate::pattern::AllowRule;
 
@@ -56,7 +57,7 @@ pub enum ConfigError {
 
 impl ConfigError {
     /// Every problem, one per line (what `check` prints).
-    pub fn problems(&self) -> Vec<String> {
+    pub(crate) fn problems(&self) -> Vec<String> {
         match self {
             ConfigError::Invalid(p) => p.iter().map(ToString::to_string).collect(),
             other => vec![other.to_string()],
@@ -106,37 +107,32 @@ pub struct Config {
     /// Routes, in order (first match wins).
     pub routes: Vec<Route>,
     /// The client that requests without a local credential act as.
-    pub anonymous_client: Option<usize>,
+    pub(crate) anonymous_client: Option<usize>,
     /// `[rate_limit] global`: one limit across all clients.
-    pub global_rate_limit: Option<Rate>,
+    pub(crate) global_rate_limit: Option<Rate>,
     /// `[log]`.
-    pub log: LogConfig,
+    pub(crate) log: LogConfig,
     /// Every file the config read (secrets, certificates): a reload re-reads them, and a change
     /// to one triggers a reload.
-    pub files: Vec<PathBuf>,
+    pub(crate) files: Vec<PathBuf>,
     key_index: HashMap<[u8; 32], usize>,
     cert_index: HashMap<String, usize>,
 }
 
 impl Config {
     /// The client whose key hashes to `hash`.
-    pub fn client_by_key_hash(&self, hash: &[u8; 32]) -> Option<usize> {
+    pub(crate) fn client_by_key_hash(&self, hash: &[u8; 32]) -> Option<usize> {
         self.key_index.get(hash).copied()
     }
 
     /// The client identified by a certificate name (DNS SAN or CN).
-    pub fn client_by_cert_name(&self, name: &str) -> Option<usize> {
+    pub(crate) fn client_by_cert_name(&self, name: &str) -> Option<usize> {
         self.cert_index.get(name).copied()
     }
 
     /// The config file itself and every file it read.
     pub fn watched_files(&self, config_path: &Path) -> Vec<PathBuf> {
         std::iter::once(config_path.to_path_buf()).chain(self.files.iter().cloned()).collect()
-    }
-
-    /// A credential by name.
-    pub fn credential(&self, name: &str) -> Option<&Credential> {
-        self.credentials.iter().find(|c| c.name == name)
     }
 }
 

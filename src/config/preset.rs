@@ -50,7 +50,7 @@ const PALETTE_RESOURCES: [&str; 40] = [
 
 /// The catch-all rule's prefix: paths no other rule covers share one bucket (so unknown paths
 /// cannot create buckets or metric labels).
-pub const CATCH_ALL: &str = "*";
+pub(crate) const CATCH_ALL: &str = "*";
 
 /// Palette's documented per-prefix limits. The burst is 5 requests, well inside Palette's own
 /// (5 seconds' worth), so that the gateway's pacing never trips Palette's counters.

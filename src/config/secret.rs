@@ -16,7 +16,7 @@ pub struct Secret(Arc<str>);
 
 impl Secret {
     /// Wraps a secret value.
-    pub fn new(value: impl Into<Arc<str>>) -> Self {
+    pub(crate) fn new(value: impl Into<Arc<str>>) -> Self {
         Secret(value.into())
     }
 
