@@ -180,3 +180,65 @@ fn client(
         rate_limit: None,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::super::tests::{base, env, problems, KEY_HASH};
+    use crate::config::load_str;
+
+    #[test]
+    fn anonymous_client_must_exist() {
+        let p = problems(&format!("{}[auth]\nanonymous_client = \"side\"\n", base()));
+        assert_eq!(p, vec!["auth.anonymous_client: no client named \"side\"".to_string()]);
+    }
+
+    #[test]
+    fn duplicate_keys_and_names() {
+        let text = format!(
+            "{}[[clients]]\nname = \"a\"\nkeys = [\"{KEY_HASH}\"]\n[[clients]]\nname = \"a\"\nkeys = [\"{KEY_HASH}\"]\n",
+            base()
+        );
+        let p = problems(&text);
+        assert!(p.iter().any(|l| l.starts_with("clients[1].name: duplicate")), "{p:?}");
+        assert!(p.iter().any(|l| l.starts_with("clients[1].keys[0]: this key hash is already used")), "{p:?}");
+    }
+
+    #[test]
+    fn projects_star_alone_and_cert_names_need_mtls() {
+        let text =
+            format!("{}[[clients]]\nname = \"a\"\nprojects = [\"*\", \"p1\"]\ncert_names = [\"a.internal\"]\n", base());
+        let p = problems(&text);
+        assert!(p.iter().any(|l| l.starts_with("clients[0].projects:")), "{p:?}");
+        assert!(p.iter().any(|l| l.starts_with("clients[0].cert_names: needs server.tls.client_ca_file")), "{p:?}");
+    }
+
+    #[test]
+    fn credential_endpoint_openings_are_checked_by_field() {
+        let text = format!(
+            "{}[[clients]]\nname = \"a\"\nallow_credential_endpoints = [\"POST /v1/apiKeys\", \"POST /v1/**\", \"* /v1/apiKeys\", \"GET /v1/packs\", \"PATCH /v1/users/password/*\", \"nonsense\"]\n",
+            base()
+        );
+        let p = problems(&text);
+        assert_eq!(p.len(), 5, "{p:?}");
+        for (k, want) in
+            [(1, "'**'"), (2, "one method"), (3, "names no refused"), (4, "'*' may stand only"), (5, "expected")]
+        {
+            let field = format!("clients[0].allow_credential_endpoints[{k}]: ");
+            assert!(p.iter().any(|l| l.starts_with(&field) && l.contains(want)), "{field}{want}: {p:?}");
+        }
+        let ok = format!(
+            "{}[[clients]]\nname = \"a\"\nallow_credential_endpoints = [\"PUT /v1/apiKeys/*/state\"]\n",
+            base()
+        );
+        let cfg = load_str(&ok, Path::new("."), &env()).unwrap();
+        assert_eq!(cfg.clients[0].allow_credential_endpoints[0].as_str(), "PUT /v1/apiKeys/*/state");
+    }
+
+    #[test]
+    fn client_default_credential_must_exist() {
+        let p = problems("[upstream]\nurl = \"http://127.0.0.1:1\"\n[credentials.x]\napi_key_env = \"PALETTE_API_KEY\"\n[[clients]]\nname = \"a\"\n");
+        assert!(p.iter().any(|l| l.starts_with("clients[0].credential: no credential named \"default\"")), "{p:?}");
+    }
+}

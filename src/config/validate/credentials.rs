@@ -145,3 +145,122 @@ pub(super) fn credentials(
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::super::tests::{base, env, problems, scratch};
+    use crate::config::{load_str, MapEnv};
+
+    #[test]
+    fn literal_secrets_are_refused() {
+        let p = problems("[upstream]\nurl = \"http://127.0.0.1:1\"\n[credentials.default]\napi_key = \"abc\"\n");
+        assert!(p.iter().any(|l| l.starts_with("credentials.default.api_key: a literal secret")), "{p:?}");
+        let p = problems(&format!("{}[credentials.ops]\nemail = \"a@b\"\npassword = \"x\"\n", base()));
+        assert!(p.iter().any(|l| l.starts_with("credentials.ops.password: a literal secret")), "{p:?}");
+    }
+
+    #[test]
+    fn missing_env_and_file_are_named() {
+        let p = problems("[upstream]\nurl = \"http://127.0.0.1:1\"\n[credentials.default]\napi_key_env = \"NOPE\"\n[credentials.f]\napi_key_file = \"/nonexistent/key\"\n");
+        assert!(
+            p.contains(&"credentials.default.api_key_env: environment variable NOPE is not set".to_string()),
+            "{p:?}"
+        );
+        assert!(p.iter().any(|l| l.starts_with("credentials.f.api_key_file: cannot read /nonexistent/key")), "{p:?}");
+    }
+
+    #[test]
+    fn secret_files_are_read_and_trimmed() {
+        let dir = std::env::temp_dir().join(format!("pg-cfg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("key"), "  file-key\n").unwrap();
+        let cfg = load_str(
+            "[upstream]\nurl = \"http://127.0.0.1:1\"\n[credentials.default]\napi_key_file = \"key\"\n",
+            &dir,
+            &env(),
+        )
+        .unwrap();
+        assert_eq!(
+            cfg.credentials[0].kind,
+            crate::config::CredentialKind::ApiKey(crate::config::Secret::new("file-key"))
+        );
+    }
+
+    #[test]
+    fn refresh_before_must_be_shorter_than_lifetime() {
+        let p = problems(&format!("{}[credentials.ops]\nemail = \"a@b\"\npassword_env = \"PALETTE_PASSWORD\"\ntoken_lifetime = \"1m\"\nrefresh_before = \"2m\"\n", base()));
+        assert!(p.iter().any(|l| l.starts_with("credentials.ops.refresh_before:")), "{p:?}");
+    }
+
+    fn key_file_problems(dir: &Path) -> Vec<String> {
+        let text = "[upstream]\nurl = \"http://127.0.0.1:1\"\n[credentials.default]\napi_key_file = \"key\"\n";
+        match load_str(text, dir, &env()) {
+            Ok(_) => Vec::new(),
+            Err(e) => e.problems(),
+        }
+    }
+
+    #[test]
+    fn api_keys_with_inner_newline_nul_or_non_ascii_are_refused() {
+        let dir = scratch("inner");
+        for bad in ["k-1\nk-2", "k-1\0k-2", "k-1\rk", "k-\u{e9}"] {
+            std::fs::write(dir.join("key"), format!("{bad}\n")).unwrap();
+            let p = key_file_problems(&dir);
+            assert!(p.len() == 1 && p[0].starts_with("credentials.default.api_key_file:"), "{bad:?}: {p:?}");
+            let p = match load_str(&base(), Path::new("."), &MapEnv::new().with("PALETTE_API_KEY", bad)) {
+                Ok(_) => Vec::new(),
+                Err(e) => e.problems(),
+            };
+            assert!(p.len() == 1 && p[0].starts_with("credentials.default.api_key_env:"), "{bad:?}: {p:?}");
+        }
+    }
+
+    #[test]
+    fn a_leading_bom_is_not_part_of_the_secret() {
+        let dir = scratch("bom");
+        std::fs::write(dir.join("key"), "\u{feff}file-key\r\n").unwrap();
+        let cfg = load_str(
+            "[upstream]\nurl = \"http://127.0.0.1:1\"\n[credentials.default]\napi_key_file = \"key\"\n",
+            &dir,
+            &env(),
+        )
+        .unwrap();
+        assert_eq!(
+            cfg.credentials[0].kind,
+            crate::config::CredentialKind::ApiKey(crate::config::Secret::new("file-key"))
+        );
+    }
+
+    #[test]
+    fn fifo_device_and_oversized_files_are_refused_without_hanging() {
+        let dir = scratch("fifo");
+        let fifo = dir.join("key");
+        let made = std::process::Command::new("mkfifo").arg(&fifo).status().is_ok_and(|s| s.success());
+        if made {
+            // Nobody ever writes the FIFO: a blocking open or read would hang this thread.
+            let (tx, rx) = std::sync::mpsc::channel();
+            let d = dir.clone();
+            std::thread::spawn(move || {
+                let _ = tx.send(key_file_problems(&d));
+            });
+            let p = rx.recv_timeout(std::time::Duration::from_secs(5)).expect("reading a FIFO secret hangs");
+            assert!(p.len() == 1 && p[0].contains("not a regular file"), "{p:?}");
+            std::fs::remove_file(&fifo).unwrap();
+        }
+        let text = "[upstream]\nurl = \"http://127.0.0.1:1\"\nca_file = \"/dev/zero\"\n[credentials.default]\napi_key_env = \"PALETTE_API_KEY\"\n";
+        let p = problems(text);
+        assert!(p.len() == 1 && p[0].starts_with("upstream.ca_file:") && p[0].contains("not a regular file"), "{p:?}");
+        std::fs::write(&fifo, vec![b'k'; 2 * 1024 * 1024]).unwrap();
+        let p = key_file_problems(&dir);
+        assert!(p.len() == 1 && p[0].contains("larger than 1048576 bytes"), "{p:?}");
+        std::fs::write(&fifo, vec![b'k'; 100 * 1024]).unwrap();
+        let p = key_file_problems(&dir);
+        assert!(p.len() == 1 && p[0].contains("more than 65536 bytes"), "{p:?}");
+        let e = crate::config::load(&dir.join("missing.toml"), &env()).unwrap_err();
+        assert!(e.to_string().contains("cannot read config file"), "{e}");
+        let e = crate::config::load(&dir, &env()).unwrap_err();
+        assert!(e.to_string().contains("not a regular file"), "{e}");
+    }
+}

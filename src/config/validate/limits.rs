@@ -71,3 +71,43 @@ pub(super) fn positive(d: Duration, field: &str, p: &mut Problems) -> Duration {
     }
     d
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::tests::{base, problems};
+
+    #[test]
+    fn durations_past_a_day_are_refused_by_field() {
+        let huge = "\"400000000000years\"";
+        let text = format!(
+            "[server]\nidle_timeout = {huge}\nrequest_body_timeout = \"25h\"\n\
+             [upstream]\nurl = \"http://127.0.0.1:1\"\nrequest_timeout = {huge}\n[upstream.limits]\nmax_wait = {huge}\n\
+             [credentials.default]\napi_key_env = \"PALETTE_API_KEY\"\n"
+        );
+        let p = problems(&text);
+        for field in [
+            "server.idle_timeout",
+            "server.request_body_timeout",
+            "upstream.request_timeout",
+            "upstream.limits.max_wait",
+        ] {
+            assert!(p.contains(&format!("{field}: must be at most 1 day (\"24h\")")), "{field}: {p:?}");
+        }
+        assert!(problems(&format!("[server]\nidle_timeout = \"24h\"\n{}", base())).is_empty());
+    }
+
+    #[test]
+    fn rates_and_bursts_are_bounded() {
+        let p = problems(&format!(
+            "{}[rate_limit]\ndefault = {{ per_second = 1e-12, burst = 4000000000 }}\nglobal = {{ per_second = 1, burst = 4000000000 }}\n",
+            base()
+        ));
+        assert!(p.iter().any(|l| l.starts_with("rate_limit.default.per_second: must be a number from 0.001")), "{p:?}");
+        assert!(p.iter().any(|l| l.starts_with("rate_limit.global.burst: must be at most 1000000")), "{p:?}");
+        let p = problems(&base().replace(
+            "url = \"http://127.0.0.1:1\"\n",
+            "url = \"http://127.0.0.1:1\"\n[upstream.limits]\nreplicas = 1000000\n",
+        ));
+        assert_eq!(p, vec!["upstream.limits.replicas: must be at most 1000".to_string()]);
+    }
+}

@@ -97,3 +97,26 @@ fn route(r: &RawRoute, field: &str, clients: &HashMap<String, usize>, p: &mut Pr
         clients: route_clients,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::tests::{base, problems};
+
+    #[test]
+    fn route_rules() {
+        let text = format!(
+            "{}[[routes]]\nname = \"r\"\npath_prefix = \"/a/\"\n[[routes]]\nname = \"r\"\npath_prefix = \"/b\"\nclients = [\"ghost\"]\nmethods = [\"get\"]\nproject_uid = \"bad uid\"\n",
+            base()
+        );
+        let p = problems(&text);
+        for want in [
+            "routes[0].path_prefix:",
+            "routes[1].name: duplicate",
+            "routes[1].clients[0]: no client named \"ghost\"",
+            "routes[1].methods[0]:",
+            "routes[1].project_uid:",
+        ] {
+            assert!(p.iter().any(|l| l.starts_with(want)), "{want}: {p:?}");
+        }
+    }
+}

@@ -1,20 +1,24 @@
-use super::super::{load_str, ConfigError, MapEnv};
+//! Tests of the whole file (every section at once, arbitrary input); each section's own tests
+//! are beside it, using the helpers here.
+
+use crate::config::{load_str, ConfigError, MapEnv};
+
 use std::path::Path;
 
-const KEY_HASH: &str = "sha256:0000000000000000000000000000000000000000000000000000000000000001";
+pub(super) const KEY_HASH: &str = "sha256:0000000000000000000000000000000000000000000000000000000000000001";
 
-fn env() -> MapEnv {
+pub(super) fn env() -> MapEnv {
     MapEnv::new().with("PALETTE_API_KEY", "k-123").with("PALETTE_PASSWORD", "pw")
 }
 
-fn problems(text: &str) -> Vec<String> {
+pub(super) fn problems(text: &str) -> Vec<String> {
     match load_str(text, Path::new("."), &env()) {
         Ok(_) => Vec::new(),
         Err(e) => e.problems(),
     }
 }
 
-fn base() -> String {
+pub(super) fn base() -> String {
     "[upstream]\nurl = \"http://127.0.0.1:1\"\n[credentials.default]\napi_key_env = \"PALETTE_API_KEY\"\n".to_string()
 }
 
@@ -61,41 +65,6 @@ fn every_problem_is_named_by_field() {
 }
 
 #[test]
-fn literal_secrets_are_refused() {
-    let p = problems("[upstream]\nurl = \"http://127.0.0.1:1\"\n[credentials.default]\napi_key = \"abc\"\n");
-    assert!(p.iter().any(|l| l.starts_with("credentials.default.api_key: a literal secret")), "{p:?}");
-    let p = problems(&format!("{}[credentials.ops]\nemail = \"a@b\"\npassword = \"x\"\n", base()));
-    assert!(p.iter().any(|l| l.starts_with("credentials.ops.password: a literal secret")), "{p:?}");
-}
-
-#[test]
-fn missing_env_and_file_are_named() {
-    let p = problems("[upstream]\nurl = \"http://127.0.0.1:1\"\n[credentials.default]\napi_key_env = \"NOPE\"\n[credentials.f]\napi_key_file = \"/nonexistent/key\"\n");
-    assert!(p.contains(&"credentials.default.api_key_env: environment variable NOPE is not set".to_string()), "{p:?}");
-    assert!(p.iter().any(|l| l.starts_with("credentials.f.api_key_file: cannot read /nonexistent/key")), "{p:?}");
-}
-
-#[test]
-fn secret_files_are_read_and_trimmed() {
-    let dir = std::env::temp_dir().join(format!("pg-cfg-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    std::fs::write(dir.join("key"), "  file-key\n").unwrap();
-    let cfg = load_str(
-        "[upstream]\nurl = \"http://127.0.0.1:1\"\n[credentials.default]\napi_key_file = \"key\"\n",
-        &dir,
-        &env(),
-    )
-    .unwrap();
-    assert_eq!(cfg.credentials[0].kind, crate::config::CredentialKind::ApiKey(crate::config::Secret::new("file-key")));
-}
-
-#[test]
-fn refresh_before_must_be_shorter_than_lifetime() {
-    let p = problems(&format!("{}[credentials.ops]\nemail = \"a@b\"\npassword_env = \"PALETTE_PASSWORD\"\ntoken_lifetime = \"1m\"\nrefresh_before = \"2m\"\n", base()));
-    assert!(p.iter().any(|l| l.starts_with("credentials.ops.refresh_before:")), "{p:?}");
-}
-
-#[test]
 fn durations_are_humantime() {
     let e = load_str(
         &format!(
@@ -109,135 +78,11 @@ fn durations_are_humantime() {
     assert!(matches!(e, ConfigError::Syntax(_)), "{e}");
 }
 
-#[test]
-fn upstream_url_rules() {
-    for (url, want) in [
-        ("ftp://x", "scheme"),
-        ("https://u:p@x", "user info"),
-        ("https://x/api", "no path"),
-        ("nope nope", "not a URL"),
-    ] {
-        let p = problems(&format!(
-            "[upstream]\nurl = \"{url}\"\n[credentials.default]\napi_key_env = \"PALETTE_API_KEY\"\n"
-        ));
-        assert!(p.iter().any(|l| l.starts_with("upstream.url:") && l.contains(want)), "{url}: {p:?}");
-    }
-}
-
-#[test]
-fn route_rules() {
-    let text = format!(
-        "{}[[routes]]\nname = \"r\"\npath_prefix = \"/a/\"\n[[routes]]\nname = \"r\"\npath_prefix = \"/b\"\nclients = [\"ghost\"]\nmethods = [\"get\"]\nproject_uid = \"bad uid\"\n",
-        base()
-    );
-    let p = problems(&text);
-    for want in [
-        "routes[0].path_prefix:",
-        "routes[1].name: duplicate",
-        "routes[1].clients[0]: no client named \"ghost\"",
-        "routes[1].methods[0]:",
-        "routes[1].project_uid:",
-    ] {
-        assert!(p.iter().any(|l| l.starts_with(want)), "{want}: {p:?}");
-    }
-}
-
-#[test]
-fn replicas_share_the_upstream_budget() {
-    let text = base()
-        .replace("url = \"http://127.0.0.1:1\"\n", "url = \"http://127.0.0.1:1\"\n[upstream.limits]\nreplicas = 4\n");
-    let cfg = load_str(&text, Path::new("."), &env()).unwrap();
-    let packs = cfg.upstream.limits.rules.iter().find(|r| r.prefix == "/v1/packs").unwrap();
-    assert_eq!(packs.rate.per_second, 2.5);
-    assert_eq!(packs.rate.burst, 2);
-    let p =
-        problems(&base().replace(
-            "url = \"http://127.0.0.1:1\"\n",
-            "url = \"http://127.0.0.1:1\"\n[upstream.limits]\nreplicas = 0\n",
-        ));
-    assert_eq!(p, vec!["upstream.limits.replicas: must be at least 1".to_string()]);
-}
-
-#[test]
-fn anonymous_client_must_exist() {
-    let p = problems(&format!("{}[auth]\nanonymous_client = \"side\"\n", base()));
-    assert_eq!(p, vec!["auth.anonymous_client: no client named \"side\"".to_string()]);
-}
-
-#[test]
-fn duplicate_keys_and_names() {
-    let text = format!(
-        "{}[[clients]]\nname = \"a\"\nkeys = [\"{KEY_HASH}\"]\n[[clients]]\nname = \"a\"\nkeys = [\"{KEY_HASH}\"]\n",
-        base()
-    );
-    let p = problems(&text);
-    assert!(p.iter().any(|l| l.starts_with("clients[1].name: duplicate")), "{p:?}");
-    assert!(p.iter().any(|l| l.starts_with("clients[1].keys[0]: this key hash is already used")), "{p:?}");
-}
-
-#[test]
-fn projects_star_alone_and_cert_names_need_mtls() {
-    let text =
-        format!("{}[[clients]]\nname = \"a\"\nprojects = [\"*\", \"p1\"]\ncert_names = [\"a.internal\"]\n", base());
-    let p = problems(&text);
-    assert!(p.iter().any(|l| l.starts_with("clients[0].projects:")), "{p:?}");
-    assert!(p.iter().any(|l| l.starts_with("clients[0].cert_names: needs server.tls.client_ca_file")), "{p:?}");
-}
-
-#[test]
-fn credential_endpoint_openings_are_checked_by_field() {
-    let text = format!(
-        "{}[[clients]]\nname = \"a\"\nallow_credential_endpoints = [\"POST /v1/apiKeys\", \"POST /v1/**\", \"* /v1/apiKeys\", \"GET /v1/packs\", \"PATCH /v1/users/password/*\", \"nonsense\"]\n",
-        base()
-    );
-    let p = problems(&text);
-    assert_eq!(p.len(), 5, "{p:?}");
-    for (k, want) in
-        [(1, "'**'"), (2, "one method"), (3, "names no refused"), (4, "'*' may stand only"), (5, "expected")]
-    {
-        let field = format!("clients[0].allow_credential_endpoints[{k}]: ");
-        assert!(p.iter().any(|l| l.starts_with(&field) && l.contains(want)), "{field}{want}: {p:?}");
-    }
-    let ok =
-        format!("{}[[clients]]\nname = \"a\"\nallow_credential_endpoints = [\"PUT /v1/apiKeys/*/state\"]\n", base());
-    let cfg = load_str(&ok, Path::new("."), &env()).unwrap();
-    assert_eq!(cfg.clients[0].allow_credential_endpoints[0].as_str(), "PUT /v1/apiKeys/*/state");
-}
-
-#[test]
-fn client_default_credential_must_exist() {
-    let p = problems("[upstream]\nurl = \"http://127.0.0.1:1\"\n[credentials.x]\napi_key_env = \"PALETTE_API_KEY\"\n[[clients]]\nname = \"a\"\n");
-    assert!(p.iter().any(|l| l.starts_with("clients[0].credential: no credential named \"default\"")), "{p:?}");
-}
-
-fn scratch(name: &str) -> std::path::PathBuf {
+pub(super) fn scratch(name: &str) -> std::path::PathBuf {
     let dir = std::env::temp_dir().join(format!("pg-cfg-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     dir
-}
-
-fn key_file_problems(dir: &Path) -> Vec<String> {
-    let text = "[upstream]\nurl = \"http://127.0.0.1:1\"\n[credentials.default]\napi_key_file = \"key\"\n";
-    match load_str(text, dir, &env()) {
-        Ok(_) => Vec::new(),
-        Err(e) => e.problems(),
-    }
-}
-
-#[test]
-fn api_keys_with_inner_newline_nul_or_non_ascii_are_refused() {
-    let dir = scratch("inner");
-    for bad in ["k-1\nk-2", "k-1\0k-2", "k-1\rk", "k-\u{e9}"] {
-        std::fs::write(dir.join("key"), format!("{bad}\n")).unwrap();
-        let p = key_file_problems(&dir);
-        assert!(p.len() == 1 && p[0].starts_with("credentials.default.api_key_file:"), "{bad:?}: {p:?}");
-        let p = match load_str(&base(), Path::new("."), &MapEnv::new().with("PALETTE_API_KEY", bad)) {
-            Ok(_) => Vec::new(),
-            Err(e) => e.problems(),
-        };
-        assert!(p.len() == 1 && p[0].starts_with("credentials.default.api_key_env:"), "{bad:?}: {p:?}");
-    }
 }
 
 #[test]
@@ -252,82 +97,6 @@ fn a_config_file_may_start_with_a_bom_and_a_bad_ca_is_named() {
         Err(e) => e.problems(),
     };
     assert!(p.len() == 1 && p[0].starts_with("upstream.ca_file: unusable CA certificate"), "{p:?}");
-}
-
-#[test]
-fn a_leading_bom_is_not_part_of_the_secret() {
-    let dir = scratch("bom");
-    std::fs::write(dir.join("key"), "\u{feff}file-key\r\n").unwrap();
-    let cfg = load_str(
-        "[upstream]\nurl = \"http://127.0.0.1:1\"\n[credentials.default]\napi_key_file = \"key\"\n",
-        &dir,
-        &env(),
-    )
-    .unwrap();
-    assert_eq!(cfg.credentials[0].kind, crate::config::CredentialKind::ApiKey(crate::config::Secret::new("file-key")));
-}
-
-#[test]
-fn fifo_device_and_oversized_files_are_refused_without_hanging() {
-    let dir = scratch("fifo");
-    let fifo = dir.join("key");
-    let made = std::process::Command::new("mkfifo").arg(&fifo).status().is_ok_and(|s| s.success());
-    if made {
-        // Nobody ever writes the FIFO: a blocking open or read would hang this thread.
-        let (tx, rx) = std::sync::mpsc::channel();
-        let d = dir.clone();
-        std::thread::spawn(move || {
-            let _ = tx.send(key_file_problems(&d));
-        });
-        let p = rx.recv_timeout(std::time::Duration::from_secs(5)).expect("reading a FIFO secret hangs");
-        assert!(p.len() == 1 && p[0].contains("not a regular file"), "{p:?}");
-        std::fs::remove_file(&fifo).unwrap();
-    }
-    let text = "[upstream]\nurl = \"http://127.0.0.1:1\"\nca_file = \"/dev/zero\"\n[credentials.default]\napi_key_env = \"PALETTE_API_KEY\"\n";
-    let p = problems(text);
-    assert!(p.len() == 1 && p[0].starts_with("upstream.ca_file:") && p[0].contains("not a regular file"), "{p:?}");
-    std::fs::write(&fifo, vec![b'k'; 2 * 1024 * 1024]).unwrap();
-    let p = key_file_problems(&dir);
-    assert!(p.len() == 1 && p[0].contains("larger than 1048576 bytes"), "{p:?}");
-    std::fs::write(&fifo, vec![b'k'; 100 * 1024]).unwrap();
-    let p = key_file_problems(&dir);
-    assert!(p.len() == 1 && p[0].contains("more than 65536 bytes"), "{p:?}");
-    let e = super::super::load(&dir.join("missing.toml"), &env()).unwrap_err();
-    assert!(e.to_string().contains("cannot read config file"), "{e}");
-    let e = super::super::load(&dir, &env()).unwrap_err();
-    assert!(e.to_string().contains("not a regular file"), "{e}");
-}
-
-#[test]
-fn durations_past_a_day_are_refused_by_field() {
-    let huge = "\"400000000000years\"";
-    let text = format!(
-        "[server]\nidle_timeout = {huge}\nrequest_body_timeout = \"25h\"\n\
-         [upstream]\nurl = \"http://127.0.0.1:1\"\nrequest_timeout = {huge}\n[upstream.limits]\nmax_wait = {huge}\n\
-         [credentials.default]\napi_key_env = \"PALETTE_API_KEY\"\n"
-    );
-    let p = problems(&text);
-    for field in
-        ["server.idle_timeout", "server.request_body_timeout", "upstream.request_timeout", "upstream.limits.max_wait"]
-    {
-        assert!(p.contains(&format!("{field}: must be at most 1 day (\"24h\")")), "{field}: {p:?}");
-    }
-    assert!(problems(&format!("[server]\nidle_timeout = \"24h\"\n{}", base())).is_empty());
-}
-
-#[test]
-fn rates_and_bursts_are_bounded() {
-    let p = problems(&format!(
-        "{}[rate_limit]\ndefault = {{ per_second = 1e-12, burst = 4000000000 }}\nglobal = {{ per_second = 1, burst = 4000000000 }}\n",
-        base()
-    ));
-    assert!(p.iter().any(|l| l.starts_with("rate_limit.default.per_second: must be a number from 0.001")), "{p:?}");
-    assert!(p.iter().any(|l| l.starts_with("rate_limit.global.burst: must be at most 1000000")), "{p:?}");
-    let p = problems(&base().replace(
-        "url = \"http://127.0.0.1:1\"\n",
-        "url = \"http://127.0.0.1:1\"\n[upstream.limits]\nreplicas = 1000000\n",
-    ));
-    assert_eq!(p, vec!["upstream.limits.replicas: must be at most 1000".to_string()]);
 }
 
 /// A number for every duration and rate key, from zero to absurd.

@@ -113,3 +113,43 @@ fn upstream_limits(u: &RawUpstream, p: &mut Problems) -> Option<UpstreamLimits> 
 
 /// Most gateway replicas sharing one egress IP's budget.
 const MAX_REPLICAS: u32 = 1000;
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::super::tests::{base, env, problems};
+    use crate::config::load_str;
+
+    #[test]
+    fn upstream_url_rules() {
+        for (url, want) in [
+            ("ftp://x", "scheme"),
+            ("https://u:p@x", "user info"),
+            ("https://x/api", "no path"),
+            ("nope nope", "not a URL"),
+        ] {
+            let p = problems(&format!(
+                "[upstream]\nurl = \"{url}\"\n[credentials.default]\napi_key_env = \"PALETTE_API_KEY\"\n"
+            ));
+            assert!(p.iter().any(|l| l.starts_with("upstream.url:") && l.contains(want)), "{url}: {p:?}");
+        }
+    }
+
+    #[test]
+    fn replicas_share_the_upstream_budget() {
+        let text = base().replace(
+            "url = \"http://127.0.0.1:1\"\n",
+            "url = \"http://127.0.0.1:1\"\n[upstream.limits]\nreplicas = 4\n",
+        );
+        let cfg = load_str(&text, Path::new("."), &env()).unwrap();
+        let packs = cfg.upstream.limits.rules.iter().find(|r| r.prefix == "/v1/packs").unwrap();
+        assert_eq!(packs.rate.per_second, 2.5);
+        assert_eq!(packs.rate.burst, 2);
+        let p = problems(&base().replace(
+            "url = \"http://127.0.0.1:1\"\n",
+            "url = \"http://127.0.0.1:1\"\n[upstream.limits]\nreplicas = 0\n",
+        ));
+        assert_eq!(p, vec!["upstream.limits.replicas: must be at least 1".to_string()]);
+    }
+}
