@@ -1,7 +1,18 @@
-//! The gateway's configuration: loaded and validated once, then immutable and shared.
+//! The gateway's configuration: what lives for one load. Loaded and validated once (start-up,
+//! reload and `check` alike), then immutable and shared.
 //!
-//! `file` mirrors the TOML; `validate` is the one place that decides what is valid and builds
-//! the runtime types below (resolved secrets, hashed keys, compiled patterns, TLS material).
+//! - `file`: the TOML as written (serde types, unknown keys refused).
+//! - `validate/`: the one place that decides what is valid, one file per section; it collects
+//!   every problem, named by its field path, and builds the runtime types below.
+//! - `problems`: what validation collects (the problems, and the files it read for the watcher).
+//! - `preset`: Palette's documented rate limits, the table `[upstream.limits]` starts from.
+//! - `secret`: the [`Secret`] type, [`Environment`], and resolving a secret from `*_env`/`*_file`.
+//! - `tls`: rustls configs and roots built from the certificate files.
+//! - `read`: bounded reads of regular files.
+//!
+//! Config depends on no request-path or process-lifetime module, only on the leaf modules
+//! `path` (a route's or budget prefix's segments), `pattern` (`allow` rules) and
+//! `credential_endpoints::check_opening` (which refused endpoint an opening names).
 
 mod file;
 mod preset;
