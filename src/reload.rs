@@ -122,7 +122,7 @@ fn fingerprint_of(files: &[PathBuf]) -> Vec<u8> {
     let mut h = Sha256::new();
     for f in files {
         h.update(f.as_os_str().as_encoded_bytes());
-        match crate::config::secret::read_bounded(f, crate::config::secret::MAX_FILE_BYTES) {
+        match crate::config::read_bounded(f, crate::config::MAX_FILE_BYTES) {
             Ok(text) => h.update(text.as_bytes()),
             Err(e) => h.update(format!("\0error: {e}").as_bytes()),
         }

@@ -11,95 +11,95 @@ use serde::Deserialize;
 /// The whole file.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawConfig {
+pub(crate) struct RawConfig {
     #[serde(default)]
-    pub server: RawServer,
-    pub upstream: RawUpstream,
+    pub(crate) server: RawServer,
+    pub(crate) upstream: RawUpstream,
     #[serde(default)]
-    pub credentials: BTreeMap<String, RawCredential>,
+    pub(crate) credentials: BTreeMap<String, RawCredential>,
     #[serde(default)]
-    pub auth: RawAuth,
+    pub(crate) auth: RawAuth,
     #[serde(default)]
-    pub clients: Vec<RawClient>,
+    pub(crate) clients: Vec<RawClient>,
     #[serde(default)]
-    pub routes: Vec<RawRoute>,
+    pub(crate) routes: Vec<RawRoute>,
     #[serde(default)]
-    pub rate_limit: RawRateLimits,
+    pub(crate) rate_limit: RawRateLimits,
     #[serde(default)]
-    pub log: RawLog,
+    pub(crate) log: RawLog,
 }
 
 /// `[log]`.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawLog {
-    pub format: Option<String>,
-    pub level: Option<String>,
+pub(crate) struct RawLog {
+    pub(crate) format: Option<String>,
+    pub(crate) level: Option<String>,
 }
 
 /// `{ per_second = 10, burst = 20 }`.
 #[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawRate {
-    pub per_second: f64,
-    pub burst: Option<u32>,
+pub(crate) struct RawRate {
+    pub(crate) per_second: f64,
+    pub(crate) burst: Option<u32>,
 }
 
 /// `[rate_limit]`: per-client default and a global limit across all clients.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawRateLimits {
-    pub default: Option<RawRate>,
-    pub global: Option<RawRate>,
+pub(crate) struct RawRateLimits {
+    pub(crate) default: Option<RawRate>,
+    pub(crate) global: Option<RawRate>,
 }
 
 /// `[upstream.limits]`: the outbound budget that keeps Palette from answering 429.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawUpstreamLimits {
-    pub preset: Option<String>,
+pub(crate) struct RawUpstreamLimits {
+    pub(crate) preset: Option<String>,
     #[serde(default, with = "humantime_serde")]
-    pub max_wait: Option<Duration>,
-    pub max_queue: Option<usize>,
-    pub replicas: Option<u32>,
+    pub(crate) max_wait: Option<Duration>,
+    pub(crate) max_queue: Option<usize>,
+    pub(crate) replicas: Option<u32>,
     #[serde(default)]
-    pub prefix: Vec<RawPrefixLimit>,
+    pub(crate) prefix: Vec<RawPrefixLimit>,
 }
 
 /// `[[upstream.limits.prefix]]`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawPrefixLimit {
-    pub prefix: String,
-    pub per_second: f64,
-    pub burst: Option<u32>,
+pub(crate) struct RawPrefixLimit {
+    pub(crate) prefix: String,
+    pub(crate) per_second: f64,
+    pub(crate) burst: Option<u32>,
 }
 
 /// `[server]`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawServer {
+pub(crate) struct RawServer {
     #[serde(default = "default_listen")]
-    pub listen: String,
+    pub(crate) listen: String,
     #[serde(default = "default_admin_listen")]
-    pub admin_listen: String,
-    pub tls: Option<RawServerTls>,
+    pub(crate) admin_listen: String,
+    pub(crate) tls: Option<RawServerTls>,
     #[serde(default, with = "humantime_serde")]
-    pub header_read_timeout: Option<Duration>,
+    pub(crate) header_read_timeout: Option<Duration>,
     #[serde(default, with = "humantime_serde")]
-    pub idle_timeout: Option<Duration>,
+    pub(crate) idle_timeout: Option<Duration>,
     #[serde(default, with = "humantime_serde")]
-    pub request_body_timeout: Option<Duration>,
+    pub(crate) request_body_timeout: Option<Duration>,
     #[serde(default, with = "humantime_serde")]
-    pub send_timeout: Option<Duration>,
-    pub max_request_body: Option<u64>,
-    pub max_header_bytes: Option<usize>,
-    pub max_connections: Option<usize>,
-    pub max_inflight_requests: Option<usize>,
+    pub(crate) send_timeout: Option<Duration>,
+    pub(crate) max_request_body: Option<u64>,
+    pub(crate) max_header_bytes: Option<usize>,
+    pub(crate) max_connections: Option<usize>,
+    pub(crate) max_inflight_requests: Option<usize>,
     #[serde(default, with = "humantime_serde")]
-    pub shutdown_delay: Option<Duration>,
+    pub(crate) shutdown_delay: Option<Duration>,
     #[serde(default, with = "humantime_serde")]
-    pub drain_timeout: Option<Duration>,
+    pub(crate) drain_timeout: Option<Duration>,
 }
 
 impl Default for RawServer {
@@ -133,83 +133,83 @@ fn default_admin_listen() -> String {
 /// `[server.tls]`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawServerTls {
-    pub cert_file: PathBuf,
-    pub key_file: PathBuf,
-    pub client_ca_file: Option<PathBuf>,
+pub(crate) struct RawServerTls {
+    pub(crate) cert_file: PathBuf,
+    pub(crate) key_file: PathBuf,
+    pub(crate) client_ca_file: Option<PathBuf>,
 }
 
 /// `[upstream]`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawUpstream {
-    pub url: String,
-    pub ca_file: Option<PathBuf>,
+pub(crate) struct RawUpstream {
+    pub(crate) url: String,
+    pub(crate) ca_file: Option<PathBuf>,
     #[serde(default, with = "humantime_serde")]
-    pub connect_timeout: Option<Duration>,
+    pub(crate) connect_timeout: Option<Duration>,
     #[serde(default, with = "humantime_serde")]
-    pub request_timeout: Option<Duration>,
+    pub(crate) request_timeout: Option<Duration>,
     #[serde(default, with = "humantime_serde")]
-    pub body_idle_timeout: Option<Duration>,
+    pub(crate) body_idle_timeout: Option<Duration>,
     #[serde(default)]
-    pub limits: RawUpstreamLimits,
+    pub(crate) limits: RawUpstreamLimits,
 }
 
 /// `[credentials.NAME]`: an API key or a login (token) credential.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawCredential {
-    pub api_key_env: Option<String>,
-    pub api_key_file: Option<PathBuf>,
+pub(crate) struct RawCredential {
+    pub(crate) api_key_env: Option<String>,
+    pub(crate) api_key_file: Option<PathBuf>,
     /// Only present to refuse it with a clear message: secrets never live in the TOML.
-    pub api_key: Option<toml::Value>,
-    pub email: Option<String>,
-    pub email_env: Option<String>,
-    pub email_file: Option<PathBuf>,
-    pub password_env: Option<String>,
-    pub password_file: Option<PathBuf>,
+    pub(crate) api_key: Option<toml::Value>,
+    pub(crate) email: Option<String>,
+    pub(crate) email_env: Option<String>,
+    pub(crate) email_file: Option<PathBuf>,
+    pub(crate) password_env: Option<String>,
+    pub(crate) password_file: Option<PathBuf>,
     /// Only present to refuse it with a clear message.
-    pub password: Option<toml::Value>,
-    pub org: Option<String>,
+    pub(crate) password: Option<toml::Value>,
+    pub(crate) org: Option<String>,
     #[serde(default, with = "humantime_serde")]
-    pub token_lifetime: Option<Duration>,
+    pub(crate) token_lifetime: Option<Duration>,
     #[serde(default, with = "humantime_serde")]
-    pub refresh_before: Option<Duration>,
+    pub(crate) refresh_before: Option<Duration>,
 }
 
 /// `[auth]`.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawAuth {
-    pub anonymous_client: Option<String>,
+pub(crate) struct RawAuth {
+    pub(crate) anonymous_client: Option<String>,
 }
 
 /// `[[clients]]`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawClient {
-    pub name: String,
+pub(crate) struct RawClient {
+    pub(crate) name: String,
     #[serde(default)]
-    pub keys: Vec<String>,
-    pub credential: Option<String>,
-    pub projects: Option<Vec<String>>,
-    pub allow: Option<Vec<String>>,
+    pub(crate) keys: Vec<String>,
+    pub(crate) credential: Option<String>,
+    pub(crate) projects: Option<Vec<String>>,
+    pub(crate) allow: Option<Vec<String>>,
     #[serde(default)]
-    pub allow_credential_endpoints: Vec<String>,
+    pub(crate) allow_credential_endpoints: Vec<String>,
     #[serde(default)]
-    pub cert_names: Vec<String>,
-    pub rate_limit: Option<RawRate>,
+    pub(crate) cert_names: Vec<String>,
+    pub(crate) rate_limit: Option<RawRate>,
 }
 
 /// `[[routes]]`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawRoute {
-    pub name: String,
-    pub path_prefix: String,
+pub(crate) struct RawRoute {
+    pub(crate) name: String,
+    pub(crate) path_prefix: String,
     #[serde(default)]
-    pub strip_prefix: bool,
-    pub project_uid: Option<String>,
-    pub methods: Option<Vec<String>>,
-    pub clients: Option<Vec<String>>,
+    pub(crate) strip_prefix: bool,
+    pub(crate) project_uid: Option<String>,
+    pub(crate) methods: Option<Vec<String>>,
+    pub(crate) clients: Option<Vec<String>>,
 }

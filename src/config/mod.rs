@@ -1,10 +1,25 @@
-//! The gateway's configuration: loaded and validated once, then immutable and shared.
+//! The gateway's configuration: what lives for one load. Loaded and validated once (start-up,
+//! reload and `check` alike), then immutable and shared.
 //!
-//! `file` mirrors the TOML; `validate` is the one place that decides what is valid and builds
-//! the runtime types below (resolved secrets, hashed keys, compiled patterns, TLS material).
+//! - `file`: the TOML as written (serde types, unknown keys refused).
+//! - `validate/`: the one place that decides what is valid, one file per section; it collects
+//!   every problem, named by its field path, and builds the runtime types below.
+//! - `problems`: what validation collects (the problems, and the files it read for the watcher).
+//! - `preset`: Palette's documented rate limits, the table `[upstream.limits]` starts from.
+//! - `secret`: the [`Secret`] type, [`Environment`], and resolving a secret from `*_env`/`*_file`.
+//! - `tls`: rustls configs and roots built from the certificate files.
+//! - `read`: bounded reads of regular files.
+//!
+//! Config depends on no request-path or process-lifetime module, only on the leaf modules
+//! `path` (a route's or budget prefix's segments), `pattern` (`allow` rules) and
+//! `credential_endpoints::check_opening` (which refused endpoint an opening names).
 
 mod file;
-pub mod secret;
+mod preset;
+mod problems;
+mod read;
+mod secret;
+mod tls;
 mod validate;
 
 use std::collections::HashMap;
@@ -16,7 +31,12 @@ use std::time::Duration;
 
 use http::Method;
 
-pub use secret::{Environment, MapEnv, ProcessEnv, Secret};
+#[cfg(test)]
+pub(crate) use preset::palette_preset;
+pub(crate) use preset::CATCH_ALL;
+pub(crate) use read::{read_bounded, MAX_FILE_BYTES};
+pub(crate) use secret::ProcessEnv;
+pub use secret::{Environment, MapEnv, Secret};
 
 use crate::pattern::AllowRule;
 
@@ -48,7 +68,7 @@ pub enum ConfigError {
 
 impl ConfigError {
     /// Every problem, one per line (what `check` prints).
-    pub fn problems(&self) -> Vec<String> {
+    pub(crate) fn problems(&self) -> Vec<String> {
         match self {
             ConfigError::Invalid(p) => p.iter().map(ToString::to_string).collect(),
             other => vec![other.to_string()],
@@ -59,8 +79,8 @@ impl ConfigError {
 /// Loads and validates the config at `path`; relative file paths inside it are relative to
 /// its directory. Used by start-up, reload and `check` alike.
 pub fn load(path: &Path, env: &dyn Environment) -> Result<Config, ConfigError> {
-    let text = secret::read_bounded(path, secret::MAX_FILE_BYTES)
-        .map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
+    let text =
+        read_bounded(path, MAX_FILE_BYTES).map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
     let base = path.parent().unwrap_or(Path::new("."));
     load_str(&text, base, env)
 }
@@ -98,37 +118,32 @@ pub struct Config {
     /// Routes, in order (first match wins).
     pub routes: Vec<Route>,
     /// The client that requests without a local credential act as.
-    pub anonymous_client: Option<usize>,
+    pub(crate) anonymous_client: Option<usize>,
     /// `[rate_limit] global`: one limit across all clients.
-    pub global_rate_limit: Option<Rate>,
+    pub(crate) global_rate_limit: Option<Rate>,
     /// `[log]`.
-    pub log: LogConfig,
+    pub(crate) log: LogConfig,
     /// Every file the config read (secrets, certificates): a reload re-reads them, and a change
     /// to one triggers a reload.
-    pub files: Vec<PathBuf>,
+    pub(crate) files: Vec<PathBuf>,
     key_index: HashMap<[u8; 32], usize>,
     cert_index: HashMap<String, usize>,
 }
 
 impl Config {
     /// The client whose key hashes to `hash`.
-    pub fn client_by_key_hash(&self, hash: &[u8; 32]) -> Option<usize> {
+    pub(crate) fn client_by_key_hash(&self, hash: &[u8; 32]) -> Option<usize> {
         self.key_index.get(hash).copied()
     }
 
     /// The client identified by a certificate name (DNS SAN or CN).
-    pub fn client_by_cert_name(&self, name: &str) -> Option<usize> {
+    pub(crate) fn client_by_cert_name(&self, name: &str) -> Option<usize> {
         self.cert_index.get(name).copied()
     }
 
     /// The config file itself and every file it read.
     pub fn watched_files(&self, config_path: &Path) -> Vec<PathBuf> {
         std::iter::once(config_path.to_path_buf()).chain(self.files.iter().cloned()).collect()
-    }
-
-    /// A credential by name.
-    pub fn credential(&self, name: &str) -> Option<&Credential> {
-        self.credentials.iter().find(|c| c.name == name)
     }
 }
 

@@ -1,10 +1,13 @@
 //! Secret values and where they come from: environment variables and files, never the TOML itself.
+//! Resolving one (exactly one source, BOM and whitespace trimmed, bounded, one line) is here too.
 
 use std::collections::HashMap;
 use std::fmt;
 use std::io;
 use std::path::Path;
 use std::sync::Arc;
+
+use super::problems::{resolve, Problems};
 
 /// A secret string (API key, password, token). `Debug` prints `[redacted]`; there is no
 /// `Display` or `Serialize`, so a secret reaches a log line only through a deliberate `expose()`.
@@ -13,7 +16,7 @@ pub struct Secret(Arc<str>);
 
 impl Secret {
     /// Wraps a secret value.
-    pub fn new(value: impl Into<Arc<str>>) -> Self {
+    pub(crate) fn new(value: impl Into<Arc<str>>) -> Self {
         Secret(value.into())
     }
 
@@ -34,51 +37,14 @@ impl fmt::Debug for Secret {
 pub trait Environment: Send + Sync {
     /// The variable's value, if set.
     fn var(&self, name: &str) -> Option<String>;
-    /// The file's contents: a regular file of at most [`MAX_FILE_BYTES`] (see [`read_bounded`]).
+    /// The file's contents: a regular file of at most 1 MiB (see `config::read`).
     fn read_to_string(&self, path: &Path) -> io::Result<String> {
-        read_bounded(path, MAX_FILE_BYTES)
+        super::read::read_bounded(path, super::read::MAX_FILE_BYTES)
     }
 }
-
-/// The largest file the gateway reads (config, certificates, secrets).
-pub const MAX_FILE_BYTES: u64 = 1024 * 1024;
 
 /// The largest secret value (API key, password, email) a file or variable may hold.
-pub const MAX_SECRET_BYTES: usize = 64 * 1024;
-
-/// Reads a UTF-8 regular file of at most `limit` bytes. Anything else (a FIFO, a device such as
-/// `/dev/zero`, a directory) is refused before a byte is read, so a misplaced path gives a clear
-/// error instead of a hang or an endless read. The file is opened non-blocking (opening a FIFO
-/// would otherwise wait for a writer) and checked on the opened handle, so a swap between the
-/// check and the read cannot slip a FIFO in.
-pub fn read_bounded(path: &Path, limit: u64) -> io::Result<String> {
-    use std::io::Read as _;
-    let mut options = std::fs::OpenOptions::new();
-    options.read(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt as _;
-        options.custom_flags(libc::O_NONBLOCK);
-    }
-    let file = options.open(path)?;
-    let meta = file.metadata()?;
-    if !meta.is_file() {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            "not a regular file (a directory, FIFO, socket or device); give the path of a plain file",
-        ));
-    }
-    if meta.len() > limit {
-        return Err(io::Error::new(io::ErrorKind::InvalidData, format!("larger than {limit} bytes")));
-    }
-    let mut bytes = Vec::new();
-    // `take`: a file that grows while it is read still stops at the bound.
-    file.take(limit + 1).read_to_end(&mut bytes)?;
-    if bytes.len() as u64 > limit {
-        return Err(io::Error::new(io::ErrorKind::InvalidData, format!("larger than {limit} bytes")));
-    }
-    String::from_utf8(bytes).map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "not UTF-8 text"))
-}
+pub(crate) const MAX_SECRET_BYTES: usize = 64 * 1024;
 
 /// The real process environment and file system.
 #[derive(Debug, Default, Clone, Copy)]
@@ -113,6 +79,80 @@ impl Environment for MapEnv {
     fn var(&self, name: &str) -> Option<String> {
         self.vars.get(name).cloned()
     }
+}
+
+/// Reads one secret given as exactly one of `NAME_env` / `NAME_file` (or a plain value, for the
+/// non-secret `email`).
+pub(super) fn resolve_secret(
+    field: &str,
+    plain: Option<&str>,
+    env_var: Option<&str>,
+    file: Option<&Path>,
+    base: &Path,
+    env: &dyn Environment,
+    p: &mut Problems,
+) -> Option<Secret> {
+    let given = usize::from(plain.is_some()) + usize::from(env_var.is_some()) + usize::from(file.is_some());
+    if given > 1 {
+        let names = if plain.is_some() {
+            format!("{field}, {field}_env, {field}_file")
+        } else {
+            format!("{field}_env, {field}_file")
+        };
+        p.add(field, format!("give only one of {names}"));
+        return None;
+    }
+    if let Some(v) = plain {
+        return Some(Secret::new(v));
+    }
+    if let Some(var) = env_var {
+        return match env.var(var) {
+            Some(v) if !secret_text(&v).is_empty() => {
+                secret_value(secret_text(&v), &format!("{field}_env"), &format!("environment variable {var}"), p)
+            }
+            Some(_) => {
+                p.add(format!("{field}_env"), format!("environment variable {var} is empty"));
+                None
+            }
+            None => {
+                p.add(format!("{field}_env"), format!("environment variable {var} is not set"));
+                None
+            }
+        };
+    }
+    if let Some(f) = file {
+        let text = p.read_file(env, base, f, &format!("{field}_file"))?;
+        let v = secret_text(&text);
+        if v.is_empty() {
+            p.add(format!("{field}_file"), format!("{} is empty", resolve(base, f).display()));
+            return None;
+        }
+        return secret_value(v, &format!("{field}_file"), &resolve(base, f).display().to_string(), p);
+    }
+    None
+}
+
+/// A secret as written: without a leading UTF-8 byte-order mark (some editors add one, and it
+/// would be sent upstream as part of the key), then trimmed.
+fn secret_text(raw: &str) -> &str {
+    raw.strip_prefix('\u{feff}').unwrap_or(raw).trim()
+}
+
+/// A trimmed secret value, refused when it cannot be one: too long, or with a control character
+/// inside (a second line, a NUL) that would break the header or body it is sent in.
+fn secret_value(v: &str, field: &str, source: &str, p: &mut Problems) -> Option<Secret> {
+    if v.len() > MAX_SECRET_BYTES {
+        p.add(field, format!("{source} holds more than {} bytes: not a secret", MAX_SECRET_BYTES));
+        return None;
+    }
+    if v.chars().any(char::is_control) {
+        p.add(
+            field,
+            format!("{source} has a control character (a newline, NUL or tab) inside the value: a secret is one line"),
+        );
+        return None;
+    }
+    Some(Secret::new(v))
 }
 
 #[cfg(test)]

@@ -9,6 +9,8 @@ use fake_palette::{FakePalette, FakePaletteConfig};
 use palette_gateway::app::RunningGateway;
 use palette_gateway::config;
 use rcgen::{BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
 struct Pki {
     dir: PathBuf,
@@ -139,8 +141,8 @@ async fn mtls_identifies_client_by_cert_name() {
 async fn https_upstream_trusted_by_ca_file() {
     let pki = Pki::new("up");
     let (cert, key) = pki.leaf("upstream", "localhost", false);
-    let certs = rustls_pemfile::certs(&mut cert.as_bytes()).collect::<Result<Vec<_>, _>>().unwrap();
-    let key = rustls_pemfile::private_key(&mut key.as_bytes()).unwrap().unwrap();
+    let certs = CertificateDer::pem_slice_iter(cert.as_bytes()).collect::<Result<Vec<_>, _>>().unwrap();
+    let key = PrivateKeyDer::from_pem_slice(key.as_bytes()).unwrap();
     let mut tls = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
         .with_safe_default_protocol_versions()
         .unwrap()
@@ -163,8 +165,8 @@ async fn https_upstream_trusted_by_ca_file() {
 async fn untrusted_upstream_certificate_is_502() {
     let pki = Pki::new("untrusted");
     let (cert, key) = pki.leaf("upstream", "localhost", false);
-    let certs = rustls_pemfile::certs(&mut cert.as_bytes()).collect::<Result<Vec<_>, _>>().unwrap();
-    let key = rustls_pemfile::private_key(&mut key.as_bytes()).unwrap().unwrap();
+    let certs = CertificateDer::pem_slice_iter(cert.as_bytes()).collect::<Result<Vec<_>, _>>().unwrap();
+    let key = PrivateKeyDer::from_pem_slice(key.as_bytes()).unwrap();
     let tls = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
         .with_safe_default_protocol_versions()
         .unwrap()

@@ -1,0 +1,66 @@
+//! The one place that decides what config is valid: raw file types in, runtime [`Config`] out,
+//! with every problem collected and named by its field. One file per section of the file; this
+//! entry walks them in order and answers only once every problem is found.
+
+mod clients;
+mod credentials;
+mod limits;
+mod log;
+mod routes;
+mod server;
+#[cfg(test)]
+mod tests;
+mod upstream;
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use super::file::RawConfig;
+use super::problems::Problems;
+use super::{Config, ConfigError, Environment};
+
+pub(super) fn validate(raw: RawConfig, base: &Path, env: &dyn Environment) -> Result<Config, ConfigError> {
+    let mut p = Problems::new();
+    limits::duration_bounds(&raw, &mut p);
+    let server = server::server(&raw, base, env, &mut p);
+    let upstream = upstream::upstream(&raw.upstream, base, env, &mut p);
+    let credentials = credentials::credentials(&raw.credentials, base, env, &mut p);
+    let cred_names: HashMap<&str, usize> = credentials.iter().enumerate().map(|(i, c)| (c.name.as_str(), i)).collect();
+    let mtls = server.as_ref().is_some_and(|s| s.tls.as_ref().is_some_and(|t| t.mtls));
+
+    let log = log::log_config(&raw, &mut p);
+    let default_rate = raw.rate_limit.default.and_then(|r| limits::rate(r, "rate_limit.default", &mut p));
+    let global_rate_limit = raw.rate_limit.global.and_then(|r| limits::rate(r, "rate_limit.global", &mut p));
+    let clients = clients::clients(&raw, &cred_names, mtls, default_rate, &mut p);
+    let anonymous_client = clients::anonymous_client(&raw, &clients.names, &mut p);
+    let routes = routes::routes(&raw.routes, &clients.names, &mut p);
+
+    match (p.found.is_empty(), server, upstream) {
+        (true, Some(server), Some(upstream))
+            if clients.list.len() == raw.clients.len() && routes.len() == raw.routes.len() =>
+        {
+            Ok(Config {
+                server,
+                upstream,
+                credentials,
+                clients: clients.list,
+                routes,
+                anonymous_client,
+                global_rate_limit,
+                log,
+                files: p.files_read,
+                key_index: clients.key_index,
+                cert_index: clients.cert_index,
+            })
+        }
+        _ => Err(ConfigError::Invalid(p.found)),
+    }
+}
+
+fn valid_name(name: &str) -> bool {
+    (1..=64).contains(&name.len()) && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+}
+
+fn valid_project_uid(uid: &str) -> bool {
+    (1..=128).contains(&uid.len()) && uid.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_'))
+}

@@ -1,0 +1,122 @@
+//! `[[routes]]`: path prefixes, with the project, methods and clients each route sets or allows.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+use http::Method;
+
+use super::{valid_name, valid_project_uid};
+use crate::config::file::RawRoute;
+use crate::config::problems::Problems;
+use crate::config::Route;
+
+/// Every `[[routes]]` entry, in order; `clients` maps client names to their index.
+pub(super) fn routes(raw: &[RawRoute], clients: &HashMap<String, usize>, p: &mut Problems) -> Vec<Route> {
+    let mut route_names = HashSet::new();
+    raw.iter()
+        .enumerate()
+        .filter_map(|(i, r)| {
+            let field = format!("routes[{i}]");
+            if !route_names.insert(r.name.clone()) {
+                p.add(format!("{field}.name"), format!("duplicate route name {:?}", r.name));
+            }
+            route(r, &field, clients, p)
+        })
+        .collect()
+}
+
+fn route(r: &RawRoute, field: &str, clients: &HashMap<String, usize>, p: &mut Problems) -> Option<Route> {
+    let before = p.count();
+    if !valid_name(&r.name) {
+        p.add(format!("{field}.name"), "must be 1-64 characters of letters, digits, '-', '_', '.'");
+    }
+    match crate::path::check(&r.path_prefix) {
+        Ok(_) if r.path_prefix.len() > 1 && r.path_prefix.ends_with('/') => {
+            p.add(
+                format!("{field}.path_prefix"),
+                format!("{:?} must not end with '/' (prefixes match whole segments)", r.path_prefix),
+            );
+        }
+        Ok(c) if c.as_str() == r.path_prefix => {}
+        Ok(_) => p.add(
+            format!("{field}.path_prefix"),
+            format!(
+                "write it in normalized form: {:?}",
+                crate::path::check(&r.path_prefix).map(|c| c.to_string()).unwrap_or_default()
+            ),
+        ),
+        Err(e) => p.add(format!("{field}.path_prefix"), format!("{:?}: {e}", r.path_prefix)),
+    }
+    if r.strip_prefix && r.path_prefix == "/" {
+        p.add(format!("{field}.strip_prefix"), "cannot strip the prefix \"/\"");
+    }
+    let project_uid = r.project_uid.as_ref().and_then(|uid| {
+        if !valid_project_uid(uid) {
+            p.add(format!("{field}.project_uid"), format!("{uid:?} is not a project uid (letters, digits, '-', '_')"));
+            return None;
+        }
+        http::HeaderValue::from_str(uid).ok()
+    });
+    let methods = r.methods.as_ref().map(|ms| {
+        ms.iter()
+            .enumerate()
+            .filter_map(|(k, m)| {
+                if !m.bytes().all(|b| b.is_ascii_uppercase()) || m.is_empty() {
+                    p.add(
+                        format!("{field}.methods[{k}]"),
+                        format!("{m:?} is not an HTTP method (upper case, e.g. \"GET\")"),
+                    );
+                    return None;
+                }
+                Method::from_bytes(m.as_bytes()).ok()
+            })
+            .collect::<Vec<_>>()
+    });
+    let route_clients = r.clients.as_ref().map(|names| {
+        names
+            .iter()
+            .enumerate()
+            .filter_map(|(k, n)| match clients.get(n) {
+                Some(&i) => Some(i),
+                None => {
+                    p.add(format!("{field}.clients[{k}]"), format!("no client named {n:?}"));
+                    None
+                }
+            })
+            .collect::<Vec<_>>()
+    });
+    if p.count() != before {
+        return None;
+    }
+    Some(Route {
+        name: Arc::from(r.name.as_str()),
+        path_prefix: r.path_prefix.clone(),
+        strip_prefix: r.strip_prefix,
+        project_uid,
+        methods,
+        clients: route_clients,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::tests::{base, problems};
+
+    #[test]
+    fn route_rules() {
+        let text = format!(
+            "{}[[routes]]\nname = \"r\"\npath_prefix = \"/a/\"\n[[routes]]\nname = \"r\"\npath_prefix = \"/b\"\nclients = [\"ghost\"]\nmethods = [\"get\"]\nproject_uid = \"bad uid\"\n",
+            base()
+        );
+        let p = problems(&text);
+        for want in [
+            "routes[0].path_prefix:",
+            "routes[1].name: duplicate",
+            "routes[1].clients[0]: no client named \"ghost\"",
+            "routes[1].methods[0]:",
+            "routes[1].project_uid:",
+        ] {
+            assert!(p.iter().any(|l| l.starts_with(want)), "{want}: {p:?}");
+        }
+    }
+}
