@@ -34,17 +34,31 @@ use http::{header, HeaderValue, Method, Request, Response, StatusCode, Version};
 use http_body::Body as _;
 use rand::Rng as _;
 
-use crate::auth::{self, PeerIdentity};
+use auth::PeerIdentity;
 use crate::body::{self, Body};
 use crate::config::Config;
 use crate::credentials::{Credentials, UpstreamCredential};
 use crate::error::GatewayError;
-use crate::forward::{self, X_REQUEST_ID};
+use hygiene::X_REQUEST_ID;
 use crate::limit::upstream::{Bucket, UpstreamBudget};
 use crate::limit::{retry_after_secs, ClientLimits, RateHeaders};
 use crate::metrics::{method_label, Metrics};
 use crate::upstream::{UpstreamClient, UpstreamFailure};
-use crate::{drain, framing, path, policy, routes, scope};
+
+pub mod auth;
+pub mod credential_endpoints;
+pub(crate) mod decode;
+pub(crate) mod drain;
+pub mod hygiene;
+pub mod path;
+pub mod pattern;
+pub(crate) mod policy;
+pub(crate) mod routes;
+pub mod scope;
+pub(crate) mod target;
+
+use target as framing;
+
 
 /// A request body up to this size is buffered so it can be replayed (after a token refusal or
 /// Palette's 429).
@@ -426,13 +440,13 @@ async fn process(
     // cannot hide a project from the check); every removal comes next, then every header the
     // gateway decides, so none can be taken away. The log records what goes upstream.
     let scope = scope::decide(client, matched.route, &parts.headers, parts.uri.query())?;
-    let decided = forward::Decided {
+    let decided = hygiene::Decided {
         forwarded_for: &conn.forwarded_for,
         tls: conn.tls,
         request_id,
         project: scope.project.as_ref(),
     };
-    forward::request_headers(&mut parts.headers, &decided);
+    hygiene::request_headers(&mut parts.headers, &decided);
     outcome.project = parts.headers.get(scope::PROJECT_UID).and_then(|p| p.to_str().ok()).map(str::to_string);
 
     let path_and_query = match &scope.query {
@@ -710,10 +724,10 @@ impl Exchange<'_> {
 
     async fn finish(&self, resp: Response<Body>, secrets: &[crate::config::Secret]) -> Response<Body> {
         let exposed: Vec<&str> = secrets.iter().map(|s| s.expose()).collect();
-        let mut resp = forward::scrub_error(resp, &exposed, self.rid).await;
-        forward::response_headers(resp.headers_mut());
-        forward::redact_headers(resp.headers_mut(), &exposed);
-        resp.map(forward::drop_trailers)
+        let mut resp = hygiene::scrub_error(resp, &exposed, self.rid).await;
+        hygiene::response_headers(resp.headers_mut());
+        hygiene::redact_headers(resp.headers_mut(), &exposed);
+        resp.map(hygiene::drop_trailers)
     }
 }
 

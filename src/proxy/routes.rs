@@ -9,7 +9,7 @@
 use http::Method;
 
 use crate::config::{Config, Route};
-use crate::path::CheckedPath;
+use crate::proxy::path::CheckedPath;
 
 /// The outcome of route matching for one request.
 #[derive(Debug)]
@@ -33,7 +33,7 @@ pub fn select<'a>(cfg: &'a Config, client: usize, method: &Method, path: &Checke
         let Some(rest) = path.strip_prefix(&route.path_prefix) else {
             continue;
         };
-        if route.methods.as_ref().is_some_and(|ms| !ms.iter().any(|m| crate::pattern::method_covers(m, method))) {
+        if route.methods.as_ref().is_some_and(|ms| !ms.iter().any(|m| crate::proxy::pattern::method_covers(m, method))) {
             continue;
         }
         if route.clients.as_ref().is_some_and(|cs| !cs.contains(&client)) {
@@ -61,7 +61,7 @@ mod tests {
 
     fn sel(client: usize, method: Method, path: &str) -> (String, String) {
         let c = cfg();
-        let p = crate::path::check(path).unwrap();
+        let p = crate::proxy::path::check(path).unwrap();
         let m = select(&c, client, &method, &p);
         (m.name().to_string(), m.upstream_path.as_str().to_string())
     }
