@@ -134,7 +134,8 @@ impl GatewayError {
             }
             GatewayError::MethodNotAllowed(_) => {
                 // RFC 9110 §15.5.6: a 405 says which methods the target takes.
-                resp.headers_mut().insert(header::ALLOW, HeaderValue::from_static(crate::proxy::target::ALLOWED_METHODS));
+                resp.headers_mut()
+                    .insert(header::ALLOW, HeaderValue::from_static(crate::proxy::target::ALLOWED_METHODS));
             }
             _ => {}
         }

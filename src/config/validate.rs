@@ -15,7 +15,7 @@ use super::{
     Client, Config, Credential, CredentialKind, Environment, LogConfig, PrefixLimit, Problem, Projects, Rate, Route,
     Secret, ServerConfig, ServerLimits, ServerTls, TokenSettings, UpstreamConfig, UpstreamLimits,
 };
-use crate::config::ConfigError;
+use crate::config::{ClientId, ConfigError};
 use crate::pattern::AllowRule;
 
 const DEFAULT_CREDENTIAL: &str = "default";
@@ -80,7 +80,7 @@ pub(super) fn validate(raw: RawConfig, base: &Path, env: &dyn Environment) -> Re
     }
 
     let anonymous_client = raw.auth.anonymous_client.as_ref().and_then(|name| match client_names.get(name) {
-        Some(&i) => Some(i),
+        Some(&i) => Some(ClientId(i)),
         None => {
             p.add("auth.anonymous_client", format!("no client named {name:?}"));
             None
@@ -836,7 +836,7 @@ fn route(r: &RawRoute, field: &str, clients: &HashMap<String, usize>, p: &mut Pr
             .iter()
             .enumerate()
             .filter_map(|(k, n)| match clients.get(n) {
-                Some(&i) => Some(i),
+                Some(&i) => Some(ClientId(i)),
                 None => {
                     p.add(format!("{field}.clients[{k}]"), format!("no client named {n:?}"));
                     None
@@ -896,11 +896,11 @@ mod tests {
             base()
         );
         let cfg = load_str(&text, Path::new("."), &env()).unwrap();
-        assert_eq!(cfg.anonymous_client, Some(0));
+        assert_eq!(cfg.anonymous_client, Some(super::ClientId(0)));
         assert_eq!(cfg.routes.len(), 1);
         let mut h = [0u8; 32];
         h[31] = 1;
-        assert_eq!(cfg.client_by_key_hash(&h), Some(0));
+        assert_eq!(cfg.client_by_key_hash(&h), Some(super::ClientId(0)));
     }
 
     #[test]
@@ -1271,7 +1271,7 @@ mod tests {
     fn runtime_survives(cfg: &super::Config) {
         let limits = crate::limit::ClientLimits::build(cfg, None);
         for _ in 0..3 {
-            let _ = limits.check(0);
+            let _ = limits.check(super::ClientId(0));
         }
         let budget = crate::limit::upstream::UpstreamBudget::build(&cfg.upstream.limits, None);
         if let Some(bucket) = budget.bucket_for(&crate::path::check("/v1/x").unwrap()) {
@@ -1281,7 +1281,7 @@ mod tests {
             let _ = std::time::Duration::from_secs_f64(1.0 / bucket.current_rate());
             let rt = tokio::runtime::Builder::new_current_thread().enable_time().start_paused(true).build().unwrap();
             for client in 0..3 {
-                let _ = rt.block_on(bucket.acquire(client, cfg.upstream.limits.max_wait));
+                let _ = rt.block_on(bucket.acquire(super::ClientId(client), cfg.upstream.limits.max_wait));
             }
         }
         {

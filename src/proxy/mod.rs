@@ -34,16 +34,16 @@ use http::{header, HeaderValue, Method, Request, Response, StatusCode, Version};
 use http_body::Body as _;
 use rand::Rng as _;
 
-use auth::PeerIdentity;
 use crate::body::{self, Body};
 use crate::config::Config;
 use crate::credentials::{Credentials, UpstreamCredential};
 use crate::error::GatewayError;
-use hygiene::X_REQUEST_ID;
 use crate::limit::upstream::{Bucket, UpstreamBudget};
 use crate::limit::{retry_after_secs, ClientLimits, RateHeaders};
 use crate::metrics::{method_label, Metrics};
 use crate::upstream::{UpstreamClient, UpstreamFailure};
+use auth::PeerIdentity;
+use hygiene::X_REQUEST_ID;
 
 pub mod auth;
 pub mod credential_endpoints;
@@ -58,7 +58,6 @@ pub mod scope;
 pub(crate) mod target;
 
 use target as framing;
-
 
 /// A request body up to this size is buffered so it can be replayed (after a token refusal or
 /// Palette's 429).
@@ -418,7 +417,7 @@ async fn process(
     let checked = path::check(parts.uri.path())?;
     let cfg = &rt.config;
     let client_idx = auth::identify(cfg, &rt.key_cache, &parts.headers, &conn.identity)?;
-    let client = &cfg.clients[client_idx];
+    let client = cfg.client(client_idx);
     outcome.client = Some(client.name.clone());
     match rt.limits.check(client_idx) {
         Ok(headers) => outcome.rate = headers,
@@ -487,7 +486,7 @@ struct Exchange<'a> {
     rt: &'a Runtime,
     metrics: &'a Metrics,
     head: &'a http::request::Parts,
-    client_idx: usize,
+    client_idx: crate::config::ClientId,
     client_name: &'a str,
     bucket: Option<&'a Arc<Bucket>>,
     rid: &'a str,

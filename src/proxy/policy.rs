@@ -5,8 +5,8 @@
 use http::Method;
 
 use crate::config::Client;
-use crate::proxy::credential_endpoints::{self, is_api_version};
 use crate::error::GatewayError;
+use crate::proxy::credential_endpoints::{self, is_api_version};
 use crate::proxy::path::CheckedPath;
 
 /// Refuses the request unless `client` may send `method` to `path` (the upstream path).

@@ -8,7 +8,7 @@
 
 use http::Method;
 
-use crate::config::{Config, Route};
+use crate::config::{ClientId, Config, Route};
 use crate::proxy::path::CheckedPath;
 
 /// The outcome of route matching for one request.
@@ -28,12 +28,13 @@ impl RouteMatch<'_> {
 }
 
 /// Finds the first matching route for `client` and computes the upstream path.
-pub fn select<'a>(cfg: &'a Config, client: usize, method: &Method, path: &CheckedPath) -> RouteMatch<'a> {
+pub fn select<'a>(cfg: &'a Config, client: ClientId, method: &Method, path: &CheckedPath) -> RouteMatch<'a> {
     for route in &cfg.routes {
         let Some(rest) = path.strip_prefix(&route.path_prefix) else {
             continue;
         };
-        if route.methods.as_ref().is_some_and(|ms| !ms.iter().any(|m| crate::proxy::pattern::method_covers(m, method))) {
+        if route.methods.as_ref().is_some_and(|ms| !ms.iter().any(|m| crate::proxy::pattern::method_covers(m, method)))
+        {
             continue;
         }
         if route.clients.as_ref().is_some_and(|cs| !cs.contains(&client)) {
@@ -62,7 +63,7 @@ mod tests {
     fn sel(client: usize, method: Method, path: &str) -> (String, String) {
         let c = cfg();
         let p = crate::proxy::path::check(path).unwrap();
-        let m = select(&c, client, &method, &p);
+        let m = select(&c, ClientId(client), &method, &p);
         (m.name().to_string(), m.upstream_path.as_str().to_string())
     }
 
