@@ -22,6 +22,7 @@ pub struct RouteMatch<'a> {
 
 impl RouteMatch<'_> {
     /// The route's name, or `none` (bounded: used in logs and metrics).
+    #[cfg(test)]
     pub fn name(&self) -> &str {
         self.route.map_or("none", |r| &r.name)
     }
