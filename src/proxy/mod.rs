@@ -10,9 +10,16 @@
 //!     headers and of decoded error bodies) → unread small request body drained → HEAD: no body
 //! ```
 //!
-//! Each step lives in its own module as a plain function over the request parts; this module
-//! is the one service that runs them in order. They share one runtime snapshot, taken once when
-//! the request arrives, so a reload never changes the rules under a request in flight.
+//! The chain is built in one function, [`stack`], in README "How it works" order. The
+//! wrapping steps are tower layers, one file each ([`request_log`]: request id, request log,
+//! in-flight and request metrics; [`rescue`]: the only place an error becomes an answer); the
+//! decision steps are plain functions over the request parts ([`target`], [`path`], [`auth`],
+//! limits, [`routes`], [`policy`], [`scope`], [`hygiene`]) run in order by one step service,
+//! which hands the request to [`exchange`] (credential swap, budget, send, 401 replay, 429
+//! retry, response hygiene) and [`drain`]s what was left unread. Layers and steps talk through
+//! request extensions (the request id, the request's [`request_log::Note`], the body counters),
+//! never through shared mutable state. They share one runtime snapshot, taken once when the
+//! request arrives, so a reload never changes the rules under a request in flight.
 //!
 //! Order decisions: the path is checked before authentication so that no rule ever sees an
 //! unchecked path; client limits run right after authentication (they need the client) and
@@ -28,6 +35,10 @@ use std::task::{Context, Poll};
 
 use arc_swap::ArcSwap;
 use http::{header, HeaderValue, Request, Response, Version};
+use tower_http::sensitive_headers::{
+    SetSensitiveRequestHeaders, SetSensitiveRequestHeadersLayer, SetSensitiveResponseHeaders,
+    SetSensitiveResponseHeadersLayer,
+};
 
 use crate::body::{self, Body};
 use crate::config::Config;
@@ -115,12 +126,18 @@ pub struct Gateway {
 }
 
 /// The chain's concrete type: no boxing between layers.
-type Stack = request_log::Logged<rescue::Rescue<Steps>>;
+type Stack = SetSensitiveRequestHeaders<SetSensitiveResponseHeaders<request_log::Logged<rescue::Rescue<Steps>>>>;
 
 /// Builds the request chain, outermost first (tower's `ServiceBuilder`: the first `.layer()`
 /// wraps all the others).
 fn stack(runtime: SharedRuntime, metrics: Arc<Metrics>) -> Stack {
     tower::ServiceBuilder::new()
+        // Credentials marked sensitive before anything can log or trace a header: the
+        // client's local key and cookies on the way in, Palette's cookies on the way out.
+        .layer(SetSensitiveRequestHeadersLayer::from_shared(Arc::from(
+            [auth::API_KEY.clone(), header::AUTHORIZATION, header::COOKIE].as_slice(),
+        )))
+        .layer(SetSensitiveResponseHeadersLayer::new([header::SET_COOKIE]))
         // Request id and request log first, so every request, refused or not, gets an id, an
         // in-flight slot, its metrics and exactly one access event (499 if never answered).
         .layer(request_log::RequestLogLayer::new(metrics.clone()))
