@@ -10,14 +10,14 @@
 //!     headers and of decoded error bodies) → unread small request body drained → HEAD: no body
 //! ```
 //!
-//! The chain is built in one function, [`stack`], in README "How it works" order. The
-//! wrapping steps are tower layers, one file each ([`request_log`]: request id, request log,
-//! in-flight and request metrics; [`rescue`]: the only place an error becomes an answer); the
-//! decision steps are plain functions over the request parts ([`target`], [`path`], [`auth`],
-//! limits, [`routes`], [`policy`], [`scope`], [`hygiene`]) run in order by one step service,
-//! which hands the request to [`exchange`] (credential swap, budget, send, 401 replay, 429
-//! retry, response hygiene) and [`drain`]s what was left unread. Layers and steps talk through
-//! request extensions (the request id, the request's [`request_log::Note`], the body counters),
+//! The chain is built in one function, `stack`, in README "How it works" order. The
+//! wrapping steps are tower layers, one file each (`request_log`: request id, request log,
+//! in-flight and request metrics; `rescue`: the only place an error becomes an answer); the
+//! decision steps are plain functions over the request parts (`target`, [`path`], [`auth`],
+//! limits, `routes`, `policy`, [`scope`], [`hygiene`]) run in order by one step service,
+//! which hands the request to `exchange` (credential swap, budget, send, 401 replay, 429
+//! retry, response hygiene) and `drain`s what was left unread. Layers and steps talk through
+//! request extensions (the request id, the request's `request_log::Note`, the body counters),
 //! never through shared mutable state. They share one runtime snapshot, taken once when the
 //! request arrives, so a reload never changes the rules under a request in flight.
 //!
