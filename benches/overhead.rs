@@ -26,12 +26,12 @@ fn overhead(c: &mut Criterion) {
     let path = palette_gateway::path::check("/v1/spectroclusters/abc").expect("path");
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
 
-    c.bench_function("client_limits_check", |b| b.iter(|| limits.check(0)));
+    c.bench_function("client_limits_check", |b| b.iter(|| limits.check(0.into())));
     // The bucket allows 4e9 requests at once, so the bench measures the bookkeeping, never a wait.
     c.bench_function("budget_lookup_and_acquire", |b| {
         b.to_async(&rt).iter(|| async {
             let bucket = budget.bucket_for(&path).expect("bucket");
-            bucket.acquire(0, Duration::from_secs(1)).await
+            bucket.acquire(0.into(), Duration::from_secs(1)).await
         })
     });
     c.bench_function("metrics_per_request", |b| {

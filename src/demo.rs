@@ -87,7 +87,7 @@ mod tests {
     #[test]
     fn demo_config_is_valid_and_keys_match() {
         let cfg = demo_config().unwrap();
-        assert_eq!(cfg.client_by_key_hash(&crate::auth::hash_key(DEMO_CI_KEY)), Some(0));
-        assert_eq!(cfg.client_by_key_hash(&crate::auth::hash_key(DEMO_OPS_KEY)), Some(1));
+        assert_eq!(cfg.client_by_key_hash(&crate::auth::hash_key(DEMO_CI_KEY)).map(|c| c.index()), Some(0));
+        assert_eq!(cfg.client_by_key_hash(&crate::auth::hash_key(DEMO_OPS_KEY)).map(|c| c.index()), Some(1));
     }
 }

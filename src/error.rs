@@ -16,7 +16,7 @@ pub enum GatewayError {
     #[error("{0}")]
     BadRequest(String),
     /// A method outside Palette's API (CONNECT, TRACE, unknown ones, `get`).
-    #[error("method {0} is not supported by the gateway: it forwards only {methods}", methods = crate::framing::ALLOWED_METHODS)]
+    #[error("method {0} is not supported by the gateway: it forwards only {methods}", methods = crate::proxy::target::ALLOWED_METHODS)]
     MethodNotAllowed(String),
     /// No local credential and no anonymous client.
     #[error("a local credential is required: send ApiKey: <local key> or Authorization: Bearer <local key>")]
@@ -134,7 +134,8 @@ impl GatewayError {
             }
             GatewayError::MethodNotAllowed(_) => {
                 // RFC 9110 §15.5.6: a 405 says which methods the target takes.
-                resp.headers_mut().insert(header::ALLOW, HeaderValue::from_static(crate::framing::ALLOWED_METHODS));
+                resp.headers_mut()
+                    .insert(header::ALLOW, HeaderValue::from_static(crate::proxy::target::ALLOWED_METHODS));
             }
             _ => {}
         }
@@ -230,7 +231,7 @@ mod tests {
     #[test]
     fn method_not_allowed_carries_allow() {
         let resp = GatewayError::MethodNotAllowed("TRACE".into()).into_response("r");
-        assert_eq!(resp.headers()[header::ALLOW], crate::framing::ALLOWED_METHODS);
+        assert_eq!(resp.headers()[header::ALLOW], crate::proxy::target::ALLOWED_METHODS);
     }
 
     #[test]

@@ -3,40 +3,49 @@
 //! what they may do and calls Palette with the real credential (an `ApiKey`, or a token it
 //! logs in for and keeps fresh).
 //!
-//! Layout (one concern per module):
-//! - [`config`]: TOML → validated, immutable [`config::Config`] (secrets from env/files).
-//! - [`server`]: listeners, TLS/mTLS, HTTP/1.1 + HTTP/2, drain. [`admin`]: `/healthz`, `/readyz`.
-//! - [`proxy`]: the request path, in order: [`path`] check → [`auth`] → [`routes`] → [`policy`]
-//!   ([`pattern`]) → [`scope`] → [`forward`] hygiene → credential swap ([`credentials`]) →
-//!   [`upstream`] client. [`error`] is the one place that shapes the gateway's own answers.
-//!   [`framing`] (transfer codings, bodiless `HEAD` answers), [`drain`] (small unread request
-//!   bodies) and [`decode`] (compressed error bodies, for the scrubber) serve that path.
-//! - [`app`]: wiring and task ownership. [`cli`]: the command line. [`demo`] and
-//!   [`fake_palette`]: the offline demo and the fake upstream the tests share.
+//! Layout, one folder per lifetime:
+//! - top level, what lives as long as the process: [`app`] (wiring, task ownership), [`server`]
+//!   (listeners, TLS/mTLS, HTTP/1.1 + HTTP/2, drain), [`admin`] (`/healthz`, `/readyz`,
+//!   metrics), [`metrics`], [`reload`], [`credentials`] (token managers), [`limit`] (client
+//!   limits, Palette budget), [`upstream`] (the pooled client), [`cli`], [`demo`] and
+//!   [`fake_palette`] (the offline demo and the fake upstream the tests share).
+//! - [`config`], what lives for one load: TOML → validated, immutable [`config::Config`].
+//! - [`proxy`], what lives for one request: one file per step, chained by one function
+//!   (`proxy::stack`), outermost first:
+//!
+//! ```text
+//! sensitive-header marking (ApiKey, Authorization, Cookie; Set-Cookie)
+//!   → request id + request log + in-flight + request metrics   proxy/request_log.rs, request_id.rs
+//!   → error rescue (GatewayError → Palette JSON, error.rs)      proxy/rescue.rs
+//!   → config snapshot, overload and size, method and target form proxy/mod.rs, target.rs
+//!   → path check → local auth → client limits                   path.rs (pattern.rs), auth.rs
+//!   → route → policy (/v1/auth, credential endpoints, allow)    routes.rs, policy.rs
+//!   → scope (ProjectUid) → header hygiene                       scope.rs, hygiene.rs
+//!   → credential swap → budget → forward, 401 replay, 429 retry exchange.rs
+//!   → response hygiene (decode.rs, scrubber) → unread body drained    hygiene.rs, drain.rs
+//! ```
+//!
+//! [`error`] is the one place that shapes the gateway's own answers; [`body`] holds the body
+//! types the path shares. `auth`, `path`, `pattern`, `credential_endpoints`, `scope` and
+//! `forward` (now `proxy::hygiene`) stay reachable at their old paths for tests and fuzzing.
 #![forbid(unsafe_code)]
 
 pub mod admin;
 pub mod app;
-pub mod auth;
 pub mod body;
 pub mod cli;
 pub mod config;
-pub mod credential_endpoints;
 pub mod credentials;
-pub mod decode;
 pub mod demo;
-pub mod drain;
 pub mod error;
-pub mod forward;
-pub mod framing;
 pub mod limit;
 pub mod metrics;
-pub mod path;
-pub mod pattern;
-pub mod policy;
 pub mod proxy;
 pub mod reload;
-pub mod routes;
-pub mod scope;
 pub mod server;
 pub mod upstream;
+
+// The request steps live under `proxy/`; these old paths stay for the tests, benches, the fuzz
+// targets and the config validator that name them.
+pub use proxy::hygiene as forward;
+pub use proxy::{auth, credential_endpoints, path, pattern, scope};

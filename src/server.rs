@@ -282,7 +282,7 @@ impl hyper::service::Service<Request<Incoming>> for ConnService {
             let guard = EndGuard(Some(activity));
             // Every listener's answers to HEAD lose their body here (the admin endpoints'
             // too): hyper's HTTP/2 server would send it.
-            let resp = crate::framing::strip_head_body(&method, call.await);
+            let resp = crate::proxy::target::strip_head_body(&method, call.await);
             Ok(resp.map(move |b| {
                 let mut guard = guard;
                 let activity = guard.0.take();

@@ -118,7 +118,7 @@ pub struct Config {
     /// Routes, in order (first match wins).
     pub routes: Vec<Route>,
     /// The client that requests without a local credential act as.
-    pub(crate) anonymous_client: Option<usize>,
+    pub(crate) anonymous_client: Option<ClientId>,
     /// `[rate_limit] global`: one limit across all clients.
     pub(crate) global_rate_limit: Option<Rate>,
     /// `[log]`.
@@ -130,15 +130,39 @@ pub struct Config {
     cert_index: HashMap<String, usize>,
 }
 
+/// A configured client, by its place in [`Config::clients`]: what authentication finds and
+/// what routes, limits and the budget queues key on. Only meaningful for the config (snapshot)
+/// it came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ClientId(pub(crate) usize);
+
+impl ClientId {
+    /// The client's place in [`Config::clients`].
+    pub fn index(self) -> usize {
+        self.0
+    }
+}
+
+impl From<usize> for ClientId {
+    fn from(index: usize) -> Self {
+        ClientId(index)
+    }
+}
+
 impl Config {
     /// The client whose key hashes to `hash`.
-    pub(crate) fn client_by_key_hash(&self, hash: &[u8; 32]) -> Option<usize> {
-        self.key_index.get(hash).copied()
+    pub(crate) fn client_by_key_hash(&self, hash: &[u8; 32]) -> Option<ClientId> {
+        self.key_index.get(hash).copied().map(ClientId)
     }
 
     /// The client identified by a certificate name (DNS SAN or CN).
-    pub(crate) fn client_by_cert_name(&self, name: &str) -> Option<usize> {
-        self.cert_index.get(name).copied()
+    pub(crate) fn client_by_cert_name(&self, name: &str) -> Option<ClientId> {
+        self.cert_index.get(name).copied().map(ClientId)
+    }
+
+    /// The client `id` names.
+    pub fn client(&self, id: ClientId) -> &Client {
+        &self.clients[id.0]
     }
 
     /// The config file itself and every file it read.
@@ -342,5 +366,5 @@ pub struct Route {
     /// Only these methods (`None`: any).
     pub methods: Option<Vec<Method>>,
     /// Only these clients, by index (`None`: any).
-    pub clients: Option<Vec<usize>>,
+    pub clients: Option<Vec<ClientId>>,
 }

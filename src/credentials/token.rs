@@ -39,7 +39,7 @@ pub const FRESH_REPLACEMENT: Duration = Duration::from_secs(3);
 /// past than this is refused as expired.
 pub const CLOCK_SKEW: Duration = Duration::from_secs(30);
 /// The budget's client index for the gateway's own login and refresh calls.
-const GATEWAY_ITSELF: usize = usize::MAX;
+const GATEWAY_ITSELF: crate::config::ClientId = crate::config::ClientId(usize::MAX);
 
 /// A token in use.
 #[derive(Debug)]

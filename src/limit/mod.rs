@@ -16,7 +16,7 @@ use governor::{Quota, RateLimiter};
 use http::header::HeaderName;
 use http::{HeaderMap, HeaderValue};
 
-use crate::config::{Config, Rate};
+use crate::config::{ClientId, Config, Rate};
 
 type Limiter = RateLimiter<NotKeyed, InMemoryState, DefaultClock, StateInformationMiddleware>;
 
@@ -143,8 +143,8 @@ impl ClientLimits {
 
     /// Takes one request from `client`'s limit and the global one. `Ok` carries the headers of
     /// the limit that applies (the one with fewer requests left), if any limit does.
-    pub fn check(&self, client: usize) -> Result<Option<RateHeaders>, Refusal> {
-        let own = self.per_client.get(client).and_then(Option::as_ref);
+    pub fn check(&self, client: ClientId) -> Result<Option<RateHeaders>, Refusal> {
+        let own = self.per_client.get(client.index()).and_then(Option::as_ref);
         let headers = match own {
             Some(limit) => match limit.limiter.check() {
                 Ok(snapshot) => Some(headers_for(limit.rate, snapshot.remaining_burst_capacity(), LimitKind::Client)),
@@ -226,19 +226,19 @@ mod tests {
                 policy: LimitKind::Client,
                 window: 3,
             };
-            assert_eq!(l.check(1).unwrap(), Some(want));
+            assert_eq!(l.check(ClientId(1)).unwrap(), Some(want));
         }
-        let refusal = l.check(1).unwrap_err();
+        let refusal = l.check(ClientId(1)).unwrap_err();
         assert_eq!(refusal.kind, LimitKind::Client);
         assert_eq!(retry_after_secs(refusal.retry_after), 1);
-        assert_eq!(l.check(0).unwrap().unwrap().limit, 100, "the default applies to a");
+        assert_eq!(l.check(ClientId(0)).unwrap().unwrap().limit, 100, "the default applies to a");
     }
 
     #[test]
     fn no_limits_configured_means_unlimited() {
         let (_, l) = limits("");
         for _ in 0..1000 {
-            assert_eq!(l.check(0).unwrap(), None);
+            assert_eq!(l.check(ClientId(0)).unwrap(), None);
         }
     }
 
@@ -246,9 +246,13 @@ mod tests {
     fn global_limit_spans_clients() {
         let (_, l) = limits("[rate_limit]\nglobal = { per_second = 1, burst = 2 }");
         let global = RateHeaders { limit: 2, remaining: 1, reset: 1, policy: LimitKind::Global, window: 2 };
-        assert_eq!(l.check(0).unwrap(), Some(global), "a client without a limit of its own sees the global one");
-        assert!(l.check(1).is_ok());
-        let refusal = l.check(0).unwrap_err();
+        assert_eq!(
+            l.check(ClientId(0)).unwrap(),
+            Some(global),
+            "a client without a limit of its own sees the global one"
+        );
+        assert!(l.check(ClientId(1)).is_ok());
+        let refusal = l.check(ClientId(0)).unwrap_err();
         assert_eq!(refusal.kind, LimitKind::Global);
         assert_eq!(refusal.headers.map(|h| (h.policy, h.remaining)), Some((LimitKind::Global, 0)));
     }
@@ -257,13 +261,13 @@ mod tests {
     fn the_tighter_limit_gives_the_headers() {
         // b: own limit burst 3; global burst 2, so after one request global has 1 left, b's 2.
         let (_, l) = limits("[rate_limit]\nglobal = { per_second = 1, burst = 2 }");
-        assert_eq!(l.check(1).unwrap().map(|h| (h.policy, h.remaining)), Some((LimitKind::Global, 1)));
+        assert_eq!(l.check(ClientId(1)).unwrap().map(|h| (h.policy, h.remaining)), Some((LimitKind::Global, 1)));
         let (_, l) = limits("[rate_limit]\nglobal = { per_second = 100, burst = 100 }");
-        assert_eq!(l.check(1).unwrap().map(|h| (h.policy, h.remaining)), Some((LimitKind::Client, 2)));
+        assert_eq!(l.check(ClientId(1)).unwrap().map(|h| (h.policy, h.remaining)), Some((LimitKind::Client, 2)));
         // A global refusal shows the global limit, not the client's.
         let (_, l) = limits("[rate_limit]\nglobal = { per_second = 0.01, burst = 1 }");
-        l.check(0).unwrap();
-        let refusal = l.check(1).unwrap_err();
+        l.check(ClientId(0)).unwrap();
+        let refusal = l.check(ClientId(1)).unwrap_err();
         assert_eq!(refusal.headers.map(|h| (h.policy, h.limit, h.remaining)), Some((LimitKind::Global, 1, 0)));
     }
 
@@ -279,10 +283,10 @@ mod tests {
     fn state_survives_rebuild_for_unchanged_clients() {
         let (cfg, l) = limits("");
         for _ in 0..3 {
-            l.check(1).unwrap();
+            l.check(ClientId(1)).unwrap();
         }
         let rebuilt = ClientLimits::build(&cfg, Some(&l));
-        assert!(rebuilt.check(1).is_err(), "the exhausted bucket carried over");
+        assert!(rebuilt.check(ClientId(1)).is_err(), "the exhausted bucket carried over");
     }
 
     #[test]

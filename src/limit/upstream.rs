@@ -13,7 +13,7 @@ use std::time::Duration;
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 
-use crate::config::{Rate, UpstreamLimits, CATCH_ALL};
+use crate::config::{ClientId, Rate, UpstreamLimits, CATCH_ALL};
 use crate::path::CheckedPath;
 
 #[derive(Debug)]
@@ -127,7 +127,7 @@ struct State {
     /// GCRA theoretical arrival time.
     tat: Instant,
     /// Waiting requests per client, served round-robin.
-    queues: VecDeque<(usize, VecDeque<oneshot::Sender<()>>)>,
+    queues: VecDeque<(ClientId, VecDeque<oneshot::Sender<()>>)>,
     queued: usize,
     dispatching: bool,
     slowed_at: Option<Instant>,
@@ -163,7 +163,7 @@ impl Bucket {
 
     /// Waits for budget for one request of `client`, at most `max_wait`. Returns how long it
     /// waited.
-    pub async fn acquire(self: &Arc<Self>, client: usize, max_wait: Duration) -> Result<Duration, Busy> {
+    pub async fn acquire(self: &Arc<Self>, client: ClientId, max_wait: Duration) -> Result<Duration, Busy> {
         let started = Instant::now();
         let rx = {
             let mut st = self.lock();
@@ -257,7 +257,7 @@ impl State {
 
     /// How long a new request of `client` would wait: round-robin serves every other waiting
     /// client up to as many requests as `client` will have queued.
-    fn estimate(&self, rate: Rate, client: usize, now: Instant) -> Duration {
+    fn estimate(&self, rate: Rate, client: ClientId, now: Instant) -> Duration {
         let own = self.queues.iter().find(|(c, _)| *c == client).map_or(0, |(_, q)| q.len()) + 1;
         let ahead: usize = self.queues.iter().filter(|(c, _)| *c != client).map(|(_, q)| q.len().min(own)).sum();
         let first = self.ready_at(rate, now).map_or(Duration::ZERO, |at| at - now);
@@ -380,22 +380,22 @@ mod tests {
     async fn burst_passes_then_requests_are_paced() {
         let b = bucket(10.0, 3, 100);
         for _ in 0..3 {
-            assert_eq!(b.acquire(0, Duration::from_secs(2)).await, Ok(Duration::ZERO));
+            assert_eq!(b.acquire(ClientId(0), Duration::from_secs(2)).await, Ok(Duration::ZERO));
         }
-        let waited = b.acquire(0, Duration::from_secs(2)).await.unwrap();
+        let waited = b.acquire(ClientId(0), Duration::from_secs(2)).await.unwrap();
         assert!(waited >= Duration::from_millis(99) && waited <= Duration::from_millis(101), "{waited:?}");
     }
 
     #[tokio::test(start_paused = true)]
     async fn over_max_wait_is_refused_with_retry_after() {
         let b = bucket(1.0, 1, 100);
-        b.acquire(0, Duration::from_secs(2)).await.unwrap();
-        b.acquire(0, Duration::from_secs(2)).await.unwrap();
+        b.acquire(ClientId(0), Duration::from_secs(2)).await.unwrap();
+        b.acquire(ClientId(0), Duration::from_secs(2)).await.unwrap();
         // The next slot is a second away, the one after two seconds.
         let mut tasks = Vec::new();
         for _ in 0..3 {
             let b = b.clone();
-            tasks.push(tokio::spawn(async move { b.acquire(0, Duration::from_millis(1500)).await }));
+            tasks.push(tokio::spawn(async move { b.acquire(ClientId(0), Duration::from_millis(1500)).await }));
         }
         let results: Vec<_> = futures_util::future::join_all(tasks).await.into_iter().map(|r| r.unwrap()).collect();
         assert_eq!(results.iter().filter(|r| r.is_ok()).count(), 1, "{results:?}");
@@ -405,17 +405,17 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn full_queue_refuses_at_once() {
         let b = bucket(1.0, 1, 2);
-        b.acquire(0, Duration::from_secs(10)).await.unwrap();
+        b.acquire(ClientId(0), Duration::from_secs(10)).await.unwrap();
         let w1 = tokio::spawn({
             let b = b.clone();
-            async move { b.acquire(0, Duration::from_secs(10)).await }
+            async move { b.acquire(ClientId(0), Duration::from_secs(10)).await }
         });
         let w2 = tokio::spawn({
             let b = b.clone();
-            async move { b.acquire(1, Duration::from_secs(10)).await }
+            async move { b.acquire(ClientId(1), Duration::from_secs(10)).await }
         });
         tokio::task::yield_now().await;
-        assert!(b.acquire(2, Duration::from_secs(10)).await.is_err());
+        assert!(b.acquire(ClientId(2), Duration::from_secs(10)).await.is_err());
         assert!(w1.await.unwrap().is_ok() && w2.await.unwrap().is_ok());
     }
 
@@ -429,7 +429,7 @@ mod tests {
             for _ in 0..n {
                 let (b, order) = (b.clone(), order.clone());
                 tasks.push(tokio::spawn(async move {
-                    if b.acquire(client, Duration::from_secs(60)).await.is_ok() {
+                    if b.acquire(ClientId(client), Duration::from_secs(60)).await.is_ok() {
                         order.lock().unwrap().push(client);
                     }
                 }));
@@ -450,10 +450,10 @@ mod tests {
         assert_eq!(b.throttled(), 5.0);
         assert_eq!(b.throttled(), 2.5);
         tokio::time::advance(RECOVERY_STEP).await;
-        b.acquire(0, Duration::from_secs(2)).await.unwrap();
+        b.acquire(ClientId(0), Duration::from_secs(2)).await.unwrap();
         assert_eq!(b.current_rate(), 5.0);
         tokio::time::advance(RECOVERY_STEP).await;
-        b.acquire(0, Duration::from_secs(2)).await.unwrap();
+        b.acquire(ClientId(0), Duration::from_secs(2)).await.unwrap();
         assert_eq!(b.current_rate(), 10.0);
     }
 
@@ -461,12 +461,12 @@ mod tests {
     async fn after_a_429_the_next_grant_waits_the_slowed_interval() {
         let b = bucket(10.0, 5, 100);
         // A full burst is available; Palette answers 429 anyway.
-        assert_eq!(b.acquire(0, Duration::from_secs(2)).await, Ok(Duration::ZERO));
+        assert_eq!(b.acquire(ClientId(0), Duration::from_secs(2)).await, Ok(Duration::ZERO));
         b.throttled();
         // The 4 requests of burst credit left are gone: the next waits one slowed interval
         // (5/s: 200 ms), and so does each one after it (no burst while slowed).
         for _ in 0..3 {
-            let waited = b.acquire(0, Duration::from_secs(2)).await.unwrap();
+            let waited = b.acquire(ClientId(0), Duration::from_secs(2)).await.unwrap();
             assert!(waited >= Duration::from_millis(199) && waited <= Duration::from_millis(201), "{waited:?}");
         }
     }
@@ -480,8 +480,8 @@ mod tests {
         // 1.25/s now. An idle while (shorter than the recovery step) must not buy a burst of
         // 5 slowed intervals (4 s of Palette's budget in a moment).
         tokio::time::advance(Duration::from_secs(4)).await;
-        assert_eq!(b.acquire(0, Duration::from_secs(10)).await, Ok(Duration::ZERO));
-        let waited = b.acquire(0, Duration::from_secs(10)).await.unwrap();
+        assert_eq!(b.acquire(ClientId(0), Duration::from_secs(10)).await, Ok(Duration::ZERO));
+        let waited = b.acquire(ClientId(0), Duration::from_secs(10)).await.unwrap();
         assert!(waited >= Duration::from_millis(799), "a burst went through while slowed: {waited:?}");
         let st = b.lock();
         assert_eq!(st.tolerance(b.base_rate), Duration::ZERO);
@@ -492,11 +492,11 @@ mod tests {
         let b = bucket(10.0, 5, 100);
         b.throttled();
         tokio::time::advance(RECOVERY_STEP).await;
-        b.acquire(0, Duration::from_secs(2)).await.unwrap();
+        b.acquire(ClientId(0), Duration::from_secs(2)).await.unwrap();
         assert_eq!(b.current_rate(), 10.0);
         tokio::time::advance(Duration::from_secs(1)).await;
         for _ in 0..5 {
-            assert_eq!(b.acquire(0, Duration::from_secs(2)).await, Ok(Duration::ZERO));
+            assert_eq!(b.acquire(ClientId(0), Duration::from_secs(2)).await, Ok(Duration::ZERO));
         }
     }
 

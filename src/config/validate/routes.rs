@@ -77,7 +77,7 @@ fn route(r: &RawRoute, field: &str, clients: &HashMap<String, usize>, p: &mut Pr
             .iter()
             .enumerate()
             .filter_map(|(k, n)| match clients.get(n) {
-                Some(&i) => Some(i),
+                Some(&i) => Some(crate::config::ClientId(i)),
                 None => {
                     p.add(format!("{field}.clients[{k}]"), format!("no client named {n:?}"));
                     None

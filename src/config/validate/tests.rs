@@ -38,11 +38,11 @@ fn full_example_loads() {
         base()
     );
     let cfg = load_str(&text, Path::new("."), &env()).unwrap();
-    assert_eq!(cfg.anonymous_client, Some(0));
+    assert_eq!(cfg.anonymous_client, Some(crate::config::ClientId(0)));
     assert_eq!(cfg.routes.len(), 1);
     let mut h = [0u8; 32];
     h[31] = 1;
-    assert_eq!(cfg.client_by_key_hash(&h), Some(0));
+    assert_eq!(cfg.client_by_key_hash(&h), Some(crate::config::ClientId(0)));
 }
 
 #[test]
@@ -180,7 +180,7 @@ proptest::proptest! {
 fn runtime_survives(cfg: &crate::config::Config) {
     let limits = crate::limit::ClientLimits::build(cfg, None);
     for _ in 0..3 {
-        let _ = limits.check(0);
+        let _ = limits.check(crate::config::ClientId(0));
     }
     let budget = crate::limit::upstream::UpstreamBudget::build(&cfg.upstream.limits, None);
     if let Some(bucket) = budget.bucket_for(&crate::path::check("/v1/x").unwrap()) {
@@ -190,7 +190,7 @@ fn runtime_survives(cfg: &crate::config::Config) {
         let _ = std::time::Duration::from_secs_f64(1.0 / bucket.current_rate());
         let rt = tokio::runtime::Builder::new_current_thread().enable_time().start_paused(true).build().unwrap();
         for client in 0..3 {
-            let _ = rt.block_on(bucket.acquire(client, cfg.upstream.limits.max_wait));
+            let _ = rt.block_on(bucket.acquire(crate::config::ClientId(client), cfg.upstream.limits.max_wait));
         }
     }
     {

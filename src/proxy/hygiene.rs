@@ -46,7 +46,7 @@ fn is_client_only(name: &str) -> bool {
             | "x-forwarded-host"
             | "x-real-ip"
             | "x-request-id"
-            | crate::scope::PROJECT_UID
+            | crate::proxy::scope::PROJECT_UID
     )
 }
 
@@ -95,7 +95,7 @@ pub fn request_headers(headers: &mut HeaderMap, decided: &Decided<'_>) {
     headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(if decided.tls { "https" } else { "http" }));
     headers.insert(X_REQUEST_ID.clone(), decided.request_id.clone());
     if let Some(project) = decided.project {
-        headers.insert(HeaderName::from_static(crate::scope::PROJECT_UID), project.clone());
+        headers.insert(HeaderName::from_static(crate::proxy::scope::PROJECT_UID), project.clone());
     }
 }
 
@@ -118,7 +118,7 @@ pub async fn scrub_error(resp: Response<Body>, secrets: &[&str], request_id: &st
         return resp;
     }
     let (mut parts, body) = resp.into_parts();
-    let Ok(codings) = crate::decode::codings(&parts.headers) else {
+    let Ok(codings) = crate::proxy::decode::codings(&parts.headers) else {
         return withheld(status, request_id);
     };
     let Ok(raw) = body::collect_limited(body, MAX_ERROR_BODY).await else {
@@ -128,7 +128,7 @@ pub async fn scrub_error(resp: Response<Body>, secrets: &[&str], request_id: &st
         // Nothing to check (a HEAD answer, a bare status): the headers still describe it.
         return Response::from_parts(parts, body::empty());
     }
-    let Ok(decoded) = crate::decode::decode(raw, &codings, MAX_ERROR_BODY) else {
+    let Ok(decoded) = crate::proxy::decode::decode(raw, &codings, MAX_ERROR_BODY) else {
         return withheld(status, request_id);
     };
     // The body goes out decoded: its coding and length headers no longer describe it (hyper

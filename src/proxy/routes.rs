@@ -8,8 +8,8 @@
 
 use http::Method;
 
-use crate::config::{Config, Route};
-use crate::path::CheckedPath;
+use crate::config::{ClientId, Config, Route};
+use crate::proxy::path::CheckedPath;
 
 /// The outcome of route matching for one request.
 #[derive(Debug)]
@@ -22,18 +22,20 @@ pub struct RouteMatch<'a> {
 
 impl RouteMatch<'_> {
     /// The route's name, or `none` (bounded: used in logs and metrics).
+    #[cfg(test)]
     pub fn name(&self) -> &str {
         self.route.map_or("none", |r| &r.name)
     }
 }
 
 /// Finds the first matching route for `client` and computes the upstream path.
-pub fn select<'a>(cfg: &'a Config, client: usize, method: &Method, path: &CheckedPath) -> RouteMatch<'a> {
+pub fn select<'a>(cfg: &'a Config, client: ClientId, method: &Method, path: &CheckedPath) -> RouteMatch<'a> {
     for route in &cfg.routes {
         let Some(rest) = path.strip_prefix(&route.path_prefix) else {
             continue;
         };
-        if route.methods.as_ref().is_some_and(|ms| !ms.iter().any(|m| crate::pattern::method_covers(m, method))) {
+        if route.methods.as_ref().is_some_and(|ms| !ms.iter().any(|m| crate::proxy::pattern::method_covers(m, method)))
+        {
             continue;
         }
         if route.clients.as_ref().is_some_and(|cs| !cs.contains(&client)) {
@@ -61,8 +63,8 @@ mod tests {
 
     fn sel(client: usize, method: Method, path: &str) -> (String, String) {
         let c = cfg();
-        let p = crate::path::check(path).unwrap();
-        let m = select(&c, client, &method, &p);
+        let p = crate::proxy::path::check(path).unwrap();
+        let m = select(&c, ClientId(client), &method, &p);
         (m.name().to_string(), m.upstream_path.as_str().to_string())
     }
 

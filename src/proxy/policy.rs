@@ -5,9 +5,9 @@
 use http::Method;
 
 use crate::config::Client;
-use crate::credential_endpoints::{self, is_api_version};
 use crate::error::GatewayError;
-use crate::path::CheckedPath;
+use crate::proxy::credential_endpoints::{self, is_api_version};
+use crate::proxy::path::CheckedPath;
 
 /// Refuses the request unless `client` may send `method` to `path` (the upstream path).
 pub fn check(client: &Client, method: &Method, path: &CheckedPath) -> Result<(), GatewayError> {
@@ -47,7 +47,7 @@ fn is_auth_path(path: &CheckedPath) -> bool {
 mod tests {
     use super::*;
     use crate::config::Projects;
-    use crate::pattern::AllowRule;
+    use crate::proxy::pattern::AllowRule;
     use std::sync::Arc;
 
     fn client(allow: Option<&[&str]>) -> Client {
@@ -67,7 +67,7 @@ mod tests {
     }
 
     fn ok(c: &Client, m: Method, p: &str) -> bool {
-        check(c, &m, &crate::path::check(p).unwrap()).is_ok()
+        check(c, &m, &crate::proxy::path::check(p).unwrap()).is_ok()
     }
 
     #[test]
@@ -78,7 +78,7 @@ mod tests {
         }
         // Not the gateway's session, but a credential endpoint (refused for its own reason).
         assert!(matches!(
-            check(&c, &Method::POST, &crate::path::check("/v1/users/auth/tokens/revoke").unwrap()),
+            check(&c, &Method::POST, &crate::proxy::path::check("/v1/users/auth/tokens/revoke").unwrap()),
             Err(GatewayError::CredentialEndpointForbidden { .. })
         ));
         assert!(ok(&c, Method::GET, "/v1/authx"));
@@ -90,14 +90,14 @@ mod tests {
         assert!(ok(&c, Method::GET, "/v1/spectroclusters"));
         assert!(ok(&c, Method::POST, "/v1/dashboard/spectroclusters/search"));
         assert!(!ok(&c, Method::DELETE, "/v1/spectroclusters/x"));
-        let err = check(&c, &Method::DELETE, &crate::path::check("/v1/x").unwrap()).unwrap_err();
+        let err = check(&c, &Method::DELETE, &crate::proxy::path::check("/v1/x").unwrap()).unwrap_err();
         assert_eq!(err.to_string(), "client ci may not DELETE /v1/x");
     }
 
     #[test]
     fn credential_endpoints_need_a_named_opening_and_allow() {
         for c in [client(None), client(Some(&["POST /v1/**", "* /**"]))] {
-            let err = check(&c, &Method::POST, &crate::path::check("/v1/apiKeys").unwrap()).unwrap_err();
+            let err = check(&c, &Method::POST, &crate::proxy::path::check("/v1/apiKeys").unwrap()).unwrap_err();
             assert!(matches!(err, GatewayError::CredentialEndpointForbidden { .. }));
             let text = err.to_string();
             assert!(
@@ -114,7 +114,7 @@ mod tests {
         // The allow rules must cover an opened endpoint too.
         let c = opened(client(Some(&["GET /v1/**"])), &["POST /v1/apiKeys"]);
         assert!(matches!(
-            check(&c, &Method::POST, &crate::path::check("/v1/apiKeys").unwrap()),
+            check(&c, &Method::POST, &crate::proxy::path::check("/v1/apiKeys").unwrap()),
             Err(GatewayError::Forbidden { .. })
         ));
         let c = opened(client(None), &["PUT /v1/apiKeys/*/state"]);

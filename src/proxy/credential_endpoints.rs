@@ -23,8 +23,8 @@
 
 use http::Method;
 
-use crate::path::CheckedPath;
-use crate::pattern::AllowRule;
+use crate::proxy::path::CheckedPath;
+use crate::proxy::pattern::AllowRule;
 
 /// Which methods an entry refuses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -257,7 +257,7 @@ mod tests {
     use super::*;
 
     fn path(p: &str) -> CheckedPath {
-        crate::path::check(p).unwrap()
+        crate::proxy::path::check(p).unwrap()
     }
 
     fn method(m: &str) -> Method {

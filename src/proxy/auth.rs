@@ -5,7 +5,7 @@ use http::header::{self, HeaderName};
 use http::HeaderMap;
 use sha2::{Digest, Sha256};
 
-use crate::config::Config;
+use crate::config::{ClientId, Config};
 use crate::error::GatewayError;
 
 /// `ApiKey`, the header Palette's SDK and Terraform provider send.
@@ -33,14 +33,14 @@ pub fn key_hash_string(key: &str) -> String {
 /// one runtime snapshot, so a reload that removes a key forgets it.
 #[derive(Debug, Default)]
 pub struct KeyCache {
-    known: std::sync::RwLock<std::collections::HashMap<Box<str>, usize>>,
+    known: std::sync::RwLock<std::collections::HashMap<Box<str>, ClientId>>,
 }
 
 impl KeyCache {
     /// Most keys remembered.
     pub const CAPACITY: usize = 4096;
 
-    fn lookup(&self, cfg: &Config, key: &str) -> Option<usize> {
+    fn lookup(&self, cfg: &Config, key: &str) -> Option<ClientId> {
         if let Some(&client) = self.known.read().ok().as_ref().and_then(|m| m.get(key)) {
             return Some(client);
         }
@@ -60,7 +60,7 @@ pub fn identify(
     cache: &KeyCache,
     headers: &HeaderMap,
     peer: &PeerIdentity,
-) -> Result<usize, GatewayError> {
+) -> Result<ClientId, GatewayError> {
     let key = local_key(headers)?;
     let by_cert = cert_client(cfg, peer)?;
     match (key, by_cert) {
@@ -82,15 +82,16 @@ pub fn identify(
 
 /// The client a verified certificate's names identify. A certificate whose names map to two
 /// different clients identifies neither: which one would win is an accident of SAN order.
-fn cert_client(cfg: &Config, peer: &PeerIdentity) -> Result<Option<usize>, GatewayError> {
-    let mut found: Option<usize> = None;
+fn cert_client(cfg: &Config, peer: &PeerIdentity) -> Result<Option<ClientId>, GatewayError> {
+    let mut found: Option<ClientId> = None;
     for name in &peer.cert_names {
         match (found, cfg.client_by_cert_name(name)) {
             (Some(a), Some(b)) if a != b => {
                 return Err(GatewayError::UnknownCredential(format!(
                     "the client certificate's names identify more than one client ({} and {}); \
                      a certificate must name exactly one",
-                    cfg.clients[a].name, cfg.clients[b].name
+                    cfg.client(a).name,
+                    cfg.client(b).name
                 )))
             }
             (None, Some(b)) => found = Some(b),
@@ -180,9 +181,15 @@ mod tests {
     fn api_key_and_bearer_identify() {
         let c = cfg("");
         let none = PeerIdentity::default();
-        assert_eq!(identify(&c, &KeyCache::default(), &h(&[("apikey", "key-a")]), &none).unwrap(), 0);
-        assert_eq!(identify(&c, &KeyCache::default(), &h(&[("authorization", "Bearer key-b")]), &none).unwrap(), 1);
-        assert_eq!(identify(&c, &KeyCache::default(), &h(&[("authorization", "bearer key-b")]), &none).unwrap(), 1);
+        assert_eq!(identify(&c, &KeyCache::default(), &h(&[("apikey", "key-a")]), &none).unwrap().index(), 0);
+        assert_eq!(
+            identify(&c, &KeyCache::default(), &h(&[("authorization", "Bearer key-b")]), &none).unwrap().index(),
+            1
+        );
+        assert_eq!(
+            identify(&c, &KeyCache::default(), &h(&[("authorization", "bearer key-b")]), &none).unwrap().index(),
+            1
+        );
     }
 
     #[test]
@@ -217,7 +224,7 @@ mod tests {
         let peer = |names: &[&str]| PeerIdentity { cert_names: names.iter().map(|n| n.to_string()).collect() };
         let with_certs = cfg_with_certs();
         let one = identify(&with_certs, &KeyCache::default(), &h(&[]), &peer(&["a.internal", "other"])).unwrap();
-        assert_eq!(one, 0);
+        assert_eq!(one.index(), 0);
         for names in [["a.internal", "b.internal"], ["b.internal", "a.internal"]] {
             match identify(&with_certs, &KeyCache::default(), &h(&[]), &peer(&names)) {
                 Err(GatewayError::UnknownCredential(m)) => assert!(m.contains("more than one client"), "{m}"),
@@ -242,7 +249,7 @@ mod tests {
     #[test]
     fn anonymous_client_when_configured() {
         let c = cfg("[auth]\nanonymous_client = \"b\"\n");
-        assert_eq!(identify(&c, &KeyCache::default(), &h(&[]), &PeerIdentity::default()).unwrap(), 1);
+        assert_eq!(identify(&c, &KeyCache::default(), &h(&[]), &PeerIdentity::default()).unwrap().index(), 1);
         // A wrong key is still refused: anonymous covers only "no credential".
         assert!(identify(&c, &KeyCache::default(), &h(&[("apikey", "nope")]), &PeerIdentity::default()).is_err());
     }

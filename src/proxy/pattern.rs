@@ -144,7 +144,7 @@ fn parse_path(path: &str) -> Result<Vec<Seg>, PatternError> {
             s => {
                 // A literal is compared with checked (normalized) segments, so it must itself be
                 // in checked form or it could never match.
-                match crate::path::check(&format!("/{s}")) {
+                match crate::proxy::path::check(&format!("/{s}")) {
                     Ok(p) if p.as_str()[1..] == *s => Seg::Literal(s.to_string()),
                     _ => return Err(PatternError::Unmatchable(s.to_string())),
                 }
@@ -162,7 +162,7 @@ mod tests {
 
     fn m(rule: &str, method: &str, path: &str) -> bool {
         let r = AllowRule::parse(rule).unwrap();
-        let p = crate::path::check(path).unwrap();
+        let p = crate::proxy::path::check(path).unwrap();
         r.matches(&Method::from_bytes(method.as_bytes()).unwrap(), p.segments())
     }
 
@@ -244,7 +244,7 @@ mod tests {
         fn literal_prefix_is_respected(tail in "[a-z0-9/]{0,20}") {
             let r = AllowRule::parse("GET /v1/dashboard/**").unwrap();
             let path = format!("/v1/{tail}");
-            if let Ok(p) = crate::path::check(&path) {
+            if let Ok(p) = crate::proxy::path::check(&path) {
                 let ok = r.matches(&Method::GET, p.segments());
                 let segs: Vec<&str> = p.segments().collect();
                 prop_assert_eq!(ok, segs.len() >= 2 && segs[1] == "dashboard");
@@ -259,14 +259,14 @@ mod tests {
             path in "/[a-z]{1,3}(/[a-z]{1,3}){0,4}/?",
         ) {
             let r = AllowRule::parse(&format!("GET {rule}")).unwrap();
-            let p = crate::path::check(&path).unwrap();
+            let p = crate::proxy::path::check(&path).unwrap();
             if r.matches(&Method::GET, p.segments()) {
                 prop_assert_eq!(rule.split('/').count(), path.split('/').count(), "{} {}", rule, path);
                 prop_assert_eq!(rule.ends_with('/'), path.ends_with('/'), "{} {}", rule, path);
             }
             // The slash-less or slashed twin of a matched path is never matched too.
             let twin = match path.strip_suffix('/') { Some(t) => t.to_string(), None => format!("{path}/") };
-            let t = crate::path::check(&twin).unwrap();
+            let t = crate::proxy::path::check(&twin).unwrap();
             prop_assert!(!(r.matches(&Method::GET, p.segments()) && r.matches(&Method::GET, t.segments())));
         }
 
@@ -275,9 +275,9 @@ mod tests {
         fn rest_covers_the_prefix_with_and_without_slash(tail in "(/[a-z]{1,3}){0,3}/?") {
             let r = AllowRule::parse("GET /v1/x/**").unwrap();
             let path = format!("/v1/x{tail}");
-            prop_assert!(r.matches(&Method::GET, crate::path::check(&path).unwrap().segments()), "{}", path);
+            prop_assert!(r.matches(&Method::GET, crate::proxy::path::check(&path).unwrap().segments()), "{}", path);
             let other = format!("/v1/y{tail}");
-            prop_assert!(!r.matches(&Method::GET, crate::path::check(&other).unwrap().segments()));
+            prop_assert!(!r.matches(&Method::GET, crate::proxy::path::check(&other).unwrap().segments()));
         }
 
         #[test]

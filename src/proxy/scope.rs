@@ -28,7 +28,7 @@ pub struct Scope {
 
 /// Decides the scope from the client's request, before any header is removed: a client cannot
 /// hide its `ProjectUid` from this check (by naming it in `Connection`, say). The headers are
-/// not changed here; [`crate::forward::request_headers`] removes every client `ProjectUid` and
+/// not changed here; [`crate::proxy::hygiene::request_headers`] removes every client `ProjectUid` and
 /// sets [`Scope::project`] after all removals.
 ///
 /// An empty value (`ProjectUID: ""`, which Palette's TypeScript SDK sends when no project is

@@ -1,0 +1,303 @@
+//! The request path, in the order each request takes it:
+//!
+//! ```text
+//! request id → in-flight/metrics → method (Palette's only) → target form → path check → local auth → client limits
+//!   → route → policy (/v1/auth block, allow) → scope (ProjectUid) → header hygiene
+//!   → credential swap → upstream budget → forward (401 on a token that may be dead → new
+//!     token → one replay; 429 → slow the prefix → paced retry of idempotent requests within
+//!     max_wait; at most MAX_ATTEMPTS sends in all)
+//!   → response hygiene (hop-by-hop, Set-Cookie, trailers, secret scrub of every answer's
+//!     headers and of decoded error bodies) → unread small request body drained → HEAD: no body
+//! ```
+//!
+//! The chain is built in one function, `stack`, in README "How it works" order. The
+//! wrapping steps are tower layers, one file each (`request_log`: request id, request log,
+//! in-flight and request metrics; `rescue`: the only place an error becomes an answer); the
+//! decision steps are plain functions over the request parts (`target`, [`path`], [`auth`],
+//! limits, `routes`, `policy`, [`scope`], [`hygiene`]) run in order by one step service,
+//! which hands the request to `exchange` (credential swap, budget, send, 401 replay, 429
+//! retry, response hygiene) and `drain`s what was left unread. Layers and steps talk through
+//! request extensions (the request id, the request's `request_log::Note`, the body counters),
+//! never through shared mutable state. They share one runtime snapshot, taken once when the
+//! request arrives, so a reload never changes the rules under a request in flight.
+//!
+//! Order decisions: the path is checked before authentication so that no rule ever sees an
+//! unchecked path; client limits run right after authentication (they need the client) and
+//! before policy, so a client hammering forbidden paths is throttled too; the upstream budget
+//! is taken last, after everything that could refuse the request, so refused requests never
+//! spend Palette's budget.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use arc_swap::ArcSwap;
+use http::{header, HeaderValue, Request, Response, Version};
+use tower_http::sensitive_headers::{
+    SetSensitiveRequestHeaders, SetSensitiveRequestHeadersLayer, SetSensitiveResponseHeaders,
+    SetSensitiveResponseHeadersLayer,
+};
+
+use crate::body::{self, Body};
+use crate::config::Config;
+use crate::credentials::Credentials;
+use crate::error::GatewayError;
+use crate::limit::retry_after_secs;
+use crate::limit::upstream::UpstreamBudget;
+use crate::limit::ClientLimits;
+use crate::metrics::Metrics;
+use crate::upstream::UpstreamClient;
+use auth::PeerIdentity;
+use request_id::RequestId;
+use request_log::Note;
+
+pub mod auth;
+pub mod credential_endpoints;
+pub(crate) mod decode;
+pub(crate) mod drain;
+pub(crate) mod exchange;
+pub mod hygiene;
+pub mod path;
+pub mod pattern;
+pub(crate) mod policy;
+pub(crate) mod request_id;
+pub(crate) mod request_log;
+pub(crate) mod rescue;
+pub(crate) mod routes;
+pub mod scope;
+pub(crate) mod target;
+
+use target as framing;
+
+pub use exchange::MAX_ATTEMPTS;
+
+/// A request body up to this size is buffered so it can be replayed (after a token refusal or
+/// Palette's 429).
+pub const REPLAY_LIMIT: u64 = 64 * 1024;
+
+/// Everything a request needs, swapped whole on reload.
+pub struct Runtime {
+    /// The validated config.
+    pub config: Arc<Config>,
+    /// Upstream credentials, indexed like the config's.
+    pub credentials: Credentials,
+    /// The pooled upstream client.
+    pub upstream: UpstreamClient,
+    /// Client and global rate limits.
+    pub limits: ClientLimits,
+    /// The outbound budget per Palette prefix.
+    pub budget: UpstreamBudget,
+    /// Local keys already matched to a client (this snapshot's clients only).
+    pub key_cache: auth::KeyCache,
+}
+
+/// The live runtime, shared by the listeners and reload.
+pub type SharedRuntime = Arc<ArcSwap<Runtime>>;
+
+/// What the listener knows about the connection a request came on.
+#[derive(Debug, Clone)]
+pub struct ConnInfo {
+    /// The client's address.
+    pub peer: SocketAddr,
+    /// Whether the connection is TLS.
+    pub tls: bool,
+    /// The verified client certificate's names (mTLS).
+    pub identity: Arc<PeerIdentity>,
+    /// `X-Forwarded-For` for requests on this connection, rendered once per connection.
+    pub forwarded_for: HeaderValue,
+}
+
+impl ConnInfo {
+    /// A connection from `peer`.
+    pub fn new(peer: SocketAddr, tls: bool, identity: Arc<PeerIdentity>) -> Self {
+        // An IP address always renders as a valid header value.
+        let forwarded_for =
+            HeaderValue::from_str(&peer.ip().to_string()).unwrap_or_else(|_| HeaderValue::from_static("unknown"));
+        ConnInfo { peer, tls, identity, forwarded_for }
+    }
+}
+/// The gateway: the request chain as one service that never fails (errors become
+/// Palette-shaped answers).
+#[derive(Clone)]
+pub struct Gateway {
+    stack: Stack,
+}
+
+/// The chain's concrete type: no boxing between layers.
+type Stack = SetSensitiveRequestHeaders<SetSensitiveResponseHeaders<request_log::Logged<rescue::Rescue<Steps>>>>;
+
+/// Builds the request chain, outermost first (tower's `ServiceBuilder`: the first `.layer()`
+/// wraps all the others).
+fn stack(runtime: SharedRuntime, metrics: Arc<Metrics>) -> Stack {
+    tower::ServiceBuilder::new()
+        // Credentials marked sensitive before anything can log or trace a header: the
+        // client's local key and cookies on the way in, Palette's cookies on the way out.
+        .layer(SetSensitiveRequestHeadersLayer::from_shared(Arc::from(
+            [auth::API_KEY.clone(), header::AUTHORIZATION, header::COOKIE].as_slice(),
+        )))
+        .layer(SetSensitiveResponseHeadersLayer::new([header::SET_COOKIE]))
+        // Request id and request log first, so every request, refused or not, gets an id, an
+        // in-flight slot, its metrics and exactly one access event (499 if never answered).
+        .layer(request_log::RequestLogLayer::new(metrics.clone()))
+        // The rescue inside the log, so the log and metrics see the status of the gateway's
+        // own answers; it is the only place errors become answers.
+        .layer(rescue::RescueLayer::new(metrics.clone()))
+        // The steps: config snapshot, in-flight limit, target form, path, local auth, client
+        // limits, route, policy, scope, hygiene, exchange, response hygiene, drain.
+        .service(Steps { runtime, metrics })
+}
+
+impl Gateway {
+    /// A gateway serving the given runtime.
+    pub fn new(runtime: SharedRuntime, metrics: Arc<Metrics>) -> Self {
+        Gateway { stack: stack(runtime, metrics) }
+    }
+
+    /// Handles one request; never fails (errors become Palette-shaped answers).
+    pub async fn handle(&self, req: Request<Body>) -> Response<Body> {
+        // Every layer is always ready (none holds capacity), so no `poll_ready` first.
+        let Ok(resp) = tower::Service::call(&mut self.stack.clone(), req).await;
+        resp
+    }
+}
+
+/// The decision steps and the exchange, on one runtime snapshot.
+#[derive(Clone)]
+pub(crate) struct Steps {
+    runtime: SharedRuntime,
+    metrics: Arc<Metrics>,
+}
+
+impl tower::Service<Request<Body>> for Steps {
+    type Response = Response<Body>;
+    type Error = GatewayError;
+    type Future = Pin<Box<dyn Future<Output = Result<Response<Body>, GatewayError>> + Send>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), GatewayError>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request<Body>) -> Self::Future {
+        // The snapshot is taken once: the request finishes on the config it started with.
+        let rt = self.runtime.load_full();
+        let metrics = self.metrics.clone();
+        Box::pin(async move {
+            // A body the steps drop unread (a refusal, an early upstream answer) comes back
+            // here to be drained before the answer goes out (see `drain`).
+            let (parts, body) = req.into_parts();
+            let (body, unread) = drain::track(body);
+            let result = process(&rt, &metrics, Request::from_parts(parts, body)).await;
+            unread.drain().await;
+            result
+        })
+    }
+}
+
+/// The decision steps, in order, then the exchange. Each step is a plain function over the
+/// request parts; what the log needs goes to the request's [`Note`].
+async fn process(rt: &Runtime, metrics: &Metrics, req: Request<Body>) -> Result<Response<Body>, GatewayError> {
+    let (mut parts, body) = req.into_parts();
+    // Set by the request log layer (defaults only when a step is driven without it).
+    let id = parts.extensions.remove::<RequestId>().unwrap_or_else(|| request_id::assign(&parts.headers));
+    let note = parts.extensions.remove::<Note>().unwrap_or_default();
+    let stats = parts.extensions.remove::<Arc<body::BodyStats>>().unwrap_or_default();
+    let (request_id, rid, stats) = (&id.0, id.as_str(), &stats);
+    // Over the in-flight limit (this request included): answer at once, before any work, so
+    // overload never snowballs.
+    let max_inflight = rt.config.server.limits.max_inflight_requests;
+    if usize::try_from(metrics.inflight.get()).unwrap_or(0) > max_inflight {
+        return Err(GatewayError::Overloaded(max_inflight));
+    }
+    framing::check_method(&parts.method)?;
+    framing::check_overrides(&parts.headers)?;
+    framing::check_transfer_encoding(&parts.headers)?;
+    let max_body = rt.config.server.limits.max_request_body;
+    let declared = parts.headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > max_body) {
+        return Err(GatewayError::PayloadTooLarge(max_body));
+    }
+    // A body that stops arriving fails after request_body_timeout (408), buffered or streamed,
+    // so a declared-but-unsent body never holds an in-flight slot.
+    let body_timeout = rt.config.server.limits.request_body_timeout;
+    let body = body::IdleTimeout::request(body, body_timeout, stats.clone()).into_body();
+    let body = http_body_util::BodyExt::boxed_unsync(body::Capped::new(body, max_body, stats.clone()));
+    // HTTP/2 always carries :authority; in HTTP/1 an authority means absolute-form, which a
+    // reverse proxy must not follow to another host.
+    if parts.version < Version::HTTP_2 && parts.uri.authority().is_some() {
+        return Err(GatewayError::BadRequest(
+            "absolute-form request targets are not accepted: send origin-form (/v1/...)".into(),
+        ));
+    }
+    let conn = parts
+        .extensions
+        .get::<ConnInfo>()
+        .cloned()
+        .unwrap_or_else(|| ConnInfo::new(SocketAddr::from(([127, 0, 0, 1], 0)), false, Arc::default()));
+    let checked = path::check(parts.uri.path())?;
+    let cfg = &rt.config;
+    let client_idx = auth::identify(cfg, &rt.key_cache, &parts.headers, &conn.identity)?;
+    let client = cfg.client(client_idx);
+    note.set(|f| f.client = Some(client.name.clone()));
+    match rt.limits.check(client_idx) {
+        Ok(headers) => note.set(|f| f.rate = headers),
+        Err(refusal) => {
+            note.set(|f| f.rate = refusal.headers);
+            metrics.rate_limited.with_label_values(&[&client.name, refusal.kind.label()]).inc();
+            return Err(GatewayError::RateLimited {
+                client: client.name.to_string(),
+                limit: refusal.kind.label(),
+                rate: format!("{}/s, burst {}", refusal.rate.per_second, refusal.rate.burst),
+                retry_after: retry_after_secs(refusal.retry_after),
+            });
+        }
+    }
+    let matched = routes::select(cfg, client_idx, &parts.method, &checked);
+    note.set(|f| f.route = matched.route.map(|r| r.name.clone()));
+    policy::check(client, &parts.method, &matched.upstream_path)?;
+    // Scope is decided on the headers as the client sent them (a `Connection: ProjectUid`
+    // cannot hide a project from the check); every removal comes next, then every header the
+    // gateway decides, so none can be taken away. The log records what goes upstream.
+    let scope = scope::decide(client, matched.route, &parts.headers, parts.uri.query())?;
+    let decided = hygiene::Decided {
+        forwarded_for: &conn.forwarded_for,
+        tls: conn.tls,
+        request_id,
+        project: scope.project.as_ref(),
+    };
+    hygiene::request_headers(&mut parts.headers, &decided);
+    let project = parts.headers.get(scope::PROJECT_UID).and_then(|p| p.to_str().ok()).map(str::to_string);
+    note.set(|f| f.project = project);
+
+    let path_and_query = match &scope.query {
+        Some(q) => format!("{}?{q}", matched.upstream_path),
+        None => matched.upstream_path.to_string(),
+    };
+    let uri = rt
+        .upstream
+        .uri(&path_and_query)
+        .map_err(|e| GatewayError::BadRequest(format!("request target cannot be forwarded: {e}")))?;
+    let credential = rt.credentials.get(client.credential).ok_or_else(|| GatewayError::CredentialUnavailable {
+        credential: client.credential.to_string(),
+        reason: "not prepared".into(),
+    })?;
+
+    let mut head = Request::new(());
+    *head.method_mut() = parts.method;
+    *head.uri_mut() = uri;
+    *head.headers_mut() = parts.headers;
+    let (head, ()) = head.into_parts();
+
+    let exchange = exchange::Exchange {
+        stats,
+        rt,
+        metrics,
+        head: &head,
+        client_idx,
+        client_name: &client.name,
+        bucket: rt.budget.bucket_for(&matched.upstream_path),
+        rid,
+    };
+    framing::check_upstream_status(exchange.run(credential, body, &note).await?)
+}

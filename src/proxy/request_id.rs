@@ -1,0 +1,51 @@
+//! The request id: the client's `X-Request-Id` when it is a sane token, else a fresh one. It
+//! names the request in every log line, in the gateway's own error bodies and upstream.
+
+use http::HeaderValue;
+
+use crate::proxy::hygiene::X_REQUEST_ID;
+
+/// The request's id, set as a request extension by the outermost layer.
+#[derive(Debug, Clone)]
+pub(crate) struct RequestId(pub(crate) HeaderValue);
+
+impl RequestId {
+    /// The id as text (always visible ASCII).
+    pub(crate) fn as_str(&self) -> &str {
+        self.0.to_str().unwrap_or_default()
+    }
+}
+
+/// Keeps a client's `X-Request-Id` when it is a sane token, else makes one.
+pub(crate) fn assign(headers: &http::HeaderMap) -> RequestId {
+    if let Some(v) = headers.get(&X_REQUEST_ID) {
+        let b = v.as_bytes();
+        if !b.is_empty() && b.len() <= 128 && b.iter().all(|c| c.is_ascii_alphanumeric() || b"-_.:+=/".contains(c)) {
+            return RequestId(v.clone());
+        }
+    }
+    let id: u128 = rand::random();
+    let mut hex = [0u8; 32];
+    for (i, byte) in id.to_be_bytes().iter().enumerate() {
+        hex[2 * i] = b"0123456789abcdef"[usize::from(byte >> 4)];
+        hex[2 * i + 1] = b"0123456789abcdef"[usize::from(byte & 0xf)];
+    }
+    // 32 hex digits are always a valid header value.
+    RequestId(HeaderValue::from_bytes(&hex).unwrap_or_else(|_| HeaderValue::from_static("0")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_sane_client_id_is_kept_and_others_replaced() {
+        let mut h = http::HeaderMap::new();
+        h.insert(&X_REQUEST_ID, HeaderValue::from_static("abc-123"));
+        assert_eq!(assign(&h).as_str(), "abc-123");
+        h.insert(&X_REQUEST_ID, HeaderValue::from_static("a b"));
+        let fresh = assign(&h);
+        assert_eq!(fresh.as_str().len(), 32);
+        assert!(fresh.as_str().bytes().all(|b| b.is_ascii_hexdigit()));
+    }
+}

@@ -1,0 +1,364 @@
+//! The request log: one [`RequestLog`] per request, created when it arrives, whose drop writes
+//! its access event (and its audit event, for a mutation), counts it in the request metrics and
+//! gives back its in-flight slot. A request whose answer never came (the client went away, the
+//! handler's future was dropped) is recorded as status 499, as nginx does, so a mutation Palette
+//! may have received is never lost from the audit log. An answered request's log moves into the
+//! response body and is written when the body ends, with the bytes sent.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use http::header::HeaderName;
+use http::{HeaderMap, Method, Request, Response};
+
+use crate::body::{self, Body, BodyStats};
+use crate::limit::RateHeaders;
+use crate::metrics::{method_label, Metrics};
+use crate::proxy::hygiene::X_REQUEST_ID;
+use crate::proxy::request_id::{self, RequestId};
+
+/// Status recorded for a request its client abandoned before the answer.
+pub(crate) const CLIENT_CLOSED: u16 = 499;
+
+/// What the steps learned about a request, for its log line, metrics and rate headers.
+#[derive(Debug, Default)]
+pub(crate) struct Facts {
+    pub(crate) client: Option<Arc<str>>,
+    pub(crate) route: Option<Arc<str>>,
+    pub(crate) rate: Option<RateHeaders>,
+    pub(crate) project: Option<String>,
+    pub(crate) upstream_status: Option<u16>,
+    pub(crate) upstream_ms: f64,
+    pub(crate) wait_ms: f64,
+}
+
+/// This request's [`Facts`], a request extension the steps write to. One per request: the
+/// lock is never contended and never held across an await.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Note(Arc<Mutex<Facts>>);
+
+impl Note {
+    /// Records something a step learned.
+    pub(crate) fn set(&self, f: impl FnOnce(&mut Facts)) {
+        f(&mut self.0.lock().unwrap_or_else(PoisonError::into_inner));
+    }
+
+    fn take(&self) -> Facts {
+        std::mem::take(&mut *self.0.lock().unwrap_or_else(PoisonError::into_inner))
+    }
+
+    fn rate(&self) -> Option<RateHeaders> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner).rate
+    }
+}
+
+static TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
+static TRACESTATE: HeaderName = HeaderName::from_static("tracestate");
+static AUDIT_UID: HeaderName = HeaderName::from_static("audituid");
+
+/// A header value fit for a log line: visible ASCII, bounded.
+fn loggable(headers: &HeaderMap, name: &HeaderName) -> Option<String> {
+    let v = headers.get(name)?.to_str().ok()?;
+    (v.len() <= 512 && v.bytes().all(|b| b.is_ascii_graphic() || b == b' ')).then(|| v.to_string())
+}
+
+/// One request's access and audit record, from arrival to the end of its answer.
+pub(crate) struct RequestLog {
+    metrics: Arc<Metrics>,
+    started: Instant,
+    request_id: RequestId,
+    method: Method,
+    path: String,
+    traceparent: Option<String>,
+    tracestate: Option<String>,
+    bytes_in: Arc<BodyStats>,
+    note: Note,
+    /// The answer's status, once there is one (`None`: recorded as [`CLIENT_CLOSED`]).
+    status: Option<u16>,
+    audit_uid: Option<String>,
+    bytes_out: u64,
+    complete: bool,
+}
+
+impl RequestLog {
+    /// A request arrives: it takes an in-flight slot until its log is written.
+    pub(crate) fn arrived(metrics: &Arc<Metrics>, req: &Request<Body>, request_id: RequestId) -> Self {
+        metrics.inflight.inc();
+        RequestLog {
+            metrics: metrics.clone(),
+            started: Instant::now(),
+            request_id,
+            method: req.method().clone(),
+            path: req.uri().path().to_string(),
+            traceparent: loggable(req.headers(), &TRACEPARENT),
+            tracestate: loggable(req.headers(), &TRACESTATE),
+            bytes_in: Arc::default(),
+            note: Note::default(),
+            status: None,
+            audit_uid: None,
+            bytes_out: 0,
+            complete: false,
+        }
+    }
+
+    /// The answer's head is ready: counts the request (its duration up to the head, as before)
+    /// and remembers what its log line says.
+    fn answered(&mut self, status: u16, headers: &HeaderMap) {
+        self.status = Some(status);
+        self.audit_uid = loggable(headers, &AUDIT_UID);
+        self.count(status);
+    }
+
+    fn count(&self, status: u16) {
+        let facts = self.note.0.lock().unwrap_or_else(PoisonError::into_inner);
+        let client = facts.client.as_deref().unwrap_or("none");
+        let route = facts.route.as_deref().unwrap_or("none");
+        let m = method_label(&self.method);
+        let code = status.to_string();
+        self.metrics.requests.with_label_values(&[client, route, m, &code]).inc();
+        self.metrics
+            .request_duration
+            .with_label_values(&[client, route, m])
+            .observe(self.started.elapsed().as_secs_f64());
+    }
+
+    fn write(&mut self) {
+        let status = match self.status {
+            Some(s) => s,
+            None => {
+                self.count(CLIENT_CLOSED);
+                CLIENT_CLOSED
+            }
+        };
+        let facts = self.note.take();
+        let client = facts.client.as_deref().unwrap_or("none");
+        let route = facts.route.as_deref().unwrap_or("none");
+        let project = facts.project.as_deref().unwrap_or("");
+        let traceparent = self.traceparent.as_deref().unwrap_or("");
+        let duration_ms = self.started.elapsed().as_secs_f64() * 1000.0;
+        tracing::info!(
+            target: "palette_gateway::access",
+            request_id = %self.request_id.as_str(),
+            client = %client,
+            route = %route,
+            method = %self.method,
+            path = %self.path,
+            project,
+            status,
+            upstream_status = facts.upstream_status.unwrap_or(0),
+            bytes_in = self.bytes_in.bytes(),
+            bytes_out = self.bytes_out,
+            complete = self.complete,
+            duration_ms,
+            upstream_ms = facts.upstream_ms,
+            rate_limit_wait_ms = facts.wait_ms,
+            traceparent,
+            tracestate = self.tracestate.as_deref().unwrap_or(""),
+        );
+        if matches!(self.method, Method::POST | Method::PUT | Method::PATCH | Method::DELETE) {
+            let outcome = if (200..300).contains(&status) { "success" } else { "failure" };
+            tracing::info!(
+                target: "palette_gateway::audit",
+                request_id = %self.request_id.as_str(),
+                client = %client,
+                method = %self.method,
+                path = %self.path,
+                project,
+                status,
+                outcome,
+                audit_uid = self.audit_uid.as_deref().unwrap_or(""),
+                traceparent,
+            );
+        }
+    }
+}
+
+impl Drop for RequestLog {
+    fn drop(&mut self) {
+        self.write();
+        self.metrics.inflight.dec();
+    }
+}
+
+/// Wraps the chain in the request log (outermost but for nothing: refused requests count too).
+#[derive(Clone)]
+pub(crate) struct RequestLogLayer {
+    metrics: Arc<Metrics>,
+}
+
+impl RequestLogLayer {
+    pub(crate) fn new(metrics: Arc<Metrics>) -> Self {
+        RequestLogLayer { metrics }
+    }
+}
+
+impl<S> tower::Layer<S> for RequestLogLayer {
+    type Service = Logged<S>;
+
+    fn layer(&self, inner: S) -> Logged<S> {
+        Logged { inner, metrics: self.metrics.clone() }
+    }
+}
+
+/// Gives each request its id and its [`RequestLog`] (with the [`Note`] and body counters the
+/// steps fill in, as request extensions), and finishes every answer: `X-Request-Id`, the
+/// client's rate headers, no body on `HEAD`.
+#[derive(Clone)]
+pub(crate) struct Logged<S> {
+    inner: S,
+    metrics: Arc<Metrics>,
+}
+
+impl<S> tower::Service<Request<Body>> for Logged<S>
+where
+    S: tower::Service<Request<Body>, Response = Response<Body>, Error = Infallible>,
+{
+    type Response = Response<Body>;
+    type Error = Infallible;
+    type Future = LoggedFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: Request<Body>) -> Self::Future {
+        let id = request_id::assign(req.headers());
+        let log = RequestLog::arrived(&self.metrics, &req, id.clone());
+        let ext = req.extensions_mut();
+        ext.insert(id);
+        ext.insert(log.note.clone());
+        ext.insert(log.bytes_in.clone());
+        LoggedFuture { inner: self.inner.call(req), log: Some(log) }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The answer on its way; dropping it before the answer writes the log as 499.
+    pub(crate) struct LoggedFuture<F> {
+        #[pin]
+        inner: F,
+        log: Option<RequestLog>,
+    }
+}
+
+impl<F> Future for LoggedFuture<F>
+where
+    F: Future<Output = Result<Response<Body>, Infallible>>,
+{
+    type Output = Result<Response<Body>, Infallible>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let Ok(mut resp) = std::task::ready!(this.inner.poll(cx));
+        let Some(mut log) = this.log.take() else {
+            return Poll::Ready(Ok(resp));
+        };
+        resp.headers_mut().insert(X_REQUEST_ID.clone(), log.request_id.0.clone());
+        if let Some(rate) = log.note.rate() {
+            rate.apply(resp.headers_mut());
+        }
+        // No body on any answer to HEAD, the gateway's own errors included.
+        let resp = crate::proxy::target::strip_head_body(&log.method, resp);
+        log.answered(resp.status().as_u16(), resp.headers());
+        Poll::Ready(Ok(resp.map(move |b| {
+            body::Tracked::new(
+                b,
+                Box::new(move |bytes_out, complete| {
+                    log.bytes_out = bytes_out;
+                    log.complete = complete;
+                    drop(log);
+                }),
+            )
+            .into_body()
+        })))
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use tower::{Layer as _, Service as _, ServiceExt as _};
+
+    /// Captures the JSON events written while `f` runs.
+    pub(crate) fn events<T>(f: impl FnOnce() -> T) -> (T, Vec<serde_json::Value>) {
+        #[derive(Clone, Default)]
+        struct Buf(Arc<Mutex<Vec<u8>>>);
+        impl std::io::Write for Buf {
+            fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().unwrap().extend_from_slice(b);
+                Ok(b.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let buf = Buf::default();
+        let sink = buf.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .json()
+            .flatten_event(true)
+            .with_target(true)
+            .with_writer(move || sink.clone())
+            .finish();
+        let out = tracing::subscriber::with_default(subscriber, f);
+        let text = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
+        (out, text.lines().map(|l| serde_json::from_str(l).unwrap()).collect())
+    }
+
+    fn code(m: &Metrics, client: &str, status: &str) -> u64 {
+        m.requests.with_label_values(&[client, "none", "POST", status]).get()
+    }
+
+    #[test]
+    fn an_answer_that_never_came_is_logged_once_as_499() {
+        let metrics = Arc::new(Metrics::new());
+        let (_, events) = events(|| {
+            let inner = tower::service_fn(|req: Request<Body>| async move {
+                // The client is known, then the answer never comes.
+                req.extensions().get::<Note>().unwrap().set(|f| f.client = Some(Arc::from("ci")));
+                std::future::pending::<Result<Response<Body>, Infallible>>().await
+            });
+            let mut svc = RequestLogLayer::new(metrics.clone()).layer(inner);
+            let req = Request::post("/v1/clusters").body(body::empty()).unwrap();
+            let mut fut = Box::pin(svc.call(req));
+            let mut cx = Context::from_waker(futures_util::task::noop_waker_ref());
+            assert!(fut.as_mut().poll(&mut cx).is_pending());
+            assert_eq!(metrics.inflight.get(), 1);
+            drop(fut);
+        });
+        let access: Vec<_> = events.iter().filter(|e| e["target"] == "palette_gateway::access").collect();
+        let audit: Vec<_> = events.iter().filter(|e| e["target"] == "palette_gateway::audit").collect();
+        assert_eq!(access.len(), 1, "{events:?}");
+        assert_eq!((access[0]["status"].as_u64(), access[0]["client"].as_str()), (Some(499), Some("ci")));
+        assert_eq!(access[0]["complete"], false);
+        assert_eq!((audit.len(), audit[0]["outcome"].as_str()), (1, Some("failure")));
+        assert_eq!(code(&metrics, "ci", "499"), 1);
+        assert_eq!(metrics.inflight.get(), 0);
+    }
+
+    #[tokio::test]
+    async fn an_answer_is_logged_when_its_body_ends() {
+        let metrics = Arc::new(Metrics::new());
+        let inner = tower::service_fn(|req: Request<Body>| async move {
+            req.extensions().get::<Note>().unwrap().set(|f| f.client = Some(Arc::from("ci")));
+            Ok::<_, Infallible>(Response::builder().status(201).body(body::full("made")).unwrap())
+        });
+        let svc = RequestLogLayer::new(metrics.clone()).layer(inner);
+        let req = Request::post("/v1/clusters").header("x-request-id", "rid-1").body(body::empty()).unwrap();
+        let resp = svc.oneshot(req).await.unwrap();
+        assert_eq!(resp.headers()["x-request-id"], "rid-1");
+        assert_eq!(code(&metrics, "ci", "201"), 1, "counted when the head is ready");
+        assert_eq!(metrics.inflight.get(), 1, "the body still holds the slot");
+        let ((), events) =
+            events(|| drop(futures_util::FutureExt::now_or_never(http_body_util::BodyExt::collect(resp.into_body()))));
+        let access: Vec<_> = events.iter().filter(|e| e["target"] == "palette_gateway::access").collect();
+        assert_eq!(access.len(), 1, "{events:?}");
+        assert_eq!((access[0]["status"].as_u64(), access[0]["bytes_out"].as_u64()), (Some(201), Some(4)));
+        assert_eq!(access[0]["complete"], true);
+        assert_eq!(metrics.inflight.get(), 0);
+    }
+}
