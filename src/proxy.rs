@@ -28,7 +28,6 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode, Version};
 use http_body::Body as _;
@@ -36,38 +35,20 @@ use rand::Rng as _;
 
 use crate::auth::{self, PeerIdentity};
 use crate::body::{self, Body};
-use crate::config::Config;
-use crate::credentials::{Credentials, UpstreamCredential};
+use crate::credentials::UpstreamCredential;
 use crate::error::GatewayError;
 use crate::forward::{self, X_REQUEST_ID};
-use crate::limit::upstream::{Bucket, UpstreamBudget};
-use crate::limit::{retry_after_secs, ClientLimits, RateHeaders};
+use crate::limit::upstream::Bucket;
+use crate::limit::{retry_after_secs, RateHeaders};
 use crate::metrics::{method_label, Metrics};
-use crate::upstream::{UpstreamClient, UpstreamFailure};
+use crate::upstream::UpstreamFailure;
 use crate::{drain, framing, path, policy, routes, scope};
 
 /// A request body up to this size is buffered so it can be replayed (after a token refusal or
 /// Palette's 429).
 pub const REPLAY_LIMIT: u64 = 64 * 1024;
 
-/// Everything a request needs, swapped whole on reload.
-pub struct Runtime {
-    /// The validated config.
-    pub config: Arc<Config>,
-    /// Upstream credentials, indexed like the config's.
-    pub credentials: Credentials,
-    /// The pooled upstream client.
-    pub upstream: UpstreamClient,
-    /// Client and global rate limits.
-    pub limits: ClientLimits,
-    /// The outbound budget per Palette prefix.
-    pub budget: UpstreamBudget,
-    /// Local keys already matched to a client (this snapshot's clients only).
-    pub key_cache: auth::KeyCache,
-}
-
-/// The live runtime, shared by the listeners and reload.
-pub type SharedRuntime = Arc<ArcSwap<Runtime>>;
+pub use crate::runtime::{Runtime, SharedRuntime};
 
 /// What the listener knows about the connection a request came on.
 #[derive(Debug, Clone)]
