@@ -1290,6 +1290,8 @@ mod tests {
             assert!(
                 crate::credentials::Credentials::build(cfg, &upstream, None, &metrics, budget.auth_bucket()).is_ok()
             );
+            // std's clock on purpose: the overflow a long duration could cause is std `Instant`'s.
+            #[allow(clippy::disallowed_methods, clippy::disallowed_types)]
             let now = std::time::Instant::now();
             let l = &cfg.server.limits;
             for d in [
