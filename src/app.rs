@@ -25,7 +25,7 @@ use crate::server::{ConnSettings, SettingsSource};
 use crate::signals::{Hangup, StopSignals};
 use crate::watcher::Trigger;
 
-pub use crate::signals::wait_for_signal;
+pub(crate) use crate::signals::wait_for_signal;
 
 /// Why the gateway could not start.
 #[derive(Debug, thiserror::Error)]

@@ -18,7 +18,7 @@
 // `Instant` in timed code, `set_var`) hold here. Unit tests may unwrap (clippy.toml).
 #![warn(clippy::unwrap_used, clippy::expect_used, clippy::disallowed_methods, clippy::disallowed_types)]
 
-pub mod admin;
+pub(crate) mod admin;
 pub mod app;
 pub mod auth;
 // `body` and `proxy` read std's clock for log-line durations and the send-stall epoch shared
@@ -46,7 +46,7 @@ pub mod proxy;
 pub mod routes;
 pub mod runtime;
 pub mod scope;
-pub mod server;
-mod signals;
-pub mod upstream;
-mod watcher;
+pub(crate) mod server;
+pub(crate) mod signals;
+pub(crate) mod upstream;
+pub(crate) mod watcher;

@@ -18,15 +18,15 @@ pub struct Runtime {
     /// The validated config.
     pub config: Arc<Config>,
     /// Upstream credentials, indexed like the config's.
-    pub credentials: Credentials,
+    pub(crate) credentials: Credentials,
     /// The pooled upstream client.
-    pub upstream: UpstreamClient,
+    pub(crate) upstream: UpstreamClient,
     /// Client and global rate limits.
-    pub limits: ClientLimits,
+    pub(crate) limits: ClientLimits,
     /// The outbound budget per Palette prefix.
-    pub budget: UpstreamBudget,
+    pub(crate) budget: UpstreamBudget,
     /// Local keys already matched to a client (this snapshot's clients only).
-    pub key_cache: auth::KeyCache,
+    pub(crate) key_cache: auth::KeyCache,
 }
 
 /// The live runtime, shared by the listeners and reload.
@@ -38,7 +38,7 @@ impl Runtime {
     /// token and all) when the upstream settings are unchanged, and the rate-limit state of
     /// unchanged clients and budget prefixes. The key cache always starts empty: it names this
     /// snapshot's clients.
-    pub fn build(config: Config, previous: Option<&Runtime>, metrics: &Metrics) -> Result<Runtime, InvalidKey> {
+    pub(crate) fn build(config: Config, previous: Option<&Runtime>, metrics: &Metrics) -> Result<Runtime, InvalidKey> {
         let same_upstream = previous.filter(|p| same_upstream(&config, &p.config));
         let upstream = match same_upstream {
             Some(p) => p.upstream.clone(),

@@ -1,7 +1,7 @@
 //! The process signals the gateway acts on: SIGTERM/SIGINT (stop) and SIGHUP (reload).
 
 /// SIGTERM and SIGINT, registered once so that no signal is lost between two waits.
-pub struct StopSignals {
+pub(crate) struct StopSignals {
     #[cfg(unix)]
     term: Option<tokio::signal::unix::Signal>,
     #[cfg(unix)]
@@ -10,7 +10,7 @@ pub struct StopSignals {
 
 impl StopSignals {
     /// Registers the handlers (from now on the signals no longer kill the process).
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         #[cfg(unix)]
         {
             use tokio::signal::unix::{signal, SignalKind};
@@ -21,7 +21,7 @@ impl StopSignals {
     }
 
     /// Resolves on the next SIGTERM or SIGINT (including one that arrived since the last call).
-    pub async fn recv(&mut self) {
+    pub(crate) async fn recv(&mut self) {
         #[cfg(unix)]
         {
             let term = async {
@@ -59,7 +59,7 @@ impl Default for StopSignals {
 }
 
 /// Resolves on SIGTERM or SIGINT.
-pub async fn wait_for_signal() {
+pub(crate) async fn wait_for_signal() {
     StopSignals::new().recv().await;
 }
 
