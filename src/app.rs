@@ -371,3 +371,58 @@ pub async fn run(path: PathBuf, cfg: Config, env: Arc<dyn Environment>) -> Resul
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The demo config on free ports; its upstream (the demo's fake Palette) is not running,
+    /// so its login credential's refresher keeps retrying: a task that must stop on cancel.
+    fn config() -> Config {
+        let mut cfg = crate::demo::demo_config().unwrap();
+        cfg.server.listen = "127.0.0.1:0".parse().unwrap();
+        cfg.server.admin_listen = "127.0.0.1:0".parse().unwrap();
+        cfg
+    }
+
+    /// Dropping the gateway (no shutdown call) stops every task it started: listeners, the
+    /// token refresher, the reload loop and its watcher.
+    #[tokio::test]
+    async fn dropping_the_gateway_stops_every_task() {
+        let gateway = RunningGateway::start(config()).await.unwrap();
+        let reload = spawn_reload(
+            &gateway,
+            PathBuf::from("x.toml"),
+            Arc::new(crate::config::MapEnv::new()),
+            vec![],
+            CancellationToken::new(),
+        );
+        let core = gateway.core.clone();
+        assert!(core.tasks.len() >= 4, "{}", core.tasks.len());
+        drop(gateway);
+        core.tasks.close();
+        tokio::time::timeout(Duration::from_secs(5), core.tasks.wait()).await.expect("every task stopped");
+        assert!(reload.is_finished());
+    }
+
+    /// `shutdown` returns once every task has stopped; the proxy port no longer accepts.
+    #[tokio::test]
+    async fn shutdown_waits_for_every_task() {
+        let gateway = RunningGateway::start(config()).await.unwrap();
+        let (core, addr) = (gateway.core.clone(), gateway.proxy_addr);
+        tokio::time::timeout(Duration::from_secs(5), gateway.shutdown()).await.expect("shutdown returns");
+        assert!(core.tasks.is_empty());
+        assert!(TcpListener::bind(addr).await.is_ok(), "the proxy port is free again");
+    }
+
+    /// A hurried graceful shutdown returns at once, even during a long `shutdown_delay`.
+    #[tokio::test]
+    async fn hurry_cuts_the_graceful_shutdown_short() {
+        let mut cfg = config();
+        cfg.server.limits.shutdown_delay = Duration::from_secs(60);
+        let gateway = RunningGateway::start(cfg).await.unwrap();
+        let hurry = CancellationToken::new();
+        hurry.cancel();
+        tokio::time::timeout(Duration::from_secs(2), gateway.graceful_shutdown(hurry)).await.expect("returns at once");
+    }
+}
