@@ -1,5 +1,6 @@
 //! Wiring: binds the listeners, builds the runtime, owns every long-lived task (servers, token
-//! refreshers, the reload watcher), reloads the config whole, and shuts down gracefully.
+//! refreshers, the reload watcher and loop) through one task tracker and one root cancellation
+//! token, reloads the config whole, and shuts down gracefully along one stop path.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -9,18 +10,22 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use tokio::net::TcpListener;
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::admin::Admin;
 use crate::config::{self, Config, ConfigError, Environment, ServerLimits};
-use crate::credentials::{Credentials, InvalidKey, TokenManager};
-use crate::limit::upstream::UpstreamBudget;
-use crate::limit::ClientLimits;
+use crate::credentials::{InvalidKey, TokenManager};
 use crate::metrics::Metrics;
-use crate::proxy::{Gateway, Runtime, SharedRuntime};
+use crate::proxy::Gateway;
+use crate::runtime::{Runtime, SharedRuntime};
 use crate::server::{ConnSettings, SettingsSource};
-use crate::upstream::UpstreamClient;
+use crate::signals::{Hangup, StopSignals};
+use crate::watcher::Trigger;
+
+pub(crate) use crate::signals::wait_for_signal;
 
 /// Why the gateway could not start.
 #[derive(Debug, thiserror::Error)]
@@ -42,27 +47,109 @@ pub enum ReloadError {
     Credential(#[from] InvalidKey),
 }
 
-/// A token refresher task and what stops it.
-struct TokenTask {
-    manager: Arc<TokenManager>,
-    cancel: CancellationToken,
-    handle: JoinHandle<()>,
+/// Why [`run`] returned; `main` picks the exit code from it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stopped {
+    /// A stop signal: the gateway drained and stopped (exit 0).
+    Signal,
+    /// A second stop signal during the shutdown: returned at once, abandoning the drain
+    /// (exit 1, and the process must not wait for what is still running).
+    SecondSignal,
 }
 
-/// A started gateway: its bound addresses and the tasks it owns.
+/// A token refresher and what stops it.
+struct Refresher {
+    manager: Arc<TokenManager>,
+    cancel: CancellationToken,
+}
+
+/// What the running gateway shares with its reload loop: the live runtime, the metrics and the
+/// owner of every background task.
+struct Core {
+    runtime: SharedRuntime,
+    metrics: Arc<Metrics>,
+    /// Every task the gateway starts (listeners, token refreshers, the watcher and the reload
+    /// loop) runs on this tracker; each stops when its token (a child of the root) is cancelled.
+    tasks: TaskTracker,
+    /// The root token: cancelling it stops everything.
+    root: CancellationToken,
+    refreshers: Mutex<Vec<Refresher>>,
+}
+
+impl Core {
+    /// Starts a refresher for every token manager of the live runtime that has none, and stops
+    /// those whose manager is gone.
+    fn sync_token_tasks(&self) {
+        let rt = self.runtime.load();
+        let live: Vec<Arc<TokenManager>> = rt.credentials.token_managers().cloned().collect();
+        let mut refreshers = self.refreshers.lock().unwrap_or_else(|p| p.into_inner());
+        refreshers.retain(|t| {
+            let keep = live.iter().any(|m| Arc::ptr_eq(m, &t.manager));
+            if !keep {
+                t.cancel.cancel();
+            }
+            keep
+        });
+        for m in live {
+            if !refreshers.iter().any(|t| Arc::ptr_eq(&t.manager, &m)) {
+                let cancel = self.root.child_token();
+                self.tasks.spawn(m.clone().run(cancel.clone()));
+                refreshers.push(Refresher { manager: m, cancel });
+            }
+        }
+    }
+
+    fn reload(&self, path: &Path, env: &dyn Environment) -> Result<(), ReloadError> {
+        let result = config::load(path, env).map_err(ReloadError::from).and_then(|cfg| self.apply(cfg));
+        match &result {
+            Ok(()) => {
+                self.metrics.config_reloads.with_label_values(&["ok"]).inc();
+                self.metrics.config_last_reload_success.set(unix_now());
+                tracing::info!(path = %path.display(), "config reloaded");
+            }
+            Err(e) => {
+                self.metrics.config_reloads.with_label_values(&["error"]).inc();
+                tracing::error!(path = %path.display(), error = %e, "config reload refused; the previous config keeps serving");
+            }
+        }
+        result
+    }
+
+    /// Swaps in a validated config, built by [`Runtime::build`] on the live one (so token
+    /// managers, budget buckets and limiter state that did not change carry over).
+    fn apply(&self, cfg: Config) -> Result<(), ReloadError> {
+        let old = self.runtime.load_full();
+        if cfg.server.listen != old.config.server.listen {
+            return Err(ReloadError::ListenerChanged("server.listen"));
+        }
+        if cfg.server.admin_listen != old.config.server.admin_listen {
+            return Err(ReloadError::ListenerChanged("server.admin_listen"));
+        }
+        if cfg.server.tls.is_some() != old.config.server.tls.is_some() {
+            return Err(ReloadError::ListenerChanged("server.tls (on or off)"));
+        }
+        if cfg.server.limits.max_connections != old.config.server.limits.max_connections {
+            tracing::warn!("server.max_connections takes effect at the next restart");
+        }
+        self.runtime.store(Arc::new(Runtime::build(cfg, Some(&old), &self.metrics)?));
+        self.sync_token_tasks();
+        Ok(())
+    }
+}
+
+/// A started gateway: its bound addresses and the tasks it owns. Dropping it cancels every
+/// task (listeners stop accepting and drain in the background); [`RunningGateway::shutdown`]
+/// and [`RunningGateway::graceful_shutdown`] also wait for them.
 pub struct RunningGateway {
     /// Where the proxy listens (the real port when the config said `:0`).
     pub proxy_addr: SocketAddr,
     /// Where `/healthz`, `/readyz` and `/metrics` are served.
     pub admin_addr: SocketAddr,
-    runtime: SharedRuntime,
-    metrics: Arc<Metrics>,
+    core: Arc<Core>,
     draining: Arc<AtomicBool>,
-    listeners: CancellationToken,
-    admin_listener: CancellationToken,
-    token_tasks: Mutex<Vec<TokenTask>>,
-    servers: Vec<JoinHandle<()>>,
-    admin_server: Option<JoinHandle<()>>,
+    /// Stops the proxy listener alone (it drains before the rest stops).
+    proxy_listener: CancellationToken,
+    proxy_server: Option<JoinHandle<()>>,
 }
 
 impl RunningGateway {
@@ -75,23 +162,17 @@ impl RunningGateway {
         let proxy_addr = local(&proxy, config.server.listen, "server.listen")?;
         let admin_addr = local(&admin, config.server.admin_listen, "server.admin_listen")?;
         let metrics = Arc::new(Metrics::new());
-        let upstream = UpstreamClient::new(&config.upstream);
-        let limits = ClientLimits::build(&config, None);
-        let budget = UpstreamBudget::build(&config.upstream.limits, None);
-        let credentials = Credentials::build(&config, &upstream, None, &metrics, budget.auth_bucket())?;
-        let config = Arc::new(config);
+        let runtime: SharedRuntime = Arc::new(ArcSwap::from_pointee(Runtime::build(config, None, &metrics)?));
         metrics.config_last_reload_success.set(unix_now());
-        let runtime: SharedRuntime = Arc::new(ArcSwap::from_pointee(Runtime {
-            config,
-            credentials,
-            upstream,
-            limits,
-            budget,
-            key_cache: Default::default(),
-        }));
         let draining = Arc::new(AtomicBool::new(false));
-        let listeners = CancellationToken::new();
-        let admin_listener = CancellationToken::new();
+        let core = Arc::new(Core {
+            runtime: runtime.clone(),
+            metrics: metrics.clone(),
+            tasks: TaskTracker::new(),
+            root: CancellationToken::new(),
+            refreshers: Mutex::new(Vec::new()),
+        });
+        let proxy_listener = core.root.child_token();
 
         let rt = runtime.clone();
         let proxy_settings: SettingsSource = Arc::new(move || {
@@ -110,7 +191,7 @@ impl RunningGateway {
                 limits: rt.load().config.server.limits.clone(),
                 drain: Duration::from_secs(1),
             });
-        let servers = vec![tokio::spawn(crate::server::serve(
+        let proxy_server = core.tasks.spawn(crate::server::serve(
             proxy,
             proxy_settings,
             {
@@ -120,9 +201,9 @@ impl RunningGateway {
                     Box::pin(async move { gateway.handle(req).await })
                 })
             },
-            listeners.clone(),
-        ))];
-        let admin_server = Some(tokio::spawn(crate::server::serve(
+            proxy_listener.clone(),
+        ));
+        core.tasks.spawn(crate::server::serve(
             admin,
             admin_settings,
             {
@@ -132,181 +213,127 @@ impl RunningGateway {
                     Box::pin(async move { resp })
                 })
             },
-            admin_listener.clone(),
-        )));
-        let gateway = RunningGateway {
-            proxy_addr,
-            admin_addr,
-            runtime,
-            metrics,
-            draining,
-            listeners,
-            admin_listener,
-            token_tasks: Mutex::new(Vec::new()),
-            servers,
-            admin_server,
-        };
-        gateway.sync_token_tasks();
+            // The admin listener outlives the proxy's drain (`/readyz` says 503 meanwhile).
+            core.root.child_token(),
+        ));
+        core.sync_token_tasks();
         tracing::info!(%proxy_addr, %admin_addr, "palette-gateway listening");
-        Ok(gateway)
+        Ok(RunningGateway { proxy_addr, admin_addr, core, draining, proxy_listener, proxy_server: Some(proxy_server) })
     }
 
     /// The live runtime (config snapshot, credentials).
     pub fn runtime(&self) -> &SharedRuntime {
-        &self.runtime
+        &self.core.runtime
     }
 
     /// The gateway's metrics.
     pub fn metrics(&self) -> &Arc<Metrics> {
-        &self.metrics
-    }
-
-    /// Starts a refresher for every token manager of the live runtime that has none, and stops
-    /// those whose manager is gone.
-    fn sync_token_tasks(&self) {
-        let rt = self.runtime.load();
-        let live: Vec<Arc<TokenManager>> = rt.credentials.token_managers().cloned().collect();
-        let mut tasks = self.token_tasks.lock().unwrap_or_else(|p| p.into_inner());
-        tasks.retain(|t| {
-            let keep = live.iter().any(|m| Arc::ptr_eq(m, &t.manager));
-            if !keep {
-                t.cancel.cancel();
-            }
-            keep
-        });
-        for m in live {
-            if !tasks.iter().any(|t| Arc::ptr_eq(&t.manager, &m)) {
-                let cancel = CancellationToken::new();
-                let handle = tokio::spawn(m.clone().run(cancel.clone()));
-                tasks.push(TokenTask { manager: m, cancel, handle });
-            }
-        }
+        &self.core.metrics
     }
 
     /// Loads the config at `path` and swaps it in whole; on any problem the old config keeps
     /// serving and the error says why. Counted in `palette_gateway_config_reloads_total`.
     pub fn reload(&self, path: &Path, env: &dyn Environment) -> Result<(), ReloadError> {
-        let result = config::load(path, env).map_err(ReloadError::from).and_then(|cfg| self.apply(cfg));
-        match &result {
-            Ok(()) => {
-                self.metrics.config_reloads.with_label_values(&["ok"]).inc();
-                self.metrics.config_last_reload_success.set(unix_now());
-                tracing::info!(path = %path.display(), "config reloaded");
-            }
-            Err(e) => {
-                self.metrics.config_reloads.with_label_values(&["error"]).inc();
-                tracing::error!(path = %path.display(), error = %e, "config reload refused; the previous config keeps serving");
-            }
-        }
-        result
-    }
-
-    /// Swaps in a validated config. Token caches survive for credentials whose settings (and
-    /// upstream) did not change; rate-limit state survives for unchanged clients and prefixes.
-    pub fn apply(&self, cfg: Config) -> Result<(), ReloadError> {
-        let old = self.runtime.load_full();
-        if cfg.server.listen != old.config.server.listen {
-            return Err(ReloadError::ListenerChanged("server.listen"));
-        }
-        if cfg.server.admin_listen != old.config.server.admin_listen {
-            return Err(ReloadError::ListenerChanged("server.admin_listen"));
-        }
-        if cfg.server.tls.is_some() != old.config.server.tls.is_some() {
-            return Err(ReloadError::ListenerChanged("server.tls (on or off)"));
-        }
-        if cfg.server.limits.max_connections != old.config.server.limits.max_connections {
-            tracing::warn!("server.max_connections takes effect at the next restart");
-        }
-        let same_upstream = same_upstream(&cfg, &old.config);
-        let upstream = if same_upstream { old.upstream.clone() } else { UpstreamClient::new(&cfg.upstream) };
-        let previous = same_upstream.then_some(&old.credentials);
-        let limits = ClientLimits::build(&cfg, Some(&old.limits));
-        let budget = UpstreamBudget::build(&cfg.upstream.limits, Some(&old.budget));
-        let credentials = Credentials::build(&cfg, &upstream, previous, &self.metrics, budget.auth_bucket())?;
-        self.runtime.store(Arc::new(Runtime {
-            config: Arc::new(cfg),
-            credentials,
-            upstream,
-            limits,
-            budget,
-            key_cache: Default::default(),
-        }));
-        self.sync_token_tasks();
-        Ok(())
+        self.core.reload(path, env)
     }
 
     /// Stops at once: no new connections, in-flight requests get up to the drain timeout.
-    pub async fn shutdown(mut self) {
-        self.listeners.cancel();
-        for s in self.servers.drain(..) {
-            let _ = s.await;
-        }
-        self.stop_background().await;
+    pub async fn shutdown(self) {
+        self.stop(None, &CancellationToken::new()).await;
     }
 
     /// The Kubernetes-friendly stop: `/readyz` turns 503 at once, the listener keeps serving for
     /// `shutdown_delay`, then stops accepting and drains up to `drain_timeout`. Returns early
     /// (abandoning the drain) when `hurry` fires.
-    pub async fn graceful_shutdown(mut self, hurry: CancellationToken) {
-        let limits: ServerLimits = self.runtime.load().config.server.limits.clone();
-        self.draining.store(true, Ordering::SeqCst);
-        tracing::info!(delay = ?limits.shutdown_delay, drain = ?limits.drain_timeout, "shutting down: not ready; serving until the delay ends");
-        tokio::select! {
-            _ = tokio::time::sleep(limits.shutdown_delay) => {}
-            _ = hurry.cancelled() => return,
-        }
-        self.listeners.cancel();
-        let servers: Vec<_> = self.servers.drain(..).collect();
-        tokio::select! {
-            _ = futures_util::future::join_all(servers) => {}
-            _ = hurry.cancelled() => return,
-        }
-        tokio::select! {
-            _ = self.stop_background() => {}
-            _ = hurry.cancelled() => {}
-        }
+    pub async fn graceful_shutdown(self, hurry: CancellationToken) {
+        let delay = self.core.runtime.load().config.server.limits.shutdown_delay;
+        self.stop(Some(delay), &hurry).await;
     }
 
-    async fn stop_background(&mut self) {
-        self.admin_listener.cancel();
-        if let Some(a) = self.admin_server.take() {
-            let _ = a.await;
-        }
-        let tasks: Vec<TokenTask> = self.token_tasks.lock().map(|mut t| t.drain(..).collect()).unwrap_or_default();
-        for t in tasks {
-            t.cancel.cancel();
-            let _ = t.handle.await;
+    /// The one stop path. With a `delay`, `/readyz` turns 503 and the proxy listener serves on
+    /// for that long; then the proxy listener stops accepting and drains, then every other
+    /// task (the admin listener last among them) is cancelled and awaited. Returns `false` when
+    /// `hurry` cut it short (the tasks are cancelled, not awaited).
+    async fn stop(mut self, delay: Option<Duration>, hurry: &CancellationToken) -> bool {
+        let steps = async {
+            if let Some(delay) = delay {
+                let limits: ServerLimits = self.core.runtime.load().config.server.limits.clone();
+                self.draining.store(true, Ordering::SeqCst);
+                tracing::info!(delay = ?delay, drain = ?limits.drain_timeout, "shutting down: not ready; serving until the delay ends");
+                tokio::time::sleep(delay).await;
+            }
+            self.proxy_listener.cancel();
+            if let Some(server) = self.proxy_server.take() {
+                let _ = server.await;
+            }
+            self.core.root.cancel();
+            self.core.tasks.close();
+            self.core.tasks.wait().await;
+        };
+        tokio::select! {
+            _ = steps => true,
+            _ = hurry.cancelled() => false,
         }
     }
 }
 
 impl Drop for RunningGateway {
     fn drop(&mut self) {
-        // Dropped without shutdown() (a test that ended early): stop everything at once.
-        self.listeners.cancel();
-        self.admin_listener.cancel();
-        for s in &self.servers {
-            s.abort();
-        }
-        if let Some(a) = &self.admin_server {
-            a.abort();
-        }
-        if let Ok(tasks) = self.token_tasks.lock() {
-            for t in tasks.iter() {
-                t.cancel.cancel();
-                t.handle.abort();
-            }
-        }
+        // Whether stopped or just dropped (a test that ended early): every task stops on this.
+        self.core.root.cancel();
     }
 }
 
-fn same_upstream(a: &Config, b: &Config) -> bool {
-    let (a, b) = (&a.upstream, &b.upstream);
-    a.scheme == b.scheme
-        && a.authority == b.authority
-        && a.extra_roots == b.extra_roots
-        && a.connect_timeout == b.connect_timeout
-        && a.request_timeout == b.request_timeout
+/// Starts the reload loop on `gateway`'s tasks: the watcher reports SIGHUP and changes to
+/// `watched` (the config file and the files it names), and the loop reloads `path` for each.
+/// Ends (the watcher with it) when `stop` fires or the gateway stops.
+pub fn spawn_reload(
+    gateway: &RunningGateway,
+    path: PathBuf,
+    env: Arc<dyn Environment>,
+    watched: Vec<PathBuf>,
+    stop: CancellationToken,
+) -> JoinHandle<()> {
+    let core = gateway.core.clone();
+    let token = core.root.child_token();
+    let watcher_token = token.child_token();
+    let (files_tx, files_rx) = watch::channel(watched);
+    let (triggers_tx, triggers) = mpsc::channel(1);
+    // SIGHUP is registered now, not when the task first runs, so that none is missed.
+    let watcher = core.tasks.spawn(crate::watcher::run(files_rx, triggers_tx, Hangup::new(), watcher_token.clone()));
+    let tasks = core.tasks.clone();
+    tasks.spawn(async move {
+        tokio::select! {
+            _ = reload_loop(&core, &path, env, triggers, files_tx, &token) => {}
+            _ = stop.cancelled() => {}
+        }
+        watcher_token.cancel();
+        let _ = watcher.await;
+    })
+}
+
+/// Reloads `path` on each trigger, then tells the watcher which files the config now names.
+async fn reload_loop(
+    core: &Arc<Core>,
+    path: &Path,
+    env: Arc<dyn Environment>,
+    mut triggers: mpsc::Receiver<Trigger>,
+    files: watch::Sender<Vec<PathBuf>>,
+    stop: &CancellationToken,
+) {
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            trigger = triggers.recv() => if trigger.is_none() { return },
+        }
+        // Reading and validating files (and building TLS configs) blocks: keep it off the
+        // threads that serve requests.
+        let (c, p, e) = (core.clone(), path.to_path_buf(), env.clone());
+        let _ = tokio::task::spawn_blocking(move || c.reload(&p, &*e)).await;
+        // The new config may name other files (a new secret file); and the files were just
+        // read, so their content is the new baseline.
+        files.send_replace(core.runtime.load().config.watched_files(path));
+    }
 }
 
 fn unix_now() -> f64 {
@@ -318,102 +345,84 @@ async fn bind(addr: SocketAddr, what: &'static str) -> Result<TcpListener, Start
 }
 
 /// Runs the gateway from a config file until SIGTERM/SIGINT: reloads on SIGHUP and when the
-/// file (or a secret file it names) changes; a second stop signal exits at once.
-pub async fn run(path: PathBuf, cfg: Config, env: Arc<dyn Environment>) -> anyhow::Result<()> {
+/// file (or a secret file it names) changes; stops gracefully on the first stop signal, and
+/// returns at once on a second one (the caller exits without waiting for the drain).
+pub async fn run(path: PathBuf, cfg: Config, env: Arc<dyn Environment>) -> Result<Stopped, StartError> {
     // Signal handlers first: a SIGTERM that arrives as soon as the listener answers must drain,
     // not kill the process.
     let mut signals = StopSignals::new();
     let watched = cfg.watched_files(&path);
-    let gateway = Arc::new(RunningGateway::start(cfg).await?);
-    let stop_watch = CancellationToken::new();
-    let watcher = crate::reload::spawn(gateway.clone(), path, env, watched, stop_watch.clone());
+    let gateway = RunningGateway::start(cfg).await?;
+    let stop_reload = CancellationToken::new();
+    spawn_reload(&gateway, path, env, watched, stop_reload.clone());
     signals.recv().await;
-    let hurry = CancellationToken::new();
-    let second = hurry.clone();
-    tokio::spawn(async move {
-        signals.recv().await;
-        tracing::warn!("second stop signal: exiting now");
-        second.cancel();
-        // Whatever the shutdown is waiting for (a drain, the watcher, a token task), a second
-        // signal ends the process now.
-        std::process::exit(1);
-    });
-    stop_watch.cancel();
+    // No reload while shutting down.
+    stop_reload.cancel();
     tokio::select! {
-        _ = watcher => {}
-        _ = hurry.cancelled() => std::process::exit(1),
-    }
-    let gateway = match Arc::try_unwrap(gateway) {
-        Ok(g) => g,
-        Err(_) => anyhow::bail!("internal: the gateway is still shared at shutdown"),
-    };
-    gateway.graceful_shutdown(hurry.clone()).await;
-    if hurry.is_cancelled() {
-        std::process::exit(1);
-    }
-    tracing::info!("stopped");
-    Ok(())
-}
-
-/// SIGTERM and SIGINT, registered once so that no signal is lost between two waits.
-pub struct StopSignals {
-    #[cfg(unix)]
-    term: Option<tokio::signal::unix::Signal>,
-    #[cfg(unix)]
-    int: Option<tokio::signal::unix::Signal>,
-}
-
-impl StopSignals {
-    /// Registers the handlers (from now on the signals no longer kill the process).
-    pub fn new() -> Self {
-        #[cfg(unix)]
-        {
-            use tokio::signal::unix::{signal, SignalKind};
-            StopSignals { term: signal(SignalKind::terminate()).ok(), int: signal(SignalKind::interrupt()).ok() }
+        _ = gateway.graceful_shutdown(CancellationToken::new()) => {
+            tracing::info!("stopped");
+            Ok(Stopped::Signal)
         }
-        #[cfg(not(unix))]
-        StopSignals {}
-    }
-
-    /// Resolves on the next SIGTERM or SIGINT (including one that arrived since the last call).
-    pub async fn recv(&mut self) {
-        #[cfg(unix)]
-        {
-            let term = async {
-                match &mut self.term {
-                    Some(s) => {
-                        s.recv().await;
-                    }
-                    None => std::future::pending().await,
-                }
-            };
-            let int = async {
-                match &mut self.int {
-                    Some(s) => {
-                        s.recv().await;
-                    }
-                    None => std::future::pending().await,
-                }
-            };
-            tokio::select! {
-                _ = term => {}
-                _ = int => {}
-            }
-        }
-        #[cfg(not(unix))]
-        {
-            let _ = tokio::signal::ctrl_c().await;
+        _ = signals.recv() => {
+            // Whatever the shutdown is waiting for (a drain, a token task), a second signal
+            // ends it now: dropping the shutdown cancels every task.
+            tracing::warn!("second stop signal: exiting now");
+            Ok(Stopped::SecondSignal)
         }
     }
 }
 
-impl Default for StopSignals {
-    fn default() -> Self {
-        Self::new()
-    }
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-/// Resolves on SIGTERM or SIGINT.
-pub async fn wait_for_signal() {
-    StopSignals::new().recv().await;
+    /// The demo config on free ports; its upstream (the demo's fake Palette) is not running,
+    /// so its login credential's refresher keeps retrying: a task that must stop on cancel.
+    fn config() -> Config {
+        let mut cfg = crate::demo::demo_config().unwrap();
+        cfg.server.listen = "127.0.0.1:0".parse().unwrap();
+        cfg.server.admin_listen = "127.0.0.1:0".parse().unwrap();
+        cfg
+    }
+
+    /// Dropping the gateway (no shutdown call) stops every task it started: listeners, the
+    /// token refresher, the reload loop and its watcher.
+    #[tokio::test]
+    async fn dropping_the_gateway_stops_every_task() {
+        let gateway = RunningGateway::start(config()).await.unwrap();
+        let reload = spawn_reload(
+            &gateway,
+            PathBuf::from("x.toml"),
+            Arc::new(crate::config::MapEnv::new()),
+            vec![],
+            CancellationToken::new(),
+        );
+        let core = gateway.core.clone();
+        assert!(core.tasks.len() >= 4, "{}", core.tasks.len());
+        drop(gateway);
+        core.tasks.close();
+        tokio::time::timeout(Duration::from_secs(5), core.tasks.wait()).await.expect("every task stopped");
+        assert!(reload.is_finished());
+    }
+
+    /// `shutdown` returns once every task has stopped; the proxy port no longer accepts.
+    #[tokio::test]
+    async fn shutdown_waits_for_every_task() {
+        let gateway = RunningGateway::start(config()).await.unwrap();
+        let (core, addr) = (gateway.core.clone(), gateway.proxy_addr);
+        tokio::time::timeout(Duration::from_secs(5), gateway.shutdown()).await.expect("shutdown returns");
+        assert!(core.tasks.is_empty());
+        assert!(TcpListener::bind(addr).await.is_ok(), "the proxy port is free again");
+    }
+
+    /// A hurried graceful shutdown returns at once, even during a long `shutdown_delay`.
+    #[tokio::test]
+    async fn hurry_cuts_the_graceful_shutdown_short() {
+        let mut cfg = config();
+        cfg.server.limits.shutdown_delay = Duration::from_secs(60);
+        let gateway = RunningGateway::start(cfg).await.unwrap();
+        let hurry = CancellationToken::new();
+        hurry.cancel();
+        tokio::time::timeout(Duration::from_secs(2), gateway.graceful_shutdown(hurry)).await.expect("returns at once");
+    }
 }

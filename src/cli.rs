@@ -9,6 +9,7 @@ use clap::{Parser, Subcommand};
 
 use std::sync::Arc;
 
+use crate::app::Stopped;
 use crate::config::{self, Environment, LogConfig, ProcessEnv};
 
 /// Authenticating, credential-swapping reverse proxy for the Spectro Cloud Palette API.
@@ -104,10 +105,11 @@ fn run(cli: Cli) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let result: anyhow::Result<()> = runtime.block_on(async move {
+    let result: anyhow::Result<Stopped> = runtime.block_on(async move {
         if cli.demo {
             init_tracing(&LogConfig { json: false, level: "info".into() });
-            return crate::demo::run().await;
+            crate::demo::run().await?;
+            return Ok(Stopped::Signal);
         }
         let Some(path) = cli.config else {
             anyhow::bail!("no config: pass --config PATH (or set PALETTE_GATEWAY_CONFIG), or try --demo");
@@ -119,10 +121,16 @@ fn run(cli: Cli) -> ExitCode {
             .await?
             .map_err(|e| anyhow::anyhow!("invalid config {}:\n{e}", path.display()))?;
         init_tracing(&config.log);
-        crate::app::run(path, config, env).await
+        Ok(crate::app::run(path, config, env).await?)
     });
     match result {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(Stopped::Signal) => ExitCode::SUCCESS,
+        Ok(Stopped::SecondSignal) => {
+            // Exit now: neither a drain nor a blocking read (a reload) still running may hold
+            // the process.
+            runtime.shutdown_background();
+            ExitCode::FAILURE
+        }
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE

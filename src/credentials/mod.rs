@@ -2,7 +2,7 @@
 //! managers. Built from a config snapshot; token managers carry over to a new snapshot whose
 //! settings for them did not change, so a reload causes no new login.
 
-pub mod palette_auth;
+pub(crate) mod palette_auth;
 pub mod token;
 
 use std::sync::Arc;
@@ -17,7 +17,7 @@ pub use token::{Token, TokenManager, TokenUnavailable};
 
 /// One credential, ready to apply.
 #[derive(Debug, Clone)]
-pub enum UpstreamCredential {
+pub(crate) enum UpstreamCredential {
     /// `ApiKey: <key>`.
     ApiKey {
         /// The prepared, sensitive header value.
@@ -31,7 +31,7 @@ pub enum UpstreamCredential {
 
 /// All credentials of a config, indexed like [`Config::credentials`].
 #[derive(Debug, Clone, Default)]
-pub struct Credentials {
+pub(crate) struct Credentials {
     items: Vec<(Arc<str>, UpstreamCredential)>,
 }
 
@@ -44,7 +44,7 @@ impl Credentials {
     /// Prepares every credential of `cfg`; token managers of `previous` with identical settings
     /// are reused (token and all). Logins and refreshes are paced through `auth_bucket`, the
     /// budget's bucket for `/v1/auth` (when it has one).
-    pub fn build(
+    pub(crate) fn build(
         cfg: &Config,
         client: &UpstreamClient,
         previous: Option<&Credentials>,
@@ -74,12 +74,12 @@ impl Credentials {
     }
 
     /// The credential at `index`.
-    pub fn get(&self, index: usize) -> Option<&UpstreamCredential> {
+    pub(crate) fn get(&self, index: usize) -> Option<&UpstreamCredential> {
         self.items.get(index).map(|(_, c)| c)
     }
 
     /// Every token manager with its name.
-    pub fn token_managers(&self) -> impl Iterator<Item = &Arc<TokenManager>> {
+    pub(crate) fn token_managers(&self) -> impl Iterator<Item = &Arc<TokenManager>> {
         self.items.iter().filter_map(|(_, c)| match c {
             UpstreamCredential::Token(m) => Some(m),
             UpstreamCredential::ApiKey { .. } => None,

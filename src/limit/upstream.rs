@@ -1,16 +1,18 @@
 //! The upstream budget: Palette limits each source IP per resource prefix, and behind the
 //! gateway every tool shares one IP. Each prefix gets a GCRA bucket; a request over budget waits
-//! (by timer) in a bounded queue served round-robin across clients, up to `max_wait`. A 429 that
+//! (by timer) in a bounded queue served round-robin across clients, up to `max_wait`; the waiting
+//! requests serve each other (the first one keeps the schedule), so no task is spawned. A 429 that
 //! Palette sends anyway halves that prefix's rate, which recovers step by step.
 //!
 //! The GCRA is written here rather than taken from `governor` because its rate must change at
 //! run time (slow-down and recovery) without losing the bucket's state.
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::sync::oneshot;
+use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use crate::config::{ClientId, Rate, UpstreamLimits, CATCH_ALL};
@@ -127,10 +129,23 @@ struct State {
     /// GCRA theoretical arrival time.
     tat: Instant,
     /// Waiting requests per client, served round-robin.
-    queues: VecDeque<(ClientId, VecDeque<oneshot::Sender<()>>)>,
+    queues: VecDeque<(ClientId, VecDeque<Arc<Ticket>>)>,
     queued: usize,
-    dispatching: bool,
+    /// The waiter that keeps the schedule: it sleeps until the next slot and grants it (to
+    /// whoever is next round-robin, maybe itself). Every other waiter just waits for its grant.
+    leader: Option<u64>,
+    next_ticket: u64,
     slowed_at: Option<Instant>,
+}
+
+/// One waiting request.
+#[derive(Debug)]
+struct Ticket {
+    id: u64,
+    /// Set (under the bucket's lock) when budget is granted to it.
+    granted: AtomicBool,
+    /// Woken when granted, or when made the leader.
+    wake: Notify,
 }
 
 impl Bucket {
@@ -144,7 +159,8 @@ impl Bucket {
                 tat: Instant::now(),
                 queues: VecDeque::new(),
                 queued: 0,
-                dispatching: false,
+                leader: None,
+                next_ticket: 0,
                 slowed_at: None,
             }),
         }
@@ -162,10 +178,10 @@ impl Bucket {
     }
 
     /// Waits for budget for one request of `client`, at most `max_wait`. Returns how long it
-    /// waited.
+    /// waited. No task is spawned: the waiting futures serve each other (see [`State::leader`]).
     pub async fn acquire(self: &Arc<Self>, client: ClientId, max_wait: Duration) -> Result<Duration, Busy> {
         let started = Instant::now();
-        let rx = {
+        let ticket = {
             let mut st = self.lock();
             st.recover(self.base_rate, started);
             if st.queued == 0 && st.ready_at(self.base_rate, started).is_none() {
@@ -176,25 +192,49 @@ impl Bucket {
             if st.queued >= self.max_queue || estimate > max_wait {
                 return Err(Busy { retry_after: estimate });
             }
-            let (tx, rx) = oneshot::channel();
+            let ticket = Arc::new(Ticket { id: st.next_ticket, granted: AtomicBool::new(false), wake: Notify::new() });
+            st.next_ticket = st.next_ticket.wrapping_add(1);
             match st.queues.iter_mut().find(|(c, _)| *c == client) {
-                Some((_, q)) => q.push_back(tx),
-                None => st.queues.push_back((client, VecDeque::from([tx]))),
+                Some((_, q)) => q.push_back(ticket.clone()),
+                None => st.queues.push_back((client, VecDeque::from([ticket.clone()]))),
             }
             st.queued += 1;
-            if !st.dispatching {
-                st.dispatching = true;
-                tokio::spawn(dispatch(self.clone()));
+            if st.leader.is_none() {
+                st.leader = Some(ticket.id);
             }
-            rx
+            ticket
         };
-        match tokio::time::timeout(max_wait, rx).await {
-            Ok(Ok(())) => Ok(started.elapsed()),
-            _ => {
-                let st = self.lock();
-                Err(Busy { retry_after: st.estimate(self.base_rate, client, Instant::now()) })
+        // Leaves the queue (and hands the lead on) however this future ends: granted, timed
+        // out, or dropped because the client went away.
+        let _leave = Leave { bucket: self, ticket: &ticket };
+        let deadline = started + max_wait;
+        loop {
+            let next_slot = {
+                let mut st = self.lock();
+                if st.leader == Some(ticket.id) {
+                    st.dispatch(self.base_rate, Instant::now())
+                } else {
+                    None
+                }
+            };
+            if ticket.granted.load(Ordering::Acquire) {
+                return Ok(started.elapsed());
+            }
+            let wake_at = next_slot.map_or(deadline, |at| at.min(deadline));
+            tokio::select! {
+                _ = ticket.wake.notified() => {}
+                _ = tokio::time::sleep_until(wake_at) => {
+                    if Instant::now() >= deadline {
+                        break;
+                    }
+                }
             }
         }
+        let st = self.lock();
+        if ticket.granted.load(Ordering::Acquire) {
+            return Ok(started.elapsed());
+        }
+        Err(Busy { retry_after: st.estimate(self.base_rate, client, Instant::now()) })
     }
 
     /// Palette answered 429 for this prefix: halve its rate (recovering over time) and drop
@@ -264,57 +304,70 @@ impl State {
         first + self.interval * u32::try_from(ahead + own - 1).unwrap_or(u32::MAX)
     }
 
-    /// The next live waiter, round-robin across clients; drops waiters that gave up.
-    fn pop_next(&mut self) -> Option<oneshot::Sender<()>> {
-        while let Some((client, mut q)) = self.queues.pop_front() {
-            let mut found = None;
-            while let Some(tx) = q.pop_front() {
-                self.queued -= 1;
-                if !tx.is_closed() {
-                    found = Some(tx);
-                    break;
+    /// The next waiter, round-robin across clients.
+    fn pop_next(&mut self) -> Option<Arc<Ticket>> {
+        let (client, mut q) = self.queues.pop_front()?;
+        let next = q.pop_front();
+        if next.is_some() {
+            self.queued -= 1;
+        }
+        if !q.is_empty() {
+            self.queues.push_back((client, q));
+        }
+        next
+    }
+
+    /// The leader's job: grants every slot that is due, round-robin, and says when the next
+    /// one is (`None` when nobody waits).
+    fn dispatch(&mut self, rate: Rate, now: Instant) -> Option<Instant> {
+        self.recover(rate, now);
+        loop {
+            if self.queued == 0 {
+                return None;
+            }
+            if let Some(at) = self.ready_at(rate, now) {
+                return Some(at);
+            }
+            let ticket = self.pop_next()?;
+            ticket.granted.store(true, Ordering::Release);
+            ticket.wake.notify_one();
+            self.take(now);
+        }
+    }
+
+    /// Takes `ticket` out of the queue if it is still in it (it gave up), and passes the lead
+    /// on to the next waiter if it held it.
+    fn leave(&mut self, ticket: &Ticket) {
+        if !ticket.granted.load(Ordering::Acquire) {
+            if let Some(i) = self.queues.iter().position(|(_, q)| q.iter().any(|t| t.id == ticket.id)) {
+                if let Some((_, q)) = self.queues.get_mut(i) {
+                    q.retain(|t| t.id != ticket.id);
+                    self.queued -= 1;
+                    if q.is_empty() {
+                        self.queues.remove(i);
+                    }
                 }
             }
-            if !q.is_empty() {
-                self.queues.push_back((client, q));
-            }
-            if found.is_some() {
-                return found;
+        }
+        if self.leader == Some(ticket.id) {
+            let next = self.queues.front().and_then(|(_, q)| q.front());
+            self.leader = next.map(|t| t.id);
+            if let Some(t) = next {
+                t.wake.notify_one();
             }
         }
-        None
     }
 }
 
-/// Releases waiters one by one as the budget allows; ends when the queue is empty.
-async fn dispatch(bucket: Arc<Bucket>) {
-    loop {
-        let next = {
-            let mut st = bucket.lock();
-            loop {
-                let now = Instant::now();
-                st.recover(bucket.base_rate, now);
-                if st.queued == 0 {
-                    st.dispatching = false;
-                    return;
-                }
-                if let Some(at) = st.ready_at(bucket.base_rate, now) {
-                    break at;
-                }
-                match st.pop_next() {
-                    Some(tx) => {
-                        if tx.send(()).is_ok() {
-                            st.take(now);
-                        }
-                    }
-                    None => {
-                        st.dispatching = false;
-                        return;
-                    }
-                }
-            }
-        };
-        tokio::time::sleep_until(next).await;
+/// Runs [`State::leave`] when a waiting [`Bucket::acquire`] ends, however it ends.
+struct Leave<'a> {
+    bucket: &'a Bucket,
+    ticket: &'a Ticket,
+}
+
+impl Drop for Leave<'_> {
+    fn drop(&mut self) {
+        self.bucket.lock().leave(self.ticket);
     }
 }
 
@@ -442,6 +495,63 @@ mod tests {
         // Within the first 15 grants, the late clients got their 10.
         let early = &order[..16];
         assert!(early.iter().filter(|&&c| c != 0).count() >= 9, "{order:?}");
+    }
+
+    /// Waiters are served by their own futures: no task is spawned, even with a queue.
+    #[tokio::test(start_paused = true)]
+    async fn waiting_spawns_no_task() {
+        let b = bucket(10.0, 1, 100);
+        b.acquire(ClientId(0), Duration::from_secs(2)).await.unwrap();
+        let waiters = futures_util::future::join_all((0..3).map(|c| b.acquire(ClientId(c), Duration::from_secs(2))));
+        tokio::pin!(waiters);
+        assert!(futures_util::FutureExt::now_or_never(waiters.as_mut()).is_none());
+        assert_eq!(tokio::runtime::Handle::current().metrics().num_alive_tasks(), 0);
+        let results = waiters.await;
+        assert!(results.iter().all(Result::is_ok), "{results:?}");
+    }
+
+    /// The waiter keeping the schedule goes away (its client hung up): the next one takes over
+    /// and everyone left is still served, in order.
+    #[tokio::test(start_paused = true)]
+    async fn a_leader_that_gives_up_hands_the_schedule_on() {
+        let b = bucket(10.0, 1, 100);
+        b.acquire(ClientId(0), Duration::from_secs(2)).await.unwrap();
+        let leader = tokio::spawn({
+            let b = b.clone();
+            async move { b.acquire(ClientId(0), Duration::from_secs(2)).await }
+        });
+        tokio::task::yield_now().await;
+        let others: Vec<_> = (1..4)
+            .map(|c| {
+                let b = b.clone();
+                tokio::spawn(async move { b.acquire(ClientId(c), Duration::from_secs(2)).await })
+            })
+            .collect();
+        tokio::task::yield_now().await;
+        leader.abort();
+        for o in others {
+            let waited = o.await.unwrap().expect("served after the leader left");
+            assert!(waited <= Duration::from_millis(301), "{waited:?}");
+        }
+        assert_eq!(b.lock().queued, 0);
+        assert_eq!(b.lock().leader, None);
+    }
+
+    /// A waiter that times out leaves the queue at once (it no longer counts against
+    /// `max_queue`).
+    #[tokio::test(start_paused = true)]
+    async fn a_waiter_that_times_out_leaves_the_queue() {
+        let b = bucket(1.0, 1, 1);
+        b.acquire(ClientId(0), Duration::from_secs(10)).await.unwrap();
+        assert!(b.acquire(ClientId(0), Duration::from_millis(1100)).await.is_ok());
+        let gave_up =
+            tokio::time::timeout(Duration::from_millis(100), b.acquire(ClientId(1), Duration::from_secs(10))).await;
+        assert!(gave_up.is_err());
+        assert_eq!(b.lock().queued, 0);
+        assert!(
+            b.acquire(ClientId(2), Duration::from_secs(10)).await.is_ok(),
+            "the queue still had the one that gave up"
+        );
     }
 
     #[tokio::test(start_paused = true)]

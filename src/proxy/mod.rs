@@ -33,7 +33,6 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use arc_swap::ArcSwap;
 use http::{header, HeaderValue, Request, Response, Version};
 use tower_http::sensitive_headers::{
     SetSensitiveRequestHeaders, SetSensitiveRequestHeadersLayer, SetSensitiveResponseHeaders,
@@ -41,14 +40,9 @@ use tower_http::sensitive_headers::{
 };
 
 use crate::body::{self, Body};
-use crate::config::Config;
-use crate::credentials::Credentials;
 use crate::error::GatewayError;
 use crate::limit::retry_after_secs;
-use crate::limit::upstream::UpstreamBudget;
-use crate::limit::ClientLimits;
 use crate::metrics::Metrics;
-use crate::upstream::UpstreamClient;
 use auth::PeerIdentity;
 use request_id::RequestId;
 use request_log::Note;
@@ -77,24 +71,7 @@ pub use exchange::MAX_ATTEMPTS;
 /// Palette's 429).
 pub const REPLAY_LIMIT: u64 = 64 * 1024;
 
-/// Everything a request needs, swapped whole on reload.
-pub struct Runtime {
-    /// The validated config.
-    pub config: Arc<Config>,
-    /// Upstream credentials, indexed like the config's.
-    pub credentials: Credentials,
-    /// The pooled upstream client.
-    pub upstream: UpstreamClient,
-    /// Client and global rate limits.
-    pub limits: ClientLimits,
-    /// The outbound budget per Palette prefix.
-    pub budget: UpstreamBudget,
-    /// Local keys already matched to a client (this snapshot's clients only).
-    pub key_cache: auth::KeyCache,
-}
-
-/// The live runtime, shared by the listeners and reload.
-pub type SharedRuntime = Arc<ArcSwap<Runtime>>;
+pub use crate::runtime::{Runtime, SharedRuntime};
 
 /// What the listener knows about the connection a request came on.
 #[derive(Debug, Clone)]

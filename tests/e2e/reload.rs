@@ -215,7 +215,7 @@ async fn rewritten_secret_file_takes_effect_on_reload() {
     assert_eq!(g.fake.requests().last().unwrap().headers["apikey"], ROTATED_KEY, "the rotated key is used");
 }
 
-/// The watcher: the gateway in an `Arc`, `reload::spawn` on it, and a way to stop it.
+/// The watcher: the gateway in an `Arc`, `app::spawn_reload` on it, and a way to stop it.
 struct Watched {
     gateway: Arc<palette_gateway::app::RunningGateway>,
     stop: CancellationToken,
@@ -230,7 +230,7 @@ impl Watched {
     fn spawn_shared(gateway: Arc<palette_gateway::app::RunningGateway>, path: &Path) -> Watched {
         let watched = gateway.runtime().load().config.watched_files(path);
         let stop = CancellationToken::new();
-        let task = palette_gateway::reload::spawn(gateway.clone(), path.to_path_buf(), env(), watched, stop.clone());
+        let task = palette_gateway::app::spawn_reload(&gateway, path.to_path_buf(), env(), watched, stop.clone());
         Watched { gateway, stop, task }
     }
 

@@ -71,7 +71,11 @@ pub(super) fn clients(
 }
 
 /// `[auth] anonymous_client`: the client that requests without a local credential act as.
-pub(super) fn anonymous_client(raw: &RawConfig, names: &HashMap<String, usize>, p: &mut Problems) -> Option<crate::config::ClientId> {
+pub(super) fn anonymous_client(
+    raw: &RawConfig,
+    names: &HashMap<String, usize>,
+    p: &mut Problems,
+) -> Option<crate::config::ClientId> {
     raw.auth.anonymous_client.as_ref().and_then(|name| match names.get(name) {
         Some(&i) => Some(crate::config::ClientId(i)),
         None => {

@@ -1,76 +1,88 @@
 //! Reload triggers: SIGHUP, and changes to the config file or the secret/TLS files it names.
 //! Directories are watched (not the files), so a Kubernetes ConfigMap or Secret update, which
-//! swaps a `..data` symlink, is seen; a change is acted on only when a watched file's content
-//! actually changed.
+//! swaps a `..data` symlink, is seen; a change is reported only when a watched file's content
+//! actually changed. The watcher only reports: the app's reload loop loads and applies.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::Duration;
 
 use notify::{RecursiveMode, Watcher};
 use sha2::{Digest, Sha256};
-use tokio::sync::mpsc;
-use tokio::task::JoinHandle;
+use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
-use crate::app::RunningGateway;
-use crate::config::Environment;
+use crate::signals::Hangup;
 
 /// Editors and Kubernetes write in several steps; act once things settle.
 const DEBOUNCE: Duration = Duration::from_millis(250);
 
-/// Starts the reload task; it ends when `stop` fires.
-pub fn spawn(
-    gateway: Arc<RunningGateway>,
-    path: PathBuf,
-    env: Arc<dyn Environment>,
-    watched: Vec<PathBuf>,
+/// Why a reload is wanted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Trigger {
+    /// SIGHUP.
+    Hangup,
+    /// A watched file's content changed.
+    Changed,
+}
+
+/// Watches `files` (the list is replaced after each reload, which may name new files; a new
+/// file gets its fingerprint then) and SIGHUP,
+/// and sends a [`Trigger`] for each. A trigger is dropped while another one waits: the reload
+/// it asks for reads the files after this change anyway. Ends when `stop` fires or the
+/// receiver is gone.
+pub(crate) async fn run(
+    mut files: watch::Receiver<Vec<PathBuf>>,
+    triggers: mpsc::Sender<Trigger>,
+    mut hup: Hangup,
     stop: CancellationToken,
-) -> JoinHandle<()> {
-    tokio::spawn(async move {
-        let (tx, mut rx) = mpsc::unbounded_channel::<()>();
-        let mut watched = watched;
-        let mut watcher = watch(&watched, tx.clone());
-        let mut fingerprint = fingerprint_off_runtime(&watched).await;
-        let mut hup = hangup();
-        loop {
-            let by_signal = tokio::select! {
-                _ = stop.cancelled() => break,
-                _ = next_hup(&mut hup) => true,
-                Some(()) = rx.recv() => false,
-            };
-            if by_signal {
+) {
+    let (tx, mut rx) = mpsc::unbounded_channel::<()>();
+    let mut watched = files.borrow_and_update().clone();
+    let mut watcher = watch(&watched, tx.clone());
+    let mut fingerprint = fingerprint_off_runtime(&watched).await;
+    loop {
+        let trigger = tokio::select! {
+            _ = stop.cancelled() => break,
+            _ = hup.recv() => {
                 tracing::info!("SIGHUP: reloading the config");
-            } else {
+                Trigger::Hangup
+            }
+            Some(()) = rx.recv() => {
                 tokio::select! {
                     _ = stop.cancelled() => break,
                     _ = tokio::time::sleep(DEBOUNCE) => {}
                 }
                 while rx.try_recv().is_ok() {}
+                let now = fingerprint_off_runtime(&watched).await;
+                if now == fingerprint {
+                    continue;
+                }
+                fingerprint = now;
+                Trigger::Changed
             }
-            // The fingerprint of what this reload will read (or older), taken before it: a file
-            // that changes while the reload runs then still differs from it, so that change is
-            // acted on next round instead of being folded into the fingerprint unseen.
-            let before = fingerprint_off_runtime(&watched).await;
-            if !by_signal && before == fingerprint {
+            changed = files.changed() => {
+                if changed.is_err() {
+                    break;
+                }
+                // The fingerprint stays the one taken before the reload was asked for: a file
+                // that changed while the reload ran still differs from it, so that change is
+                // acted on next instead of being folded in unseen. Only new files need one.
+                let now_watched = files.borrow_and_update().clone();
+                if now_watched != watched {
+                    watched = now_watched;
+                    watcher = watch(&watched, tx.clone());
+                    fingerprint = fingerprint_off_runtime(&watched).await;
+                }
                 continue;
             }
-            // Reading and validating files (and building TLS configs) blocks: keep it off the
-            // threads that serve requests.
-            let (g, p, e) = (gateway.clone(), path.clone(), env.clone());
-            let _ = tokio::task::spawn_blocking(move || g.reload(&p, &*e)).await;
-            // The new config may name other files (a new secret file): watch those too.
-            let now_watched = gateway.runtime().load().config.watched_files(&path);
-            fingerprint = before;
-            if now_watched != watched {
-                watched = now_watched;
-                watcher = watch(&watched, tx.clone());
-                fingerprint = fingerprint_off_runtime(&watched).await;
-            }
+        };
+        match triggers.try_send(trigger) {
+            Ok(()) | Err(mpsc::error::TrySendError::Full(_)) => {}
+            Err(mpsc::error::TrySendError::Closed(_)) => break,
         }
-        drop(watcher);
-    })
+    }
+    drop(watcher);
 }
 
 fn watch(files: &[PathBuf], tx: mpsc::UnboundedSender<()>) -> Option<notify::RecommendedWatcher> {
@@ -128,30 +140,4 @@ fn fingerprint_of(files: &[PathBuf]) -> Vec<u8> {
         }
     }
     h.finalize().to_vec()
-}
-
-#[cfg(unix)]
-type Hangup = Option<tokio::signal::unix::Signal>;
-#[cfg(not(unix))]
-type Hangup = ();
-
-#[cfg(unix)]
-fn hangup() -> Hangup {
-    tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok()
-}
-#[cfg(not(unix))]
-fn hangup() -> Hangup {}
-
-#[cfg(unix)]
-async fn next_hup(h: &mut Hangup) {
-    match h {
-        Some(s) => {
-            s.recv().await;
-        }
-        None => std::future::pending().await,
-    }
-}
-#[cfg(not(unix))]
-async fn next_hup(_: &mut Hangup) {
-    std::future::pending().await
 }
