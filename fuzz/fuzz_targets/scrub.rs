@@ -1,9 +1,10 @@
-//! The error scrubber, `forward::scrub_error`, on arbitrary upstream error answers: it never
-//! panics, and what the client gets back from a 4xx/5xx never holds an upstream secret: not in a
-//! header value, not in the body as sent, and not in the body a client would read after undoing
-//! its `Content-Encoding` (gzip, deflate, br, in any number of headers and values: a client
-//! decodes a truncated stream as far as it goes, so this one does too). 2xx bodies stream
-//! unscrubbed by design and are not checked.
+//! The response scrubber (`forward::scrub_error` for error bodies, then `forward::redact_headers`
+//! for every answer's headers, as `Exchange::finish` runs them) on arbitrary upstream answers: it
+//! never panics, no answer's header name or value holds an upstream secret, and what the client
+//! gets back from a 4xx/5xx never holds one either: not in the body as sent, and not in the body
+//! a client would read after undoing its `Content-Encoding` (gzip, deflate, br, in any number of
+//! headers and values: a client decodes a truncated stream as far as it goes, so this one does
+//! too). 2xx bodies stream unscrubbed by design and are not checked.
 //!
 //! Secrets are shaped like real ones (API keys, JWTs): 20+ characters of `A-Z a-z 0-9 . _ ~ + / = -`
 //! with a letter and a digit, so that no secret is part of the `[redacted]` marker that replaces
@@ -122,19 +123,22 @@ fuzz_target!(|data: &[u8]| {
     }
 
     let rt = runtime();
-    let out = rt.block_on(forward::scrub_error(resp, &secrets, "fuzz-rid"));
+    // As `Exchange::finish` does: the error body is scrubbed, then every answer's headers.
+    let mut out = rt.block_on(forward::scrub_error(resp, &secrets, "fuzz-rid"));
+    forward::redact_headers(out.headers_mut(), &secrets);
     let (head, out_body) = out.into_parts();
+    for (name, value) in &head.headers {
+        for s in &secrets {
+            assert!(!contains(name.as_str().as_bytes(), s.as_bytes()), "secret {s:?} in a header name");
+            assert!(!contains(value.as_bytes(), s.as_bytes()), "secret {s:?} in response header {name}");
+        }
+    }
     let Ok(collected) = rt.block_on(out_body.collect()) else { return };
     let sent = collected.to_bytes();
     if !(status.is_client_error() || status.is_server_error()) {
         return;
     }
 
-    for (name, value) in &head.headers {
-        for s in &secrets {
-            assert!(!contains(value.as_bytes(), s.as_bytes()), "secret {s:?} in response header {name}");
-        }
-    }
     let codings: Vec<String> = head
         .headers
         .get_all(http::header::CONTENT_ENCODING)
