@@ -11,6 +11,7 @@ mod attacks;
 mod cli;
 mod credential_swap;
 mod deploy_metrics;
+mod docs;
 mod faults;
 mod forwarding;
 mod hostile;
