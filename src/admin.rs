@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use crate::body::{self, Body};
 use crate::metrics::Metrics;
-use crate::proxy::SharedRuntime;
+use crate::runtime::SharedRuntime;
 
 /// The admin endpoints as a tower service.
 #[derive(Clone)]
