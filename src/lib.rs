@@ -23,7 +23,7 @@
 //!   → path check → local auth → client limits                   path.rs (pattern.rs), auth.rs
 //!   → route → policy (/v1/auth, credential endpoints, allow)    routes.rs, policy.rs
 //!   → scope (ProjectUid) → header hygiene                       scope.rs, hygiene.rs
-//!   → credential swap → budget → forward, 401 replay, 429 retry exchange.rs
+//!   → exchange layers: 429 retry → credential + 401 replay → budget → send   exchange.rs
 //!   → response hygiene (decode.rs, scrubber) → unread body drained    hygiene.rs, drain.rs
 //! ```
 //!

@@ -15,8 +15,8 @@
 //! in-flight and request metrics; `rescue`: the only place an error becomes an answer); the
 //! decision steps are plain functions over the request parts (`target`, [`path`], [`auth`],
 //! limits, `routes`, `policy`, [`scope`], [`hygiene`]) run in order by one step service,
-//! which hands the request to `exchange` (credential swap, budget, send, 401 replay, 429
-//! retry, response hygiene) and `drain`s what was left unread. Layers and steps talk through
+//! which hands the request to `exchange` (tower layers, outermost first: 429 retry,
+//! credential swap and 401 replay, budget wait, send; then response hygiene) and `drain`s what was left unread. Layers and steps talk through
 //! request extensions (the request id, the request's `request_log::Note`, the body counters),
 //! never through shared mutable state. They share one runtime snapshot, taken once when the
 //! request arrives, so a reload never changes the rules under a request in flight.
@@ -174,7 +174,11 @@ impl tower::Service<Request<Body>> for Steps {
 
 /// The decision steps, in order, then the exchange. Each step is a plain function over the
 /// request parts; what the log needs goes to the request's [`Note`].
-async fn process(rt: &Runtime, metrics: &Metrics, req: Request<Body>) -> Result<Response<Body>, GatewayError> {
+async fn process(
+    rt: &Arc<Runtime>,
+    metrics: &Arc<Metrics>,
+    req: Request<Body>,
+) -> Result<Response<Body>, GatewayError> {
     let (mut parts, body) = req.into_parts();
     // Set by the request log layer (defaults only when a step is driven without it).
     let id = parts.extensions.remove::<RequestId>().unwrap_or_else(|| request_id::assign(&parts.headers));
@@ -267,14 +271,12 @@ async fn process(rt: &Runtime, metrics: &Metrics, req: Request<Body>) -> Result<
     let (head, ()) = head.into_parts();
 
     let exchange = exchange::Exchange {
-        stats,
-        rt,
-        metrics,
-        head: &head,
+        rt: rt.clone(),
+        metrics: metrics.clone(),
+        stats: stats.clone(),
         client_idx,
-        client_name: &client.name,
-        bucket: rt.budget.bucket_for(&matched.upstream_path),
-        rid,
+        client_name: client.name.clone(),
+        bucket: rt.budget.bucket_for(&matched.upstream_path).cloned(),
     };
-    framing::check_upstream_status(exchange.run(credential, body, &note).await?)
+    framing::check_upstream_status(exchange.run(credential, head, body, &note, rid).await?)
 }

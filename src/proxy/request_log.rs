@@ -34,6 +34,10 @@ pub(crate) struct Facts {
     pub(crate) upstream_status: Option<u16>,
     pub(crate) upstream_ms: f64,
     pub(crate) wait_ms: f64,
+    /// Sends to Palette so far (the exchange caps them at `MAX_ATTEMPTS` across its layers).
+    pub(crate) sends: u32,
+    /// Every credential the exchange sent, to scrub from the answer.
+    pub(crate) secrets: Vec<crate::config::Secret>,
 }
 
 /// This request's [`Facts`], a request extension the steps write to. One per request: the
@@ -45,6 +49,16 @@ impl Note {
     /// Records something a step learned.
     pub(crate) fn set(&self, f: impl FnOnce(&mut Facts)) {
         f(&mut self.0.lock().unwrap_or_else(PoisonError::into_inner));
+    }
+
+    /// Sends to Palette so far.
+    pub(crate) fn sends(&self) -> u32 {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner).sends
+    }
+
+    /// The credentials sent so far.
+    pub(crate) fn secrets(&self) -> Vec<crate::config::Secret> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner).secrets.clone()
     }
 
     fn take(&self) -> Facts {
