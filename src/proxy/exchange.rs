@@ -33,7 +33,7 @@ use crate::limit::retry_after_secs;
 use crate::limit::upstream::Bucket;
 use crate::metrics::Metrics;
 use crate::proxy::request_log::Note;
-use crate::proxy::{auth, hygiene, Runtime, REPLAY_LIMIT};
+use crate::proxy::{auth, response, Runtime, REPLAY_LIMIT};
 use crate::upstream::UpstreamFailure;
 
 /// A request goes to Palette at most this many times in all: the first send, the replay
@@ -562,10 +562,10 @@ impl Exchange {
 /// The response hygiene, once per answer, with every secret the exchange sent.
 async fn finish(resp: Response<Body>, secrets: &[crate::config::Secret], rid: &str) -> Response<Body> {
     let exposed: Vec<&str> = secrets.iter().map(|s| s.expose()).collect();
-    let mut resp = hygiene::scrub_error(resp, &exposed, rid).await;
-    hygiene::response_headers(resp.headers_mut());
-    hygiene::redact_headers(resp.headers_mut(), &exposed);
-    resp.map(hygiene::drop_trailers)
+    let mut resp = response::scrub_error(resp, &exposed, rid).await;
+    response::response_headers(resp.headers_mut());
+    response::redact_headers(resp.headers_mut(), &exposed);
+    resp.map(response::drop_trailers)
 }
 
 /// The wait before retry number `retries + 1` after a 429 without `Retry-After`.
