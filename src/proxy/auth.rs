@@ -112,7 +112,7 @@ fn cert_client(cfg: &Config, peer: &PeerIdentity) -> Result<Option<ClientId>, Ga
 }
 
 /// The local key the request carries, if any.
-fn local_key(headers: &HeaderMap) -> Result<Option<&str>, GatewayError> {
+pub(crate) fn local_key(headers: &HeaderMap) -> Result<Option<&str>, GatewayError> {
     let api_key = single(headers, &API_KEY, "ApiKey")?;
     let bearer = match single(headers, &header::AUTHORIZATION, "Authorization")? {
         Some(v) => Some(bearer_token(v)?),

@@ -79,6 +79,26 @@ pub struct Decided<'a> {
     pub project: Option<&'a HeaderValue>,
 }
 
+/// Removes every header whose value holds the local key the client authenticated with (the
+/// key bytes as presented in `ApiKey` or `Authorization: Bearer`): a client's own key under
+/// another name (`X-Api-Key: <key>`, a `Cookie`-like custom header) must not reach Palette.
+/// Runs before [`request_headers`], which sets the headers the gateway decides. One substring
+/// search per header, only when a key was presented.
+pub(crate) fn remove_local_key(headers: &mut HeaderMap) {
+    let Ok(Some(key)) = crate::proxy::auth::local_key(headers) else {
+        return;
+    };
+    if key.is_empty() {
+        return;
+    }
+    let finder = memchr::memmem::Finder::new(key.as_bytes());
+    let doomed: Vec<HeaderName> =
+        headers.iter().filter(|(_, v)| finder.find(v.as_bytes()).is_some()).map(|(n, _)| n.clone()).collect();
+    for name in doomed {
+        headers.remove(name);
+    }
+}
+
 /// Prepares a client's headers for the upstream: first every removal (hop-by-hop headers,
 /// those `Connection` names, client-only ones), then the headers the gateway decides, so no
 /// `Connection: ProjectUid` (or `X-Request-Id`, ...) can take one away. The upstream credential
@@ -108,6 +128,26 @@ mod tests {
         remove_hop_by_hop(&mut h);
         assert_eq!(h.len(), 1);
         assert!(h.contains_key("x-keep"));
+    }
+
+    #[test]
+    fn a_local_key_under_another_name_is_removed() {
+        for credential in [("apikey", "k-123"), ("authorization", "Bearer k-123")] {
+            let mut h = HeaderMap::new();
+            h.insert(credential.0, HeaderValue::from_str(credential.1).unwrap());
+            h.insert("x-api-key", HeaderValue::from_static("k-123"));
+            h.append("x-custom", HeaderValue::from_static("ok"));
+            h.append("x-custom", HeaderValue::from_static("token=k-123; more"));
+            h.insert("x-fine", HeaderValue::from_static("k-12"));
+            remove_local_key(&mut h);
+            let left: Vec<&str> = h.keys().map(|n| n.as_str()).collect();
+            assert_eq!(left, ["x-fine"], "{credential:?}");
+        }
+        // No key presented: nothing to look for.
+        let mut h = HeaderMap::new();
+        h.insert("x-api-key", HeaderValue::from_static("k-123"));
+        remove_local_key(&mut h);
+        assert_eq!(h.len(), 1);
     }
 
     #[test]

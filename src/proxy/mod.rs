@@ -219,6 +219,7 @@ async fn process(
         request_id,
         project: scope.project.as_ref(),
     };
+    hygiene::remove_local_key(&mut parts.headers);
     hygiene::request_headers(&mut parts.headers, &decided);
     let project = parts.headers.get(scope::PROJECT_UID).and_then(|p| p.to_str().ok()).map(str::to_string);
     note.set(|f| f.project = project);
