@@ -225,6 +225,8 @@ async fn process(
     note.set(|f| f.project = project);
 
     // 10. The exchange: credential swap, budget, send, 401 replay, 429 retry, response hygiene.
+    // What goes upstream, for the log: the checked path after a route's strip (issue 9).
+    note.set(|f| f.upstream_path = Some(matched.upstream_path.to_string()));
     let path_and_query = match &scope.query {
         Some(q) => format!("{}?{q}", matched.upstream_path),
         None => matched.upstream_path.to_string(),

@@ -31,6 +31,8 @@ pub(crate) struct Facts {
     pub(crate) route: Option<Arc<str>>,
     pub(crate) rate: Option<RateHeaders>,
     pub(crate) project: Option<String>,
+    /// The path forwarded to Palette (after a route's strip; the query dropped, as for `path`).
+    pub(crate) upstream_path: Option<String>,
     pub(crate) upstream_status: Option<u16>,
     pub(crate) upstream_ms: f64,
     pub(crate) wait_ms: f64,
@@ -152,6 +154,7 @@ impl RequestLog {
         let client = facts.client.as_deref().unwrap_or("none");
         let route = facts.route.as_deref().unwrap_or("none");
         let project = facts.project.as_deref().unwrap_or("");
+        let upstream_path = facts.upstream_path.as_deref().unwrap_or("");
         let traceparent = self.traceparent.as_deref().unwrap_or("");
         let duration_ms = self.started.elapsed().as_secs_f64() * 1000.0;
         tracing::info!(
@@ -161,6 +164,7 @@ impl RequestLog {
             route = %route,
             method = %self.method,
             path = %self.path,
+            upstream_path,
             project,
             status,
             upstream_status = facts.upstream_status.unwrap_or(0),
@@ -181,6 +185,7 @@ impl RequestLog {
                 client = %client,
                 method = %self.method,
                 path = %self.path,
+                upstream_path,
                 project,
                 status,
                 outcome,
