@@ -19,17 +19,17 @@
 //! sensitive-header marking (ApiKey, Authorization, Cookie; Set-Cookie)
 //!   → request id + request log + in-flight + request metrics   proxy/request_log.rs, request_id.rs
 //!   → error rescue (GatewayError → Palette JSON, error.rs)      proxy/rescue.rs
-//!   → config snapshot, overload and size, method and target form proxy/mod.rs, target.rs
-//!   → path check → local auth → client limits                   path.rs (pattern.rs), auth.rs
+//!   → config snapshot, overload, framing, body caps             proxy/mod.rs, limits.rs, target.rs
+//!   → path check → local auth → client limits                   path.rs (pattern.rs), auth.rs, limits.rs
 //!   → route → policy (/v1/auth, credential endpoints, allow)    routes.rs, policy.rs
 //!   → scope (ProjectUid) → header hygiene                       scope.rs, hygiene.rs
-//!   → credential swap → budget → forward, 401 replay, 429 retry exchange.rs
-//!   → response hygiene (decode.rs, scrubber) → unread body drained    hygiene.rs, drain.rs
+//!   → exchange layers: 429 retry → credential + 401 replay → budget → send   exchange.rs
+//!   → response hygiene (decode.rs, scrubber) → unread body drained    response.rs, drain.rs
 //! ```
 //!
 //! [`error`] is the one place that shapes the gateway's own answers; [`body`] holds the body
 //! types the path shares. `auth`, `path`, `pattern`, `credential_endpoints`, `scope` and
-//! `forward` (now `proxy::hygiene`) stay reachable at their old paths for tests and fuzzing.
+//! `forward` (now `proxy::hygiene` and `proxy::response`) stay reachable at their old paths for tests and fuzzing.
 #![forbid(unsafe_code)]
 // Nothing a request or a config can influence may panic; the bans of clippy.toml (std's
 // `Instant` in timed code, `set_var`) hold here. Unit tests may unwrap (clippy.toml).
@@ -58,5 +58,10 @@ pub(crate) mod watcher;
 
 // The request steps live under `proxy/`; these old paths stay for the tests, benches, the fuzz
 // targets and the config validator that name them.
-pub use proxy::hygiene as forward;
+/// The header hygiene at its old path (fuzz targets and tests): the request side
+/// (`proxy::hygiene`) and the response side (`proxy::response`).
+pub mod forward {
+    pub use crate::proxy::hygiene::*;
+    pub use crate::proxy::response::{drop_trailers, redact_headers, response_headers, scrub_error};
+}
 pub use proxy::{auth, credential_endpoints, path, pattern, scope};

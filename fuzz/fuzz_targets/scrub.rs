@@ -1,5 +1,5 @@
 //! The response scrubber (`forward::scrub_error` for error bodies, then `forward::redact_headers`
-//! for every answer's headers, as `Exchange::finish` runs them) on arbitrary upstream answers: it
+//! for every answer's headers, as `proxy::exchange::finish` runs them) on arbitrary upstream answers: it
 //! never panics, no answer's header name or value holds an upstream secret, and what the client
 //! gets back from a 4xx/5xx never holds one either: not in the body as sent, and not in the body
 //! a client would read after undoing its `Content-Encoding` (gzip, deflate, br, in any number of
@@ -123,7 +123,7 @@ fuzz_target!(|data: &[u8]| {
     }
 
     let rt = runtime();
-    // As `Exchange::finish` does: the error body is scrubbed, then every answer's headers.
+    // As `proxy::exchange::finish` does: the error body is scrubbed, then every answer's headers.
     let mut out = rt.block_on(forward::scrub_error(resp, &secrets, "fuzz-rid"));
     forward::redact_headers(out.headers_mut(), &secrets);
     let (head, out_body) = out.into_parts();

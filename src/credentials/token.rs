@@ -73,6 +73,25 @@ impl Token {
     pub fn worth_replacing(&self) -> bool {
         !(self.replacement && self.minted.elapsed() < FRESH_REPLACEMENT)
     }
+
+    /// A token minted now, for tests of code that uses tokens (the exchange's replay layer).
+    #[cfg(test)]
+    pub(crate) fn for_test(value: &str, generation: u64, replacement: bool) -> Self {
+        let now = Instant::now();
+        let mut header = HeaderValue::from_str(value).unwrap_or_else(|_| HeaderValue::from_static(""));
+        header.set_sensitive(true);
+        let hour = Duration::from_secs(3600);
+        Token {
+            value: Secret::new(value),
+            header,
+            usable_until: now + hour,
+            refresh_at: now + hour,
+            expires_unix: 0.0,
+            generation,
+            minted: now,
+            replacement,
+        }
+    }
 }
 
 /// Why no token could be had.

@@ -29,27 +29,37 @@ pub fn key_hash_string(key: &str) -> String {
 }
 
 /// Keys already matched to a client, so that steady traffic skips the SHA-256. Only keys that
-/// matched are kept (at most [`KeyCache::CAPACITY`]), so unknown keys cannot grow it; it lives in
-/// one runtime snapshot, so a reload that removes a key forgets it.
-#[derive(Debug, Default)]
+/// matched are kept, in a bounded cache (at most [`KeyCache::CAPACITY`], the least useful
+/// evicted), so unknown keys cannot grow it; it lives in one runtime snapshot, so a reload that
+/// removes a key forgets it. A matched key is the cache key, in memory only (as before);
+/// `Debug` shows only the count.
 pub struct KeyCache {
-    known: std::sync::RwLock<std::collections::HashMap<Box<str>, ClientId>>,
+    known: moka::sync::Cache<Box<str>, ClientId>,
+}
+
+impl Default for KeyCache {
+    fn default() -> Self {
+        KeyCache { known: moka::sync::Cache::new(Self::CAPACITY) }
+    }
+}
+
+// By hand: the cache's own `Debug` would print the local keys.
+impl std::fmt::Debug for KeyCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KeyCache").field("entries", &self.known.entry_count()).finish()
+    }
 }
 
 impl KeyCache {
     /// Most keys remembered.
-    pub const CAPACITY: usize = 4096;
+    pub const CAPACITY: u64 = 10_000;
 
     fn lookup(&self, cfg: &Config, key: &str) -> Option<ClientId> {
-        if let Some(&client) = self.known.read().ok().as_ref().and_then(|m| m.get(key)) {
+        if let Some(client) = self.known.get(key) {
             return Some(client);
         }
         let client = cfg.client_by_key_hash(&hash_key(key))?;
-        if let Ok(mut m) = self.known.write() {
-            if m.len() < Self::CAPACITY {
-                m.insert(key.into(), client);
-            }
-        }
+        self.known.insert(key.into(), client);
         Some(client)
     }
 }
@@ -102,7 +112,7 @@ fn cert_client(cfg: &Config, peer: &PeerIdentity) -> Result<Option<ClientId>, Ga
 }
 
 /// The local key the request carries, if any.
-fn local_key(headers: &HeaderMap) -> Result<Option<&str>, GatewayError> {
+pub(crate) fn local_key(headers: &HeaderMap) -> Result<Option<&str>, GatewayError> {
     let api_key = single(headers, &API_KEY, "ApiKey")?;
     let bearer = match single(headers, &header::AUTHORIZATION, "Authorization")? {
         Some(v) => Some(bearer_token(v)?),
@@ -190,6 +200,22 @@ mod tests {
             identify(&c, &KeyCache::default(), &h(&[("authorization", "bearer key-b")]), &none).unwrap().index(),
             1
         );
+    }
+
+    #[test]
+    fn only_matched_keys_are_cached_and_never_shown() {
+        let c = cfg("");
+        let cache = KeyCache::default();
+        let none = PeerIdentity::default();
+        for _ in 0..3 {
+            assert_eq!(identify(&c, &cache, &h(&[("apikey", "key-a")]), &none).unwrap().index(), 0);
+            assert!(identify(&c, &cache, &h(&[("apikey", "nope")]), &none).is_err());
+        }
+        cache.known.run_pending_tasks();
+        assert_eq!(cache.known.entry_count(), 1);
+        assert_eq!(cache.known.get("key-a"), Some(ClientId(0)));
+        let shown = format!("{cache:?}");
+        assert!(!shown.contains("key-a"), "{shown}");
     }
 
     #[test]

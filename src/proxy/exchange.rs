@@ -1,38 +1,40 @@
-//! The exchange with Palette: the credential swap, the upstream budget wait, the send, the
-//! replay after a refused token and the paced retry after Palette's 429, then the response
-//! hygiene (hop-by-hop headers, `Set-Cookie`, trailers, secrets scrubbed from every answer's
-//! headers and from decoded error bodies).
+//! The exchange with Palette, as tower layers on a request whose body may be replayed
+//! (`Request<Payload>`), outermost first:
+//!
+//! ```text
+//! Retry (429: slow the prefix, paced retry of idempotent requests within max_wait)
+//!   → Replay (the credential; a 401 on a token that may be dead → new token → one replay)
+//!     → Budget (wait for the prefix's budget, at most until the deadline; count the send)
+//!       → Sender (the send, with its metrics and error mapping)
+//! ```
+//!
+//! then the response hygiene (hop-by-hop headers, `Set-Cookie`, trailers, secrets scrubbed from
+//! every answer's headers and from decoded error bodies), outside the retry so it runs once.
+//! The layers share the request's [`Note`] (sends so far, so [`MAX_ATTEMPTS`] is a total across
+//! layers; the secrets to scrub) and its [`Deadline`]; a resend is a copy of a buffered request.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use http_body::Body as _;
 use rand::Rng as _;
+use tower::{Service, ServiceExt as _};
 
 use crate::body::{self, Body};
 use crate::config::ClientId;
-use crate::credentials::UpstreamCredential;
+use crate::credentials::{Token, TokenManager, TokenUnavailable, UpstreamCredential};
 use crate::error::GatewayError;
 use crate::limit::retry_after_secs;
 use crate::limit::upstream::Bucket;
 use crate::metrics::Metrics;
 use crate::proxy::request_log::Note;
-use crate::proxy::{auth, hygiene, Runtime, REPLAY_LIMIT};
+use crate::proxy::{auth, response, Runtime, REPLAY_LIMIT};
 use crate::upstream::UpstreamFailure;
-
-/// One request's trip upstream, with its retries.
-pub(crate) struct Exchange<'a> {
-    pub(crate) stats: &'a body::BodyStats,
-    pub(crate) rt: &'a Runtime,
-    pub(crate) metrics: &'a Metrics,
-    pub(crate) head: &'a http::request::Parts,
-    pub(crate) client_idx: ClientId,
-    pub(crate) client_name: &'a str,
-    pub(crate) bucket: Option<&'a Arc<Bucket>>,
-    pub(crate) rid: &'a str,
-}
 
 /// A request goes to Palette at most this many times in all: the first send, the replay
 /// after a refused token, and retries after Palette's 429 together.
@@ -43,217 +45,444 @@ const RETRY_BACKOFF: Duration = Duration::from_millis(250);
 /// Palette's `Retry-After` is followed up to this long (and never past `max_wait`).
 const MAX_RETRY_AFTER: Duration = Duration::from_secs(60);
 
-/// The body of a request, sent once or replayed from a buffer, and how often it was sent.
-struct Sends {
-    first: Option<Body>,
-    replay: Option<Bytes>,
-    count: u32,
+/// A request body on its way to Palette: streamed once, or buffered so it can be sent again.
+pub(crate) enum Payload {
+    /// Too large or of unknown length: sent once, never replayed.
+    Stream(Body),
+    /// At most [`REPLAY_LIMIT`] bytes (or a method that is never resent).
+    Buffered(Bytes),
 }
 
-impl Sends {
-    /// The body for the next send; `None` when a streamed body was already sent.
-    fn next(&mut self) -> Option<Body> {
-        match (self.first.take(), &self.replay) {
-            (Some(b), _) => Some(b),
-            (None, Some(bytes)) => Some(body::full(bytes.clone())),
-            (None, None) => None,
+impl Payload {
+    fn into_body(self) -> Body {
+        match self {
+            Payload::Stream(b) => b,
+            Payload::Buffered(bytes) => body::full(bytes),
         }
-    }
-
-    /// Whether another send is allowed: the body can be sent again and the cap not reached.
-    fn can_resend(&self) -> bool {
-        self.replay.is_some() && self.count < MAX_ATTEMPTS
     }
 }
 
-impl Exchange<'_> {
-    /// The request's trip upstream, in two steps: [`Exchange::authorized`] sends it with the
-    /// credential (and replays it once if Palette refused a token), then a 429 from Palette is
-    /// retried, paced, by [`Exchange::after_429`].
-    pub(crate) async fn run(
-        &self,
-        credential: &UpstreamCredential,
-        body: Body,
-        note: &Note,
-    ) -> Result<Response<Body>, GatewayError> {
-        // Buffer small bodies when a resend could need them: token credentials (401 → replay)
-        // and idempotent methods (Palette's 429 → retry).
-        let idempotent = matches!(self.head.method, Method::GET | Method::HEAD | Method::PUT | Method::DELETE);
-        let token = matches!(credential, UpstreamCredential::Token(_));
-        let (first, replay) = if token || idempotent {
-            replayable(body, self.rt.config.server.limits.request_body_timeout, self.stats).await?
-        } else {
-            (Some(body), None)
-        };
-        let mut sends = Sends { first, replay, count: 0 };
-        let deadline = tokio::time::Instant::now() + self.rt.budget.max_wait();
-        let mut secrets: Vec<crate::config::Secret> = Vec::new();
-        if let UpstreamCredential::ApiKey { secret, .. } = credential {
-            secrets.push(secret.clone());
+/// Request extension: waits (budget, 429 retries) end by this instant (`max_wait` from the
+/// start of the exchange).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Deadline(pub(crate) tokio::time::Instant);
+
+/// The future every exchange layer returns (the layers wait and loop, which no concrete
+/// combinator expresses; one allocation per layer per request, next to a network call).
+pub(crate) type ExchangeFuture = Pin<Box<dyn Future<Output = Result<Response<Body>, GatewayError>> + Send>>;
+
+/// A copy of `req` for another send: only a buffered body can be sent again.
+fn resend(req: &Request<Payload>) -> Option<Request<Payload>> {
+    let Payload::Buffered(bytes) = req.body() else {
+        return None;
+    };
+    let mut copy = Request::new(Payload::Buffered(bytes.clone()));
+    *copy.method_mut() = req.method().clone();
+    *copy.uri_mut() = req.uri().clone();
+    *copy.version_mut() = req.version();
+    *copy.headers_mut() = req.headers().clone();
+    *copy.extensions_mut() = req.extensions().clone();
+    Some(copy)
+}
+
+fn note_of<B>(req: &Request<B>) -> Note {
+    req.extensions().get::<Note>().cloned().unwrap_or_default()
+}
+
+fn deadline_of<B>(req: &Request<B>) -> tokio::time::Instant {
+    req.extensions().get::<Deadline>().map_or_else(tokio::time::Instant::now, |d| d.0)
+}
+
+/// The metric label of a request's prefix.
+fn prefix(bucket: Option<&Arc<Bucket>>) -> &str {
+    bucket.map_or("none", |b| b.label())
+}
+
+/// Takes the inner service for one call, leaving a clone (tower's usual pattern: the clone
+/// may not be ready, the taken one is driven to readiness by the caller).
+fn take<S: Clone>(inner: &mut S) -> S {
+    let clone = inner.clone();
+    std::mem::replace(inner, clone)
+}
+
+/// Defines the `Layer` of a layer service with a `config` field of type `C`.
+macro_rules! layer {
+    ($layer:ident, $svc:ident $(<$t:ident $(: $bound:path)?>)?, $config:ty) => {
+        pub(crate) struct $layer $(<$t>)? {
+            config: $config,
         }
-        let mut retries = 0;
-        loop {
-            let resp = self.authorized(credential, &mut sends, &mut secrets, deadline, note).await?;
-            if resp.status() != StatusCode::TOO_MANY_REQUESTS {
-                return Ok(self.finish(resp, &secrets).await);
+
+        impl<$($t $(: $bound)?,)? S> tower::Layer<S> for $layer $(<$t>)? {
+            type Service = $svc<S $(, $t)?>;
+
+            fn layer(&self, inner: S) -> Self::Service {
+                $svc { inner, config: self.config.clone() }
             }
-            match self.after_429(&resp, idempotent && sends.can_resend(), retries, deadline) {
-                Some(wait) => {
-                    drop(resp);
-                    retries += 1;
-                    self.metrics.upstream_retries.with_label_values(&[self.prefix(), "429"]).inc();
-                    tokio::time::sleep(wait).await;
-                    note.set(|f| f.wait_ms += wait.as_secs_f64() * 1000.0);
+        }
+
+        pub(crate) struct $svc<S $(, $t)?> {
+            inner: S,
+            config: $config,
+        }
+
+        // By hand: `derive` would ask for `T: Clone`, and only the config (an `Arc`) is cloned.
+        impl<S: Clone $(, $t $(: $bound)?)?> Clone for $svc<S $(, $t)?> {
+            fn clone(&self) -> Self {
+                $svc { inner: self.inner.clone(), config: self.config.clone() }
+            }
+        }
+    };
+}
+
+// ----- 429 retry -------------------------------------------------------------------------
+
+/// What the retry layer needs: where to count and whom to slow down.
+#[derive(Clone)]
+pub(crate) struct RetryConfig {
+    pub(crate) metrics: Arc<Metrics>,
+    pub(crate) bucket: Option<Arc<Bucket>>,
+}
+
+layer!(RetryLayer, Retry, RetryConfig);
+
+impl RetryLayer {
+    pub(crate) fn new(config: RetryConfig) -> Self {
+        RetryLayer { config }
+    }
+}
+
+impl<S> Service<Request<Payload>> for Retry<S>
+where
+    S: Service<Request<Payload>, Response = Response<Body>, Error = GatewayError> + Clone + Send + 'static,
+    S::Future: Send,
+{
+    type Response = Response<Body>;
+    type Error = GatewayError;
+    type Future = ExchangeFuture;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), GatewayError>> {
+        Poll::Ready(Ok(()))
+    }
+
+    /// Palette answered 429 despite the budget: the prefix is slowed down and an idempotent
+    /// request with a buffered body is sent again after Palette's `Retry-After` (else
+    /// exponential backoff with jitter), while the wait ends before the deadline and
+    /// [`MAX_ATTEMPTS`] allows. A 429 that is not retried gets a `Retry-After`.
+    fn call(&mut self, mut req: Request<Payload>) -> ExchangeFuture {
+        let mut inner = take(&mut self.inner);
+        let RetryConfig { metrics, bucket } = self.config.clone();
+        Box::pin(async move {
+            let idempotent = matches!(*req.method(), Method::GET | Method::HEAD | Method::PUT | Method::DELETE);
+            let note = note_of(&req);
+            let deadline = deadline_of(&req);
+            let mut retries = 0;
+            loop {
+                let again = if idempotent { resend(&req) } else { None };
+                let mut resp = inner.ready().await?.call(req).await?;
+                if resp.status() != StatusCode::TOO_MANY_REQUESTS {
+                    return Ok(resp);
                 }
-                None => {
-                    let mut resp = self.finish(resp, &secrets).await;
+                throttled(&metrics, bucket.as_ref());
+                let wait = again
+                    .as_ref()
+                    .filter(|_| note.sends() < MAX_ATTEMPTS)
+                    .map(|_| {
+                        retry_after(resp.headers(), std::time::SystemTime::now()).unwrap_or_else(|| backoff(retries))
+                    })
+                    .filter(|wait| tokio::time::Instant::now() + *wait < deadline);
+                let (Some(again), Some(wait)) = (again, wait) else {
                     if !resp.headers().contains_key(header::RETRY_AFTER) {
-                        let rate = self.bucket.map_or(1.0, |b| b.current_rate());
+                        let rate = bucket.as_ref().map_or(1.0, |b| b.current_rate());
                         let wait = Duration::from_secs_f64(1.0 / rate).max(backoff(retries));
                         resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(retry_after_secs(wait)));
                     }
                     return Ok(resp);
+                };
+                drop(resp);
+                retries += 1;
+                metrics.upstream_retries.with_label_values(&[prefix(bucket.as_ref()), "429"]).inc();
+                tokio::time::sleep(wait).await;
+                note.set(|f| f.wait_ms += wait.as_secs_f64() * 1000.0);
+                req = again;
+            }
+        })
+    }
+}
+
+/// Counts Palette's 429 and slows the prefix down.
+fn throttled(metrics: &Metrics, bucket: Option<&Arc<Bucket>>) {
+    let prefix = prefix(bucket);
+    metrics.upstream_throttled.with_label_values(&[prefix]).inc();
+    if let Some(b) = bucket {
+        let rate = b.throttled();
+        tracing::warn!(prefix, rate, "Palette answered 429; slowing this prefix down");
+    }
+}
+
+// ----- credential and 401 replay ---------------------------------------------------------
+
+/// Where the replay layer gets tokens: the credential's [`TokenManager`] (a fake in tests).
+/// Issue 9's rules live in the manager and in [`Token::worth_replacing`].
+pub(crate) trait TokenSource: Send + Sync + 'static {
+    /// The credential's name (for error messages).
+    fn name(&self) -> &str;
+    /// A usable token, logging in if needed, within `within`.
+    fn get(&self, within: Duration) -> impl Future<Output = Result<Arc<Token>, TokenUnavailable>> + Send;
+    /// A new token instead of `token`, which Palette refused.
+    fn replace(
+        &self,
+        token: &Token,
+        within: Duration,
+    ) -> impl Future<Output = Result<Arc<Token>, TokenUnavailable>> + Send;
+    /// `token` may be dead: have it replaced in the background.
+    fn replace_soon(&self, token: &Token);
+}
+
+impl TokenSource for TokenManager {
+    fn name(&self) -> &str {
+        TokenManager::name(self)
+    }
+
+    fn get(&self, within: Duration) -> impl Future<Output = Result<Arc<Token>, TokenUnavailable>> + Send {
+        TokenManager::get(self, within)
+    }
+
+    fn replace(
+        &self,
+        token: &Token,
+        within: Duration,
+    ) -> impl Future<Output = Result<Arc<Token>, TokenUnavailable>> + Send {
+        TokenManager::replace(self, token, within)
+    }
+
+    fn replace_soon(&self, token: &Token) {
+        TokenManager::replace_soon(self, token);
+    }
+}
+
+/// The credential the replay layer applies.
+pub(crate) enum Credential<T> {
+    /// `ApiKey: <key>` (its secret is in the note already).
+    ApiKey(HeaderValue),
+    /// `Authorization: <token>` from a token source.
+    Token(Arc<T>),
+}
+
+impl<T> Clone for Credential<T> {
+    fn clone(&self) -> Self {
+        match self {
+            Credential::ApiKey(v) => Credential::ApiKey(v.clone()),
+            Credential::Token(t) => Credential::Token(t.clone()),
+        }
+    }
+}
+
+/// What the replay layer needs.
+pub(crate) struct ReplayConfig<T> {
+    pub(crate) credential: Credential<T>,
+    /// How long getting a token may take (`upstream.request_timeout`).
+    pub(crate) within: Duration,
+    pub(crate) metrics: Arc<Metrics>,
+    pub(crate) bucket: Option<Arc<Bucket>>,
+}
+
+impl<T> Clone for ReplayConfig<T> {
+    fn clone(&self) -> Self {
+        ReplayConfig {
+            credential: self.credential.clone(),
+            within: self.within,
+            metrics: self.metrics.clone(),
+            bucket: self.bucket.clone(),
+        }
+    }
+}
+
+layer!(ReplayLayer, Replay<T: TokenSource>, ReplayConfig<T>);
+
+impl<T> ReplayLayer<T> {
+    pub(crate) fn new(config: ReplayConfig<T>) -> Self {
+        ReplayLayer { config }
+    }
+}
+
+impl<S, T> Service<Request<Payload>> for Replay<S, T>
+where
+    S: Service<Request<Payload>, Response = Response<Body>, Error = GatewayError> + Clone + Send + 'static,
+    S::Future: Send,
+    T: TokenSource,
+{
+    type Response = Response<Body>;
+    type Error = GatewayError;
+    type Future = ExchangeFuture;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), GatewayError>> {
+        Poll::Ready(Ok(()))
+    }
+
+    /// Sends with the credential. A 401 on a token that may be dead (see
+    /// [`Token::worth_replacing`]) gets one replay with a new token when the body allows it and
+    /// [`MAX_ATTEMPTS`] is not reached; otherwise the 401 is the endpoint's answer and passes
+    /// through, and a token that may be dead is replaced in the background without taking it
+    /// from other requests.
+    fn call(&mut self, mut req: Request<Payload>) -> ExchangeFuture {
+        let mut inner = take(&mut self.inner);
+        let ReplayConfig { credential, within, metrics, bucket } = self.config.clone();
+        Box::pin(async move {
+            let source = match credential {
+                Credential::ApiKey(value) => {
+                    req.headers_mut().insert(auth::API_KEY.clone(), value);
+                    return inner.ready().await?.call(req).await;
+                }
+                Credential::Token(source) => source,
+            };
+            let unavailable = |e: TokenUnavailable| GatewayError::CredentialUnavailable {
+                credential: source.name().to_string(),
+                reason: e.0,
+            };
+            let note = note_of(&req);
+            let token = source.get(within).await.map_err(unavailable)?;
+            note.set(|f| f.secrets.push(token.value.clone()));
+            let again = resend(&req);
+            req.headers_mut().insert(header::AUTHORIZATION, token.header.clone());
+            let resp = inner.ready().await?.call(req).await?;
+            if resp.status() != StatusCode::UNAUTHORIZED || !token.worth_replacing() {
+                return Ok(resp);
+            }
+            let Some(mut again) = again.filter(|_| note.sends() < MAX_ATTEMPTS) else {
+                source.replace_soon(&token);
+                return Ok(resp);
+            };
+            drop(resp);
+            let fresh = source.replace(&token, within).await.map_err(unavailable)?;
+            note.set(|f| f.secrets.push(fresh.value.clone()));
+            metrics.upstream_retries.with_label_values(&[prefix(bucket.as_ref()), "401"]).inc();
+            again.headers_mut().insert(header::AUTHORIZATION, fresh.header.clone());
+            inner.ready().await?.call(again).await
+        })
+    }
+}
+
+// ----- upstream budget -------------------------------------------------------------------
+
+/// What the budget layer needs.
+#[derive(Clone)]
+pub(crate) struct BudgetConfig {
+    pub(crate) bucket: Option<Arc<Bucket>>,
+    pub(crate) client: ClientId,
+    pub(crate) client_name: Arc<str>,
+    pub(crate) metrics: Arc<Metrics>,
+}
+
+layer!(BudgetLayer, Budget, BudgetConfig);
+
+impl BudgetLayer {
+    pub(crate) fn new(config: BudgetConfig) -> Self {
+        BudgetLayer { config }
+    }
+}
+
+impl<S> Service<Request<Payload>> for Budget<S>
+where
+    S: Service<Request<Payload>, Response = Response<Body>, Error = GatewayError> + Clone + Send + 'static,
+    S::Future: Send,
+{
+    type Response = Response<Body>;
+    type Error = GatewayError;
+    type Future = ExchangeFuture;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), GatewayError>> {
+        Poll::Ready(Ok(()))
+    }
+
+    /// Waits for the prefix's budget, at most until the deadline (429 with `Retry-After`
+    /// past it), then counts the send and sends.
+    fn call(&mut self, req: Request<Payload>) -> ExchangeFuture {
+        let mut inner = take(&mut self.inner);
+        let BudgetConfig { bucket, client, client_name, metrics } = self.config.clone();
+        Box::pin(async move {
+            let note = note_of(&req);
+            if let Some(bucket) = &bucket {
+                let left = deadline_of(&req).saturating_duration_since(tokio::time::Instant::now());
+                match bucket.acquire(client, left).await {
+                    Ok(waited) => {
+                        metrics.queue_wait.with_label_values(&[bucket.label()]).observe(waited.as_secs_f64());
+                        note.set(|f| f.wait_ms += waited.as_secs_f64() * 1000.0);
+                    }
+                    Err(busy) => {
+                        metrics.rate_limited.with_label_values(&[&client_name, "upstream"]).inc();
+                        return Err(GatewayError::RateLimited {
+                            client: client_name.to_string(),
+                            limit: "upstream",
+                            rate: format!("Palette budget for {}: {:.1}/s", bucket.label(), bucket.current_rate()),
+                            retry_after: retry_after_secs(busy.retry_after),
+                        });
+                    }
                 }
             }
-        }
+            note.set(|f| f.sends += 1);
+            inner.ready().await?.call(req).await
+        })
+    }
+}
+
+// ----- the send --------------------------------------------------------------------------
+
+/// The innermost service: one send to Palette, timed and counted, its failures named.
+#[derive(Clone)]
+pub(crate) struct Sender {
+    pub(crate) rt: Arc<Runtime>,
+    pub(crate) metrics: Arc<Metrics>,
+    pub(crate) stats: Arc<body::BodyStats>,
+    pub(crate) bucket: Option<Arc<Bucket>>,
+}
+
+impl Service<Request<Payload>> for Sender {
+    type Response = Response<Body>;
+    type Error = GatewayError;
+    type Future = ExchangeFuture;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), GatewayError>> {
+        Poll::Ready(Ok(()))
     }
 
-    /// One send with the credential. A 401 on a token that may be dead (see
-    /// [`crate::credentials::Token::worth_replacing`]) gets one replay with a new token when the body allows it;
-    /// otherwise the 401 is the endpoint's answer and passes through, and a token that may be
-    /// dead is replaced in the background without taking it from other requests.
-    async fn authorized(
-        &self,
-        credential: &UpstreamCredential,
-        sends: &mut Sends,
-        secrets: &mut Vec<crate::config::Secret>,
-        deadline: tokio::time::Instant,
-        note: &Note,
-    ) -> Result<Response<Body>, GatewayError> {
-        let manager = match credential {
-            UpstreamCredential::ApiKey { header, .. } => {
-                return self.send_once(sends, &auth::API_KEY, header.clone(), deadline, note).await;
-            }
-            UpstreamCredential::Token(m) => m,
-        };
-        let within = self.rt.config.upstream.request_timeout;
-        let unavailable = |e: crate::credentials::TokenUnavailable| GatewayError::CredentialUnavailable {
-            credential: manager.name().to_string(),
-            reason: e.0,
-        };
-        let token = manager.get(within).await.map_err(unavailable)?;
-        secrets.push(token.value.clone());
-        let resp = self.send_once(sends, &header::AUTHORIZATION, token.header.clone(), deadline, note).await?;
-        if resp.status() != StatusCode::UNAUTHORIZED || !token.worth_replacing() {
-            return Ok(resp);
-        }
-        if !sends.can_resend() {
-            manager.replace_soon(&token);
-            return Ok(resp);
-        }
-        drop(resp);
-        let fresh = manager.replace(&token, within).await.map_err(unavailable)?;
-        secrets.push(fresh.value.clone());
-        self.metrics.upstream_retries.with_label_values(&[self.prefix(), "401"]).inc();
-        self.send_once(sends, &header::AUTHORIZATION, fresh.header.clone(), deadline, note).await
+    fn call(&mut self, req: Request<Payload>) -> ExchangeFuture {
+        let this = self.clone();
+        Box::pin(async move {
+            let (mut parts, payload) = req.into_parts();
+            let note = parts.extensions.remove::<Note>().unwrap_or_default();
+            // The exchange's bookkeeping stays here; Palette's request carries none of it.
+            parts.extensions = http::Extensions::new();
+            let sent = Instant::now();
+            let resp = this.send(Request::from_parts(parts, payload.into_body())).await;
+            let took = sent.elapsed().as_secs_f64() * 1000.0;
+            note.set(|f| f.upstream_ms += took);
+            let resp = resp?;
+            let status = resp.status().as_u16();
+            note.set(|f| f.upstream_status = Some(status));
+            Ok(resp)
+        })
     }
+}
 
-    /// Takes budget and sends the request once with `name: value` as its credential.
-    async fn send_once(
-        &self,
-        sends: &mut Sends,
-        name: &http::header::HeaderName,
-        value: HeaderValue,
-        deadline: tokio::time::Instant,
-        note: &Note,
-    ) -> Result<Response<Body>, GatewayError> {
-        let waited = self.take_budget(deadline).await?;
-        note.set(|f| f.wait_ms += waited);
-        // Callers check `can_resend` before a second send, so a body is always there.
-        let body = sends.next().unwrap_or_else(body::empty);
-        sends.count += 1;
-        let sent = Instant::now();
-        let resp = self.send(build(self.head, name, value, body)).await;
-        let took = sent.elapsed().as_secs_f64() * 1000.0;
-        note.set(|f| f.upstream_ms += took);
-        let resp = resp?;
-        let status = resp.status().as_u16();
-        note.set(|f| f.upstream_status = Some(status));
-        Ok(resp)
-    }
-
-    /// Palette answered 429 despite the budget: slows the prefix down and says how long to
-    /// wait before a retry, or `None` when the request must not be retried (not `retryable`, or
-    /// the wait would end past `deadline`). The wait is Palette's `Retry-After` when it sent
-    /// one, else exponential backoff with jitter; the prefix's slowed budget adds to it.
-    fn after_429(
-        &self,
-        resp: &Response<Body>,
-        retryable: bool,
-        retries: u32,
-        deadline: tokio::time::Instant,
-    ) -> Option<Duration> {
-        self.throttled();
-        if !retryable {
-            return None;
-        }
-        let wait = retry_after(resp.headers(), std::time::SystemTime::now()).unwrap_or_else(|| backoff(retries));
-        (tokio::time::Instant::now() + wait < deadline).then_some(wait)
-    }
-
-    fn prefix(&self) -> &str {
-        self.bucket.map_or("none", |b| b.label())
-    }
-
-    /// Waits for the prefix's budget, at most until `deadline`.
-    async fn take_budget(&self, deadline: tokio::time::Instant) -> Result<f64, GatewayError> {
-        let Some(bucket) = self.bucket else {
-            return Ok(0.0);
-        };
-        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-        match bucket.acquire(self.client_idx, left).await {
-            Ok(waited) => {
-                self.metrics.queue_wait.with_label_values(&[bucket.label()]).observe(waited.as_secs_f64());
-                Ok(waited.as_secs_f64() * 1000.0)
-            }
-            Err(busy) => {
-                self.metrics.rate_limited.with_label_values(&[self.client_name, "upstream"]).inc();
-                Err(GatewayError::RateLimited {
-                    client: self.client_name.to_string(),
-                    limit: "upstream",
-                    rate: format!("Palette budget for {}: {:.1}/s", bucket.label(), bucket.current_rate()),
-                    retry_after: retry_after_secs(busy.retry_after),
-                })
-            }
-        }
-    }
-
-    /// Counts Palette's 429 and slows the prefix down.
-    fn throttled(&self) {
-        let prefix = self.prefix();
-        self.metrics.upstream_throttled.with_label_values(&[prefix]).inc();
-        if let Some(b) = self.bucket {
-            let rate = b.throttled();
-            tracing::warn!(prefix, rate, "Palette answered 429; slowing this prefix down");
-        }
-    }
-
+impl Sender {
     async fn send(&self, req: Request<Body>) -> Result<Response<Body>, GatewayError> {
         let started = Instant::now();
         let result = self.rt.upstream.send(req).await;
-        let prefix = self.bucket.map_or("none", |b| b.label());
         let code = match &result {
             Ok(r) => r.status().as_str().to_string(),
             Err(UpstreamFailure::Timeout(_)) => "timeout".into(),
             Err(_) => "error".into(),
         };
-        self.metrics.upstream_duration.with_label_values(&[prefix, &code]).observe(started.elapsed().as_secs_f64());
+        self.metrics
+            .upstream_duration
+            .with_label_values(&[prefix(self.bucket.as_ref()), &code])
+            .observe(started.elapsed().as_secs_f64());
         let idle = self.rt.config.upstream.body_idle_timeout;
         match result {
             // A body that stalls for body_idle_timeout fails instead of holding the client forever.
             Ok(resp) => Ok(resp.map(|b| body::IdleTimeout::new(body::boxed(b), idle).into_body())),
             // The upstream call failed because the client stopped sending its body.
-            Err(_) if self.stats.timed_out() => Err(request_timeout(self.rt)),
+            Err(_) if self.stats.timed_out() => Err(request_timeout(&self.rt)),
             // The upstream call failed because the client's body went past the limit.
             Err(_) if self.stats.tripped() => {
                 Err(GatewayError::PayloadTooLarge(self.rt.config.server.limits.max_request_body))
@@ -265,14 +494,78 @@ impl Exchange<'_> {
             Err(UpstreamFailure::Protocol(e)) => Err(GatewayError::UpstreamError(e)),
         }
     }
+}
 
-    async fn finish(&self, resp: Response<Body>, secrets: &[crate::config::Secret]) -> Response<Body> {
-        let exposed: Vec<&str> = secrets.iter().map(|s| s.expose()).collect();
-        let mut resp = hygiene::scrub_error(resp, &exposed, self.rid).await;
-        hygiene::response_headers(resp.headers_mut());
-        hygiene::redact_headers(resp.headers_mut(), &exposed);
-        resp.map(hygiene::drop_trailers)
+// ----- the whole exchange ----------------------------------------------------------------
+
+/// One request's trip upstream.
+pub(crate) struct Exchange {
+    pub(crate) rt: Arc<Runtime>,
+    pub(crate) metrics: Arc<Metrics>,
+    pub(crate) stats: Arc<body::BodyStats>,
+    pub(crate) client_idx: ClientId,
+    pub(crate) client_name: Arc<str>,
+    pub(crate) bucket: Option<Arc<Bucket>>,
+}
+
+impl Exchange {
+    /// Buffers the body when a resend could need it, runs the layers (retry → replay →
+    /// budget → send) and cleans the answer.
+    pub(crate) async fn run(
+        self,
+        credential: &UpstreamCredential,
+        head: http::request::Parts,
+        body: Body,
+        note: &Note,
+        rid: &str,
+    ) -> Result<Response<Body>, GatewayError> {
+        // Buffer small bodies when a resend could need them: token credentials (401 → replay)
+        // and idempotent methods (Palette's 429 → retry).
+        let idempotent = matches!(head.method, Method::GET | Method::HEAD | Method::PUT | Method::DELETE);
+        let credential = match credential {
+            UpstreamCredential::ApiKey { header, secret } => {
+                note.set(|f| f.secrets.push(secret.clone()));
+                Credential::ApiKey(header.clone())
+            }
+            UpstreamCredential::Token(m) => Credential::Token(m.clone()),
+        };
+        let payload = if matches!(credential, Credential::Token(_)) || idempotent {
+            replayable(body, self.rt.config.server.limits.request_body_timeout, &self.stats).await?
+        } else {
+            Payload::Stream(body)
+        };
+        let mut req = Request::from_parts(head, payload);
+        req.extensions_mut().insert(note.clone());
+        req.extensions_mut().insert(Deadline(tokio::time::Instant::now() + self.rt.budget.max_wait()));
+        let metrics = self.metrics.clone();
+        let bucket = self.bucket.clone();
+        let chain = tower::ServiceBuilder::new()
+            .layer(RetryLayer::new(RetryConfig { metrics: metrics.clone(), bucket: bucket.clone() }))
+            .layer(ReplayLayer::new(ReplayConfig {
+                credential,
+                within: self.rt.config.upstream.request_timeout,
+                metrics: metrics.clone(),
+                bucket: bucket.clone(),
+            }))
+            .layer(BudgetLayer::new(BudgetConfig {
+                bucket: bucket.clone(),
+                client: self.client_idx,
+                client_name: self.client_name.clone(),
+                metrics: metrics.clone(),
+            }))
+            .service(Sender { rt: self.rt, metrics, stats: self.stats, bucket });
+        let resp = chain.oneshot(req).await?;
+        Ok(finish(resp, &note.secrets(), rid).await)
     }
+}
+
+/// The response hygiene, once per answer, with every secret the exchange sent.
+async fn finish(resp: Response<Body>, secrets: &[crate::config::Secret], rid: &str) -> Response<Body> {
+    let exposed: Vec<&str> = secrets.iter().map(|s| s.expose()).collect();
+    let mut resp = response::scrub_error(resp, &exposed, rid).await;
+    response::response_headers(resp.headers_mut());
+    response::redact_headers(resp.headers_mut(), &exposed);
+    resp.map(response::drop_trailers)
 }
 
 /// The wait before retry number `retries + 1` after a 429 without `Retry-After`.
@@ -291,57 +584,300 @@ fn retry_after(headers: &http::HeaderMap, now: std::time::SystemTime) -> Option<
     Some(wait.min(MAX_RETRY_AFTER))
 }
 
-fn build(
-    head: &http::request::Parts,
-    name: &http::header::HeaderName,
-    value: HeaderValue,
-    body: Body,
-) -> Request<Body> {
-    let mut req = Request::new(body);
-    *req.method_mut() = head.method.clone();
-    *req.uri_mut() = head.uri.clone();
-    *req.headers_mut() = head.headers.clone();
-    req.headers_mut().insert(name.clone(), value);
-    req
-}
-
 /// Buffers a body of at most [`REPLAY_LIMIT`] bytes (known from its length) so it can be sent
-/// again; larger or unknown-length bodies stream once (`None` replay). The whole body must
-/// arrive within `deadline` (408 otherwise): a client that declares a body and never sends it
-/// gives back its in-flight slot.
-async fn replayable(
-    body: Body,
-    deadline: std::time::Duration,
-    stats: &body::BodyStats,
-) -> Result<(Option<Body>, Option<Bytes>), GatewayError> {
+/// again; larger or unknown-length bodies stream once. The whole body must arrive within
+/// `deadline` (408 otherwise): a client that declares a body and never sends it gives back its
+/// in-flight slot.
+async fn replayable(body: Body, deadline: Duration, stats: &body::BodyStats) -> Result<Payload, GatewayError> {
     if body.is_end_stream() {
-        return Ok((None, Some(Bytes::new())));
+        return Ok(Payload::Buffered(Bytes::new()));
     }
     match body.size_hint().upper() {
         Some(n) if n <= REPLAY_LIMIT => {
             let read = tokio::time::timeout(deadline, body::collect_limited(body, REPLAY_LIMIT as usize)).await;
             match read {
-                Ok(Ok(bytes)) => Ok((None, Some(bytes))),
+                Ok(Ok(bytes)) => Ok(Payload::Buffered(bytes)),
                 Err(_) => Err(timeout_after(deadline)),
                 Ok(Err(_)) if stats.timed_out() => Err(timeout_after(deadline)),
                 Ok(Err(e)) => Err(GatewayError::BadRequest(format!("reading the request body: {e}"))),
             }
         }
-        _ => Ok((Some(body), None)),
+        _ => Ok(Payload::Stream(body)),
     }
 }
 
-fn timeout_after(d: std::time::Duration) -> GatewayError {
+fn timeout_after(d: Duration) -> GatewayError {
     GatewayError::RequestTimeout(humantime::format_duration(d).to_string())
 }
 
 fn request_timeout(rt: &Runtime) -> GatewayError {
     timeout_after(rt.config.server.limits.request_body_timeout)
 }
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::atomic::{AtomicU32, Ordering};
+    use std::sync::Mutex;
+
+    use crate::config::{PrefixLimit, Rate, UpstreamLimits};
+    use crate::limit::upstream::UpstreamBudget;
+
+    /// A token source that hands out `t1`, `t2`, ... (replacements marked as such).
+    #[derive(Default)]
+    struct Tokens {
+        current: Mutex<Option<Arc<Token>>>,
+        replaced: AtomicU32,
+        replaced_soon: AtomicU32,
+    }
+
+    impl TokenSource for Tokens {
+        fn name(&self) -> &str {
+            "login"
+        }
+
+        async fn get(&self, _: Duration) -> Result<Arc<Token>, TokenUnavailable> {
+            let mut current = self.current.lock().unwrap();
+            Ok(current.get_or_insert_with(|| Arc::new(Token::for_test("t1", 1, false))).clone())
+        }
+
+        async fn replace(&self, old: &Token, _: Duration) -> Result<Arc<Token>, TokenUnavailable> {
+            self.replaced.fetch_add(1, Ordering::SeqCst);
+            let next = old.generation + 1;
+            let fresh = Arc::new(Token::for_test(&format!("t{next}"), next, true));
+            *self.current.lock().unwrap() = Some(fresh.clone());
+            Ok(fresh)
+        }
+
+        fn replace_soon(&self, _: &Token) {
+            self.replaced_soon.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    /// The credentials each send carried, in order.
+    type Seen = Arc<Mutex<Vec<String>>>;
+
+    /// A fake Palette: answers with `answer(n, request)` for send number `n` (from 1), and
+    /// records the credential each send carried.
+    fn fake_palette(
+        answer: impl Fn(u32, &Request<Body>) -> Response<Body> + Clone + Send + Sync + 'static,
+    ) -> (
+        impl Service<Request<Payload>, Response = Response<Body>, Error = GatewayError, Future = impl Send> + Clone + Send,
+        Seen,
+    ) {
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let log = seen.clone();
+        let svc = tower::service_fn(move |req: Request<Payload>| {
+            let (answer, log) = (answer.clone(), log.clone());
+            async move {
+                let req = req.map(Payload::into_body);
+                let credential = req.headers().get(header::AUTHORIZATION).or(req.headers().get(&auth::API_KEY));
+                let credential = credential.map(|v| v.to_str().unwrap().to_string()).unwrap_or_default();
+                let n = {
+                    let mut log = log.lock().unwrap();
+                    log.push(credential);
+                    log.len() as u32
+                };
+                Ok::<_, GatewayError>(answer(n, &req))
+            }
+        });
+        (svc, seen)
+    }
+
+    fn status(code: u16) -> Response<Body> {
+        Response::builder().status(code).body(body::empty()).unwrap()
+    }
+
+    fn request(method: Method, payload: Payload, wait: Duration) -> (Request<Payload>, Note) {
+        let note = Note::default();
+        let mut req = Request::builder().method(method).uri("/v1/clusters").body(payload).unwrap();
+        req.extensions_mut().insert(note.clone());
+        req.extensions_mut().insert(Deadline(tokio::time::Instant::now() + wait));
+        (req, note)
+    }
+
+    fn budget(bucket: Option<Arc<Bucket>>, metrics: &Arc<Metrics>) -> BudgetLayer {
+        BudgetLayer::new(BudgetConfig {
+            bucket,
+            client: ClientId(0),
+            client_name: Arc::from("ci"),
+            metrics: metrics.clone(),
+        })
+    }
+
+    fn replay(tokens: &Arc<Tokens>, metrics: &Arc<Metrics>) -> ReplayLayer<Tokens> {
+        ReplayLayer::new(ReplayConfig {
+            credential: Credential::Token(tokens.clone()),
+            within: Duration::from_secs(1),
+            metrics: metrics.clone(),
+            bucket: None,
+        })
+    }
+
+    fn retry(metrics: &Arc<Metrics>) -> RetryLayer {
+        RetryLayer::new(RetryConfig { metrics: metrics.clone(), bucket: None })
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn replays_once_with_a_new_token() {
+        let metrics = Arc::new(Metrics::new());
+        let tokens = Arc::new(Tokens::default());
+        // Palette refuses t1 and accepts t2.
+        let (palette, seen) =
+            fake_palette(|_, req| status(if req.headers()[header::AUTHORIZATION] == "t1" { 401 } else { 200 }));
+        let svc = tower::ServiceBuilder::new()
+            .layer(replay(&tokens, &metrics))
+            .layer(budget(None, &metrics))
+            .service(palette);
+        let (req, note) = request(Method::POST, Payload::Buffered(Bytes::from_static(b"{}")), Duration::from_secs(5));
+        let resp = svc.oneshot(req).await.unwrap();
+        assert_eq!(resp.status(), 200);
+        assert_eq!(*seen.lock().unwrap(), ["t1", "t2"]);
+        assert_eq!((tokens.replaced.load(Ordering::SeqCst), note.sends()), (1, 2));
+        let secrets: Vec<String> = note.secrets().iter().map(|s| s.expose().to_string()).collect();
+        assert_eq!(secrets, ["t1", "t2"], "both tokens are scrubbed from the answer");
+        assert_eq!(metrics.upstream_retries.with_label_values(&["none", "401"]).get(), 1);
+
+        // Refused again on the new token: one replay only, its 401 passes through.
+        let (palette, seen) = fake_palette(|_, _| status(401));
+        let tokens = Arc::new(Tokens::default());
+        let svc = tower::ServiceBuilder::new()
+            .layer(replay(&tokens, &metrics))
+            .layer(budget(None, &metrics))
+            .service(palette);
+        let (req, note) = request(Method::GET, Payload::Buffered(Bytes::new()), Duration::from_secs(5));
+        assert_eq!(svc.oneshot(req).await.unwrap().status(), 401);
+        assert_eq!((seen.lock().unwrap().len(), note.sends()), (2, 2));
+        assert_eq!(tokens.replaced.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_401_on_a_fresh_replacement_passes_through() {
+        let metrics = Arc::new(Metrics::new());
+        let tokens = Arc::new(Tokens::default());
+        *tokens.current.lock().unwrap() = Some(Arc::new(Token::for_test("t2", 2, true)));
+        let (palette, seen) = fake_palette(|_, _| status(401));
+        let svc = tower::ServiceBuilder::new()
+            .layer(replay(&tokens, &metrics))
+            .layer(budget(None, &metrics))
+            .service(palette);
+        let (req, _) = request(Method::GET, Payload::Buffered(Bytes::new()), Duration::from_secs(5));
+        assert_eq!(svc.oneshot(req).await.unwrap().status(), 401);
+        assert_eq!(seen.lock().unwrap().len(), 1, "the endpoint's own 401, not a dead token");
+        assert_eq!(tokens.replaced.load(Ordering::SeqCst) + tokens.replaced_soon.load(Ordering::SeqCst), 0);
+
+        // Past FRESH_REPLACEMENT the same 401 is worth a new token again.
+        tokio::time::advance(crate::credentials::token::FRESH_REPLACEMENT).await;
+        let (palette, seen) = fake_palette(|_, _| status(401));
+        let svc = tower::ServiceBuilder::new()
+            .layer(replay(&tokens, &metrics))
+            .layer(budget(None, &metrics))
+            .service(palette);
+        let (req, _) = request(Method::GET, Payload::Buffered(Bytes::new()), Duration::from_secs(5));
+        assert_eq!(svc.oneshot(req).await.unwrap().status(), 401);
+        assert_eq!(seen.lock().unwrap().len(), 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_429_waits_retry_after_and_stops_at_max_attempts() {
+        let metrics = Arc::new(Metrics::new());
+        let (palette, seen) = fake_palette(|_, _| {
+            Response::builder().status(429).header("retry-after", "2").body(body::empty()).unwrap()
+        });
+        let svc = tower::ServiceBuilder::new().layer(retry(&metrics)).layer(budget(None, &metrics)).service(palette);
+        let (req, note) = request(Method::GET, Payload::Buffered(Bytes::new()), Duration::from_secs(30));
+        let started = tokio::time::Instant::now();
+        let resp = svc.oneshot(req).await.unwrap();
+        assert_eq!((resp.status().as_u16(), resp.headers()[header::RETRY_AFTER].to_str().unwrap()), (429, "2"));
+        assert_eq!((seen.lock().unwrap().len() as u32, note.sends()), (MAX_ATTEMPTS, MAX_ATTEMPTS));
+        assert_eq!(started.elapsed(), Duration::from_secs(4), "two waits of Retry-After");
+        assert_eq!(metrics.upstream_retries.with_label_values(&["none", "429"]).get(), 2);
+        assert_eq!(metrics.upstream_throttled.with_label_values(&["none"]).get(), 3);
+
+        // The 401 replay counts towards MAX_ATTEMPTS: refused, replayed, then one 429 retry.
+        let tokens = Arc::new(Tokens::default());
+        let (palette, seen) = fake_palette(|n, _| match n {
+            1 => status(401),
+            _ => Response::builder().status(429).header("retry-after", "1").body(body::empty()).unwrap(),
+        });
+        let svc = tower::ServiceBuilder::new()
+            .layer(retry(&metrics))
+            .layer(replay(&tokens, &metrics))
+            .layer(budget(None, &metrics))
+            .service(palette);
+        let (req, _) = request(Method::GET, Payload::Buffered(Bytes::new()), Duration::from_secs(30));
+        assert_eq!(svc.oneshot(req).await.unwrap().status(), 429);
+        assert_eq!(*seen.lock().unwrap(), ["t1", "t2", "t2"]);
+
+        // A wait that would end past the deadline is not taken: 429 at once.
+        let (palette, seen) = fake_palette(|_, _| {
+            Response::builder().status(429).header("retry-after", "10").body(body::empty()).unwrap()
+        });
+        let svc = tower::ServiceBuilder::new().layer(retry(&metrics)).layer(budget(None, &metrics)).service(palette);
+        let (req, _) = request(Method::GET, Payload::Buffered(Bytes::new()), Duration::from_secs(5));
+        assert_eq!(svc.oneshot(req).await.unwrap().status(), 429);
+        assert_eq!(seen.lock().unwrap().len(), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_non_idempotent_or_streamed_body_is_never_retried() {
+        let metrics = Arc::new(Metrics::new());
+        let too_many = |_: u32, _: &Request<Body>| status(429);
+        for (method, payload) in [
+            (Method::POST, Payload::Buffered(Bytes::from_static(b"{}"))),
+            (Method::GET, Payload::Stream(body::full("streamed"))),
+        ] {
+            let (palette, seen) = fake_palette(too_many);
+            let svc =
+                tower::ServiceBuilder::new().layer(retry(&metrics)).layer(budget(None, &metrics)).service(palette);
+            let (req, _) = request(method.clone(), payload, Duration::from_secs(30));
+            let resp = svc.oneshot(req).await.unwrap();
+            assert_eq!(resp.status(), 429, "{method}");
+            assert!(resp.headers().contains_key(header::RETRY_AFTER), "{method}: the client is told when to retry");
+            assert_eq!(seen.lock().unwrap().len(), 1, "{method}");
+        }
+        // A streamed body is not replayed after a 401 either; the token is replaced later.
+        let tokens = Arc::new(Tokens::default());
+        let (palette, seen) = fake_palette(|_, _| status(401));
+        let svc = tower::ServiceBuilder::new()
+            .layer(replay(&tokens, &metrics))
+            .layer(budget(None, &metrics))
+            .service(palette);
+        let (req, _) = request(Method::PUT, Payload::Stream(body::full("streamed")), Duration::from_secs(30));
+        assert_eq!(svc.oneshot(req).await.unwrap().status(), 401);
+        assert_eq!(seen.lock().unwrap().len(), 1);
+        assert_eq!((tokens.replaced.load(Ordering::SeqCst), tokens.replaced_soon.load(Ordering::SeqCst)), (0, 1));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn budget_wait_gives_429_with_retry_after_when_over_max_wait() {
+        let metrics = Arc::new(Metrics::new());
+        let limits = UpstreamLimits {
+            rules: vec![PrefixLimit { prefix: "*".into(), rate: Rate { per_second: 0.5, burst: 1 } }],
+            max_wait: Duration::from_secs(1),
+            max_queue: 10,
+        };
+        let budgets = UpstreamBudget::build(&limits, None);
+        let bucket = budgets.bucket_for(&crate::path::check("/v1/clusters").unwrap()).cloned();
+        let (palette, seen) = fake_palette(|_, _| status(200));
+        let svc = tower::ServiceBuilder::new().layer(budget(bucket, &metrics)).service(palette);
+        // The first request takes the only slot; the next would wait 2 s, past its 1 s.
+        let (req, _) = request(Method::GET, Payload::Buffered(Bytes::new()), Duration::from_secs(1));
+        assert_eq!(svc.clone().oneshot(req).await.unwrap().status(), 200);
+        let (req, note) = request(Method::GET, Payload::Buffered(Bytes::new()), Duration::from_secs(1));
+        let err = svc.clone().oneshot(req).await.unwrap_err();
+        assert!(matches!(err, GatewayError::RateLimited { limit: "upstream", .. }), "{err:?}");
+        let resp = err.into_response("rid");
+        assert_eq!(resp.status(), 429);
+        let secs: u64 = resp.headers()[header::RETRY_AFTER].to_str().unwrap().parse().unwrap();
+        assert!((1..=3).contains(&secs), "{secs}");
+        assert_eq!((seen.lock().unwrap().len(), note.sends()), (1, 0), "refused before any send");
+        assert_eq!(metrics.rate_limited.with_label_values(&["ci", "upstream"]).get(), 1);
+
+        // Within its wait, the request waits for the slot and records the wait.
+        let (req, note) = request(Method::GET, Payload::Buffered(Bytes::new()), Duration::from_secs(5));
+        assert_eq!(svc.oneshot(req).await.unwrap().status(), 200);
+        note.set(|f| assert!(f.wait_ms > 0.0, "{}", f.wait_ms));
+    }
 
     #[test]
     fn retry_after_reads_seconds_and_dates_and_is_capped() {

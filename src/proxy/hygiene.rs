@@ -1,12 +1,9 @@
-//! What crosses the gateway in each direction: hop-by-hop headers dropped both ways, client
-//! credentials and forwarding headers replaced, `Set-Cookie` withheld, and upstream error
-//! bodies scrubbed of any upstream secret they echo.
+//! Request hygiene: what of a client's request may cross to Palette. Hop-by-hop headers and
+//! those `Connection` names dropped, client credentials and forwarding headers replaced by the
+//! ones the gateway decides. The answer's side is in [`crate::proxy::response`].
 
-use bytes::Bytes;
 use http::header::{self, HeaderName};
-use http::{HeaderMap, HeaderValue, Response, StatusCode};
-
-use crate::body::{self, Body};
+use http::{HeaderMap, HeaderValue};
 
 /// `X-Request-Id`.
 pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -15,7 +12,7 @@ static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-prot
 
 /// Headers that describe one connection, not the message (RFC 9110 §7.6.1, plus the
 /// non-standard ones proxies still see).
-fn is_hop_by_hop(name: &str) -> bool {
+pub(crate) fn is_hop_by_hop(name: &str) -> bool {
     matches!(
         name,
         "connection"
@@ -50,13 +47,10 @@ fn is_client_only(name: &str) -> bool {
     )
 }
 
-/// Largest upstream error body the gateway reads to scrub; larger ones are withheld.
-const MAX_ERROR_BODY: usize = 1024 * 1024;
-
 /// Removes every header `drop` picks and every header the `Connection` header names. One pass
 /// over the (few) headers present, then removals only for what is there: cheaper than trying
 /// to remove each name of a fixed list.
-fn strip(headers: &mut HeaderMap, drop: impl Fn(&str) -> bool) {
+pub(crate) fn strip(headers: &mut HeaderMap, drop: impl Fn(&str) -> bool) {
     let mut doomed: Vec<HeaderName> = headers.keys().filter(|n| drop(n.as_str())).cloned().collect();
     for v in headers.get_all(header::CONNECTION) {
         let Ok(v) = v.to_str() else { continue };
@@ -85,6 +79,26 @@ pub struct Decided<'a> {
     pub project: Option<&'a HeaderValue>,
 }
 
+/// Removes every header whose value holds the local key the client authenticated with (the
+/// key bytes as presented in `ApiKey` or `Authorization: Bearer`): a client's own key under
+/// another name (`X-Api-Key: <key>`, a `Cookie`-like custom header) must not reach Palette.
+/// Runs before [`request_headers`], which sets the headers the gateway decides. One substring
+/// search per header, only when a key was presented.
+pub(crate) fn remove_local_key(headers: &mut HeaderMap) {
+    let Ok(Some(key)) = crate::proxy::auth::local_key(headers) else {
+        return;
+    };
+    if key.is_empty() {
+        return;
+    }
+    let finder = memchr::memmem::Finder::new(key.as_bytes());
+    let doomed: Vec<HeaderName> =
+        headers.iter().filter(|(_, v)| finder.find(v.as_bytes()).is_some()).map(|(n, _)| n.clone()).collect();
+    for name in doomed {
+        headers.remove(name);
+    }
+}
+
 /// Prepares a client's headers for the upstream: first every removal (hop-by-hop headers,
 /// those `Connection` names, client-only ones), then the headers the gateway decides, so no
 /// `Connection: ProjectUid` (or `X-Request-Id`, ...) can take one away. The upstream credential
@@ -99,147 +113,9 @@ pub fn request_headers(headers: &mut HeaderMap, decided: &Decided<'_>) {
     }
 }
 
-/// Prepares the upstream's headers for the client.
-pub fn response_headers(headers: &mut HeaderMap) {
-    strip(headers, |n| is_hop_by_hop(n) || n == "set-cookie");
-}
-
-// --- Response side: upstream secrets kept out of answers (headers of every status, decoded
-// error bodies), trailers dropped.
-
-/// For an error answer, replaces every occurrence of an upstream secret in the body with
-/// `[redacted]`. A compressed body (every `Content-Encoding` header, every coding in each) is
-/// decoded first and passed on decoded, so Palette's error code reaches the client; only a
-/// body that cannot be checked (an unknown coding, corrupt data, over 1 MiB compressed or
-/// decoded) is replaced by a Palette-shaped note rather than passed on unchecked.
-pub async fn scrub_error(resp: Response<Body>, secrets: &[&str], request_id: &str) -> Response<Body> {
-    let status = resp.status();
-    if !(status.is_client_error() || status.is_server_error()) || secrets.iter().all(|s| s.is_empty()) {
-        return resp;
-    }
-    let (mut parts, body) = resp.into_parts();
-    let Ok(codings) = crate::proxy::decode::codings(&parts.headers) else {
-        return withheld(status, request_id);
-    };
-    let Ok(raw) = body::collect_limited(body, MAX_ERROR_BODY).await else {
-        return withheld(status, request_id);
-    };
-    if raw.is_empty() {
-        // Nothing to check (a HEAD answer, a bare status): the headers still describe it.
-        return Response::from_parts(parts, body::empty());
-    }
-    let Ok(decoded) = crate::proxy::decode::decode(raw, &codings, MAX_ERROR_BODY) else {
-        return withheld(status, request_id);
-    };
-    // The body goes out decoded: its coding and length headers no longer describe it (hyper
-    // sets the new length from the full body).
-    parts.headers.remove(header::CONTENT_ENCODING);
-    parts.headers.remove(header::CONTENT_LENGTH);
-    Response::from_parts(parts, body::full(redact(decoded, secrets)))
-}
-
-fn withheld(status: StatusCode, request_id: &str) -> Response<Body> {
-    crate::error::palette_error(
-        status,
-        "UpstreamError",
-        &format!(
-            "the upstream answered {status}; its error body was withheld because it could not be checked for secrets"
-        ),
-        request_id,
-    )
-}
-
-fn contains(hay: &[u8], needle: &[u8]) -> bool {
-    !needle.is_empty() && memchr::memmem::find(hay, needle).is_some()
-}
-
-/// Replaces each secret's occurrences with `[redacted]`.
-fn redact(bytes: Bytes, secrets: &[&str]) -> Bytes {
-    let mut text = bytes;
-    for secret in secrets.iter().map(|s| s.as_bytes()).filter(|s| !s.is_empty()) {
-        if !contains(&text, secret) {
-            continue;
-        }
-        let mut out = Vec::with_capacity(text.len());
-        let mut rest = &text[..];
-        while let Some(at) = memchr::memmem::find(rest, secret) {
-            out.extend_from_slice(&rest[..at]);
-            out.extend_from_slice(REDACTED);
-            rest = &rest[at + secret.len()..];
-        }
-        out.extend_from_slice(rest);
-        text = Bytes::from(out);
-    }
-    text
-}
-
-const REDACTED: &[u8] = b"[redacted]";
-
-/// Replaces every upstream secret found in a response header value (of any status: a 302's
-/// `Location`, a 304's `ETag`, any header of a 200) with `[redacted]`, and drops a header
-/// whose name holds one. On the hot path for every answer: one substring search per header
-/// and secret, and no allocation unless something matches.
-pub fn redact_headers(headers: &mut HeaderMap, secrets: &[&str]) {
-    let secrets_in = |b: &[u8]| secrets.iter().any(|s| contains(b, s.as_bytes()));
-    let mut doomed: Vec<HeaderName> = Vec::new();
-    for (name, value) in headers.iter_mut() {
-        if secrets_in(name.as_str().as_bytes()) {
-            doomed.push(name.clone());
-        } else if secrets_in(value.as_bytes()) {
-            let redacted = redact(Bytes::copy_from_slice(value.as_bytes()), secrets);
-            // The secret's bytes became visible ASCII, so the value stays valid; the fallback
-            // is only there so that no input can panic.
-            let mut new = HeaderValue::from_maybe_shared(redacted).unwrap_or(HeaderValue::from_static("[redacted]"));
-            new.set_sensitive(true);
-            *value = new;
-        }
-    }
-    for name in doomed {
-        headers.remove(name);
-    }
-}
-
-/// An upstream body with its trailers dropped: Palette's REST API sends none, and a trailer
-/// is a header the client would otherwise get unchecked (HTTP/2 or chunked upstreams alike).
-pub fn drop_trailers(body: Body) -> Body {
-    http_body_util::BodyExt::boxed_unsync(NoTrailers { inner: body })
-}
-
-struct NoTrailers {
-    inner: Body,
-}
-
-impl http_body::Body for NoTrailers {
-    type Data = Bytes;
-    type Error = body::BoxError;
-
-    fn poll_frame(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, body::BoxError>>> {
-        loop {
-            match std::pin::Pin::new(&mut self.inner).poll_frame(cx) {
-                std::task::Poll::Ready(Some(Ok(frame))) if frame.is_trailers() => {
-                    tracing::debug!("upstream trailers dropped");
-                }
-                other => return other,
-            }
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> http_body::SizeHint {
-        self.inner.size_hint()
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use http_body_util::BodyExt;
 
     #[test]
     fn hop_by_hop_and_connection_listed_are_removed() {
@@ -252,6 +128,26 @@ mod tests {
         remove_hop_by_hop(&mut h);
         assert_eq!(h.len(), 1);
         assert!(h.contains_key("x-keep"));
+    }
+
+    #[test]
+    fn a_local_key_under_another_name_is_removed() {
+        for credential in [("apikey", "k-123"), ("authorization", "Bearer k-123")] {
+            let mut h = HeaderMap::new();
+            h.insert(credential.0, HeaderValue::from_str(credential.1).unwrap());
+            h.insert("x-api-key", HeaderValue::from_static("k-123"));
+            h.append("x-custom", HeaderValue::from_static("ok"));
+            h.append("x-custom", HeaderValue::from_static("token=k-123; more"));
+            h.insert("x-fine", HeaderValue::from_static("k-12"));
+            remove_local_key(&mut h);
+            let left: Vec<&str> = h.keys().map(|n| n.as_str()).collect();
+            assert_eq!(left, ["x-fine"], "{credential:?}");
+        }
+        // No key presented: nothing to look for.
+        let mut h = HeaderMap::new();
+        h.insert("x-api-key", HeaderValue::from_static("k-123"));
+        remove_local_key(&mut h);
+        assert_eq!(h.len(), 1);
     }
 
     #[test]
@@ -313,112 +209,5 @@ mod tests {
                 assert!(h.get("apikey").is_none() && h.get("connection").is_none(), "{connection}");
             }
         }
-    }
-
-    #[test]
-    fn set_cookie_never_reaches_clients() {
-        let mut h = HeaderMap::new();
-        h.insert("set-cookie", HeaderValue::from_static("s=1"));
-        h.insert("content-type", HeaderValue::from_static("application/json"));
-        response_headers(&mut h);
-        assert!(h.get("set-cookie").is_none());
-        assert!(h.get("content-type").is_some());
-    }
-
-    #[test]
-    fn redact_replaces_every_occurrence() {
-        let out = redact(Bytes::from_static(b"key k-1 and k-1 again"), &["k-1"]);
-        assert_eq!(&out[..], b"key [redacted] and [redacted] again");
-    }
-
-    #[tokio::test]
-    async fn error_bodies_are_scrubbed_and_successes_untouched() {
-        let resp = Response::builder().status(401).body(body::full("invalid api key SECRET")).unwrap();
-        let out = scrub_error(resp, &["SECRET"], "r").await;
-        let b = out.into_body().collect().await.unwrap().to_bytes();
-        assert_eq!(&b[..], b"invalid api key [redacted]");
-        let resp = Response::builder().status(200).body(body::full("SECRET")).unwrap();
-        let b = scrub_error(resp, &["SECRET"], "r").await.into_body().collect().await.unwrap().to_bytes();
-        assert_eq!(&b[..], b"SECRET");
-    }
-
-    fn gzip(data: &[u8]) -> Vec<u8> {
-        use std::io::Write;
-        let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
-        e.write_all(data).unwrap();
-        e.finish().unwrap()
-    }
-
-    async fn text(resp: Response<Body>) -> String {
-        String::from_utf8(resp.into_body().collect().await.unwrap().to_bytes().to_vec()).unwrap()
-    }
-
-    #[tokio::test]
-    async fn unreadable_error_bodies_are_withheld() {
-        for (coding, data) in [
-            ("gzip", &b"\x1f\x8b... not gzip SECRET"[..]),
-            ("zstd", b"\x28\xb5\x2f\xfd SECRET"),
-            ("gzip, compress", b"SECRET"),
-        ] {
-            let resp = Response::builder()
-                .status(403)
-                .header("content-encoding", coding)
-                .body(body::full(Bytes::from_static(data)))
-                .unwrap();
-            let out = scrub_error(resp, &["SECRET"], "r").await;
-            assert_eq!(out.status(), 403);
-            let b = text(out).await;
-            assert!(b.contains("withheld") && !b.contains("SECRET"), "{coding}: {b}");
-        }
-    }
-
-    #[tokio::test]
-    async fn every_content_encoding_header_is_read() {
-        // `identity` first, then `gzip`: the scrubber used to read only the first header.
-        let resp = Response::builder()
-            .status(401)
-            .header("content-encoding", "identity")
-            .header("content-encoding", "gzip")
-            .header("content-length", "999")
-            .body(body::full(gzip(b"{\"code\":\"Unauthorized\",\"message\":\"invalid api key SECRET\"}")))
-            .unwrap();
-        let out = scrub_error(resp, &["SECRET"], "r").await;
-        assert_eq!(out.status(), 401);
-        assert!(out.headers().get("content-encoding").is_none());
-        assert!(out.headers().get("content-length").is_none());
-        let b = text(out).await;
-        assert_eq!(b, "{\"code\":\"Unauthorized\",\"message\":\"invalid api key [redacted]\"}");
-    }
-
-    #[test]
-    fn header_values_of_any_status_lose_secrets() {
-        let mut h = HeaderMap::new();
-        h.insert("location", HeaderValue::from_static("https://p.example/x?key=SECRET&a=1"));
-        h.insert("etag", HeaderValue::from_static("\"SECRET\""));
-        h.insert("x-secret", HeaderValue::from_static("TOKEN"));
-        h.insert("x-fine", HeaderValue::from_static("ok"));
-        redact_headers(&mut h, &["SECRET", "TOKEN", ""]);
-        assert_eq!(h["location"], "https://p.example/x?key=[redacted]&a=1");
-        assert_eq!(h["etag"], "\"[redacted]\"");
-        assert_eq!(h["x-secret"], "[redacted]");
-        assert!(h["x-secret"].is_sensitive());
-        assert_eq!(h["x-fine"], "ok");
-        // A header named after a secret goes.
-        let mut h = HeaderMap::new();
-        h.insert("secret", HeaderValue::from_static("1"));
-        redact_headers(&mut h, &["secret"]);
-        assert!(h.is_empty());
-    }
-
-    #[tokio::test]
-    async fn upstream_trailers_are_dropped() {
-        let mut trailers = HeaderMap::new();
-        trailers.insert("x-echo", HeaderValue::from_static("SECRET"));
-        let frames: Vec<Result<http_body::Frame<Bytes>, body::BoxError>> =
-            vec![Ok(http_body::Frame::data(Bytes::from_static(b"ok"))), Ok(http_body::Frame::trailers(trailers))];
-        let inner = http_body_util::StreamBody::new(futures_util::stream::iter(frames)).boxed_unsync();
-        let collected = drop_trailers(inner).collect().await.unwrap();
-        assert!(collected.trailers().is_none());
-        assert_eq!(&collected.to_bytes()[..], b"ok");
     }
 }

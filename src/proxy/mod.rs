@@ -14,9 +14,10 @@
 //! wrapping steps are tower layers, one file each (`request_log`: request id, request log,
 //! in-flight and request metrics; `rescue`: the only place an error becomes an answer); the
 //! decision steps are plain functions over the request parts (`target`, [`path`], [`auth`],
-//! limits, `routes`, `policy`, [`scope`], [`hygiene`]) run in order by one step service,
-//! which hands the request to `exchange` (credential swap, budget, send, 401 replay, 429
-//! retry, response hygiene) and `drain`s what was left unread. Layers and steps talk through
+//! `limits`, `routes`, `policy`, [`scope`], [`hygiene`]) run in order by one step service,
+//! which hands the request to `exchange` (tower layers, outermost first: 429 retry,
+//! credential swap and 401 replay, budget wait, send; then [`response`] hygiene) and
+//! `drain`s what was left unread. Layers and steps talk through
 //! request extensions (the request id, the request's `request_log::Note`, the body counters),
 //! never through shared mutable state. They share one runtime snapshot, taken once when the
 //! request arrives, so a reload never changes the rules under a request in flight.
@@ -33,7 +34,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use http::{header, HeaderValue, Request, Response, Version};
+use http::{header, HeaderValue, Request, Response};
 use tower_http::sensitive_headers::{
     SetSensitiveRequestHeaders, SetSensitiveRequestHeadersLayer, SetSensitiveResponseHeaders,
     SetSensitiveResponseHeadersLayer,
@@ -41,7 +42,6 @@ use tower_http::sensitive_headers::{
 
 use crate::body::{self, Body};
 use crate::error::GatewayError;
-use crate::limit::retry_after_secs;
 use crate::metrics::Metrics;
 use auth::PeerIdentity;
 use request_id::RequestId;
@@ -53,17 +53,17 @@ pub(crate) mod decode;
 pub(crate) mod drain;
 pub(crate) mod exchange;
 pub mod hygiene;
+pub(crate) mod limits;
 pub mod path;
 pub mod pattern;
 pub(crate) mod policy;
 pub(crate) mod request_id;
 pub(crate) mod request_log;
 pub(crate) mod rescue;
+pub mod response;
 pub(crate) mod routes;
 pub mod scope;
 pub(crate) mod target;
-
-use target as framing;
 
 pub use exchange::MAX_ATTEMPTS;
 
@@ -174,62 +174,38 @@ impl tower::Service<Request<Body>> for Steps {
 
 /// The decision steps, in order, then the exchange. Each step is a plain function over the
 /// request parts; what the log needs goes to the request's [`Note`].
-async fn process(rt: &Runtime, metrics: &Metrics, req: Request<Body>) -> Result<Response<Body>, GatewayError> {
+async fn process(
+    rt: &Arc<Runtime>,
+    metrics: &Arc<Metrics>,
+    req: Request<Body>,
+) -> Result<Response<Body>, GatewayError> {
     let (mut parts, body) = req.into_parts();
     // Set by the request log layer (defaults only when a step is driven without it).
     let id = parts.extensions.remove::<RequestId>().unwrap_or_else(|| request_id::assign(&parts.headers));
     let note = parts.extensions.remove::<Note>().unwrap_or_default();
     let stats = parts.extensions.remove::<Arc<body::BodyStats>>().unwrap_or_default();
     let (request_id, rid, stats) = (&id.0, id.as_str(), &stats);
-    // Over the in-flight limit (this request included): answer at once, before any work, so
-    // overload never snowballs.
-    let max_inflight = rt.config.server.limits.max_inflight_requests;
-    if usize::try_from(metrics.inflight.get()).unwrap_or(0) > max_inflight {
-        return Err(GatewayError::Overloaded(max_inflight));
-    }
-    framing::check_method(&parts.method)?;
-    framing::check_overrides(&parts.headers)?;
-    framing::check_transfer_encoding(&parts.headers)?;
-    let max_body = rt.config.server.limits.max_request_body;
-    let declared = parts.headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > max_body) {
-        return Err(GatewayError::PayloadTooLarge(max_body));
-    }
-    // A body that stops arriving fails after request_body_timeout (408), buffered or streamed,
-    // so a declared-but-unsent body never holds an in-flight slot.
-    let body_timeout = rt.config.server.limits.request_body_timeout;
-    let body = body::IdleTimeout::request(body, body_timeout, stats.clone()).into_body();
-    let body = http_body_util::BodyExt::boxed_unsync(body::Capped::new(body, max_body, stats.clone()));
-    // HTTP/2 always carries :authority; in HTTP/1 an authority means absolute-form, which a
-    // reverse proxy must not follow to another host.
-    if parts.version < Version::HTTP_2 && parts.uri.authority().is_some() {
-        return Err(GatewayError::BadRequest(
-            "absolute-form request targets are not accepted: send origin-form (/v1/...)".into(),
-        ));
-    }
+    // 1. Overload: over the in-flight limit, 503 before any work.
+    limits::check_inflight(rt, metrics)?;
+    // 2. Framing: method, overrides, transfer coding, declared size, origin form; body caps.
+    let server_limits = &rt.config.server.limits;
+    target::check(&parts, server_limits)?;
+    let body = target::cap_body(body, server_limits, stats);
     let conn = parts
         .extensions
         .get::<ConnInfo>()
         .cloned()
         .unwrap_or_else(|| ConnInfo::new(SocketAddr::from(([127, 0, 0, 1], 0)), false, Arc::default()));
+    // 3. Path check, before any rule sees the path.
     let checked = path::check(parts.uri.path())?;
+    // 4. Local authentication: which client this is.
     let cfg = &rt.config;
     let client_idx = auth::identify(cfg, &rt.key_cache, &parts.headers, &conn.identity)?;
     let client = cfg.client(client_idx);
     note.set(|f| f.client = Some(client.name.clone()));
-    match rt.limits.check(client_idx) {
-        Ok(headers) => note.set(|f| f.rate = headers),
-        Err(refusal) => {
-            note.set(|f| f.rate = refusal.headers);
-            metrics.rate_limited.with_label_values(&[&client.name, refusal.kind.label()]).inc();
-            return Err(GatewayError::RateLimited {
-                client: client.name.to_string(),
-                limit: refusal.kind.label(),
-                rate: format!("{}/s, burst {}", refusal.rate.per_second, refusal.rate.burst),
-                retry_after: retry_after_secs(refusal.retry_after),
-            });
-        }
-    }
+    // 5. Client limits, before policy so forbidden paths are throttled too.
+    limits::check(rt, metrics, client_idx, client, &note)?;
+    // 6. Route, 7. policy, 8. scope (ProjectUid), 9. header hygiene.
     let matched = routes::select(cfg, client_idx, &parts.method, &checked);
     note.set(|f| f.route = matched.route.map(|r| r.name.clone()));
     policy::check(client, &parts.method, &matched.upstream_path)?;
@@ -243,10 +219,14 @@ async fn process(rt: &Runtime, metrics: &Metrics, req: Request<Body>) -> Result<
         request_id,
         project: scope.project.as_ref(),
     };
+    hygiene::remove_local_key(&mut parts.headers);
     hygiene::request_headers(&mut parts.headers, &decided);
     let project = parts.headers.get(scope::PROJECT_UID).and_then(|p| p.to_str().ok()).map(str::to_string);
     note.set(|f| f.project = project);
 
+    // 10. The exchange: credential swap, budget, send, 401 replay, 429 retry, response hygiene.
+    // What goes upstream, for the log: the checked path after a route's strip (issue 9).
+    note.set(|f| f.upstream_path = Some(matched.upstream_path.to_string()));
     let path_and_query = match &scope.query {
         Some(q) => format!("{}?{q}", matched.upstream_path),
         None => matched.upstream_path.to_string(),
@@ -267,14 +247,12 @@ async fn process(rt: &Runtime, metrics: &Metrics, req: Request<Body>) -> Result<
     let (head, ()) = head.into_parts();
 
     let exchange = exchange::Exchange {
-        stats,
-        rt,
-        metrics,
-        head: &head,
+        rt: rt.clone(),
+        metrics: metrics.clone(),
+        stats: stats.clone(),
         client_idx,
-        client_name: &client.name,
-        bucket: rt.budget.bucket_for(&matched.upstream_path),
-        rid,
+        client_name: client.name.clone(),
+        bucket: rt.budget.bucket_for(&matched.upstream_path).cloned(),
     };
-    framing::check_upstream_status(exchange.run(credential, body, &note).await?)
+    target::check_upstream_status(exchange.run(credential, head, body, &note, rid).await?)
 }

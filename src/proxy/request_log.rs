@@ -31,9 +31,15 @@ pub(crate) struct Facts {
     pub(crate) route: Option<Arc<str>>,
     pub(crate) rate: Option<RateHeaders>,
     pub(crate) project: Option<String>,
+    /// The path forwarded to Palette (after a route's strip; the query dropped, as for `path`).
+    pub(crate) upstream_path: Option<String>,
     pub(crate) upstream_status: Option<u16>,
     pub(crate) upstream_ms: f64,
     pub(crate) wait_ms: f64,
+    /// Sends to Palette so far (the exchange caps them at `MAX_ATTEMPTS` across its layers).
+    pub(crate) sends: u32,
+    /// Every credential the exchange sent, to scrub from the answer.
+    pub(crate) secrets: Vec<crate::config::Secret>,
 }
 
 /// This request's [`Facts`], a request extension the steps write to. One per request: the
@@ -45,6 +51,16 @@ impl Note {
     /// Records something a step learned.
     pub(crate) fn set(&self, f: impl FnOnce(&mut Facts)) {
         f(&mut self.0.lock().unwrap_or_else(PoisonError::into_inner));
+    }
+
+    /// Sends to Palette so far.
+    pub(crate) fn sends(&self) -> u32 {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner).sends
+    }
+
+    /// The credentials sent so far.
+    pub(crate) fn secrets(&self) -> Vec<crate::config::Secret> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner).secrets.clone()
     }
 
     fn take(&self) -> Facts {
@@ -138,6 +154,7 @@ impl RequestLog {
         let client = facts.client.as_deref().unwrap_or("none");
         let route = facts.route.as_deref().unwrap_or("none");
         let project = facts.project.as_deref().unwrap_or("");
+        let upstream_path = facts.upstream_path.as_deref().unwrap_or("");
         let traceparent = self.traceparent.as_deref().unwrap_or("");
         let duration_ms = self.started.elapsed().as_secs_f64() * 1000.0;
         tracing::info!(
@@ -147,6 +164,7 @@ impl RequestLog {
             route = %route,
             method = %self.method,
             path = %self.path,
+            upstream_path,
             project,
             status,
             upstream_status = facts.upstream_status.unwrap_or(0),
@@ -167,6 +185,7 @@ impl RequestLog {
                 client = %client,
                 method = %self.method,
                 path = %self.path,
+                upstream_path,
                 project,
                 status,
                 outcome,

@@ -4,12 +4,45 @@
 //! refused, an upstream protocol switch nobody asked for is not relayed, and no answer to
 //! `HEAD` carries a body.
 
+use std::sync::Arc;
+
 use http::header::{self, HeaderMap, HeaderValue};
-use http::{Method, Response};
+use http::{Method, Response, Version};
 use http_body::Body as _;
 
-use crate::body::{self, Body};
+use crate::body::{self, Body, BodyStats};
+use crate::config::ServerLimits;
 use crate::error::GatewayError;
+
+/// The request's framing, checked before any decision: Palette's methods only, no override
+/// headers, `chunked` the only transfer coding, a declared body within `max_request_body`
+/// (413), origin-form targets only.
+pub(crate) fn check(parts: &http::request::Parts, limits: &ServerLimits) -> Result<(), GatewayError> {
+    check_method(&parts.method)?;
+    check_overrides(&parts.headers)?;
+    check_transfer_encoding(&parts.headers)?;
+    let max_body = limits.max_request_body;
+    let declared = parts.headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > max_body) {
+        return Err(GatewayError::PayloadTooLarge(max_body));
+    }
+    // HTTP/2 always carries :authority; in HTTP/1 an authority means absolute-form, which a
+    // reverse proxy must not follow to another host.
+    if parts.version < Version::HTTP_2 && parts.uri.authority().is_some() {
+        return Err(GatewayError::BadRequest(
+            "absolute-form request targets are not accepted: send origin-form (/v1/...)".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// The request body under its caps, buffered or streamed: past `max_request_body` it fails
+/// (413), and a body that stops arriving fails after `request_body_timeout` (408), so a
+/// declared-but-unsent body never holds an in-flight slot.
+pub(crate) fn cap_body(body: Body, limits: &ServerLimits, stats: &Arc<BodyStats>) -> Body {
+    let body = body::IdleTimeout::request(body, limits.request_body_timeout, stats.clone()).into_body();
+    http_body_util::BodyExt::boxed_unsync(body::Capped::new(body, limits.max_request_body, stats.clone()))
+}
 
 /// The methods of Palette's REST API, the only ones the gateway forwards (the `Allow` header
 /// of its 405).

@@ -696,3 +696,30 @@ async fn credential_endpoint_and_auth_spellings_are_refused() {
         h.forwarded().iter().map(|r| &r.path_and_query).collect::<Vec<_>>()
     );
 }
+
+/// Fixed here. A client that repeats its own local key under another header name
+/// (`X-Api-Key: <key>`, or inside a custom header's value) does not leak it to Palette: every
+/// header holding the key it authenticated with is dropped, over `ApiKey` and `Bearer` alike,
+/// and the request still goes through.
+#[tokio::test]
+async fn a_local_key_under_another_header_name_never_reaches_palette() {
+    let h = Harness::standard().await;
+    for (name, value) in [("ApiKey", ADMIN_KEY.to_string()), ("Authorization", format!("Bearer {ADMIN_KEY}"))] {
+        let r = h
+            .http
+            .get(h.url("/v1/packs"))
+            .header(name, value)
+            .header("X-Api-Key", ADMIN_KEY)
+            .header("X-Context", format!("user=me; key={ADMIN_KEY}"))
+            .header("X-Label", "kept")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "{name}");
+        let seen = h.last().headers;
+        let text = format!("{seen:?}");
+        no_local_key(&text, name);
+        assert!(seen.get("x-api-key").is_none() && seen.get("x-context").is_none(), "{name}: {text}");
+        assert_eq!(seen["x-label"], "kept", "{name}");
+    }
+}

@@ -226,6 +226,48 @@ async fn mutations_are_audited_with_palette_audit_uid() {
     assert!(cap.wait(AUDIT, "logs-audit-get").await.is_empty(), "a GET is not audited");
 }
 
+/// The access and audit events say which path went to Palette (`upstream_path`, after a
+/// route strips its prefix; the query dropped) beside the path the client asked for, and leave
+/// it empty for a request refused before it went anywhere.
+#[tokio::test]
+async fn logs_record_the_path_sent_upstream() {
+    let cap = &capture();
+    let h = Harness::standard().await;
+    let r = h
+        .http
+        .get(h.url("/team-a/v1/packs?filter=upstream-marker-3"))
+        .header("ApiKey", ADMIN_KEY)
+        .header("X-Request-Id", "logs-upstream-get")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(h.last().path_and_query, "/v1/packs?filter=upstream-marker-3");
+    let e = &cap.wait(ACCESS, "logs-upstream-get").await[0];
+    assert_eq!((e["path"].as_str(), e["upstream_path"].as_str()), (Some("/team-a/v1/packs"), Some("/v1/packs")));
+    assert!(!cap.text().contains("upstream-marker-3"), "the query reached a log line");
+
+    let r = h
+        .http
+        .put(h.url("/team-a/v1/packs/pk1"))
+        .header("ApiKey", ADMIN_KEY)
+        .header("X-Request-Id", "logs-upstream-put")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let e = &cap.wait(AUDIT, "logs-upstream-put").await[0];
+    assert_eq!(
+        (e["path"].as_str(), e["upstream_path"].as_str()),
+        (Some("/team-a/v1/packs/pk1"), Some("/v1/packs/pk1"))
+    );
+
+    let r = h.http.get(h.url("/v1/packs")).header("X-Request-Id", "logs-upstream-refused").send().await.unwrap();
+    assert_eq!(r.status(), 401);
+    let e = &cap.wait(ACCESS, "logs-upstream-refused").await[0];
+    assert_eq!(e["upstream_path"], "", "nothing went upstream");
+}
+
 /// W3C `traceparent`/`tracestate` and `X-Request-Id` reach Palette unchanged, come back to the
 /// client (the request id), and appear in the access and audit events; without an
 /// `X-Request-Id` the gateway makes one and uses it everywhere.
