@@ -1,6 +1,7 @@
 //! Wiring: binds the listeners, builds the runtime, owns every long-lived task (servers, token
 //! refreshers, the reload watcher and loop) through one task tracker and one root cancellation
 //! token, reloads the config whole, and shuts down gracefully along one stop path.
+#![warn(missing_docs)]
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -30,8 +31,17 @@ pub(crate) use crate::signals::wait_for_signal;
 /// Why the gateway could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
+    /// A listener could not bind its address.
     #[error("cannot listen on {addr} ({what}): {source}")]
-    Bind { addr: SocketAddr, what: &'static str, source: std::io::Error },
+    Bind {
+        /// The configured address.
+        addr: SocketAddr,
+        /// Which listener (its config key, e.g. `server.listen`).
+        what: &'static str,
+        /// The operating system's reason.
+        source: std::io::Error,
+    },
+    /// A credential's Palette key cannot be sent as a header value.
     #[error(transparent)]
     Credential(#[from] InvalidKey),
 }
@@ -39,10 +49,13 @@ pub enum StartError {
 /// Why a reload was refused (the old config keeps serving).
 #[derive(Debug, thiserror::Error)]
 pub enum ReloadError {
+    /// The new config file cannot be read, parsed or validated.
     #[error(transparent)]
     Invalid(#[from] ConfigError),
+    /// A listener address changed (its config key); listeners are bound once, at start-up.
     #[error("{0} cannot change on reload (restart the gateway to move a listener)")]
     ListenerChanged(&'static str),
+    /// A credential's Palette key cannot be sent as a header value.
     #[error(transparent)]
     Credential(#[from] InvalidKey),
 }
