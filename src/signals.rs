@@ -83,6 +83,17 @@ impl Hangup {
         Hangup
     }
 
+    /// A SIGHUP that never comes (tests drive the watcher by files alone).
+    #[cfg(all(test, unix))]
+    pub(crate) fn never() -> Self {
+        Hangup(None)
+    }
+    /// A SIGHUP that never comes.
+    #[cfg(all(test, not(unix)))]
+    pub(crate) fn never() -> Self {
+        Hangup
+    }
+
     /// Resolves on the next SIGHUP.
     #[cfg(unix)]
     pub(crate) async fn recv(&mut self) {
