@@ -90,6 +90,20 @@ struct Core {
 }
 
 impl Core {
+    /// The runtime built from `config`, fresh metrics, and no task yet.
+    fn new(config: Config) -> Result<Self, InvalidKey> {
+        let metrics = Arc::new(Metrics::new());
+        let runtime: SharedRuntime = Arc::new(ArcSwap::from_pointee(Runtime::build(config, None, &metrics)?));
+        metrics.config_last_reload_success.set(unix_now());
+        Ok(Core {
+            runtime,
+            metrics,
+            tasks: TaskTracker::new(),
+            root: CancellationToken::new(),
+            refreshers: Mutex::new(Vec::new()),
+        })
+    }
+
     /// Starts a refresher for every token manager of the live runtime that has none, and stops
     /// those whose manager is gone.
     fn sync_token_tasks(&self) {
@@ -174,17 +188,9 @@ impl RunningGateway {
             |l: &TcpListener, addr, what| l.local_addr().map_err(|source| StartError::Bind { addr, what, source });
         let proxy_addr = local(&proxy, config.server.listen, "server.listen")?;
         let admin_addr = local(&admin, config.server.admin_listen, "server.admin_listen")?;
-        let metrics = Arc::new(Metrics::new());
-        let runtime: SharedRuntime = Arc::new(ArcSwap::from_pointee(Runtime::build(config, None, &metrics)?));
-        metrics.config_last_reload_success.set(unix_now());
+        let core = Arc::new(Core::new(config)?);
+        let (runtime, metrics) = (core.runtime.clone(), core.metrics.clone());
         let draining = Arc::new(AtomicBool::new(false));
-        let core = Arc::new(Core {
-            runtime: runtime.clone(),
-            metrics: metrics.clone(),
-            tasks: TaskTracker::new(),
-            root: CancellationToken::new(),
-            refreshers: Mutex::new(Vec::new()),
-        });
         let proxy_listener = core.root.child_token();
 
         let rt = runtime.clone();
@@ -437,5 +443,109 @@ mod tests {
         let hurry = CancellationToken::new();
         hurry.cancel();
         tokio::time::timeout(Duration::from_secs(2), gateway.graceful_shutdown(hurry)).await.expect("returns at once");
+    }
+
+    /// The reload loop alone: a [`Core`] without listeners, its config file in a temp dir.
+    mod reload_loop {
+        use super::*;
+        use crate::config::MapEnv;
+
+        const BASE: &str =
+            "[upstream]\nurl = \"http://127.0.0.1:1\"\n[credentials.default]\napi_key_env = \"PALETTE_API_KEY\"\n";
+
+        struct Loop {
+            core: Arc<Core>,
+            path: PathBuf,
+            triggers: mpsc::Sender<Trigger>,
+            files: watch::Receiver<Vec<PathBuf>>,
+            stop: CancellationToken,
+            task: JoinHandle<()>,
+            _dir: Dir,
+        }
+
+        impl Loop {
+            fn start(name: &str) -> Self {
+                let dir = std::env::temp_dir().join(format!("pg-app-{name}-{}", std::process::id()));
+                std::fs::create_dir_all(&dir).unwrap();
+                let path = dir.join("gateway.toml");
+                std::fs::write(&path, BASE).unwrap();
+                let env: Arc<dyn Environment> = Arc::new(MapEnv::new().with("PALETTE_API_KEY", "k-123"));
+                let core = Arc::new(Core::new(config::load(&path, &*env).unwrap()).unwrap());
+                let (triggers, triggers_rx) = mpsc::channel(1);
+                let (files_tx, files) = watch::channel(Vec::new());
+                let stop = CancellationToken::new();
+                let task = tokio::spawn({
+                    let (core, path, stop) = (core.clone(), path.clone(), stop.clone());
+                    async move { reload_loop(&core, &path, env, triggers_rx, files_tx, &stop).await }
+                });
+                Loop { core, path, triggers, files, stop, task, _dir: Dir(dir) }
+            }
+
+            /// Writes the config file, triggers, and waits until the loop has handled it.
+            async fn reload_with(&mut self, text: &str) {
+                std::fs::write(&self.path, text).unwrap();
+                self.files.mark_unchanged();
+                self.triggers.send(Trigger::Changed).await.unwrap();
+                tokio::time::timeout(Duration::from_secs(5), self.files.changed()).await.unwrap().unwrap();
+            }
+
+            fn reloads(&self, result: &str) -> u64 {
+                self.core.metrics.config_reloads.with_label_values(&[result]).get()
+            }
+        }
+
+        /// The loop's directory, removed on drop.
+        struct Dir(PathBuf);
+
+        impl Drop for Dir {
+            fn drop(&mut self) {
+                let _ = std::fs::remove_dir_all(&self.0);
+            }
+        }
+
+        #[tokio::test]
+        async fn an_invalid_config_keeps_the_old_runtime() {
+            let mut l = Loop::start("invalid");
+            let before = l.core.runtime.load_full();
+            l.reload_with("[upstream]\nurl = 3\n").await;
+            assert!(Arc::ptr_eq(&before, &l.core.runtime.load_full()), "the old runtime serves on");
+            assert_eq!((l.reloads("error"), l.reloads("ok")), (1, 0));
+            // The files were read all the same: the watcher's list is the live config's.
+            assert_eq!(*l.files.borrow(), vec![l.path.clone()]);
+        }
+
+        #[tokio::test]
+        async fn a_listener_change_keeps_the_old_runtime() {
+            let mut l = Loop::start("listener");
+            let before = l.core.runtime.load_full();
+            l.reload_with(&format!("[server]\nlisten = \"127.0.0.1:8181\"\n{BASE}")).await;
+            assert!(Arc::ptr_eq(&before, &l.core.runtime.load_full()));
+            assert_eq!(l.reloads("error"), 1);
+        }
+
+        #[tokio::test]
+        async fn a_valid_config_swaps_the_runtime() {
+            let mut l = Loop::start("valid");
+            let before = l.core.runtime.load_full();
+            l.reload_with(&format!("{BASE}[upstream.limits]\nmax_wait = \"7s\"\n")).await;
+            let after = l.core.runtime.load_full();
+            assert!(!Arc::ptr_eq(&before, &after), "a new runtime");
+            assert_eq!(after.config.upstream.limits.max_wait, Duration::from_secs(7));
+            assert_eq!((l.reloads("error"), l.reloads("ok")), (0, 1));
+            // An invalid one after it keeps the new one.
+            l.reload_with("not toml [").await;
+            assert!(Arc::ptr_eq(&after, &l.core.runtime.load_full()));
+        }
+
+        #[tokio::test]
+        async fn the_loop_ends_on_stop_and_when_the_watcher_is_gone() {
+            let Loop { stop, task, _dir, .. } = Loop::start("stop");
+            stop.cancel();
+            tokio::time::timeout(Duration::from_secs(5), task).await.unwrap().unwrap();
+
+            let Loop { triggers, task, _dir, .. } = Loop::start("gone");
+            drop(triggers);
+            tokio::time::timeout(Duration::from_secs(5), task).await.unwrap().unwrap();
+        }
     }
 }
