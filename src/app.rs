@@ -61,13 +61,21 @@ pub enum ReloadError {
 }
 
 /// Why [`run`] returned; `main` picks the exit code from it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+///
+/// Little can fail for good once the gateway runs: TLS configs are built when a config loads
+/// (a reload that cannot build one is refused), a short accept failure (EMFILE storms) backs
+/// off and retries, and token refreshers retry forever. What remains is a listening socket
+/// that fails every accept (`Fatal`).
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Stopped {
     /// A stop signal: the gateway drained and stopped (exit 0).
     Signal,
     /// A second stop signal during the shutdown: returned at once, abandoning the drain
     /// (exit 1, and the process must not wait for what is still running).
     SecondSignal,
+    /// The gateway cannot go on (a listening socket failed for good): it stopped at once,
+    /// letting in-flight requests finish for up to `drain_timeout` (exit 2, with the reason).
+    Fatal(String),
 }
 
 /// A token refresher and what stops it.
@@ -87,6 +95,10 @@ struct Core {
     /// The root token: cancelling it stops everything.
     root: CancellationToken,
     refreshers: Mutex<Vec<Refresher>>,
+    /// Why the gateway cannot go on (the first reason), once `failed` fires.
+    fatal: Mutex<Option<String>>,
+    /// Fires when a task fails for good; not a child of `root`, a stop does not fire it.
+    failed: CancellationToken,
 }
 
 impl Core {
@@ -101,7 +113,36 @@ impl Core {
             tasks: TaskTracker::new(),
             root: CancellationToken::new(),
             refreshers: Mutex::new(Vec::new()),
+            fatal: Mutex::new(None),
+            failed: CancellationToken::new(),
         })
+    }
+
+    /// Records why the gateway cannot go on (the first reason wins) and says so to [`run`].
+    fn fail(&self, reason: String) {
+        tracing::error!(reason = %reason, "the gateway cannot go on");
+        self.fatal.lock().unwrap_or_else(|p| p.into_inner()).get_or_insert(reason);
+        self.failed.cancel();
+    }
+
+    /// Serves a listener ([`crate::server::serve`]); one that fails for good stops the gateway.
+    async fn listener(
+        self: Arc<Self>,
+        what: String,
+        listener: TcpListener,
+        settings: SettingsSource,
+        service: crate::server::HttpService,
+        shutdown: CancellationToken,
+    ) {
+        if let Err(e) = crate::server::serve(listener, settings, service, shutdown).await {
+            self.fail(format!("{what} failed: {e}"));
+        }
+    }
+
+    /// Resolves with the reason once the gateway cannot go on.
+    async fn failure(&self) -> String {
+        self.failed.cancelled().await;
+        self.fatal.lock().unwrap_or_else(|p| p.into_inner()).clone().unwrap_or_default()
     }
 
     /// Starts a refresher for every token manager of the live runtime that has none, and stops
@@ -210,7 +251,8 @@ impl RunningGateway {
                 limits: rt.load().config.server.limits.clone(),
                 drain: Duration::from_secs(1),
             });
-        let proxy_server = core.tasks.spawn(crate::server::serve(
+        let proxy_server = core.tasks.spawn(core.clone().listener(
+            format!("the proxy listener ({proxy_addr})"),
             proxy,
             proxy_settings,
             {
@@ -222,7 +264,8 @@ impl RunningGateway {
             },
             proxy_listener.clone(),
         ));
-        core.tasks.spawn(crate::server::serve(
+        core.tasks.spawn(core.clone().listener(
+            format!("the admin listener ({admin_addr})"),
             admin,
             admin_settings,
             {
@@ -366,6 +409,7 @@ async fn bind(addr: SocketAddr, what: &'static str) -> Result<TcpListener, Start
 /// Runs the gateway from a config file until SIGTERM/SIGINT: reloads on SIGHUP and when the
 /// file (or a secret file it names) changes; stops gracefully on the first stop signal, and
 /// returns at once on a second one (the caller exits without waiting for the drain).
+/// Returns [`Stopped::Fatal`] when the gateway cannot go on.
 pub async fn run(path: PathBuf, cfg: Config, env: Arc<dyn Environment>) -> Result<Stopped, StartError> {
     // Signal handlers first: a SIGTERM that arrives as soon as the listener answers must drain,
     // not kill the process.
@@ -374,19 +418,44 @@ pub async fn run(path: PathBuf, cfg: Config, env: Arc<dyn Environment>) -> Resul
     let gateway = RunningGateway::start(cfg).await?;
     let stop_reload = CancellationToken::new();
     spawn_reload(&gateway, path, env, watched, stop_reload.clone());
-    signals.recv().await;
+    Ok(serve_until_stopped(gateway, stop_reload, &mut signals).await)
+}
+
+/// Serves until a stop signal (a graceful shutdown) or a fatal failure (a shutdown without
+/// `shutdown_delay`: nothing new can be served); a stop signal during either cuts it short.
+async fn serve_until_stopped(
+    gateway: RunningGateway,
+    stop_reload: CancellationToken,
+    signals: &mut StopSignals,
+) -> Stopped {
+    let core = gateway.core.clone();
+    let fatal = tokio::select! {
+        _ = signals.recv() => None,
+        reason = core.failure() => Some(reason),
+    };
     // No reload while shutting down.
     stop_reload.cancel();
-    tokio::select! {
-        _ = gateway.graceful_shutdown(CancellationToken::new()) => {
-            tracing::info!("stopped");
-            Ok(Stopped::Signal)
+    let shutdown = async {
+        match fatal {
+            None => {
+                gateway.graceful_shutdown(CancellationToken::new()).await;
+                tracing::info!("stopped");
+                Stopped::Signal
+            }
+            Some(reason) => {
+                gateway.shutdown().await;
+                tracing::error!(reason = %reason, "stopped");
+                Stopped::Fatal(reason)
+            }
         }
+    };
+    tokio::select! {
+        stopped = shutdown => stopped,
         _ = signals.recv() => {
             // Whatever the shutdown is waiting for (a drain, a token task), a second signal
             // ends it now: dropping the shutdown cancels every task.
             tracing::warn!("second stop signal: exiting now");
-            Ok(Stopped::SecondSignal)
+            Stopped::SecondSignal
         }
     }
 }
@@ -432,6 +501,26 @@ mod tests {
         tokio::time::timeout(Duration::from_secs(5), gateway.shutdown()).await.expect("shutdown returns");
         assert!(core.tasks.is_empty());
         assert!(TcpListener::bind(addr).await.is_ok(), "the proxy port is free again");
+    }
+
+    /// A listener that fails for good stops the gateway without `shutdown_delay` (it serves
+    /// nothing new): what `run` returns names the first reason, and every task has stopped.
+    #[tokio::test]
+    async fn a_fatal_failure_stops_the_gateway_with_its_reason() {
+        let mut cfg = config();
+        cfg.server.limits.shutdown_delay = Duration::from_secs(60);
+        let gateway = RunningGateway::start(cfg).await.unwrap();
+        let core = gateway.core.clone();
+        core.fail("the proxy listener (127.0.0.1:1) failed: boom".into());
+        core.fail("a later reason".into());
+        let stopped = tokio::time::timeout(
+            Duration::from_secs(5),
+            serve_until_stopped(gateway, CancellationToken::new(), &mut StopSignals::never()),
+        )
+        .await
+        .expect("stops at once");
+        assert_eq!(stopped, Stopped::Fatal("the proxy listener (127.0.0.1:1) failed: boom".into()));
+        assert!(core.tasks.is_empty(), "every task stopped");
     }
 
     /// A hurried graceful shutdown returns at once, even during a long `shutdown_delay`.

@@ -133,6 +133,11 @@ fn run(cli: Cli) -> ExitCode {
             runtime.shutdown_background();
             ExitCode::FAILURE
         }
+        Ok(Stopped::Fatal(reason)) => {
+            eprintln!("error: {reason}");
+            runtime.shutdown_background();
+            ExitCode::from(2)
+        }
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE

@@ -53,10 +53,17 @@ pub type SettingsSource = Arc<dyn Fn() -> ConnSettings + Send + Sync>;
 
 /// Serves `service` on `listener` until `shutdown` fires; then stops accepting, asks every
 /// connection to finish its in-flight requests (idle keep-alive connections close at once), and
-/// returns when they have, or after `drain`.
-pub async fn serve(listener: TcpListener, settings: SettingsSource, service: HttpService, shutdown: CancellationToken) {
+/// returns when they have, or after `drain`. Returns the error, after the same drain, when the
+/// listening socket itself fails for good ([`listener_broken`]): the gateway cannot go on.
+pub async fn serve(
+    listener: TcpListener,
+    settings: SettingsSource,
+    service: HttpService,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
     let connections = Arc::new(Semaphore::new(settings().limits.max_connections));
     let tracker = TaskTracker::new();
+    let mut failure = None;
     loop {
         // Past max_connections, new clients wait in the kernel's accept queue.
         let permit = tokio::select! {
@@ -70,6 +77,11 @@ pub async fn serve(listener: TcpListener, settings: SettingsSource, service: Htt
             _ = shutdown.cancelled() => break,
             accepted = listener.accept() => match accepted {
                 Ok(a) => a,
+                Err(e) if listener_broken(&e) => {
+                    tracing::error!(error = %e, "the listening socket failed; stopping");
+                    failure = Some(e);
+                    break;
+                }
                 Err(e) => {
                     // Out of file descriptors and the like: back off instead of spinning.
                     tracing::warn!(error = %e, "accept failed");
@@ -104,6 +116,23 @@ pub async fn serve(listener: TcpListener, settings: SettingsSource, service: Htt
     tracker.close();
     if tokio::time::timeout(drain, tracker.wait()).await.is_err() {
         tracing::warn!(open = tracker.len(), "drain timeout reached; closing remaining connections");
+    }
+    failure.map_or(Ok(()), Err)
+}
+
+/// Whether an accept error means the listening socket itself is unusable, so that every later
+/// accept fails the same way. Everything else passes: a shortage (EMFILE/ENFILE, ENOBUFS,
+/// ENOMEM) ends as open connections close, and Linux reports a pending connection's network
+/// errors through accept (accept(2) says to retry them).
+fn listener_broken(e: &std::io::Error) -> bool {
+    #[cfg(unix)]
+    {
+        matches!(e.raw_os_error(), Some(libc::EBADF | libc::EINVAL | libc::ENOTSOCK | libc::EFAULT))
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = e;
+        false
     }
 }
 
@@ -406,6 +435,32 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn only_a_broken_listening_socket_stops_the_accept_loop() {
+        use std::io::{Error, ErrorKind};
+        for errno in [libc::EBADF, libc::EINVAL, libc::ENOTSOCK, libc::EFAULT] {
+            assert!(listener_broken(&Error::from_raw_os_error(errno)), "{errno}");
+        }
+        for errno in [
+            libc::EMFILE,
+            libc::ENFILE,
+            libc::ENOBUFS,
+            libc::ENOMEM,
+            libc::ECONNABORTED,
+            libc::EINTR,
+            libc::EAGAIN,
+            libc::EPROTO,
+            libc::ENETDOWN,
+            libc::EHOSTUNREACH,
+            libc::EOPNOTSUPP,
+            libc::EPERM,
+        ] {
+            assert!(!listener_broken(&Error::from_raw_os_error(errno)), "{errno}");
+        }
+        assert!(!listener_broken(&Error::new(ErrorKind::Other, "not from the OS")));
     }
 
     #[tokio::test]

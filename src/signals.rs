@@ -21,6 +21,17 @@ impl StopSignals {
         StopSignals {}
     }
 
+    /// Stop signals that never come (tests stop the gateway by other means).
+    #[cfg(test)]
+    pub(crate) fn never() -> Self {
+        #[cfg(unix)]
+        {
+            StopSignals { term: None, int: None }
+        }
+        #[cfg(not(unix))]
+        StopSignals {}
+    }
+
     /// Resolves on the next SIGTERM or SIGINT (including one that arrived since the last call).
     pub(crate) async fn recv(&mut self) {
         #[cfg(unix)]
