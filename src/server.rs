@@ -440,7 +440,7 @@ mod tests {
     #[cfg(unix)]
     #[test]
     fn only_a_broken_listening_socket_stops_the_accept_loop() {
-        use std::io::{Error, ErrorKind};
+        use std::io::Error;
         for errno in [libc::EBADF, libc::EINVAL, libc::ENOTSOCK, libc::EFAULT] {
             assert!(listener_broken(&Error::from_raw_os_error(errno)), "{errno}");
         }
@@ -460,7 +460,7 @@ mod tests {
         ] {
             assert!(!listener_broken(&Error::from_raw_os_error(errno)), "{errno}");
         }
-        assert!(!listener_broken(&Error::new(ErrorKind::Other, "not from the OS")));
+        assert!(!listener_broken(&Error::other("not from the OS")));
     }
 
     #[tokio::test]
