@@ -26,8 +26,6 @@ use crate::server::{ConnSettings, SettingsSource};
 use crate::signals::{Hangup, StopSignals};
 use crate::watcher::Trigger;
 
-pub(crate) use crate::signals::wait_for_signal;
-
 /// Why the gateway could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {

@@ -69,7 +69,7 @@ pub async fn run() -> anyhow::Result<()> {
         ci = DEMO_CI_KEY,
         ops = DEMO_OPS_KEY,
     );
-    crate::app::wait_for_signal().await;
+    crate::signals::wait_for_signal().await;
     gateway.shutdown().await;
     drop(fake);
     Ok(())

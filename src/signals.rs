@@ -70,7 +70,8 @@ impl Default for StopSignals {
     }
 }
 
-/// Resolves on SIGTERM or SIGINT.
+/// Resolves on SIGTERM or SIGINT (the demo's stop).
+#[cfg(feature = "demo")]
 pub(crate) async fn wait_for_signal() {
     StopSignals::new().recv().await;
 }
