@@ -1,6 +1,7 @@
 //! Wiring: binds the listeners, builds the runtime, owns every long-lived task (servers, token
 //! refreshers, the reload watcher and loop) through one task tracker and one root cancellation
 //! token, reloads the config whole, and shuts down gracefully along one stop path.
+#![warn(missing_docs)]
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -25,13 +26,20 @@ use crate::server::{ConnSettings, SettingsSource};
 use crate::signals::{Hangup, StopSignals};
 use crate::watcher::Trigger;
 
-pub(crate) use crate::signals::wait_for_signal;
-
 /// Why the gateway could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
+    /// A listener could not bind its address.
     #[error("cannot listen on {addr} ({what}): {source}")]
-    Bind { addr: SocketAddr, what: &'static str, source: std::io::Error },
+    Bind {
+        /// The configured address.
+        addr: SocketAddr,
+        /// Which listener (its config key, e.g. `server.listen`).
+        what: &'static str,
+        /// The operating system's reason.
+        source: std::io::Error,
+    },
+    /// A credential's Palette key cannot be sent as a header value.
     #[error(transparent)]
     Credential(#[from] InvalidKey),
 }
@@ -39,22 +47,33 @@ pub enum StartError {
 /// Why a reload was refused (the old config keeps serving).
 #[derive(Debug, thiserror::Error)]
 pub enum ReloadError {
+    /// The new config file cannot be read, parsed or validated.
     #[error(transparent)]
     Invalid(#[from] ConfigError),
+    /// A listener address changed (its config key); listeners are bound once, at start-up.
     #[error("{0} cannot change on reload (restart the gateway to move a listener)")]
     ListenerChanged(&'static str),
+    /// A credential's Palette key cannot be sent as a header value.
     #[error(transparent)]
     Credential(#[from] InvalidKey),
 }
 
 /// Why [`run`] returned; `main` picks the exit code from it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+///
+/// Little can fail for good once the gateway runs: TLS configs are built when a config loads
+/// (a reload that cannot build one is refused), a short accept failure (EMFILE storms) backs
+/// off and retries, and token refreshers retry forever. What remains is a listening socket
+/// that fails every accept (`Fatal`).
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Stopped {
     /// A stop signal: the gateway drained and stopped (exit 0).
     Signal,
     /// A second stop signal during the shutdown: returned at once, abandoning the drain
     /// (exit 1, and the process must not wait for what is still running).
     SecondSignal,
+    /// The gateway cannot go on (a listening socket failed for good): it stopped at once,
+    /// letting in-flight requests finish for up to `drain_timeout` (exit 2, with the reason).
+    Fatal(String),
 }
 
 /// A token refresher and what stops it.
@@ -74,9 +93,56 @@ struct Core {
     /// The root token: cancelling it stops everything.
     root: CancellationToken,
     refreshers: Mutex<Vec<Refresher>>,
+    /// Why the gateway cannot go on (the first reason), once `failed` fires.
+    fatal: Mutex<Option<String>>,
+    /// Fires when a task fails for good; not a child of `root`, a stop does not fire it.
+    failed: CancellationToken,
 }
 
 impl Core {
+    /// The runtime built from `config`, fresh metrics, and no task yet.
+    fn new(config: Config) -> Result<Self, InvalidKey> {
+        let metrics = Arc::new(Metrics::new());
+        let runtime: SharedRuntime = Arc::new(ArcSwap::from_pointee(Runtime::build(config, None, &metrics)?));
+        metrics.config_last_reload_success.set(unix_now());
+        Ok(Core {
+            runtime,
+            metrics,
+            tasks: TaskTracker::new(),
+            root: CancellationToken::new(),
+            refreshers: Mutex::new(Vec::new()),
+            fatal: Mutex::new(None),
+            failed: CancellationToken::new(),
+        })
+    }
+
+    /// Records why the gateway cannot go on (the first reason wins) and says so to [`run`].
+    fn fail(&self, reason: String) {
+        tracing::error!(reason = %reason, "the gateway cannot go on");
+        self.fatal.lock().unwrap_or_else(|p| p.into_inner()).get_or_insert(reason);
+        self.failed.cancel();
+    }
+
+    /// Serves a listener ([`crate::server::serve`]); one that fails for good stops the gateway.
+    async fn listener(
+        self: Arc<Self>,
+        what: String,
+        listener: TcpListener,
+        settings: SettingsSource,
+        service: crate::server::HttpService,
+        shutdown: CancellationToken,
+    ) {
+        if let Err(e) = crate::server::serve(listener, settings, service, shutdown).await {
+            self.fail(format!("{what} failed: {e}"));
+        }
+    }
+
+    /// Resolves with the reason once the gateway cannot go on.
+    async fn failure(&self) -> String {
+        self.failed.cancelled().await;
+        self.fatal.lock().unwrap_or_else(|p| p.into_inner()).clone().unwrap_or_default()
+    }
+
     /// Starts a refresher for every token manager of the live runtime that has none, and stops
     /// those whose manager is gone.
     fn sync_token_tasks(&self) {
@@ -161,17 +227,9 @@ impl RunningGateway {
             |l: &TcpListener, addr, what| l.local_addr().map_err(|source| StartError::Bind { addr, what, source });
         let proxy_addr = local(&proxy, config.server.listen, "server.listen")?;
         let admin_addr = local(&admin, config.server.admin_listen, "server.admin_listen")?;
-        let metrics = Arc::new(Metrics::new());
-        let runtime: SharedRuntime = Arc::new(ArcSwap::from_pointee(Runtime::build(config, None, &metrics)?));
-        metrics.config_last_reload_success.set(unix_now());
+        let core = Arc::new(Core::new(config)?);
+        let (runtime, metrics) = (core.runtime.clone(), core.metrics.clone());
         let draining = Arc::new(AtomicBool::new(false));
-        let core = Arc::new(Core {
-            runtime: runtime.clone(),
-            metrics: metrics.clone(),
-            tasks: TaskTracker::new(),
-            root: CancellationToken::new(),
-            refreshers: Mutex::new(Vec::new()),
-        });
         let proxy_listener = core.root.child_token();
 
         let rt = runtime.clone();
@@ -191,7 +249,8 @@ impl RunningGateway {
                 limits: rt.load().config.server.limits.clone(),
                 drain: Duration::from_secs(1),
             });
-        let proxy_server = core.tasks.spawn(crate::server::serve(
+        let proxy_server = core.tasks.spawn(core.clone().listener(
+            format!("the proxy listener ({proxy_addr})"),
             proxy,
             proxy_settings,
             {
@@ -203,7 +262,8 @@ impl RunningGateway {
             },
             proxy_listener.clone(),
         ));
-        core.tasks.spawn(crate::server::serve(
+        core.tasks.spawn(core.clone().listener(
+            format!("the admin listener ({admin_addr})"),
             admin,
             admin_settings,
             {
@@ -347,6 +407,7 @@ async fn bind(addr: SocketAddr, what: &'static str) -> Result<TcpListener, Start
 /// Runs the gateway from a config file until SIGTERM/SIGINT: reloads on SIGHUP and when the
 /// file (or a secret file it names) changes; stops gracefully on the first stop signal, and
 /// returns at once on a second one (the caller exits without waiting for the drain).
+/// Returns [`Stopped::Fatal`] when the gateway cannot go on.
 pub async fn run(path: PathBuf, cfg: Config, env: Arc<dyn Environment>) -> Result<Stopped, StartError> {
     // Signal handlers first: a SIGTERM that arrives as soon as the listener answers must drain,
     // not kill the process.
@@ -355,19 +416,44 @@ pub async fn run(path: PathBuf, cfg: Config, env: Arc<dyn Environment>) -> Resul
     let gateway = RunningGateway::start(cfg).await?;
     let stop_reload = CancellationToken::new();
     spawn_reload(&gateway, path, env, watched, stop_reload.clone());
-    signals.recv().await;
+    Ok(serve_until_stopped(gateway, stop_reload, &mut signals).await)
+}
+
+/// Serves until a stop signal (a graceful shutdown) or a fatal failure (a shutdown without
+/// `shutdown_delay`: nothing new can be served); a stop signal during either cuts it short.
+async fn serve_until_stopped(
+    gateway: RunningGateway,
+    stop_reload: CancellationToken,
+    signals: &mut StopSignals,
+) -> Stopped {
+    let core = gateway.core.clone();
+    let fatal = tokio::select! {
+        _ = signals.recv() => None,
+        reason = core.failure() => Some(reason),
+    };
     // No reload while shutting down.
     stop_reload.cancel();
-    tokio::select! {
-        _ = gateway.graceful_shutdown(CancellationToken::new()) => {
-            tracing::info!("stopped");
-            Ok(Stopped::Signal)
+    let shutdown = async {
+        match fatal {
+            None => {
+                gateway.graceful_shutdown(CancellationToken::new()).await;
+                tracing::info!("stopped");
+                Stopped::Signal
+            }
+            Some(reason) => {
+                gateway.shutdown().await;
+                tracing::error!(reason = %reason, "stopped");
+                Stopped::Fatal(reason)
+            }
         }
+    };
+    tokio::select! {
+        stopped = shutdown => stopped,
         _ = signals.recv() => {
             // Whatever the shutdown is waiting for (a drain, a token task), a second signal
             // ends it now: dropping the shutdown cancels every task.
             tracing::warn!("second stop signal: exiting now");
-            Ok(Stopped::SecondSignal)
+            Stopped::SecondSignal
         }
     }
 }
@@ -415,6 +501,26 @@ mod tests {
         assert!(TcpListener::bind(addr).await.is_ok(), "the proxy port is free again");
     }
 
+    /// A listener that fails for good stops the gateway without `shutdown_delay` (it serves
+    /// nothing new): what `run` returns names the first reason, and every task has stopped.
+    #[tokio::test]
+    async fn a_fatal_failure_stops_the_gateway_with_its_reason() {
+        let mut cfg = config();
+        cfg.server.limits.shutdown_delay = Duration::from_secs(60);
+        let gateway = RunningGateway::start(cfg).await.unwrap();
+        let core = gateway.core.clone();
+        core.fail("the proxy listener (127.0.0.1:1) failed: boom".into());
+        core.fail("a later reason".into());
+        let stopped = tokio::time::timeout(
+            Duration::from_secs(5),
+            serve_until_stopped(gateway, CancellationToken::new(), &mut StopSignals::never()),
+        )
+        .await
+        .expect("stops at once");
+        assert_eq!(stopped, Stopped::Fatal("the proxy listener (127.0.0.1:1) failed: boom".into()));
+        assert!(core.tasks.is_empty(), "every task stopped");
+    }
+
     /// A hurried graceful shutdown returns at once, even during a long `shutdown_delay`.
     #[tokio::test]
     async fn hurry_cuts_the_graceful_shutdown_short() {
@@ -424,5 +530,109 @@ mod tests {
         let hurry = CancellationToken::new();
         hurry.cancel();
         tokio::time::timeout(Duration::from_secs(2), gateway.graceful_shutdown(hurry)).await.expect("returns at once");
+    }
+
+    /// The reload loop alone: a [`Core`] without listeners, its config file in a temp dir.
+    mod reload_loop {
+        use super::*;
+        use crate::config::MapEnv;
+
+        const BASE: &str =
+            "[upstream]\nurl = \"http://127.0.0.1:1\"\n[credentials.default]\napi_key_env = \"PALETTE_API_KEY\"\n";
+
+        struct Loop {
+            core: Arc<Core>,
+            path: PathBuf,
+            triggers: mpsc::Sender<Trigger>,
+            files: watch::Receiver<Vec<PathBuf>>,
+            stop: CancellationToken,
+            task: JoinHandle<()>,
+            _dir: Dir,
+        }
+
+        impl Loop {
+            fn start(name: &str) -> Self {
+                let dir = std::env::temp_dir().join(format!("pg-app-{name}-{}", std::process::id()));
+                std::fs::create_dir_all(&dir).unwrap();
+                let path = dir.join("gateway.toml");
+                std::fs::write(&path, BASE).unwrap();
+                let env: Arc<dyn Environment> = Arc::new(MapEnv::new().with("PALETTE_API_KEY", "k-123"));
+                let core = Arc::new(Core::new(config::load(&path, &*env).unwrap()).unwrap());
+                let (triggers, triggers_rx) = mpsc::channel(1);
+                let (files_tx, files) = watch::channel(Vec::new());
+                let stop = CancellationToken::new();
+                let task = tokio::spawn({
+                    let (core, path, stop) = (core.clone(), path.clone(), stop.clone());
+                    async move { reload_loop(&core, &path, env, triggers_rx, files_tx, &stop).await }
+                });
+                Loop { core, path, triggers, files, stop, task, _dir: Dir(dir) }
+            }
+
+            /// Writes the config file, triggers, and waits until the loop has handled it.
+            async fn reload_with(&mut self, text: &str) {
+                std::fs::write(&self.path, text).unwrap();
+                self.files.mark_unchanged();
+                self.triggers.send(Trigger::Changed).await.unwrap();
+                tokio::time::timeout(Duration::from_secs(5), self.files.changed()).await.unwrap().unwrap();
+            }
+
+            fn reloads(&self, result: &str) -> u64 {
+                self.core.metrics.config_reloads.with_label_values(&[result]).get()
+            }
+        }
+
+        /// The loop's directory, removed on drop.
+        struct Dir(PathBuf);
+
+        impl Drop for Dir {
+            fn drop(&mut self) {
+                let _ = std::fs::remove_dir_all(&self.0);
+            }
+        }
+
+        #[tokio::test]
+        async fn an_invalid_config_keeps_the_old_runtime() {
+            let mut l = Loop::start("invalid");
+            let before = l.core.runtime.load_full();
+            l.reload_with("[upstream]\nurl = 3\n").await;
+            assert!(Arc::ptr_eq(&before, &l.core.runtime.load_full()), "the old runtime serves on");
+            assert_eq!((l.reloads("error"), l.reloads("ok")), (1, 0));
+            // The files were read all the same: the watcher's list is the live config's.
+            assert_eq!(*l.files.borrow(), vec![l.path.clone()]);
+        }
+
+        #[tokio::test]
+        async fn a_listener_change_keeps_the_old_runtime() {
+            let mut l = Loop::start("listener");
+            let before = l.core.runtime.load_full();
+            l.reload_with(&format!("[server]\nlisten = \"127.0.0.1:8181\"\n{BASE}")).await;
+            assert!(Arc::ptr_eq(&before, &l.core.runtime.load_full()));
+            assert_eq!(l.reloads("error"), 1);
+        }
+
+        #[tokio::test]
+        async fn a_valid_config_swaps_the_runtime() {
+            let mut l = Loop::start("valid");
+            let before = l.core.runtime.load_full();
+            l.reload_with(&format!("{BASE}[upstream.limits]\nmax_wait = \"7s\"\n")).await;
+            let after = l.core.runtime.load_full();
+            assert!(!Arc::ptr_eq(&before, &after), "a new runtime");
+            assert_eq!(after.config.upstream.limits.max_wait, Duration::from_secs(7));
+            assert_eq!((l.reloads("error"), l.reloads("ok")), (0, 1));
+            // An invalid one after it keeps the new one.
+            l.reload_with("not toml [").await;
+            assert!(Arc::ptr_eq(&after, &l.core.runtime.load_full()));
+        }
+
+        #[tokio::test]
+        async fn the_loop_ends_on_stop_and_when_the_watcher_is_gone() {
+            let Loop { stop, task, _dir, .. } = Loop::start("stop");
+            stop.cancel();
+            tokio::time::timeout(Duration::from_secs(5), task).await.unwrap().unwrap();
+
+            let Loop { triggers, task, _dir, .. } = Loop::start("gone");
+            drop(triggers);
+            tokio::time::timeout(Duration::from_secs(5), task).await.unwrap().unwrap();
+        }
     }
 }

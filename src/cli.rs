@@ -1,4 +1,5 @@
 //! The command line: run the gateway, `check` a config, make and hash local keys, `--demo`.
+#![warn(missing_docs)]
 
 use std::io::Read as _;
 use std::path::PathBuf;
@@ -25,6 +26,7 @@ pub struct Cli {
     /// Worker threads for request handling (default: one per CPU).
     #[arg(long, env = "PALETTE_GATEWAY_WORKER_THREADS", value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
     pub worker_threads: Option<u16>,
+    /// What to do; none runs the gateway.
     #[command(subcommand)]
     pub command: Option<Command>,
 }
@@ -130,6 +132,11 @@ fn run(cli: Cli) -> ExitCode {
             // the process.
             runtime.shutdown_background();
             ExitCode::FAILURE
+        }
+        Ok(Stopped::Fatal(reason)) => {
+            eprintln!("error: {reason}");
+            runtime.shutdown_background();
+            ExitCode::from(2)
         }
         Err(e) => {
             eprintln!("error: {e:#}");

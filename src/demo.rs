@@ -2,6 +2,7 @@
 //! show the credential swap, a ProjectUid route and a refused request. The fake Palette is a
 //! crate of its own (`crates/fake-palette`), linked in by the default `demo` feature; a gateway
 //! built without it says so when asked for `--demo`.
+#![warn(missing_docs)]
 
 use std::path::Path;
 
@@ -68,7 +69,7 @@ pub async fn run() -> anyhow::Result<()> {
         ci = DEMO_CI_KEY,
         ops = DEMO_OPS_KEY,
     );
-    crate::app::wait_for_signal().await;
+    crate::signals::wait_for_signal().await;
     gateway.shutdown().await;
     drop(fake);
     Ok(())

@@ -1,5 +1,6 @@
 //! Every error the gateway answers itself, and the one function that turns it into Palette's
 //! JSON error shape (`{"code","message","ref","details"}`) with the right status.
+#![warn(missing_docs)]
 
 use http::{header, HeaderValue, Response, StatusCode};
 
@@ -26,22 +27,59 @@ pub enum GatewayError {
     UnknownCredential(String),
     /// `allow` refused the request.
     #[error("client {client} may not {method} {path}")]
-    Forbidden { client: String, method: String, path: String },
+    Forbidden {
+        /// The client's name (`[clients.<name>]`).
+        client: String,
+        /// The request's method.
+        method: String,
+        /// The request's path, as checked.
+        path: String,
+    },
     /// A credential endpoint (see `credential_endpoints`) not opened for the client.
     #[error(
         "client {client} may not {method} {path}: a credential endpoint, because {why}; an operator can open it for \
          this client with allow_credential_endpoints = [\"{opening}\"] (its allow rules must cover it too)"
     )]
-    CredentialEndpointForbidden { client: String, method: String, path: String, why: &'static str, opening: String },
+    CredentialEndpointForbidden {
+        /// The client's name.
+        client: String,
+        /// The request's method.
+        method: String,
+        /// The request's path, as checked.
+        path: String,
+        /// Why the endpoint is closed by default (what it would hand out).
+        why: &'static str,
+        /// The `allow_credential_endpoints` entry that opens it.
+        opening: String,
+    },
     /// A client tried to use the gateway's own Palette session.
     #[error("client {client} may not call {path}: /v1/auth/** is reserved to the gateway's own session")]
-    AuthPathForbidden { client: String, path: String },
+    AuthPathForbidden {
+        /// The client's name.
+        client: String,
+        /// The request's path, as checked.
+        path: String,
+    },
     /// A `ProjectUid` outside the client's `projects`.
     #[error("client {client} may not use project {project}")]
-    ProjectForbidden { client: String, project: String },
+    ProjectForbidden {
+        /// The client's name.
+        client: String,
+        /// The `ProjectUid` the request asked for.
+        project: String,
+    },
     /// A rate limit (the client's, the global one, or the upstream budget) refused the request.
     #[error("client {client} is over the {limit} rate limit ({rate}); retry after {retry_after}s")]
-    RateLimited { client: String, limit: &'static str, rate: String, retry_after: u64 },
+    RateLimited {
+        /// The client's name.
+        client: String,
+        /// Which limit refused (its metric label: `client`, `global` or `upstream`).
+        limit: &'static str,
+        /// The limit's rate, in words (`10/s, burst 20`, or the Palette budget's current rate).
+        rate: String,
+        /// Whole seconds until a retry may pass (the `Retry-After` header).
+        retry_after: u64,
+    },
     /// The client did not send its request body within `request_body_timeout`.
     #[error("the request body did not arrive within {0} (server.request_body_timeout)")]
     RequestTimeout(String),
@@ -53,7 +91,12 @@ pub enum GatewayError {
     Overloaded(usize),
     /// No valid upstream token could be had.
     #[error("credential {credential} has no valid upstream token: {reason}")]
-    CredentialUnavailable { credential: String, reason: String },
+    CredentialUnavailable {
+        /// The credential's name (`[credentials.<name>]`).
+        credential: String,
+        /// Why no token could be had.
+        reason: String,
+    },
     /// The upstream could not be reached.
     #[error("upstream unavailable: {0}")]
     UpstreamUnavailable(String),

@@ -1,6 +1,7 @@
 //! Listeners: accept TCP (at most `max_connections` at once), terminate TLS (and verify client
 //! certificates for mTLS), serve HTTP/1.1 and HTTP/2 on each connection with header-size and
 //! header-time limits, close idle connections, and drain on shutdown.
+#![warn(missing_docs)]
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -52,10 +53,17 @@ pub type SettingsSource = Arc<dyn Fn() -> ConnSettings + Send + Sync>;
 
 /// Serves `service` on `listener` until `shutdown` fires; then stops accepting, asks every
 /// connection to finish its in-flight requests (idle keep-alive connections close at once), and
-/// returns when they have, or after `drain`.
-pub async fn serve(listener: TcpListener, settings: SettingsSource, service: HttpService, shutdown: CancellationToken) {
+/// returns when they have, or after `drain`. Returns the error, after the same drain, when the
+/// listening socket itself fails for good ([`listener_broken`]): the gateway cannot go on.
+pub async fn serve(
+    listener: TcpListener,
+    settings: SettingsSource,
+    service: HttpService,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
     let connections = Arc::new(Semaphore::new(settings().limits.max_connections));
     let tracker = TaskTracker::new();
+    let mut failure = None;
     loop {
         // Past max_connections, new clients wait in the kernel's accept queue.
         let permit = tokio::select! {
@@ -69,6 +77,11 @@ pub async fn serve(listener: TcpListener, settings: SettingsSource, service: Htt
             _ = shutdown.cancelled() => break,
             accepted = listener.accept() => match accepted {
                 Ok(a) => a,
+                Err(e) if listener_broken(&e) => {
+                    tracing::error!(error = %e, "the listening socket failed; stopping");
+                    failure = Some(e);
+                    break;
+                }
                 Err(e) => {
                     // Out of file descriptors and the like: back off instead of spinning.
                     tracing::warn!(error = %e, "accept failed");
@@ -103,6 +116,23 @@ pub async fn serve(listener: TcpListener, settings: SettingsSource, service: Htt
     tracker.close();
     if tokio::time::timeout(drain, tracker.wait()).await.is_err() {
         tracing::warn!(open = tracker.len(), "drain timeout reached; closing remaining connections");
+    }
+    failure.map_or(Ok(()), Err)
+}
+
+/// Whether an accept error means the listening socket itself is unusable, so that every later
+/// accept fails the same way. Everything else passes: a shortage (EMFILE/ENFILE, ENOBUFS,
+/// ENOMEM) ends as open connections close, and Linux reports a pending connection's network
+/// errors through accept (accept(2) says to retry them).
+fn listener_broken(e: &std::io::Error) -> bool {
+    #[cfg(unix)]
+    {
+        matches!(e.raw_os_error(), Some(libc::EBADF | libc::EINVAL | libc::ENOTSOCK | libc::EFAULT))
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = e;
+        false
     }
 }
 
@@ -322,5 +352,260 @@ impl Drop for EndGuard {
         if let Some(a) = self.0.take() {
             a.end();
         }
+    }
+}
+
+/// One connection at a time, over in-memory IO (`tokio::io::duplex`): what [`drive`] and
+/// [`ConnService`] promise a client, without a socket or the gateway behind them.
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
+    use tokio::task::JoinHandle;
+
+    const PEER: &str = "192.0.2.7:4321";
+
+    fn limits() -> ServerLimits {
+        ServerLimits {
+            header_read_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
+            request_body_timeout: Duration::from_secs(30),
+            send_timeout: Duration::from_secs(30),
+            max_request_body: 16 << 20,
+            max_header_bytes: 8192,
+            max_connections: 10,
+            max_inflight_requests: 10,
+            shutdown_delay: Duration::ZERO,
+            drain_timeout: Duration::from_secs(1),
+        }
+    }
+
+    /// Answers with the peer address the connection tagged the request with.
+    fn peer_echo() -> HttpService {
+        Arc::new(|req: Request<Body>| {
+            let peer = req.extensions().get::<ConnInfo>().map(|c| c.peer.to_string()).unwrap_or_default();
+            Box::pin(async move { Response::new(body::full(peer)) })
+        })
+    }
+
+    /// Answers `size` bytes.
+    fn large(size: usize) -> HttpService {
+        Arc::new(move |_| Box::pin(async move { Response::new(body::full(vec![b'x'; size])) }))
+    }
+
+    /// Serves `service` on one end of an in-memory pipe (`buffer` bytes each way).
+    fn connect(
+        limits: ServerLimits,
+        service: HttpService,
+        buffer: usize,
+    ) -> (DuplexStream, CancellationToken, JoinHandle<()>) {
+        let (client, server) = tokio::io::duplex(buffer);
+        let conn = ConnInfo::new(PEER.parse().unwrap(), false, Arc::default());
+        let stop = CancellationToken::new();
+        let handle = tokio::spawn({
+            let stop = stop.clone();
+            async move { drive(server, conn, service, &limits, stop).await }
+        });
+        (client, stop, handle)
+    }
+
+    /// Reads until the connection ends.
+    async fn read_all(client: &mut DuplexStream) -> String {
+        let mut out = Vec::new();
+        client.read_to_end(&mut out).await.unwrap();
+        String::from_utf8_lossy(&out).into_owned()
+    }
+
+    /// Reads one whole response with a `content-length` body (keep-alive: the connection stays).
+    async fn read_response(client: &mut DuplexStream) -> String {
+        let mut out = Vec::new();
+        let mut buf = [0u8; 4096];
+        loop {
+            let n = client.read(&mut buf).await.unwrap();
+            assert!(n > 0, "the connection ended inside a response: {:?}", String::from_utf8_lossy(&out));
+            out.extend_from_slice(&buf[..n]);
+            let text = String::from_utf8_lossy(&out);
+            if let Some(head_end) = text.find("\r\n\r\n") {
+                let length = text[..head_end]
+                    .lines()
+                    .find_map(|l| l.strip_prefix("content-length: "))
+                    .map_or(0, |v| v.trim().parse::<usize>().unwrap());
+                if out.len() >= head_end + 4 + length {
+                    return text.into_owned();
+                }
+            }
+        }
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn only_a_broken_listening_socket_stops_the_accept_loop() {
+        use std::io::Error;
+        for errno in [libc::EBADF, libc::EINVAL, libc::ENOTSOCK, libc::EFAULT] {
+            assert!(listener_broken(&Error::from_raw_os_error(errno)), "{errno}");
+        }
+        for errno in [
+            libc::EMFILE,
+            libc::ENFILE,
+            libc::ENOBUFS,
+            libc::ENOMEM,
+            libc::ECONNABORTED,
+            libc::EINTR,
+            libc::EAGAIN,
+            libc::EPROTO,
+            libc::ENETDOWN,
+            libc::EHOSTUNREACH,
+            libc::EOPNOTSUPP,
+            libc::EPERM,
+        ] {
+            assert!(!listener_broken(&Error::from_raw_os_error(errno)), "{errno}");
+        }
+        assert!(!listener_broken(&Error::other("not from the OS")));
+    }
+
+    #[tokio::test]
+    async fn one_exchange_tags_the_request_with_its_connection() {
+        let (mut client, _stop, handle) = connect(limits(), peer_echo(), 64 * 1024);
+        client.write_all(b"GET /v1/users HTTP/1.1\r\nhost: gw\r\nconnection: close\r\n\r\n").await.unwrap();
+        let answer = read_all(&mut client).await;
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+        assert!(answer.ends_with(PEER), "the service saw the connection's peer: {answer}");
+        handle.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_head_larger_than_max_header_bytes_gets_431() {
+        let (mut client, _stop, handle) = connect(limits(), peer_echo(), 64 * 1024);
+        let filler = "a".repeat(16 * 1024);
+        let request = format!("GET / HTTP/1.1\r\nhost: gw\r\nx-filler: {filler}\r\n\r\n");
+        // The server may stop reading (and close) before the whole head is written.
+        let _ = client.write_all(request.as_bytes()).await;
+        let answer = read_all(&mut client).await;
+        assert!(answer.starts_with("HTTP/1.1 431"), "{answer}");
+        handle.await.unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_head_that_does_not_arrive_within_header_read_timeout_ends_the_connection() {
+        let (mut client, _stop, handle) = connect(limits(), peer_echo(), 64 * 1024);
+        let started = tokio::time::Instant::now();
+        client.write_all(b"GET / HTTP/1.1\r\nhost: gw\r\n").await.unwrap();
+        let answer = read_all(&mut client).await;
+        assert!(!answer.contains(" 200 "), "no answer to half a request: {answer}");
+        let waited = started.elapsed();
+        assert!(
+            (Duration::from_secs(10)..Duration::from_secs(11)).contains(&waited),
+            "cut at header_read_timeout, not before: {waited:?}"
+        );
+        handle.await.unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_slow_head_that_completes_within_header_read_timeout_is_served() {
+        let (mut client, _stop, _handle) = connect(limits(), peer_echo(), 64 * 1024);
+        client.write_all(b"GET / HTTP/1.1\r\n").await.unwrap();
+        tokio::time::sleep(Duration::from_secs(9)).await;
+        client.write_all(b"host: gw\r\n\r\n").await.unwrap();
+        let answer = read_response(&mut client).await;
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_client_that_takes_no_bytes_is_disconnected_after_send_timeout() {
+        // 4 KiB of pipe: a 1 MiB answer fills it, and the client never reads.
+        let (mut client, _stop, handle) = connect(limits(), large(1 << 20), 4096);
+        let started = tokio::time::Instant::now();
+        client.write_all(b"GET / HTTP/1.1\r\nhost: gw\r\n\r\n").await.unwrap();
+        tokio::time::timeout(Duration::from_secs(120), handle).await.expect("the connection ends").unwrap();
+        let waited = started.elapsed();
+        assert!(
+            (Duration::from_secs(30)..Duration::from_secs(35)).contains(&waited),
+            "cut at send_timeout, not before: {waited:?}"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_slow_reader_that_keeps_taking_bytes_gets_the_whole_answer() {
+        let (mut client, _stop, handle) = connect(limits(), large(256 * 1024), 4096);
+        client.write_all(b"GET / HTTP/1.1\r\nhost: gw\r\nconnection: close\r\n\r\n").await.unwrap();
+        let mut got = 0;
+        let mut buf = [0u8; 4096];
+        loop {
+            // 4 KiB every 5s: slow, but never 30s without progress.
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            let n = client.read(&mut buf).await.unwrap();
+            if n == 0 {
+                break;
+            }
+            got += n;
+            if got > 256 * 1024 {
+                break;
+            }
+        }
+        assert!(got > 256 * 1024, "the whole answer arrived: {got} bytes");
+        handle.await.unwrap();
+    }
+
+    // Idle time is measured on std's clock (see `Activity`), so this one runs in real time,
+    // with a short idle_timeout.
+    #[tokio::test]
+    async fn an_idle_keep_alive_connection_is_closed_after_idle_timeout() {
+        let limits = ServerLimits { idle_timeout: Duration::from_millis(200), ..limits() };
+        let (mut client, _stop, handle) = connect(limits, peer_echo(), 64 * 1024);
+        client.write_all(b"GET / HTTP/1.1\r\nhost: gw\r\n\r\n").await.unwrap();
+        let answer = read_response(&mut client).await;
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+        tokio::time::timeout(Duration::from_secs(5), handle).await.expect("closed when idle").unwrap();
+        assert_eq!(read_all(&mut client).await, "", "closed without another byte");
+    }
+
+    #[tokio::test]
+    async fn a_request_in_flight_is_not_idle() {
+        let limits = ServerLimits { idle_timeout: Duration::from_millis(100), ..limits() };
+        let slow: HttpService = Arc::new(|_| {
+            Box::pin(async {
+                tokio::time::sleep(Duration::from_millis(400)).await;
+                Response::new(body::full("late"))
+            })
+        });
+        let (mut client, _stop, _handle) = connect(limits, slow, 64 * 1024);
+        client.write_all(b"GET / HTTP/1.1\r\nhost: gw\r\n\r\n").await.unwrap();
+        let answer = read_response(&mut client).await;
+        assert!(answer.starts_with("HTTP/1.1 200") && answer.ends_with("late"), "{answer}");
+    }
+
+    #[tokio::test]
+    async fn shutdown_closes_an_idle_connection_and_lets_a_request_in_flight_finish() {
+        let (release_tx, release_rx) = tokio::sync::oneshot::channel::<()>();
+        let release_rx = Arc::new(std::sync::Mutex::new(Some(release_rx)));
+        let held: HttpService = Arc::new(move |_| {
+            let rx = release_rx.lock().unwrap().take();
+            Box::pin(async move {
+                if let Some(rx) = rx {
+                    let _ = rx.await;
+                }
+                Response::new(body::full("done"))
+            })
+        });
+
+        // Idle: the connection closes at once.
+        let (mut idle, stop, handle) = connect(limits(), peer_echo(), 64 * 1024);
+        idle.write_all(b"GET / HTTP/1.1\r\nhost: gw\r\n\r\n").await.unwrap();
+        read_response(&mut idle).await;
+        stop.cancel();
+        tokio::time::timeout(Duration::from_secs(5), handle).await.expect("an idle connection closes").unwrap();
+
+        // In flight: the answer is sent (and says the connection closes), then it closes.
+        let (mut busy, stop, handle) = connect(limits(), held, 64 * 1024);
+        busy.write_all(b"GET / HTTP/1.1\r\nhost: gw\r\n\r\n").await.unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        stop.cancel();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(!handle.is_finished(), "the request in flight holds the connection");
+        release_tx.send(()).unwrap();
+        let answer = read_all(&mut busy).await;
+        assert!(answer.starts_with("HTTP/1.1 200") && answer.ends_with("done"), "{answer}");
+        assert!(answer.contains("connection: close"), "{answer}");
+        handle.await.unwrap();
     }
 }

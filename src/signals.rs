@@ -1,4 +1,5 @@
 //! The process signals the gateway acts on: SIGTERM/SIGINT (stop) and SIGHUP (reload).
+#![warn(missing_docs)]
 
 /// SIGTERM and SIGINT, registered once so that no signal is lost between two waits.
 pub(crate) struct StopSignals {
@@ -15,6 +16,17 @@ impl StopSignals {
         {
             use tokio::signal::unix::{signal, SignalKind};
             StopSignals { term: signal(SignalKind::terminate()).ok(), int: signal(SignalKind::interrupt()).ok() }
+        }
+        #[cfg(not(unix))]
+        StopSignals {}
+    }
+
+    /// Stop signals that never come (tests stop the gateway by other means).
+    #[cfg(test)]
+    pub(crate) fn never() -> Self {
+        #[cfg(unix)]
+        {
+            StopSignals { term: None, int: None }
         }
         #[cfg(not(unix))]
         StopSignals {}
@@ -58,7 +70,8 @@ impl Default for StopSignals {
     }
 }
 
-/// Resolves on SIGTERM or SIGINT.
+/// Resolves on SIGTERM or SIGINT (the demo's stop).
+#[cfg(feature = "demo")]
 pub(crate) async fn wait_for_signal() {
     StopSignals::new().recv().await;
 }
@@ -79,6 +92,17 @@ impl Hangup {
     /// Nothing to register.
     #[cfg(not(unix))]
     pub(crate) fn new() -> Self {
+        Hangup
+    }
+
+    /// A SIGHUP that never comes (tests drive the watcher by files alone).
+    #[cfg(all(test, unix))]
+    pub(crate) fn never() -> Self {
+        Hangup(None)
+    }
+    /// A SIGHUP that never comes.
+    #[cfg(all(test, not(unix)))]
+    pub(crate) fn never() -> Self {
         Hangup
     }
 

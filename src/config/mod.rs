@@ -13,6 +13,7 @@
 //! Config depends on no request-path or process-lifetime module, only on the leaf modules
 //! `path` (a route's or budget prefix's segments), `pattern` (`allow` rules) and
 //! `credential_endpoints::check_opening` (which refused endpoint an opening names).
+#![warn(missing_docs)]
 
 mod file;
 mod preset;
@@ -58,10 +59,18 @@ impl fmt::Display for Problem {
 /// Why a config could not be loaded.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
+    /// The file cannot be read (missing, unreadable, not a regular file, or over 1 MiB).
     #[error("cannot read config file {path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
+    Read {
+        /// The file asked for.
+        path: PathBuf,
+        /// The operating system's reason.
+        source: std::io::Error,
+    },
+    /// The text is not TOML, or a key is unknown or has the wrong type (rendered with the line).
     #[error("{0}")]
     Syntax(String),
+    /// The TOML is well formed but breaks rules: every problem, each by field path.
     #[error("{}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"))]
     Invalid(Vec<Problem>),
 }
@@ -174,9 +183,11 @@ impl Config {
 /// `[server]`.
 #[derive(Debug)]
 pub struct ServerConfig {
-    /// The proxy listener.
+    /// The proxy listener (`server.listen`). Default `127.0.0.1:8080`: loopback until an
+    /// operator opens it. Bound once: a reload may not move it.
     pub listen: SocketAddr,
-    /// `/healthz`, `/readyz`.
+    /// The admin listener: `/healthz`, `/readyz`, `/metrics` (`server.admin_listen`). Default
+    /// `127.0.0.1:9090`; a port of its own, so that it can stay private when the proxy is open.
     pub admin_listen: SocketAddr,
     /// HTTPS (and mTLS when it verifies clients).
     pub tls: Option<ServerTls>,
@@ -213,7 +224,7 @@ pub struct ServerLimits {
 /// `[log]`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LogConfig {
-    /// JSON lines (`json`, the default) or human-readable `text`.
+    /// `log.format`: JSON lines (`json`, the default, for log shippers) or human-readable `text`.
     pub json: bool,
     /// A tracing filter (`info`, `palette_gateway=debug`); `RUST_LOG` overrides it.
     pub level: String,
@@ -242,9 +253,11 @@ pub struct UpstreamConfig {
     pub authority: http::uri::Authority,
     /// Extra trusted roots (DER), on top of the webpki roots.
     pub extra_roots: Vec<rustls::pki_types::CertificateDer<'static>>,
-    /// TCP (+TLS) connect timeout.
+    /// TCP (+TLS) connect timeout. Default 5s: a reachable Palette connects in milliseconds, so
+    /// a longer wait only holds the client.
     pub connect_timeout: Duration,
-    /// Time allowed until the upstream's response headers.
+    /// Time allowed until the upstream's response headers (504 past it); also the total
+    /// deadline of a login or refresh. Default 60s.
     pub request_timeout: Duration,
     /// Longest pause inside an upstream response body before the transfer is cut (as an error
     /// the client sees). Default 60s.
@@ -267,9 +280,10 @@ pub struct Rate {
 pub struct UpstreamLimits {
     /// Budget rules; the longest matching prefix decides a request's bucket. Empty: no budget.
     pub rules: Vec<PrefixLimit>,
-    /// Longest a request waits for budget before it gets 429.
+    /// Longest a request waits for budget (retries included) before it gets 429. Default 2s:
+    /// a short wait smooths bursts, a long one only moves the queue into the gateway.
     pub max_wait: Duration,
-    /// Most requests waiting per prefix; past it, 429 at once.
+    /// Most requests waiting per prefix; past it, 429 at once (bounds memory). Default 1024.
     pub max_queue: usize,
 }
 
@@ -309,9 +323,11 @@ pub struct TokenSettings {
     pub password: Secret,
     /// The tenant's org name, if needed.
     pub org: Option<String>,
-    /// Assumed lifetime when the JWT has no `exp`.
+    /// Longest a token is trusted: its JWT `exp` if earlier, else the login time + this.
+    /// Default 15m.
     pub token_lifetime: Duration,
-    /// Refresh when this much lifetime is left.
+    /// Refresh when this much lifetime is left, so that no request waits for a login; shorter
+    /// than `token_lifetime`. Default 3m.
     pub refresh_before: Duration,
 }
 
