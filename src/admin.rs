@@ -1,6 +1,5 @@
 //! The admin listener's endpoints: `/healthz` (serving), `/readyz` (config loaded and every
 //! login credential holds a valid token) and `/metrics` (Prometheus text format).
-#![warn(missing_docs)]
 
 use std::convert::Infallible;
 use std::future::{ready, Ready};

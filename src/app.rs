@@ -1,7 +1,6 @@
 //! Wiring: binds the listeners, builds the runtime, owns every long-lived task (servers, token
 //! refreshers, the reload watcher and loop) through one task tracker and one root cancellation
 //! token, reloads the config whole, and shuts down gracefully along one stop path.
-#![warn(missing_docs)]
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

@@ -1,6 +1,5 @@
 //! The one body type the gateway answers with: upstream bodies stream through it unbuffered,
 //! and the gateway's own small answers are full bodies of the same type.
-#![warn(missing_docs)]
 
 use bytes::Bytes;
 use http_body::Body as _;

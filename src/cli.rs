@@ -1,5 +1,4 @@
 //! The command line: run the gateway, `check` a config, make and hash local keys, `--demo`.
-#![warn(missing_docs)]
 
 use std::io::Read as _;
 use std::path::PathBuf;

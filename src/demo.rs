@@ -2,7 +2,6 @@
 //! show the credential swap, a ProjectUid route and a refused request. The fake Palette is a
 //! crate of its own (`crates/fake-palette`), linked in by the default `demo` feature; a gateway
 //! built without it says so when asked for `--demo`.
-#![warn(missing_docs)]
 
 use std::path::Path;
 

@@ -1,6 +1,5 @@
 //! Every error the gateway answers itself, and the one function that turns it into Palette's
 //! JSON error shape (`{"code","message","ref","details"}`) with the right status.
-#![warn(missing_docs)]
 
 use http::{header, HeaderValue, Response, StatusCode};
 
@@ -17,8 +16,14 @@ pub enum GatewayError {
     #[error("{0}")]
     BadRequest(String),
     /// A method outside Palette's API (CONNECT, TRACE, unknown ones, `get`).
-    #[error("method {0} is not supported by the gateway: it forwards only {methods}", methods = crate::proxy::target::ALLOWED_METHODS)]
-    MethodNotAllowed(String),
+    #[error("method {method} is not supported by the gateway: it forwards only {allowed}")]
+    MethodNotAllowed {
+        /// The method as sent (cut to a bounded length).
+        method: String,
+        /// The methods that are forwarded, as the `Allow` header lists them (the target step
+        /// decides them, so this module depends on no step).
+        allowed: &'static str,
+    },
     /// No local credential and no anonymous client.
     #[error("a local credential is required: send ApiKey: <local key> or Authorization: Bearer <local key>")]
     MissingCredential,
@@ -118,7 +123,7 @@ impl GatewayError {
         match self {
             GatewayError::InvalidPath(_) => (StatusCode::BAD_REQUEST, "InvalidPath"),
             GatewayError::BadRequest(_) => (StatusCode::BAD_REQUEST, "BadRequest"),
-            GatewayError::MethodNotAllowed(_) => (StatusCode::METHOD_NOT_ALLOWED, "MethodNotAllowed"),
+            GatewayError::MethodNotAllowed { .. } => (StatusCode::METHOD_NOT_ALLOWED, "MethodNotAllowed"),
             GatewayError::MissingCredential => (StatusCode::UNAUTHORIZED, "Unauthorized"),
             GatewayError::UnknownCredential(_) => (StatusCode::UNAUTHORIZED, "Unauthorized"),
             GatewayError::Forbidden { .. } => (StatusCode::FORBIDDEN, "Forbidden"),
@@ -148,7 +153,7 @@ impl GatewayError {
             GatewayError::ProjectForbidden { .. } => Some("project"),
             GatewayError::InvalidPath(_)
             | GatewayError::BadRequest(_)
-            | GatewayError::MethodNotAllowed(_)
+            | GatewayError::MethodNotAllowed { .. }
             | GatewayError::RateLimited { .. }
             | GatewayError::RequestTimeout(_)
             | GatewayError::PayloadTooLarge(_)
@@ -175,10 +180,9 @@ impl GatewayError {
             GatewayError::Overloaded(_) => {
                 resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
             }
-            GatewayError::MethodNotAllowed(_) => {
+            GatewayError::MethodNotAllowed { allowed, .. } => {
                 // RFC 9110 §15.5.6: a 405 says which methods the target takes.
-                resp.headers_mut()
-                    .insert(header::ALLOW, HeaderValue::from_static(crate::proxy::target::ALLOWED_METHODS));
+                resp.headers_mut().insert(header::ALLOW, HeaderValue::from_static(allowed));
             }
             _ => {}
         }
@@ -204,7 +208,7 @@ mod tests {
         vec![
             (GatewayError::InvalidPath(PathError::DotSegment), 400, "InvalidPath"),
             (GatewayError::BadRequest("x".into()), 400, "BadRequest"),
-            (GatewayError::MethodNotAllowed("CONNECT".into()), 405, "MethodNotAllowed"),
+            (GatewayError::MethodNotAllowed { method: "CONNECT".into(), allowed: "GET" }, 405, "MethodNotAllowed"),
             (GatewayError::MissingCredential, 401, "Unauthorized"),
             (GatewayError::UnknownCredential("x".into()), 401, "Unauthorized"),
             (
@@ -273,8 +277,9 @@ mod tests {
 
     #[test]
     fn method_not_allowed_carries_allow() {
-        let resp = GatewayError::MethodNotAllowed("TRACE".into()).into_response("r");
-        assert_eq!(resp.headers()[header::ALLOW], crate::proxy::target::ALLOWED_METHODS);
+        let allowed = "GET, HEAD";
+        let resp = GatewayError::MethodNotAllowed { method: "TRACE".into(), allowed }.into_response("r");
+        assert_eq!(resp.headers()[header::ALLOW], allowed);
     }
 
     #[test]

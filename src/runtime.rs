@@ -1,6 +1,5 @@
 //! The runtime snapshot: everything a request needs (config, credentials, upstream client,
 //! limits, budget), built in one place for start-up and reload alike and swapped whole.
-#![warn(missing_docs)]
 
 use std::sync::Arc;
 

@@ -1,7 +1,6 @@
 //! Listeners: accept TCP (at most `max_connections` at once), terminate TLS (and verify client
 //! certificates for mTLS), serve HTTP/1.1 and HTTP/2 on each connection with header-size and
 //! header-time limits, close idle connections, and drain on shutdown.
-#![warn(missing_docs)]
 
 use std::convert::Infallible;
 use std::net::SocketAddr;

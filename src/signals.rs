@@ -1,5 +1,4 @@
 //! The process signals the gateway acts on: SIGTERM/SIGINT (stop) and SIGHUP (reload).
-#![warn(missing_docs)]
 
 /// SIGTERM and SIGINT, registered once so that no signal is lost between two waits.
 pub(crate) struct StopSignals {

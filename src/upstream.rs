@@ -1,6 +1,5 @@
 //! The pooled client to the one upstream: TLS roots, ALPN (HTTP/2 where offered), timeouts,
 //! and the classification of failures into connect / timeout / other.
-#![warn(missing_docs)]
 
 use std::time::Duration;
 

@@ -2,7 +2,6 @@
 //! Directories are watched (not the files), so a Kubernetes ConfigMap or Secret update, which
 //! swaps a `..data` symlink, is seen; a change is reported only when a watched file's content
 //! actually changed. The watcher only reports: the app's reload loop loads and applies.
-#![warn(missing_docs)]
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};

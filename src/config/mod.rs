@@ -13,7 +13,6 @@
 //! Config depends on no request-path or process-lifetime module, only on the leaf modules
 //! `path` (a route's or budget prefix's segments), `pattern` (`allow` rules) and
 //! `credential_endpoints::check_opening` (which refused endpoint an opening names).
-#![warn(missing_docs)]
 
 mod file;
 mod preset;

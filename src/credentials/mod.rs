@@ -1,7 +1,6 @@
 //! Upstream credentials at run time: API keys as ready headers, login credentials as token
 //! managers. Built from a config snapshot; token managers carry over to a new snapshot whose
 //! settings for them did not change, so a reload causes no new login.
-#![warn(missing_docs)]
 
 pub(crate) mod palette_auth;
 pub mod token;

@@ -1,7 +1,6 @@
 //! Client rate limits: a GCRA per client (its own `rate_limit` or the default) and one global
 //! limit across all clients, with the `RateLimit-*` headers that tell a client where it stands.
 //! The outbound budget towards Palette is in [`upstream`].
-#![warn(missing_docs)]
 
 pub mod upstream;
 

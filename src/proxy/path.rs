@@ -9,20 +9,28 @@ use std::fmt;
 /// Why a request path was refused (always answered 400).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PathError {
+    /// Not origin-form: the path does not start with `/`.
     #[error("path must start with '/'")]
     NotAbsolute,
+    /// `//` somewhere (a trailing `/` is allowed).
     #[error("path contains an empty segment ('//')")]
     EmptySegment,
+    /// A `.` or `..` segment, literal or encoded.
     #[error("path contains a dot-segment ('.' or '..')")]
     DotSegment,
+    /// `%2f`, `%5c` or `%2e` in any case: a separator the router might decode.
     #[error("path contains an encoded '/', '\\' or '.' ({0})")]
     EncodedSeparator(String),
+    /// A literal `\`, which some servers read as `/`.
     #[error("path contains a backslash")]
     Backslash,
+    /// `%` not followed by two hex digits.
     #[error("path contains invalid percent-encoding")]
     InvalidPercentEncoding,
+    /// A control character, literal or encoded.
     #[error("path contains an encoded control character")]
     EncodedControl,
+    /// `;`: path parameters, which servers strip differently.
     #[error("path contains ';' (path parameters are read differently by different servers)")]
     Semicolon,
 }

@@ -11,18 +11,25 @@ use http::Method;
 /// Why an `allow` pattern did not parse.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PatternError {
+    /// Not two words, `METHOD /path`.
     #[error("expected \"METHOD /path\" (e.g. \"GET /v1/**\"), got {0:?}")]
     Shape(String),
+    /// A method that is not upper-case letters (or `*`).
     #[error("invalid method {0:?}")]
     Method(String),
+    /// The path pattern does not start with `/`.
     #[error("path pattern must start with '/'")]
     NotAbsolute,
+    /// `**` before the last segment.
     #[error("'**' may only be the last segment")]
     DoubleStarNotLast,
+    /// `*` inside a segment (`a*`).
     #[error("'*' must be a whole segment (got {0:?})")]
     PartialWildcard(String),
+    /// `//` in the pattern.
     #[error("empty segment in path pattern (only a trailing '/' is allowed)")]
     EmptySegment,
+    /// A literal segment no checked path can have (`..`, `%61`).
     #[error("path pattern segment {0:?} would never match a checked path")]
     Unmatchable(String),
 }

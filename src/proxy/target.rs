@@ -60,7 +60,7 @@ pub fn check_method(method: &Method) -> Result<(), GatewayError> {
         return Ok(());
     }
     // A method is a token (visible ASCII), but it can be long: the answer shows a bounded part.
-    Err(GatewayError::MethodNotAllowed(method.as_str().chars().take(32).collect()))
+    Err(GatewayError::MethodNotAllowed { method: method.as_str().chars().take(32).collect(), allowed: ALLOWED_METHODS })
 }
 
 /// Headers by which some servers and frameworks take another method or path than the request
