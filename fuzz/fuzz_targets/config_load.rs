@@ -73,7 +73,7 @@ fn durations(cfg: &Config) -> Vec<(&'static str, Duration)> {
 fn run_time_parts(cfg: &Config) {
     let limits = ClientLimits::build(cfg, None);
     for i in 0..cfg.clients.len() {
-        let _ = limits.check(i);
+        let _ = limits.check(i.into());
     }
     let _ = ClientLimits::build(cfg, Some(&limits));
 
@@ -90,13 +90,13 @@ fn run_time_parts(cfg: &Config) {
         let Some(bucket) = budget.bucket_for(&path) else { continue };
         rt.block_on(async {
             for _ in 0..3 {
-                let _ = bucket.acquire(0, Duration::ZERO).await;
+                let _ = bucket.acquire(0.into(), Duration::ZERO).await;
             }
             for _ in 0..8 {
                 bucket.throttled();
             }
             let _ = bucket.current_rate();
-            let _ = bucket.acquire(1, Duration::ZERO).await;
+            let _ = bucket.acquire(1.into(), Duration::ZERO).await;
         });
     }
     let _ = UpstreamBudget::build(&cfg.upstream.limits, Some(&budget));
