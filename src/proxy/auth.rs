@@ -29,37 +29,40 @@ pub fn key_hash_string(key: &str) -> String {
 }
 
 /// Keys already matched to a client, so that steady traffic skips the SHA-256. Only keys that
-/// matched are kept, in a bounded cache (at most [`KeyCache::CAPACITY`], the least useful
-/// evicted), so unknown keys cannot grow it; it lives in one runtime snapshot, so a reload that
-/// removes a key forgets it. A matched key is the cache key, in memory only (as before);
-/// `Debug` shows only the count.
+/// matched are kept (at most [`KeyCache::CAPACITY`]; past it a key is hashed each time), so
+/// unknown keys cannot grow it; it lives in one runtime snapshot, so a reload that removes a key
+/// forgets it. A matched key is the cache key, in memory only; `Debug` shows only the count.
+///
+/// A plain map under a read lock rather than moka: the entries are the configured clients' keys
+/// (few, fixed for the snapshot), so nothing needs evicting, and moka's bookkeeping on every read
+/// cost about 2 µs per request (compare.sh: 28.8-30.1 against 26.6-27.2 µs of CPU per request).
+#[derive(Default)]
 pub struct KeyCache {
-    known: moka::sync::Cache<Box<str>, ClientId>,
+    known: std::sync::RwLock<std::collections::HashMap<Box<str>, ClientId>>,
 }
 
-impl Default for KeyCache {
-    fn default() -> Self {
-        KeyCache { known: moka::sync::Cache::new(Self::CAPACITY) }
-    }
-}
-
-// By hand: the cache's own `Debug` would print the local keys.
+// By hand: a derived `Debug` would print the local keys.
 impl std::fmt::Debug for KeyCache {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("KeyCache").field("entries", &self.known.entry_count()).finish()
+        let entries = self.known.read().map(|m| m.len()).unwrap_or(0);
+        f.debug_struct("KeyCache").field("entries", &entries).finish()
     }
 }
 
 impl KeyCache {
     /// Most keys remembered.
-    pub const CAPACITY: u64 = 10_000;
+    pub const CAPACITY: usize = 10_000;
 
     fn lookup(&self, cfg: &Config, key: &str) -> Option<ClientId> {
-        if let Some(client) = self.known.get(key) {
+        if let Some(&client) = self.known.read().ok().as_ref().and_then(|m| m.get(key)) {
             return Some(client);
         }
         let client = cfg.client_by_key_hash(&hash_key(key))?;
-        self.known.insert(key.into(), client);
+        if let Ok(mut m) = self.known.write() {
+            if m.len() < Self::CAPACITY {
+                m.insert(key.into(), client);
+            }
+        }
         Some(client)
     }
 }
@@ -211,9 +214,10 @@ mod tests {
             assert_eq!(identify(&c, &cache, &h(&[("apikey", "key-a")]), &none).unwrap().index(), 0);
             assert!(identify(&c, &cache, &h(&[("apikey", "nope")]), &none).is_err());
         }
-        cache.known.run_pending_tasks();
-        assert_eq!(cache.known.entry_count(), 1);
-        assert_eq!(cache.known.get("key-a"), Some(ClientId(0)));
+        let known = cache.known.read().unwrap();
+        assert_eq!(known.len(), 1);
+        assert_eq!(known.get("key-a"), Some(&ClientId(0)));
+        drop(known);
         let shown = format!("{cache:?}");
         assert!(!shown.contains("key-a"), "{shown}");
     }
