@@ -102,6 +102,10 @@ pub enum GatewayError {
         /// Why no token could be had.
         reason: String,
     },
+    /// A Kubernetes ServiceAccount token cannot be checked now (the API server or its key set is
+    /// unreachable, slow or refuses the gateway): the caller is not at fault, and may retry.
+    #[error("Kubernetes ServiceAccount tokens cannot be checked now: {0}")]
+    IdentityUnavailable(String),
     /// The upstream could not be reached.
     #[error("upstream unavailable: {0}")]
     UpstreamUnavailable(String),
@@ -135,6 +139,7 @@ impl GatewayError {
             GatewayError::PayloadTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "RequestEntityTooLarge"),
             GatewayError::Overloaded(_) => (StatusCode::SERVICE_UNAVAILABLE, "Overloaded"),
             GatewayError::CredentialUnavailable { .. } => (StatusCode::SERVICE_UNAVAILABLE, "CredentialUnavailable"),
+            GatewayError::IdentityUnavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "CredentialUnavailable"),
             GatewayError::UpstreamUnavailable(_) => (StatusCode::BAD_GATEWAY, "UpstreamUnavailable"),
             GatewayError::UpstreamTimeout(_) => (StatusCode::GATEWAY_TIMEOUT, "UpstreamTimeout"),
             GatewayError::UpstreamError(_) => (StatusCode::BAD_GATEWAY, "UpstreamError"),
@@ -159,6 +164,7 @@ impl GatewayError {
             | GatewayError::PayloadTooLarge(_)
             | GatewayError::Overloaded(_)
             | GatewayError::CredentialUnavailable { .. }
+            | GatewayError::IdentityUnavailable(_)
             | GatewayError::UpstreamUnavailable(_)
             | GatewayError::UpstreamTimeout(_)
             | GatewayError::UpstreamError(_)
@@ -177,7 +183,7 @@ impl GatewayError {
             GatewayError::RateLimited { retry_after, .. } => {
                 resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(retry_after));
             }
-            GatewayError::Overloaded(_) => {
+            GatewayError::Overloaded(_) | GatewayError::IdentityUnavailable(_) => {
                 resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
             }
             GatewayError::MethodNotAllowed { allowed, .. } => {
@@ -239,6 +245,7 @@ mod tests {
                 503,
                 "CredentialUnavailable",
             ),
+            (GatewayError::IdentityUnavailable("x".into()), 503, "CredentialUnavailable"),
             (GatewayError::RequestTimeout("30s".into()), 408, "RequestTimeout"),
             (GatewayError::UpstreamUnavailable("x".into()), 502, "UpstreamUnavailable"),
             (GatewayError::UpstreamTimeout("5s".into()), 504, "UpstreamTimeout"),

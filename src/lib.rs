@@ -8,7 +8,7 @@
 //!   (listeners, TLS/mTLS, HTTP/1.1 + HTTP/2, drain), [`admin`] (`/healthz`, `/readyz`,
 //!   metrics), [`metrics`], [`runtime`] (the snapshot a request takes, built by one function
 //!   for start-up and reload), `watcher` (reload triggers), `signals`, [`credentials`] (token
-//!   managers), [`limit`] (client limits, Palette budget), [`upstream`] (the pooled client),
+//!   managers), [`kubernetes`] (ServiceAccount tokens: TokenReview cache, key set), [`limit`] (client limits, Palette budget), [`upstream`] (the pooled client),
 //!   [`cli`], [`demo`] (the offline demo, with the `fake-palette` crate of this workspace behind
 //!   the default `demo` feature).
 //! - [`config`], what lives for one load: TOML → validated, immutable [`config::Config`].
@@ -49,6 +49,7 @@ pub mod config;
 pub mod credentials;
 pub mod demo;
 pub mod error;
+pub mod kubernetes;
 pub mod limit;
 pub mod metrics;
 #[allow(clippy::disallowed_methods, clippy::disallowed_types)]

@@ -3,8 +3,8 @@
 
 use http::Method;
 use prometheus::{
-    Encoder, Gauge, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
-    TextEncoder,
+    Encoder, Gauge, GaugeVec, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
 
 /// Every metric the gateway exports.
@@ -39,7 +39,40 @@ pub struct Metrics {
     pub config_reloads: IntCounterVec,
     /// `palette_gateway_config_last_reload_success_timestamp_seconds`.
     pub config_last_reload_success: Gauge,
+    /// `palette_gateway_auth_total{method,result}`, each pair resolved once (no lookup per request).
+    auth: [[IntCounter; 3]; 4],
+    /// `palette_gateway_kubernetes_token_review_duration_seconds{result}`.
+    pub kube_review_duration: HistogramVec,
+    /// `palette_gateway_kubernetes_token_review_cache_total{result}`.
+    pub kube_review_cache: IntCounterVec,
 }
+
+/// How a request authenticated (the `method` label of `palette_gateway_auth_total`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthMethod {
+    /// A local key (`ApiKey` or `Authorization: Bearer`).
+    LocalKey = 0,
+    /// A Kubernetes ServiceAccount token.
+    Kubernetes = 1,
+    /// A verified client certificate alone.
+    Mtls = 2,
+    /// No credential: the anonymous client, or a refusal for the lack of one.
+    Anonymous = 3,
+}
+
+/// The `result` label of `palette_gateway_auth_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthResult {
+    /// A client was identified.
+    Ok = 0,
+    /// The credential was refused (401/400).
+    Refused = 1,
+    /// The credential could not be checked now (503).
+    Unavailable = 2,
+}
+
+const AUTH_METHODS: [&str; 4] = ["local_key", "kubernetes", "mtls", "anonymous"];
+const AUTH_RESULTS: [&str; 3] = ["ok", "refused", "unavailable"];
 
 /// Latency buckets from 1 ms to 60 s: a proxy hop is milliseconds, a Palette call up to the
 /// request timeout.
@@ -133,6 +166,25 @@ impl Metrics {
         register(&registry, Box::new(build_info));
         #[cfg(target_os = "linux")]
         register(&registry, Box::new(prometheus::process_collector::ProcessCollector::for_self()));
+        let auth_total = counter(
+            "palette_gateway_auth_total",
+            "Local authentications, by method (local_key, kubernetes, mtls, anonymous) and result (ok, refused, unavailable).",
+            &["method", "result"],
+        );
+        let auth = AUTH_METHODS.map(|m| AUTH_RESULTS.map(|r| auth_total.with_label_values(&[m, r])));
+        let kube_review_duration = histogram(
+            "palette_gateway_kubernetes_token_review_duration_seconds",
+            "Time the Kubernetes API server took to answer a TokenReview, by result (ok, refused, error).",
+            &["result"],
+        );
+        let kube_review_cache = counter(
+            "palette_gateway_kubernetes_token_review_cache_total",
+            "ServiceAccount token lookups in the TokenReview cache, by result (hit, miss).",
+            &["result"],
+        );
+        for result in ["hit", "miss"] {
+            kube_review_cache.with_label_values(&[result]);
+        }
         for reason in ["missing", "unknown_key", "forbidden", "project"] {
             auth_failures.with_label_values(&[reason]);
         }
@@ -152,7 +204,15 @@ impl Metrics {
             token_expiry,
             config_reloads,
             config_last_reload_success,
+            auth,
+            kube_review_duration,
+            kube_review_cache,
         }
+    }
+
+    /// Counts one authentication.
+    pub fn count_auth(&self, method: AuthMethod, result: AuthResult) {
+        self.auth[method as usize][result as usize].inc();
     }
 
     /// The exposition in Prometheus text format.

@@ -8,6 +8,7 @@ use arc_swap::ArcSwap;
 use crate::auth;
 use crate::config::Config;
 use crate::credentials::{Credentials, InvalidKey};
+use crate::kubernetes::Kubernetes;
 use crate::limit::upstream::UpstreamBudget;
 use crate::limit::ClientLimits;
 use crate::metrics::Metrics;
@@ -27,6 +28,9 @@ pub struct Runtime {
     pub(crate) budget: UpstreamBudget,
     /// Local keys already matched to a client (this snapshot's clients only).
     pub(crate) key_cache: auth::KeyCache,
+    /// `[auth.kubernetes]`: the ServiceAccount token checker (kept across reloads while the
+    /// section is unchanged, so its cache and key set are too).
+    pub(crate) kubernetes: Option<Arc<Kubernetes>>,
 }
 
 /// The live runtime, shared by the listeners and reload.
@@ -53,7 +57,19 @@ impl Runtime {
             metrics,
             budget.auth_bucket(),
         )?;
-        Ok(Runtime { config: Arc::new(config), credentials, upstream, limits, budget, key_cache: Default::default() })
+        let kubernetes = config
+            .kubernetes
+            .as_ref()
+            .map(|k| Kubernetes::build(k, previous.and_then(|p| p.kubernetes.as_ref()), metrics));
+        Ok(Runtime {
+            config: Arc::new(config),
+            credentials,
+            upstream,
+            limits,
+            budget,
+            key_cache: Default::default(),
+            kubernetes,
+        })
     }
 }
 

@@ -182,6 +182,25 @@ pub(crate) struct RawCredential {
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawAuth {
     pub(crate) anonymous_client: Option<String>,
+    pub(crate) kubernetes: Option<RawKubernetes>,
+}
+
+/// `[auth.kubernetes]`: ServiceAccount tokens as local credentials.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawKubernetes {
+    pub(crate) mode: String,
+    #[serde(default)]
+    pub(crate) audiences: Vec<String>,
+    #[serde(default, with = "humantime_serde")]
+    pub(crate) cache_ttl: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    pub(crate) timeout: Option<Duration>,
+    pub(crate) api_server: Option<String>,
+    pub(crate) ca_file: Option<PathBuf>,
+    pub(crate) token_file: Option<PathBuf>,
+    pub(crate) issuer: Option<String>,
+    pub(crate) jwks_url: Option<String>,
 }
 
 /// `[[clients]]`.
@@ -199,6 +218,8 @@ pub(crate) struct RawClient {
     #[serde(default)]
     pub(crate) cert_names: Vec<String>,
     pub(crate) rate_limit: Option<RawRate>,
+    #[serde(default)]
+    pub(crate) service_accounts: Vec<String>,
 }
 
 /// `[[routes]]`.

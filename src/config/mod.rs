@@ -136,6 +136,10 @@ pub struct Config {
     pub(crate) files: Vec<PathBuf>,
     key_index: HashMap<[u8; 32], usize>,
     cert_index: HashMap<String, usize>,
+    /// `[auth.kubernetes]`: ServiceAccount tokens as local credentials.
+    pub(crate) kubernetes: Option<KubernetesAuth>,
+    /// `service_accounts` entries (`ns/name`, `ns/*`) → client.
+    service_account_index: HashMap<String, usize>,
 }
 
 /// A configured client, by its place in [`Config::clients`]: what authentication finds and
@@ -168,6 +172,14 @@ impl Config {
         self.cert_index.get(name).copied().map(ClientId)
     }
 
+    /// The client a ServiceAccount identity belongs to: its `namespace/name` entry, else its
+    /// namespace's `namespace/*`.
+    pub(crate) fn client_by_service_account(&self, namespace: &str, name: &str) -> Option<ClientId> {
+        let exact = format!("{namespace}/{name}");
+        let by = |k: &str| self.service_account_index.get(k).copied().map(ClientId);
+        by(&exact).or_else(|| by(&format!("{namespace}/*")))
+    }
+
     /// The client `id` names.
     pub fn client(&self, id: ClientId) -> &Client {
         &self.clients[id.0]
@@ -177,6 +189,43 @@ impl Config {
     pub fn watched_files(&self, config_path: &Path) -> Vec<PathBuf> {
         std::iter::once(config_path.to_path_buf()).chain(self.files.iter().cloned()).collect()
     }
+}
+
+/// `[auth.kubernetes]`: how a ServiceAccount token is checked.
+#[derive(Debug, Clone, PartialEq)]
+pub struct KubernetesAuth {
+    /// `audiences`: a token must be for one of these.
+    pub audiences: Vec<String>,
+    /// `cache_ttl`: how long a positive TokenReview is reused (never past the token's `exp`).
+    /// Default 60s.
+    pub cache_ttl: Duration,
+    /// `timeout`: deadline of every call to the API server (TokenReview, discovery, JWKS).
+    /// Default 5s.
+    pub timeout: Duration,
+    /// `ca_file`: the roots trusted for the API server (only these).
+    pub roots: Vec<rustls::pki_types::CertificateDer<'static>>,
+    /// `token_file`: the gateway's own token, re-read as the kubelet rotates it (always set for
+    /// `token_review`; for `jwks`, sent to the JWKS endpoint only when set).
+    pub token_file: Option<PathBuf>,
+    /// `mode` and its settings.
+    pub mode: KubernetesMode,
+}
+
+/// `auth.kubernetes.mode`.
+#[derive(Debug, Clone, PartialEq)]
+pub enum KubernetesMode {
+    /// Ask the API server (`POST /apis/authentication.k8s.io/v1/tokenreviews`).
+    TokenReview {
+        /// `api_server`.
+        api_server: http::Uri,
+    },
+    /// Verify the JWT locally against the issuer's key set.
+    Jwks {
+        /// `issuer`: the `iss` a token must carry.
+        issuer: String,
+        /// `jwks_url`; `None`: from the issuer's OIDC discovery document.
+        jwks_url: Option<http::Uri>,
+    },
 }
 
 /// `[server]`.

@@ -48,6 +48,7 @@ use request_id::RequestId;
 use request_log::Note;
 
 pub mod auth;
+pub(crate) mod authenticate;
 pub mod credential_endpoints;
 pub(crate) mod decode;
 pub(crate) mod drain;
@@ -200,7 +201,7 @@ async fn process(
     let checked = path::check(parts.uri.path())?;
     // 4. Local authentication: which client this is.
     let cfg = &rt.config;
-    let client_idx = auth::identify(cfg, &rt.key_cache, &parts.headers, &conn.identity)?;
+    let client_idx = authenticate::identify(rt, metrics, &parts.headers, &conn.identity).await?;
     let client = cfg.client(client_idx);
     note.set(|f| f.client = Some(client.name.clone()));
     // 5. Client limits, before policy so forbidden paths are throttled too.

@@ -4,6 +4,7 @@
 
 mod clients;
 mod credentials;
+mod kubernetes;
 mod limits;
 mod log;
 mod routes;
@@ -34,6 +35,8 @@ pub(super) fn validate(raw: RawConfig, base: &Path, env: &dyn Environment) -> Re
     let clients = clients::clients(&raw, &cred_names, mtls, default_rate, &mut p);
     let anonymous_client = clients::anonymous_client(&raw, &clients.names, &mut p);
     let routes = routes::routes(&raw.routes, &clients.names, &mut p);
+    let kubernetes = kubernetes::kubernetes(&raw, base, env, &mut p);
+    let service_account_index = kubernetes::service_account_index(&raw, &mut p);
 
     match (p.found.is_empty(), server, upstream) {
         (true, Some(server), Some(upstream))
@@ -51,6 +54,8 @@ pub(super) fn validate(raw: RawConfig, base: &Path, env: &dyn Environment) -> Re
                 files: p.files_read,
                 key_index: clients.key_index,
                 cert_index: clients.cert_index,
+                kubernetes,
+                service_account_index,
             })
         }
         _ => Err(ConfigError::Invalid(p.found)),
