@@ -16,6 +16,7 @@ mod faults;
 mod forwarding;
 mod hostile;
 mod http2_interop;
+mod kubernetes;
 mod limits;
 mod logs;
 mod metrics;
