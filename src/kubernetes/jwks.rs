@@ -242,3 +242,47 @@ struct KubeClaims {
 struct Named {
     name: String,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn jwk(v: serde_json::Value) -> Jwk {
+        serde_json::from_value(v).unwrap()
+    }
+
+    fn ec_xy() -> (String, String) {
+        use base64::Engine;
+        let pair = rcgen::KeyPair::generate().unwrap();
+        let raw = pair.public_key_raw();
+        let b = |s: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(s);
+        (b(&raw[1..33]), b(&raw[33..65]))
+    }
+
+    #[test]
+    fn only_signing_keys_of_their_own_algorithm_are_used() {
+        let n = "sXchDaQebHnPiGvyDOAT4saGEUetSyo9MKLOoWFsueri23bOdgWp4Dy1WlUzewbgBHod5pcM9H95GQRV3JDXboIRROSBigeC5yjU1hGzHHyXss8UDprecbAYxknTcQkhslANGRUZmdTOQ5qTRsLAt6BTYuyvVRdhS8exSZEy_c4gs_7svlJJQ4H9_NxsiIoLwAEk7-Q3UXERGYw_75IDrGA84-lA_-Ct4eTlXHBIY2EaV7t7LjJaynVJCpkv4LKjTTAumiGUIuQhrNhZLuF_RJLqHpM2kgWFLU7-VTdL1VbC2tejvcI2BlMkEpk1BzBZI0KQB0GaDWFLN-aEAw3vRw";
+        let (x, y) = ec_xy();
+        let ok = [
+            (serde_json::json!({"kty": "RSA", "kid": "a", "n": n, "e": "AQAB", "alg": "RS256", "use": "sig"}), Algorithm::RS256),
+            (serde_json::json!({"kty": "RSA", "kid": "b", "n": n, "e": "AQAB"}), Algorithm::RS256),
+            (serde_json::json!({"kty": "EC", "kid": "c", "crv": "P-256", "x": x, "y": y, "alg": "ES256"}), Algorithm::ES256),
+        ];
+        for (key, alg) in ok {
+            let k = usable(&jwk(key.clone())).unwrap_or_else(|| panic!("{key}"));
+            assert_eq!(k.alg, alg);
+        }
+        let refused = [
+            // An RSA key declared for HMAC or another hash, or for encryption.
+            serde_json::json!({"kty": "RSA", "kid": "d", "n": n, "e": "AQAB", "alg": "HS256"}),
+            serde_json::json!({"kty": "RSA", "kid": "e", "n": n, "e": "AQAB", "alg": "RS384"}),
+            serde_json::json!({"kty": "RSA", "kid": "f", "n": n, "e": "AQAB", "use": "enc"}),
+            // An EC key declared RS256; an HMAC secret published as a key.
+            serde_json::json!({"kty": "EC", "kid": "g", "crv": "P-256", "x": x, "y": y, "alg": "RS256"}),
+            serde_json::json!({"kty": "oct", "kid": "h", "k": "c2VjcmV0", "alg": "HS256"}),
+        ];
+        for key in refused {
+            assert!(usable(&jwk(key.clone())).is_none(), "{key}");
+        }
+    }
+}
