@@ -264,9 +264,15 @@ mod tests {
         let n = "sXchDaQebHnPiGvyDOAT4saGEUetSyo9MKLOoWFsueri23bOdgWp4Dy1WlUzewbgBHod5pcM9H95GQRV3JDXboIRROSBigeC5yjU1hGzHHyXss8UDprecbAYxknTcQkhslANGRUZmdTOQ5qTRsLAt6BTYuyvVRdhS8exSZEy_c4gs_7svlJJQ4H9_NxsiIoLwAEk7-Q3UXERGYw_75IDrGA84-lA_-Ct4eTlXHBIY2EaV7t7LjJaynVJCpkv4LKjTTAumiGUIuQhrNhZLuF_RJLqHpM2kgWFLU7-VTdL1VbC2tejvcI2BlMkEpk1BzBZI0KQB0GaDWFLN-aEAw3vRw";
         let (x, y) = ec_xy();
         let ok = [
-            (serde_json::json!({"kty": "RSA", "kid": "a", "n": n, "e": "AQAB", "alg": "RS256", "use": "sig"}), Algorithm::RS256),
+            (
+                serde_json::json!({"kty": "RSA", "kid": "a", "n": n, "e": "AQAB", "alg": "RS256", "use": "sig"}),
+                Algorithm::RS256,
+            ),
             (serde_json::json!({"kty": "RSA", "kid": "b", "n": n, "e": "AQAB"}), Algorithm::RS256),
-            (serde_json::json!({"kty": "EC", "kid": "c", "crv": "P-256", "x": x, "y": y, "alg": "ES256"}), Algorithm::ES256),
+            (
+                serde_json::json!({"kty": "EC", "kid": "c", "crv": "P-256", "x": x, "y": y, "alg": "ES256"}),
+                Algorithm::ES256,
+            ),
         ];
         for (key, alg) in ok {
             let k = usable(&jwk(key.clone())).unwrap_or_else(|| panic!("{key}"));

@@ -218,13 +218,12 @@ impl FakeKube {
         self.record(token)
     }
 
-    /// A token with `header` (any JSON) and `spec`'s claims, signed by `sign` over the first
-    /// two segments (`None`: an empty signature).
-    pub fn forge(&self, header: Value, spec: &TokenSpec, sign: Option<&dyn Fn(&[u8]) -> Vec<u8>>) -> String {
+    /// A token with `header` (any JSON) and `spec`'s claims, with an empty signature (as
+    /// `alg: none` has it).
+    pub fn forge_unsigned(&self, header: Value, spec: &TokenSpec) -> String {
         let signing_input =
             format!("{}.{}", b64(header.to_string().as_bytes()), b64(claims(spec).to_string().as_bytes()));
-        let signature = sign.map(|f| b64(&f(signing_input.as_bytes()))).unwrap_or_default();
-        self.record(format!("{signing_input}.{signature}"))
+        self.record(format!("{signing_input}."))
     }
 
     /// The classic key-confusion forgery: `spec`'s claims as HS256 with the key's `kid`, the
