@@ -65,12 +65,16 @@ impl Jwks {
             Found::WrongAlg => return Err(wrong_alg(header.alg)),
             Found::None => {
                 // A key rotated in since the last fetch, or a key set never fetched yet.
-                if let Err(e) = self.refresh_for_unknown_kid().await {
-                    if self.keys.load().is_empty() {
-                        return Err(KubeError::Unavailable(e.0));
-                    }
+                let refreshed = self.refresh_for_unknown_kid().await;
+                let keys = self.keys.load_full();
+                if keys.is_empty() {
+                    // Without any key nothing can be judged: not the caller's fault.
+                    let why = refreshed.err().map(|e| e.0);
+                    return Err(KubeError::Unavailable(
+                        why.unwrap_or_else(|| "the issuer's key set could not be fetched yet".into()),
+                    ));
                 }
-                self.keys.load_full()
+                keys
             }
         };
         let key = match keys.iter().find(|k| k.kid.as_deref() == kid || kid.is_none()) {

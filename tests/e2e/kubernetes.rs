@@ -266,6 +266,24 @@ async fn an_unknown_kid_refetches_the_rotated_key_set() {
     assert_eq!(kube.jwks_fetches(), fetched + 1, "made-up kids are rate-limited");
 }
 
+/// `jwks` mode with the key set out of reach (the API server failing since start): token callers
+/// get 503, never a 401 for a token that may be good; local keys keep working.
+#[tokio::test]
+async fn jwks_mode_without_a_key_set_is_503_for_token_callers_only() {
+    let kube = FakeKube::start("k8s-jwks-down").await;
+    kube.fail_with(500);
+    let h = gateway(&kube, "jwks").await;
+    for _ in 0..3 {
+        let (status, body, retry) = call(&h, &kube.token("reporting", "report-bot")).await;
+        assert_eq!(
+            (status, body["code"].as_str(), retry.as_deref()),
+            (503, Some("CredentialUnavailable"), Some("1")),
+            "{body}"
+        );
+    }
+    assert_eq!(local(&h).await, 200);
+}
+
 /// Without `[auth.kubernetes]` a ServiceAccount token is what it always was: an unknown local
 /// key (401).
 #[tokio::test]
