@@ -284,6 +284,28 @@ async fn jwks_mode_without_a_key_set_is_503_for_token_callers_only() {
     assert_eq!(local(&h).await, 200);
 }
 
+/// A reload that moves a ServiceAccount to another client applies to the next request at once,
+/// while the review cache survives (the section did not change): no new TokenReview.
+#[tokio::test]
+async fn a_reload_moves_an_identity_and_keeps_the_review_cache() {
+    let kube = FakeKube::start("k8s-reload").await;
+    let rules_before = rules(&kube, "token_review", "");
+    let g = FileGateway::start("k8s-reload-gw", standard_fake(), "", NO_BUDGET, &rules_before).await;
+    let token = kube.token("ci", "builder");
+    let whoami = |g: &FileGateway, token: String| {
+        let (http, url) = (g.http.clone(), g.url("/v1/users/me"));
+        async move { http.get(url).bearer_auth(token).send().await.unwrap().status().as_u16() }
+    };
+    assert_eq!(whoami(&g, token.clone()).await, 200);
+    // ci/* moves from reporting to a client that may call nothing.
+    let moved = rules_before.replace("\"ci/*\"]", "]")
+        + "\n[[clients]]\nname = \"jail\"\nallow = []\nservice_accounts = [\"ci/*\"]\n";
+    std::fs::write(&g.path, g.config_text("", NO_BUDGET, &moved)).unwrap();
+    g.gateway.reload(&g.path, &standard_env()).unwrap();
+    assert_eq!(whoami(&g, token.clone()).await, 403, "now the jail client");
+    assert_eq!(kube.reviews(), 1, "the cached review was reused");
+}
+
 /// Without `[auth.kubernetes]` a ServiceAccount token is what it always was: an unknown local
 /// key (401).
 #[tokio::test]
