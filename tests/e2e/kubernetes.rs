@@ -181,13 +181,15 @@ async fn concurrent_reviews_of_one_token_share_one_call() {
 }
 
 /// `jwks` mode: RS256 and ES256 tokens verify locally against the key set found by the
-/// issuer's OIDC discovery; the API server's TokenReview is never called.
+/// issuer's OIDC discovery and fetched at start; the API server's TokenReview is never called.
 #[tokio::test]
 async fn jwks_mode_verifies_tokens_locally() {
     let kube = FakeKube::start("k8s-jwks").await;
     let ec = SigningKey::es256("ec-1");
     kube.publish(vec![SigningKey::rs256("rsa-1"), ec.clone()]);
     let h = gateway(&kube, "jwks").await;
+    // The key set is fetched at start, before any token arrives.
+    assert!(eventually(Duration::from_secs(5), || async { kube.jwks_fetches() >= 1 }).await);
     let rsa = kube.token("reporting", "report-bot");
     let mut spec = kube.spec("ci", "builder");
     spec.key = ec;
