@@ -3,8 +3,8 @@
 
 use http::Method;
 use prometheus::{
-    Encoder, Gauge, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
-    TextEncoder,
+    Encoder, Gauge, GaugeVec, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
 
 /// Every metric the gateway exports.
@@ -39,6 +39,16 @@ pub struct Metrics {
     pub config_reloads: IntCounterVec,
     /// `palette_gateway_config_last_reload_success_timestamp_seconds`.
     pub config_last_reload_success: Gauge,
+    /// `palette_gateway_cache_hits_total{route}`.
+    pub cache_hits: IntCounterVec,
+    /// `palette_gateway_cache_misses_total{route}`.
+    pub cache_misses: IntCounterVec,
+    /// `palette_gateway_cache_coalesced_total{route}`.
+    pub cache_coalesced: IntCounterVec,
+    /// `palette_gateway_cache_evictions_total`.
+    pub cache_evictions: IntCounter,
+    /// `palette_gateway_cache_bytes`.
+    pub cache_bytes: IntGauge,
 }
 
 /// Latency buckets from 1 ms to 60 s: a proxy hop is milliseconds, a Palette call up to the
@@ -133,6 +143,30 @@ impl Metrics {
         register(&registry, Box::new(build_info));
         #[cfg(target_os = "linux")]
         register(&registry, Box::new(prometheus::process_collector::ProcessCollector::for_self()));
+        let cache_hits = counter(
+            "palette_gateway_cache_hits_total",
+            "GET requests answered from the response cache, by route.",
+            &["route"],
+        );
+        let cache_misses = counter(
+            "palette_gateway_cache_misses_total",
+            "GET requests on a caching route that went to Palette, by route.",
+            &["route"],
+        );
+        let cache_coalesced = counter(
+            "palette_gateway_cache_coalesced_total",
+            "GET requests that shared an identical read already in flight, by route.",
+            &["route"],
+        );
+        let cache_evictions = IntCounter::new(
+            "palette_gateway_cache_evictions_total",
+            "Cached answers dropped to stay within cache.max_bytes.",
+        )
+        .unwrap_or_else(|e| unreachable_metric("cache_evictions", e));
+        register(&registry, Box::new(cache_evictions.clone()));
+        let cache_bytes = IntGauge::new("palette_gateway_cache_bytes", "Bytes the response cache holds now.")
+            .unwrap_or_else(|e| unreachable_metric("cache_bytes", e));
+        register(&registry, Box::new(cache_bytes.clone()));
         for reason in ["missing", "unknown_key", "forbidden", "project"] {
             auth_failures.with_label_values(&[reason]);
         }
@@ -152,6 +186,11 @@ impl Metrics {
             token_expiry,
             config_reloads,
             config_last_reload_success,
+            cache_hits,
+            cache_misses,
+            cache_coalesced,
+            cache_evictions,
+            cache_bytes,
         }
     }
 

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 
 use crate::auth;
+use crate::cache::ResponseCache;
 use crate::config::Config;
 use crate::credentials::{Credentials, InvalidKey};
 use crate::limit::upstream::UpstreamBudget;
@@ -27,6 +28,8 @@ pub struct Runtime {
     pub(crate) budget: UpstreamBudget,
     /// Local keys already matched to a client (this snapshot's clients only).
     pub(crate) key_cache: auth::KeyCache,
+    /// The response cache (process-lifetime: kept across reloads while `[cache]` is unchanged).
+    pub(crate) cache: Arc<ResponseCache>,
 }
 
 /// The live runtime, shared by the listeners and reload.
@@ -53,7 +56,16 @@ impl Runtime {
             metrics,
             budget.auth_bucket(),
         )?;
-        Ok(Runtime { config: Arc::new(config), credentials, upstream, limits, budget, key_cache: Default::default() })
+        let cache = ResponseCache::build(config.cache, previous.map(|p| &p.cache), metrics);
+        Ok(Runtime {
+            config: Arc::new(config),
+            credentials,
+            upstream,
+            limits,
+            budget,
+            key_cache: Default::default(),
+            cache,
+        })
     }
 }
 

@@ -48,6 +48,7 @@ use request_id::RequestId;
 use request_log::Note;
 
 pub mod auth;
+pub(crate) mod cache;
 pub mod credential_endpoints;
 pub(crate) mod decode;
 pub(crate) mod drain;
@@ -246,13 +247,32 @@ async fn process(
     *head.headers_mut() = parts.headers;
     let (head, ()) = head.into_parts();
 
+    let bucket = rt.budget.bucket_for(&matched.upstream_path).cloned();
+    let prefix: Arc<str> = bucket.as_ref().map_or_else(|| Arc::from("none"), |b| b.label().clone());
     let exchange = exchange::Exchange {
         rt: rt.clone(),
         metrics: metrics.clone(),
         stats: stats.clone(),
         client_idx,
         client_name: client.name.clone(),
-        bucket: rt.budget.bucket_for(&matched.upstream_path).cloned(),
+        bucket,
     };
-    target::check_upstream_status(exchange.run(credential, head, body, &note, rid).await?)
+    // 11. The response cache around the exchange (issue 12): only here, after every check.
+    let (credential, fetch_note, rid_owned) = (credential.clone(), note.clone(), rid.to_string());
+    let plan = cache::Plan::new(
+        rt,
+        &cache::CacheRequest {
+            route: matched.route,
+            method: &head.method,
+            headers: &head.headers,
+            path_and_query: &path_and_query,
+            credential: client.credential,
+            prefix: &prefix,
+        },
+    );
+    let fetch = async move {
+        let resp = exchange.run(&credential, head, body, &fetch_note, &rid_owned).await?;
+        target::check_upstream_status(resp)
+    };
+    cache::around(rt, metrics, plan, &note, fetch).await
 }

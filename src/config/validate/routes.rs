@@ -85,6 +85,7 @@ fn route(r: &RawRoute, field: &str, clients: &HashMap<String, usize>, p: &mut Pr
             })
             .collect::<Vec<_>>()
     });
+    let cache = r.cache.as_ref().and_then(|c| super::cache::route_cache(c, methods.as_deref(), field, p));
     if p.count() != before {
         return None;
     }
@@ -95,6 +96,7 @@ fn route(r: &RawRoute, field: &str, clients: &HashMap<String, usize>, p: &mut Pr
         project_uid,
         methods,
         clients: route_clients,
+        cache,
     })
 }
 
