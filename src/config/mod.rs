@@ -133,6 +133,8 @@ pub struct Config {
     pub(crate) log: LogConfig,
     /// `[cache]`: the response cache's bounds.
     pub cache: CacheConfig,
+    /// Each route's `cache`, by route name (routes without one are absent).
+    pub(crate) route_caches: HashMap<Arc<str>, RouteCache>,
     /// Every file the config read (secrets, certificates): a reload re-reads them, and a change
     /// to one triggers a reload.
     pub(crate) files: Vec<PathBuf>,
@@ -173,6 +175,14 @@ impl Config {
     /// The client `id` names.
     pub fn client(&self, id: ClientId) -> &Client {
         &self.clients[id.0]
+    }
+
+    /// `route`'s `cache`: GET answers on it are cached and/or coalesced (`None`: never).
+    pub fn route_cache(&self, route: &Route) -> Option<RouteCache> {
+        if self.route_caches.is_empty() {
+            return None;
+        }
+        self.route_caches.get(&route.name).copied()
     }
 
     /// The config file itself and every file it read.
@@ -384,8 +394,6 @@ pub struct Route {
     pub methods: Option<Vec<Method>>,
     /// Only these clients, by index (`None`: any).
     pub clients: Option<Vec<ClientId>>,
-    /// `cache`: GET answers on this route are cached and/or coalesced (`None`: never).
-    pub cache: Option<RouteCache>,
 }
 
 /// A route's `cache = { ttl, coalesce }`.

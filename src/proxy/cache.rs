@@ -70,7 +70,7 @@ impl Plan {
         let what = if matches!(*req.method, Method::POST | Method::PUT | Method::PATCH | Method::DELETE) {
             What::Write(scope())
         } else {
-            match req.route.and_then(|r| r.cache.map(|c| (r, c))) {
+            match req.route.and_then(|r| rt.config.route_cache(r).map(|c| (r, c))) {
                 None => What::Pass,
                 Some((route, _)) if *req.method != Method::GET || has_body(req.headers) || asks_fresh(req.headers) => {
                     What::Bypass(route.name.clone())

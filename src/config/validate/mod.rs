@@ -36,6 +36,8 @@ pub(super) fn validate(raw: RawConfig, base: &Path, env: &dyn Environment) -> Re
     let anonymous_client = clients::anonymous_client(&raw, &clients.names, &mut p);
     let routes = routes::routes(&raw.routes, &clients.names, &mut p);
     let cache = cache::cache(&raw.cache, &mut p);
+    let route_caches = routes.iter().filter_map(|(r, c)| c.map(|c| (r.name.clone(), c))).collect();
+    let routes: Vec<_> = routes.into_iter().map(|(r, _)| r).collect();
 
     match (p.found.is_empty(), server, upstream) {
         (true, Some(server), Some(upstream))
@@ -51,6 +53,7 @@ pub(super) fn validate(raw: RawConfig, base: &Path, env: &dyn Environment) -> Re
                 global_rate_limit,
                 log,
                 cache,
+                route_caches,
                 files: p.files_read,
                 key_index: clients.key_index,
                 cert_index: clients.cert_index,
