@@ -44,11 +44,14 @@ pub(crate) struct CacheRequest<'a> {
     pub(crate) credential: usize,
     /// The budget prefix's label (`none` without one).
     pub(crate) prefix: &'a str,
+    /// The client's name (a shared failure names the waiting client, not the one that read).
+    pub(crate) client: &'a Arc<str>,
 }
 
 /// What the cache does with a request, decided before the exchange takes the request.
 pub(crate) struct Plan {
     prefix: Arc<str>,
+    client: Arc<str>,
     what: What,
 }
 
@@ -87,7 +90,7 @@ impl Plan {
                 },
             }
         };
-        Plan { prefix: Arc::from(req.prefix), what }
+        Plan { prefix: Arc::from(req.prefix), client: req.client.clone(), what }
     }
 }
 
@@ -169,6 +172,9 @@ where
     drop(joined);
     match (outcome, fetch) {
         (Outcome::Unshared, Some(fetch)) => fetch.await.map(|r| marked(r, "miss", None, note)),
+        (Outcome::Failed(e), _) => {
+            outcome_answer(Outcome::Failed(for_waiter(e, &plan.client)), None, "coalesced", note)
+        }
         (outcome, _) => outcome_answer(outcome, None, "coalesced", note),
     }
 }
@@ -294,6 +300,17 @@ fn joined(h: &HeaderMap, name: &HeaderName) -> Vec<u8> {
     out
 }
 
+/// A failure shared with a waiting client, naming that client (the budget's 429 names the
+/// client it refused; the waiter must not learn which other client read first).
+fn for_waiter(e: GatewayError, client: &str) -> GatewayError {
+    match e {
+        GatewayError::RateLimited { limit, rate, retry_after, .. } => {
+            GatewayError::RateLimited { client: client.to_string(), limit, rate, retry_after }
+        }
+        other => other,
+    }
+}
+
 /// The client's answer from a read's outcome.
 fn outcome_answer(
     outcome: Outcome,
@@ -369,6 +386,18 @@ mod tests {
         assert!(!asks_fresh(&headers(&[("cache-control", "max-age=0")])));
         assert!(has_body(&headers(&[("content-length", "3")])));
         assert!(!has_body(&headers(&[("content-length", "0")])));
+    }
+
+    /// A shared 429 names the waiting client, not the one whose read it was.
+    #[test]
+    fn shared_failures_name_the_waiter() {
+        let e = GatewayError::RateLimited {
+            client: "leader".into(),
+            limit: "upstream",
+            rate: "10/s".into(),
+            retry_after: 1,
+        };
+        assert!(matches!(for_waiter(e, "waiter"), GatewayError::RateLimited { client, .. } if client == "waiter"));
     }
 
     /// A body past the bound is never buffered whole: it comes back intact as a stream.

@@ -3,6 +3,8 @@
 //! ```text
 //! request id → in-flight/metrics → method (Palette's only) → target form → path check → local auth → client limits
 //!   → route → policy (/v1/auth block, allow) → scope (ProjectUid) → header hygiene
+//!   → cache (a caching route's GET: stored answer, or join an identical read in flight; a
+//!     write drops its scope's entries)
 //!   → credential swap → upstream budget → forward (401 on a token that may be dead → new
 //!     token → one replay; 429 → slow the prefix → paced retry of idempotent requests within
 //!     max_wait; at most MAX_ATTEMPTS sends in all)
@@ -268,6 +270,7 @@ async fn process(
             path_and_query: &path_and_query,
             credential: client.credential,
             prefix: &prefix,
+            client: &client.name,
         },
     );
     let fetch = async move {
