@@ -135,6 +135,23 @@ async fn a_hundred_concurrent_reads_make_one_upstream_call() {
     assert_eq!(metric(&m, "palette_gateway_cache_coalesced_total", &[("route", "hooks")]), 99.0);
 }
 
+/// Concurrent reads that fail share the one failure (Palette's 429 after the gateway's paced
+/// retries: one read's attempts, not one per client), and the failure is not stored.
+#[tokio::test]
+async fn a_failure_is_shared_not_stored() {
+    let h = gateway(DASH_CACHE, "").await;
+    let path = "/v1/dashboard/failing";
+    h.fake.force_429(1000);
+    let reads = (0..10).map(|_| get(&h, path, ADMIN_KEY, None, &[]));
+    let answers = futures_util::future::join_all(reads).await;
+    assert!(answers.iter().all(|a| a.status == 429), "every reader gets the failure");
+    let calls = upstream_calls(&h, path);
+    assert!((1..=3).contains(&calls), "one read's attempts reached Palette, not one per reader: {calls}");
+    h.fake.force_429(0);
+    let after = get(&h, path, ADMIN_KEY, None, &[]).await;
+    assert_eq!((after.status, after.x_cache.as_deref()), (200, Some("miss")), "the failure was not stored");
+}
+
 /// With `ttl = "0s"` only concurrent reads merge: a later identical read goes upstream.
 #[tokio::test]
 async fn coalesce_alone_stores_nothing() {
