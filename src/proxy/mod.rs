@@ -271,6 +271,7 @@ async fn process(
             credential: client.credential,
             prefix: &prefix,
             client: &client.name,
+            body_empty: http_body::Body::is_end_stream(&body),
         },
     );
     let fetch = async move {
