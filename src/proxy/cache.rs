@@ -46,6 +46,9 @@ pub(crate) struct CacheRequest<'a> {
     pub(crate) prefix: &'a str,
     /// The client's name (a shared failure names the waiting client, not the one that read).
     pub(crate) client: &'a Arc<str>,
+    /// Whether the request has no body (hygiene removed `Transfer-Encoding`, so the headers
+    /// cannot tell).
+    pub(crate) body_empty: bool,
 }
 
 /// What the cache does with a request, decided before the exchange takes the request.
@@ -75,7 +78,12 @@ impl Plan {
         } else {
             match req.route.and_then(|r| rt.config.route_cache(r).map(|c| (r, c))) {
                 None => What::Pass,
-                Some((route, _)) if *req.method != Method::GET || has_body(req.headers) || asks_fresh(req.headers) => {
+                Some((route, _))
+                    if *req.method != Method::GET
+                        || !req.body_empty
+                        || has_body(req.headers)
+                        || asks_fresh(req.headers) =>
+                {
                     What::Bypass(route.name.clone())
                 }
                 Some((route, settings)) => What::Read {
