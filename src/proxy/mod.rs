@@ -259,7 +259,8 @@ async fn process(
         client_name: client.name.clone(),
         bucket,
     };
-    // 11. The response cache around the exchange (issue 12): only here, after every check.
+    // The response cache around the exchange (issue 12): here, after every check, so a cached
+    // answer only goes to a request that may fetch it.
     let (credential, fetch_note, rid_owned) = (credential.clone(), note.clone(), rid.to_string());
     let plan = cache::Plan::new(
         rt,
