@@ -7,7 +7,8 @@ use crate::body::{self, Body};
 use crate::path::PathError;
 
 /// A request the gateway answers itself instead of forwarding.
-#[derive(Debug, thiserror::Error)]
+/// `Clone`: a coalesced read shares its failure with every request that waited for it.
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum GatewayError {
     /// The path failed the check.
     #[error("invalid request path: {0}")]

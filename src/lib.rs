@@ -40,6 +40,7 @@
 
 pub(crate) mod admin;
 pub mod app;
+pub(crate) mod cache;
 // `body` and `proxy` read std's clock for log-line durations and the send-stall epoch shared
 // with `server` (wall time). The allowance is module-wide; narrowing it to those lines is left.
 #[allow(clippy::disallowed_methods, clippy::disallowed_types)]

@@ -45,6 +45,16 @@ pub struct Metrics {
     pub kube_review_duration: HistogramVec,
     /// `palette_gateway_kubernetes_token_review_cache_total{result}`.
     pub kube_review_cache: IntCounterVec,
+    /// `palette_gateway_cache_hits_total{route}`.
+    pub cache_hits: IntCounterVec,
+    /// `palette_gateway_cache_misses_total{route}`.
+    pub cache_misses: IntCounterVec,
+    /// `palette_gateway_cache_coalesced_total{route}`.
+    pub cache_coalesced: IntCounterVec,
+    /// `palette_gateway_cache_evictions_total`.
+    pub cache_evictions: IntCounter,
+    /// `palette_gateway_cache_bytes`.
+    pub cache_bytes: IntGauge,
 }
 
 /// How a request authenticated (the `method` label of `palette_gateway_auth_total`).
@@ -185,6 +195,30 @@ impl Metrics {
         for result in ["hit", "miss"] {
             kube_review_cache.with_label_values(&[result]);
         }
+        let cache_hits = counter(
+            "palette_gateway_cache_hits_total",
+            "GET requests answered from the response cache, by route.",
+            &["route"],
+        );
+        let cache_misses = counter(
+            "palette_gateway_cache_misses_total",
+            "GET requests on a caching route that went to Palette, by route.",
+            &["route"],
+        );
+        let cache_coalesced = counter(
+            "palette_gateway_cache_coalesced_total",
+            "GET requests that shared an identical read already in flight, by route.",
+            &["route"],
+        );
+        let cache_evictions = IntCounter::new(
+            "palette_gateway_cache_evictions_total",
+            "Cached answers dropped to stay within cache.max_bytes.",
+        )
+        .unwrap_or_else(|e| unreachable_metric("cache_evictions", e));
+        register(&registry, Box::new(cache_evictions.clone()));
+        let cache_bytes = IntGauge::new("palette_gateway_cache_bytes", "Bytes the response cache holds now.")
+            .unwrap_or_else(|e| unreachable_metric("cache_bytes", e));
+        register(&registry, Box::new(cache_bytes.clone()));
         for reason in ["missing", "unknown_key", "forbidden", "project"] {
             auth_failures.with_label_values(&[reason]);
         }
@@ -207,6 +241,11 @@ impl Metrics {
             auth,
             kube_review_duration,
             kube_review_cache,
+            cache_hits,
+            cache_misses,
+            cache_coalesced,
+            cache_evictions,
+            cache_bytes,
         }
     }
 

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 
 use crate::auth;
+use crate::cache::ResponseCache;
 use crate::config::Config;
 use crate::credentials::{Credentials, InvalidKey};
 use crate::kubernetes::Kubernetes;
@@ -31,6 +32,8 @@ pub struct Runtime {
     /// `[auth.kubernetes]`: the ServiceAccount token checker (kept across reloads while the
     /// section is unchanged, so its cache and key set are too).
     pub(crate) kubernetes: Option<Arc<Kubernetes>>,
+    /// The response cache (process-lifetime: kept across reloads while `[cache]` is unchanged).
+    pub(crate) cache: Arc<ResponseCache>,
 }
 
 /// The live runtime, shared by the listeners and reload.
@@ -61,6 +64,7 @@ impl Runtime {
             .kubernetes
             .as_ref()
             .map(|k| Kubernetes::build(k, previous.and_then(|p| p.kubernetes.as_ref()), metrics));
+        let cache = ResponseCache::build(config.cache, previous.map(|p| &p.cache), metrics);
         Ok(Runtime {
             config: Arc::new(config),
             credentials,
@@ -69,6 +73,7 @@ impl Runtime {
             budget,
             key_cache: Default::default(),
             kubernetes,
+            cache,
         })
     }
 }

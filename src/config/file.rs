@@ -27,6 +27,26 @@ pub(crate) struct RawConfig {
     pub(crate) rate_limit: RawRateLimits,
     #[serde(default)]
     pub(crate) log: RawLog,
+    #[serde(default)]
+    pub(crate) cache: RawCache,
+}
+
+/// `[cache]`: the bounds of the shared response cache.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawCache {
+    pub(crate) max_bytes: Option<u64>,
+    pub(crate) max_entry_bytes: Option<u64>,
+}
+
+/// A route's `cache = { ttl = "5s", coalesce = true }`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawRouteCache {
+    #[serde(with = "humantime_serde")]
+    pub(crate) ttl: Duration,
+    #[serde(default)]
+    pub(crate) coalesce: bool,
 }
 
 /// `[log]`.
@@ -233,4 +253,5 @@ pub(crate) struct RawRoute {
     pub(crate) project_uid: Option<String>,
     pub(crate) methods: Option<Vec<String>>,
     pub(crate) clients: Option<Vec<String>>,
+    pub(crate) cache: Option<RawRouteCache>,
 }

@@ -131,6 +131,10 @@ pub struct Config {
     pub(crate) global_rate_limit: Option<Rate>,
     /// `[log]`.
     pub(crate) log: LogConfig,
+    /// `[cache]`: the response cache's bounds.
+    pub cache: CacheConfig,
+    /// Each route's `cache`, by route name (routes without one are absent).
+    pub(crate) route_caches: HashMap<Arc<str>, RouteCache>,
     /// Every file the config read (secrets, certificates): a reload re-reads them, and a change
     /// to one triggers a reload.
     pub(crate) files: Vec<PathBuf>,
@@ -183,6 +187,14 @@ impl Config {
     /// The client `id` names.
     pub fn client(&self, id: ClientId) -> &Client {
         &self.clients[id.0]
+    }
+
+    /// `route`'s `cache`: GET answers on it are cached and/or coalesced (`None`: never).
+    pub fn route_cache(&self, route: &Route) -> Option<RouteCache> {
+        if self.route_caches.is_empty() {
+            return None;
+        }
+        self.route_caches.get(&route.name).copied()
     }
 
     /// The config file itself and every file it read.
@@ -431,4 +443,23 @@ pub struct Route {
     pub methods: Option<Vec<Method>>,
     /// Only these clients, by index (`None`: any).
     pub clients: Option<Vec<ClientId>>,
+}
+
+/// A route's `cache = { ttl, coalesce }`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RouteCache {
+    /// How long a stored answer is served (`0s`: never stored, only coalesced).
+    pub ttl: Duration,
+    /// Concurrent identical reads share one upstream call.
+    pub coalesce: bool,
+}
+
+/// `[cache]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CacheConfig {
+    /// The most bytes the whole cache holds (`max_bytes`, default 64 MiB).
+    pub max_bytes: u64,
+    /// The largest answer body stored or shared (`max_entry_bytes`, default 1 MiB): a larger
+    /// one streams through uncached.
+    pub max_entry_bytes: u64,
 }

@@ -8,6 +8,7 @@
 mod support;
 
 mod attacks;
+mod cache;
 mod cli;
 mod credential_swap;
 mod deploy_metrics;

@@ -58,6 +58,9 @@ pub(super) fn duration_bounds(raw: &RawConfig, p: &mut Problems) {
         keys.push(("auth.kubernetes.cache_ttl".into(), k.cache_ttl));
         keys.push(("auth.kubernetes.timeout".into(), k.timeout));
     }
+    for (i, r) in raw.routes.iter().enumerate() {
+        keys.push((format!("routes[{i}].cache.ttl"), r.cache.as_ref().map(|c| c.ttl)));
+    }
     for (name, c) in &raw.credentials {
         keys.push((format!("credentials.{name}.token_lifetime"), c.token_lifetime));
         keys.push((format!("credentials.{name}.refresh_before"), c.refresh_before));

@@ -2,6 +2,7 @@
 //! with every problem collected and named by its field. One file per section of the file; this
 //! entry walks them in order and answers only once every problem is found.
 
+mod cache;
 mod clients;
 mod credentials;
 mod kubernetes;
@@ -37,6 +38,9 @@ pub(super) fn validate(raw: RawConfig, base: &Path, env: &dyn Environment) -> Re
     let routes = routes::routes(&raw.routes, &clients.names, &mut p);
     let kubernetes = kubernetes::kubernetes(&raw, base, env, &mut p);
     let service_account_index = kubernetes::service_account_index(&raw, &mut p);
+    let cache = cache::cache(&raw.cache, &mut p);
+    let route_caches = routes.iter().filter_map(|(r, c)| c.map(|c| (r.name.clone(), c))).collect();
+    let routes: Vec<_> = routes.into_iter().map(|(r, _)| r).collect();
 
     match (p.found.is_empty(), server, upstream) {
         (true, Some(server), Some(upstream))
@@ -51,6 +55,8 @@ pub(super) fn validate(raw: RawConfig, base: &Path, env: &dyn Environment) -> Re
                 anonymous_client,
                 global_rate_limit,
                 log,
+                cache,
+                route_caches,
                 files: p.files_read,
                 key_index: clients.key_index,
                 cert_index: clients.cert_index,
