@@ -44,11 +44,13 @@ pub mod app;
 // with `server` (wall time). The allowance is module-wide; narrowing it to those lines is left.
 #[allow(clippy::disallowed_methods, clippy::disallowed_types)]
 pub mod body;
+pub mod build;
 pub mod cli;
 pub mod config;
 pub mod credentials;
 pub mod demo;
 pub mod error;
+pub mod explain;
 pub mod limit;
 pub mod metrics;
 #[allow(clippy::disallowed_methods, clippy::disallowed_types)]

@@ -126,6 +126,8 @@ pub struct Config {
     pub(crate) files: Vec<PathBuf>,
     key_index: HashMap<[u8; 32], usize>,
     cert_index: HashMap<String, usize>,
+    /// Rules that can never match (`validate/warnings.rs`); not errors.
+    warnings: Vec<Problem>,
 }
 
 /// A configured client, by its place in [`Config::clients`]: what authentication finds and

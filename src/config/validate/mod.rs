@@ -11,6 +11,7 @@ mod server;
 #[cfg(test)]
 mod tests;
 mod upstream;
+mod warnings;
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -39,7 +40,7 @@ pub(super) fn validate(raw: RawConfig, base: &Path, env: &dyn Environment) -> Re
         (true, Some(server), Some(upstream))
             if clients.list.len() == raw.clients.len() && routes.len() == raw.routes.len() =>
         {
-            Ok(Config {
+            let mut config = Config {
                 server,
                 upstream,
                 credentials,
@@ -51,7 +52,10 @@ pub(super) fn validate(raw: RawConfig, base: &Path, env: &dyn Environment) -> Re
                 files: p.files_read,
                 key_index: clients.key_index,
                 cert_index: clients.cert_index,
-            })
+                warnings: Vec::new(),
+            };
+            config.warnings = warnings::find(&config);
+            Ok(config)
         }
         _ => Err(ConfigError::Invalid(p.found)),
     }
