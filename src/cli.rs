@@ -205,10 +205,25 @@ fn run(cli: Cli) -> ExitCode {
             ExitCode::from(2)
         }
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", render_error(&e));
             ExitCode::FAILURE
         }
     }
+}
+
+/// An error and its causes, each said once: a message that already includes its cause's text
+/// (thiserror's `{source}` in the message, as in "cannot listen on ...: Address already in use")
+/// does not get it repeated, as `{:#}` would.
+fn render_error(e: &anyhow::Error) -> String {
+    let mut text = e.to_string();
+    for cause in e.chain().skip(1) {
+        let cause = cause.to_string();
+        if !text.contains(&cause) {
+            text.push_str(": ");
+            text.push_str(&cause);
+        }
+    }
+    text
 }
 
 /// `explain`: exit 0 forwarded, 1 refused, 2 a bad config or bad arguments (said on stderr).
@@ -299,6 +314,19 @@ mod tests {
         assert_ne!(a, b);
         assert!(a.len() >= 4 + 43);
         assert!(a.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'-' || c == b'_'));
+    }
+
+    #[test]
+    fn an_error_cause_is_said_once() {
+        let bind = crate::app::StartError::Bind {
+            addr: ([127, 0, 0, 1], 8080).into(),
+            what: "server.listen",
+            source: std::io::Error::from(std::io::ErrorKind::AddrInUse),
+        };
+        let text = render_error(&anyhow::Error::from(bind));
+        assert_eq!(text.matches("in use").count(), 1, "{text}");
+        let chained = anyhow::Error::from(std::io::Error::other("disk on fire")).context("cannot read");
+        assert_eq!(render_error(&chained), "cannot read: disk on fire");
     }
 
     #[test]

@@ -288,7 +288,7 @@ fn why_no_rule(
 
 /// A header name for an error message, never its value.
 fn shown_name(h: &str) -> String {
-    h.split(':').next().unwrap_or("").trim().chars().take(64).collect()
+    h.trim_start().split([':', ' ', '\t']).next().unwrap_or("").chars().take(64).collect()
 }
 
 /// A request header as the client sent it, local keys hidden.
