@@ -34,11 +34,13 @@ pub struct Cli {
     pub command: Option<Command>,
 }
 
-/// `--config` of a subcommand that reads the config.
+/// `--config` of a subcommand that reads the config. No `env` here: the top-level `--config`
+/// reads `PALETTE_GATEWAY_CONFIG`, so an explicit `--config` (before or after the subcommand)
+/// wins over the environment.
 #[derive(Debug, Args)]
 pub struct ConfigArg {
-    /// Config file (TOML).
-    #[arg(long, env = "PALETTE_GATEWAY_CONFIG", value_name = "PATH")]
+    /// Config file (TOML) [default: $PALETTE_GATEWAY_CONFIG].
+    #[arg(long, value_name = "PATH")]
     pub config: Option<PathBuf>,
 }
 

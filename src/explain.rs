@@ -113,8 +113,9 @@ pub fn explain(cfg: &Config, req: &Request) -> Result<(String, Outcome), UsageEr
 
     let mut r = Report(String::new());
     r.line("request", format!("{method} {}", req.target));
+    let local_key = auth::local_key(&headers).ok().flatten().map(str::to_string);
     for (name, value) in &headers {
-        r.more(format!("{name}: {}", shown_request_value(name, value)));
+        r.more(format!("{name}: {}", shown_request_value(name, value, local_key.as_deref())));
     }
     let (mut parts, ()) = http::Request::builder()
         .method(method)
@@ -291,11 +292,86 @@ fn shown_name(h: &str) -> String {
     h.trim_start().split([':', ' ', '\t']).next().unwrap_or("").chars().take(64).collect()
 }
 
-/// A request header as the client sent it, local keys hidden.
-fn shown_request_value(name: &HeaderName, value: &HeaderValue) -> String {
+/// A request header as the client sent it, local keys hidden: the credential headers, and any
+/// value holding the local key presented (the key under another name).
+fn shown_request_value(name: &HeaderName, value: &HeaderValue, local_key: Option<&str>) -> String {
+    let holds_key =
+        local_key.is_some_and(|k| !k.is_empty() && memchr::memmem::find(value.as_bytes(), k.as_bytes()).is_some());
     if *name == auth::API_KEY || *name == http::header::AUTHORIZATION {
         "[local key, not shown]".into()
+    } else if holds_key {
+        "[holds the local key, not shown]".into()
     } else {
         String::from_utf8_lossy(value.as_bytes()).into_owned()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{load_str, MapEnv};
+    use std::path::Path;
+
+    const KEY: &str = "pgw_unit-local-key";
+
+    fn cfg() -> Config {
+        let text = format!(
+            "[upstream]\nurl = \"https://palette.example\"\n[credentials.default]\napi_key_env = \"K\"\n\
+             [credentials.ops]\nemail_env = \"E\"\npassword_env = \"P\"\n\
+             [[clients]]\nname = \"bot\"\nkeys = [\"{}\"]\ncredential = \"ops\"\nprojects = [\"p1\"]\n\
+             [[routes]]\nname = \"team\"\npath_prefix = \"/team\"\nstrip_prefix = true\nproject_uid = \"p9\"\n",
+            auth::key_hash_string(KEY)
+        );
+        let env = MapEnv::new().with("K", "upstream-secret-key").with("E", "ops@corp.example").with("P", "hunter2-pw");
+        load_str(&text, Path::new("."), &env).unwrap()
+    }
+
+    fn explain_ok(req: Request) -> String {
+        let (report, outcome) = explain(&cfg(), &req).unwrap();
+        assert_eq!(outcome, Outcome::Forwarded, "{report}");
+        for secret in [KEY, "upstream-secret-key", "ops@corp.example", "hunter2-pw"] {
+            assert!(!report.contains(secret), "{secret} printed:\n{report}");
+        }
+        report
+    }
+
+    #[test]
+    fn a_token_credential_is_shown_by_name_and_the_key_copy_is_dropped() {
+        let report = explain_ok(Request {
+            key: Some(KEY.into()),
+            // The client's own key under another name never goes upstream (hygiene).
+            headers: vec![format!("X-Api-Key: {KEY}"), "X-Trace: t1".into()],
+            method: "GET".into(),
+            target: "/team/v1/users".into(),
+            ..Request::default()
+        });
+        assert!(report.contains("authorization: [token of login credential \"ops\""), "{report}");
+        assert!(report.contains("x-trace: t1"), "{report}");
+        let sent = report.split("\nheaders ").nth(1).unwrap();
+        assert!(!sent.contains("x-api-key"), "{report}");
+        assert!(report.contains("x-api-key: [holds the local key, not shown]"), "{report}");
+    }
+
+    #[test]
+    fn a_route_project_replaces_the_clients() {
+        let report = explain_ok(Request {
+            client: Some("bot".into()),
+            headers: vec!["ProjectUid: p1".into()],
+            method: "GET".into(),
+            target: "/team/v1/users?ProjectUid=p1&limit=1".into(),
+            ..Request::default()
+        });
+        assert!(report.contains("scope          ProjectUid p9 (set by the route"), "{report}");
+        assert!(report.contains("upstream       GET https://palette.example/v1/users?limit=1\n"), "{report}");
+        let sent = report.split("\nheaders ").nth(1).unwrap();
+        assert!(sent.contains("projectuid: p9\n") && !sent.contains("projectuid: p1\n"), "{report}");
+    }
+
+    #[test]
+    fn no_credential_and_no_anonymous_client_is_refused_at_client() {
+        let req = Request { method: "GET".into(), target: "/v1/users".into(), ..Request::default() };
+        let (report, outcome) = explain(&cfg(), &req).unwrap();
+        assert_eq!(outcome, Outcome::Refused);
+        assert!(report.contains("result         refused at client: 401"), "{report}");
     }
 }

@@ -269,3 +269,22 @@ fn warnings_are_logged_at_start_and_reload() {
     let _ = Command::new("kill").args(["-TERM", &pid]).status();
     let _ = child.wait();
 }
+
+/// An explicit `--config`, before or after `check`, wins over `PALETTE_GATEWAY_CONFIG`.
+#[test]
+fn an_explicit_config_wins_over_the_environment() {
+    let good = write(
+        "explicit.toml",
+        "[upstream]\nurl = \"http://127.0.0.1:1\"\n[credentials.default]\napi_key_env = \"PGW_TEST_KEY\"\n",
+    );
+    let missing = good.with_file_name("nowhere.toml");
+    for args in [&["check", "--config"][..], &["--config"][..]] {
+        let mut cmd = Command::new(BIN);
+        cmd.args(args).arg(&good);
+        if args.len() == 1 {
+            cmd.arg("check");
+        }
+        let out = cmd.env("PALETTE_GATEWAY_CONFIG", &missing).env("PGW_TEST_KEY", "k").output().unwrap();
+        assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+}
