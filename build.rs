@@ -23,14 +23,16 @@ fn main() {
     match git(&["rev-parse", "--git-path", "HEAD"]) {
         Some(head) => {
             println!("cargo:rerun-if-changed={head}");
-            if let Some(branch) = git(&["symbolic-ref", "-q", "HEAD"]) {
-                if let Some(r) = git(&["rev-parse", "--git-path", &branch]) {
+            // Only files that exist: cargo reruns the script on every build for a missing one
+            // (a packed branch has no file of its own).
+            let branch = git(&["symbolic-ref", "-q", "HEAD"]);
+            let refs = [
+                branch.and_then(|b| git(&["rev-parse", "--git-path", &b])),
+                git(&["rev-parse", "--git-path", "packed-refs"]),
+            ];
+            for r in refs.into_iter().flatten() {
+                if PathBuf::from(&r).exists() {
                     println!("cargo:rerun-if-changed={r}");
-                }
-            }
-            if let Some(packed) = git(&["rev-parse", "--git-path", "packed-refs"]) {
-                if PathBuf::from(&packed).exists() {
-                    println!("cargo:rerun-if-changed={packed}");
                 }
             }
         }
