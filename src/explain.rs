@@ -270,7 +270,7 @@ fn why_no_rule(
     upstream: &path::CheckedPath,
     e: &GatewayError,
 ) {
-    if !matches!(e, GatewayError::Forbidden { .. }) {
+    if !matches!(e, GatewayError::Forbidden { .. } | GatewayError::ForbiddenAfterStrip { .. }) {
         return;
     }
     let Some(rules) = &cfg.client(client_idx).allow else { return };

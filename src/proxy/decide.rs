@@ -40,7 +40,7 @@ pub(crate) fn route<'a>(
     let client = cfg.client(client_idx);
     let matched = routes::select(cfg, client_idx, method, checked);
     let decided = (|| {
-        let rule = policy::check(client, method, &matched.upstream_path)?;
+        let rule = policy::check(client, method, &matched.upstream_path).map_err(|e| after_strip(e, &matched))?;
         // Scope is decided on the headers as the client sent them (a `Connection: ProjectUid`
         // cannot hide a project from the check); every removal comes next, then every header
         // the gateway decides, so none can be taken away.
@@ -56,4 +56,21 @@ pub(crate) fn route<'a>(
         Ok(Decision { rule, scope })
     })();
     (matched, decided)
+}
+
+/// An `allow` refusal of a stripped request says so: the path it names is not the one the
+/// client sent (issue 13's `GET /team-ops/**` beside a `strip_prefix` route for `/team-ops`).
+fn after_strip(e: GatewayError, matched: &RouteMatch<'_>) -> GatewayError {
+    match (e, matched.route) {
+        (GatewayError::Forbidden { client, method, path }, Some(route)) if route.strip_prefix => {
+            GatewayError::ForbiddenAfterStrip {
+                client,
+                method,
+                path,
+                route: route.name.to_string(),
+                prefix: route.path_prefix.clone(),
+            }
+        }
+        (e, _) => e,
+    }
 }

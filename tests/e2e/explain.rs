@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
 use crate::support::{
-    scratch_dir, standard_fake, standard_rules, FileGateway, CI_KEY, NO_BUDGET, PALETTE_KEY, SECRETS,
+    scratch_dir, standard_fake, standard_rules, FileGateway, Harness, CI_KEY, NO_BUDGET, PALETTE_KEY, SECRETS,
 };
 
 const BIN: &str = env!("CARGO_BIN_EXE_palette-gateway");
@@ -219,4 +219,30 @@ fn check_warns_about_rules_that_never_match() {
     let out = run(&["check"], Some(&config("check-clean", &standard_rules())), "");
     assert_eq!(out.status.code(), Some(0));
     assert!(!texts(&out).1.contains("warning"), "{}", texts(&out).1);
+}
+
+/// The user's case on the real gateway: the 403 names the forwarded path and says a route
+/// stripped it (before, it named `/v1/...`, a path the client never sent, and nothing else).
+#[tokio::test]
+async fn a_refusal_after_a_strip_says_so() {
+    let rules = format!(
+        "[credentials.default]\napi_key_env = \"PALETTE_API_KEY\"\n\
+         [[clients]]\nname = \"ops\"\nkeys = [\"{}\"]\nallow = [\"GET /team-ops/**\"]\n\
+         [[routes]]\nname = \"team-ops\"\npath_prefix = \"/team-ops\"\nstrip_prefix = true\n",
+        palette_gateway::auth::key_hash_string(CI_KEY)
+    );
+    let h = Harness::start(standard_fake(), NO_BUDGET, &rules).await;
+    let resp = h.http.get(h.url("/team-ops/v1/users")).header("ApiKey", CI_KEY).send().await.unwrap();
+    assert_eq!(resp.status(), 403);
+    let v: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(v["code"], "Forbidden");
+    let msg = v["message"].as_str().unwrap();
+    assert!(
+        msg.starts_with(
+            "client ops may not GET /v1/users (the path after route team-ops strips /team-ops: allow rules"
+        ),
+        "{msg}"
+    );
+    assert!(msg.contains("palette-gateway explain"), "{msg}");
+    assert!(h.forwarded().is_empty(), "nothing reached Palette");
 }
