@@ -276,6 +276,13 @@ fn why_no_rule(
     let Some(rules) = &cfg.client(client_idx).allow else { return };
     let written: Vec<&str> = rules.iter().map(|x| x.as_str()).collect();
     r.line("policy", format!("no allow rule matches {method} {upstream}; allow = {written:?}"));
+    for rule in rules {
+        let why = match rule.method() {
+            Some(m) if !crate::pattern::method_covers(m, method) => format!("its method is {m}"),
+            _ => format!("its path pattern does not cover {upstream}"),
+        };
+        r.more(format!("{:?}: {why}", rule.as_str()));
+    }
     if sent != upstream {
         if let Some(rule) = rules.iter().find(|x| x.matches(method, sent.segments())) {
             r.more(format!(

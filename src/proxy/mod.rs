@@ -14,7 +14,8 @@
 //! wrapping steps are tower layers, one file each (`request_log`: request id, request log,
 //! in-flight and request metrics; `rescue`: the only place an error becomes an answer); the
 //! decision steps are plain functions over the request parts (`target`, [`path`], [`auth`],
-//! `limits`, `routes`, `policy`, [`scope`], [`hygiene`]) run in order by one step service,
+//! `limits`, `routes`, `policy`, [`scope`], [`hygiene`]; route to hygiene as one function,
+//! `decide::route`, which `explain` calls too) run in order by one step service,
 //! which hands the request to `exchange` (tower layers, outermost first: 429 retry,
 //! credential swap and 401 replay, budget wait, send; then [`response`] hygiene) and
 //! `drain`s what was left unread. Layers and steps talk through

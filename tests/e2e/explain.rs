@@ -186,6 +186,7 @@ async fn explain_and_the_gateway_agree() {
     let (stdout, _) = texts(&out);
     assert_eq!(out.status.code(), Some(1), "{stdout}");
     assert!(stdout.contains("refused at policy: 403"), "{stdout}");
+    assert!(stdout.contains("\"GET /v1/**\": its method is GET"), "why each rule did not match: {stdout}");
     let resp = g.http.delete(g.url("/v1/users/u1")).header("ApiKey", CI_KEY).send().await.unwrap();
     assert_eq!(resp.status(), 403);
 }
