@@ -248,25 +248,36 @@ fn warnings_are_logged_at_start_and_reload() {
             let _ = tx.send(line);
         }
     });
-    let wait_for = |want: &str| -> Vec<String> {
-        let mut seen = Vec::new();
-        while let Ok(line) = rx.recv_timeout(std::time::Duration::from_secs(20)) {
+    let mut seen = Vec::new();
+    // The lines up to the first holding `want`, or None after `within`.
+    let mut wait_for = |want: &str, within: std::time::Duration| -> Option<Vec<String>> {
+        let until = std::time::Instant::now() + within;
+        while let Some(left) = until.checked_duration_since(std::time::Instant::now()) {
+            let Ok(line) = rx.recv_timeout(left) else { break };
             let done = line.contains(want);
             seen.push(line);
             if done {
-                return seen;
+                return Some(std::mem::take(&mut seen));
             }
         }
-        panic!("never logged {want:?}: {seen:#?}");
+        None
     };
-    let started = wait_for("palette-gateway listening");
+    let started = wait_for("palette-gateway listening", std::time::Duration::from_secs(20)).expect("started");
     assert!(started.iter().any(|l| l.contains("config warning") && l.contains("ghost-one")), "{started:#?}");
-    std::fs::write(&path, format!("{clean}[[clients]]\nname = \"ghost-two\"\n")).unwrap();
-    let pid = child.id().to_string();
-    assert!(Command::new("kill").args(["-HUP", &pid]).status().unwrap().success());
-    let reloaded = wait_for("config reloaded");
+    // The file watcher reloads it. (Not SIGHUP: the gateway logs "listening" a moment before it
+    // takes SIGHUP over from the default action, which ends the process.) Rewritten until the
+    // watcher, which starts just after "listening", has seen a change.
+    let mut reloaded = None;
+    for n in 0..100 {
+        std::fs::write(&path, format!("{clean}# edit {n}\n[[clients]]\nname = \"ghost-two\"\n")).unwrap();
+        reloaded = wait_for("config reloaded", std::time::Duration::from_millis(300));
+        if reloaded.is_some() {
+            break;
+        }
+    }
+    let reloaded = reloaded.expect("the gateway reloaded the edited config");
     assert!(reloaded.iter().any(|l| l.contains("config warning") && l.contains("ghost-two")), "{reloaded:#?}");
-    let _ = Command::new("kill").args(["-TERM", &pid]).status();
+    let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
     let _ = child.wait();
 }
 
