@@ -101,6 +101,7 @@ struct Core {
 impl Core {
     /// The runtime built from `config`, fresh metrics, and no task yet.
     fn new(config: Config) -> Result<Self, InvalidKey> {
+        config.log_warnings();
         let metrics = Arc::new(Metrics::new());
         let runtime: SharedRuntime = Arc::new(ArcSwap::from_pointee(Runtime::build(config, None, &metrics)?));
         metrics.config_last_reload_success.set(unix_now());
@@ -196,6 +197,7 @@ impl Core {
         if cfg.server.limits.max_connections != old.config.server.limits.max_connections {
             tracing::warn!("server.max_connections takes effect at the next restart");
         }
+        cfg.log_warnings();
         self.runtime.store(Arc::new(Runtime::build(cfg, Some(&old), &self.metrics)?));
         self.sync_token_tasks();
         Ok(())

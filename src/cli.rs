@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use base64::Engine as _;
-use clap::{Parser, Subcommand};
+use clap::{Args, CommandFactory as _, Parser, Subcommand, ValueEnum};
 
 use std::sync::Arc;
 
@@ -13,11 +13,15 @@ use crate::app::Stopped;
 use crate::config::{self, Environment, LogConfig, ProcessEnv};
 
 /// Authenticating, credential-swapping reverse proxy for the Spectro Cloud Palette API.
+///
+/// Without a subcommand it runs the gateway. Its options apply only to running; each
+/// subcommand lists its own (`palette-gateway help explain`).
 #[derive(Debug, Parser)]
-#[command(name = "palette-gateway", version, about)]
+#[command(name = "palette-gateway", version = crate::build::LONG_VERSION, about, long_about = None)]
 pub struct Cli {
-    /// Config file (TOML).
-    #[arg(long, env = "PALETTE_GATEWAY_CONFIG", global = true, value_name = "PATH")]
+    /// Config file (TOML). Also read by `check` and `explain` when given before them, as the
+    /// container image's entrypoint does.
+    #[arg(long, env = "PALETTE_GATEWAY_CONFIG", value_name = "PATH")]
     pub config: Option<PathBuf>,
     /// Run fully offline: a fake Palette on loopback plus the demo config (ignores --config).
     #[arg(long)]
@@ -30,15 +34,67 @@ pub struct Cli {
     pub command: Option<Command>,
 }
 
+/// `--config` of a subcommand that reads the config. No `env` here: the top-level `--config`
+/// reads `PALETTE_GATEWAY_CONFIG`, so an explicit `--config` (before or after the subcommand)
+/// wins over the environment.
+#[derive(Debug, Args)]
+pub struct ConfigArg {
+    /// Config file (TOML) [default: $PALETTE_GATEWAY_CONFIG].
+    #[arg(long, value_name = "PATH")]
+    pub config: Option<PathBuf>,
+}
+
+/// `explain`'s arguments.
+#[derive(Debug, Args)]
+pub struct ExplainArgs {
+    #[command(flatten)]
+    config: ConfigArg,
+    /// Act as this configured client (as if authenticated; covers certificate clients).
+    #[arg(long, value_name = "NAME", conflicts_with = "key")]
+    client: Option<String>,
+    /// Authenticate with this local key, as `ApiKey: KEY` would; `-` reads it from stdin
+    /// (keeps it out of the shell history and `ps`). Never printed.
+    #[arg(long, value_name = "KEY")]
+    key: Option<String>,
+    /// A request header, `Name: value` (repeatable): `ProjectUid`, `ApiKey`, ...
+    #[arg(short = 'H', long = "header", value_name = "NAME: VALUE")]
+    headers: Vec<String>,
+    /// The request method (`GET`, `POST`, ...).
+    method: String,
+    /// The request path, with its query if any (`/v1/spectroclusters?limit=5`).
+    path: String,
+}
+
 /// Subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Load and validate the config; print every problem by field and exit non-zero if any.
-    Check,
+    /// Warnings (rules that can never match) are printed too, and do not fail the check.
+    Check(ConfigArg),
+    /// Show what the gateway would do with one request, step by step, without sending it:
+    /// exit 0 when it would be forwarded, 1 when refused, 2 on a bad config or arguments.
+    Explain(ExplainArgs),
     /// Print a fresh random local key and the `sha256:` hash to put in the config.
     NewKey,
     /// Read a local key on stdin and print its `sha256:` hash.
     HashKey,
+    /// Print a shell completion script (`source <(palette-gateway completions bash)`).
+    Completions {
+        /// The shell.
+        #[arg(value_enum)]
+        shell: CompletionShell,
+    },
+}
+
+/// Shells `completions` writes for.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum CompletionShell {
+    /// bash.
+    Bash,
+    /// zsh.
+    Zsh,
+    /// fish.
+    Fish,
 }
 
 /// Entry point of the binary.
@@ -65,13 +121,16 @@ pub fn main() -> ExitCode {
             println!("{}", crate::auth::key_hash_string(key));
             ExitCode::SUCCESS
         }
-        Some(Command::Check) => {
-            let Some(path) = cli.config else {
+        Some(Command::Check(arg)) => {
+            let Some(path) = arg.config.or(cli.config) else {
                 eprintln!("error: check needs --config PATH (or PALETTE_GATEWAY_CONFIG)");
                 return ExitCode::from(2);
             };
             match config::load(&path, &ProcessEnv) {
-                Ok(_) => {
+                Ok(cfg) => {
+                    for w in cfg.warnings() {
+                        eprintln!("warning: {w}");
+                    }
                     println!("{}: ok", path.display());
                     ExitCode::SUCCESS
                 }
@@ -82,6 +141,16 @@ pub fn main() -> ExitCode {
                     ExitCode::FAILURE
                 }
             }
+        }
+        Some(Command::Explain(args)) => explain(args, cli.config),
+        Some(Command::Completions { shell }) => {
+            let shell = match shell {
+                CompletionShell::Bash => clap_complete::Shell::Bash,
+                CompletionShell::Zsh => clap_complete::Shell::Zsh,
+                CompletionShell::Fish => clap_complete::Shell::Fish,
+            };
+            clap_complete::generate(shell, &mut Cli::command(), "palette-gateway", &mut std::io::stdout());
+            ExitCode::SUCCESS
         }
         None => run(cli),
     }
@@ -138,8 +207,72 @@ fn run(cli: Cli) -> ExitCode {
             ExitCode::from(2)
         }
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", render_error(&e));
             ExitCode::FAILURE
+        }
+    }
+}
+
+/// An error and its causes, each said once: a message that already includes its cause's text
+/// (thiserror's `{source}` in the message, as in "cannot listen on ...: Address already in use")
+/// does not get it repeated, as `{:#}` would.
+fn render_error(e: &anyhow::Error) -> String {
+    let mut text = e.to_string();
+    for cause in e.chain().skip(1) {
+        let cause = cause.to_string();
+        if !text.contains(&cause) {
+            text.push_str(": ");
+            text.push_str(&cause);
+        }
+    }
+    text
+}
+
+/// `explain`: exit 0 forwarded, 1 refused, 2 a bad config or bad arguments (said on stderr).
+fn explain(args: ExplainArgs, run_config: Option<PathBuf>) -> ExitCode {
+    let Some(path) = args.config.config.or(run_config) else {
+        eprintln!("error: explain needs --config PATH (or PALETTE_GATEWAY_CONFIG)");
+        return ExitCode::from(2);
+    };
+    let key = match args.key.as_deref() {
+        Some("-") => {
+            let mut input = String::new();
+            if let Err(e) = std::io::stdin().read_to_string(&mut input) {
+                eprintln!("error: cannot read the key from stdin: {e}");
+                return ExitCode::from(2);
+            }
+            Some(input.trim().to_string())
+        }
+        other => other.map(str::to_string),
+    };
+    let cfg = match config::load(&path, &ProcessEnv) {
+        Ok(cfg) => cfg,
+        Err(e) => {
+            eprintln!("error: the config {} does not load (bad config, exit 2):", path.display());
+            for p in e.problems() {
+                eprintln!("{p}");
+            }
+            return ExitCode::from(2);
+        }
+    };
+    let request = crate::explain::Request {
+        client: args.client,
+        key,
+        headers: args.headers,
+        method: args.method,
+        target: args.path,
+    };
+    match crate::explain::explain(&cfg, &request) {
+        Ok((report, outcome)) => {
+            print!("{report}");
+            match outcome {
+                crate::explain::Outcome::Forwarded => ExitCode::SUCCESS,
+                crate::explain::Outcome::Refused => ExitCode::FAILURE,
+            }
+        }
+        Err(e) => {
+            eprintln!("error: {e} (bad arguments, exit 2)");
+            ExitCode::from(2)
         }
     }
 }
@@ -186,10 +319,23 @@ mod tests {
     }
 
     #[test]
+    fn an_error_cause_is_said_once() {
+        let bind = crate::app::StartError::Bind {
+            addr: ([127, 0, 0, 1], 8080).into(),
+            what: "server.listen",
+            source: std::io::Error::from(std::io::ErrorKind::AddrInUse),
+        };
+        let text = render_error(&anyhow::Error::from(bind));
+        assert_eq!(text.matches("in use").count(), 1, "{text}");
+        let chained = anyhow::Error::from(std::io::Error::other("disk on fire")).context("cannot read");
+        assert_eq!(render_error(&chained), "cannot read: disk on fire");
+    }
+
+    #[test]
     fn cli_parses_contract_verbs() {
         assert!(matches!(
             Cli::try_parse_from(["pg", "check", "--config", "x.toml"]).unwrap().command,
-            Some(Command::Check)
+            Some(Command::Check(_))
         ));
         assert!(Cli::try_parse_from(["pg", "--demo"]).unwrap().demo);
         assert!(matches!(Cli::try_parse_from(["pg", "new-key"]).unwrap().command, Some(Command::NewKey)));

@@ -41,6 +41,24 @@ pub enum GatewayError {
         /// The request's path, as checked.
         path: String,
     },
+    /// `allow` refused a request whose route stripped its prefix: the message says the path
+    /// named is the forwarded one, which the client never sent as such.
+    #[error(
+        "client {client} may not {method} {path} (the path after route {route} strips {prefix}: allow rules \
+         see the forwarded path; `palette-gateway explain` shows each step)"
+    )]
+    ForbiddenAfterStrip {
+        /// The client's name.
+        client: String,
+        /// The request's method.
+        method: String,
+        /// The forwarded path (after the strip), as the rules saw it.
+        path: String,
+        /// The route that stripped it.
+        route: String,
+        /// The prefix it stripped.
+        prefix: String,
+    },
     /// A credential endpoint (see `credential_endpoints`) not opened for the client.
     #[error(
         "client {client} may not {method} {path}: a credential endpoint, because {why}; an operator can open it for \
@@ -132,6 +150,7 @@ impl GatewayError {
             GatewayError::MissingCredential => (StatusCode::UNAUTHORIZED, "Unauthorized"),
             GatewayError::UnknownCredential(_) => (StatusCode::UNAUTHORIZED, "Unauthorized"),
             GatewayError::Forbidden { .. } => (StatusCode::FORBIDDEN, "Forbidden"),
+            GatewayError::ForbiddenAfterStrip { .. } => (StatusCode::FORBIDDEN, "Forbidden"),
             GatewayError::AuthPathForbidden { .. } => (StatusCode::FORBIDDEN, "Forbidden"),
             GatewayError::CredentialEndpointForbidden { .. } => (StatusCode::FORBIDDEN, "Forbidden"),
             GatewayError::ProjectForbidden { .. } => (StatusCode::FORBIDDEN, "ProjectForbidden"),
@@ -154,6 +173,7 @@ impl GatewayError {
             GatewayError::MissingCredential => Some("missing"),
             GatewayError::UnknownCredential(_) => Some("unknown_key"),
             GatewayError::Forbidden { .. }
+            | GatewayError::ForbiddenAfterStrip { .. }
             | GatewayError::AuthPathForbidden { .. }
             | GatewayError::CredentialEndpointForbidden { .. } => Some("forbidden"),
             GatewayError::ProjectForbidden { .. } => Some("project"),

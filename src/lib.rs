@@ -9,8 +9,9 @@
 //!   metrics), [`metrics`], [`runtime`] (the snapshot a request takes, built by one function
 //!   for start-up and reload), `watcher` (reload triggers), `signals`, [`credentials`] (token
 //!   managers), [`kubernetes`] (ServiceAccount tokens: TokenReview cache, key set), [`limit`] (client limits, Palette budget), [`upstream`] (the pooled client),
-//!   [`cli`], [`demo`] (the offline demo, with the `fake-palette` crate of this workspace behind
-//!   the default `demo` feature).
+//!   [`cli`], [`explain`] (`palette-gateway explain`: one request through the request path's own
+//!   decisions, nothing sent), [`build`] (the git commit), [`demo`] (the offline demo, with the
+//!   `fake-palette` crate of this workspace behind the default `demo` feature).
 //! - [`config`], what lives for one load: TOML → validated, immutable [`config::Config`].
 //! - [`proxy`], what lives for one request: one file per step, chained by one function
 //!   (`proxy::stack`), outermost first:
@@ -45,11 +46,13 @@ pub(crate) mod cache;
 // with `server` (wall time). The allowance is module-wide; narrowing it to those lines is left.
 #[allow(clippy::disallowed_methods, clippy::disallowed_types)]
 pub mod body;
+pub mod build;
 pub mod cli;
 pub mod config;
 pub mod credentials;
 pub mod demo;
 pub mod error;
+pub mod explain;
 pub mod kubernetes;
 pub mod limit;
 pub mod metrics;

@@ -19,6 +19,7 @@ mod preset;
 mod problems;
 mod read;
 mod secret;
+mod syntax;
 mod tls;
 mod validate;
 
@@ -97,19 +98,8 @@ pub fn load(path: &Path, env: &dyn Environment) -> Result<Config, ConfigError> {
 pub fn load_str(text: &str, base_dir: &Path, env: &dyn Environment) -> Result<Config, ConfigError> {
     // Some editors start a UTF-8 file with a byte-order mark; TOML has no use for it.
     let text = text.strip_prefix('\u{feff}').unwrap_or(text);
-    let raw: file::RawConfig = toml::from_str(text).map_err(|e| ConfigError::Syntax(render_toml_error(text, &e)))?;
+    let raw = syntax::parse(text).map_err(ConfigError::Syntax)?;
     validate::validate(raw, base_dir, env)
-}
-
-fn render_toml_error(text: &str, e: &toml::de::Error) -> String {
-    let msg = e.message().trim_end();
-    match e.span() {
-        Some(span) => {
-            let line = text[..span.start.min(text.len())].matches('\n').count() + 1;
-            format!("line {line}: {msg}")
-        }
-        None => msg.to_string(),
-    }
 }
 
 /// The validated configuration.
@@ -144,6 +134,8 @@ pub struct Config {
     pub(crate) kubernetes: Option<KubernetesAuth>,
     /// `service_accounts` entries (`ns/name`, `ns/*`) → client.
     service_account_index: HashMap<String, usize>,
+    /// Rules that can never match (`validate/warnings.rs`); not errors.
+    warnings: Vec<Problem>,
 }
 
 /// A configured client, by its place in [`Config::clients`]: what authentication finds and

@@ -16,7 +16,8 @@
 //! wrapping steps are tower layers, one file each (`request_log`: request id, request log,
 //! in-flight and request metrics; `rescue`: the only place an error becomes an answer); the
 //! decision steps are plain functions over the request parts (`target`, [`path`], [`auth`],
-//! `limits`, `routes`, `policy`, [`scope`], [`hygiene`]) run in order by one step service,
+//! `limits`, `routes`, `policy`, [`scope`], [`hygiene`]; route to hygiene as one function,
+//! `decide::route`, which `explain` calls too) run in order by one step service,
 //! which hands the request to `exchange` (tower layers, outermost first: 429 retry,
 //! credential swap and 401 replay, budget wait, send; then [`response`] hygiene) and
 //! `drain`s what was left unread. Layers and steps talk through
@@ -53,6 +54,7 @@ pub mod auth;
 pub(crate) mod authenticate;
 pub(crate) mod cache;
 pub mod credential_endpoints;
+pub(crate) mod decide;
 pub(crate) mod decode;
 pub(crate) mod drain;
 pub(crate) mod exchange;
@@ -210,21 +212,20 @@ async fn process(
     // 5. Client limits, before policy so forbidden paths are throttled too.
     limits::check(rt, metrics, client_idx, client, &note)?;
     // 6. Route, 7. policy, 8. scope (ProjectUid), 9. header hygiene.
-    let matched = routes::select(cfg, client_idx, &parts.method, &checked);
-    note.set(|f| f.route = matched.route.map(|r| r.name.clone()));
-    policy::check(client, &parts.method, &matched.upstream_path)?;
-    // Scope is decided on the headers as the client sent them (a `Connection: ProjectUid`
-    // cannot hide a project from the check); every removal comes next, then every header the
-    // gateway decides, so none can be taken away. The log records what goes upstream.
-    let scope = scope::decide(client, matched.route, &parts.headers, parts.uri.query())?;
-    let decided = hygiene::Decided {
-        forwarded_for: &conn.forwarded_for,
-        tls: conn.tls,
+    // One function for these steps, shared with `explain` (decide.rs).
+    let (matched, decided) = decide::route(
+        cfg,
+        client_idx,
+        &parts.method,
+        &checked,
+        parts.uri.query(),
+        &mut parts.headers,
+        &conn,
         request_id,
-        project: scope.project.as_ref(),
-    };
-    hygiene::remove_local_key(&mut parts.headers);
-    hygiene::request_headers(&mut parts.headers, &decided);
+    );
+    note.set(|f| f.route = matched.route.map(|r| r.name.clone()));
+    let scope = decided?.scope;
+    // The log records what goes upstream.
     let project = parts.headers.get(scope::PROJECT_UID).and_then(|p| p.to_str().ok()).map(str::to_string);
     note.set(|f| f.project = project);
 

@@ -6,11 +6,17 @@ use http::Method;
 
 use crate::config::Client;
 use crate::error::GatewayError;
+use crate::pattern::AllowRule;
 use crate::proxy::credential_endpoints::{self, is_api_version};
 use crate::proxy::path::CheckedPath;
 
-/// Refuses the request unless `client` may send `method` to `path` (the upstream path).
-pub fn check(client: &Client, method: &Method, path: &CheckedPath) -> Result<(), GatewayError> {
+/// Refuses the request unless `client` may send `method` to `path` (the upstream path). Passed,
+/// it names the `allow` rule that let it through (`None`: the client has no `allow` list).
+pub fn check<'a>(
+    client: &'a Client,
+    method: &Method,
+    path: &CheckedPath,
+) -> Result<Option<&'a AllowRule>, GatewayError> {
     if is_auth_path(path) {
         return Err(GatewayError::AuthPathForbidden { client: client.name.to_string(), path: path.to_string() });
     }
@@ -26,13 +32,16 @@ pub fn check(client: &Client, method: &Method, path: &CheckedPath) -> Result<(),
             });
         }
     }
-    match &client.allow {
-        Some(rules) if !rules.iter().any(|r| r.matches(method, path.segments())) => Err(GatewayError::Forbidden {
+    let Some(rules) = &client.allow else {
+        return Ok(None);
+    };
+    match rules.iter().find(|r| r.matches(method, path.segments())) {
+        Some(rule) => Ok(Some(rule)),
+        None => Err(GatewayError::Forbidden {
             client: client.name.to_string(),
             method: method.to_string(),
             path: path.to_string(),
         }),
-        _ => Ok(()),
     }
 }
 

@@ -13,6 +13,7 @@ mod cli;
 mod credential_swap;
 mod deploy_metrics;
 mod docs;
+mod explain;
 mod faults;
 mod forwarding;
 mod hostile;

@@ -13,6 +13,7 @@ mod server;
 #[cfg(test)]
 mod tests;
 mod upstream;
+mod warnings;
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -46,7 +47,7 @@ pub(super) fn validate(raw: RawConfig, base: &Path, env: &dyn Environment) -> Re
         (true, Some(server), Some(upstream))
             if clients.list.len() == raw.clients.len() && routes.len() == raw.routes.len() =>
         {
-            Ok(Config {
+            let mut config = Config {
                 server,
                 upstream,
                 credentials,
@@ -62,7 +63,10 @@ pub(super) fn validate(raw: RawConfig, base: &Path, env: &dyn Environment) -> Re
                 cert_index: clients.cert_index,
                 kubernetes,
                 service_account_index,
-            })
+                warnings: Vec::new(),
+            };
+            config.warnings = warnings::find(&config);
+            Ok(config)
         }
         _ => Err(ConfigError::Invalid(p.found)),
     }

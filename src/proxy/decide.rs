@@ -1,0 +1,76 @@
+//! The decision steps after authentication and client limits: route, policy (`/v1/auth`,
+//! credential endpoints, `allow`), scope (`ProjectUid`) and header hygiene, as one function.
+//! The request path (`process`) and `palette-gateway explain` both call it, so what `explain`
+//! prints is what a request gets: there is no second copy of the order or of a rule.
+
+use http::{HeaderMap, HeaderValue, Method};
+
+use crate::config::{ClientId, Config};
+use crate::error::GatewayError;
+use crate::pattern::AllowRule;
+use crate::proxy::path::CheckedPath;
+use crate::proxy::routes::{self, RouteMatch};
+use crate::proxy::scope::{self, Scope};
+use crate::proxy::{hygiene, policy, ConnInfo};
+
+/// What the steps decided for a request that passes them.
+#[derive(Debug)]
+pub(crate) struct Decision<'a> {
+    /// The `allow` rule that let the request through (`None`: the client has no `allow` list,
+    /// so everything not refused for its own reason passes).
+    pub(crate) rule: Option<&'a AllowRule>,
+    /// The project scope and the query to forward.
+    pub(crate) scope: Scope,
+}
+
+/// Route, policy, scope, hygiene. The route match comes back in any case (the log names the
+/// route of a refused request too); on success `headers` are what goes upstream, before the
+/// credential is added.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn route<'a>(
+    cfg: &'a Config,
+    client_idx: ClientId,
+    method: &Method,
+    checked: &CheckedPath,
+    query: Option<&str>,
+    headers: &mut HeaderMap,
+    conn: &ConnInfo,
+    request_id: &HeaderValue,
+) -> (RouteMatch<'a>, Result<Decision<'a>, GatewayError>) {
+    let client = cfg.client(client_idx);
+    let matched = routes::select(cfg, client_idx, method, checked);
+    let decided = (|| {
+        let rule = policy::check(client, method, &matched.upstream_path).map_err(|e| after_strip(e, &matched))?;
+        // Scope is decided on the headers as the client sent them (a `Connection: ProjectUid`
+        // cannot hide a project from the check); every removal comes next, then every header
+        // the gateway decides, so none can be taken away.
+        let scope = scope::decide(client, matched.route, headers, query)?;
+        let decided = hygiene::Decided {
+            forwarded_for: &conn.forwarded_for,
+            tls: conn.tls,
+            request_id,
+            project: scope.project.as_ref(),
+        };
+        hygiene::remove_local_key(headers);
+        hygiene::request_headers(headers, &decided);
+        Ok(Decision { rule, scope })
+    })();
+    (matched, decided)
+}
+
+/// An `allow` refusal of a stripped request says so: the path it names is not the one the
+/// client sent (issue 13's `GET /team-ops/**` beside a `strip_prefix` route for `/team-ops`).
+fn after_strip(e: GatewayError, matched: &RouteMatch<'_>) -> GatewayError {
+    match (e, matched.route) {
+        (GatewayError::Forbidden { client, method, path }, Some(route)) if route.strip_prefix => {
+            GatewayError::ForbiddenAfterStrip {
+                client,
+                method,
+                path,
+                route: route.name.to_string(),
+                prefix: route.path_prefix.clone(),
+            }
+        }
+        (e, _) => e,
+    }
+}
