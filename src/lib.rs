@@ -52,6 +52,8 @@ pub mod error;
 pub mod limit;
 pub mod metrics;
 #[allow(clippy::disallowed_methods, clippy::disallowed_types)]
+#[cfg(target_os = "linux")]
+pub(crate) mod process_cpu;
 pub mod proxy;
 pub mod runtime;
 pub(crate) mod server;

@@ -520,3 +520,42 @@ async fn upstream_body_stall_is_an_error_for_h1_and_h2_clients_and_in_the_access
         }
     }
 }
+
+/// A log pipeline sees who called: the access and audit events of a request carry the client's
+/// address and its `User-Agent` (control characters escaped, bounded); no credential header
+/// reaches either; durations read as milliseconds with at most 3 decimals.
+#[tokio::test]
+async fn events_carry_client_address_and_user_agent() {
+    let cap = &capture();
+    let h = Harness::standard().await;
+    let long_tail = "x".repeat(1000);
+    let r = h
+        .http
+        .post(h.url("/v1/dashboard/projects"))
+        .header("ApiKey", CI_KEY)
+        .header("ProjectUid", "p001")
+        .header("User-Agent", format!("terraform-provider-spectrocloud/0.22 \u{9b}31m {long_tail}"))
+        .header("X-Request-Id", "logs-who-called")
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let access = cap.wait(ACCESS, "logs-who-called").await;
+    let audit = cap.of(AUDIT, "logs-who-called");
+    assert_eq!((access.len(), audit.len()), (1, 1), "{access:?} {audit:?}");
+    for e in [&access[0], &audit[0]] {
+        let addr = e["client_addr"].as_str().unwrap_or_else(|| panic!("no client_addr: {e}"));
+        assert!(addr.starts_with("127.0.0.1:"), "{e}");
+        let ua = e["user_agent"].as_str().unwrap_or_else(|| panic!("no user_agent: {e}"));
+        assert!(ua.starts_with("terraform-provider-spectrocloud/0.22 \\u{9b}31m xxx"), "{ua}");
+        assert!(ua.chars().count() <= 256 + 16, "unbounded user_agent: {} chars", ua.chars().count());
+        assert!(!e.to_string().contains(CI_KEY), "a credential reached the event: {e}");
+    }
+    for field in ["duration_ms", "upstream_ms", "rate_limit_wait_ms"] {
+        let v = &access[0][field];
+        let text = v.to_string();
+        let decimals = text.split_once('.').map_or(0, |(_, d)| d.len());
+        assert!(v.is_number() && decimals <= 3, "{field} = {text}");
+    }
+}
