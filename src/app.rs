@@ -17,7 +17,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::admin::Admin;
 use crate::config::{self, Config, ConfigError, Environment, ServerLimits};
-use crate::credentials::{InvalidKey, TokenManager};
+use crate::credentials::{InvalidKey, KeyCheck, TokenManager};
 use crate::metrics::Metrics;
 use crate::proxy::Gateway;
 use crate::runtime::{Runtime, SharedRuntime};
@@ -92,6 +92,8 @@ struct Core {
     /// The root token: cancelling it stops everything.
     root: CancellationToken,
     refreshers: Mutex<Vec<Refresher>>,
+    /// The running API key checks (one per check; a finished one stays until its key goes).
+    key_checks: Mutex<Vec<(Arc<KeyCheck>, CancellationToken)>>,
     /// Why the gateway cannot go on (the first reason), once `failed` fires.
     fatal: Mutex<Option<String>>,
     /// Fires when a task fails for good; not a child of `root`, a stop does not fire it.
@@ -110,6 +112,7 @@ impl Core {
             tasks: TaskTracker::new(),
             root: CancellationToken::new(),
             refreshers: Mutex::new(Vec::new()),
+            key_checks: Mutex::new(Vec::new()),
             fatal: Mutex::new(None),
             failed: CancellationToken::new(),
         })
@@ -164,6 +167,27 @@ impl Core {
         }
     }
 
+    /// Starts the check of every API key of the live runtime that has none (a key new at start
+    /// or changed by a reload), and stops those whose key is gone.
+    fn sync_key_checks(&self) {
+        let rt = self.runtime.load();
+        let mut running = self.key_checks.lock().unwrap_or_else(|p| p.into_inner());
+        running.retain(|(check, cancel)| {
+            let keep = rt.credentials.key_checks().any(|(c, _)| Arc::ptr_eq(c, check));
+            if !keep {
+                cancel.cancel();
+            }
+            keep
+        });
+        for (check, key) in rt.credentials.key_checks() {
+            if !running.iter().any(|(c, _)| Arc::ptr_eq(c, check)) {
+                let cancel = self.root.child_token();
+                self.tasks.spawn(check.clone().run(rt.upstream.clone(), key.clone(), cancel.clone()));
+                running.push((check.clone(), cancel));
+            }
+        }
+    }
+
     fn reload(&self, path: &Path, env: &dyn Environment) -> Result<(), ReloadError> {
         let result = config::load(path, env).map_err(ReloadError::from).and_then(|cfg| self.apply(cfg));
         match &result {
@@ -198,6 +222,7 @@ impl Core {
         }
         self.runtime.store(Arc::new(Runtime::build(cfg, Some(&old), &self.metrics)?));
         self.sync_token_tasks();
+        self.sync_key_checks();
         Ok(())
     }
 }
@@ -276,6 +301,7 @@ impl RunningGateway {
             core.root.child_token(),
         ));
         core.sync_token_tasks();
+        core.sync_key_checks();
         tracing::info!(%proxy_addr, %admin_addr, "palette-gateway listening");
         Ok(RunningGateway { proxy_addr, admin_addr, core, draining, proxy_listener, proxy_server: Some(proxy_server) })
     }
