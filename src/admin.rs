@@ -1,7 +1,7 @@
 //! The admin listener's endpoints: `/healthz` (serving), `/readyz` (config loaded, every
 //! login credential holds a valid token and no API key was refused by Palette), `/startup`
-//! (every credential usable: a token in hand, each API key's check passed) and `/metrics`
-//! (Prometheus text format).
+//! (every credential usable: a token in hand, each API key's check passed), `/status` (the
+//! status page, [`crate::status`]) and `/metrics` (Prometheus text format).
 
 use std::convert::Infallible;
 use std::future::{ready, Ready};
@@ -16,6 +16,7 @@ use crate::body::{self, Body};
 use crate::credentials::KeyState;
 use crate::metrics::Metrics;
 use crate::runtime::SharedRuntime;
+use crate::status::{ReloadLog, Status};
 
 /// The admin endpoints as a tower service.
 #[derive(Clone)]
@@ -23,12 +24,22 @@ pub struct Admin {
     runtime: SharedRuntime,
     metrics: Arc<Metrics>,
     draining: Arc<AtomicBool>,
+    /// When the gateway started (the status page's uptime).
+    started: tokio::time::Instant,
+    /// Config loads and reloads (the status page).
+    reloads: Arc<ReloadLog>,
 }
 
 impl Admin {
     /// Admin endpoints over the live runtime.
     pub fn new(runtime: SharedRuntime, metrics: Arc<Metrics>, draining: Arc<AtomicBool>) -> Self {
-        Admin { runtime, metrics, draining }
+        Admin { runtime, metrics, draining, started: tokio::time::Instant::now(), reloads: Arc::default() }
+    }
+
+    /// The status page reads config reloads from `reloads`.
+    pub fn with_reloads(mut self, reloads: Arc<ReloadLog>) -> Self {
+        self.reloads = reloads;
+        self
     }
 
     /// Answers one admin request.
@@ -43,6 +54,11 @@ impl Admin {
             "/healthz" => json(StatusCode::OK, serde_json::json!({"status": "ok"})),
             "/readyz" => self.readiness(),
             "/startup" => self.startup(),
+            "/status" => {
+                let json = crate::status::wants_json(req.uri().query(), req.headers().get(header::ACCEPT));
+                let rt = self.runtime.load();
+                Status::gather(&rt, &self.metrics, &self.reloads, self.started.elapsed()).response(json)
+            }
             "/metrics" => {
                 let (text, content_type) = self.metrics.render();
                 let mut resp = Response::new(body::full(text));

@@ -23,6 +23,7 @@ use crate::proxy::Gateway;
 use crate::runtime::{Runtime, SharedRuntime};
 use crate::server::{ConnSettings, SettingsSource};
 use crate::signals::{Hangup, StopSignals};
+use crate::status::ReloadLog;
 use crate::watcher::Trigger;
 
 /// Why the gateway could not start.
@@ -92,6 +93,8 @@ struct Core {
     /// The root token: cancelling it stops everything.
     root: CancellationToken,
     refreshers: Mutex<Vec<Refresher>>,
+    /// Config loads and reloads, for the status page.
+    reloads: Arc<ReloadLog>,
     /// The running API key checks (one per check; a finished one stays until its key goes).
     key_checks: Mutex<Vec<(Arc<KeyCheck>, CancellationToken)>>,
     /// Why the gateway cannot go on (the first reason), once `failed` fires.
@@ -113,6 +116,7 @@ impl Core {
             root: CancellationToken::new(),
             refreshers: Mutex::new(Vec::new()),
             key_checks: Mutex::new(Vec::new()),
+            reloads: Arc::default(),
             fatal: Mutex::new(None),
             failed: CancellationToken::new(),
         })
@@ -194,10 +198,12 @@ impl Core {
             Ok(()) => {
                 self.metrics.config_reloads.with_label_values(&["ok"]).inc();
                 self.metrics.config_last_reload_success.set(unix_now());
+                self.reloads.succeeded();
                 tracing::info!(path = %path.display(), "config reloaded");
             }
             Err(e) => {
                 self.metrics.config_reloads.with_label_values(&["error"]).inc();
+                self.reloads.failed(e.to_string());
                 tracing::error!(path = %path.display(), error = %e, "config reload refused; the previous config keeps serving");
             }
         }
@@ -291,7 +297,8 @@ impl RunningGateway {
             admin,
             admin_settings,
             {
-                let admin = Admin::new(runtime.clone(), metrics.clone(), draining.clone());
+                let admin =
+                    Admin::new(runtime.clone(), metrics.clone(), draining.clone()).with_reloads(core.reloads.clone());
                 Arc::new(move |req| {
                     let resp = admin.answer(&req);
                     Box::pin(async move { resp })

@@ -58,6 +58,7 @@ pub mod proxy;
 pub mod runtime;
 pub(crate) mod server;
 pub(crate) mod signals;
+pub mod status;
 pub(crate) mod upstream;
 pub(crate) mod watcher;
 

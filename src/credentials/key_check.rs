@@ -128,6 +128,8 @@ impl KeyCheck {
             .uri(uri)
             .header("apikey", key.clone())
             .header(header::ACCEPT, "application/json")
+            // A one-off call: its connection is not kept in the pool for the clients.
+            .header(header::CONNECTION, "close")
             .body(body::empty())
             .map_err(|e| e.to_string())?;
         let exchange = async {
