@@ -25,6 +25,7 @@ mod readiness;
 mod reload;
 mod server_limits;
 mod shutdown;
+mod status;
 mod tls;
 mod tokens;
 mod upstream_errors;
