@@ -51,9 +51,9 @@ pub mod demo;
 pub mod error;
 pub mod limit;
 pub mod metrics;
-#[allow(clippy::disallowed_methods, clippy::disallowed_types)]
 #[cfg(target_os = "linux")]
 pub(crate) mod process_cpu;
+#[allow(clippy::disallowed_methods, clippy::disallowed_types)]
 pub mod proxy;
 pub mod runtime;
 pub(crate) mod server;
