@@ -559,3 +559,48 @@ async fn events_carry_client_address_and_user_agent() {
         assert!(v.is_number() && decimals <= 3, "{field} = {text}");
     }
 }
+
+/// Every 5xx the gateway makes says why at warn, with the request id: Palette unreachable (502)
+/// and too slow (504), and a login credential without a token (503). A 4xx refusal does not.
+#[tokio::test]
+async fn gateway_5xx_answers_log_their_reason_at_warn() {
+    let cap = &capture();
+    let warned = |rid: &'static str| {
+        let text = cap.text();
+        let lines: Vec<Value> = text.lines().filter(|l| l.contains(rid)).map(parse).collect();
+        lines.into_iter().filter(|e| e["level"] == "WARN" && e["request_id"] == rid).collect::<Vec<_>>()
+    };
+    // Nothing listens upstream: 502 for the API key client, 503 for the login one.
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let text = gateway_config(&format!("http://127.0.0.1:{port}"), "", &standard_rules());
+    let cfg = palette_gateway::config::load_str(&text, std::path::Path::new("."), &standard_env()).unwrap();
+    let gw = palette_gateway::app::RunningGateway::start(cfg).await.unwrap();
+    let base = format!("http://{}", gw.proxy_addr);
+    for (key, rid, status, code) in [
+        (ADMIN_KEY, "logs-5xx-unreachable", 502, "UpstreamUnavailable"),
+        (BOT_KEY, "logs-5xx-no-token", 503, "CredentialUnavailable"),
+        ("pgw_unknown-key-ffffffffffffffffffffffffffffffff", "logs-5xx-not-a-5xx", 401, ""),
+    ] {
+        let r = client().get(format!("{base}/v1/users")).header("ApiKey", key).header("X-Request-Id", rid);
+        assert_eq!(r.send().await.unwrap().status(), status);
+        cap.wait(ACCESS, rid).await;
+        let w = warned(rid);
+        if status < 500 {
+            assert!(w.is_empty(), "a {status} logged at warn: {w:?}");
+            continue;
+        }
+        assert_eq!(w.len(), 1, "{rid}: {w:?}");
+        assert_eq!((w[0]["status"].as_u64(), w[0]["code"].as_str()), (Some(u64::from(status)), Some(code)), "{w:?}");
+        assert!(!w[0]["reason"].as_str().unwrap_or("").is_empty(), "{w:?}");
+    }
+    // Palette slower than request_timeout: 504.
+    let h = Harness::standard().await;
+    let rid = "logs-5xx-slow";
+    let r = h.http.get(h.url("/v1/__fake/slow/8000")).header("ApiKey", ADMIN_KEY).header("X-Request-Id", rid);
+    assert_eq!(r.send().await.unwrap().status(), 504);
+    cap.wait(ACCESS, rid).await;
+    let w = warned(rid);
+    assert_eq!(w.len(), 1, "{w:?}");
+    assert_eq!(w[0]["code"], "UpstreamTimeout");
+    assert!(w[0]["reason"].as_str().unwrap().contains("5s"), "{w:?}");
+}
