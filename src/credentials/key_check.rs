@@ -144,3 +144,66 @@ impl KeyCheck {
             .map_err(|_| format!("no answer within {}", humantime::format_duration(within)))?
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+    /// An upstream answering the n-th request with `statuses[n]` (the last one thereafter),
+    /// and the requests it saw.
+    async fn upstream(statuses: &'static [u16]) -> (UpstreamClient, Arc<Mutex<Vec<String>>>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let seen: Arc<Mutex<Vec<String>>> = Arc::default();
+        let record = seen.clone();
+        let n = Arc::new(AtomicUsize::new(0));
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = listener.accept().await {
+                let mut buf = vec![0u8; 4096];
+                let len = s.read(&mut buf).await.unwrap_or(0);
+                record.lock().unwrap().push(String::from_utf8_lossy(&buf[..len]).into_owned());
+                let i = n.fetch_add(1, Ordering::SeqCst).min(statuses.len() - 1);
+                let answer =
+                    format!("HTTP/1.1 {} X\r\ncontent-length: 2\r\nconnection: close\r\n\r\n{{}}", statuses[i]);
+                let _ = s.write_all(answer.as_bytes()).await;
+            }
+        });
+        let text = format!("[upstream]\nurl = \"http://{addr}\"\n[credentials.default]\napi_key_env = \"K\"\n");
+        let env = crate::config::MapEnv::new().with("K", "k-1");
+        let cfg = crate::config::load_str(&text, std::path::Path::new("."), &env).unwrap();
+        (UpstreamClient::new(&cfg.upstream), seen)
+    }
+
+    async fn run(statuses: &'static [u16]) -> (Arc<KeyCheck>, Vec<String>) {
+        let (client, seen) = upstream(statuses).await;
+        let check = Arc::new(KeyCheck::new("default"));
+        let key = HeaderValue::from_static("k-1");
+        tokio::time::timeout(Duration::from_secs(10), check.clone().run(client, key, CancellationToken::new()))
+            .await
+            .expect("the check ends once Palette answers");
+        let seen = seen.lock().unwrap().clone();
+        (check, seen)
+    }
+
+    /// 403 (some Palettes and mocks answer it for a bad key) refuses the key, after one call
+    /// to the check path with the key.
+    #[tokio::test]
+    async fn forbidden_refuses_the_key() {
+        let (check, seen) = run(&[403]).await;
+        assert!(matches!(check.state(), KeyState::Rejected(why) if why.contains("403")), "{:?}", check.state());
+        assert_eq!(seen.len(), 1);
+        assert!(seen[0].starts_with("GET /v1/users/info HTTP/1.1\r\n"), "{}", seen[0]);
+        assert!(seen[0].to_ascii_lowercase().contains("apikey: k-1\r\n"), "{}", seen[0]);
+    }
+
+    /// A 503 is no verdict: the check is retried (after its pause) until Palette answers.
+    #[tokio::test]
+    async fn an_outage_is_retried_until_palette_answers() {
+        let (check, seen) = run(&[503, 200]).await;
+        assert_eq!(check.state(), KeyState::Passed);
+        assert_eq!(check.last_error(), None);
+        assert_eq!(seen.len(), 2);
+    }
+}
