@@ -236,6 +236,8 @@ def main(render_dir):
         probes = [http_probe_port(gw, p) for p in ("livenessProbe", "readinessProbe")]
         check("sidecar: liveness /healthz and readiness /readyz on the admin port",
               probes == [("/healthz", admin_names[0] if admin_names else None), ("/readyz", admin_names[0] if admin_names else None)])
+        check("sidecar: startupProbe /startup on the admin port (every credential usable)",
+              http_probe_port(gw, "startupProbe") == ("/startup", admin_names[0] if admin_names else None))
         env = [e.get("value", "") for t in tools for e in t.get("env", [])] + [a for t in tools for a in t.get("command", []) + t.get("args", [])]
         check("sidecar: the tool calls the gateway on loopback", any(f"http://127.0.0.1:{port}" in v for v in env))
         secret_volumes = {v["name"] for v in spec.get("volumes", []) if "secret" in v}

@@ -1,5 +1,7 @@
-//! The admin listener's endpoints: `/healthz` (serving), `/readyz` (config loaded and every
-//! login credential holds a valid token) and `/metrics` (Prometheus text format).
+//! The admin listener's endpoints: `/healthz` (serving), `/readyz` (config loaded, every
+//! login credential holds a valid token and no API key was refused by Palette), `/startup`
+//! (every credential usable: a token in hand, each API key's check passed), `/status` (the
+//! status page, [`crate::status`]) and `/metrics` (Prometheus text format).
 
 use std::convert::Infallible;
 use std::future::{ready, Ready};
@@ -11,8 +13,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use crate::body::{self, Body};
+use crate::credentials::KeyState;
 use crate::metrics::Metrics;
 use crate::runtime::SharedRuntime;
+use crate::status::{ReloadLog, Status};
 
 /// The admin endpoints as a tower service.
 #[derive(Clone)]
@@ -20,12 +24,22 @@ pub struct Admin {
     runtime: SharedRuntime,
     metrics: Arc<Metrics>,
     draining: Arc<AtomicBool>,
+    /// When the gateway started (the status page's uptime).
+    started: tokio::time::Instant,
+    /// Config loads and reloads (the status page).
+    reloads: Arc<ReloadLog>,
 }
 
 impl Admin {
     /// Admin endpoints over the live runtime.
     pub fn new(runtime: SharedRuntime, metrics: Arc<Metrics>, draining: Arc<AtomicBool>) -> Self {
-        Admin { runtime, metrics, draining }
+        Admin { runtime, metrics, draining, started: tokio::time::Instant::now(), reloads: Arc::default() }
+    }
+
+    /// The status page reads config reloads from `reloads`.
+    pub fn with_reloads(mut self, reloads: Arc<ReloadLog>) -> Self {
+        self.reloads = reloads;
+        self
     }
 
     /// Answers one admin request.
@@ -39,6 +53,12 @@ impl Admin {
         match req.uri().path() {
             "/healthz" => json(StatusCode::OK, serde_json::json!({"status": "ok"})),
             "/readyz" => self.readiness(),
+            "/startup" => self.startup(),
+            "/status" => {
+                let json = crate::status::wants_json(req.uri().query(), req.headers().get(header::ACCEPT));
+                let rt = self.runtime.load();
+                Status::gather(&rt, &self.metrics, &self.reloads, self.started.elapsed()).response(json)
+            }
             "/metrics" => {
                 let (text, content_type) = self.metrics.render();
                 let mut resp = Response::new(body::full(text));
@@ -69,6 +89,7 @@ impl Admin {
                     "error": m.last_error().unwrap_or_else(|| "no token yet (login in progress)".into()),
                 })
             })
+            .chain(rejected_keys(&rt))
             .collect();
         if waiting.is_empty() {
             json(StatusCode::OK, serde_json::json!({"status": "ready"}))
@@ -76,6 +97,44 @@ impl Admin {
             json(StatusCode::SERVICE_UNAVAILABLE, serde_json::json!({"status": "not ready", "credentials": waiting}))
         }
     }
+
+    /// 200 once every credential is usable, for a startup probe: a tool's first call then never
+    /// waits for a cold login. Not affected by a drain (a startup probe no longer runs then).
+    fn startup(&self) -> Response<Body> {
+        let rt = self.runtime.load();
+        let tokens = rt.credentials.token_managers().filter(|m| m.current().is_none()).map(|m| {
+            serde_json::json!({
+                "credential": m.name(),
+                "error": m.last_error().unwrap_or_else(|| "no token yet (login in progress)".into()),
+            })
+        });
+        let keys = rt.credentials.key_checks().filter_map(|(c, _)| {
+            let error = match c.state() {
+                KeyState::Passed => return None,
+                KeyState::Rejected(why) => why,
+                KeyState::Pending => c.last_error().unwrap_or_else(|| "the API key check has not answered yet".into()),
+            };
+            Some(serde_json::json!({"credential": c.name(), "error": error}))
+        });
+        let waiting: Vec<_> = tokens.chain(keys).collect();
+        if waiting.is_empty() {
+            json(StatusCode::OK, serde_json::json!({"status": "started"}))
+        } else {
+            json(StatusCode::SERVICE_UNAVAILABLE, serde_json::json!({"status": "starting", "credentials": waiting}))
+        }
+    }
+}
+
+/// API keys Palette refused at their check (a key still being checked does not count: a
+/// Palette outage is no reason to turn traffic away from the other credentials).
+fn rejected_keys(rt: &crate::runtime::Runtime) -> Vec<serde_json::Value> {
+    rt.credentials
+        .key_checks()
+        .filter_map(|(c, _)| match c.state() {
+            KeyState::Rejected(why) => Some(serde_json::json!({"credential": c.name(), "error": why})),
+            KeyState::Pending | KeyState::Passed => None,
+        })
+        .collect()
 }
 
 fn json(status: StatusCode, v: serde_json::Value) -> Response<Body> {

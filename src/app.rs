@@ -17,12 +17,13 @@ use tokio_util::task::TaskTracker;
 
 use crate::admin::Admin;
 use crate::config::{self, Config, ConfigError, Environment, ServerLimits};
-use crate::credentials::{InvalidKey, TokenManager};
+use crate::credentials::{InvalidKey, KeyCheck, TokenManager};
 use crate::metrics::Metrics;
 use crate::proxy::Gateway;
 use crate::runtime::{Runtime, SharedRuntime};
 use crate::server::{ConnSettings, SettingsSource};
 use crate::signals::{Hangup, StopSignals};
+use crate::status::ReloadLog;
 use crate::watcher::Trigger;
 
 /// Why the gateway could not start.
@@ -92,6 +93,10 @@ struct Core {
     /// The root token: cancelling it stops everything.
     root: CancellationToken,
     refreshers: Mutex<Vec<Refresher>>,
+    /// Config loads and reloads, for the status page.
+    reloads: Arc<ReloadLog>,
+    /// The running API key checks (one per check; a finished one stays until its key goes).
+    key_checks: Mutex<Vec<(Arc<KeyCheck>, CancellationToken)>>,
     /// Why the gateway cannot go on (the first reason), once `failed` fires.
     fatal: Mutex<Option<String>>,
     /// Fires when a task fails for good; not a child of `root`, a stop does not fire it.
@@ -111,6 +116,8 @@ impl Core {
             tasks: TaskTracker::new(),
             root: CancellationToken::new(),
             refreshers: Mutex::new(Vec::new()),
+            key_checks: Mutex::new(Vec::new()),
+            reloads: Arc::default(),
             fatal: Mutex::new(None),
             failed: CancellationToken::new(),
         })
@@ -165,16 +172,39 @@ impl Core {
         }
     }
 
+    /// Starts the check of every API key of the live runtime that has none (a key new at start
+    /// or changed by a reload), and stops those whose key is gone.
+    fn sync_key_checks(&self) {
+        let rt = self.runtime.load();
+        let mut running = self.key_checks.lock().unwrap_or_else(|p| p.into_inner());
+        running.retain(|(check, cancel)| {
+            let keep = rt.credentials.key_checks().any(|(c, _)| Arc::ptr_eq(c, check));
+            if !keep {
+                cancel.cancel();
+            }
+            keep
+        });
+        for (check, key) in rt.credentials.key_checks() {
+            if !running.iter().any(|(c, _)| Arc::ptr_eq(c, check)) {
+                let cancel = self.root.child_token();
+                self.tasks.spawn(check.clone().run(rt.upstream.clone(), key.clone(), cancel.clone()));
+                running.push((check.clone(), cancel));
+            }
+        }
+    }
+
     fn reload(&self, path: &Path, env: &dyn Environment) -> Result<(), ReloadError> {
         let result = config::load(path, env).map_err(ReloadError::from).and_then(|cfg| self.apply(cfg));
         match &result {
             Ok(()) => {
                 self.metrics.config_reloads.with_label_values(&["ok"]).inc();
                 self.metrics.config_last_reload_success.set(unix_now());
+                self.reloads.succeeded();
                 tracing::info!(path = %path.display(), "config reloaded");
             }
             Err(e) => {
                 self.metrics.config_reloads.with_label_values(&["error"]).inc();
+                self.reloads.failed(e.to_string());
                 tracing::error!(path = %path.display(), error = %e, "config reload refused; the previous config keeps serving");
             }
         }
@@ -200,6 +230,7 @@ impl Core {
         cfg.log_warnings();
         self.runtime.store(Arc::new(Runtime::build(cfg, Some(&old), &self.metrics)?));
         self.sync_token_tasks();
+        self.sync_key_checks();
         Ok(())
     }
 }
@@ -268,7 +299,8 @@ impl RunningGateway {
             admin,
             admin_settings,
             {
-                let admin = Admin::new(runtime.clone(), metrics.clone(), draining.clone());
+                let admin =
+                    Admin::new(runtime.clone(), metrics.clone(), draining.clone()).with_reloads(core.reloads.clone());
                 Arc::new(move |req| {
                     let resp = admin.answer(&req);
                     Box::pin(async move { resp })
@@ -281,6 +313,7 @@ impl RunningGateway {
         // The Kubernetes key set (jwks mode): fetched now and periodically; a reload's new key
         // set is fetched on its first token.
         core.tasks.spawn(crate::kubernetes::refresh_loop(runtime.clone(), core.root.child_token()));
+        core.sync_key_checks();
         tracing::info!(%proxy_addr, %admin_addr, "palette-gateway listening");
         Ok(RunningGateway { proxy_addr, admin_addr, core, draining, proxy_listener, proxy_server: Some(proxy_server) })
     }

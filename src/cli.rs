@@ -289,7 +289,10 @@ fn init_tracing(log: &LogConfig) {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&log.level));
     let filter = quiet_watcher(filter);
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    // Colour codes only for a person at a terminal: a file, a pipe or a log collector gets
+    // plain text (the log goes to stderr, so that is the stream asked).
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi);
     let _ = if log.json { builder.json().flatten_event(true).try_init() } else { builder.try_init() };
 }
 

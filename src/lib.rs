@@ -56,11 +56,14 @@ pub mod explain;
 pub mod kubernetes;
 pub mod limit;
 pub mod metrics;
+#[cfg(target_os = "linux")]
+pub(crate) mod process_cpu;
 #[allow(clippy::disallowed_methods, clippy::disallowed_types)]
 pub mod proxy;
 pub mod runtime;
 pub(crate) mod server;
 pub(crate) mod signals;
+pub mod status;
 pub(crate) mod upstream;
 pub(crate) mod watcher;
 

@@ -175,7 +175,9 @@ impl Metrics {
         build_info.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
         register(&registry, Box::new(build_info));
         #[cfg(target_os = "linux")]
-        register(&registry, Box::new(prometheus::process_collector::ProcessCollector::for_self()));
+        if let Some(process) = crate::process_cpu::ProcessMetrics::for_self() {
+            register(&registry, Box::new(process));
+        }
         let auth_total = counter(
             "palette_gateway_auth_total",
             "Local authentications, by method (local_key, kubernetes, mtls, anonymous) and result (ok, refused, unavailable).",

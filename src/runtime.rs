@@ -60,6 +60,8 @@ impl Runtime {
             metrics,
             budget.auth_bucket(),
         )?;
+        let check_path = crate::path::check(crate::credentials::key_check::CHECK_PATH).ok();
+        credentials.set_key_check_bucket(check_path.and_then(|p| budget.bucket_for(&p)));
         let kubernetes = config
             .kubernetes
             .as_ref()

@@ -2,6 +2,7 @@
 //! managers. Built from a config snapshot; token managers carry over to a new snapshot whose
 //! settings for them did not change, so a reload causes no new login.
 
+pub mod key_check;
 pub(crate) mod palette_auth;
 pub mod token;
 
@@ -13,6 +14,7 @@ use crate::config::{Config, CredentialKind, Secret};
 use crate::limit::upstream::Bucket;
 use crate::metrics::Metrics;
 use crate::upstream::UpstreamClient;
+pub use key_check::{KeyCheck, KeyState};
 pub use token::{Token, TokenManager, TokenUnavailable};
 
 /// One credential, ready to apply.
@@ -24,6 +26,8 @@ pub(crate) enum UpstreamCredential {
         header: HeaderValue,
         /// The key (to scrub from echoed errors).
         secret: Secret,
+        /// Its start-up check (carried over on reload while the key and upstream are the same).
+        check: Arc<KeyCheck>,
     },
     /// `Authorization: <token>`.
     Token(Arc<TokenManager>),
@@ -57,7 +61,10 @@ impl Credentials {
                 CredentialKind::ApiKey(secret) => {
                     let mut header = HeaderValue::from_str(secret.expose()).map_err(|_| InvalidKey(c.name.clone()))?;
                     header.set_sensitive(true);
-                    UpstreamCredential::ApiKey { header, secret: secret.clone() }
+                    let check = previous
+                        .and_then(|p| p.key_check(&c.name, secret))
+                        .unwrap_or_else(|| Arc::new(KeyCheck::new(&c.name)));
+                    UpstreamCredential::ApiKey { header, secret: secret.clone(), check }
                 }
                 CredentialKind::Token(settings) => {
                     let reused = previous.and_then(|p| p.token_manager(&c.name)).filter(|m| m.settings() == settings);
@@ -83,6 +90,29 @@ impl Credentials {
         self.items.iter().filter_map(|(_, c)| match c {
             UpstreamCredential::Token(m) => Some(m),
             UpstreamCredential::ApiKey { .. } => None,
+        })
+    }
+
+    /// Every API key's check with the header it sends.
+    pub(crate) fn key_checks(&self) -> impl Iterator<Item = (&Arc<KeyCheck>, &HeaderValue)> {
+        self.items.iter().filter_map(|(_, c)| match c {
+            UpstreamCredential::ApiKey { check, header, .. } => Some((check, header)),
+            UpstreamCredential::Token(_) => None,
+        })
+    }
+
+    /// Paces every API key check through `bucket` (the budget's bucket of the check's path).
+    pub(crate) fn set_key_check_bucket(&self, bucket: Option<&Arc<Bucket>>) {
+        for (check, _) in self.key_checks() {
+            check.set_bucket(bucket.cloned());
+        }
+    }
+
+    /// The check of API key credential `name`, if it holds the same key.
+    fn key_check(&self, name: &str, key: &Secret) -> Option<Arc<KeyCheck>> {
+        self.items.iter().find(|(n, _)| &**n == name).and_then(|(_, c)| match c {
+            UpstreamCredential::ApiKey { check, secret, .. } if secret.expose() == key.expose() => Some(check.clone()),
+            _ => None,
         })
     }
 

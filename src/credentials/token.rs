@@ -63,6 +63,11 @@ pub struct Token {
 }
 
 impl Token {
+    /// How long ago it was installed (the last renewal).
+    pub fn age(&self) -> Duration {
+        self.minted.elapsed()
+    }
+
     /// Whether it may still be sent.
     pub fn is_usable(&self) -> bool {
         Instant::now() < self.usable_until
@@ -185,6 +190,11 @@ impl TokenManager {
     /// The last renewal error, if the last attempt failed.
     pub fn last_error(&self) -> Option<String> {
         self.last_error.lock().ok().and_then(|e| e.as_ref().map(|(m, _)| m.clone()))
+    }
+
+    /// How long ago the last renewal failed, while the last attempt failed.
+    pub fn last_error_age(&self) -> Option<Duration> {
+        self.last_error.lock().ok().and_then(|e| e.as_ref().map(|(_, at)| at.elapsed()))
     }
 
     /// Successful logins and refreshes so far.

@@ -106,6 +106,26 @@ impl UpstreamBudget {
     pub fn max_wait(&self) -> Duration {
         self.max_wait
     }
+
+    /// Every prefix's budget as it stands now (the status page).
+    pub fn status(&self) -> Vec<BucketStatus> {
+        self.buckets().map(|b| b.status()).collect()
+    }
+}
+
+/// One prefix's budget as it stands now.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct BucketStatus {
+    /// The prefix (its metric label).
+    pub prefix: String,
+    /// The configured rate, requests per second.
+    pub per_second: f64,
+    /// The configured burst.
+    pub burst: u32,
+    /// The rate now: lower than `per_second` for a while after Palette's 429s.
+    pub current_per_second: f64,
+    /// Requests waiting for budget now.
+    pub queued: usize,
 }
 
 /// After a slow-down, the rate doubles back towards the configured one every this long.
@@ -250,6 +270,19 @@ impl Bucket {
         // bucket has no burst (see `tolerance`), so the next grant is one interval from now.
         st.tat = st.tat.max(now + st.interval);
         1.0 / st.interval.as_secs_f64()
+    }
+
+    /// Rate, slow-down and queue as they stand now.
+    pub fn status(&self) -> BucketStatus {
+        let mut st = self.lock();
+        st.recover(self.base_rate, Instant::now());
+        BucketStatus {
+            prefix: self.label.to_string(),
+            per_second: self.base_rate.per_second,
+            burst: self.base_rate.burst,
+            current_per_second: 1.0 / st.interval.as_secs_f64(),
+            queued: st.queued,
+        }
     }
 
     /// The current rate (after any slow-down).

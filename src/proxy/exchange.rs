@@ -528,7 +528,7 @@ impl Exchange {
         // and idempotent methods (Palette's 429 → retry).
         let idempotent = matches!(head.method, Method::GET | Method::HEAD | Method::PUT | Method::DELETE);
         let credential = match credential {
-            UpstreamCredential::ApiKey { header, secret } => {
+            UpstreamCredential::ApiKey { header, secret, .. } => {
                 note.set(|f| f.secrets.push(secret.clone()));
                 Credential::ApiKey(header.clone())
             }

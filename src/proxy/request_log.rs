@@ -20,6 +20,7 @@ use crate::limit::RateHeaders;
 use crate::metrics::{method_label, Metrics};
 use crate::proxy::hygiene::X_REQUEST_ID;
 use crate::proxy::request_id::{self, RequestId};
+use crate::proxy::ConnInfo;
 
 /// Status recorded for a request its client abandoned before the answer.
 pub(crate) const CLIENT_CLOSED: u16 = 499;
@@ -84,6 +85,36 @@ fn loggable(headers: &HeaderMap, name: &HeaderName) -> Option<String> {
     (v.len() <= 512 && v.bytes().all(|b| b.is_ascii_graphic() || b == b' ')).then(|| v.to_string())
 }
 
+/// Longest `user_agent` a log line carries (in characters, before escaping).
+const MAX_USER_AGENT: usize = 256;
+
+/// The client's `User-Agent` fit for a log line: at most [`MAX_USER_AGENT`] characters, control
+/// characters escaped (`\n`, `\u{1b}`; a non-UTF-8 byte as `\u{fffd}`), so a client cannot forge
+/// or colour log lines. Only this header is taken: it carries no credential.
+fn user_agent(headers: &HeaderMap) -> String {
+    let Some(v) = headers.get(http::header::USER_AGENT) else {
+        return String::new();
+    };
+    let text = String::from_utf8_lossy(v.as_bytes());
+    let mut out = String::new();
+    for c in text.chars().take(MAX_USER_AGENT) {
+        if c.is_control() || c == '\u{fffd}' {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    if text.chars().nth(MAX_USER_AGENT).is_some() {
+        out.push('…');
+    }
+    out
+}
+
+/// Milliseconds as a log field: 3 decimals (a microsecond), not 17 digits of float noise.
+fn round_ms(ms: f64) -> f64 {
+    (ms * 1000.0).round() / 1000.0
+}
+
 /// One request's access and audit record, from arrival to the end of its answer.
 pub(crate) struct RequestLog {
     metrics: Arc<Metrics>,
@@ -93,6 +124,9 @@ pub(crate) struct RequestLog {
     path: String,
     traceparent: Option<String>,
     tracestate: Option<String>,
+    /// The connection's peer address (`""` when the listener did not tag the request).
+    client_addr: String,
+    user_agent: String,
     bytes_in: Arc<BodyStats>,
     note: Note,
     /// The answer's status, once there is one (`None`: recorded as [`CLIENT_CLOSED`]).
@@ -114,6 +148,8 @@ impl RequestLog {
             path: req.uri().path().to_string(),
             traceparent: loggable(req.headers(), &TRACEPARENT),
             tracestate: loggable(req.headers(), &TRACESTATE),
+            client_addr: req.extensions().get::<ConnInfo>().map(|c| c.peer.to_string()).unwrap_or_default(),
+            user_agent: user_agent(req.headers()),
             bytes_in: Arc::default(),
             note: Note::default(),
             status: None,
@@ -158,7 +194,7 @@ impl RequestLog {
         let project = facts.project.as_deref().unwrap_or("");
         let upstream_path = facts.upstream_path.as_deref().unwrap_or("");
         let traceparent = self.traceparent.as_deref().unwrap_or("");
-        let duration_ms = self.started.elapsed().as_secs_f64() * 1000.0;
+        let duration_ms = round_ms(self.started.elapsed().as_secs_f64() * 1000.0);
         tracing::info!(
             target: "palette_gateway::access",
             request_id = %self.request_id.as_str(),
@@ -166,6 +202,8 @@ impl RequestLog {
             route = %route,
             method = %self.method,
             path = %self.path,
+            client_addr = %self.client_addr,
+            user_agent = %self.user_agent,
             upstream_path,
             project,
             status,
@@ -174,8 +212,8 @@ impl RequestLog {
             bytes_out = self.bytes_out,
             complete = self.complete,
             duration_ms,
-            upstream_ms = facts.upstream_ms,
-            rate_limit_wait_ms = facts.wait_ms,
+            upstream_ms = round_ms(facts.upstream_ms),
+            rate_limit_wait_ms = round_ms(facts.wait_ms),
             cache = facts.cache.unwrap_or(""),
             traceparent,
             tracestate = self.tracestate.as_deref().unwrap_or(""),
@@ -188,6 +226,8 @@ impl RequestLog {
                 client = %client,
                 method = %self.method,
                 path = %self.path,
+                client_addr = %self.client_addr,
+                user_agent = %self.user_agent,
                 upstream_path,
                 project,
                 status,
@@ -329,6 +369,29 @@ pub(crate) mod tests {
         let out = tracing::subscriber::with_default(subscriber, f);
         let text = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
         (out, text.lines().map(|l| serde_json::from_str(l).unwrap()).collect())
+    }
+
+    /// A hostile `User-Agent` cannot forge a log line or colour a terminal, nor grow a line
+    /// without bound.
+    #[test]
+    fn user_agents_are_escaped_and_bounded() {
+        let mut h = HeaderMap::new();
+        assert_eq!(user_agent(&h), "");
+        // hyper admits a tab, and C1 controls in UTF-8 (U+009B is a terminal's CSI).
+        h.insert(http::header::USER_AGENT, http::HeaderValue::from_bytes(b"curl/8\t\xc2\x9b31mred\xff").unwrap());
+        let ua = user_agent(&h);
+        assert!(!ua.chars().any(char::is_control), "{ua:?}");
+        assert_eq!(ua, "curl/8\\t\\u{9b}31mred\\u{fffd}");
+        h.insert(http::header::USER_AGENT, http::HeaderValue::from_str(&"a".repeat(5000)).unwrap());
+        assert_eq!(user_agent(&h).chars().count(), MAX_USER_AGENT + 1);
+    }
+
+    /// Durations read as milliseconds with at most 3 decimals.
+    #[test]
+    fn durations_are_rounded_to_microseconds() {
+        assert_eq!(round_ms(0.13589400000000001), 0.136);
+        assert_eq!(serde_json::json!(round_ms(12.3456789)).to_string(), "12.346");
+        assert_eq!(round_ms(0.0), 0.0);
     }
 
     fn code(m: &Metrics, client: &str, status: &str) -> u64 {

@@ -90,7 +90,14 @@ where
             this.metrics.auth_failures.with_label_values(&[reason]).inc();
         }
         let id = this.id.as_ref().map_or("", RequestId::as_str);
-        tracing::debug!(request_id = %id, error = %e, "request refused");
+        let (status, code) = e.status_and_code();
+        if status.is_server_error() {
+            // The gateway's own 5xx (Palette unreachable or too slow, no token, overloaded):
+            // an operator sees why at the default level, not only `upstream_status: 0`.
+            tracing::warn!(request_id = %id, status = status.as_u16(), code, reason = %e, "answered with a server error");
+        } else {
+            tracing::debug!(request_id = %id, error = %e, "request refused");
+        }
         Poll::Ready(Ok(e.into_response(id)))
     }
 }
@@ -118,5 +125,33 @@ mod tests {
         assert!(body["code"].is_string() && body["message"].is_string(), "{body}");
         let reason = GatewayError::MissingCredential.auth_failure_reason().unwrap();
         assert_eq!(metrics.auth_failures.with_label_values(&[reason]).get(), 1);
+    }
+
+    /// Every 5xx the gateway makes is logged at warn with its request id and reason; a 4xx
+    /// refusal stays at debug.
+    #[test]
+    fn server_errors_are_logged_at_warn_with_their_reason() {
+        let answer = |make: fn() -> GatewayError| {
+            let metrics = Arc::new(Metrics::new());
+            let inner = tower::service_fn(move |_req: Request<Body>| async move { Err::<Response<Body>, _>(make()) });
+            let svc = RescueLayer::new(metrics).layer(inner);
+            let mut req = Request::get("/v1/x").body(crate::body::empty()).unwrap();
+            req.extensions_mut().insert(RequestId(http::HeaderValue::from_static("rid-5xx")));
+            let fut = svc.oneshot(req);
+            futures_util::FutureExt::now_or_never(fut).unwrap().unwrap().status()
+        };
+        let (status, events) = crate::proxy::request_log::tests::events(|| {
+            answer(|| GatewayError::UpstreamUnavailable("connection refused (127.0.0.1:1)".into()))
+        });
+        assert_eq!(status, 502);
+        let warned: Vec<_> = events.iter().filter(|e| e["level"] == "WARN").collect();
+        assert_eq!(warned.len(), 1, "{events:?}");
+        assert_eq!(warned[0]["request_id"], "rid-5xx");
+        assert_eq!(warned[0]["status"], 502);
+        assert_eq!(warned[0]["code"], "UpstreamUnavailable");
+        assert!(warned[0]["reason"].as_str().unwrap().contains("connection refused"), "{events:?}");
+        let (status, events) = crate::proxy::request_log::tests::events(|| answer(|| GatewayError::MissingCredential));
+        assert_eq!(status, 401);
+        assert!(events.iter().all(|e| e["level"] != "WARN"), "{events:?}");
     }
 }

@@ -24,7 +24,7 @@ fn upstream_saw(h: &Harness) -> Vec<RecordedRequest> {
             let own = r.path_and_query == "/v1/auth/authenticate?setCookie=false"
                 || (r.path_and_query.starts_with("/v1/auth/refresh/")
                     && r.path_and_query.ends_with("?setCookie=false"));
-            !own
+            !own && !key_check(r)
         })
         .collect()
 }

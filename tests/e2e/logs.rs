@@ -520,3 +520,87 @@ async fn upstream_body_stall_is_an_error_for_h1_and_h2_clients_and_in_the_access
         }
     }
 }
+
+/// A log pipeline sees who called: the access and audit events of a request carry the client's
+/// address and its `User-Agent` (control characters escaped, bounded); no credential header
+/// reaches either; durations read as milliseconds with at most 3 decimals.
+#[tokio::test]
+async fn events_carry_client_address_and_user_agent() {
+    let cap = &capture();
+    let h = Harness::standard().await;
+    let long_tail = "x".repeat(1000);
+    let r = h
+        .http
+        .post(h.url("/v1/dashboard/projects"))
+        .header("ApiKey", CI_KEY)
+        .header("ProjectUid", "p001")
+        .header("User-Agent", format!("terraform-provider-spectrocloud/0.22 \u{9b}31m {long_tail}"))
+        .header("X-Request-Id", "logs-who-called")
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let access = cap.wait(ACCESS, "logs-who-called").await;
+    let audit = cap.of(AUDIT, "logs-who-called");
+    assert_eq!((access.len(), audit.len()), (1, 1), "{access:?} {audit:?}");
+    for e in [&access[0], &audit[0]] {
+        let addr = e["client_addr"].as_str().unwrap_or_else(|| panic!("no client_addr: {e}"));
+        assert!(addr.starts_with("127.0.0.1:"), "{e}");
+        let ua = e["user_agent"].as_str().unwrap_or_else(|| panic!("no user_agent: {e}"));
+        assert!(ua.starts_with("terraform-provider-spectrocloud/0.22 \\u{9b}31m xxx"), "{ua}");
+        assert!(ua.chars().count() <= 256 + 16, "unbounded user_agent: {} chars", ua.chars().count());
+        assert!(!e.to_string().contains(CI_KEY), "a credential reached the event: {e}");
+    }
+    for field in ["duration_ms", "upstream_ms", "rate_limit_wait_ms"] {
+        let v = &access[0][field];
+        let text = v.to_string();
+        let decimals = text.split_once('.').map_or(0, |(_, d)| d.len());
+        assert!(v.is_number() && decimals <= 3, "{field} = {text}");
+    }
+}
+
+/// Every 5xx the gateway makes says why at warn, with the request id: Palette unreachable (502)
+/// and too slow (504), and a login credential without a token (503). A 4xx refusal does not.
+#[tokio::test]
+async fn gateway_5xx_answers_log_their_reason_at_warn() {
+    let cap = &capture();
+    let warned = |rid: &'static str| {
+        let text = cap.text();
+        let lines: Vec<Value> = text.lines().filter(|l| l.contains(rid)).map(parse).collect();
+        lines.into_iter().filter(|e| e["level"] == "WARN" && e["request_id"] == rid).collect::<Vec<_>>()
+    };
+    // Nothing listens upstream: 502 for the API key client, 503 for the login one.
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let text = gateway_config(&format!("http://127.0.0.1:{port}"), "", &standard_rules());
+    let cfg = palette_gateway::config::load_str(&text, std::path::Path::new("."), &standard_env()).unwrap();
+    let gw = palette_gateway::app::RunningGateway::start(cfg).await.unwrap();
+    let base = format!("http://{}", gw.proxy_addr);
+    for (key, rid, status, code) in [
+        (ADMIN_KEY, "logs-5xx-unreachable", 502, "UpstreamUnavailable"),
+        (BOT_KEY, "logs-5xx-no-token", 503, "CredentialUnavailable"),
+        ("pgw_unknown-key-ffffffffffffffffffffffffffffffff", "logs-5xx-not-a-5xx", 401, ""),
+    ] {
+        let r = client().get(format!("{base}/v1/users")).header("ApiKey", key).header("X-Request-Id", rid);
+        assert_eq!(r.send().await.unwrap().status(), status);
+        cap.wait(ACCESS, rid).await;
+        let w = warned(rid);
+        if status < 500 {
+            assert!(w.is_empty(), "a {status} logged at warn: {w:?}");
+            continue;
+        }
+        assert_eq!(w.len(), 1, "{rid}: {w:?}");
+        assert_eq!((w[0]["status"].as_u64(), w[0]["code"].as_str()), (Some(u64::from(status)), Some(code)), "{w:?}");
+        assert!(!w[0]["reason"].as_str().unwrap_or("").is_empty(), "{w:?}");
+    }
+    // Palette slower than request_timeout: 504.
+    let h = Harness::standard().await;
+    let rid = "logs-5xx-slow";
+    let r = h.http.get(h.url("/v1/__fake/slow/8000")).header("ApiKey", ADMIN_KEY).header("X-Request-Id", rid);
+    assert_eq!(r.send().await.unwrap().status(), 504);
+    cap.wait(ACCESS, rid).await;
+    let w = warned(rid);
+    assert_eq!(w.len(), 1, "{w:?}");
+    assert_eq!(w[0]["code"], "UpstreamTimeout");
+    assert!(w[0]["reason"].as_str().unwrap().contains("5s"), "{w:?}");
+}

@@ -23,7 +23,7 @@ async fn inflight_becomes(g: &FileGateway, n: f64, within: Duration) -> bool {
 
 /// What reached the fake other than the gateway's own login and refresh calls.
 fn forwarded(g: &FileGateway) -> Vec<fake_palette::RecordedRequest> {
-    g.fake.requests().into_iter().filter(|r| !r.path_and_query.starts_with("/v1/auth/")).collect()
+    g.fake.requests().into_iter().filter(|r| !own_call(r)).collect()
 }
 
 /// Reads until the server closes the connection (EOF or reset); how long that took, or `None`

@@ -410,7 +410,8 @@ async fn binary_reloads_on_sighup() {
 }
 
 /// `[log] format = "text"` gives human-readable lines (not JSON) and `level` filters them;
-/// `RUST_LOG` overrides the level.
+/// `RUST_LOG` overrides the level. Written to a file (not a terminal), no line carries ANSI
+/// colour codes.
 #[tokio::test]
 async fn binary_log_format_and_level() {
     let fake = TrackedFake(FakePalette::start(standard_fake()).await.unwrap());
@@ -426,6 +427,7 @@ async fn binary_log_format_and_level() {
             text.lines().all(|l| serde_json::from_str::<serde_json::Value>(l).is_err()),
             "JSON in text format: {text}"
         );
+        assert!(!text.contains('\x1b'), "colour codes in a log file: {text:?}");
         let listening = text.lines().any(|l| l.contains("INFO") && l.contains("palette-gateway listening"));
         assert_eq!(listening, info_expected, "{name}: {text}");
     }

@@ -31,6 +31,8 @@ const LOGIN_PATH: &str = "/v1/auth/authenticate";
 const REFRESH_PREFIX: &str = "/v1/auth/refresh/";
 const HOOK_PREFIX: &str = "/v1/__fake/";
 const ECHO_PATH: &str = "/v1/__fake/echo-body";
+/// `GET /v1/users/info`: the calling user.
+const USER_INFO_PATH: &str = "/v1/users/info";
 
 /// The body of `POST /v1/auth/authenticate`.
 #[derive(Deserialize)]
@@ -363,6 +365,13 @@ fn echo(parts: &Parts, body: Incoming, recorder: Recorder) -> FakeResponse {
 
 /// Any other authenticated path: `POST` creates (201 + `AuditUid`), the rest echo.
 fn ordinary(parts: &Parts) -> FakeResponse {
+    if parts.method == Method::GET && parts.uri.path() == USER_INFO_PATH {
+        // The calling user (the gateway's start-up check of an API key asks for it).
+        return json(
+            StatusCode::OK,
+            &serde_json::json!({"uid": "fake-user-0001", "name": "fake-user", "orgName": "fake-org", "tenantUid": "fake-tenant"}),
+        );
+    }
     if parts.method == Method::POST {
         let mut answer = json(StatusCode::CREATED, &serde_json::json!({"uid": random_hex(12)}));
         if let Ok(audit) = HeaderValue::from_str(&random_hex(12)) {

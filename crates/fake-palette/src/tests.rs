@@ -533,3 +533,15 @@ async fn forced_429_on_echo_body_still_records_the_body() {
     let bodies: Vec<_> = fake.requests().into_iter().map(|r| r.body).collect();
     assert_eq!(bodies, vec![Bytes::from("hello"), Bytes::from("again")]);
 }
+
+/// `GET /v1/users/info` answers the calling user for a good key and 401 for a bad one (the
+/// gateway checks its API key with it at start).
+#[tokio::test]
+async fn user_info_checks_the_key() {
+    let fake = FakePalette::start(config()).await.unwrap();
+    let good = send(&fake, Method::GET, "/v1/users/info", &[("ApiKey", KEY)], "").await;
+    assert_eq!(good.status, StatusCode::OK);
+    assert_eq!(good.json()["uid"], "fake-user-0001");
+    let bad = send(&fake, Method::GET, "/v1/users/info", &[("ApiKey", "not-a-key")], "").await;
+    assert_eq!(bad.status, StatusCode::UNAUTHORIZED);
+}

@@ -93,6 +93,8 @@ struct Shared {
     open: AtomicUsize,
     /// When each request head arrived, with its path.
     log: Mutex<Vec<(Instant, String)>>,
+    /// The gateway's start-up API key checks, answered apart (see [`crate::support::key_check_head`]).
+    key_checks: AtomicU64,
     /// Cancelled on drop: every connection task ends.
     cancel: CancellationToken,
 }
@@ -122,6 +124,7 @@ impl FaultyUpstream {
             requests: AtomicU64::new(0),
             open: AtomicUsize::new(0),
             log: Mutex::new(Vec::new()),
+            key_checks: AtomicU64::new(0),
             cancel: CancellationToken::new(),
         });
         let up = FaultyUpstream { addr, shared, listening: Mutex::new(Listening::Reserved(socket)) };
@@ -178,6 +181,12 @@ impl FaultyUpstream {
     /// When each request head arrived so far, with its path, oldest first.
     pub fn request_log(&self) -> Vec<(Instant, String)> {
         self.shared.log.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
+    }
+
+    /// The gateway's start-up API key checks answered so far (not in [`FaultyUpstream::requests`]
+    /// or the request log).
+    pub fn key_checks(&self) -> u64 {
+        self.shared.key_checks.load(Ordering::SeqCst)
     }
 
     /// Arrival times of the requests whose path starts with `prefix`.
@@ -256,6 +265,20 @@ async fn serve(mut s: TcpStream, shared: &Shared) -> std::io::Result<()> {
     let Some((head, rest)) = read_head(&mut s).await? else {
         return Ok(());
     };
+    if crate::support::key_check_head(&head) {
+        // The gateway checks its API key once at start: whatever the mode, that call is
+        // answered 200 and kept out of the counts, so that the faults under test are the
+        // clients' requests alone.
+        shared.key_checks.fetch_add(1, Ordering::SeqCst);
+        let answer = format!(
+            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{OK_BODY}",
+            OK_BODY.len()
+        );
+        s.write_all(answer.as_bytes()).await?;
+        s.shutdown().await?;
+        drain(&mut s).await;
+        return Ok(());
+    }
     shared.requests.fetch_add(1, Ordering::SeqCst);
     let path = head.split_whitespace().nth(1).unwrap_or_default().to_string();
     shared.log.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push((Instant::now(), path.clone()));

@@ -128,7 +128,9 @@ impl Harness {
         let gateway = RunningGateway::start(cfg).await.expect("gateway starts");
         let base = format!("http://{}", gateway.proxy_addr);
         let admin = format!("http://{}", gateway.admin_addr);
-        Harness { fake: TrackedFake(fake), gateway, base, admin, http: client() }
+        let http = client();
+        key_checks_answered(&http, &admin).await;
+        Harness { fake: TrackedFake(fake), gateway, base, admin, http }
     }
 
     /// `base` + path.
@@ -136,9 +138,10 @@ impl Harness {
         format!("{}{path}", self.base)
     }
 
-    /// The requests the fake received other than login/refresh.
+    /// The requests the fake received other than the gateway's own calls (login, refresh, the
+    /// API key check).
     pub fn forwarded(&self) -> Vec<RecordedRequest> {
-        self.fake.requests().into_iter().filter(|r| !r.path_and_query.starts_with("/v1/auth/")).collect()
+        self.fake.requests().into_iter().filter(|r| !own_call(r)).collect()
     }
 
     /// The last forwarded request.
@@ -164,6 +167,40 @@ impl Harness {
     pub async fn raw(&self, request: &[u8]) -> RawResponse {
         raw_request(self.gateway.proxy_addr, request).await
     }
+}
+
+/// Waits (at most 5 s) until the gateway's start-up API key checks have had their answer (per
+/// `/status`), so that a test's own requests, counts and forced faults come after them.
+pub async fn key_checks_answered(http: &reqwest::Client, admin: &str) {
+    let answered = || async {
+        let Ok(r) = http.get(format!("{admin}/status?format=json")).send().await else { return false };
+        let Ok(v) = r.json::<serde_json::Value>().await else { return false };
+        let credentials = v["credentials"].as_array().cloned().unwrap_or_default();
+        credentials.iter().filter(|c| c["kind"] == "api_key").all(|c| c["state"] != "waiting")
+    };
+    eventually(Duration::from_secs(5), answered).await;
+}
+
+/// Whether a raw request head is the gateway's start-up API key check (a client's request
+/// always carries the `X-Request-Id` the gateway sets).
+pub fn key_check_head(head: &str) -> bool {
+    head.starts_with(&format!("GET {KEY_CHECK_PATH} "))
+        && !head.lines().any(|l| l.to_ascii_lowercase().starts_with("x-request-id:"))
+}
+
+/// The path of the gateway's start-up API key check.
+pub const KEY_CHECK_PATH: &str = palette_gateway::credentials::key_check::CHECK_PATH;
+
+/// Whether the fake saw the gateway's start-up API key check: a GET of [`KEY_CHECK_PATH`]
+/// without the `X-Request-Id` every forwarded request carries.
+pub fn key_check(r: &RecordedRequest) -> bool {
+    r.method == http::Method::GET && r.path_and_query == KEY_CHECK_PATH && !r.headers.contains_key("x-request-id")
+}
+
+/// Whether the fake saw one of the gateway's own calls rather than a client's request: a login,
+/// a refresh or the API key check.
+pub fn own_call(r: &RecordedRequest) -> bool {
+    r.path_and_query.starts_with("/v1/auth/") || key_check(r)
 }
 
 /// The config text of a test gateway.
@@ -272,7 +309,9 @@ impl FileGateway {
         let gateway = RunningGateway::start(cfg).await.expect("gateway starts");
         let base = format!("http://{}", gateway.proxy_addr);
         let admin = format!("http://{}", gateway.admin_addr);
-        FileGateway { fake, gateway, dir, path, base, admin, http: client() }
+        let http = client();
+        key_checks_answered(&http, &admin).await;
+        FileGateway { fake, gateway, dir, path, base, admin, http }
     }
 
     /// The config text for this gateway's fake with other settings.
