@@ -45,6 +45,7 @@ pub mod app;
 #[allow(clippy::disallowed_methods, clippy::disallowed_types)]
 pub mod body;
 pub mod cli;
+pub mod cluster;
 pub mod config;
 pub mod credentials;
 pub mod demo;

@@ -27,6 +27,22 @@ pub(crate) struct RawConfig {
     pub(crate) rate_limit: RawRateLimits,
     #[serde(default)]
     pub(crate) log: RawLog,
+    pub(crate) cluster: Option<RawCluster>,
+}
+
+/// `[cluster]`: replicas that share one budget through Redis.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawCluster {
+    pub(crate) redis_url: String,
+    pub(crate) redis_password_env: Option<String>,
+    pub(crate) redis_password_file: Option<PathBuf>,
+    /// Only present to refuse it with a clear message: secrets never live in the TOML.
+    pub(crate) redis_password: Option<toml::Value>,
+    pub(crate) key_prefix: Option<String>,
+    #[serde(default, with = "humantime_serde")]
+    pub(crate) timeout: Option<Duration>,
+    pub(crate) expected_replicas: Option<u32>,
 }
 
 /// `[log]`.

@@ -3,6 +3,7 @@
 //! entry walks them in order and answers only once every problem is found.
 
 mod clients;
+mod cluster;
 mod credentials;
 mod limits;
 mod log;
@@ -34,6 +35,7 @@ pub(super) fn validate(raw: RawConfig, base: &Path, env: &dyn Environment) -> Re
     let clients = clients::clients(&raw, &cred_names, mtls, default_rate, &mut p);
     let anonymous_client = clients::anonymous_client(&raw, &clients.names, &mut p);
     let routes = routes::routes(&raw.routes, &clients.names, &mut p);
+    let cluster = raw.cluster.as_ref().and_then(|c| cluster::cluster(c, &raw, base, env, &mut p));
 
     match (p.found.is_empty(), server, upstream) {
         (true, Some(server), Some(upstream))
@@ -48,6 +50,7 @@ pub(super) fn validate(raw: RawConfig, base: &Path, env: &dyn Environment) -> Re
                 anonymous_client,
                 global_rate_limit,
                 log,
+                cluster,
                 files: p.files_read,
                 key_index: clients.key_index,
                 cert_index: clients.cert_index,
