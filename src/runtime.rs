@@ -6,6 +6,7 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 
 use crate::auth;
+use crate::cluster::Cluster;
 use crate::config::Config;
 use crate::credentials::{Credentials, InvalidKey};
 use crate::limit::upstream::UpstreamBudget;
@@ -27,6 +28,8 @@ pub struct Runtime {
     pub(crate) budget: UpstreamBudget,
     /// Local keys already matched to a client (this snapshot's clients only).
     pub(crate) key_cache: auth::KeyCache,
+    /// The budget shared with other replicas through Redis (`[cluster]`).
+    pub(crate) cluster: Option<Cluster>,
 }
 
 /// The live runtime, shared by the listeners and reload.
@@ -53,7 +56,20 @@ impl Runtime {
             metrics,
             budget.auth_bucket(),
         )?;
-        Ok(Runtime { config: Arc::new(config), credentials, upstream, limits, budget, key_cache: Default::default() })
+        // The same `[cluster]` keeps its handle (connection, state, heartbeat task).
+        let cluster = config.cluster.as_ref().map(|c| match previous.and_then(|p| p.cluster.as_ref()) {
+            Some(old) if old.config() == c => old.clone(),
+            _ => Cluster::new(c, metrics),
+        });
+        Ok(Runtime {
+            config: Arc::new(config),
+            credentials,
+            upstream,
+            limits,
+            budget,
+            key_cache: Default::default(),
+            cluster,
+        })
     }
 }
 

@@ -230,7 +230,8 @@ impl Cluster {
                 _ = self.beat() => {}
             }
         }
-        if let Some(mut conn) = self.inner.conn.lock().unwrap_or_else(|p| p.into_inner()).clone() {
+        let conn = self.inner.conn.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        if let Some(mut conn) = conn {
             let leave = redis::cmd("ZREM").arg(self.key("replicas")).arg(&self.inner.id).clone();
             let _ = tokio::time::timeout(self.inner.config.timeout, leave.query_async::<i64>(&mut conn)).await;
         }

@@ -204,7 +204,7 @@ async fn process(
     let client = cfg.client(client_idx);
     note.set(|f| f.client = Some(client.name.clone()));
     // 5. Client limits, before policy so forbidden paths are throttled too.
-    limits::check(rt, metrics, client_idx, client, &note)?;
+    limits::check(rt, metrics, client_idx, client, &note).await?;
     // 6. Route, 7. policy, 8. scope (ProjectUid), 9. header hygiene.
     let matched = routes::select(cfg, client_idx, &parts.method, &checked);
     note.set(|f| f.route = matched.route.map(|r| r.name.clone()));
