@@ -13,6 +13,8 @@
 //! answers it again, the shared budget is back.
 
 mod script;
+#[cfg(test)]
+mod tests;
 
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};

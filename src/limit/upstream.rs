@@ -173,7 +173,7 @@ struct Ticket {
 }
 
 impl Bucket {
-    fn new(prefix: &str, rate: Rate, max_queue: usize) -> Self {
+    pub(crate) fn new(prefix: &str, rate: Rate, max_queue: usize) -> Self {
         Bucket {
             label: Arc::from(prefix),
             base_rate: rate,
