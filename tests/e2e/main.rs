@@ -9,6 +9,7 @@ mod support;
 
 mod attacks;
 mod cli;
+mod cluster;
 mod credential_swap;
 mod deploy_metrics;
 mod docs;

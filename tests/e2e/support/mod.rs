@@ -1,7 +1,7 @@
 //! What the end-to-end tests share, one file per job: [`harness`] (the gateways under test, the
 //! standard clients and secrets, the test log file), [`http`] (raw requests and clients),
 //! [`metrics`] (parsing `/metrics`, process memory), [`files`] (scratch directories, atomic
-//! writes) and [`faulty`] (an upstream that misbehaves on purpose). Tests `use crate::support::*`.
+//! writes), [`redis_server`] (a Redis of the test's own) and [`faulty`] (an upstream that misbehaves on purpose). Tests `use crate::support::*`.
 
 // Private modules, their items re-exported: a glob import of `support` must not bring in a
 // module named `http` or `metrics` beside the crates and test modules of those names.
@@ -10,8 +10,10 @@ mod files;
 mod harness;
 mod http;
 mod metrics;
+mod redis_server;
 
 pub use files::*;
 pub use harness::*;
 pub use http::*;
 pub use metrics::*;
+pub use redis_server::*;
