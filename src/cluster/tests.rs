@@ -24,9 +24,11 @@ impl TestRedis {
             .stderr(Stdio::null())
             .spawn()
             .expect("redis-server is installed (.ci/run installs it)");
+        // Owned (killed and reaped on drop) before waiting for it to listen.
+        let redis = TestRedis { child, port };
         for _ in 0..200 {
             if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                return TestRedis { child, port };
+                return redis;
             }
             std::thread::sleep(Duration::from_millis(10));
         }

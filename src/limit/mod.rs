@@ -28,8 +28,11 @@ struct Limit {
     limiter: Arc<Limiter>,
     /// The limiter of the local share while Redis is unavailable, and the share it was built
     /// for (rebuilt when the replica count changes).
-    share: Arc<Mutex<Option<(u32, Arc<Limiter>)>>>,
+    share: Arc<Mutex<Option<ShareLimiter>>>,
 }
+
+/// A limiter for one local share: the share it divides by, and the limiter.
+type ShareLimiter = (u32, Arc<Limiter>);
 
 fn limiter(rate: Rate) -> Arc<Limiter> {
     let period = Duration::from_secs_f64(1.0 / rate.per_second).max(Duration::from_nanos(1));
