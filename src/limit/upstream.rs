@@ -314,7 +314,10 @@ impl Bucket {
         let left = deadline.saturating_duration_since(now);
         match cluster.reserve(&self.label, interval, tolerance, left).await {
             Admission::Granted(wait) => {
-                tokio::time::sleep(wait).await;
+                // A timer, even of zero, costs a tick of tokio's millisecond wheel.
+                if !wait.is_zero() {
+                    tokio::time::sleep(wait).await;
+                }
                 let mut st = self.lock();
                 if let Some(t) = st.pop_next() {
                     t.granted.store(true, Ordering::Release);
