@@ -49,6 +49,12 @@ impl Runtime {
         };
         let limits = ClientLimits::build(&config, previous.map(|p| &p.limits));
         let budget = UpstreamBudget::build(&config.upstream.limits, previous.map(|p| &p.budget));
+        // The same `[cluster]` keeps its handle (connection, state, heartbeat task).
+        let cluster = config.cluster.as_ref().map(|c| match previous.and_then(|p| p.cluster.as_ref()) {
+            Some(old) if old.config() == c => old.clone(),
+            _ => Cluster::new(c, metrics),
+        });
+        budget.share_through(cluster.as_ref());
         let credentials = Credentials::build(
             &config,
             &upstream,
@@ -56,11 +62,6 @@ impl Runtime {
             metrics,
             budget.auth_bucket(),
         )?;
-        // The same `[cluster]` keeps its handle (connection, state, heartbeat task).
-        let cluster = config.cluster.as_ref().map(|c| match previous.and_then(|p| p.cluster.as_ref()) {
-            Some(old) if old.config() == c => old.clone(),
-            _ => Cluster::new(c, metrics),
-        });
         Ok(Runtime {
             config: Arc::new(config),
             credentials,

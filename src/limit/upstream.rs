@@ -12,6 +12,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use arc_swap::ArcSwapOption;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
@@ -107,6 +108,14 @@ impl UpstreamBudget {
     pub fn max_wait(&self) -> Duration {
         self.max_wait
     }
+
+    /// Shares every bucket through `cluster` (`[cluster]`), or through nothing: every caller of
+    /// a bucket (requests, the gateway's own logins) then decides the same way.
+    pub(crate) fn share_through(&self, cluster: Option<&Cluster>) {
+        for b in self.buckets() {
+            b.cluster.store(cluster.map(|c| Arc::new(c.clone())));
+        }
+    }
 }
 
 /// What the schedule keeper's shared step came to.
@@ -142,6 +151,8 @@ pub struct Bucket {
     base_rate: Rate,
     max_queue: usize,
     state: Mutex<State>,
+    /// The budget shared with other replicas, if any (set by [`UpstreamBudget::share_through`]).
+    cluster: ArcSwapOption<Cluster>,
 }
 
 #[derive(Debug)]
@@ -188,6 +199,7 @@ impl Bucket {
                 slowed_at: None,
                 share: 1,
             }),
+            cluster: ArcSwapOption::empty(),
         }
     }
 
@@ -204,8 +216,10 @@ impl Bucket {
 
     /// Waits for budget for one request of `client`, at most `max_wait`. Returns how long it
     /// waited. No task is spawned: the waiting futures serve each other (see [`State::leader`]).
+    /// Shared through the bucket's cluster, if it has one.
     pub async fn acquire(self: &Arc<Self>, client: ClientId, max_wait: Duration) -> Result<Duration, Busy> {
-        self.acquire_in(None, client, max_wait).await
+        let cluster = self.cluster.load_full();
+        self.acquire_in(cluster.as_deref(), client, max_wait).await
     }
 
     /// [`Bucket::acquire`] with the budget shared through `cluster` (when configured): while

@@ -26,7 +26,6 @@ use rand::Rng as _;
 use tower::{Service, ServiceExt as _};
 
 use crate::body::{self, Body};
-use crate::cluster::Cluster;
 use crate::config::ClientId;
 use crate::credentials::{Token, TokenManager, TokenUnavailable, UpstreamCredential};
 use crate::error::GatewayError;
@@ -372,8 +371,6 @@ pub(crate) struct BudgetConfig {
     pub(crate) client: ClientId,
     pub(crate) client_name: Arc<str>,
     pub(crate) metrics: Arc<Metrics>,
-    /// The shared budget (`[cluster]`), if any.
-    pub(crate) cluster: Option<Cluster>,
 }
 
 layer!(BudgetLayer, Budget, BudgetConfig);
@@ -401,12 +398,12 @@ where
     /// past it), then counts the send and sends.
     fn call(&mut self, req: Request<Payload>) -> ExchangeFuture {
         let mut inner = take(&mut self.inner);
-        let BudgetConfig { bucket, client, client_name, metrics, cluster } = self.config.clone();
+        let BudgetConfig { bucket, client, client_name, metrics } = self.config.clone();
         Box::pin(async move {
             let note = note_of(&req);
             if let Some(bucket) = &bucket {
                 let left = deadline_of(&req).saturating_duration_since(tokio::time::Instant::now());
-                match bucket.acquire_in(cluster.as_ref(), client, left).await {
+                match bucket.acquire(client, left).await {
                     Ok(waited) => {
                         metrics.queue_wait.with_label_values(&[bucket.label()]).observe(waited.as_secs_f64());
                         note.set(|f| f.wait_ms += waited.as_secs_f64() * 1000.0);
@@ -555,7 +552,6 @@ impl Exchange {
                 client: self.client_idx,
                 client_name: self.client_name.clone(),
                 metrics: metrics.clone(),
-                cluster: self.rt.cluster.clone(),
             }))
             .service(Sender { rt: self.rt, metrics, stats: self.stats, bucket });
         let resp = chain.oneshot(req).await?;
@@ -705,7 +701,6 @@ mod tests {
             client: ClientId(0),
             client_name: Arc::from("ci"),
             metrics: metrics.clone(),
-            cluster: None,
         })
     }
 
