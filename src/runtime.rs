@@ -84,3 +84,34 @@ fn same_upstream(a: &Config, b: &Config) -> bool {
         && a.connect_timeout == b.connect_timeout
         && a.request_timeout == b.request_timeout
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{load_str, MapEnv};
+    use std::path::Path;
+
+    fn runtime(cluster: &str, previous: Option<&Runtime>) -> Runtime {
+        let text =
+            format!("[upstream]\nurl = \"http://127.0.0.1:1\"\n[credentials.default]\napi_key_env = \"K\"\n{cluster}");
+        let cfg = load_str(&text, Path::new("."), &MapEnv::new().with("K", "x")).unwrap();
+        Runtime::build(cfg, previous, &Metrics::new()).unwrap()
+    }
+
+    /// A reload with the same `[cluster]` keeps its handle (its connection, state and heartbeat);
+    /// a changed section gets a new one, a removed one none; the budget follows.
+    #[tokio::test]
+    async fn the_cluster_handle_is_carried_across_reloads() {
+        let section = "[cluster]\nredis_url = \"redis://127.0.0.1:1\"\n";
+        let first = runtime(section, None);
+        let same = runtime(&format!("{section}[log]\nlevel = \"debug\"\n"), Some(&first));
+        assert!(same.cluster.as_ref().unwrap().same(first.cluster.as_ref().unwrap()));
+        let changed = runtime(&format!("{section}key_prefix = \"other\"\n"), Some(&same));
+        assert!(!changed.cluster.as_ref().unwrap().same(same.cluster.as_ref().unwrap()));
+        let login = |rt: &Runtime| rt.budget.auth_bucket().unwrap().cluster();
+        assert!(login(&changed).is_some_and(|c| c.same(changed.cluster.as_ref().unwrap())));
+        let removed = runtime("", Some(&changed));
+        assert!(removed.cluster.is_none());
+        assert!(login(&removed).is_none(), "the carried-over buckets no longer share");
+    }
+}

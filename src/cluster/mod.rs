@@ -81,6 +81,9 @@ struct Inner {
     id: String,
     conn: Mutex<Option<MultiplexedConnection>>,
     up: AtomicBool,
+    /// Whether a first outcome (Redis answering or not) was logged: a Redis that never answers
+    /// is logged once too.
+    told: AtomicBool,
     /// The replica count last seen in Redis (0: none seen yet).
     replicas: AtomicU32,
     m_up: IntGauge,
@@ -112,6 +115,7 @@ impl Cluster {
                 id,
                 conn: Mutex::new(None),
                 up: AtomicBool::new(false),
+                told: AtomicBool::new(false),
                 replicas: AtomicU32::new(0),
                 m_up: metrics.cluster_redis_up.clone(),
                 m_replicas: metrics.cluster_replicas.clone(),
@@ -206,7 +210,9 @@ impl Cluster {
     /// the heartbeat probes with a fresh one.
     fn down(&self, reason: &str) {
         *self.inner.conn.lock().unwrap_or_else(|p| p.into_inner()) = None;
-        if self.inner.up.swap(false, Ordering::AcqRel) {
+        let was_up = self.inner.up.swap(false, Ordering::AcqRel);
+        let first = !self.inner.told.swap(true, Ordering::AcqRel);
+        if was_up || first {
             self.inner.m_up.set(0);
             tracing::warn!(
                 reason,
@@ -259,6 +265,7 @@ impl Cluster {
                 self.inner.replicas.store(n, Ordering::Relaxed);
                 self.inner.m_replicas.set(i64::from(n));
                 *self.inner.conn.lock().unwrap_or_else(|p| p.into_inner()) = Some(conn);
+                self.inner.told.store(true, Ordering::Release);
                 if !self.inner.up.swap(true, Ordering::AcqRel) {
                     self.inner.m_up.set(1);
                     tracing::info!(replicas = n, "Redis answers: replicas share one budget");

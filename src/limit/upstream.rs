@@ -203,6 +203,11 @@ impl Bucket {
         }
     }
 
+    /// The cluster this bucket shares its budget through, if any.
+    pub(crate) fn cluster(&self) -> Option<Arc<Cluster>> {
+        self.cluster.load_full()
+    }
+
     /// The prefix (bounded: a metric label).
     pub fn label(&self) -> &Arc<str> {
         &self.label
@@ -218,7 +223,7 @@ impl Bucket {
     /// waited. No task is spawned: the waiting futures serve each other (see [`State::leader`]).
     /// Shared through the bucket's cluster, if it has one.
     pub async fn acquire(self: &Arc<Self>, client: ClientId, max_wait: Duration) -> Result<Duration, Busy> {
-        let cluster = self.cluster.load_full();
+        let cluster = self.cluster();
         self.acquire_in(cluster.as_deref(), client, max_wait).await
     }
 

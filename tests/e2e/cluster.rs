@@ -25,12 +25,23 @@ const CAPPED_BURST: f64 = 2.0;
 
 /// One replica's config: the shared budget in `redis_url`, three clients (one capped).
 fn replica_config(fake: &FakePalette, redis_url: &str, timeout: &str) -> config::Config {
+    replica_config_with(fake, redis_url, timeout, "", &standard_env())
+}
+
+/// [`replica_config`] with more `[cluster]` lines and another environment.
+fn replica_config_with(
+    fake: &FakePalette,
+    redis_url: &str,
+    timeout: &str,
+    cluster_extra: &str,
+    env: &config::MapEnv,
+) -> config::Config {
     let upstream = format!(
         "[upstream.limits]\npreset = \"none\"\nmax_wait = \"1s\"\n[[upstream.limits.prefix]]\nprefix = \"/v1/packs\"\nper_second = {RATE}\nburst = {BURST}\n"
     );
     let rules = format!(
         "[credentials.default]\napi_key_env = \"PALETTE_API_KEY\"\n\
-         [cluster]\nredis_url = \"{redis_url}\"\nkey_prefix = \"e2e\"\ntimeout = \"{timeout}\"\nexpected_replicas = 3\n\
+         [cluster]\nredis_url = \"{redis_url}\"\nkey_prefix = \"e2e\"\ntimeout = \"{timeout}\"\nexpected_replicas = 3\n{cluster_extra}\n\
          [[clients]]\nname = \"heavy\"\nkeys = [\"{}\"]\nprojects = [\"*\"]\n\
          [[clients]]\nname = \"light\"\nkeys = [\"{}\"]\nprojects = [\"*\"]\n\
          [[clients]]\nname = \"capped\"\nkeys = [\"{}\"]\nprojects = [\"*\"]\nrate_limit = {{ per_second = {CAPPED_RATE}, burst = {CAPPED_BURST} }}\n",
@@ -39,7 +50,7 @@ fn replica_config(fake: &FakePalette, redis_url: &str, timeout: &str) -> config:
         key_hash_string(CAPPED_KEY),
     );
     let text = gateway_config(&fake.url(), &upstream, &rules);
-    config::load_str(&text, Path::new("."), &standard_env()).unwrap_or_else(|e| panic!("{e}\n{text}"))
+    config::load_str(&text, Path::new("."), env).unwrap_or_else(|e| panic!("{e}\n{text}"))
 }
 
 struct Cluster {
@@ -257,4 +268,34 @@ async fn ready_without_redis() {
     let r = http.get(format!("http://{}/v1/packs", g.proxy_addr)).header("ApiKey", LIGHT_KEY).send().await.unwrap();
     assert_eq!(r.status(), 200);
     assert_eq!(up(&scrape(&http, &admin).await), 0.0);
+}
+
+const REDIS_PASSWORD: &str = "pgw_redis-password-0123456789abcdefghij";
+
+/// A Redis that requires a password: with the password from the environment the replica shares
+/// the budget; with a wrong one it stays on its local share (still serving); and the password
+/// is in no log line either way.
+#[tokio::test]
+async fn the_redis_password_comes_from_the_environment_and_never_reaches_the_logs() {
+    let redis = RedisServer::start_with(&["--requirepass", REDIS_PASSWORD]);
+    init_logs();
+    let fake = FakePalette::start(standard_fake()).await.unwrap();
+    let http = client();
+    let extra = "redis_password_env = \"REDIS_PASSWORD\"";
+    let env = standard_env().with("REDIS_PASSWORD", REDIS_PASSWORD);
+    let good = RunningGateway::start(replica_config_with(&fake, &redis.url(), "200ms", extra, &env)).await.unwrap();
+    let admin = format!("http://{}", good.admin_addr);
+    let shared = eventually(Duration::from_secs(3), || async { up(&scrape(&http, &admin).await) == 1.0 }).await;
+    assert!(shared, "the password from REDIS_PASSWORD was used");
+
+    let env = standard_env().with("REDIS_PASSWORD", "pgw_wrong-redis-password-0123456789abc");
+    let wrong = RunningGateway::start(replica_config_with(&fake, &redis.url(), "200ms", extra, &env)).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let admin = format!("http://{}", wrong.admin_addr);
+    assert_eq!(up(&scrape(&http, &admin).await), 0.0, "a wrong password is Redis unavailable");
+    let r = http.get(format!("http://{}/v1/packs", wrong.proxy_addr)).header("ApiKey", LIGHT_KEY).send().await.unwrap();
+    assert_eq!(r.status(), 200, "and the replica serves on its local share");
+    let logs = std::fs::read_to_string(log_file()).unwrap_or_default();
+    assert!(logs.contains("cannot connect to Redis"), "the failure is logged");
+    assert!(!logs.contains(REDIS_PASSWORD) && !logs.contains("pgw_wrong-redis-password"), "a password in the logs");
 }

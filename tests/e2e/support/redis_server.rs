@@ -7,6 +7,8 @@ use std::time::Duration;
 /// A running (or killed, or frozen) `redis-server`.
 pub struct RedisServer {
     child: Option<Child>,
+    /// Extra `redis-server` arguments (`--requirepass ...`), kept for a restart.
+    args: Vec<String>,
     /// Its loopback port (kept across a restart).
     pub port: u16,
 }
@@ -14,8 +16,13 @@ pub struct RedisServer {
 impl RedisServer {
     /// Starts one on a free port and waits until it accepts connections.
     pub fn start() -> RedisServer {
+        RedisServer::start_with(&[])
+    }
+
+    /// Starts one with extra `redis-server` arguments.
+    pub fn start_with(args: &[&str]) -> RedisServer {
         let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let mut r = RedisServer { child: None, port };
+        let mut r = RedisServer { child: None, args: args.iter().map(|a| a.to_string()).collect(), port };
         r.restart();
         r
     }
@@ -29,6 +36,7 @@ impl RedisServer {
     pub fn restart(&mut self) {
         let child = Command::new("redis-server")
             .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .args(&self.args)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
