@@ -104,14 +104,16 @@ trap 'rm -rf "$out"' EXIT
 render() { "$kubectl" kustomize "$1" >"$2" && echo "$(grep -c '^kind:' "$2") objects"; }
 check "kubectl kustomize deploy/kubernetes/base" render "$deploy/kubernetes/base" "$out/base.yaml"
 check "kubectl kustomize deploy/kubernetes/overlays/service" render "$deploy/kubernetes/overlays/service" "$out/service.yaml"
+check "kubectl kustomize deploy/kubernetes/overlays/service-ha" render "$deploy/kubernetes/overlays/service-ha" "$out/service-ha.yaml"
 check "kubectl kustomize deploy/kubernetes/overlays/sidecar" render "$deploy/kubernetes/overlays/sidecar" "$out/sidecar.yaml"
 check "kubectl kustomize deploy/prometheus" render "$deploy/prometheus" "$out/prometheus.yaml"
 
 # Core kinds only: the ServiceMonitor, PodMonitor and PrometheusRule are the Prometheus Operator's
 # CRDs, whose schemas kubernetes-validate does not have; consistency.py checks them instead.
 for version in $kube_versions; do
-    check "kubernetes-validate --strict -k $version (base, service, sidecar)" \
-        "$kubernetes_validate" --strict --quiet -k "$version" "$out/base.yaml" "$out/service.yaml" "$out/sidecar.yaml"
+    check "kubernetes-validate --strict -k $version (base, service, service-ha, sidecar)" \
+        "$kubernetes_validate" --strict --quiet -k "$version" "$out/base.yaml" "$out/service.yaml" \
+        "$out/service-ha.yaml" "$out/sidecar.yaml"
 done
 
 check "promtool check rules deploy/prometheus/rules.yaml" promtool check rules "$deploy/prometheus/rules.yaml"
@@ -161,12 +163,13 @@ gateway_check() {
     # [auth.kubernetes] ca_file: any certificate will do for `check`.
     openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -subj /CN=dummy-cluster-ca \
         -days 1 -keyout /dev/null -out "$dir/ca.crt" 2>/dev/null
-    sed -e "s#/var/run/secrets/palette/#$dir/#g" -e "s#/var/run/secrets/kubernetes.io/serviceaccount/#$dir/#g" \
+    sed -e "s#/var/run/secrets/palette/#$dir/#g" -e "s#/var/run/secrets/redis/#$dir/#g" -e "s#/var/run/secrets/kubernetes.io/serviceaccount/#$dir/#g" \
         "$config" >"$dir/gateway.toml"
     "$bin" check --config "$dir/gateway.toml"
 }
 if [ -n "$bin" ]; then
     check "palette-gateway check: base/gateway.toml ($bin)" gateway_check "$deploy/kubernetes/base/gateway.toml"
+    check "palette-gateway check: overlays/service-ha/gateway.toml ($bin)" gateway_check "$deploy/kubernetes/overlays/service-ha/gateway.toml"
     check "palette-gateway check: overlays/sidecar/gateway.toml ($bin)" gateway_check "$deploy/kubernetes/overlays/sidecar/gateway.toml"
 else
     step "palette-gateway check of the manifests' configs: skipped (no binary; build one or set PALETTE_GATEWAY_BIN)"

@@ -16,6 +16,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::admin::Admin;
+use crate::cluster::Cluster;
 use crate::config::{self, Config, ConfigError, Environment, ServerLimits};
 use crate::credentials::{InvalidKey, KeyCheck, TokenManager};
 use crate::metrics::Metrics;
@@ -97,6 +98,8 @@ struct Core {
     reloads: Arc<ReloadLog>,
     /// The running API key checks (one per check; a finished one stays until its key goes).
     key_checks: Mutex<Vec<(Arc<KeyCheck>, CancellationToken)>>,
+    /// The live cluster handle's heartbeat task and what stops it.
+    heartbeat: Mutex<Option<(Cluster, CancellationToken)>>,
     /// Why the gateway cannot go on (the first reason), once `failed` fires.
     fatal: Mutex<Option<String>>,
     /// Fires when a task fails for good; not a child of `root`, a stop does not fire it.
@@ -118,6 +121,7 @@ impl Core {
             refreshers: Mutex::new(Vec::new()),
             key_checks: Mutex::new(Vec::new()),
             reloads: Arc::default(),
+            heartbeat: Mutex::new(None),
             fatal: Mutex::new(None),
             failed: CancellationToken::new(),
         })
@@ -193,6 +197,25 @@ impl Core {
         }
     }
 
+    /// Starts the heartbeat of the live runtime's cluster handle if it has none yet, and
+    /// stops the one of a handle a reload replaced or removed.
+    fn sync_cluster_task(&self) {
+        let live = self.runtime.load().cluster.clone();
+        let mut task = self.heartbeat.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((running, cancel)) = task.as_ref() {
+            if live.as_ref().is_some_and(|l| l.same(running)) {
+                return;
+            }
+            cancel.cancel();
+            *task = None;
+        }
+        if let Some(cluster) = live {
+            let cancel = self.root.child_token();
+            self.tasks.spawn(cluster.clone().run(cancel.clone()));
+            *task = Some((cluster, cancel));
+        }
+    }
+
     fn reload(&self, path: &Path, env: &dyn Environment) -> Result<(), ReloadError> {
         let result = config::load(path, env).map_err(ReloadError::from).and_then(|cfg| self.apply(cfg));
         match &result {
@@ -231,6 +254,7 @@ impl Core {
         self.runtime.store(Arc::new(Runtime::build(cfg, Some(&old), &self.metrics)?));
         self.sync_token_tasks();
         self.sync_key_checks();
+        self.sync_cluster_task();
         Ok(())
     }
 }
@@ -314,6 +338,7 @@ impl RunningGateway {
         // set is fetched on its first token.
         core.tasks.spawn(crate::kubernetes::refresh_loop(runtime.clone(), core.root.child_token()));
         core.sync_key_checks();
+        core.sync_cluster_task();
         tracing::info!(%proxy_addr, %admin_addr, "palette-gateway listening");
         Ok(RunningGateway { proxy_addr, admin_addr, core, draining, proxy_listener, proxy_server: Some(proxy_server) })
     }

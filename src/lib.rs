@@ -48,6 +48,7 @@ pub(crate) mod cache;
 pub mod body;
 pub mod build;
 pub mod cli;
+pub mod cluster;
 pub mod config;
 pub mod credentials;
 pub mod demo;

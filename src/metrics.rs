@@ -55,6 +55,15 @@ pub struct Metrics {
     pub cache_evictions: IntCounter,
     /// `palette_gateway_cache_bytes`.
     pub cache_bytes: IntGauge,
+    /// `palette_gateway_cluster_redis_up` (0/1; 1 without `[cluster]` is never set).
+    pub cluster_redis_up: IntGauge,
+    /// `palette_gateway_cluster_replicas`: replicas seen heartbeating in Redis (last known).
+    pub cluster_replicas: IntGauge,
+    /// `palette_gateway_cluster_redis_call_duration_seconds{op}`.
+    pub cluster_redis_duration: HistogramVec,
+    /// `palette_gateway_cluster_local_decisions_total{limit}`: decisions made on the local share
+    /// because Redis was unavailable.
+    pub cluster_local_decisions: IntCounterVec,
 }
 
 /// How a request authenticated (the `method` label of `palette_gateway_auth_total`).
@@ -169,6 +178,28 @@ impl Metrics {
         )
         .unwrap_or_else(|e| unreachable_metric("config_last_reload_success", e));
         register(&registry, Box::new(config_last_reload_success.clone()));
+        let cluster_redis_up = IntGauge::new(
+            "palette_gateway_cluster_redis_up",
+            "Whether the shared budget in Redis answers (1) or each replica runs on its local share (0).",
+        )
+        .unwrap_or_else(|e| unreachable_metric("cluster_redis_up", e));
+        register(&registry, Box::new(cluster_redis_up.clone()));
+        let cluster_replicas = IntGauge::new(
+            "palette_gateway_cluster_replicas",
+            "Gateway replicas heartbeating into the shared Redis (the last count seen).",
+        )
+        .unwrap_or_else(|e| unreachable_metric("cluster_replicas", e));
+        register(&registry, Box::new(cluster_replicas.clone()));
+        let cluster_redis_duration = histogram(
+            "palette_gateway_cluster_redis_call_duration_seconds",
+            "Time Redis took to answer a call, by operation (budget, limits, heartbeat); timeouts included.",
+            &["op"],
+        );
+        let cluster_local_decisions = counter(
+            "palette_gateway_cluster_local_decisions_total",
+            "Admission decisions made on this replica's local share because Redis was unavailable, by limit (upstream, client).",
+            &["limit"],
+        );
         let build_info =
             IntGaugeVec::new(Opts::new("palette_gateway_build_info", "The running version (always 1)."), &["version"])
                 .unwrap_or_else(|e| unreachable_metric("build_info", e));
@@ -248,6 +279,10 @@ impl Metrics {
             cache_coalesced,
             cache_evictions,
             cache_bytes,
+            cluster_redis_up,
+            cluster_replicas,
+            cluster_redis_duration,
+            cluster_local_decisions,
         }
     }
 

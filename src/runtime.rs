@@ -7,6 +7,7 @@ use arc_swap::ArcSwap;
 
 use crate::auth;
 use crate::cache::ResponseCache;
+use crate::cluster::Cluster;
 use crate::config::Config;
 use crate::credentials::{Credentials, InvalidKey};
 use crate::kubernetes::Kubernetes;
@@ -34,6 +35,8 @@ pub struct Runtime {
     pub(crate) kubernetes: Option<Arc<Kubernetes>>,
     /// The response cache (process-lifetime: kept across reloads while `[cache]` is unchanged).
     pub(crate) cache: Arc<ResponseCache>,
+    /// The budget shared with other replicas through Redis (`[cluster]`).
+    pub(crate) cluster: Option<Cluster>,
 }
 
 /// The live runtime, shared by the listeners and reload.
@@ -53,6 +56,12 @@ impl Runtime {
         };
         let limits = ClientLimits::build(&config, previous.map(|p| &p.limits));
         let budget = UpstreamBudget::build(&config.upstream.limits, previous.map(|p| &p.budget));
+        // The same `[cluster]` keeps its handle (connection, state, heartbeat task).
+        let cluster = config.cluster.as_ref().map(|c| match previous.and_then(|p| p.cluster.as_ref()) {
+            Some(old) if old.config() == c => old.clone(),
+            _ => Cluster::new(c, metrics),
+        });
+        budget.share_through(cluster.as_ref());
         let credentials = Credentials::build(
             &config,
             &upstream,
@@ -76,6 +85,7 @@ impl Runtime {
             key_cache: Default::default(),
             kubernetes,
             cache,
+            cluster,
         })
     }
 }
@@ -89,4 +99,35 @@ fn same_upstream(a: &Config, b: &Config) -> bool {
         && a.extra_roots == b.extra_roots
         && a.connect_timeout == b.connect_timeout
         && a.request_timeout == b.request_timeout
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{load_str, MapEnv};
+    use std::path::Path;
+
+    fn runtime(cluster: &str, previous: Option<&Runtime>) -> Runtime {
+        let text =
+            format!("[upstream]\nurl = \"http://127.0.0.1:1\"\n[credentials.default]\napi_key_env = \"K\"\n{cluster}");
+        let cfg = load_str(&text, Path::new("."), &MapEnv::new().with("K", "x")).unwrap();
+        Runtime::build(cfg, previous, &Metrics::new()).unwrap()
+    }
+
+    /// A reload with the same `[cluster]` keeps its handle (its connection, state and heartbeat);
+    /// a changed section gets a new one, a removed one none; the budget follows.
+    #[tokio::test]
+    async fn the_cluster_handle_is_carried_across_reloads() {
+        let section = "[cluster]\nredis_url = \"redis://127.0.0.1:1\"\n";
+        let first = runtime(section, None);
+        let same = runtime(&format!("{section}[log]\nlevel = \"debug\"\n"), Some(&first));
+        assert!(same.cluster.as_ref().unwrap().same(first.cluster.as_ref().unwrap()));
+        let changed = runtime(&format!("{section}key_prefix = \"other\"\n"), Some(&same));
+        assert!(!changed.cluster.as_ref().unwrap().same(same.cluster.as_ref().unwrap()));
+        let login = |rt: &Runtime| rt.budget.auth_bucket().unwrap().cluster();
+        assert!(login(&changed).is_some_and(|c| c.same(changed.cluster.as_ref().unwrap())));
+        let removed = runtime("", Some(&changed));
+        assert!(removed.cluster.is_none());
+        assert!(login(&removed).is_none(), "the carried-over buckets no longer share");
+    }
 }

@@ -29,6 +29,7 @@ pub(crate) struct RawConfig {
     pub(crate) log: RawLog,
     #[serde(default)]
     pub(crate) cache: RawCache,
+    pub(crate) cluster: Option<RawCluster>,
 }
 
 /// `[cache]`: the bounds of the shared response cache.
@@ -47,6 +48,21 @@ pub(crate) struct RawRouteCache {
     pub(crate) ttl: Duration,
     #[serde(default)]
     pub(crate) coalesce: bool,
+}
+
+/// `[cluster]`: replicas that share one budget through Redis.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawCluster {
+    pub(crate) redis_url: String,
+    pub(crate) redis_password_env: Option<String>,
+    pub(crate) redis_password_file: Option<PathBuf>,
+    /// Only present to refuse it with a clear message: secrets never live in the TOML.
+    pub(crate) redis_password: Option<toml::Value>,
+    pub(crate) key_prefix: Option<String>,
+    #[serde(default, with = "humantime_serde")]
+    pub(crate) timeout: Option<Duration>,
+    pub(crate) expected_replicas: Option<u32>,
 }
 
 /// `[log]`.

@@ -125,6 +125,8 @@ pub struct Config {
     pub cache: CacheConfig,
     /// Each route's `cache`, by route name (routes without one are absent).
     pub(crate) route_caches: HashMap<Arc<str>, RouteCache>,
+    /// `[cluster]`: the budget and limits shared with other replicas through Redis.
+    pub cluster: Option<ClusterConfig>,
     /// Every file the config read (secrets, certificates): a reload re-reads them, and a change
     /// to one triggers a reload.
     pub(crate) files: Vec<PathBuf>,
@@ -316,6 +318,22 @@ pub struct UpstreamConfig {
     pub body_idle_timeout: Duration,
     /// The outbound budget per Palette resource prefix.
     pub limits: UpstreamLimits,
+}
+
+/// `[cluster]`: where the shared budget lives and how a replica behaves without it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterConfig {
+    /// `redis://` or `rediss://` URL, never with a password in it.
+    pub redis_url: String,
+    /// From `redis_password_env` / `redis_password_file`.
+    pub redis_password: Option<Secret>,
+    /// Prefix of every key, so that several gateways (tenants) can share one Redis. Default `pgw`.
+    pub key_prefix: String,
+    /// A Redis call slower than this counts as Redis unavailable. Default 20ms.
+    pub timeout: Duration,
+    /// The replica count a replica divides its limits by while Redis is unavailable (when it
+    /// has seen no larger count). Default 1.
+    pub expected_replicas: u32,
 }
 
 /// A rate: `per_second` sustained, `burst` requests at once.

@@ -6,7 +6,7 @@ pub mod upstream;
 
 use std::collections::HashMap;
 use std::num::NonZeroU32;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use governor::clock::{Clock, DefaultClock};
@@ -16,6 +16,7 @@ use governor::{Quota, RateLimiter};
 use http::header::HeaderName;
 use http::{HeaderMap, HeaderValue};
 
+use crate::cluster::{Cluster, LimitKey};
 use crate::config::{ClientId, Config, Rate};
 
 type Limiter = RateLimiter<NotKeyed, InMemoryState, DefaultClock, StateInformationMiddleware>;
@@ -25,16 +26,49 @@ type Limiter = RateLimiter<NotKeyed, InMemoryState, DefaultClock, StateInformati
 struct Limit {
     rate: Rate,
     limiter: Arc<Limiter>,
+    /// The limiter of the local share while Redis is unavailable, and the share it was built
+    /// for (rebuilt when the replica count changes).
+    share: Arc<Mutex<Option<ShareLimiter>>>,
+}
+
+/// A limiter for one local share: the share it divides by, and the limiter.
+type ShareLimiter = (u32, Arc<Limiter>);
+
+fn limiter(rate: Rate) -> Arc<Limiter> {
+    let period = Duration::from_secs_f64(1.0 / rate.per_second).max(Duration::from_nanos(1));
+    let burst = NonZeroU32::new(rate.burst).unwrap_or(NonZeroU32::MIN);
+    // `with_period` fails only for a zero period, excluded just above.
+    let quota = Quota::with_period(period).map_or_else(|| Quota::per_second(NonZeroU32::MIN), |q| q.allow_burst(burst));
+    Arc::new(RateLimiter::direct(quota).with_middleware::<StateInformationMiddleware>())
 }
 
 impl Limit {
     fn new(rate: Rate) -> Self {
-        let period = Duration::from_secs_f64(1.0 / rate.per_second).max(Duration::from_nanos(1));
-        let burst = NonZeroU32::new(rate.burst).unwrap_or(NonZeroU32::MIN);
-        // `with_period` fails only for a zero period, excluded just above.
-        let quota =
-            Quota::with_period(period).map_or_else(|| Quota::per_second(NonZeroU32::MIN), |q| q.allow_burst(burst));
-        Limit { rate, limiter: Arc::new(RateLimiter::direct(quota).with_middleware::<StateInformationMiddleware>()) }
+        Limit { rate, limiter: limiter(rate), share: Arc::default() }
+    }
+
+    /// The rate and limiter for `share` replicas: the whole limit for 1, else its share.
+    fn for_share(&self, share: u32) -> (Rate, Arc<Limiter>) {
+        if share <= 1 {
+            return (self.rate, self.limiter.clone());
+        }
+        let rate =
+            Rate { per_second: self.rate.per_second / f64::from(share), burst: self.rate.burst.div_ceil(share).max(1) };
+        let mut cached = self.share.lock().unwrap_or_else(|p| p.into_inner());
+        match &*cached {
+            Some((n, l)) if *n == share => (rate, l.clone()),
+            _ => {
+                let l = limiter(rate);
+                *cached = Some((share, l.clone()));
+                (rate, l)
+            }
+        }
+    }
+
+    /// This limit in Redis: its key and its GCRA.
+    fn shared_key(&self, key: String) -> LimitKey {
+        let interval = Duration::from_secs_f64(1.0 / self.rate.per_second).max(Duration::from_micros(1));
+        LimitKey { key, interval, tolerance: interval * self.rate.burst.saturating_sub(1) }
     }
 
     fn reuse_or_new(previous: Option<&Limit>, rate: Rate) -> Self {
@@ -144,25 +178,82 @@ impl ClientLimits {
     /// Takes one request from `client`'s limit and the global one. `Ok` carries the headers of
     /// the limit that applies (the one with fewer requests left), if any limit does.
     pub fn check(&self, client: ClientId) -> Result<Option<RateHeaders>, Refusal> {
+        self.check_local(client, 1)
+    }
+
+    /// [`ClientLimits::check`] across every replica through `cluster`: one script call decides
+    /// both limits together; while Redis is unavailable, the local share of each (its rate
+    /// and burst divided by [`Cluster::local_share`]).
+    pub async fn check_in(
+        &self,
+        cluster: Option<&Cluster>,
+        client: ClientId,
+        name: &str,
+    ) -> Result<Option<RateHeaders>, Refusal> {
+        let Some(cluster) = cluster else { return self.check(client) };
+        let own = self.per_client.get(client.index()).and_then(Option::as_ref);
+        let limits: Vec<(&Limit, LimitKind)> = own
+            .map(|l| (l, LimitKind::Client))
+            .into_iter()
+            .chain(self.global.as_ref().map(|l| (l, LimitKind::Global)))
+            .collect();
+        if limits.is_empty() {
+            return Ok(None);
+        }
+        let keys: Vec<LimitKey> = limits
+            .iter()
+            .map(|(l, kind)| match kind {
+                LimitKind::Client => l.shared_key(format!("client:{name}")),
+                LimitKind::Global => l.shared_key("global".into()),
+            })
+            .collect();
+        let Some(answer) = cluster.limits(&keys).await else {
+            cluster.local_decision("client");
+            return self.check_local(client, cluster.local_share());
+        };
+        if let Some(i) = answer.refused {
+            let Some(&(limit, kind)) = limits.get(i).or(limits.first()) else { return Ok(None) };
+            return Err(Refusal {
+                kind,
+                rate: limit.rate,
+                retry_after: answer.retry,
+                headers: Some(headers_for(limit.rate, 0, kind)),
+            });
+        }
+        // The tighter limit is the one the client runs into first (the client's on a tie).
+        let headers = limits
+            .iter()
+            .zip(answer.remaining.iter().copied().chain(std::iter::repeat(0)))
+            .map(|((l, kind), remaining)| headers_for(l.rate, remaining.min(l.rate.burst), *kind))
+            .reduce(|a, b| if b.remaining < a.remaining { b } else { a });
+        Ok(headers)
+    }
+
+    /// The check on this replica alone, each limit divided by `share`.
+    fn check_local(&self, client: ClientId, share: u32) -> Result<Option<RateHeaders>, Refusal> {
         let own = self.per_client.get(client.index()).and_then(Option::as_ref);
         let headers = match own {
-            Some(limit) => match limit.limiter.check() {
-                Ok(snapshot) => Some(headers_for(limit.rate, snapshot.remaining_burst_capacity(), LimitKind::Client)),
-                Err(not_until) => {
-                    return Err(Refusal {
-                        kind: LimitKind::Client,
-                        rate: limit.rate,
-                        retry_after: not_until.wait_time_from(limit.limiter.clock().now()),
-                        headers: Some(headers_for(limit.rate, 0, LimitKind::Client)),
-                    })
+            Some(limit) => {
+                let (rate, limiter) = limit.for_share(share);
+                match limiter.check() {
+                    Ok(snapshot) => Some(headers_for(rate, snapshot.remaining_burst_capacity(), LimitKind::Client)),
+                    Err(not_until) => {
+                        return Err(Refusal {
+                            kind: LimitKind::Client,
+                            rate,
+                            retry_after: not_until.wait_time_from(limiter.clock().now()),
+                            headers: Some(headers_for(rate, 0, LimitKind::Client)),
+                        })
+                    }
                 }
-            },
+            }
             None => None,
         };
         if let Some(global) = &self.global {
-            match global.limiter.check() {
+            let (rate, limiter) = global.for_share(share);
+            match limiter.check() {
                 Ok(snapshot) => {
-                    let g = headers_for(global.rate, snapshot.remaining_burst_capacity(), LimitKind::Global);
+                    let g = headers_for(rate, snapshot.remaining_burst_capacity(), LimitKind::Global);
                     // The tighter limit is the one the client runs into first.
                     return Ok(Some(match headers {
                         Some(own) if own.remaining <= g.remaining => own,
@@ -172,9 +263,9 @@ impl ClientLimits {
                 Err(not_until) => {
                     return Err(Refusal {
                         kind: LimitKind::Global,
-                        rate: global.rate,
-                        retry_after: not_until.wait_time_from(global.limiter.clock().now()),
-                        headers: Some(headers_for(global.rate, 0, LimitKind::Global)),
+                        rate,
+                        retry_after: not_until.wait_time_from(limiter.clock().now()),
+                        headers: Some(headers_for(rate, 0, LimitKind::Global)),
                     });
                 }
             }

@@ -12,9 +12,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use arc_swap::ArcSwapOption;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
+use crate::cluster::{Admission, Cluster};
 use crate::config::{ClientId, Rate, UpstreamLimits, CATCH_ALL};
 use crate::path::CheckedPath;
 
@@ -111,6 +113,14 @@ impl UpstreamBudget {
     pub fn status(&self) -> Vec<BucketStatus> {
         self.buckets().map(|b| b.status()).collect()
     }
+
+    /// Shares every bucket through `cluster` (`[cluster]`), or through nothing: every caller of
+    /// a bucket (requests, the gateway's own logins) then decides the same way.
+    pub(crate) fn share_through(&self, cluster: Option<&Cluster>) {
+        for b in self.buckets() {
+            b.cluster.store(cluster.map(|c| Arc::new(c.clone())));
+        }
+    }
 }
 
 /// One prefix's budget as it stands now.
@@ -128,6 +138,27 @@ pub struct BucketStatus {
     pub queued: usize,
 }
 
+/// What the schedule keeper's shared step came to.
+enum Lead {
+    /// A slot was granted (maybe to the keeper itself).
+    Granted,
+    /// The local guard allows the next slot only then.
+    NotBefore(Instant),
+    /// Redis has no slot within the keeper's wait.
+    Refused(Duration),
+    /// Redis did not answer.
+    Unavailable,
+}
+
+/// What a bucket divides its rate and burst by: 1 alone or while Redis answers, the local
+/// share while it does not.
+fn share_of(cluster: Option<&Cluster>) -> u32 {
+    match cluster {
+        Some(c) if !c.is_up() => c.local_share(),
+        _ => 1,
+    }
+}
+
 /// After a slow-down, the rate doubles back towards the configured one every this long.
 const RECOVERY_STEP: Duration = Duration::from_secs(5);
 /// A prefix is slowed to at most 1/64 of its configured rate.
@@ -140,6 +171,8 @@ pub struct Bucket {
     base_rate: Rate,
     max_queue: usize,
     state: Mutex<State>,
+    /// The budget shared with other replicas, if any (set by [`UpstreamBudget::share_through`]).
+    cluster: ArcSwapOption<Cluster>,
 }
 
 #[derive(Debug)]
@@ -156,6 +189,8 @@ struct State {
     leader: Option<u64>,
     next_ticket: u64,
     slowed_at: Option<Instant>,
+    /// The local share this replica keeps to (1 unless Redis is configured and unavailable).
+    share: u32,
 }
 
 /// One waiting request.
@@ -169,7 +204,7 @@ struct Ticket {
 }
 
 impl Bucket {
-    fn new(prefix: &str, rate: Rate, max_queue: usize) -> Self {
+    pub(crate) fn new(prefix: &str, rate: Rate, max_queue: usize) -> Self {
         Bucket {
             label: Arc::from(prefix),
             base_rate: rate,
@@ -182,8 +217,15 @@ impl Bucket {
                 leader: None,
                 next_ticket: 0,
                 slowed_at: None,
+                share: 1,
             }),
+            cluster: ArcSwapOption::empty(),
         }
+    }
+
+    /// The cluster this bucket shares its budget through, if any.
+    pub(crate) fn cluster(&self) -> Option<Arc<Cluster>> {
+        self.cluster.load_full()
     }
 
     /// The prefix (bounded: a metric label).
@@ -199,12 +241,33 @@ impl Bucket {
 
     /// Waits for budget for one request of `client`, at most `max_wait`. Returns how long it
     /// waited. No task is spawned: the waiting futures serve each other (see [`State::leader`]).
+    /// Shared through the bucket's cluster, if it has one.
     pub async fn acquire(self: &Arc<Self>, client: ClientId, max_wait: Duration) -> Result<Duration, Busy> {
+        let cluster = self.cluster();
+        self.acquire_in(cluster.as_deref(), client, max_wait).await
+    }
+
+    /// [`Bucket::acquire`] with the budget shared through `cluster` (when configured): while
+    /// Redis answers, the waiter keeping the schedule reserves each slot in Redis before it
+    /// grants it, round-robin as ever; while it does not, the bucket runs on the local share
+    /// (rate and burst divided by [`Cluster::local_share`]).
+    pub async fn acquire_in(
+        self: &Arc<Self>,
+        cluster: Option<&Cluster>,
+        client: ClientId,
+        max_wait: Duration,
+    ) -> Result<Duration, Busy> {
         let started = Instant::now();
+        let shared = cluster.is_some_and(Cluster::is_up);
+        if let Some(c) = cluster.filter(|_| !shared) {
+            c.local_decision("upstream");
+        }
         let ticket = {
             let mut st = self.lock();
+            st.share = share_of(cluster);
             st.recover(self.base_rate, started);
-            if st.queued == 0 && st.ready_at(self.base_rate, started).is_none() {
+            // Shared: every request goes through the queue, so that Redis is asked in fair order.
+            if !shared && st.queued == 0 && st.ready_at(self.base_rate, started).is_none() {
                 st.take(started);
                 return Ok(Duration::ZERO);
             }
@@ -229,14 +292,29 @@ impl Bucket {
         let _leave = Leave { bucket: self, ticket: &ticket };
         let deadline = started + max_wait;
         loop {
-            let next_slot = {
-                let mut st = self.lock();
-                if st.leader == Some(ticket.id) {
-                    st.dispatch(self.base_rate, Instant::now())
-                } else {
-                    None
+            let leading = self.lock().leader == Some(ticket.id);
+            let mut next_slot = None;
+            match cluster.filter(|c| leading && c.is_up()) {
+                Some(c) => match self.lead_shared(c, deadline).await {
+                    Lead::Granted => {
+                        if ticket.granted.load(Ordering::Acquire) {
+                            return Ok(started.elapsed());
+                        }
+                        // Granted to another client's turn: go on keeping the schedule.
+                        continue;
+                    }
+                    Lead::NotBefore(at) => next_slot = Some(at),
+                    Lead::Refused(retry_after) => return Err(Busy { retry_after }),
+                    // Redis just went away: the next round dispatches on the local share.
+                    Lead::Unavailable => continue,
+                },
+                None if leading => {
+                    let mut st = self.lock();
+                    st.share = share_of(cluster);
+                    next_slot = st.dispatch(self.base_rate, Instant::now());
                 }
-            };
+                None => {}
+            }
             if ticket.granted.load(Ordering::Acquire) {
                 return Ok(started.elapsed());
             }
@@ -255,6 +333,41 @@ impl Bucket {
             return Ok(started.elapsed());
         }
         Err(Busy { retry_after: st.estimate(self.base_rate, client, Instant::now()) })
+    }
+
+    /// The schedule keeper's step while Redis answers: once the local guard (the full rate)
+    /// allows, reserve the next slot in Redis, sleep until it, and grant it to the next waiter
+    /// round-robin. A reservation lost because this waiter went away meanwhile only slows
+    /// the prefix down a little.
+    async fn lead_shared(&self, cluster: &Cluster, deadline: Instant) -> Lead {
+        let now = Instant::now();
+        let (interval, tolerance) = {
+            let mut st = self.lock();
+            st.share = 1;
+            st.recover(self.base_rate, now);
+            if let Some(at) = st.ready_at(self.base_rate, now) {
+                return Lead::NotBefore(at);
+            }
+            (st.interval, st.tolerance(self.base_rate))
+        };
+        let left = deadline.saturating_duration_since(now);
+        match cluster.reserve(&self.label, interval, tolerance, left).await {
+            Admission::Granted(wait) => {
+                // A timer, even of zero, costs a tick of tokio's millisecond wheel.
+                if !wait.is_zero() {
+                    tokio::time::sleep(wait).await;
+                }
+                let mut st = self.lock();
+                if let Some(t) = st.pop_next() {
+                    t.granted.store(true, Ordering::Release);
+                    t.wake.notify_one();
+                }
+                st.take(Instant::now());
+                Lead::Granted
+            }
+            Admission::Denied(retry_after) => Lead::Refused(retry_after),
+            Admission::Unavailable => Lead::Unavailable,
+        }
     }
 
     /// Palette answered 429 for this prefix: halve its rate (recovering over time) and drop
@@ -304,8 +417,13 @@ impl State {
         if self.interval > base {
             Duration::ZERO
         } else {
-            base * rate.burst.saturating_sub(1)
+            base * self.share * rate.burst.div_ceil(self.share).max(1).saturating_sub(1)
         }
+    }
+
+    /// The interval between grants: the current one, times the share.
+    fn spacing(&self) -> Duration {
+        self.interval * self.share
     }
 
     /// `None` when a request may go now, else when it may.
@@ -315,7 +433,7 @@ impl State {
     }
 
     fn take(&mut self, now: Instant) {
-        self.tat = self.tat.max(now) + self.interval;
+        self.tat = self.tat.max(now) + self.spacing();
     }
 
     fn recover(&mut self, rate: Rate, now: Instant) {
@@ -334,7 +452,7 @@ impl State {
         let own = self.queues.iter().find(|(c, _)| *c == client).map_or(0, |(_, q)| q.len()) + 1;
         let ahead: usize = self.queues.iter().filter(|(c, _)| *c != client).map(|(_, q)| q.len().min(own)).sum();
         let first = self.ready_at(rate, now).map_or(Duration::ZERO, |at| at - now);
-        first + self.interval * u32::try_from(ahead + own - 1).unwrap_or(u32::MAX)
+        first + self.spacing() * u32::try_from(ahead + own - 1).unwrap_or(u32::MAX)
     }
 
     /// The next waiter, round-robin across clients.

@@ -19,16 +19,16 @@ pub(crate) fn check_inflight(rt: &Runtime, metrics: &Metrics) -> Result<(), Gate
     Ok(())
 }
 
-/// The client's rate limits: its rate headers go to the note either way; over a limit, 429
-/// naming it with `Retry-After`.
-pub(crate) fn check(
+/// The client's rate limits (across every replica with `[cluster]`): its rate headers go to the
+/// note either way; over a limit, 429 naming it with `Retry-After`.
+pub(crate) async fn check(
     rt: &Runtime,
     metrics: &Metrics,
     id: ClientId,
     client: &Client,
     note: &Note,
 ) -> Result<(), GatewayError> {
-    match rt.limits.check(id) {
+    match rt.limits.check_in(rt.cluster.as_ref(), id, &client.name).await {
         Ok(headers) => {
             note.set(|f| f.rate = headers);
             Ok(())

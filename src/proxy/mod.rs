@@ -210,7 +210,7 @@ async fn process(
     let client = cfg.client(client_idx);
     note.set(|f| f.client = Some(client.name.clone()));
     // 5. Client limits, before policy so forbidden paths are throttled too.
-    limits::check(rt, metrics, client_idx, client, &note)?;
+    limits::check(rt, metrics, client_idx, client, &note).await?;
     // 6. Route, 7. policy, 8. scope (ProjectUid), 9. header hygiene.
     // One function for these steps, shared with `explain` (decide.rs).
     let (matched, decided) = decide::route(

@@ -10,6 +10,7 @@ mod support;
 mod attacks;
 mod cache;
 mod cli;
+mod cluster;
 mod credential_swap;
 mod deploy_metrics;
 mod docs;

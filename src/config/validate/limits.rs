@@ -53,6 +53,7 @@ pub(super) fn duration_bounds(raw: &RawConfig, p: &mut Problems) {
         ("upstream.request_timeout".into(), u.request_timeout),
         ("upstream.body_idle_timeout".into(), u.body_idle_timeout),
         ("upstream.limits.max_wait".into(), u.limits.max_wait),
+        ("cluster.timeout".into(), raw.cluster.as_ref().and_then(|c| c.timeout)),
     ];
     if let Some(k) = &raw.auth.kubernetes {
         keys.push(("auth.kubernetes.cache_ttl".into(), k.cache_ttl));

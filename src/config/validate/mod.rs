@@ -4,6 +4,7 @@
 
 mod cache;
 mod clients;
+mod cluster;
 mod credentials;
 mod kubernetes;
 mod limits;
@@ -42,6 +43,7 @@ pub(super) fn validate(raw: RawConfig, base: &Path, env: &dyn Environment) -> Re
     let cache = cache::cache(&raw.cache, &mut p);
     let route_caches = routes.iter().filter_map(|(r, c)| c.map(|c| (r.name.clone(), c))).collect();
     let routes: Vec<_> = routes.into_iter().map(|(r, _)| r).collect();
+    let cluster = raw.cluster.as_ref().and_then(|c| cluster::cluster(c, &raw, base, env, &mut p));
 
     match (p.found.is_empty(), server, upstream) {
         (true, Some(server), Some(upstream))
@@ -58,6 +60,7 @@ pub(super) fn validate(raw: RawConfig, base: &Path, env: &dyn Environment) -> Re
                 log,
                 cache,
                 route_caches,
+                cluster,
                 files: p.files_read,
                 key_index: clients.key_index,
                 cert_index: clients.cert_index,

@@ -1,7 +1,7 @@
 //! What the end-to-end tests share, one file per job: [`harness`] (the gateways under test, the
 //! standard clients and secrets, the test log file), [`http`] (raw requests and clients),
 //! [`metrics`] (parsing `/metrics`, process memory), [`files`] (scratch directories, atomic
-//! writes), [`faulty`] (an upstream that misbehaves on purpose) and [`kube`] (a fake Kubernetes API
+//! writes), [`redis_server`] (a Redis of the test's own), [`faulty`] (an upstream that misbehaves on purpose) and [`kube`] (a fake Kubernetes API
 //! server issuing ServiceAccount tokens). Tests `use crate::support::*`.
 
 // Private modules, their items re-exported: a glob import of `support` must not bring in a
@@ -12,8 +12,10 @@ mod harness;
 mod http;
 pub mod kube;
 mod metrics;
+mod redis_server;
 
 pub use files::*;
 pub use harness::*;
 pub use http::*;
 pub use metrics::*;
+pub use redis_server::*;
