@@ -8,7 +8,7 @@
 //!   (listeners, TLS/mTLS, HTTP/1.1 + HTTP/2, drain), [`admin`] (`/healthz`, `/readyz`,
 //!   metrics), [`metrics`], [`runtime`] (the snapshot a request takes, built by one function
 //!   for start-up and reload), `watcher` (reload triggers), `signals`, [`credentials`] (token
-//!   managers), [`limit`] (client limits, Palette budget), [`upstream`] (the pooled client),
+//!   managers), [`limit`] (client limits, Palette budget), [`upstream`] (the pooled client; `dns` resolves its names in pure Rust),
 //!   [`cli`], [`demo`] (the offline demo, with the `fake-palette` crate of this workspace behind
 //!   the default `demo` feature).
 //! - [`config`], what lives for one load: TOML → validated, immutable [`config::Config`].
@@ -48,6 +48,7 @@ pub mod cli;
 pub mod config;
 pub mod credentials;
 pub mod demo;
+pub(crate) mod dns;
 pub mod error;
 pub mod limit;
 pub mod metrics;
