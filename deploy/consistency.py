@@ -134,8 +134,8 @@ def shared_shape(label, docs, entry_config):
     svc = svc[0]
     check(f"{label}: Service selects the gateway pods", subset(svc["spec"]["selector"], labels))
     sports = {p["name"]: (p["port"], port_of(p["targetPort"], ports)) for p in svc["spec"]["ports"]}
-    check(f"{label}: Service ports http 8080 and admin 9090 reach container ports",
-          sports.get("http") == (8080, ports.get("http")) and sports.get("admin") == (9090, ports.get("admin")), str(sports))
+    check(f"{label}: Service ports http 8080 and admin 9901 reach container ports",
+          sports.get("http") == (8080, ports.get("http")) and sports.get("admin") == (9901, ports.get("admin")), str(sports))
 
     np = find(docs, "NetworkPolicy", "palette-gateway")
     check(f"{label}: one NetworkPolicy", len(np) == 1)
