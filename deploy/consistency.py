@@ -170,6 +170,9 @@ def main(render_dir):
     entry_config = m.group(2) if m else "/etc/palette-gateway/gateway.toml"
     check("Dockerfile: multi-stage", len(re.findall(r"^FROM ", dockerfile, re.M)) >= 2)
     check("Dockerfile: cargo build --release --locked", "cargo build --release --locked" in dockerfile)
+    froms = re.findall(r"^FROM (.+)$", dockerfile, re.M)
+    check("Dockerfile: the final stage is FROM scratch (nothing at run time)", bool(froms) and froms[-1].strip() == "scratch")
+    check("Dockerfile: the binary is linked statically (+crt-static)", "+crt-static" in dockerfile)
     check("Dockerfile: numeric non-root USER 65532", re.search(r"^USER 65532(:65532)?$", dockerfile, re.M) is not None)
     check("Dockerfile: no HEALTHCHECK", re.search(r"^HEALTHCHECK", dockerfile, re.M) is None)
     check("Dockerfile: OCI labels", all(f"org.opencontainers.image.{k}" in dockerfile for k in ("title", "source", "version", "revision", "licenses")))
