@@ -103,12 +103,13 @@ check "kubectl kustomize deploy/kubernetes/base" render "$deploy/kubernetes/base
 check "kubectl kustomize deploy/kubernetes/overlays/service" render "$deploy/kubernetes/overlays/service" "$out/service.yaml"
 check "kubectl kustomize deploy/kubernetes/overlays/sidecar" render "$deploy/kubernetes/overlays/sidecar" "$out/sidecar.yaml"
 check "kubectl kustomize deploy/prometheus" render "$deploy/prometheus" "$out/prometheus.yaml"
+check "kubectl kustomize deploy/grafana" render "$deploy/grafana" "$out/grafana.yaml"
 
 # Core kinds only: the ServiceMonitor, PodMonitor and PrometheusRule are the Prometheus Operator's
 # CRDs, whose schemas kubernetes-validate does not have; consistency.py checks them instead.
 for version in $kube_versions; do
-    check "kubernetes-validate --strict -k $version (base, service, sidecar)" \
-        "$kubernetes_validate" --strict --quiet -k "$version" "$out/base.yaml" "$out/service.yaml" "$out/sidecar.yaml"
+    check "kubernetes-validate --strict -k $version (base, service, sidecar, grafana)" \
+        "$kubernetes_validate" --strict --quiet -k "$version" "$out/base.yaml" "$out/service.yaml" "$out/sidecar.yaml" "$out/grafana.yaml"
 done
 
 check "promtool check rules deploy/prometheus/rules.yaml" promtool check rules "$deploy/prometheus/rules.yaml"
