@@ -99,7 +99,7 @@ fn is_localhost(host: &str) -> bool {
 
 /// The resolver configuration in `path`, or glibc's default when it is missing or unreadable.
 fn system_config(path: &Path) -> (ResolverConfig, ResolverOpts) {
-    match std::fs::read_to_string(path).map(|text| hickory_resolver::system_conf::parse_resolv_conf(text)) {
+    match std::fs::read_to_string(path).map(hickory_resolver::system_conf::parse_resolv_conf) {
         Ok(Ok((config, opts))) if !config.name_servers().is_empty() => (config, opts),
         other => {
             let why = match other {
@@ -197,7 +197,7 @@ pub(crate) mod tests {
     #[tokio::test]
     async fn a_silent_server_times_out_within_the_deadline() {
         let (resolver, task) = fake_dns(None, Duration::from_millis(300)).await;
-        let started = std::time::Instant::now();
+        let started = tokio::time::Instant::now();
         let e = resolver.lookup("palette.gateway.test").await.unwrap_err();
         assert!(started.elapsed() < Duration::from_secs(2), "{:?}", started.elapsed());
         assert!(matches!(e, DnsError::Timeout { .. }), "{e}");
