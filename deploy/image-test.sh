@@ -75,7 +75,8 @@ step "podman build --pull=never --build-arg BINARY=prebuilt (offline)"
 # A small build context: the binary at the path deploy/Dockerfile's prebuilt stage copies from.
 ctx="$work/context"
 mkdir -p "$ctx/target/x86_64-unknown-linux-gnu/release"
-cp "$bin" "$ctx/target/x86_64-unknown-linux-gnu/release/palette-gateway"
+# Without its debug info (line tables: about 37 of 49 MB); the symbols stay, for backtraces.
+strip --strip-debug -o "$ctx/target/x86_64-unknown-linux-gnu/release/palette-gateway" "$bin"
 podman_ build --pull=never --network none --build-arg BINARY=prebuilt \
     --build-arg VERSION="$(sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -n 1)" \
     --build-arg REVISION="$(git rev-parse HEAD 2>/dev/null || echo unknown)" \
@@ -87,6 +88,7 @@ podman_ image inspect "$image" --format '{{json .}}' >"$work/inspect.json"
 python3 - "$work/inspect.json" <<'PY'
 import json, sys
 i = json.load(open(sys.argv[1]))
+i = i[0] if isinstance(i, list) else i
 cfg = i["Config"]
 labels = cfg.get("Labels") or {}
 size = i["Size"]
@@ -177,6 +179,8 @@ code=$(curl -sS -o "$work/answer.json" -w '%{http_code}' -H "ApiKey: $key" "http
 head -c 300 "$work/answer.json"
 echo
 [ "$code" = 200 ] || { show_logs; fail "proxied request: HTTP $code"; }
+# The fake Palette accepted the gateway's own Palette key (the client sent only its local key).
+grep -q '"authenticatedWith":"ApiKey"' "$work/answer.json" || fail "the fake Palette did not see the Palette API key"
 code=$(curl -sS -o /dev/null -w '%{http_code}' -H "ApiKey: pgw_wrong-key" "http://127.0.0.1:$port/v1/spectroclusters")
 [ "$code" = 401 ] || fail "a wrong key got HTTP $code, not 401"
 echo "200 with the key, 401 without it"
@@ -187,7 +191,7 @@ status=$(podman_ inspect "$name" --format '{{.State.ExitCode}}')
 podman_ logs "$name" >"$work/container.log" 2>&1
 tail -n 5 "$work/container.log"
 [ "$status" = 0 ] || fail "exit code $status after SIGTERM"
-grep -q 'stopped' "$work/container.log" || fail "no \"stopped\" log line after SIGTERM"
+grep -q '"message":"stopped"' "$work/container.log" || fail "no \"stopped\" log line after SIGTERM"
 if grep -q 'demo-palette-api-key' "$work/container.log"; then fail "the Palette key is in the log"; fi
 
 size=$(podman_ image inspect "$image" --format '{{.Size}}')
