@@ -130,3 +130,17 @@ fn every_alert_has_a_runbook_in_the_readme() {
         }
     }
 }
+
+/// The admin listener's default port is not Prometheus's own 9090, and the README's reference
+/// table and the example config say the default the loader really uses.
+#[test]
+fn the_admin_port_default_is_documented_and_not_prometheus() {
+    let text = "[upstream]\nurl = \"http://127.0.0.1:1\"\n[credentials.default]\napi_key_env = \"PALETTE_API_KEY\"\n";
+    let cfg = palette_gateway::config::load_str(text, std::path::Path::new("."), &standard_env()).unwrap();
+    let admin = cfg.server.admin_listen;
+    assert_ne!(admin.port(), 9090, "9090 is Prometheus's own port");
+    let row = format!("| `admin_listen` | `\"IP:port\"` | `\"{admin}\"` |");
+    assert!(readme().contains(&row), "README's [server] table lacks {row}");
+    let example = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/config/gateway.toml")).unwrap();
+    assert!(example.contains(&format!("Default \"{admin}\"")), "config/gateway.toml names another default");
+}
