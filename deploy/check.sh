@@ -143,7 +143,8 @@ check "metric names used by the dashboard and the alerts (metric-names.py)" metr
 # script does not build one). Secret files are replaced by dummies in a scratch directory.
 bin=${PALETTE_GATEWAY_BIN:-}
 if [ -z "$bin" ]; then
-    for candidate in "$repo/target/release/palette-gateway" "$repo/target/debug/palette-gateway"; do
+    for candidate in "$repo/target/x86_64-unknown-linux-gnu/release/palette-gateway" "$repo/target/release/palette-gateway" \
+        "$repo/target/debug/palette-gateway"; do
         if [ -x "$candidate" ]; then
             bin=$candidate
             break
