@@ -12,6 +12,8 @@ W=${BENCH_WORK:-/tmp/pgw-bench}
 CONF=$W/conf
 mkdir -p "$W" "$CONF"
 
+# A GW_BIN given by the caller (.ci/run passes its static release binary) is used as it is.
+GW_BIN_GIVEN=${GW_BIN:+1}
 GW_BIN=${GW_BIN:-$REPO/target/release/palette-gateway}
 UP_BIN=$BENCH_DIR/upstream/target/release/bench-upstream
 IDLE_BIN=$BENCH_DIR/upstream/target/release/idle-clients
@@ -122,8 +124,10 @@ ensure_tools() {
 
 build_all() {
     if [ "${BENCH_NO_BUILD:-0}" != 1 ]; then
-        log "cargo build --release (palette-gateway)"
-        (cd "$REPO" && cargo build --release --locked --quiet)
+        if [ -z "$GW_BIN_GIVEN" ]; then
+            log "cargo build --release (palette-gateway)"
+            (cd "$REPO" && cargo build --release --locked --quiet)
+        fi
         log "cargo build --release --manifest-path bench/upstream/Cargo.toml"
         cargo build --release --locked --quiet --manifest-path "$BENCH_DIR/upstream/Cargo.toml"
     fi

@@ -107,13 +107,14 @@ check "kubectl kustomize deploy/kubernetes/overlays/service" render "$deploy/kub
 check "kubectl kustomize deploy/kubernetes/overlays/service-ha" render "$deploy/kubernetes/overlays/service-ha" "$out/service-ha.yaml"
 check "kubectl kustomize deploy/kubernetes/overlays/sidecar" render "$deploy/kubernetes/overlays/sidecar" "$out/sidecar.yaml"
 check "kubectl kustomize deploy/prometheus" render "$deploy/prometheus" "$out/prometheus.yaml"
+check "kubectl kustomize deploy/grafana" render "$deploy/grafana" "$out/grafana.yaml"
 
 # Core kinds only: the ServiceMonitor, PodMonitor and PrometheusRule are the Prometheus Operator's
 # CRDs, whose schemas kubernetes-validate does not have; consistency.py checks them instead.
 for version in $kube_versions; do
-    check "kubernetes-validate --strict -k $version (base, service, service-ha, sidecar)" \
+    check "kubernetes-validate --strict -k $version (base, service, service-ha, sidecar, grafana)" \
         "$kubernetes_validate" --strict --quiet -k "$version" "$out/base.yaml" "$out/service.yaml" \
-        "$out/service-ha.yaml" "$out/sidecar.yaml"
+        "$out/service-ha.yaml" "$out/sidecar.yaml" "$out/grafana.yaml"
 done
 
 check "promtool check rules deploy/prometheus/rules.yaml" promtool check rules "$deploy/prometheus/rules.yaml"
@@ -147,7 +148,8 @@ check "metric names used by the dashboard and the alerts (metric-names.py)" metr
 # script does not build one). Secret files are replaced by dummies in a scratch directory.
 bin=${PALETTE_GATEWAY_BIN:-}
 if [ -z "$bin" ]; then
-    for candidate in "$repo/target/release/palette-gateway" "$repo/target/debug/palette-gateway"; do
+    for candidate in "$repo/target/x86_64-unknown-linux-gnu/release/palette-gateway" "$repo/target/release/palette-gateway" \
+        "$repo/target/debug/palette-gateway"; do
         if [ -x "$candidate" ]; then
             bin=$candidate
             break

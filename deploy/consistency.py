@@ -8,7 +8,8 @@ config and secret mounts match the paths the image and gateway.toml use; the pod
 the dashboard queries only through its datasource variable; the Dockerfile keeps its promises.
 
     consistency.py RENDER_DIR
-RENDER_DIR holds `kubectl kustomize` output: base.yaml, service.yaml, sidecar.yaml, prometheus.yaml.
+RENDER_DIR holds `kubectl kustomize` output: base.yaml, service.yaml, sidecar.yaml, prometheus.yaml,
+grafana.yaml.
 Needs PyYAML; Python 3.11+ (tomllib).
 """
 
@@ -17,6 +18,7 @@ import re
 import sys
 import tomllib
 from pathlib import Path, PurePosixPath
+from urllib.parse import urlsplit
 
 import yaml
 
@@ -138,14 +140,14 @@ def shared_shape(label, docs, entry_config):
     svc = svc[0]
     check(f"{label}: Service selects the gateway pods", subset(svc["spec"]["selector"], labels))
     sports = {p["name"]: (p["port"], port_of(p["targetPort"], ports)) for p in svc["spec"]["ports"]}
-    check(f"{label}: Service ports http 8080 and admin 9090 reach container ports",
-          sports.get("http") == (8080, ports.get("http")) and sports.get("admin") == (9090, ports.get("admin")), str(sports))
+    check(f"{label}: Service ports http 8080 and admin 9901 reach container ports",
+          sports.get("http") == (8080, ports.get("http")) and sports.get("admin") == (9901, ports.get("admin")), str(sports))
 
     np = find(docs, "NetworkPolicy", "palette-gateway")
     check(f"{label}: one NetworkPolicy", len(np) == 1)
     np = np[0]["spec"]
     check(f"{label}: NetworkPolicy applies to the gateway pods", subset(np["podSelector"]["matchLabels"], labels))
-    check(f"{label}: NetworkPolicy is ingress-only allow-list", np["policyTypes"] == ["Ingress"])
+    check(f"{label}: NetworkPolicy is an ingress and egress allow-list", np["policyTypes"] == ["Ingress", "Egress"])
     rules = {tuple(port_of(p["port"], ports) for p in r["ports"]): r["from"] for r in np["ingress"]}
     client_from = rules.get((ports.get("http"),), [])
     check(f"{label}: proxy port open only to pods labelled palette-gateway/client",
@@ -154,6 +156,19 @@ def shared_shape(label, docs, entry_config):
     check(f"{label}: admin port open only to Prometheus",
           bool(admin_from) and all("namespaceSelector" in f and f.get("podSelector") for f in admin_from))
     check(f"{label}: NetworkPolicy opens no other port", set(rules) == {(ports.get("http"),), (ports.get("admin"),)})
+    egress = np.get("egress", [])
+    dns = [r for r in egress if {(p["port"], p["protocol"]) for p in r.get("ports", [])} == {(53, "UDP"), (53, "TCP")}]
+    check(f"{label}: egress to DNS (53/UDP+TCP) only at kube-dns",
+          len(dns) == 1 and all(t.get("podSelector", {}).get("matchLabels") == {"k8s-app": "kube-dns"} for t in dns[0]["to"]))
+    upstream = urlsplit(cfg["upstream"]["url"]) if cfg else None
+    upstream_port = (upstream.port or (443 if upstream.scheme == "https" else 80)) if upstream else None
+    palette = [r for r in egress if r not in dns]
+    blocks = [t.get("ipBlock") for t in palette[0]["to"]] if len(palette) == 1 else []
+    v4 = [b for b in blocks if b and b["cidr"] == "0.0.0.0/0"]
+    private = {"10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "169.254.0.0/16"}
+    check(f"{label}: egress otherwise only to the upstream port {upstream_port}, not to private ranges",
+          len(palette) == 1 and [(p["port"], p["protocol"]) for p in palette[0]["ports"]] == [(upstream_port, "TCP")]
+          and bool(blocks) and all(blocks) and len(v4) == 1 and private <= set(v4[0].get("except", [])), str(palette))
 
     pdb = find(docs, "PodDisruptionBudget")
     check(f"{label}: PodDisruptionBudget selects the gateway pods", len(pdb) == 1 and subset(pdb[0]["spec"]["selector"]["matchLabels"], labels))
@@ -191,6 +206,9 @@ def main(render_dir):
     entry_config = m.group(2) if m else "/etc/palette-gateway/gateway.toml"
     check("Dockerfile: multi-stage", len(re.findall(r"^FROM ", dockerfile, re.M)) >= 2)
     check("Dockerfile: cargo build --release --locked", "cargo build --release --locked" in dockerfile)
+    froms = re.findall(r"^FROM (.+)$", dockerfile, re.M)
+    check("Dockerfile: the final stage is FROM scratch (nothing at run time)", bool(froms) and froms[-1].strip() == "scratch")
+    check("Dockerfile: the binary is linked statically (+crt-static)", "+crt-static" in dockerfile)
     check("Dockerfile: numeric non-root USER 65532", re.search(r"^USER 65532(:65532)?$", dockerfile, re.M) is not None)
     check("Dockerfile: no HEALTHCHECK", re.search(r"^HEALTHCHECK", dockerfile, re.M) is None)
     check("Dockerfile: OCI labels", all(f"org.opencontainers.image.{k}" in dockerfile for k in ("title", "source", "version", "revision", "licenses")))
@@ -274,7 +292,13 @@ def main(render_dir):
           all(e["port"] in gports and e.get("path") == "/metrics" for e in pm["spec"]["podMetricsEndpoints"]))
 
     # --- dashboard ---
-    dash = json.loads((DEPLOY / "grafana" / "palette-gateway.json").read_text(encoding="utf-8"))
+    dash_text = (DEPLOY / "grafana" / "palette-gateway.json").read_text(encoding="utf-8")
+    dash = json.loads(dash_text)
+    cms = find(load_all(render / "grafana.yaml"), "ConfigMap")
+    check("grafana: the ConfigMap (kubectl kustomize deploy/grafana) holds palette-gateway.json as it is",
+          len(cms) == 1 and cms[0].get("data", {}).get("palette-gateway.json") == dash_text)
+    check("grafana: the ConfigMap is labelled grafana_dashboard: \"1\" (Grafana's dashboard sidecar)",
+          len(cms) == 1 and cms[0]["metadata"].get("labels", {}).get("grafana_dashboard") == "1")
     variables = dash["templating"]["list"]
     check("grafana: a datasource variable", any(v["type"] == "datasource" and v["name"] == "datasource" and v["query"] == "prometheus" for v in variables))
     panels = [p for p in dash["panels"] if p["type"] != "row"] + [p for r in dash["panels"] if r["type"] == "row" for p in r.get("panels", [])]

@@ -19,26 +19,22 @@ if ! command -v promtool >/dev/null || ! command -v prometheus >/dev/null; then
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus curl >/dev/null
 fi
 
-# The demo listens on 127.0.0.1:8080 (proxy) and 127.0.0.1:9090 (admin). Installing Debian's
-# prometheus package on a machine with systemd starts a server on :9090: stop it first.
-if curl -fsS -o /dev/null http://127.0.0.1:9090/-/ready 2>/dev/null; then
-    systemctl stop prometheus 2>/dev/null || service prometheus stop 2>/dev/null || pkill -x prometheus || true
-    sleep 1
-fi
+# The demo listens on 127.0.0.1:8080 (proxy) and 127.0.0.1:9901 (admin): not 9090, so a
+# Prometheus server that Debian's prometheus package starts on :9090 is no obstacle.
 "$bin" --demo >"$work/gateway.log" 2>&1 &
 pids+=($!)
 for _ in $(seq 1 100); do
-    curl -fsS http://127.0.0.1:9090/healthz >/dev/null 2>&1 && break
+    curl -fsS http://127.0.0.1:9901/healthz >/dev/null 2>&1 && break
     sleep 0.1
 done
-curl -fsS http://127.0.0.1:9090/healthz >/dev/null
+curl -fsS http://127.0.0.1:9901/healthz >/dev/null
 
 key=pgw_demo-ci-key-0123456789abcdefghijklmnopqrstuv
 for _ in 1 2 3; do curl -fsS -H "ApiKey: $key" http://127.0.0.1:8080/v1/spectroclusters >/dev/null; done
 curl -sS -o /dev/null -X DELETE -H "ApiKey: $key" http://127.0.0.1:8080/v1/spectroclusters/x
 
 echo "promtool check metrics:"
-curl -fsS http://127.0.0.1:9090/metrics | promtool check metrics
+curl -fsS http://127.0.0.1:9901/metrics | promtool check metrics
 echo "ok"
 
 cat >"$work/prometheus.yml" <<YAML
@@ -47,7 +43,7 @@ global:
 scrape_configs:
   - job_name: palette-gateway
     static_configs:
-      - targets: ["127.0.0.1:9090"]
+      - targets: ["127.0.0.1:9901"]
 YAML
 prometheus --config.file="$work/prometheus.yml" --storage.tsdb.path="$work/tsdb" \
     --web.listen-address=127.0.0.1:9099 >"$work/prometheus.log" 2>&1 &

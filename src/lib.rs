@@ -8,7 +8,7 @@
 //!   (listeners, TLS/mTLS, HTTP/1.1 + HTTP/2, drain), [`admin`] (`/healthz`, `/readyz`,
 //!   metrics), [`metrics`], [`runtime`] (the snapshot a request takes, built by one function
 //!   for start-up and reload), `watcher` (reload triggers), `signals`, [`credentials`] (token
-//!   managers), [`kubernetes`] (ServiceAccount tokens: TokenReview cache, key set), [`limit`] (client limits, Palette budget), [`upstream`] (the pooled client),
+//!   managers), [`kubernetes`] (ServiceAccount tokens: TokenReview cache, key set), [`limit`] (client limits, Palette budget), [`upstream`] (the pooled client; `dns` resolves its names in pure Rust),
 //!   [`cli`], [`explain`] (`palette-gateway explain`: one request through the request path's own
 //!   decisions, nothing sent), [`build`] (the git commit), [`demo`] (the offline demo, with the
 //!   `fake-palette` crate of this workspace behind the default `demo` feature).
@@ -52,6 +52,7 @@ pub mod cluster;
 pub mod config;
 pub mod credentials;
 pub mod demo;
+pub(crate) mod dns;
 pub mod error;
 pub mod explain;
 pub mod kubernetes;

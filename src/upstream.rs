@@ -12,6 +12,7 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 use crate::body::Body;
 use crate::config::UpstreamConfig;
+use crate::dns::Resolver;
 
 /// Why an upstream exchange failed.
 #[derive(Debug, thiserror::Error)]
@@ -30,7 +31,7 @@ pub enum UpstreamFailure {
 /// A pooled, keep-alive client to the configured upstream.
 #[derive(Clone)]
 pub struct UpstreamClient {
-    client: Client<HttpsConnector<HttpConnector>, Body>,
+    client: Client<HttpsConnector<HttpConnector<Resolver>>, Body>,
     scheme: http::uri::Scheme,
     authority: http::uri::Authority,
     request_timeout: Duration,
@@ -43,8 +44,16 @@ impl std::fmt::Debug for UpstreamClient {
 }
 
 impl UpstreamClient {
-    /// Builds the client; trusted roots are the system's, webpki's and `ca_file`'s.
+    /// Builds the client; trusted roots are the system's, webpki's and `ca_file`'s; names are
+    /// resolved in pure Rust from `/etc/resolv.conf` (see `dns`).
     pub fn new(cfg: &UpstreamConfig) -> Self {
+        Self::with_resolver(cfg, Resolver::system(cfg.connect_timeout))
+    }
+
+    /// [`UpstreamClient::new`] with a given resolver (tests point it at a fake name server).
+    pub(crate) fn with_resolver(cfg: &UpstreamConfig, resolver: Resolver) -> Self {
+        // webpki's roots are compiled in, so a `FROM scratch` image (no /etc/ssl) verifies
+        // Palette's certificate; the system's roots (none there) and `ca_file` add to them.
         let mut roots = rustls::RootCertStore::empty();
         roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
         let native = rustls_native_certs::load_native_certs();
@@ -66,7 +75,7 @@ impl UpstreamClient {
                     .with_root_certificates(rustls::RootCertStore::empty())
                     .with_no_client_auth()
             });
-        let mut http = HttpConnector::new();
+        let mut http = HttpConnector::new_with_resolver(resolver);
         http.enforce_http(false);
         http.set_nodelay(true);
         http.set_connect_timeout(Some(cfg.connect_timeout));
@@ -133,4 +142,73 @@ fn chain(e: &(dyn std::error::Error + 'static)) -> String {
         source = s.source();
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{load_str, MapEnv};
+    use std::net::Ipv4Addr;
+
+    /// An HTTP server on a loopback port answering every request with 204, and its port.
+    async fn http_server() -> (u16, tokio::task::JoinHandle<()>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let task = tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let svc = hyper::service::service_fn(|_req| async {
+                    Ok::<_, std::convert::Infallible>(
+                        Response::builder().status(204).body(http_body_util::Empty::<bytes::Bytes>::new()).unwrap(),
+                    )
+                });
+                let io = hyper_util::rt::TokioIo::new(stream);
+                tokio::spawn(hyper::server::conn::http1::Builder::new().serve_connection(io, svc));
+            }
+        });
+        (port, task)
+    }
+
+    fn config(url: &str) -> crate::config::Config {
+        let text = format!(
+            "[upstream]\nurl = \"{url}\"\nconnect_timeout = \"1s\"\n[credentials.default]\napi_key_env = \"K\"\n"
+        );
+        load_str(&text, std::path::Path::new("."), &MapEnv::new().with("K", "k-1")).unwrap()
+    }
+
+    async fn get(client: &UpstreamClient) -> Result<Response<Incoming>, UpstreamFailure> {
+        let req = Request::get(client.uri("/v1/x").unwrap()).body(crate::body::empty()).unwrap();
+        client.send(req).await
+    }
+
+    /// The upstream host name is resolved by the pure-Rust resolver (a fake name server here)
+    /// and the request reaches the address it answered.
+    #[tokio::test]
+    async fn upstream_names_are_resolved_without_getaddrinfo() {
+        let (port, server) = http_server().await;
+        let (resolver, dns) = crate::dns::tests::fake_dns(Some(Ipv4Addr::LOCALHOST), Duration::from_secs(1)).await;
+        let cfg = config(&format!("http://palette.gateway.test:{port}"));
+        let client = UpstreamClient::with_resolver(&cfg.upstream, resolver);
+        assert_eq!(get(&client).await.unwrap().status(), 204);
+        server.abort();
+        dns.abort();
+    }
+
+    /// A name server that never answers is a connect failure within `connect_timeout`, and the
+    /// message names DNS; `localhost` still works with DNS down.
+    #[tokio::test]
+    async fn silent_dns_is_a_connect_failure_and_localhost_needs_no_dns() {
+        let (port, server) = http_server().await;
+        let (resolver, dns) = crate::dns::tests::fake_dns(None, Duration::from_millis(300)).await;
+        let cfg = config(&format!("http://palette.gateway.test:{port}"));
+        let client = UpstreamClient::with_resolver(&cfg.upstream, resolver.clone());
+        match get(&client).await {
+            Err(UpstreamFailure::Connect(m)) => assert!(m.contains("DNS lookup of palette.gateway.test"), "{m}"),
+            other => panic!("{other:?}"),
+        }
+        let cfg = config(&format!("http://localhost:{port}"));
+        let client = UpstreamClient::with_resolver(&cfg.upstream, resolver);
+        assert_eq!(get(&client).await.unwrap().status(), 204);
+        server.abort();
+        dns.abort();
+    }
 }

@@ -163,7 +163,7 @@ fn default_listen() -> String {
 }
 
 fn default_admin_listen() -> String {
-    "127.0.0.1:9090".into()
+    "127.0.0.1:9901".into()
 }
 
 /// `[server.tls]`.

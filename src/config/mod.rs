@@ -241,7 +241,7 @@ pub struct ServerConfig {
     /// operator opens it. Bound once: a reload may not move it.
     pub listen: SocketAddr,
     /// The admin listener: `/healthz`, `/readyz`, `/metrics` (`server.admin_listen`). Default
-    /// `127.0.0.1:9090`; a port of its own, so that it can stay private when the proxy is open.
+    /// `127.0.0.1:9901`; a port of its own, so that it can stay private when the proxy is open.
     pub admin_listen: SocketAddr,
     /// HTTPS (and mTLS when it verifies clients).
     pub tls: Option<ServerTls>,

@@ -26,6 +26,7 @@ mod metrics;
 mod paths;
 mod policy_scope;
 mod readiness;
+mod readme;
 mod reload;
 mod server_limits;
 mod shutdown;
