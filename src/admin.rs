@@ -1,5 +1,6 @@
 //! The admin listener's endpoints: `/healthz` (serving), `/readyz` (config loaded and every
-//! login credential holds a valid token) and `/metrics` (Prometheus text format).
+//! login credential holds a valid token; it also lists project names that do not resolve)
+//! and `/metrics` (Prometheus text format).
 
 use std::convert::Infallible;
 use std::future::{ready, Ready};
@@ -70,11 +71,25 @@ impl Admin {
                 })
             })
             .collect();
-        if waiting.is_empty() {
-            json(StatusCode::OK, serde_json::json!({"status": "ready"}))
+        let mut answer = if waiting.is_empty() {
+            (StatusCode::OK, serde_json::json!({"status": "ready"}))
         } else {
-            json(StatusCode::SERVICE_UNAVAILABLE, serde_json::json!({"status": "not ready", "credentials": waiting}))
+            (StatusCode::SERVICE_UNAVAILABLE, serde_json::json!({"status": "not ready", "credentials": waiting}))
+        };
+        // Project names without a uid are listed, but do not make the gateway unready: only
+        // the requests that need them are refused.
+        let unresolved: Vec<_> = rt
+            .projects
+            .unresolved()
+            .into_iter()
+            .map(|(credential, project, reason)| {
+                serde_json::json!({"credential": &*credential, "project": &*project, "reason": reason})
+            })
+            .collect();
+        if !unresolved.is_empty() {
+            answer.1["unresolved_projects"] = serde_json::Value::Array(unresolved);
         }
+        json(answer.0, answer.1)
     }
 }
 

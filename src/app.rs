@@ -19,6 +19,7 @@ use crate::admin::Admin;
 use crate::config::{self, Config, ConfigError, Environment, ServerLimits};
 use crate::credentials::{InvalidKey, TokenManager};
 use crate::metrics::Metrics;
+use crate::projects::Lookup;
 use crate::proxy::Gateway;
 use crate::runtime::{Runtime, SharedRuntime};
 use crate::server::{ConnSettings, SettingsSource};
@@ -92,6 +93,8 @@ struct Core {
     /// The root token: cancelling it stops everything.
     root: CancellationToken,
     refreshers: Mutex<Vec<Refresher>>,
+    /// The project name lookups' tasks, with what stops each.
+    lookups: Mutex<Vec<(Arc<Lookup>, CancellationToken)>>,
     /// Why the gateway cannot go on (the first reason), once `failed` fires.
     fatal: Mutex<Option<String>>,
     /// Fires when a task fails for good; not a child of `root`, a stop does not fire it.
@@ -110,6 +113,7 @@ impl Core {
             tasks: TaskTracker::new(),
             root: CancellationToken::new(),
             refreshers: Mutex::new(Vec::new()),
+            lookups: Mutex::new(Vec::new()),
             fatal: Mutex::new(None),
             failed: CancellationToken::new(),
         })
@@ -164,6 +168,28 @@ impl Core {
         }
     }
 
+    /// Starts the task of every project name lookup of the live runtime that has none, and
+    /// stops those whose lookup is gone.
+    fn sync_lookup_tasks(&self) {
+        let rt = self.runtime.load();
+        let live: Vec<Arc<Lookup>> = rt.projects.lookups().cloned().collect();
+        let mut running = self.lookups.lock().unwrap_or_else(|p| p.into_inner());
+        running.retain(|(l, cancel)| {
+            let keep = live.iter().any(|m| Arc::ptr_eq(m, l));
+            if !keep {
+                cancel.cancel();
+            }
+            keep
+        });
+        for l in live {
+            if !running.iter().any(|(r, _)| Arc::ptr_eq(r, &l)) {
+                let cancel = self.root.child_token();
+                self.tasks.spawn(l.clone().run(cancel.clone()));
+                running.push((l, cancel));
+            }
+        }
+    }
+
     fn reload(&self, path: &Path, env: &dyn Environment) -> Result<(), ReloadError> {
         let result = config::load(path, env).map_err(ReloadError::from).and_then(|cfg| self.apply(cfg));
         match &result {
@@ -198,6 +224,7 @@ impl Core {
         }
         self.runtime.store(Arc::new(Runtime::build(cfg, Some(&old), &self.metrics)?));
         self.sync_token_tasks();
+        self.sync_lookup_tasks();
         Ok(())
     }
 }
@@ -276,6 +303,7 @@ impl RunningGateway {
             core.root.child_token(),
         ));
         core.sync_token_tasks();
+        core.sync_lookup_tasks();
         tracing::info!(%proxy_addr, %admin_addr, "palette-gateway listening");
         Ok(RunningGateway { proxy_addr, admin_addr, core, draining, proxy_listener, proxy_server: Some(proxy_server) })
     }

@@ -71,8 +71,11 @@ pub fn main() -> ExitCode {
                 return ExitCode::from(2);
             };
             match config::load(&path, &ProcessEnv) {
-                Ok(_) => {
+                Ok(cfg) => {
                     println!("{}: ok", path.display());
+                    if let Some(note) = crate::projects::check_note(&cfg) {
+                        println!("{note}");
+                    }
                     ExitCode::SUCCESS
                 }
                 Err(e) => {

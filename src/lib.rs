@@ -51,6 +51,7 @@ pub mod demo;
 pub mod error;
 pub mod limit;
 pub mod metrics;
+pub mod projects;
 #[allow(clippy::disallowed_methods, clippy::disallowed_types)]
 pub mod proxy;
 pub mod runtime;

@@ -39,6 +39,12 @@ pub struct Metrics {
     pub config_reloads: IntCounterVec,
     /// `palette_gateway_config_last_reload_success_timestamp_seconds`.
     pub config_last_reload_success: Gauge,
+    /// `palette_gateway_project_names_unresolved{credential,project}`: 1 while a configured
+    /// project name has no uid (not found, ambiguous, lookup pending or failing), else 0.
+    pub project_names_unresolved: IntGaugeVec,
+    /// `palette_gateway_project_name_refusals_total{project}`: requests refused because a
+    /// project name they needed did not resolve.
+    pub project_name_refusals: IntCounterVec,
 }
 
 /// Latency buckets from 1 ms to 60 s: a proxy hop is milliseconds, a Palette call up to the
@@ -133,6 +139,20 @@ impl Metrics {
         register(&registry, Box::new(build_info));
         #[cfg(target_os = "linux")]
         register(&registry, Box::new(prometheus::process_collector::ProcessCollector::for_self()));
+        let project_names_unresolved = IntGaugeVec::new(
+            Opts::new(
+                "palette_gateway_project_names_unresolved",
+                "1 while a configured project name has no uid (not found, ambiguous, or its lookup pending or failing), by credential and project name.",
+            ),
+            &["credential", "project"],
+        )
+        .unwrap_or_else(|e| unreachable_metric("project_names_unresolved", e));
+        register(&registry, Box::new(project_names_unresolved.clone()));
+        let project_name_refusals = counter(
+            "palette_gateway_project_name_refusals_total",
+            "Requests refused because a project name they needed did not resolve, by project name.",
+            &["project"],
+        );
         for reason in ["missing", "unknown_key", "forbidden", "project"] {
             auth_failures.with_label_values(&[reason]);
         }
@@ -152,6 +172,8 @@ impl Metrics {
             token_expiry,
             config_reloads,
             config_last_reload_success,
+            project_names_unresolved,
+            project_name_refusals,
         }
     }
 

@@ -11,6 +11,7 @@ use crate::credentials::{Credentials, InvalidKey};
 use crate::limit::upstream::UpstreamBudget;
 use crate::limit::ClientLimits;
 use crate::metrics::Metrics;
+use crate::projects::ProjectNames;
 use crate::upstream::UpstreamClient;
 
 /// Everything a request needs, swapped whole on reload.
@@ -27,6 +28,8 @@ pub struct Runtime {
     pub(crate) budget: UpstreamBudget,
     /// Local keys already matched to a client (this snapshot's clients only).
     pub(crate) key_cache: auth::KeyCache,
+    /// Project names resolved per credential (process-lifetime: carried across reloads).
+    pub(crate) projects: ProjectNames,
 }
 
 /// The live runtime, shared by the listeners and reload.
@@ -36,8 +39,9 @@ impl Runtime {
     /// Builds the runtime for `config`. With `previous` (a reload), what did not change carries
     /// over: the upstream client (and with it the token managers whose settings are the same,
     /// token and all) when the upstream settings are unchanged, and the rate-limit state of
-    /// unchanged clients and budget prefixes. The key cache always starts empty: it names this
-    /// snapshot's clients.
+    /// unchanged clients and budget prefixes, and the project name lookups of unchanged
+    /// credentials (see [`ProjectNames::build`]). The key cache always starts empty: it names
+    /// this snapshot's clients.
     pub(crate) fn build(config: Config, previous: Option<&Runtime>, metrics: &Metrics) -> Result<Runtime, InvalidKey> {
         let same_upstream = previous.filter(|p| same_upstream(&config, &p.config));
         let upstream = match same_upstream {
@@ -53,7 +57,23 @@ impl Runtime {
             metrics,
             budget.auth_bucket(),
         )?;
-        Ok(Runtime { config: Arc::new(config), credentials, upstream, limits, budget, key_cache: Default::default() })
+        let projects = ProjectNames::build(
+            &config,
+            &credentials,
+            &upstream,
+            &budget,
+            same_upstream.map(|p| &p.projects),
+            metrics,
+        );
+        Ok(Runtime {
+            config: Arc::new(config),
+            credentials,
+            upstream,
+            limits,
+            budget,
+            key_cache: Default::default(),
+            projects,
+        })
     }
 }
 

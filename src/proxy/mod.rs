@@ -57,6 +57,7 @@ pub(crate) mod limits;
 pub mod path;
 pub mod pattern;
 pub(crate) mod policy;
+pub(crate) mod project_names;
 pub(crate) mod request_id;
 pub(crate) mod request_log;
 pub(crate) mod rescue;
@@ -212,7 +213,8 @@ async fn process(
     // Scope is decided on the headers as the client sent them (a `Connection: ProjectUid`
     // cannot hide a project from the check); every removal comes next, then every header the
     // gateway decides, so none can be taken away. The log records what goes upstream.
-    let scope = scope::decide(client, matched.route, &parts.headers, parts.uri.query())?;
+    let scope =
+        project_names::decide(rt, metrics, client, matched.route, &parts.headers, parts.uri.query()).await?;
     let decided = hygiene::Decided {
         forwarded_for: &conn.forwarded_for,
         tls: conn.tls,

@@ -3,6 +3,10 @@
 //! without one, the client's own request passes only for a project it is allowed. The header
 //! itself is set by `forward::request_headers`, after every removal, so nothing the client
 //! sends can take the decided project away.
+//!
+//! Project names (a route's `project`, a client's `projects` names) come resolved, in
+//! [`Names`]; a name without a uid matches nothing (fail closed): a route's unresolved name
+//! refuses the request, naming the project, and a client's never allows a `ProjectUid`.
 
 use std::borrow::Cow;
 
@@ -11,7 +15,8 @@ use http::{HeaderMap, HeaderValue};
 use percent_encoding::percent_decode_str;
 
 use crate::config::{Client, Route};
-use crate::error::GatewayError;
+use crate::error::{GatewayError, UnresolvedProject};
+use crate::projects::Resolution;
 
 /// `ProjectUid` (header names are case-insensitive; `ProjectUID` is the same header).
 pub const PROJECT_UID: &str = "projectuid";
@@ -26,6 +31,28 @@ pub struct Scope {
     pub query: Option<String>,
 }
 
+/// What the project names a request involves resolved to, for the requesting client's
+/// credential: the route's `project` and the client's `projects` names. A name left out (or
+/// the whole view left empty) resolves to nothing.
+#[derive(Debug, Default)]
+pub struct Names {
+    /// The route's `project` name's resolution.
+    pub route: Option<Resolution>,
+    /// Each of the client's `projects` names with its resolution.
+    pub client: Vec<(std::sync::Arc<str>, Resolution)>,
+}
+
+/// [`decide_with`] with no name resolved: a route's `project` name refuses the request and a
+/// client's names allow nothing.
+pub fn decide(
+    client: &Client,
+    route: Option<&Route>,
+    headers: &HeaderMap,
+    query: Option<&str>,
+) -> Result<Scope, GatewayError> {
+    decide_with(client, route, &Names::default(), headers, query)
+}
+
 /// Decides the scope from the client's request, before any header is removed: a client cannot
 /// hide its `ProjectUid` from this check (by naming it in `Connection`, say). The headers are
 /// not changed here; [`crate::proxy::hygiene::request_headers`] removes every client `ProjectUid` and
@@ -34,13 +61,26 @@ pub struct Scope {
 /// An empty value (`ProjectUID: ""`, which Palette's TypeScript SDK sends when no project is
 /// set, or `?ProjectUid=`) asks for no project: alone it means tenant scope, and beside a
 /// non-empty value it is ignored, so the non-empty one is checked as if it were alone.
-pub fn decide(
+///
+/// A route's `project` name sets its resolved uid (or refuses the request, naming the project);
+/// a client's `ProjectUid` passes when it is one of the client's uids or the uid one of its
+/// names resolved to.
+pub fn decide_with(
     client: &Client,
     route: Option<&Route>,
+    names: &Names,
     headers: &HeaderMap,
     query: Option<&str>,
 ) -> Result<Scope, GatewayError> {
     if let Some(project) = route.and_then(|r| r.project_uid.clone()) {
+        let query = query.map(strip_project_params).filter(|q| !q.is_empty());
+        return Ok(Scope { project: Some(project), query });
+    }
+    if let Some((route, name)) = route.and_then(|r| r.project_name.as_ref().map(|n| (r, n))) {
+        let resolution = names.route.clone().unwrap_or(Resolution::Pending);
+        let Resolution::Uid(project) = resolution else {
+            return Err(route_unresolved(client, &route.name, name, &resolution));
+        };
         let query = query.map(strip_project_params).filter(|q| !q.is_empty());
         return Ok(Scope { project: Some(project), query });
     }
@@ -75,11 +115,11 @@ pub fn decide(
     }
     let project = match asked {
         None => None,
-        Some(uid) if client.projects.allows(&uid) => Some(
+        Some(uid) if client.projects.allows(&uid) || names.client.iter().any(|(_, r)| r.uid().is_some_and(|v| v == uid.as_str())) => Some(
             HeaderValue::from_str(&uid)
                 .map_err(|_| GatewayError::BadRequest("ProjectUid is not a valid header value".into()))?,
         ),
-        Some(uid) => return Err(GatewayError::ProjectForbidden { client: client.name.to_string(), project: uid }),
+        Some(uid) => return Err(client_forbidden(client, names, uid)),
     };
     // An empty `ProjectUid=` is dropped: Palette sees the decided scope and nothing that could
     // read as another (the non-empty parameters, if any, all name the checked project).
@@ -88,6 +128,48 @@ pub fn decide(
         other => other.map(str::to_string),
     };
     Ok(Scope { project, query })
+}
+
+/// A route's `project` name without a uid: 404 when Palette has no such project, 403 when
+/// several share the name, 503 while the lookup is pending or failing.
+fn route_unresolved(client: &Client, route: &str, name: &str, r: &Resolution) -> GatewayError {
+    let kind = match r {
+        Resolution::NotFound => UnresolvedProject::NotFound,
+        Resolution::Ambiguous(_) => UnresolvedProject::Ambiguous,
+        Resolution::Uid(_) | Resolution::Pending | Resolution::Failed(_) => UnresolvedProject::Unavailable,
+    };
+    GatewayError::ProjectNameUnresolved {
+        message: format!(
+            "route {route} sets project {name:?}, which does not resolve for client {}: {}",
+            client.name,
+            r.reason()
+        ),
+        kind,
+    }
+}
+
+/// A `ProjectUid` outside the client's projects; when some of its names did not resolve, the
+/// answer names them (they may be why).
+fn client_forbidden(client: &Client, names: &Names, uid: String) -> GatewayError {
+    let unresolved: Vec<String> = client
+        .project_names
+        .iter()
+        .filter_map(|n| {
+            let r = names.client.iter().find(|(m, _)| m == n).map_or(Resolution::Pending, |(_, r)| r.clone());
+            r.uid().is_none().then(|| format!("{n:?} ({})", r.reason()))
+        })
+        .collect();
+    if unresolved.is_empty() {
+        return GatewayError::ProjectForbidden { client: client.name.to_string(), project: uid };
+    }
+    GatewayError::ProjectNameUnresolved {
+        message: format!(
+            "client {} may not use project {uid}; these of its project names do not resolve: {}",
+            client.name,
+            unresolved.join(", ")
+        ),
+        kind: UnresolvedProject::NotAllowed,
+    }
 }
 
 /// Decoded `name=value` pairs the way Go's `url.ParseQuery` reads them (`+` is a space), and
@@ -145,6 +227,7 @@ mod tests {
             name: Arc::from("ci"),
             credential: 0,
             projects,
+            project_names: Vec::new(),
             allow: None,
             allow_credential_endpoints: Vec::new(),
             rate_limit: None,
@@ -157,6 +240,7 @@ mod tests {
             path_prefix: "/x".into(),
             strip_prefix: false,
             project_uid: Some(HeaderValue::from_str(project).unwrap()),
+            project_name: None,
             methods: None,
             clients: None,
         }
@@ -175,12 +259,12 @@ mod tests {
         let h = headers(&[("ProjectUID", "evil"), ("projectuid", "evil2")]);
         let s = decide(
             &client(Projects::Only(vec![])),
-            Some(&route("p001")),
+            Some(&route("5ca1ab1e0000000000000001")),
             &h,
             Some("a=1&projectUid=evil&Project%55id=e&b=2"),
         )
         .unwrap();
-        assert_eq!(s.project.unwrap(), "p001");
+        assert_eq!(s.project.unwrap(), "5ca1ab1e0000000000000001");
         assert_eq!(s.query.as_deref(), Some("a=1&b=2"));
     }
 
@@ -196,7 +280,7 @@ mod tests {
         let s = decide(&c, None, &h, Some("a=1;ProjectUid=p1")).unwrap();
         assert_eq!(s.project.unwrap(), "p1");
         // Under a route's project, a pair hiding one after ';' goes whole.
-        let s = decide(&c, Some(&route("p001")), &h, Some("a=1;ProjectUid=evil&b=2")).unwrap();
+        let s = decide(&c, Some(&route("5ca1ab1e0000000000000001")), &h, Some("a=1;ProjectUid=evil&b=2")).unwrap();
         assert_eq!(s.query.as_deref(), Some("b=2"));
     }
 
