@@ -126,6 +126,15 @@ struct Io {
     bucket: Option<Arc<Bucket>>,
 }
 
+/// Where a lookup gets its listings.
+enum Source {
+    /// Palette, the way requests reach it.
+    Palette(ArcSwap<Io>),
+    /// A stand-in for unit tests (paused time, no sockets).
+    #[cfg(test)]
+    Test(tests::Fetch),
+}
+
 /// One credential's project names: the last listing and the task that keeps it fresh.
 pub struct Lookup {
     credential: Arc<str>,
@@ -138,7 +147,7 @@ pub struct Lookup {
     attempts: watch::Sender<u64>,
     /// Asks the task for an early lookup (a name missing, a name added by a reload).
     wake: Notify,
-    io: ArcSwap<Io>,
+    source: Source,
     metrics: Metrics,
 }
 
@@ -149,7 +158,7 @@ impl std::fmt::Debug for Lookup {
 }
 
 impl Lookup {
-    fn new(credential: &str, kind: CredentialKind, io: Io, metrics: Metrics) -> Self {
+    fn new(credential: &str, kind: CredentialKind, source: Source, metrics: Metrics) -> Self {
         Lookup {
             credential: Arc::from(credential),
             kind,
@@ -158,7 +167,7 @@ impl Lookup {
             last_error: Mutex::new(None),
             attempts: watch::Sender::new(0),
             wake: Notify::new(),
-            io: ArcSwap::from_pointee(io),
+            source,
             metrics,
         }
     }
@@ -269,10 +278,21 @@ impl Lookup {
         }
     }
 
-    /// One lookup: budget, credential, `GET` [`METADATA_PATH`], all within the upstream's
-    /// request timeout.
+    /// One lookup, from wherever this one gets them.
     async fn fetch(&self) -> Result<Listing, LookupError> {
-        let io = self.io.load_full();
+        let by_name = match &self.source {
+            Source::Palette(io) => fetch_from(&io.load_full()).await?,
+            #[cfg(test)]
+            Source::Test(fetch) => fetch().await?,
+        };
+        Ok(Listing { by_name, fetched: Instant::now() })
+    }
+}
+
+/// One lookup from Palette: budget, credential, `GET` [`METADATA_PATH`], all within the
+/// upstream's request timeout.
+async fn fetch_from(io: &Io) -> Result<HashMap<String, Vec<HeaderValue>>, LookupError> {
+    {
         let total = io.client.request_timeout();
         let call = async {
             if let Some(bucket) = &io.bucket {
@@ -312,7 +332,7 @@ impl Lookup {
         if status != StatusCode::OK {
             return Err(LookupError::Refused(status, error_code(&bytes)));
         }
-        parse_listing(&bytes).map(|by_name| Listing { by_name, fetched: Instant::now() })
+        parse_listing(&bytes)
     }
 }
 
@@ -392,11 +412,15 @@ impl ProjectNames {
                 continue;
             }
             let io = Io { client: client.clone(), credential: cred.clone(), bucket: bucket.clone() };
-            let reused = previous
-                .and_then(|p| p.lookups().find(|l| *l.credential == *c.name && l.kind == c.kind).cloned());
+            let reused =
+                previous.and_then(|p| p.lookups().find(|l| *l.credential == *c.name && l.kind == c.kind).cloned());
             let lookup = match reused {
                 Some(l) => {
-                    l.io.store(Arc::new(io));
+                    // Irrefutable outside tests, where `Source` has one variant.
+                    #[allow(irrefutable_let_patterns)]
+                    if let Source::Palette(current) = &l.source {
+                        current.store(Arc::new(io));
+                    }
                     let old = l.wanted();
                     let gone: Vec<Arc<str>> = old.iter().filter(|n| !names.contains(n)).cloned().collect();
                     l.forget(&gone);
@@ -406,7 +430,12 @@ impl ProjectNames {
                     }
                     l
                 }
-                None => Arc::new(Lookup::new(&c.name, c.kind.clone(), io, metrics.clone())),
+                None => Arc::new(Lookup::new(
+                    &c.name,
+                    c.kind.clone(),
+                    Source::Palette(ArcSwap::from_pointee(io)),
+                    metrics.clone(),
+                )),
             };
             lookup.wanted.store(Arc::new(names));
             lookup.publish();

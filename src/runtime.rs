@@ -57,14 +57,8 @@ impl Runtime {
             metrics,
             budget.auth_bucket(),
         )?;
-        let projects = ProjectNames::build(
-            &config,
-            &credentials,
-            &upstream,
-            &budget,
-            same_upstream.map(|p| &p.projects),
-            metrics,
-        );
+        let projects =
+            ProjectNames::build(&config, &credentials, &upstream, &budget, same_upstream.map(|p| &p.projects), metrics);
         Ok(Runtime {
             config: Arc::new(config),
             credentials,

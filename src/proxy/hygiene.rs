@@ -202,7 +202,10 @@ mod tests {
                 h.insert("apikey", HeaderValue::from_static("local"));
                 request_headers(&mut h, &decided(project));
                 let all = |n: &str| h.get_all(n).iter().map(|v| v.to_str().unwrap().to_string()).collect::<Vec<_>>();
-                assert_eq!(all("projectuid"), project.map(|_| "5ca1ab1e0000000000000001".to_string()).into_iter().collect::<Vec<_>>());
+                assert_eq!(
+                    all("projectuid"),
+                    project.map(|_| "5ca1ab1e0000000000000001".to_string()).into_iter().collect::<Vec<_>>()
+                );
                 assert_eq!(all("x-request-id"), ["rid"], "{connection}");
                 assert_eq!(all("x-forwarded-for"), ["10.1.2.3"], "{connection}");
                 assert_eq!(all("x-forwarded-proto"), ["https"], "{connection}");

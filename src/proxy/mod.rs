@@ -213,8 +213,7 @@ async fn process(
     // Scope is decided on the headers as the client sent them (a `Connection: ProjectUid`
     // cannot hide a project from the check); every removal comes next, then every header the
     // gateway decides, so none can be taken away. The log records what goes upstream.
-    let scope =
-        project_names::decide(rt, metrics, client, matched.route, &parts.headers, parts.uri.query()).await?;
+    let scope = project_names::decide(rt, metrics, client, matched.route, &parts.headers, parts.uri.query()).await?;
     let decided = hygiene::Decided {
         forwarded_for: &conn.forwarded_for,
         tls: conn.tls,

@@ -115,10 +115,15 @@ pub fn decide_with(
     }
     let project = match asked {
         None => None,
-        Some(uid) if client.projects.allows(&uid) || names.client.iter().any(|(_, r)| r.uid().is_some_and(|v| v == uid.as_str())) => Some(
-            HeaderValue::from_str(&uid)
-                .map_err(|_| GatewayError::BadRequest("ProjectUid is not a valid header value".into()))?,
-        ),
+        Some(uid)
+            if client.projects.allows(&uid)
+                || names.client.iter().any(|(_, r)| r.uid().is_some_and(|v| v == uid.as_str())) =>
+        {
+            Some(
+                HeaderValue::from_str(&uid)
+                    .map_err(|_| GatewayError::BadRequest("ProjectUid is not a valid header value".into()))?,
+            )
+        }
         Some(uid) => return Err(client_forbidden(client, names, uid)),
     };
     // An empty `ProjectUid=` is dropped: Palette sees the decided scope and nothing that could
@@ -356,5 +361,97 @@ mod tests {
     fn any_project_with_star() {
         let h = headers(&[("ProjectUid", "whatever")]);
         assert!(decide(&client(Projects::Any), None, &h, None).is_ok());
+    }
+
+    const A: &str = "5ca1ab1e00000000000000a1";
+    const B: &str = "5ca1ab1e00000000000000b2";
+
+    fn named_route(name: &str) -> Route {
+        Route { project_uid: None, project_name: Some(Arc::from(name)), ..route("unused") }
+    }
+
+    fn named_client(uids: &[&str], names: &[&str]) -> Client {
+        let mut c = client(Projects::Only(uids.iter().map(|u| u.to_string()).collect()));
+        c.project_names = names.iter().map(|n| Arc::from(*n)).collect();
+        c
+    }
+
+    fn uid(v: &str) -> Resolution {
+        Resolution::Uid(HeaderValue::from_str(v).unwrap())
+    }
+
+    fn status(e: &GatewayError) -> u16 {
+        e.status_and_code().0.as_u16()
+    }
+
+    #[test]
+    fn a_route_by_name_sets_the_resolved_uid_and_drops_the_clients_project() {
+        let names = Names { route: Some(uid(A)), client: Vec::new() };
+        let h = headers(&[("ProjectUid", B)]);
+        let s =
+            decide_with(&client(Projects::Any), Some(&named_route("Default")), &names, &h, Some("ProjectUid=x&a=1"))
+                .unwrap();
+        assert_eq!(s, Scope { project: Some(HeaderValue::from_static(A)), query: Some("a=1".into()) });
+    }
+
+    #[test]
+    fn a_route_name_that_does_not_resolve_refuses_naming_the_project() {
+        let c = client(Projects::Any);
+        let r = named_route("team-x");
+        let refuse = |res: Option<Resolution>| {
+            decide_with(&c, Some(&r), &Names { route: res, client: Vec::new() }, &HeaderMap::new(), None).unwrap_err()
+        };
+        for (res, want) in [
+            (Some(Resolution::NotFound), 404),
+            (Some(Resolution::Ambiguous(2)), 403),
+            (Some(Resolution::Pending), 503),
+            (Some(Resolution::Failed("Palette answered 500".into())), 503),
+            (None, 503),
+        ] {
+            let e = refuse(res.clone());
+            assert_eq!(status(&e), want, "{res:?}");
+            assert!(e.to_string().contains("\"team-x\"") && e.to_string().contains("route r"), "{e}");
+        }
+        // Without a resolution (the fuzz target's entry), a route's name never passes.
+        assert!(decide(&c, Some(&r), &HeaderMap::new(), None).is_err());
+    }
+
+    #[test]
+    fn a_client_may_use_its_uids_and_the_uids_its_names_resolve_to() {
+        let c = named_client(&[B], &["Default", "team-b"]);
+        let names = Names {
+            route: None,
+            client: vec![(Arc::from("Default"), uid(A)), (Arc::from("team-b"), Resolution::NotFound)],
+        };
+        let ask = |v: &str| decide_with(&c, None, &names, &headers(&[("ProjectUid", v)]), None);
+        assert_eq!(ask(A).unwrap().project.unwrap(), A, "the uid of a listed name");
+        assert_eq!(ask(B).unwrap().project.unwrap(), B, "a listed uid");
+        // Another project, the names themselves, or a name's uid in another case: refused, and
+        // the answer names the name that did not resolve.
+        for other in ["5ca1ab1e00000000000000c3", "Default", "team-b", &A.to_uppercase()] {
+            let e = ask(other).unwrap_err();
+            assert_eq!(status(&e), 403, "{other}");
+            assert!(e.to_string().contains("\"team-b\""), "{e}");
+        }
+    }
+
+    #[test]
+    fn a_clients_unresolved_or_ambiguous_names_allow_nothing() {
+        let c = named_client(&[], &["Default"]);
+        for res in [Resolution::Pending, Resolution::NotFound, Resolution::Ambiguous(2), Resolution::Failed("x".into())]
+        {
+            let names = Names { route: None, client: vec![(Arc::from("Default"), res.clone())] };
+            for v in [A, B, "Default", ""] {
+                let got = decide_with(&c, None, &names, &headers(&[("ProjectUid", v)]), None);
+                match v {
+                    "" => assert_eq!(got.unwrap().project, None, "tenant scope stays allowed"),
+                    _ => assert!(got.is_err(), "{res:?} allowed {v}"),
+                }
+            }
+        }
+        // All names resolved and the uid is another: the plain refusal.
+        let names = Names { route: None, client: vec![(Arc::from("Default"), uid(A))] };
+        let e = decide_with(&c, None, &names, &headers(&[("ProjectUid", B)]), None).unwrap_err();
+        assert!(matches!(e, GatewayError::ProjectForbidden { .. }), "{e:?}");
     }
 }

@@ -507,17 +507,38 @@ async fn project_uid_cannot_escape_the_clients_projects() {
         assert_eq!(r.json()["code"], "ProjectForbidden", "{what}");
     }
     let conflicting: Vec<(&str, Vec<u8>)> = vec![
-        ("header + mixed-case query", get("/v1/clusterprofiles?projectUID=p999", &[b"ProjectUid: 5ca1ab1e0000000000000001"])),
-        ("header twice, different case", get("/v1/clusterprofiles", &[b"ProjectUid: 5ca1ab1e0000000000000001", b"PROJECTUID: 5ca1ab1e0000000000000002"])),
+        (
+            "header + mixed-case query",
+            get("/v1/clusterprofiles?projectUID=p999", &[b"ProjectUid: 5ca1ab1e0000000000000001"]),
+        ),
+        (
+            "header twice, different case",
+            get(
+                "/v1/clusterprofiles",
+                &[b"ProjectUid: 5ca1ab1e0000000000000001", b"PROJECTUID: 5ca1ab1e0000000000000002"],
+            ),
+        ),
         ("query twice", get("/v1/clusterprofiles?ProjectUid=5ca1ab1e0000000000000001&projectuid=p999", &[])),
-        ("allowed header, encoded query", get("/v1/clusterprofiles?Project%55id=5ca1ab1e0000000000000002", &[b"ProjectUID: 5ca1ab1e0000000000000001"])),
+        (
+            "allowed header, encoded query",
+            get(
+                "/v1/clusterprofiles?Project%55id=5ca1ab1e0000000000000002",
+                &[b"ProjectUID: 5ca1ab1e0000000000000001"],
+            ),
+        ),
     ];
     for (what, req) in conflicting {
         refused(&h, &req, &[400], what).await;
     }
     // Allowed spellings pass, and Palette sees exactly one header with the checked value.
     for (what, req) in [
-        ("same header twice", get("/v1/clusterprofiles", &[b"ProjectUid: 5ca1ab1e0000000000000001", b"projectuid: 5ca1ab1e0000000000000001"])),
+        (
+            "same header twice",
+            get(
+                "/v1/clusterprofiles",
+                &[b"ProjectUid: 5ca1ab1e0000000000000001", b"projectuid: 5ca1ab1e0000000000000001"],
+            ),
+        ),
         ("padded header", get("/v1/clusterprofiles", &[b"ProjectUid:   5ca1ab1e0000000000000002  "])),
         ("query only", get("/v1/clusterprofiles?projectuid=5ca1ab1e0000000000000002", &[])),
     ] {
@@ -550,7 +571,10 @@ async fn project_uid_cannot_escape_the_clients_projects() {
         let query = got.path_and_query.split_once('?').map(|(_, q)| q.to_ascii_lowercase()).unwrap_or_default();
         for pair in query.split('&') {
             if pair.starts_with("projectuid=") {
-                assert!(pair == "projectuid=5ca1ab1e0000000000000001" || pair == "projectuid=5ca1ab1e0000000000000002", "Palette saw {pair}");
+                assert!(
+                    pair == "projectuid=5ca1ab1e0000000000000001" || pair == "projectuid=5ca1ab1e0000000000000002",
+                    "Palette saw {pair}"
+                );
             }
         }
     }

@@ -290,7 +290,12 @@ async fn empty_project_uid_is_tenant_scope() {
     let r = h.raw(&raw_get("/v1/users", &[("ApiKey", CI_KEY), ("ProjectUID", ""), ("ProjectUid", "p999")])).await;
     assert_eq!(r.status, 403);
     assert_eq!(h.forwarded().len(), forwarded);
-    let r = h.raw(&raw_get("/v1/users", &[("ApiKey", CI_KEY), ("ProjectUID", ""), ("ProjectUid", "5ca1ab1e0000000000000002")])).await;
+    let r = h
+        .raw(&raw_get(
+            "/v1/users",
+            &[("ApiKey", CI_KEY), ("ProjectUID", ""), ("ProjectUid", "5ca1ab1e0000000000000002")],
+        ))
+        .await;
     assert_eq!(r.status, 200);
     assert_eq!(values(&h.last(), "projectuid"), ["5ca1ab1e0000000000000002"]);
 }

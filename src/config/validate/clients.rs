@@ -4,8 +4,8 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use super::limits::rate;
-use super::{is_project_uid_form, project_name_problem};
 use super::valid_name;
+use super::{is_project_uid_form, project_name_problem};
 use crate::config::file::{RawClient, RawConfig, RawCredential};
 use crate::config::problems::Problems;
 use crate::config::{Client, Projects, Rate};

@@ -151,8 +151,12 @@ mod tests {
         assert!(p.iter().any(|l| l.starts_with("routes[0].project: ") && l.contains("write project_uid")), "{p:?}");
         let p = problems(&route("project = \" Default\"\n"));
         assert!(p.iter().any(|l| l.starts_with("routes[0].project: ") && l.contains("white space")), "{p:?}");
-        let cfg = crate::config::load_str(&route("project = \"Team A\"\n"), std::path::Path::new("."), &super::super::tests::env())
-            .unwrap();
+        let cfg = crate::config::load_str(
+            &route("project = \"Team A\"\n"),
+            std::path::Path::new("."),
+            &super::super::tests::env(),
+        )
+        .unwrap();
         assert_eq!(cfg.routes[0].project_name.as_deref(), Some("Team A"));
         assert_eq!(cfg.routes[0].project_uid, None);
     }
