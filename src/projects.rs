@@ -21,6 +21,7 @@
 //! expiry while its refresh is on the way (moka's TTL would evict it).
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -147,6 +148,9 @@ pub struct Lookup {
     attempts: watch::Sender<u64>,
     /// Asks the task for an early lookup (a name missing, a name added by a reload).
     wake: Notify,
+    /// Set with each wake, cleared when a lookup starts: a wake from before the last lookup
+    /// (a stale permit) asks for nothing.
+    early: AtomicBool,
     source: Source,
     metrics: Metrics,
 }
@@ -167,6 +171,7 @@ impl Lookup {
             last_error: Mutex::new(None),
             attempts: watch::Sender::new(0),
             wake: Notify::new(),
+            early: AtomicBool::new(false),
             source,
             metrics,
         }
@@ -207,6 +212,11 @@ impl Lookup {
     /// A request needed a name the listing does not have: look again soon (paced by
     /// [`MISS_RETRY`]), in case the project was created since.
     pub fn missed(&self) {
+        self.ask_early();
+    }
+
+    fn ask_early(&self) {
+        self.early.store(true, Ordering::Release);
         self.wake.notify_one();
     }
 
@@ -218,6 +228,7 @@ impl Lookup {
         let mut failures: u32 = 0;
         loop {
             let started = Instant::now();
+            self.early.store(false, Ordering::Release);
             let result = tokio::select! {
                 () = cancel.cancelled() => return,
                 r = self.fetch() => r,
@@ -249,6 +260,9 @@ impl Lookup {
                     () = cancel.cancelled() => return,
                     () = tokio::time::sleep_until(next) => break,
                     () = self.wake.notified(), if failures == 0 => {
+                        if !self.early.load(Ordering::Acquire) {
+                            continue;
+                        }
                         let early = started + MISS_RETRY;
                         if early < next {
                             tokio::select! {
@@ -424,9 +438,10 @@ impl ProjectNames {
                     let old = l.wanted();
                     let gone: Vec<Arc<str>> = old.iter().filter(|n| !names.contains(n)).cloned().collect();
                     l.forget(&gone);
-                    // A name the last listing has never seen: look it up soon.
-                    if names.iter().any(|n| !old.contains(n)) {
-                        l.wake.notify_one();
+                    // A new name the last listing does not resolve: look it up soon (the
+                    // listing holds every project, so a name it has needs no call).
+                    if names.iter().any(|n| !old.contains(n) && l.resolve(n).uid().is_none()) {
+                        l.ask_early();
                     }
                     l
                 }

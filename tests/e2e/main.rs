@@ -21,6 +21,7 @@ mod logs;
 mod metrics;
 mod paths;
 mod policy_scope;
+mod project_names;
 mod reload;
 mod server_limits;
 mod shutdown;
