@@ -402,14 +402,15 @@ pub struct ProjectNames {
 
 impl ProjectNames {
     /// The lookups `config` needs. With `previous` (a reload) a credential's lookup carries
-    /// over, listing and all, when the credential and the upstream are unchanged; a name it
-    /// does not know yet gets an early lookup.
+    /// over, listing and all, when the credential is unchanged and `same_upstream`; a name its
+    /// listing lacks gets an early lookup. The gauges of names no lookup keeps are dropped.
     pub(crate) fn build(
         config: &Config,
         credentials: &Credentials,
         client: &UpstreamClient,
         budget: &UpstreamBudget,
         previous: Option<&ProjectNames>,
+        same_upstream: bool,
         metrics: &Metrics,
     ) -> Self {
         let bucket = crate::path::check(METADATA_PATH).ok().and_then(|p| budget.bucket_for(&p).cloned());
@@ -426,8 +427,9 @@ impl ProjectNames {
                 continue;
             }
             let io = Io { client: client.clone(), credential: cred.clone(), bucket: bucket.clone() };
-            let reused =
-                previous.and_then(|p| p.lookups().find(|l| *l.credential == *c.name && l.kind == c.kind).cloned());
+            let reused = previous
+                .filter(|_| same_upstream)
+                .and_then(|p| p.lookups().find(|l| *l.credential == *c.name && l.kind == c.kind).cloned());
             let lookup = match reused {
                 Some(l) => {
                     // Irrefutable outside tests, where `Source` has one variant.
@@ -459,7 +461,14 @@ impl ProjectNames {
         }
         for old in previous.into_iter().flat_map(ProjectNames::lookups) {
             if !kept.iter().any(|k| Arc::ptr_eq(k, old)) {
-                old.forget(&old.wanted());
+                // A replacement of the same credential publishes its own series again.
+                let replaced: Vec<Arc<str>> = kept
+                    .iter()
+                    .filter(|k| k.credential == old.credential)
+                    .flat_map(|k| k.wanted().iter().cloned().collect::<Vec<_>>())
+                    .collect();
+                let gone: Vec<Arc<str>> = old.wanted().iter().filter(|n| !replaced.contains(n)).cloned().collect();
+                old.forget(&gone);
             }
         }
         ProjectNames { by_credential }

@@ -57,8 +57,15 @@ impl Runtime {
             metrics,
             budget.auth_bucket(),
         )?;
-        let projects =
-            ProjectNames::build(&config, &credentials, &upstream, &budget, same_upstream.map(|p| &p.projects), metrics);
+        let projects = ProjectNames::build(
+            &config,
+            &credentials,
+            &upstream,
+            &budget,
+            previous.map(|p| &p.projects),
+            same_upstream.is_some(),
+            metrics,
+        );
         Ok(Runtime {
             config: Arc::new(config),
             credentials,
