@@ -254,6 +254,21 @@ async fn a_reload_adding_a_name_looks_it_up_and_an_unchanged_one_keeps_the_listi
     assert_eq!(get("/later/v1/packs").await.0, 200);
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(lookups(&g.fake), settled, "an unchanged reload keeps the lookups, listing and all");
+
+    // A reload that drops the route naming "no-such-project": its gauge series goes too.
+    let unresolved = |samples: &[Sample], project| {
+        samples.iter().any(|s| s.name == "palette_gateway_project_names_unresolved" && s.labels["project"] == project)
+    };
+    assert!(unresolved(&scrape(http, &g.admin).await, "no-such-project"));
+    let without_ghost = rules().replace(
+        "name = \"ghost\"\npath_prefix = \"/ghost\"\nstrip_prefix = true\nproject = \"no-such-project\"\n",
+        "name = \"ghost\"\npath_prefix = \"/ghost\"\n",
+    );
+    std::fs::write(&g.path, g.config_text("", NO_BUDGET, &without_ghost)).unwrap();
+    g.gateway.reload(&g.path, &*env).unwrap();
+    let samples = scrape(http, &g.admin).await;
+    assert!(!unresolved(&samples, "no-such-project"), "a removed name leaves no series");
+    assert!(unresolved(&samples, "team-b"), "the other names keep theirs");
 }
 
 /// `check` accepts names but says, as a note, that it cannot tell offline whether they exist.
