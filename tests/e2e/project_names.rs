@@ -304,3 +304,40 @@ fn check_notes_that_it_cannot_resolve_names_offline() {
     assert!(out.status.success());
     assert!(!String::from_utf8_lossy(&out.stdout).contains("note:"));
 }
+
+/// Lookups spend the Palette budget of their prefix like any request: with a `/v1/dashboard`
+/// budget of one request per 20 s, the start-up lookup leaves a client's dashboard call nothing
+/// (429 naming the upstream budget), while another prefix is untouched.
+#[tokio::test]
+async fn lookups_draw_from_the_dashboard_budget() {
+    let extra = "[upstream.limits]\nmax_wait = \"200ms\"\n[[upstream.limits.prefix]]\nprefix = \"/v1/dashboard\"\nper_second = 0.05\nburst = 1\n";
+    let rules = format!(
+        "[credentials.default]\napi_key_env = \"PALETTE_API_KEY\"\n[[clients]]\nname = \"named\"\nkeys = [\"{}\"]\nprojects = [\"Default\"]\n",
+        key_hash_string(NAMED_KEY)
+    );
+    let h = Harness::start(fake(), extra, &rules).await;
+    assert!(eventually(Duration::from_secs(5), || async { lookups(&h.fake) == 1 }).await);
+    let (status, body) = get(&h, NAMED_KEY, "/v1/dashboard/spectroclusters", None).await;
+    assert_eq!(status, 429, "{body}");
+    assert!(body["message"].as_str().unwrap().contains("upstream"), "{body}");
+    assert_eq!(get(&h, NAMED_KEY, "/v1/packs", Some(DEFAULT_UID)).await.0, 200);
+}
+
+/// A client hammering a route whose project is missing, for 1.5 s and then a hundred at once:
+/// every request is 404, and Palette sees a lookup or two, not one per request.
+#[tokio::test]
+async fn a_flood_of_misses_costs_palette_a_lookup_or_two() {
+    let h = start().await;
+    assert!(eventually(Duration::from_secs(5), || async { lookups(&h.fake) == 2 }).await);
+    let started = std::time::Instant::now();
+    let mut sent = 0;
+    while started.elapsed() < Duration::from_millis(1500) {
+        assert_eq!(get(&h, ADMIN_KEY, "/ghost/v1/packs", None).await.0, 404);
+        sent += 1;
+    }
+    let statuses = futures_util::future::join_all((0..100).map(|_| get(&h, ADMIN_KEY, "/ghost/v1/packs", None))).await;
+    assert!(statuses.iter().all(|(s, _)| *s == 404));
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let extra = lookups(&h.fake) - 2;
+    assert!(extra <= 2, "{extra} lookups for {} misses", sent + 100);
+}
