@@ -229,6 +229,7 @@ impl Lookup {
         loop {
             let started = Instant::now();
             self.early.store(false, Ordering::Release);
+            let before: Vec<Resolution> = self.wanted().iter().map(|n| self.resolve(n)).collect();
             let result = tokio::select! {
                 () = cancel.cancelled() => return,
                 r = self.fetch() => r,
@@ -248,9 +249,10 @@ impl Lookup {
             }
             self.attempts.send_modify(|n| *n += 1);
             self.publish();
-            for name in self.wanted().iter() {
+            // Said once per change, not after every lookup a flood of misses asks for.
+            for (i, name) in self.wanted().iter().enumerate() {
                 let r = self.resolve(name);
-                if r.uid().is_none() {
+                if r.uid().is_none() && before.get(i) != Some(&r) {
                     tracing::warn!(credential = %self.credential, project = %name, reason = %r.reason(), "project name does not resolve");
                 }
             }
