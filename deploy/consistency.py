@@ -25,6 +25,10 @@ failures = []
 passed = 0
 
 
+# Kinds that live outside any namespace (the TokenReview RBAC).
+CLUSTER_SCOPED = {"Namespace", "ClusterRole", "ClusterRoleBinding"}
+
+
 def check(name, ok, detail=""):
     global passed
     if ok:
@@ -162,6 +166,23 @@ def shared_shape(label, docs, entry_config):
     return svc, labels, hpa[0] if hpa else None
 
 
+def token_auth(label, docs, sa_name, tool):
+    """[auth.kubernetes]: the gateway's ServiceAccount may create TokenReviews (and nothing else),
+    and the tool mounts a projected token for the gateway's audience with a short expiry."""
+    bound = [b for b in find(docs, "ClusterRoleBinding")
+             if any(s.get("kind") == "ServiceAccount" and s.get("name") == sa_name for s in b.get("subjects", []))]
+    roles = {r["metadata"]["name"]: r for r in find(docs, "ClusterRole")}
+    rules = [rule for b in bound for rule in roles.get(b["roleRef"]["name"], {}).get("rules", [])]
+    check(f"{label}: ServiceAccount {sa_name} may create tokenreviews, nothing else",
+          rules == [{"apiGroups": ["authentication.k8s.io"], "resources": ["tokenreviews"], "verbs": ["create"]}], str(rules))
+    deps = find(docs, "Deployment", tool)
+    spec = deps[0]["spec"]["template"]["spec"] if deps else {}
+    tokens = [s["serviceAccountToken"] for v in spec.get("volumes", []) for s in v.get("projected", {}).get("sources", [])
+              if "serviceAccountToken" in s]
+    check(f"{label}: {tool} mounts a projected token for audience palette-gateway, at most 1h",
+          any(t.get("audience") == "palette-gateway" and t.get("expirationSeconds", 3600) <= 3600 for t in tokens), str(tokens))
+
+
 def main(render_dir):
     render = Path(render_dir)
     dockerfile = (DEPLOY / "Dockerfile").read_text(encoding="utf-8")
@@ -184,7 +205,7 @@ def main(render_dir):
 
     svc, labels, _ = shared_shape("base", base, entry_config)
     _, _, hpa = shared_shape("service", service, entry_config)
-    check("service: in its own namespace", all(d["metadata"].get("namespace") == "palette-gateway" for d in service if d["kind"] != "Namespace"))
+    check("service: in its own namespace", all(d["metadata"].get("namespace") == "palette-gateway" for d in service if d["kind"] not in CLUSTER_SCOPED))
     check("service: at least 2 replicas", hpa is not None and hpa["spec"]["minReplicas"] >= 2)
 
     # --- sidecar ---
@@ -223,6 +244,9 @@ def main(render_dir):
         tool_secrets += [str(f) for t in tools for f in t.get("envFrom", []) if "secretRef" in f]
         check("sidecar: the tool holds no Palette credential", not tool_secrets, str(tool_secrets))
     check("sidecar: terminationGracePeriodSeconds > 5s shutdown_delay", spec.get("terminationGracePeriodSeconds", 30) > 5)
+
+    token_auth("service", service, "palette-gateway", "example-tool")
+    token_auth("sidecar", sidecar, "example-tool", "example-tool")
 
     # --- monitoring ---
     sms = find(prom, "ServiceMonitor")

@@ -304,6 +304,9 @@ impl RunningGateway {
         ));
         core.sync_token_tasks();
         core.sync_lookup_tasks();
+        // The Kubernetes key set (jwks mode): fetched now and periodically; a reload's new key
+        // set is fetched on its first token.
+        core.tasks.spawn(crate::kubernetes::refresh_loop(runtime.clone(), core.root.child_token()));
         tracing::info!(%proxy_addr, %admin_addr, "palette-gateway listening");
         Ok(RunningGateway { proxy_addr, admin_addr, core, draining, proxy_listener, proxy_server: Some(proxy_server) })
     }

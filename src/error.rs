@@ -7,7 +7,8 @@ use crate::body::{self, Body};
 use crate::path::PathError;
 
 /// A request the gateway answers itself instead of forwarding.
-#[derive(Debug, thiserror::Error)]
+/// `Clone`: a coalesced read shares its failure with every request that waited for it.
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum GatewayError {
     /// The path failed the check.
     #[error("invalid request path: {0}")]
@@ -111,6 +112,10 @@ pub enum GatewayError {
         /// Why no token could be had.
         reason: String,
     },
+    /// A Kubernetes ServiceAccount token cannot be checked now (the API server or its key set is
+    /// unreachable, slow or refuses the gateway): the caller is not at fault, and may retry.
+    #[error("Kubernetes ServiceAccount tokens cannot be checked now: {0}")]
+    IdentityUnavailable(String),
     /// The upstream could not be reached.
     #[error("upstream unavailable: {0}")]
     UpstreamUnavailable(String),
@@ -164,6 +169,7 @@ impl GatewayError {
             GatewayError::PayloadTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "RequestEntityTooLarge"),
             GatewayError::Overloaded(_) => (StatusCode::SERVICE_UNAVAILABLE, "Overloaded"),
             GatewayError::CredentialUnavailable { .. } => (StatusCode::SERVICE_UNAVAILABLE, "CredentialUnavailable"),
+            GatewayError::IdentityUnavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "CredentialUnavailable"),
             GatewayError::UpstreamUnavailable(_) => (StatusCode::BAD_GATEWAY, "UpstreamUnavailable"),
             GatewayError::UpstreamTimeout(_) => (StatusCode::GATEWAY_TIMEOUT, "UpstreamTimeout"),
             GatewayError::UpstreamError(_) => (StatusCode::BAD_GATEWAY, "UpstreamError"),
@@ -190,6 +196,7 @@ impl GatewayError {
             | GatewayError::PayloadTooLarge(_)
             | GatewayError::Overloaded(_)
             | GatewayError::CredentialUnavailable { .. }
+            | GatewayError::IdentityUnavailable(_)
             | GatewayError::UpstreamUnavailable(_)
             | GatewayError::UpstreamTimeout(_)
             | GatewayError::UpstreamError(_)
@@ -209,6 +216,7 @@ impl GatewayError {
                 resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(retry_after));
             }
             GatewayError::Overloaded(_)
+            | GatewayError::IdentityUnavailable(_)
             | GatewayError::ProjectNameUnresolved { kind: UnresolvedProject::Unavailable, .. } => {
                 resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
             }
@@ -291,6 +299,7 @@ mod tests {
                 503,
                 "CredentialUnavailable",
             ),
+            (GatewayError::IdentityUnavailable("x".into()), 503, "CredentialUnavailable"),
             (GatewayError::RequestTimeout("30s".into()), 408, "RequestTimeout"),
             (GatewayError::UpstreamUnavailable("x".into()), 502, "UpstreamUnavailable"),
             (GatewayError::UpstreamTimeout("5s".into()), 504, "UpstreamTimeout"),

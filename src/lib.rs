@@ -8,7 +8,7 @@
 //!   (listeners, TLS/mTLS, HTTP/1.1 + HTTP/2, drain), [`admin`] (`/healthz`, `/readyz`,
 //!   metrics), [`metrics`], [`runtime`] (the snapshot a request takes, built by one function
 //!   for start-up and reload), `watcher` (reload triggers), `signals`, [`credentials`] (token
-//!   managers), [`limit`] (client limits, Palette budget), [`upstream`] (the pooled client),
+//!   managers), [`kubernetes`] (ServiceAccount tokens: TokenReview cache, key set), [`limit`] (client limits, Palette budget), [`upstream`] (the pooled client),
 //!   [`cli`], [`demo`] (the offline demo, with the `fake-palette` crate of this workspace behind
 //!   the default `demo` feature).
 //! - [`config`], what lives for one load: TOML → validated, immutable [`config::Config`].
@@ -40,6 +40,7 @@
 
 pub(crate) mod admin;
 pub mod app;
+pub(crate) mod cache;
 // `body` and `proxy` read std's clock for log-line durations and the send-stall epoch shared
 // with `server` (wall time). The allowance is module-wide; narrowing it to those lines is left.
 #[allow(clippy::disallowed_methods, clippy::disallowed_types)]
@@ -49,6 +50,7 @@ pub mod config;
 pub mod credentials;
 pub mod demo;
 pub mod error;
+pub mod kubernetes;
 pub mod limit;
 pub mod metrics;
 pub mod projects;

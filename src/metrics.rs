@@ -3,8 +3,8 @@
 
 use http::Method;
 use prometheus::{
-    Encoder, Gauge, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
-    TextEncoder,
+    Encoder, Gauge, GaugeVec, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
 
 /// Every metric the gateway exports.
@@ -45,7 +45,50 @@ pub struct Metrics {
     /// `palette_gateway_project_name_refusals_total{project}`: requests refused because a
     /// project name they needed did not resolve.
     pub project_name_refusals: IntCounterVec,
+    /// `palette_gateway_auth_total{method,result}`, each pair resolved once (no lookup per request).
+    auth: [[IntCounter; 3]; 4],
+    /// `palette_gateway_kubernetes_token_review_duration_seconds{result}`.
+    pub kube_review_duration: HistogramVec,
+    /// `palette_gateway_kubernetes_token_review_cache_total{result}`.
+    pub kube_review_cache: IntCounterVec,
+    /// `palette_gateway_cache_hits_total{route}`.
+    pub cache_hits: IntCounterVec,
+    /// `palette_gateway_cache_misses_total{route}`.
+    pub cache_misses: IntCounterVec,
+    /// `palette_gateway_cache_coalesced_total{route}`.
+    pub cache_coalesced: IntCounterVec,
+    /// `palette_gateway_cache_evictions_total`.
+    pub cache_evictions: IntCounter,
+    /// `palette_gateway_cache_bytes`.
+    pub cache_bytes: IntGauge,
 }
+
+/// How a request authenticated (the `method` label of `palette_gateway_auth_total`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthMethod {
+    /// A local key (`ApiKey` or `Authorization: Bearer`).
+    LocalKey = 0,
+    /// A Kubernetes ServiceAccount token.
+    Kubernetes = 1,
+    /// A verified client certificate alone.
+    Mtls = 2,
+    /// No credential: the anonymous client, or a refusal for the lack of one.
+    Anonymous = 3,
+}
+
+/// The `result` label of `palette_gateway_auth_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthResult {
+    /// A client was identified.
+    Ok = 0,
+    /// The credential was refused (401/400).
+    Refused = 1,
+    /// The credential could not be checked now (503).
+    Unavailable = 2,
+}
+
+const AUTH_METHODS: [&str; 4] = ["local_key", "kubernetes", "mtls", "anonymous"];
+const AUTH_RESULTS: [&str; 3] = ["ok", "refused", "unavailable"];
 
 /// Latency buckets from 1 ms to 60 s: a proxy hop is milliseconds, a Palette call up to the
 /// request timeout.
@@ -153,6 +196,49 @@ impl Metrics {
             "Requests refused because a project name they needed did not resolve, by project name.",
             &["project"],
         );
+        let auth_total = counter(
+            "palette_gateway_auth_total",
+            "Local authentications, by method (local_key, kubernetes, mtls, anonymous) and result (ok, refused, unavailable).",
+            &["method", "result"],
+        );
+        let auth = AUTH_METHODS.map(|m| AUTH_RESULTS.map(|r| auth_total.with_label_values(&[m, r])));
+        let kube_review_duration = histogram(
+            "palette_gateway_kubernetes_token_review_duration_seconds",
+            "Time the Kubernetes API server took to answer a TokenReview, by result (ok, refused, error).",
+            &["result"],
+        );
+        let kube_review_cache = counter(
+            "palette_gateway_kubernetes_token_review_cache_total",
+            "ServiceAccount token lookups in the TokenReview cache, by result (hit, miss).",
+            &["result"],
+        );
+        for result in ["hit", "miss"] {
+            kube_review_cache.with_label_values(&[result]);
+        }
+        let cache_hits = counter(
+            "palette_gateway_cache_hits_total",
+            "GET requests answered from the response cache, by route.",
+            &["route"],
+        );
+        let cache_misses = counter(
+            "palette_gateway_cache_misses_total",
+            "GET requests on a caching route that went to Palette, by route.",
+            &["route"],
+        );
+        let cache_coalesced = counter(
+            "palette_gateway_cache_coalesced_total",
+            "GET requests that shared an identical read already in flight, by route.",
+            &["route"],
+        );
+        let cache_evictions = IntCounter::new(
+            "palette_gateway_cache_evictions_total",
+            "Cached answers dropped to stay within cache.max_bytes.",
+        )
+        .unwrap_or_else(|e| unreachable_metric("cache_evictions", e));
+        register(&registry, Box::new(cache_evictions.clone()));
+        let cache_bytes = IntGauge::new("palette_gateway_cache_bytes", "Bytes the response cache holds now.")
+            .unwrap_or_else(|e| unreachable_metric("cache_bytes", e));
+        register(&registry, Box::new(cache_bytes.clone()));
         for reason in ["missing", "unknown_key", "forbidden", "project"] {
             auth_failures.with_label_values(&[reason]);
         }
@@ -174,7 +260,20 @@ impl Metrics {
             config_last_reload_success,
             project_names_unresolved,
             project_name_refusals,
+            auth,
+            kube_review_duration,
+            kube_review_cache,
+            cache_hits,
+            cache_misses,
+            cache_coalesced,
+            cache_evictions,
+            cache_bytes,
         }
+    }
+
+    /// Counts one authentication.
+    pub fn count_auth(&self, method: AuthMethod, result: AuthResult) {
+        self.auth[method as usize][result as usize].inc();
     }
 
     /// The exposition in Prometheus text format.

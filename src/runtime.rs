@@ -6,8 +6,10 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 
 use crate::auth;
+use crate::cache::ResponseCache;
 use crate::config::Config;
 use crate::credentials::{Credentials, InvalidKey};
+use crate::kubernetes::Kubernetes;
 use crate::limit::upstream::UpstreamBudget;
 use crate::limit::ClientLimits;
 use crate::metrics::Metrics;
@@ -30,6 +32,11 @@ pub struct Runtime {
     pub(crate) key_cache: auth::KeyCache,
     /// Project names resolved per credential (process-lifetime: carried across reloads).
     pub(crate) projects: ProjectNames,
+    /// `[auth.kubernetes]`: the ServiceAccount token checker (kept across reloads while the
+    /// section is unchanged, so its cache and key set are too).
+    pub(crate) kubernetes: Option<Arc<Kubernetes>>,
+    /// The response cache (process-lifetime: kept across reloads while `[cache]` is unchanged).
+    pub(crate) cache: Arc<ResponseCache>,
 }
 
 /// The live runtime, shared by the listeners and reload.
@@ -66,6 +73,11 @@ impl Runtime {
             same_upstream.is_some(),
             metrics,
         );
+        let kubernetes = config
+            .kubernetes
+            .as_ref()
+            .map(|k| Kubernetes::build(k, previous.and_then(|p| p.kubernetes.as_ref()), metrics));
+        let cache = ResponseCache::build(config.cache, previous.map(|p| &p.cache), metrics);
         Ok(Runtime {
             config: Arc::new(config),
             credentials,
@@ -74,6 +86,8 @@ impl Runtime {
             budget,
             key_cache: Default::default(),
             projects,
+            kubernetes,
+            cache,
         })
     }
 }

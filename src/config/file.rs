@@ -27,6 +27,26 @@ pub(crate) struct RawConfig {
     pub(crate) rate_limit: RawRateLimits,
     #[serde(default)]
     pub(crate) log: RawLog,
+    #[serde(default)]
+    pub(crate) cache: RawCache,
+}
+
+/// `[cache]`: the bounds of the shared response cache.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawCache {
+    pub(crate) max_bytes: Option<u64>,
+    pub(crate) max_entry_bytes: Option<u64>,
+}
+
+/// A route's `cache = { ttl = "5s", coalesce = true }`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawRouteCache {
+    #[serde(with = "humantime_serde")]
+    pub(crate) ttl: Duration,
+    #[serde(default)]
+    pub(crate) coalesce: bool,
 }
 
 /// `[log]`.
@@ -182,6 +202,25 @@ pub(crate) struct RawCredential {
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawAuth {
     pub(crate) anonymous_client: Option<String>,
+    pub(crate) kubernetes: Option<RawKubernetes>,
+}
+
+/// `[auth.kubernetes]`: ServiceAccount tokens as local credentials.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawKubernetes {
+    pub(crate) mode: String,
+    #[serde(default)]
+    pub(crate) audiences: Vec<String>,
+    #[serde(default, with = "humantime_serde")]
+    pub(crate) cache_ttl: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    pub(crate) timeout: Option<Duration>,
+    pub(crate) api_server: Option<String>,
+    pub(crate) ca_file: Option<PathBuf>,
+    pub(crate) token_file: Option<PathBuf>,
+    pub(crate) issuer: Option<String>,
+    pub(crate) jwks_url: Option<String>,
 }
 
 /// `[[clients]]`.
@@ -199,6 +238,8 @@ pub(crate) struct RawClient {
     #[serde(default)]
     pub(crate) cert_names: Vec<String>,
     pub(crate) rate_limit: Option<RawRate>,
+    #[serde(default)]
+    pub(crate) service_accounts: Vec<String>,
 }
 
 /// `[[routes]]`.
@@ -214,4 +255,5 @@ pub(crate) struct RawRoute {
     pub(crate) project: Option<String>,
     pub(crate) methods: Option<Vec<String>>,
     pub(crate) clients: Option<Vec<String>>,
+    pub(crate) cache: Option<RawRouteCache>,
 }

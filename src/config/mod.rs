@@ -131,11 +131,19 @@ pub struct Config {
     pub(crate) global_rate_limit: Option<Rate>,
     /// `[log]`.
     pub(crate) log: LogConfig,
+    /// `[cache]`: the response cache's bounds.
+    pub cache: CacheConfig,
+    /// Each route's `cache`, by route name (routes without one are absent).
+    pub(crate) route_caches: HashMap<Arc<str>, RouteCache>,
     /// Every file the config read (secrets, certificates): a reload re-reads them, and a change
     /// to one triggers a reload.
     pub(crate) files: Vec<PathBuf>,
     key_index: HashMap<[u8; 32], usize>,
     cert_index: HashMap<String, usize>,
+    /// `[auth.kubernetes]`: ServiceAccount tokens as local credentials.
+    pub(crate) kubernetes: Option<KubernetesAuth>,
+    /// `service_accounts` entries (`ns/name`, `ns/*`) → client.
+    service_account_index: HashMap<String, usize>,
 }
 
 /// A configured client, by its place in [`Config::clients`]: what authentication finds and
@@ -168,15 +176,68 @@ impl Config {
         self.cert_index.get(name).copied().map(ClientId)
     }
 
+    /// The client a ServiceAccount identity belongs to: its `namespace/name` entry, else its
+    /// namespace's `namespace/*`.
+    pub(crate) fn client_by_service_account(&self, namespace: &str, name: &str) -> Option<ClientId> {
+        let exact = format!("{namespace}/{name}");
+        let by = |k: &str| self.service_account_index.get(k).copied().map(ClientId);
+        by(&exact).or_else(|| by(&format!("{namespace}/*")))
+    }
+
     /// The client `id` names.
     pub fn client(&self, id: ClientId) -> &Client {
         &self.clients[id.0]
+    }
+
+    /// `route`'s `cache`: GET answers on it are cached and/or coalesced (`None`: never).
+    pub fn route_cache(&self, route: &Route) -> Option<RouteCache> {
+        if self.route_caches.is_empty() {
+            return None;
+        }
+        self.route_caches.get(&route.name).copied()
     }
 
     /// The config file itself and every file it read.
     pub fn watched_files(&self, config_path: &Path) -> Vec<PathBuf> {
         std::iter::once(config_path.to_path_buf()).chain(self.files.iter().cloned()).collect()
     }
+}
+
+/// `[auth.kubernetes]`: how a ServiceAccount token is checked.
+#[derive(Debug, Clone, PartialEq)]
+pub struct KubernetesAuth {
+    /// `audiences`: a token must be for one of these.
+    pub audiences: Vec<String>,
+    /// `cache_ttl`: how long a positive TokenReview is reused (never past the token's `exp`).
+    /// Default 60s.
+    pub cache_ttl: Duration,
+    /// `timeout`: deadline of every call to the API server (TokenReview, discovery, JWKS).
+    /// Default 5s.
+    pub timeout: Duration,
+    /// `ca_file`: the roots trusted for the API server (only these).
+    pub roots: Vec<rustls::pki_types::CertificateDer<'static>>,
+    /// `token_file`: the gateway's own token, re-read as the kubelet rotates it (always set for
+    /// `token_review`; for `jwks`, sent to the JWKS endpoint only when set).
+    pub token_file: Option<PathBuf>,
+    /// `mode` and its settings.
+    pub mode: KubernetesMode,
+}
+
+/// `auth.kubernetes.mode`.
+#[derive(Debug, Clone, PartialEq)]
+pub enum KubernetesMode {
+    /// Ask the API server (`POST /apis/authentication.k8s.io/v1/tokenreviews`).
+    TokenReview {
+        /// `api_server`.
+        api_server: http::Uri,
+    },
+    /// Verify the JWT locally against the issuer's key set.
+    Jwks {
+        /// `issuer`: the `iss` a token must carry.
+        issuer: String,
+        /// `jwks_url`; `None`: from the issuer's OIDC discovery document.
+        jwks_url: Option<http::Uri>,
+    },
 }
 
 /// `[server]`.
@@ -388,4 +449,23 @@ pub struct Route {
     pub methods: Option<Vec<Method>>,
     /// Only these clients, by index (`None`: any).
     pub clients: Option<Vec<ClientId>>,
+}
+
+/// A route's `cache = { ttl, coalesce }`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RouteCache {
+    /// How long a stored answer is served (`0s`: never stored, only coalesced).
+    pub ttl: Duration,
+    /// Concurrent identical reads share one upstream call.
+    pub coalesce: bool,
+}
+
+/// `[cache]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CacheConfig {
+    /// The most bytes the whole cache holds (`max_bytes`, default 64 MiB).
+    pub max_bytes: u64,
+    /// The largest answer body stored or shared (`max_entry_bytes`, default 1 MiB): a larger
+    /// one streams through uncached.
+    pub max_entry_bytes: u64,
 }

@@ -120,6 +120,23 @@ pub(super) fn upstream_roots(
     extra_roots
 }
 
+/// The roots of a CA file that alone is trusted (`auth.kubernetes.ca_file`: the cluster's CA).
+pub(super) fn ca_roots(
+    ca_file: &Path,
+    field: &str,
+    base: &Path,
+    env: &dyn Environment,
+    p: &mut Problems,
+) -> Vec<CertificateDer<'static>> {
+    let roots = p.read_file(env, base, ca_file, field).and_then(|s| pem_certs(&s, field, p)).unwrap_or_default();
+    for cert in &roots {
+        if let Err(e) = rustls::RootCertStore::empty().add(cert.clone()) {
+            p.add(field, format!("unusable CA certificate: {e}"));
+        }
+    }
+    roots
+}
+
 #[cfg(test)]
 mod tests {
     use std::path::Path;

@@ -95,7 +95,7 @@ pub fn identify(
 
 /// The client a verified certificate's names identify. A certificate whose names map to two
 /// different clients identifies neither: which one would win is an accident of SAN order.
-fn cert_client(cfg: &Config, peer: &PeerIdentity) -> Result<Option<ClientId>, GatewayError> {
+pub(crate) fn cert_client(cfg: &Config, peer: &PeerIdentity) -> Result<Option<ClientId>, GatewayError> {
     let mut found: Option<ClientId> = None;
     for name in &peer.cert_names {
         match (found, cfg.client_by_cert_name(name)) {

@@ -62,6 +62,11 @@ impl Payload {
     }
 }
 
+/// Response extension: Palette's answer carried `Set-Cookie` (which response hygiene removed),
+/// so the answer may be personal and is never cached.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct UpstreamSetCookie;
+
 /// Request extension: waits (budget, 429 retries) end by this instant (`max_wait` from the
 /// start of the exchange).
 #[derive(Debug, Clone, Copy)]
@@ -555,7 +560,13 @@ impl Exchange {
             }))
             .service(Sender { rt: self.rt, metrics, stats: self.stats, bucket });
         let resp = chain.oneshot(req).await?;
-        Ok(finish(resp, &note.secrets(), rid).await)
+        // Hygiene removes Palette's `Set-Cookie`; the cache still needs to know it was there.
+        let cookie = resp.headers().contains_key(header::SET_COOKIE);
+        let mut resp = finish(resp, &note.secrets(), rid).await;
+        if cookie {
+            resp.extensions_mut().insert(UpstreamSetCookie);
+        }
+        Ok(resp)
     }
 }
 

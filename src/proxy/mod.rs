@@ -3,6 +3,8 @@
 //! ```text
 //! request id → in-flight/metrics → method (Palette's only) → target form → path check → local auth → client limits
 //!   → route → policy (/v1/auth block, allow) → scope (ProjectUid) → header hygiene
+//!   → cache (a caching route's GET: stored answer, or join an identical read in flight; a
+//!     write drops its scope's entries)
 //!   → credential swap → upstream budget → forward (401 on a token that may be dead → new
 //!     token → one replay; 429 → slow the prefix → paced retry of idempotent requests within
 //!     max_wait; at most MAX_ATTEMPTS sends in all)
@@ -48,6 +50,8 @@ use request_id::RequestId;
 use request_log::Note;
 
 pub mod auth;
+pub(crate) mod authenticate;
+pub(crate) mod cache;
 pub mod credential_endpoints;
 pub(crate) mod decode;
 pub(crate) mod drain;
@@ -201,7 +205,7 @@ async fn process(
     let checked = path::check(parts.uri.path())?;
     // 4. Local authentication: which client this is.
     let cfg = &rt.config;
-    let client_idx = auth::identify(cfg, &rt.key_cache, &parts.headers, &conn.identity)?;
+    let client_idx = authenticate::identify(rt, metrics, &parts.headers, &conn.identity).await?;
     let client = cfg.client(client_idx);
     note.set(|f| f.client = Some(client.name.clone()));
     // 5. Client limits, before policy so forbidden paths are throttled too.
@@ -247,13 +251,35 @@ async fn process(
     *head.headers_mut() = parts.headers;
     let (head, ()) = head.into_parts();
 
+    let bucket = rt.budget.bucket_for(&matched.upstream_path).cloned();
+    let prefix: Arc<str> = bucket.as_ref().map_or_else(|| Arc::from("none"), |b| b.label().clone());
     let exchange = exchange::Exchange {
         rt: rt.clone(),
         metrics: metrics.clone(),
         stats: stats.clone(),
         client_idx,
         client_name: client.name.clone(),
-        bucket: rt.budget.bucket_for(&matched.upstream_path).cloned(),
+        bucket,
     };
-    target::check_upstream_status(exchange.run(credential, head, body, &note, rid).await?)
+    // The response cache around the exchange (issue 12): here, after every check, so a cached
+    // answer only goes to a request that may fetch it.
+    let (credential, fetch_note, rid_owned) = (credential.clone(), note.clone(), rid.to_string());
+    let plan = cache::Plan::new(
+        rt,
+        &cache::CacheRequest {
+            route: matched.route,
+            method: &head.method,
+            headers: &head.headers,
+            path_and_query: &path_and_query,
+            credential: client.credential,
+            prefix: &prefix,
+            client: &client.name,
+            body_empty: http_body::Body::is_end_stream(&body),
+        },
+    );
+    let fetch = async move {
+        let resp = exchange.run(&credential, head, body, &fetch_note, &rid_owned).await?;
+        target::check_upstream_status(resp)
+    };
+    cache::around(rt, metrics, plan, &note, fetch).await
 }

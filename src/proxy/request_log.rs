@@ -40,6 +40,8 @@ pub(crate) struct Facts {
     pub(crate) sends: u32,
     /// Every credential the exchange sent, to scrub from the answer.
     pub(crate) secrets: Vec<crate::config::Secret>,
+    /// How the response cache answered (`hit`, `miss`, `coalesced`; `None`: not a caching route).
+    pub(crate) cache: Option<&'static str>,
 }
 
 /// This request's [`Facts`], a request extension the steps write to. One per request: the
@@ -174,6 +176,7 @@ impl RequestLog {
             duration_ms,
             upstream_ms = facts.upstream_ms,
             rate_limit_wait_ms = facts.wait_ms,
+            cache = facts.cache.unwrap_or(""),
             traceparent,
             tracestate = self.tracestate.as_deref().unwrap_or(""),
         );

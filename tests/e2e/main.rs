@@ -8,6 +8,7 @@
 mod support;
 
 mod attacks;
+mod cache;
 mod cli;
 mod credential_swap;
 mod deploy_metrics;
@@ -16,6 +17,7 @@ mod faults;
 mod forwarding;
 mod hostile;
 mod http2_interop;
+mod kubernetes;
 mod limits;
 mod logs;
 mod metrics;

@@ -180,3 +180,41 @@ async fn untrusted_upstream_certificate_is_502() {
     assert_eq!(r.status(), 502);
     assert!(fake.requests().iter().all(|r| r.path_and_query.starts_with("/v1/auth/")));
 }
+
+/// mTLS beside Kubernetes ServiceAccount tokens: the certificate alone still identifies its
+/// client, a token alone (over the same mTLS connection of a certificate naming no client)
+/// identifies its own, and a token and a certificate naming different clients are refused.
+#[tokio::test]
+async fn mtls_and_service_account_tokens_work_side_by_side() {
+    use crate::support::kube::{FakeKube, AUDIENCE};
+    let pki = Pki::new("mtls-k8s");
+    pki.leaf("server", "localhost", false);
+    let ci = pki.leaf("ci", "ci.internal", true);
+    let stranger = pki.leaf("stranger", "stranger.internal", true);
+    let kube = FakeKube::start("mtls-k8s-kube").await;
+    let fake = FakePalette::start(standard_fake()).await.unwrap();
+    let rules = format!(
+        "[server.tls]\ncert_file = \"{}\"\nkey_file = \"{}\"\nclient_ca_file = \"{}\"\n{}\n\
+         [auth.kubernetes]\nmode = \"token_review\"\naudiences = [\"{AUDIENCE}\"]\nca_file = \"{}\"\n\
+         api_server = \"{}\"\ntoken_file = \"{}\"\n\
+         [[clients]]\nname = \"reporting\"\nprojects = [\"*\"]\nservice_accounts = [\"reporting/report-bot\"]\n",
+        pki.path("server.pem"),
+        pki.path("server.key"),
+        pki.path("ca.pem"),
+        standard_rules().replacen("name = \"ci\"\n", "name = \"ci\"\ncert_names = [\"ci.internal\"]\n", 1),
+        kube.ca_file,
+        kube.url,
+        kube.token_file,
+    );
+    let gw = start_gateway(&fake.url(), "", &rules).await;
+    let url = |p: &str| format!("https://localhost:{}{p}", gw.proxy_addr.port());
+    let token = kube.token("reporting", "report-bot");
+
+    let as_ci = tls_client(&pki, Some(ci));
+    assert_eq!(as_ci.get(url("/v1/users")).send().await.unwrap().status(), 200, "certificate alone");
+    let r = as_ci.get(url("/v1/users")).bearer_auth(&token).send().await.unwrap();
+    assert_eq!(r.status(), 401, "a token of another client than the certificate's");
+    let as_stranger = tls_client(&pki, Some(stranger));
+    assert_eq!(as_stranger.get(url("/v1/users")).bearer_auth(&token).send().await.unwrap().status(), 200);
+    assert_eq!(as_stranger.get(url("/v1/users")).send().await.unwrap().status(), 401);
+}

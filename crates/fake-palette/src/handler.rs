@@ -56,7 +56,7 @@ pub(super) async fn handle(state: Arc<State>, peer: IpAddr, req: Request<Incomin
         && !body.is_end_stream()
         && authenticate(&state, &parts.headers).is_ok()
     {
-        return with_session_cookie(echo(&parts, body, recorder));
+        return with_session_cookie(&state, echo(&parts, body, recorder));
     }
     let drained = recorder.drain(&mut body).await;
     let captured = recorder.record();
@@ -108,7 +108,7 @@ async fn route(state: &State, parts: &Parts, body: &[u8]) -> FakeResponse {
         None if parts.method == Method::GET && path == PROJECTS_METADATA => projects_metadata(state, parts),
         None => ordinary(parts),
     };
-    with_session_cookie(answer)
+    with_session_cookie(state, answer)
 }
 
 /// Palette's project name lookup.
@@ -284,6 +284,22 @@ async fn hook(state: &State, parts: &Parts, hook_path: &str, credential: &str) -
             Some(status) => secret_headers_hook(status, credential, parts),
             None => error(StatusCode::BAD_REQUEST, "secret-headers hook: bad status code"),
         },
+        "headers" if arg.is_empty() => {
+            let mut answer = ordinary(parts);
+            for pair in parts.uri.query().unwrap_or("").split('&') {
+                let Some((name, value)) = pair.split_once('=') else { continue };
+                let name = match name {
+                    "cache-control" => "cache-control",
+                    "set-cookie" => "set-cookie",
+                    "vary" => "vary",
+                    _ => continue,
+                };
+                if let Ok(value) = HeaderValue::from_str(value) {
+                    answer.headers_mut().append(name, value);
+                }
+            }
+            answer
+        }
         // An `echo-body` with a body was answered before its body was read; this one had none.
         "echo-body" if arg.is_empty() => {
             let mut answer = Response::new(empty());
@@ -414,7 +430,10 @@ fn ordinary(parts: &Parts) -> FakeResponse {
     )
 }
 
-fn with_session_cookie(mut answer: FakeResponse) -> FakeResponse {
+fn with_session_cookie(state: &State, mut answer: FakeResponse) -> FakeResponse {
+    if !state.session_cookie {
+        return answer;
+    }
     answer.headers_mut().append(SET_COOKIE, HeaderValue::from_static("fake-session=abc"));
     answer
 }

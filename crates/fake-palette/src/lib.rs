@@ -38,6 +38,8 @@
 //!   - `/v1/__fake/bytes/{n}`: `n` bytes, `Content-Length: n`, streamed in 64 KiB chunks with
 //!     flat memory; the byte at offset `i` is `i % 256`.
 //!   - `/v1/__fake/slow/{ms}`: waits `ms` milliseconds, then answers like an ordinary path.
+//!   - `/v1/__fake/headers?cache-control=V&set-cookie=V&vary=V`: an ordinary `200` answer that
+//!     also carries each header given (values as written in the query, undecoded).
 //!   - `/v1/__fake/echo-body`: `200` with the request body streamed back as it arrives (full
 //!     duplex, so bodies of any size work) and its `Content-Type` kept.
 //! - Errors have Palette's shape `{"code", "message", "ref", "details": {}}`, JSON.
@@ -119,6 +121,10 @@ pub struct FakePaletteConfig {
     pub rate_limits: Option<FakeRateLimits>,
     /// The projects `GET /v1/dashboard/projects/metadata` lists. Default: none.
     pub projects: Vec<FakeProject>,
+    /// Every authenticated answer carries `Set-Cookie: fake-session=abc` (see the module docs).
+    /// `false`: none does (as for a Palette that sets no cookie on API answers), except the
+    /// `headers` hook's when asked. Default: `true`.
+    pub session_cookie: bool,
 }
 
 /// A project the fake knows: what Palette's project metadata says of it.
@@ -147,6 +153,7 @@ impl Default for FakePaletteConfig {
             tls: None,
             rate_limits: None,
             projects: Vec::new(),
+            session_cookie: true,
         }
     }
 }
@@ -226,6 +233,7 @@ struct State {
     users: Vec<FakeUser>,
     token_lifetime: Duration,
     token_exp_claim: bool,
+    session_cookie: bool,
     logins: AtomicU64,
     /// TCP connections accepted (to show that a client pools and reuses them).
     connections: AtomicU64,
@@ -279,6 +287,7 @@ impl FakePalette {
             users: cfg.users,
             token_lifetime: cfg.token_lifetime,
             token_exp_claim: cfg.token_exp_claim,
+            session_cookie: cfg.session_cookie,
             logins: AtomicU64::new(0),
             connections: AtomicU64::new(0),
             login_attempts: AtomicU64::new(0),

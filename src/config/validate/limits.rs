@@ -54,6 +54,13 @@ pub(super) fn duration_bounds(raw: &RawConfig, p: &mut Problems) {
         ("upstream.body_idle_timeout".into(), u.body_idle_timeout),
         ("upstream.limits.max_wait".into(), u.limits.max_wait),
     ];
+    if let Some(k) = &raw.auth.kubernetes {
+        keys.push(("auth.kubernetes.cache_ttl".into(), k.cache_ttl));
+        keys.push(("auth.kubernetes.timeout".into(), k.timeout));
+    }
+    for (i, r) in raw.routes.iter().enumerate() {
+        keys.push((format!("routes[{i}].cache.ttl"), r.cache.as_ref().map(|c| c.ttl)));
+    }
     for (name, c) in &raw.credentials {
         keys.push((format!("credentials.{name}.token_lifetime"), c.token_lifetime));
         keys.push((format!("credentials.{name}.refresh_before"), c.refresh_before));

@@ -2,8 +2,10 @@
 //! with every problem collected and named by its field. One file per section of the file; this
 //! entry walks them in order and answers only once every problem is found.
 
+mod cache;
 mod clients;
 mod credentials;
+mod kubernetes;
 mod limits;
 mod log;
 mod routes;
@@ -34,6 +36,11 @@ pub(super) fn validate(raw: RawConfig, base: &Path, env: &dyn Environment) -> Re
     let clients = clients::clients(&raw, &cred_names, mtls, default_rate, &mut p);
     let anonymous_client = clients::anonymous_client(&raw, &clients.names, &mut p);
     let routes = routes::routes(&raw.routes, &clients.names, &mut p);
+    let kubernetes = kubernetes::kubernetes(&raw, base, env, &mut p);
+    let service_account_index = kubernetes::service_account_index(&raw, &mut p);
+    let cache = cache::cache(&raw.cache, &mut p);
+    let route_caches = routes.iter().filter_map(|(r, c)| c.map(|c| (r.name.clone(), c))).collect();
+    let routes: Vec<_> = routes.into_iter().map(|(r, _)| r).collect();
 
     match (p.found.is_empty(), server, upstream) {
         (true, Some(server), Some(upstream))
@@ -48,9 +55,13 @@ pub(super) fn validate(raw: RawConfig, base: &Path, env: &dyn Environment) -> Re
                 anonymous_client,
                 global_rate_limit,
                 log,
+                cache,
+                route_caches,
                 files: p.files_read,
                 key_index: clients.key_index,
                 cert_index: clients.cert_index,
+                kubernetes,
+                service_account_index,
             })
         }
         _ => Err(ConfigError::Invalid(p.found)),

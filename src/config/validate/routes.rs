@@ -8,10 +8,15 @@ use http::Method;
 use super::{is_project_uid_form, project_name_problem, valid_name, valid_project_uid};
 use crate::config::file::RawRoute;
 use crate::config::problems::Problems;
-use crate::config::Route;
+use crate::config::{Route, RouteCache};
 
-/// Every `[[routes]]` entry, in order; `clients` maps client names to their index.
-pub(super) fn routes(raw: &[RawRoute], clients: &HashMap<String, usize>, p: &mut Problems) -> Vec<Route> {
+/// Every `[[routes]]` entry, in order, each with its `cache`; `clients` maps client names to
+/// their index.
+pub(super) fn routes(
+    raw: &[RawRoute],
+    clients: &HashMap<String, usize>,
+    p: &mut Problems,
+) -> Vec<(Route, Option<RouteCache>)> {
     let mut route_names = HashSet::new();
     raw.iter()
         .enumerate()
@@ -25,7 +30,12 @@ pub(super) fn routes(raw: &[RawRoute], clients: &HashMap<String, usize>, p: &mut
         .collect()
 }
 
-fn route(r: &RawRoute, field: &str, clients: &HashMap<String, usize>, p: &mut Problems) -> Option<Route> {
+fn route(
+    r: &RawRoute,
+    field: &str,
+    clients: &HashMap<String, usize>,
+    p: &mut Problems,
+) -> Option<(Route, Option<RouteCache>)> {
     let before = p.count();
     if !valid_name(&r.name) {
         p.add(format!("{field}.name"), "must be 1-64 characters of letters, digits, '-', '_', '.'");
@@ -106,10 +116,11 @@ fn route(r: &RawRoute, field: &str, clients: &HashMap<String, usize>, p: &mut Pr
             })
             .collect::<Vec<_>>()
     });
+    let cache = r.cache.as_ref().and_then(|c| super::cache::route_cache(c, methods.as_deref(), field, p));
     if p.count() != before {
         return None;
     }
-    Some(Route {
+    let route = Route {
         name: Arc::from(r.name.as_str()),
         path_prefix: r.path_prefix.clone(),
         strip_prefix: r.strip_prefix,
@@ -117,7 +128,8 @@ fn route(r: &RawRoute, field: &str, clients: &HashMap<String, usize>, p: &mut Pr
         project_name,
         methods,
         clients: route_clients,
-    })
+    };
+    Some((route, cache))
 }
 
 #[cfg(test)]
