@@ -1,5 +1,6 @@
 //! The admin listener's endpoints: `/healthz` (serving), `/readyz` (config loaded, every
-//! login credential holds a valid token and no API key was refused by Palette), `/startup`
+//! login credential holds a valid token and no API key was refused by Palette; it also lists
+//! project names that do not resolve), `/startup`
 //! (every credential usable: a token in hand, each API key's check passed), `/status` (the
 //! status page, [`crate::status`]) and `/metrics` (Prometheus text format).
 
@@ -91,11 +92,25 @@ impl Admin {
             })
             .chain(rejected_keys(&rt))
             .collect();
-        if waiting.is_empty() {
-            json(StatusCode::OK, serde_json::json!({"status": "ready"}))
+        let mut answer = if waiting.is_empty() {
+            (StatusCode::OK, serde_json::json!({"status": "ready"}))
         } else {
-            json(StatusCode::SERVICE_UNAVAILABLE, serde_json::json!({"status": "not ready", "credentials": waiting}))
+            (StatusCode::SERVICE_UNAVAILABLE, serde_json::json!({"status": "not ready", "credentials": waiting}))
+        };
+        // Project names without a uid are listed, but do not make the gateway unready: only
+        // the requests that need them are refused.
+        let unresolved: Vec<_> = rt
+            .projects
+            .unresolved()
+            .into_iter()
+            .map(|(credential, project, reason)| {
+                serde_json::json!({"credential": &*credential, "project": &*project, "reason": reason})
+            })
+            .collect();
+        if !unresolved.is_empty() {
+            answer.1["unresolved_projects"] = serde_json::Value::Array(unresolved);
         }
+        json(answer.0, answer.1)
     }
 
     /// 200 once every credential is usable, for a startup probe: a tool's first call then never

@@ -20,6 +20,7 @@ use crate::cluster::Cluster;
 use crate::config::{self, Config, ConfigError, Environment, ServerLimits};
 use crate::credentials::{InvalidKey, KeyCheck, TokenManager};
 use crate::metrics::Metrics;
+use crate::projects::Lookup;
 use crate::proxy::Gateway;
 use crate::runtime::{Runtime, SharedRuntime};
 use crate::server::{ConnSettings, SettingsSource};
@@ -100,6 +101,8 @@ struct Core {
     key_checks: Mutex<Vec<(Arc<KeyCheck>, CancellationToken)>>,
     /// The live cluster handle's heartbeat task and what stops it.
     heartbeat: Mutex<Option<(Cluster, CancellationToken)>>,
+    /// The project name lookups' tasks, with what stops each.
+    lookups: Mutex<Vec<(Arc<Lookup>, CancellationToken)>>,
     /// Why the gateway cannot go on (the first reason), once `failed` fires.
     fatal: Mutex<Option<String>>,
     /// Fires when a task fails for good; not a child of `root`, a stop does not fire it.
@@ -122,6 +125,7 @@ impl Core {
             key_checks: Mutex::new(Vec::new()),
             reloads: Arc::default(),
             heartbeat: Mutex::new(None),
+            lookups: Mutex::new(Vec::new()),
             fatal: Mutex::new(None),
             failed: CancellationToken::new(),
         })
@@ -197,6 +201,28 @@ impl Core {
         }
     }
 
+    /// Starts the task of every project name lookup of the live runtime that has none, and
+    /// stops those whose lookup is gone.
+    fn sync_lookup_tasks(&self) {
+        let rt = self.runtime.load();
+        let live: Vec<Arc<Lookup>> = rt.projects.lookups().cloned().collect();
+        let mut running = self.lookups.lock().unwrap_or_else(|p| p.into_inner());
+        running.retain(|(l, cancel)| {
+            let keep = live.iter().any(|m| Arc::ptr_eq(m, l));
+            if !keep {
+                cancel.cancel();
+            }
+            keep
+        });
+        for l in live {
+            if !running.iter().any(|(r, _)| Arc::ptr_eq(r, &l)) {
+                let cancel = self.root.child_token();
+                self.tasks.spawn(l.clone().run(cancel.clone()));
+                running.push((l, cancel));
+            }
+        }
+    }
+
     /// Starts the heartbeat of the live runtime's cluster handle if it has none yet, and
     /// stops the one of a handle a reload replaced or removed.
     fn sync_cluster_task(&self) {
@@ -255,6 +281,7 @@ impl Core {
         self.sync_token_tasks();
         self.sync_key_checks();
         self.sync_cluster_task();
+        self.sync_lookup_tasks();
         Ok(())
     }
 }
@@ -334,6 +361,7 @@ impl RunningGateway {
             core.root.child_token(),
         ));
         core.sync_token_tasks();
+        core.sync_lookup_tasks();
         // The Kubernetes key set (jwks mode): fetched now and periodically; a reload's new key
         // set is fetched on its first token.
         core.tasks.spawn(crate::kubernetes::refresh_loop(runtime.clone(), core.root.child_token()));

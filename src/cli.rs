@@ -132,6 +132,9 @@ pub fn main() -> ExitCode {
                         eprintln!("warning: {w}");
                     }
                     println!("{}: ok", path.display());
+                    if let Some(note) = crate::projects::check_note(&cfg) {
+                        println!("{note}");
+                    }
                     ExitCode::SUCCESS
                 }
                 Err(e) => {

@@ -54,7 +54,7 @@ pub async fn run() -> anyhow::Result<()> {
         "\npalette-gateway demo: gateway {gw}, admin {admin}, fake Palette {fake_url} (offline)\n\n\
          # 1. Credential swap: the client sends its local key; Palette receives the gateway's ApiKey.\n\
          curl -s -H 'ApiKey: {ci}' {gw}/v1/spectroclusters\n\n\
-         # 2. A ProjectUid route: /team-a/... is forwarded as /v1/... with ProjectUid p001.\n\
+         # 2. A ProjectUid route: /team-a/... is forwarded as /v1/... with ProjectUid 5ca1ab1e0000000000000001.\n\
          curl -s -H 'ApiKey: {ci}' {gw}/team-a/v1/clusterprofiles\n\n\
          # 3. Refused: ci may not DELETE (403), unknown keys get 401, /v1/auth/** is the gateway's own.\n\
          curl -s -X DELETE -H 'ApiKey: {ci}' {gw}/v1/spectroclusters/abc\n\

@@ -92,6 +92,15 @@ pub enum GatewayError {
         /// The `ProjectUid` the request asked for.
         project: String,
     },
+    /// A project name the request needs did not resolve to one uid: its route's `project`, or
+    /// the client's `projects` names when the `ProjectUid` it sent is none of its uids.
+    #[error("{message}")]
+    ProjectNameUnresolved {
+        /// Why, naming the project (and the route or client).
+        message: String,
+        /// Which answer it gets.
+        kind: UnresolvedProject,
+    },
     /// A rate limit (the client's, the global one, or the upstream budget) refused the request.
     #[error("client {client} is over the {limit} rate limit ({rate}); retry after {retry_after}s")]
     RateLimited {
@@ -140,6 +149,20 @@ pub enum GatewayError {
     NotImplemented(String),
 }
 
+/// How a project name failed to resolve, which decides the answer's status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UnresolvedProject {
+    /// The credential sees no project of that name: 404 `ProjectNotFound`.
+    NotFound,
+    /// The credential sees several projects of that name: 403 `ProjectAmbiguous`.
+    Ambiguous,
+    /// The lookup has not finished or is failing: 503 `ProjectLookupUnavailable`.
+    Unavailable,
+    /// The client's `ProjectUid` is none of its projects, some of whose names did not resolve:
+    /// 403 `ProjectForbidden`.
+    NotAllowed,
+}
+
 impl GatewayError {
     /// Status and Palette error `code` for this error.
     pub fn status_and_code(&self) -> (StatusCode, &'static str) {
@@ -154,6 +177,12 @@ impl GatewayError {
             GatewayError::AuthPathForbidden { .. } => (StatusCode::FORBIDDEN, "Forbidden"),
             GatewayError::CredentialEndpointForbidden { .. } => (StatusCode::FORBIDDEN, "Forbidden"),
             GatewayError::ProjectForbidden { .. } => (StatusCode::FORBIDDEN, "ProjectForbidden"),
+            GatewayError::ProjectNameUnresolved { kind, .. } => match kind {
+                UnresolvedProject::NotFound => (StatusCode::NOT_FOUND, "ProjectNotFound"),
+                UnresolvedProject::Ambiguous => (StatusCode::FORBIDDEN, "ProjectAmbiguous"),
+                UnresolvedProject::Unavailable => (StatusCode::SERVICE_UNAVAILABLE, "ProjectLookupUnavailable"),
+                UnresolvedProject::NotAllowed => (StatusCode::FORBIDDEN, "ProjectForbidden"),
+            },
             GatewayError::RateLimited { .. } => (StatusCode::TOO_MANY_REQUESTS, "TooManyRequests"),
             GatewayError::RequestTimeout(_) => (StatusCode::REQUEST_TIMEOUT, "RequestTimeout"),
             GatewayError::PayloadTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "RequestEntityTooLarge"),
@@ -177,6 +206,8 @@ impl GatewayError {
             | GatewayError::AuthPathForbidden { .. }
             | GatewayError::CredentialEndpointForbidden { .. } => Some("forbidden"),
             GatewayError::ProjectForbidden { .. } => Some("project"),
+            GatewayError::ProjectNameUnresolved { kind: UnresolvedProject::NotAllowed, .. } => Some("project"),
+            GatewayError::ProjectNameUnresolved { .. } => None,
             GatewayError::InvalidPath(_)
             | GatewayError::BadRequest(_)
             | GatewayError::MethodNotAllowed { .. }
@@ -204,7 +235,9 @@ impl GatewayError {
             GatewayError::RateLimited { retry_after, .. } => {
                 resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(retry_after));
             }
-            GatewayError::Overloaded(_) | GatewayError::IdentityUnavailable(_) => {
+            GatewayError::Overloaded(_)
+            | GatewayError::IdentityUnavailable(_)
+            | GatewayError::ProjectNameUnresolved { kind: UnresolvedProject::Unavailable, .. } => {
                 resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
             }
             GatewayError::MethodNotAllowed { allowed, .. } => {
@@ -256,6 +289,26 @@ mod tests {
                 "Forbidden",
             ),
             (GatewayError::ProjectForbidden { client: "c".into(), project: "p".into() }, 403, "ProjectForbidden"),
+            (
+                GatewayError::ProjectNameUnresolved { message: "m".into(), kind: UnresolvedProject::NotFound },
+                404,
+                "ProjectNotFound",
+            ),
+            (
+                GatewayError::ProjectNameUnresolved { message: "m".into(), kind: UnresolvedProject::Ambiguous },
+                403,
+                "ProjectAmbiguous",
+            ),
+            (
+                GatewayError::ProjectNameUnresolved { message: "m".into(), kind: UnresolvedProject::Unavailable },
+                503,
+                "ProjectLookupUnavailable",
+            ),
+            (
+                GatewayError::ProjectNameUnresolved { message: "m".into(), kind: UnresolvedProject::NotAllowed },
+                403,
+                "ProjectForbidden",
+            ),
             (
                 GatewayError::RateLimited { client: "c".into(), limit: "client", rate: "1/s".into(), retry_after: 1 },
                 429,

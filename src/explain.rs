@@ -48,6 +48,9 @@ pub enum Outcome {
 /// Arguments `explain` cannot use (exit 2, like a bad config).
 #[derive(Debug, thiserror::Error)]
 pub enum UsageError {
+    /// The offline decision waited on something (it never should: no lookup runs offline).
+    #[error("{0}")]
+    Internal(String),
     /// Not an HTTP method token.
     #[error("{0:?} is not an HTTP method")]
     Method(String),
@@ -168,8 +171,11 @@ pub fn explain(cfg: &Config, req: &Request) -> Result<(String, Outcome), UsageEr
     let conn = ConnInfo::new(SocketAddr::from(([127, 0, 0, 1], 0)), false, Arc::default());
     let id = request_id::assign(&parts.headers);
     let query = parts.uri.query().map(str::to_string);
-    let (matched, decided) =
-        decide::route(cfg, client_idx, &parts.method, &checked, query.as_deref(), &mut parts.headers, &conn, &id.0);
+    // Offline: no project name lookup, so nothing in this future waits.
+    let decide = decide::route(cfg, client_idx, &parts.method, &checked, query.as_deref(), &mut parts.headers, &conn, &id.0, None);
+    let Some((matched, decided)) = futures_util::FutureExt::now_or_never(decide) else {
+        return Err(UsageError::Internal("the decision steps waited on something offline; this is a bug".into()));
+    };
     match matched.route {
         Some(route) => {
             let index = cfg.routes.iter().position(|x| std::ptr::eq(x, route)).unwrap_or(0);

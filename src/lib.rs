@@ -60,6 +60,7 @@ pub mod limit;
 pub mod metrics;
 #[cfg(target_os = "linux")]
 pub(crate) mod process_cpu;
+pub mod projects;
 #[allow(clippy::disallowed_methods, clippy::disallowed_types)]
 pub mod proxy;
 pub mod runtime;

@@ -39,6 +39,12 @@ pub struct Metrics {
     pub config_reloads: IntCounterVec,
     /// `palette_gateway_config_last_reload_success_timestamp_seconds`.
     pub config_last_reload_success: Gauge,
+    /// `palette_gateway_project_names_unresolved{credential,project}`: 1 while a configured
+    /// project name has no uid (not found, ambiguous, lookup pending or failing), else 0.
+    pub project_names_unresolved: IntGaugeVec,
+    /// `palette_gateway_project_name_refusals_total{project}`: requests refused because a
+    /// project name they needed did not resolve.
+    pub project_name_refusals: IntCounterVec,
     /// `palette_gateway_auth_total{method,result}`, each pair resolved once (no lookup per request).
     auth: [[IntCounter; 3]; 4],
     /// `palette_gateway_kubernetes_token_review_duration_seconds{result}`.
@@ -209,6 +215,20 @@ impl Metrics {
         if let Some(process) = crate::process_cpu::ProcessMetrics::for_self() {
             register(&registry, Box::new(process));
         }
+        let project_names_unresolved = IntGaugeVec::new(
+            Opts::new(
+                "palette_gateway_project_names_unresolved",
+                "1 while a configured project name has no uid (not found, ambiguous, or its lookup pending or failing), by credential and project name.",
+            ),
+            &["credential", "project"],
+        )
+        .unwrap_or_else(|e| unreachable_metric("project_names_unresolved", e));
+        register(&registry, Box::new(project_names_unresolved.clone()));
+        let project_name_refusals = counter(
+            "palette_gateway_project_name_refusals_total",
+            "Requests refused because a project name they needed did not resolve, by project name.",
+            &["project"],
+        );
         let auth_total = counter(
             "palette_gateway_auth_total",
             "Local authentications, by method (local_key, kubernetes, mtls, anonymous) and result (ok, refused, unavailable).",
@@ -271,6 +291,8 @@ impl Metrics {
             token_expiry,
             config_reloads,
             config_last_reload_success,
+            project_names_unresolved,
+            project_name_refusals,
             auth,
             kube_review_duration,
             kube_review_cache,

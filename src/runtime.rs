@@ -14,6 +14,7 @@ use crate::kubernetes::Kubernetes;
 use crate::limit::upstream::UpstreamBudget;
 use crate::limit::ClientLimits;
 use crate::metrics::Metrics;
+use crate::projects::ProjectNames;
 use crate::upstream::UpstreamClient;
 
 /// Everything a request needs, swapped whole on reload.
@@ -30,6 +31,8 @@ pub struct Runtime {
     pub(crate) budget: UpstreamBudget,
     /// Local keys already matched to a client (this snapshot's clients only).
     pub(crate) key_cache: auth::KeyCache,
+    /// Project names resolved per credential (process-lifetime: carried across reloads).
+    pub(crate) projects: ProjectNames,
     /// `[auth.kubernetes]`: the ServiceAccount token checker (kept across reloads while the
     /// section is unchanged, so its cache and key set are too).
     pub(crate) kubernetes: Option<Arc<Kubernetes>>,
@@ -46,8 +49,9 @@ impl Runtime {
     /// Builds the runtime for `config`. With `previous` (a reload), what did not change carries
     /// over: the upstream client (and with it the token managers whose settings are the same,
     /// token and all) when the upstream settings are unchanged, and the rate-limit state of
-    /// unchanged clients and budget prefixes. The key cache always starts empty: it names this
-    /// snapshot's clients.
+    /// unchanged clients and budget prefixes, and the project name lookups of unchanged
+    /// credentials (see [`ProjectNames::build`]). The key cache always starts empty: it names
+    /// this snapshot's clients.
     pub(crate) fn build(config: Config, previous: Option<&Runtime>, metrics: &Metrics) -> Result<Runtime, InvalidKey> {
         let same_upstream = previous.filter(|p| same_upstream(&config, &p.config));
         let upstream = match same_upstream {
@@ -71,6 +75,15 @@ impl Runtime {
         )?;
         let check_path = crate::path::check(crate::credentials::key_check::CHECK_PATH).ok();
         credentials.set_key_check_bucket(check_path.and_then(|p| budget.bucket_for(&p)));
+        let projects = ProjectNames::build(
+            &config,
+            &credentials,
+            &upstream,
+            &budget,
+            previous.map(|p| &p.projects),
+            same_upstream.is_some(),
+            metrics,
+        );
         let kubernetes = config
             .kubernetes
             .as_ref()
@@ -83,6 +96,7 @@ impl Runtime {
             limits,
             budget,
             key_cache: Default::default(),
+            projects,
             kubernetes,
             cache,
             cluster,

@@ -47,7 +47,7 @@ keys = ["{}"]
 [[clients]]
 name = "listed"
 keys = ["{}"]
-projects = ["p1", "p2"]
+projects = ["5ca1ab1e0000000000000001", "5ca1ab1e0000000000000002"]
 [[clients]]
 name = "any"
 keys = ["{}"]

@@ -267,6 +267,8 @@ pub(crate) struct RawRoute {
     #[serde(default)]
     pub(crate) strip_prefix: bool,
     pub(crate) project_uid: Option<String>,
+    /// A project by name, resolved against Palette at run time (instead of `project_uid`).
+    pub(crate) project: Option<String>,
     pub(crate) methods: Option<Vec<String>>,
     pub(crate) clients: Option<Vec<String>>,
     pub(crate) cache: Option<RawRouteCache>,

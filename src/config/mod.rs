@@ -427,8 +427,11 @@ pub struct Client {
     pub name: Arc<str>,
     /// Index into [`Config::credentials`].
     pub credential: usize,
-    /// `projects`.
+    /// `projects`: the uids listed (entries of 24 lowercase hex digits).
     pub projects: Projects,
+    /// `projects` entries that are names, resolved against Palette with the client's
+    /// credential; a `ProjectUid` is allowed when it is the uid of one of them.
+    pub project_names: Vec<Arc<str>>,
     /// `allow`; `None` allows everything.
     pub allow: Option<Vec<AllowRule>>,
     /// `allow_credential_endpoints`: the refused credential endpoints opened for this client
@@ -449,6 +452,9 @@ pub struct Route {
     pub strip_prefix: bool,
     /// `ProjectUid` to set.
     pub project_uid: Option<http::HeaderValue>,
+    /// `project`: a project by name, whose uid (resolved with the requesting client's
+    /// credential) is set as `ProjectUid`.
+    pub project_name: Option<Arc<str>>,
     /// Only these methods (`None`: any).
     pub methods: Option<Vec<Method>>,
     /// Only these clients, by index (`None`: any).

@@ -11,7 +11,9 @@ use crate::pattern::AllowRule;
 use crate::proxy::path::CheckedPath;
 use crate::proxy::routes::{self, RouteMatch};
 use crate::proxy::scope::{self, Scope};
-use crate::proxy::{hygiene, policy, ConnInfo};
+use crate::metrics::Metrics;
+use crate::proxy::{hygiene, policy, project_names, ConnInfo};
+use crate::runtime::Runtime;
 
 /// What the steps decided for a request that passes them.
 #[derive(Debug)]
@@ -25,9 +27,10 @@ pub(crate) struct Decision<'a> {
 
 /// Route, policy, scope, hygiene. The route match comes back in any case (the log names the
 /// route of a refused request too); on success `headers` are what goes upstream, before the
-/// credential is added.
+/// credential is added. `live` resolves project names (the request path); without it
+/// (`explain`, offline) a name resolves to nothing, and the future is ready at once.
 #[allow(clippy::too_many_arguments)]
-pub(crate) fn route<'a>(
+pub(crate) async fn route<'a>(
     cfg: &'a Config,
     client_idx: ClientId,
     method: &Method,
@@ -36,15 +39,19 @@ pub(crate) fn route<'a>(
     headers: &mut HeaderMap,
     conn: &ConnInfo,
     request_id: &HeaderValue,
+    live: Option<(&Runtime, &Metrics)>,
 ) -> (RouteMatch<'a>, Result<Decision<'a>, GatewayError>) {
     let client = cfg.client(client_idx);
     let matched = routes::select(cfg, client_idx, method, checked);
-    let decided = (|| {
+    let decided = async {
         let rule = policy::check(client, method, &matched.upstream_path).map_err(|e| after_strip(e, &matched))?;
         // Scope is decided on the headers as the client sent them (a `Connection: ProjectUid`
         // cannot hide a project from the check); every removal comes next, then every header
         // the gateway decides, so none can be taken away.
-        let scope = scope::decide(client, matched.route, headers, query)?;
+        let scope = match live {
+            Some((rt, metrics)) => project_names::decide(rt, metrics, client, matched.route, headers, query).await?,
+            None => scope::decide(client, matched.route, headers, query)?,
+        };
         let decided = hygiene::Decided {
             forwarded_for: &conn.forwarded_for,
             tls: conn.tls,
@@ -54,7 +61,8 @@ pub(crate) fn route<'a>(
         hygiene::remove_local_key(headers);
         hygiene::request_headers(headers, &decided);
         Ok(Decision { rule, scope })
-    })();
+    }
+    .await;
     (matched, decided)
 }
 

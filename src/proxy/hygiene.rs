@@ -184,7 +184,7 @@ mod tests {
 
     #[test]
     fn connection_cannot_remove_what_the_gateway_decides() {
-        static P001: HeaderValue = HeaderValue::from_static("p001");
+        static P001: HeaderValue = HeaderValue::from_static("5ca1ab1e0000000000000001");
         for connection in [
             "keep-alive, ProjectUid",
             "PROJECTUID",
@@ -194,7 +194,7 @@ mod tests {
             for project in [Some(&P001), None] {
                 let mut h = HeaderMap::new();
                 h.insert("connection", HeaderValue::from_static(connection));
-                h.append("projectuid", HeaderValue::from_static("p001"));
+                h.append("projectuid", HeaderValue::from_static("5ca1ab1e0000000000000001"));
                 h.append("projectuid", HeaderValue::from_static("evil"));
                 h.insert("x-request-id", HeaderValue::from_static("client-rid"));
                 h.insert("x-forwarded-for", HeaderValue::from_static("6.6.6.6"));
@@ -202,7 +202,10 @@ mod tests {
                 h.insert("apikey", HeaderValue::from_static("local"));
                 request_headers(&mut h, &decided(project));
                 let all = |n: &str| h.get_all(n).iter().map(|v| v.to_str().unwrap().to_string()).collect::<Vec<_>>();
-                assert_eq!(all("projectuid"), project.map(|_| "p001".to_string()).into_iter().collect::<Vec<_>>());
+                assert_eq!(
+                    all("projectuid"),
+                    project.map(|_| "5ca1ab1e0000000000000001".to_string()).into_iter().collect::<Vec<_>>()
+                );
                 assert_eq!(all("x-request-id"), ["rid"], "{connection}");
                 assert_eq!(all("x-forwarded-for"), ["10.1.2.3"], "{connection}");
                 assert_eq!(all("x-forwarded-proto"), ["https"], "{connection}");

@@ -63,6 +63,7 @@ pub(crate) mod limits;
 pub mod path;
 pub mod pattern;
 pub(crate) mod policy;
+pub(crate) mod project_names;
 pub(crate) mod request_id;
 pub(crate) mod request_log;
 pub(crate) mod rescue;
@@ -222,7 +223,9 @@ async fn process(
         &mut parts.headers,
         &conn,
         request_id,
-    );
+        Some((rt, metrics)),
+    )
+    .await;
     note.set(|f| f.route = matched.route.map(|r| r.name.clone()));
     let scope = decided?.scope;
     // The log records what goes upstream.

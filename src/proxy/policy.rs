@@ -64,6 +64,7 @@ mod tests {
             name: Arc::from("ci"),
             credential: 0,
             projects: Projects::Any,
+            project_names: Vec::new(),
             allow: allow.map(|a| a.iter().map(|r| AllowRule::parse(r).unwrap()).collect()),
             allow_credential_endpoints: Vec::new(),
             rate_limit: None,

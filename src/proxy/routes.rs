@@ -56,8 +56,8 @@ mod tests {
     fn cfg() -> Config {
         let text = "[upstream]\nurl = \"http://127.0.0.1:1\"\n[credentials.default]\napi_key_env = \"K\"\n\
             [[clients]]\nname = \"ci\"\n[[clients]]\nname = \"other\"\n\
-            [[routes]]\nname = \"team-a\"\npath_prefix = \"/team-a\"\nstrip_prefix = true\nproject_uid = \"p001\"\n\
-            [[routes]]\nname = \"ci-clusters\"\npath_prefix = \"/v1/spectroclusters\"\nmethods = [\"GET\"]\nclients = [\"ci\"]\nproject_uid = \"p002\"\n";
+            [[routes]]\nname = \"team-a\"\npath_prefix = \"/team-a\"\nstrip_prefix = true\nproject_uid = \"5ca1ab1e0000000000000001\"\n\
+            [[routes]]\nname = \"ci-clusters\"\npath_prefix = \"/v1/spectroclusters\"\nmethods = [\"GET\"]\nclients = [\"ci\"]\nproject_uid = \"5ca1ab1e0000000000000002\"\n";
         load_str(text, Path::new("."), &MapEnv::new().with("K", "x")).unwrap()
     }
 

@@ -3,6 +3,10 @@
 //! without one, the client's own request passes only for a project it is allowed. The header
 //! itself is set by `forward::request_headers`, after every removal, so nothing the client
 //! sends can take the decided project away.
+//!
+//! Project names (a route's `project`, a client's `projects` names) come resolved, in
+//! [`Names`]; a name without a uid matches nothing (fail closed): a route's unresolved name
+//! refuses the request, naming the project, and a client's never allows a `ProjectUid`.
 
 use std::borrow::Cow;
 
@@ -11,7 +15,8 @@ use http::{HeaderMap, HeaderValue};
 use percent_encoding::percent_decode_str;
 
 use crate::config::{Client, Route};
-use crate::error::GatewayError;
+use crate::error::{GatewayError, UnresolvedProject};
+use crate::projects::Resolution;
 
 /// `ProjectUid` (header names are case-insensitive; `ProjectUID` is the same header).
 pub const PROJECT_UID: &str = "projectuid";
@@ -26,6 +31,28 @@ pub struct Scope {
     pub query: Option<String>,
 }
 
+/// What the project names a request involves resolved to, for the requesting client's
+/// credential: the route's `project` and the client's `projects` names. A name left out (or
+/// the whole view left empty) resolves to nothing.
+#[derive(Debug, Default)]
+pub struct Names {
+    /// The route's `project` name's resolution.
+    pub route: Option<Resolution>,
+    /// Each of the client's `projects` names with its resolution.
+    pub client: Vec<(std::sync::Arc<str>, Resolution)>,
+}
+
+/// [`decide_with`] with no name resolved: a route's `project` name refuses the request and a
+/// client's names allow nothing.
+pub fn decide(
+    client: &Client,
+    route: Option<&Route>,
+    headers: &HeaderMap,
+    query: Option<&str>,
+) -> Result<Scope, GatewayError> {
+    decide_with(client, route, &Names::default(), headers, query)
+}
+
 /// Decides the scope from the client's request, before any header is removed: a client cannot
 /// hide its `ProjectUid` from this check (by naming it in `Connection`, say). The headers are
 /// not changed here; [`crate::proxy::hygiene::request_headers`] removes every client `ProjectUid` and
@@ -34,13 +61,26 @@ pub struct Scope {
 /// An empty value (`ProjectUID: ""`, which Palette's TypeScript SDK sends when no project is
 /// set, or `?ProjectUid=`) asks for no project: alone it means tenant scope, and beside a
 /// non-empty value it is ignored, so the non-empty one is checked as if it were alone.
-pub fn decide(
+///
+/// A route's `project` name sets its resolved uid (or refuses the request, naming the project);
+/// a client's `ProjectUid` passes when it is one of the client's uids or the uid one of its
+/// names resolved to.
+pub fn decide_with(
     client: &Client,
     route: Option<&Route>,
+    names: &Names,
     headers: &HeaderMap,
     query: Option<&str>,
 ) -> Result<Scope, GatewayError> {
     if let Some(project) = route.and_then(|r| r.project_uid.clone()) {
+        let query = query.map(strip_project_params).filter(|q| !q.is_empty());
+        return Ok(Scope { project: Some(project), query });
+    }
+    if let Some((route, name)) = route.and_then(|r| r.project_name.as_ref().map(|n| (r, n))) {
+        let resolution = names.route.clone().unwrap_or(Resolution::Pending);
+        let Resolution::Uid(project) = resolution else {
+            return Err(route_unresolved(client, &route.name, name, &resolution));
+        };
         let query = query.map(strip_project_params).filter(|q| !q.is_empty());
         return Ok(Scope { project: Some(project), query });
     }
@@ -75,11 +115,16 @@ pub fn decide(
     }
     let project = match asked {
         None => None,
-        Some(uid) if client.projects.allows(&uid) => Some(
-            HeaderValue::from_str(&uid)
-                .map_err(|_| GatewayError::BadRequest("ProjectUid is not a valid header value".into()))?,
-        ),
-        Some(uid) => return Err(GatewayError::ProjectForbidden { client: client.name.to_string(), project: uid }),
+        Some(uid)
+            if client.projects.allows(&uid)
+                || names.client.iter().any(|(_, r)| r.uid().is_some_and(|v| v == uid.as_str())) =>
+        {
+            Some(
+                HeaderValue::from_str(&uid)
+                    .map_err(|_| GatewayError::BadRequest("ProjectUid is not a valid header value".into()))?,
+            )
+        }
+        Some(uid) => return Err(client_forbidden(client, names, uid)),
     };
     // An empty `ProjectUid=` is dropped: Palette sees the decided scope and nothing that could
     // read as another (the non-empty parameters, if any, all name the checked project).
@@ -88,6 +133,48 @@ pub fn decide(
         other => other.map(str::to_string),
     };
     Ok(Scope { project, query })
+}
+
+/// A route's `project` name without a uid: 404 when Palette has no such project, 403 when
+/// several share the name, 503 while the lookup is pending or failing.
+fn route_unresolved(client: &Client, route: &str, name: &str, r: &Resolution) -> GatewayError {
+    let kind = match r {
+        Resolution::NotFound => UnresolvedProject::NotFound,
+        Resolution::Ambiguous(_) => UnresolvedProject::Ambiguous,
+        Resolution::Uid(_) | Resolution::Pending | Resolution::Failed(_) => UnresolvedProject::Unavailable,
+    };
+    GatewayError::ProjectNameUnresolved {
+        message: format!(
+            "route {route} sets project {name:?}, which does not resolve for client {}: {}",
+            client.name,
+            r.reason()
+        ),
+        kind,
+    }
+}
+
+/// A `ProjectUid` outside the client's projects; when some of its names did not resolve, the
+/// answer names them (they may be why).
+fn client_forbidden(client: &Client, names: &Names, uid: String) -> GatewayError {
+    let unresolved: Vec<String> = client
+        .project_names
+        .iter()
+        .filter_map(|n| {
+            let r = names.client.iter().find(|(m, _)| m == n).map_or(Resolution::Pending, |(_, r)| r.clone());
+            r.uid().is_none().then(|| format!("{n:?} ({})", r.reason()))
+        })
+        .collect();
+    if unresolved.is_empty() {
+        return GatewayError::ProjectForbidden { client: client.name.to_string(), project: uid };
+    }
+    GatewayError::ProjectNameUnresolved {
+        message: format!(
+            "client {} may not use project {uid}; these of its project names do not resolve: {}",
+            client.name,
+            unresolved.join(", ")
+        ),
+        kind: UnresolvedProject::NotAllowed,
+    }
 }
 
 /// Decoded `name=value` pairs the way Go's `url.ParseQuery` reads them (`+` is a space), and
@@ -145,6 +232,7 @@ mod tests {
             name: Arc::from("ci"),
             credential: 0,
             projects,
+            project_names: Vec::new(),
             allow: None,
             allow_credential_endpoints: Vec::new(),
             rate_limit: None,
@@ -157,6 +245,7 @@ mod tests {
             path_prefix: "/x".into(),
             strip_prefix: false,
             project_uid: Some(HeaderValue::from_str(project).unwrap()),
+            project_name: None,
             methods: None,
             clients: None,
         }
@@ -175,12 +264,12 @@ mod tests {
         let h = headers(&[("ProjectUID", "evil"), ("projectuid", "evil2")]);
         let s = decide(
             &client(Projects::Only(vec![])),
-            Some(&route("p001")),
+            Some(&route("5ca1ab1e0000000000000001")),
             &h,
             Some("a=1&projectUid=evil&Project%55id=e&b=2"),
         )
         .unwrap();
-        assert_eq!(s.project.unwrap(), "p001");
+        assert_eq!(s.project.unwrap(), "5ca1ab1e0000000000000001");
         assert_eq!(s.query.as_deref(), Some("a=1&b=2"));
     }
 
@@ -196,7 +285,7 @@ mod tests {
         let s = decide(&c, None, &h, Some("a=1;ProjectUid=p1")).unwrap();
         assert_eq!(s.project.unwrap(), "p1");
         // Under a route's project, a pair hiding one after ';' goes whole.
-        let s = decide(&c, Some(&route("p001")), &h, Some("a=1;ProjectUid=evil&b=2")).unwrap();
+        let s = decide(&c, Some(&route("5ca1ab1e0000000000000001")), &h, Some("a=1;ProjectUid=evil&b=2")).unwrap();
         assert_eq!(s.query.as_deref(), Some("b=2"));
     }
 
@@ -272,5 +361,97 @@ mod tests {
     fn any_project_with_star() {
         let h = headers(&[("ProjectUid", "whatever")]);
         assert!(decide(&client(Projects::Any), None, &h, None).is_ok());
+    }
+
+    const A: &str = "5ca1ab1e00000000000000a1";
+    const B: &str = "5ca1ab1e00000000000000b2";
+
+    fn named_route(name: &str) -> Route {
+        Route { project_uid: None, project_name: Some(Arc::from(name)), ..route("unused") }
+    }
+
+    fn named_client(uids: &[&str], names: &[&str]) -> Client {
+        let mut c = client(Projects::Only(uids.iter().map(|u| u.to_string()).collect()));
+        c.project_names = names.iter().map(|n| Arc::from(*n)).collect();
+        c
+    }
+
+    fn uid(v: &str) -> Resolution {
+        Resolution::Uid(HeaderValue::from_str(v).unwrap())
+    }
+
+    fn status(e: &GatewayError) -> u16 {
+        e.status_and_code().0.as_u16()
+    }
+
+    #[test]
+    fn a_route_by_name_sets_the_resolved_uid_and_drops_the_clients_project() {
+        let names = Names { route: Some(uid(A)), client: Vec::new() };
+        let h = headers(&[("ProjectUid", B)]);
+        let s =
+            decide_with(&client(Projects::Any), Some(&named_route("Default")), &names, &h, Some("ProjectUid=x&a=1"))
+                .unwrap();
+        assert_eq!(s, Scope { project: Some(HeaderValue::from_static(A)), query: Some("a=1".into()) });
+    }
+
+    #[test]
+    fn a_route_name_that_does_not_resolve_refuses_naming_the_project() {
+        let c = client(Projects::Any);
+        let r = named_route("team-x");
+        let refuse = |res: Option<Resolution>| {
+            decide_with(&c, Some(&r), &Names { route: res, client: Vec::new() }, &HeaderMap::new(), None).unwrap_err()
+        };
+        for (res, want) in [
+            (Some(Resolution::NotFound), 404),
+            (Some(Resolution::Ambiguous(2)), 403),
+            (Some(Resolution::Pending), 503),
+            (Some(Resolution::Failed("Palette answered 500".into())), 503),
+            (None, 503),
+        ] {
+            let e = refuse(res.clone());
+            assert_eq!(status(&e), want, "{res:?}");
+            assert!(e.to_string().contains("\"team-x\"") && e.to_string().contains("route r"), "{e}");
+        }
+        // Without a resolution (the fuzz target's entry), a route's name never passes.
+        assert!(decide(&c, Some(&r), &HeaderMap::new(), None).is_err());
+    }
+
+    #[test]
+    fn a_client_may_use_its_uids_and_the_uids_its_names_resolve_to() {
+        let c = named_client(&[B], &["Default", "team-b"]);
+        let names = Names {
+            route: None,
+            client: vec![(Arc::from("Default"), uid(A)), (Arc::from("team-b"), Resolution::NotFound)],
+        };
+        let ask = |v: &str| decide_with(&c, None, &names, &headers(&[("ProjectUid", v)]), None);
+        assert_eq!(ask(A).unwrap().project.unwrap(), A, "the uid of a listed name");
+        assert_eq!(ask(B).unwrap().project.unwrap(), B, "a listed uid");
+        // Another project, the names themselves, or a name's uid in another case: refused, and
+        // the answer names the name that did not resolve.
+        for other in ["5ca1ab1e00000000000000c3", "Default", "team-b", &A.to_uppercase()] {
+            let e = ask(other).unwrap_err();
+            assert_eq!(status(&e), 403, "{other}");
+            assert!(e.to_string().contains("\"team-b\""), "{e}");
+        }
+    }
+
+    #[test]
+    fn a_clients_unresolved_or_ambiguous_names_allow_nothing() {
+        let c = named_client(&[], &["Default"]);
+        for res in [Resolution::Pending, Resolution::NotFound, Resolution::Ambiguous(2), Resolution::Failed("x".into())]
+        {
+            let names = Names { route: None, client: vec![(Arc::from("Default"), res.clone())] };
+            for v in [A, B, "Default", ""] {
+                let got = decide_with(&c, None, &names, &headers(&[("ProjectUid", v)]), None);
+                match v {
+                    "" => assert_eq!(got.unwrap().project, None, "tenant scope stays allowed"),
+                    _ => assert!(got.is_err(), "{res:?} allowed {v}"),
+                }
+            }
+        }
+        // All names resolved and the uid is another: the plain refusal.
+        let names = Names { route: None, client: vec![(Arc::from("Default"), uid(A))] };
+        let e = decide_with(&c, None, &names, &headers(&[("ProjectUid", B)]), None).unwrap_err();
+        assert!(matches!(e, GatewayError::ProjectForbidden { .. }), "{e:?}");
     }
 }

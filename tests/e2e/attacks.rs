@@ -108,7 +108,7 @@ const ANON_OK: &[u8] =
     b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 11\r\nConnection: close\r\n\r\n{\"ok\":true}";
 
 /// A gateway in front of `upstream_url` with the API-key credential only (no login traffic),
-/// `admin` (any project, no allow rules) and `ci` (projects p001 and p002), and no budget.
+/// `admin` (any project, no allow rules) and `ci` (projects 5ca1ab1e0000000000000001 and 5ca1ab1e0000000000000002), and no budget.
 async fn gateway(upstream_url: &str) -> RunningGateway {
     gateway_with(upstream_url, "").await
 }
@@ -141,7 +141,7 @@ projects = ["*"]
 [[clients]]
 name = "ci"
 keys = ["{ci}"]
-projects = ["p001", "p002"]
+projects = ["5ca1ab1e0000000000000001", "5ca1ab1e0000000000000002"]
 allow = ["GET /v1/**", "POST /v1/dashboard/**", "PUT /v1/dashboard/**"]
 "#,
         admin = key_hash_string(ADMIN_KEY),
@@ -350,7 +350,7 @@ async fn request_trailers_over_http1_never_reach_palette() {
     let gw = gateway(&up.url()).await;
     for (method, path) in [("POST", "/v1/dashboard/projects"), ("PUT", "/v1/dashboard/x")] {
         let req = format!(
-            "{method} {path} HTTP/1.1\r\nHost: gateway.test\r\nApiKey: {CI_KEY}\r\nProjectUid: p001\r\nTrailer: ApiKey, ProjectUid\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n2\r\n{{}}\r\n0\r\nApiKey: {CI_KEY}\r\nAuthorization: Bearer {ADMIN_KEY}\r\nProjectUid: p999\r\nX-Trailer-Seen: yes\r\n\r\n"
+            "{method} {path} HTTP/1.1\r\nHost: gateway.test\r\nApiKey: {CI_KEY}\r\nProjectUid: 5ca1ab1e0000000000000001\r\nTrailer: ApiKey, ProjectUid\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n2\r\n{{}}\r\n0\r\nApiKey: {CI_KEY}\r\nAuthorization: Bearer {ADMIN_KEY}\r\nProjectUid: p999\r\nX-Trailer-Seen: yes\r\n\r\n"
         );
         let r = raw_request(gw.proxy_addr, req.as_bytes()).await;
         assert_eq!(r.status, 200, "{method}: {}", String::from_utf8_lossy(&r.body));
@@ -381,7 +381,7 @@ async fn request_trailers_over_http2_never_reach_palette() {
             .method(method.clone())
             .uri(format!("http://{}/v1/dashboard/projects", gw.proxy_addr))
             .header("apikey", CI_KEY)
-            .header("projectuid", "p001")
+            .header("projectuid", "5ca1ab1e0000000000000001")
             .body(())
             .unwrap();
         let (status, _) = h2_send(&h2, req, b"{}", Some(trailers)).await;
@@ -476,7 +476,7 @@ async fn request_trailers_never_reach_an_http2_palette() {
     // HTTP/1.1 chunked with a trailer section, streamed (POST) and buffered (PUT).
     for method in ["POST", "PUT"] {
         let req = format!(
-            "{method} /v1/dashboard/projects HTTP/1.1\r\nHost: gateway.test\r\nApiKey: {CI_KEY}\r\nProjectUid: p001\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n2\r\n{{}}\r\n0\r\nApiKey: {CI_KEY}\r\nProjectUid: p999\r\nX-Trailer-Seen: yes\r\n\r\n"
+            "{method} /v1/dashboard/projects HTTP/1.1\r\nHost: gateway.test\r\nApiKey: {CI_KEY}\r\nProjectUid: 5ca1ab1e0000000000000001\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n2\r\n{{}}\r\n0\r\nApiKey: {CI_KEY}\r\nProjectUid: p999\r\nX-Trailer-Seen: yes\r\n\r\n"
         );
         let r = raw_request(addr, req.as_bytes()).await;
         assert_eq!(r.status, 200, "{method}: {}", String::from_utf8_lossy(&r.body));
@@ -493,7 +493,7 @@ async fn request_trailers_never_reach_an_http2_palette() {
             .method(method.clone())
             .uri(format!("http://{addr}/v1/dashboard/projects"))
             .header("apikey", CI_KEY)
-            .header("projectuid", "p001")
+            .header("projectuid", "5ca1ab1e0000000000000001")
             .body(())
             .unwrap();
         let (status, _) = h2_send(&h2, req, b"{}", Some(trailers)).await;
@@ -504,7 +504,7 @@ async fn request_trailers_never_reach_an_http2_palette() {
     let seen: Vec<_> = seen.into_iter().filter(|(headers, _)| headers.contains_key("x-request-id")).collect();
     assert_eq!(seen.len(), 4);
     for (headers, trailers) in seen {
-        assert_eq!(headers.get_all("projectuid").iter().collect::<Vec<_>>(), ["p001"]);
+        assert_eq!(headers.get_all("projectuid").iter().collect::<Vec<_>>(), ["5ca1ab1e0000000000000001"]);
         assert_eq!(trailers, None, "trailers reached Palette");
     }
 }
@@ -602,21 +602,21 @@ async fn oddly_cased_credential_headers_give_exactly_one_upstream_credential() {
 }
 
 /// Guard (held already), except the `;` forms (fixed here). A restricted client cannot name a
-/// project outside its list another way: a list in one header (`p001, p999`), two headers,
+/// project outside its list another way: a list in one header (`5ca1ab1e0000000000000001, p999`), two headers,
 /// odd encodings of the query name (`%50rojectUid`, `PROJECTUID`, `project%55id`), and a query
 /// split at `;` (older Go servers, and some routers, read `a=1;ProjectUid=p999` as two pairs).
 #[tokio::test]
 async fn a_project_cannot_be_smuggled_past_the_scope_check() {
     let h = Harness::standard().await;
     let refused: [(&str, &[(&str, &str)]); 8] = [
-        ("/v1/packs", &[("ProjectUid", "p001, p999")]),
-        ("/v1/packs", &[("ProjectUid", "p001"), ("projectuid", "p999")]),
+        ("/v1/packs", &[("ProjectUid", "5ca1ab1e0000000000000001, p999")]),
+        ("/v1/packs", &[("ProjectUid", "5ca1ab1e0000000000000001"), ("projectuid", "p999")]),
         ("/v1/packs?%50rojectUid=p999", &[]),
         ("/v1/packs?PROJECTUID=p999", &[]),
-        ("/v1/packs?project%55id=p999", &[("ProjectUid", "p001")]),
+        ("/v1/packs?project%55id=p999", &[("ProjectUid", "5ca1ab1e0000000000000001")]),
         ("/v1/packs?a=1;ProjectUid=p999", &[]),
-        ("/v1/packs?a=1;ProjectUid=p999", &[("ProjectUid", "p001")]),
-        ("/v1/packs?ProjectUid=p001;ProjectUid=p999", &[]),
+        ("/v1/packs?a=1;ProjectUid=p999", &[("ProjectUid", "5ca1ab1e0000000000000001")]),
+        ("/v1/packs?ProjectUid=5ca1ab1e0000000000000001;ProjectUid=p999", &[]),
     ];
     for (path, headers) in refused {
         let mut all = vec![("ApiKey", CI_KEY)];
@@ -638,7 +638,7 @@ async fn a_project_cannot_be_smuggled_past_the_scope_check() {
         assert_eq!(r.status, 400);
     }
     // Plain project use still works.
-    let r = h.raw(&raw_get("/v1/packs?ProjectUid=p001", &[("ApiKey", CI_KEY)])).await;
+    let r = h.raw(&raw_get("/v1/packs?ProjectUid=5ca1ab1e0000000000000001", &[("ApiKey", CI_KEY)])).await;
     assert_eq!(r.status, 200);
 }
 

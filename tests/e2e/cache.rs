@@ -66,9 +66,9 @@ async fn entries_never_cross_credentials_or_projects() {
     let h = gateway(DASH_CACHE, "").await;
     let path = "/v1/dashboard/projects";
     let cases: [(&str, Option<&str>, &str); 4] = [
-        (CI_KEY, Some("p001"), "ApiKey"),
-        (CI_KEY, Some("p002"), "ApiKey"),
-        (BOT_KEY, Some("p001"), "Authorization token"),
+        (CI_KEY, Some("5ca1ab1e0000000000000001"), "ApiKey"),
+        (CI_KEY, Some("5ca1ab1e0000000000000002"), "ApiKey"),
+        (BOT_KEY, Some("5ca1ab1e0000000000000001"), "Authorization token"),
         (ADMIN_KEY, None, "ApiKey"),
     ];
     for round in 0..2 {
@@ -83,8 +83,8 @@ async fn entries_never_cross_credentials_or_projects() {
     }
     assert_eq!(upstream_calls(&h, path), 4, "one upstream read per credential and project");
     // admin sends the same upstream request as ci (same credential, same project): one entry.
-    let a = get(&h, path, ADMIN_KEY, Some("p001"), &[]).await;
-    assert_eq!((a.x_cache.as_deref(), a.body["projectUid"].as_str()), (Some("hit"), Some("p001")));
+    let a = get(&h, path, ADMIN_KEY, Some("5ca1ab1e0000000000000001"), &[]).await;
+    assert_eq!((a.x_cache.as_deref(), a.body["projectUid"].as_str()), (Some("hit"), Some("5ca1ab1e0000000000000001")));
     // admin caches p003; ci may not use p003 and still gets its 403, never the cached answer.
     assert_eq!(get(&h, path, ADMIN_KEY, Some("p003"), &[]).await.status, 200);
     let refused = get(&h, path, CI_KEY, Some("p003"), &[]).await;
@@ -187,7 +187,7 @@ async fn the_leader_leaving_does_not_fail_the_waiters() {
 async fn a_write_drops_the_scopes_entries() {
     let h = gateway(DASH_CACHE, "").await;
     let path = "/v1/dashboard/clusters";
-    let read = || get(&h, path, CI_KEY, Some("p001"), &[]);
+    let read = || get(&h, path, CI_KEY, Some("5ca1ab1e0000000000000001"), &[]);
     assert_eq!(read().await.x_cache.as_deref(), Some("miss"));
     assert_eq!(read().await.x_cache.as_deref(), Some("hit"));
     let post = |project: &'static str| {
@@ -198,9 +198,9 @@ async fn a_write_drops_the_scopes_entries() {
             .body("{}")
             .send()
     };
-    assert_eq!(post("p002").await.unwrap().status(), 201);
+    assert_eq!(post("5ca1ab1e0000000000000002").await.unwrap().status(), 201);
     assert_eq!(read().await.x_cache.as_deref(), Some("hit"), "another project's write changes nothing");
-    assert_eq!(post("p001").await.unwrap().status(), 201);
+    assert_eq!(post("5ca1ab1e0000000000000001").await.unwrap().status(), 201);
     assert_eq!(read().await.x_cache.as_deref(), Some("miss"), "the writer reads its own write");
     assert_eq!(upstream_calls(&h, path), 2);
 }

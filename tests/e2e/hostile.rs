@@ -168,7 +168,7 @@ async fn folded_headers_and_space_before_colon_are_400() {
     for (what, extra) in [
         ("obs-fold", &b"X-Note: a\r\n b"[..]),
         ("obs-fold with tab", b"X-Note: a\r\n\tb"),
-        ("folded ProjectUid", b"ProjectUid: p001\r\n p999"),
+        ("folded ProjectUid", b"ProjectUid: 5ca1ab1e0000000000000001\r\n p999"),
         ("space before colon", b"ProjectUid : p999"),
         ("tab before colon", b"Transfer-Encoding\t: chunked"),
         ("header line starting with space", b" Transfer-Encoding: chunked"),
@@ -191,7 +191,7 @@ async fn control_characters_in_headers_are_400() {
     for (what, extra) in [
         ("bare CR in a value", &b"X-Note: a\rProjectUid: p999"[..]),
         ("NUL in a value", b"X-Note: a\x00b"),
-        ("NUL in ProjectUid", b"ProjectUid: p001\x00p999"),
+        ("NUL in ProjectUid", b"ProjectUid: 5ca1ab1e0000000000000001\x00p999"),
         ("NUL in a name", b"X-No\x00te: a"),
         ("CR in a name", b"X-No\rte: a"),
         ("DEL in a value", b"X-Note: a\x7fb"),
@@ -479,7 +479,7 @@ async fn host_variants_reach_only_the_configured_upstream() {
 // Scope and credentials.
 
 /// `ProjectUid` in every place and spelling a client might use to leave its projects (ci may
-/// use p001 and p002): a project outside its list is 403, two different values 400, and
+/// use 5ca1ab1e0000000000000001 and 5ca1ab1e0000000000000002): a project outside its list is 403, two different values 400, and
 /// Palette never sees a project outside the list, in the header or the query.
 #[tokio::test]
 async fn project_uid_cannot_escape_the_clients_projects() {
@@ -493,33 +493,54 @@ async fn project_uid_cannot_escape_the_clients_projects() {
     let forbidden: Vec<(&str, Vec<u8>)> = vec![
         ("upper-case header", get("/v1/clusterprofiles", &[b"PROJECTUID: p999"])),
         ("camel header", get("/v1/clusterprofiles", &[b"projectUid: p999"])),
-        ("comma list", get("/v1/clusterprofiles", &[b"ProjectUid: p001,p999"])),
-        ("comma list, spaced", get("/v1/clusterprofiles", &[b"ProjectUid: p001, p999"])),
+        ("comma list", get("/v1/clusterprofiles", &[b"ProjectUid: 5ca1ab1e0000000000000001,p999"])),
+        ("comma list, spaced", get("/v1/clusterprofiles", &[b"ProjectUid: 5ca1ab1e0000000000000001, p999"])),
         ("upper-case query", get("/v1/clusterprofiles?PROJECTUID=p999", &[])),
         ("encoded name", get("/v1/clusterprofiles?%50%72%6f%6a%65%63%74%55%69%64=p999", &[])),
         ("encoded value", get("/v1/clusterprofiles?ProjectUid=%70%39%39%39", &[])),
-        ("value with encoded NUL", get("/v1/clusterprofiles?ProjectUid=p001%00", &[])),
-        ("value with encoded CRLF", get("/v1/clusterprofiles?ProjectUid=p001%0d%0aX:%20y", &[])),
-        ("plus-spaced value", get("/v1/clusterprofiles?ProjectUid=p001+p999", &[])),
+        ("value with encoded NUL", get("/v1/clusterprofiles?ProjectUid=5ca1ab1e0000000000000001%00", &[])),
+        ("value with encoded CRLF", get("/v1/clusterprofiles?ProjectUid=5ca1ab1e0000000000000001%0d%0aX:%20y", &[])),
+        ("plus-spaced value", get("/v1/clusterprofiles?ProjectUid=5ca1ab1e0000000000000001+p999", &[])),
     ];
     for (what, req) in forbidden {
         let r = refused(&h, &req, &[403], what).await;
         assert_eq!(r.json()["code"], "ProjectForbidden", "{what}");
     }
     let conflicting: Vec<(&str, Vec<u8>)> = vec![
-        ("header + mixed-case query", get("/v1/clusterprofiles?projectUID=p999", &[b"ProjectUid: p001"])),
-        ("header twice, different case", get("/v1/clusterprofiles", &[b"ProjectUid: p001", b"PROJECTUID: p002"])),
-        ("query twice", get("/v1/clusterprofiles?ProjectUid=p001&projectuid=p999", &[])),
-        ("allowed header, encoded query", get("/v1/clusterprofiles?Project%55id=p002", &[b"ProjectUID: p001"])),
+        (
+            "header + mixed-case query",
+            get("/v1/clusterprofiles?projectUID=p999", &[b"ProjectUid: 5ca1ab1e0000000000000001"]),
+        ),
+        (
+            "header twice, different case",
+            get(
+                "/v1/clusterprofiles",
+                &[b"ProjectUid: 5ca1ab1e0000000000000001", b"PROJECTUID: 5ca1ab1e0000000000000002"],
+            ),
+        ),
+        ("query twice", get("/v1/clusterprofiles?ProjectUid=5ca1ab1e0000000000000001&projectuid=p999", &[])),
+        (
+            "allowed header, encoded query",
+            get(
+                "/v1/clusterprofiles?Project%55id=5ca1ab1e0000000000000002",
+                &[b"ProjectUID: 5ca1ab1e0000000000000001"],
+            ),
+        ),
     ];
     for (what, req) in conflicting {
         refused(&h, &req, &[400], what).await;
     }
     // Allowed spellings pass, and Palette sees exactly one header with the checked value.
     for (what, req) in [
-        ("same header twice", get("/v1/clusterprofiles", &[b"ProjectUid: p001", b"projectuid: p001"])),
-        ("padded header", get("/v1/clusterprofiles", &[b"ProjectUid:   p002  "])),
-        ("query only", get("/v1/clusterprofiles?projectuid=p002", &[])),
+        (
+            "same header twice",
+            get(
+                "/v1/clusterprofiles",
+                &[b"ProjectUid: 5ca1ab1e0000000000000001", b"projectuid: 5ca1ab1e0000000000000001"],
+            ),
+        ),
+        ("padded header", get("/v1/clusterprofiles", &[b"ProjectUid:   5ca1ab1e0000000000000002  "])),
+        ("query only", get("/v1/clusterprofiles?projectuid=5ca1ab1e0000000000000002", &[])),
     ] {
         let r = h.raw(&req).await;
         assert_eq!(r.status, 200, "{what}");
@@ -541,16 +562,19 @@ async fn project_uid_cannot_escape_the_clients_projects() {
     assert_eq!(r.status, 200);
     let got = h.last();
     assert_eq!(got.path_and_query, "/v1/spectroclusters?limit=1");
-    assert_eq!(got.headers.get_all("projectuid").iter().collect::<Vec<_>>(), vec!["p002"]);
+    assert_eq!(got.headers.get_all("projectuid").iter().collect::<Vec<_>>(), vec!["5ca1ab1e0000000000000002"]);
     // Over the whole test, Palette never saw a project outside ci's list.
     for got in upstream_saw(&h) {
         for v in got.headers.get_all("projectuid") {
-            assert!(v == "p001" || v == "p002", "Palette saw ProjectUid {v:?}");
+            assert!(v == "5ca1ab1e0000000000000001" || v == "5ca1ab1e0000000000000002", "Palette saw ProjectUid {v:?}");
         }
         let query = got.path_and_query.split_once('?').map(|(_, q)| q.to_ascii_lowercase()).unwrap_or_default();
         for pair in query.split('&') {
             if pair.starts_with("projectuid=") {
-                assert!(pair == "projectuid=p001" || pair == "projectuid=p002", "Palette saw {pair}");
+                assert!(
+                    pair == "projectuid=5ca1ab1e0000000000000001" || pair == "projectuid=5ca1ab1e0000000000000002",
+                    "Palette saw {pair}"
+                );
             }
         }
     }

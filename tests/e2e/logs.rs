@@ -102,7 +102,7 @@ async fn one_access_event_per_request_with_every_field() {
     assert_eq!(e["route"], "ci-clusters");
     assert_eq!(e["method"], "GET");
     assert_eq!(e["path"], "/v1/spectroclusters", "the query is dropped");
-    assert_eq!(e["project"], "p002");
+    assert_eq!(e["project"], "5ca1ab1e0000000000000002");
     assert_eq!(e["status"], 200);
     assert_eq!(e["upstream_status"], 200);
     assert_eq!(e["bytes_in"], 0);
@@ -117,7 +117,7 @@ async fn one_access_event_per_request_with_every_field() {
         .http
         .post(h.url("/v1/dashboard/projects"))
         .header("ApiKey", CI_KEY)
-        .header("ProjectUid", "p001")
+        .header("ProjectUid", "5ca1ab1e0000000000000001")
         .header("X-Request-Id", "logs-access-post")
         .body("{\"name\":\"x\"}")
         .send()
@@ -127,7 +127,7 @@ async fn one_access_event_per_request_with_every_field() {
     let events = cap.wait(ACCESS, "logs-access-post").await;
     assert_eq!(events.len(), 1);
     assert_eq!(events[0]["bytes_in"], 12);
-    assert_eq!(events[0]["project"], "p001");
+    assert_eq!(events[0]["project"], "5ca1ab1e0000000000000001");
     assert_eq!(events[0]["route"], "none");
     assert_eq!(events[0]["upstream_status"], 201);
 
@@ -167,7 +167,7 @@ async fn mutations_are_audited_with_palette_audit_uid() {
         .http
         .post(h.url("/v1/dashboard/projects"))
         .header("ApiKey", CI_KEY)
-        .header("ProjectUid", "p001")
+        .header("ProjectUid", "5ca1ab1e0000000000000001")
         .header("X-Request-Id", "logs-audit-post")
         .body("{}")
         .send()
@@ -181,7 +181,7 @@ async fn mutations_are_audited_with_palette_audit_uid() {
     assert_eq!(e["client"], "ci");
     assert_eq!(e["method"], "POST");
     assert_eq!(e["path"], "/v1/dashboard/projects");
-    assert_eq!(e["project"], "p001");
+    assert_eq!(e["project"], "5ca1ab1e0000000000000001");
     assert_eq!(e["status"], 201);
     assert_eq!(e["outcome"], "success");
     assert_eq!(e["audit_uid"], audit_uid.as_str(), "Palette's AuditUid is in the audit event");

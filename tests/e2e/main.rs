@@ -25,6 +25,7 @@ mod logs;
 mod metrics;
 mod paths;
 mod policy_scope;
+mod project_names;
 mod readiness;
 mod readme;
 mod reload;

@@ -163,8 +163,12 @@ async fn routes_keep_the_trailing_slash() {
     assert_eq!(r.status, 200);
     let got = h.last();
     assert_eq!(got.path_and_query, "/v1/clusterprofiles/");
-    assert_eq!(got.headers["projectuid"], "p001");
+    assert_eq!(got.headers["projectuid"], "5ca1ab1e0000000000000001");
     let r = h.raw(&raw_get("/v1/spectroclusters/", &[("ApiKey", CI_KEY)])).await;
     assert_eq!(r.status, 200);
-    assert_eq!(h.last().headers["projectuid"], "p002", "/v1/spectroclusters/ is under the route's prefix");
+    assert_eq!(
+        h.last().headers["projectuid"],
+        "5ca1ab1e0000000000000002",
+        "/v1/spectroclusters/ is under the route's prefix"
+    );
 }

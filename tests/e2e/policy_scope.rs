@@ -65,7 +65,7 @@ async fn route_sets_project_and_strips_prefix() {
     let got = h.last();
     assert_eq!(got.path_and_query, "/v1/clusterprofiles?limit=2");
     let values: Vec<_> = got.headers.get_all("projectuid").iter().collect();
-    assert_eq!(values, vec!["p001"]);
+    assert_eq!(values, vec!["5ca1ab1e0000000000000001"]);
 }
 
 /// A route limited to a client and method applies only to them.
@@ -73,7 +73,7 @@ async fn route_sets_project_and_strips_prefix() {
 async fn route_filters_by_client_and_method() {
     let h = Harness::standard().await;
     h.http.get(h.url("/v1/spectroclusters/u1")).header("ApiKey", CI_KEY).send().await.unwrap();
-    assert_eq!(h.last().headers["projectuid"], "p002");
+    assert_eq!(h.last().headers["projectuid"], "5ca1ab1e0000000000000002");
     h.http.get(h.url("/v1/spectroclusters/u1")).header("ApiKey", ADMIN_KEY).send().await.unwrap();
     assert!(h.last().headers.get("projectuid").is_none(), "admin is not in the route's clients: tenant scope");
     // /team-ab is not under /team-a (whole segments).
@@ -90,12 +90,12 @@ async fn client_project_must_be_allowed() {
         .http
         .get(h.url("/v1/clusterprofiles"))
         .header("ApiKey", CI_KEY)
-        .header("ProjectUid", "p001")
+        .header("ProjectUid", "5ca1ab1e0000000000000001")
         .send()
         .await
         .unwrap();
     assert_eq!(r.status(), 200);
-    assert_eq!(h.last().headers["projectuid"], "p001");
+    assert_eq!(h.last().headers["projectuid"], "5ca1ab1e0000000000000001");
     for (header, query) in
         [(Some("p999"), ""), (None, "?ProjectUid=p999"), (None, "?projectuid=p999"), (None, "?Project%55id=p999")]
     {
@@ -117,9 +117,9 @@ async fn conflicting_project_values_are_400() {
     let h = Harness::standard().await;
     let r = h
         .http
-        .get(h.url("/v1/x?ProjectUid=p002"))
+        .get(h.url("/v1/x?ProjectUid=5ca1ab1e0000000000000002"))
         .header("ApiKey", CI_KEY)
-        .header("ProjectUid", "p001")
+        .header("ProjectUid", "5ca1ab1e0000000000000001")
         .send()
         .await
         .unwrap();
@@ -179,7 +179,7 @@ async fn connection_cannot_remove_the_route_project() {
     let h = Harness::standard().await;
     let mut n = 0;
     for connection in ["keep-alive, ProjectUid", "ProjectUid", "close, PROJECTUID", "keep-alive,projectuid , te"] {
-        for own in [None, Some("evil"), Some("p001")] {
+        for own in [None, Some("evil"), Some("5ca1ab1e0000000000000001")] {
             n += 1;
             let rid = format!("conn-route-{n}");
             let mut headers = vec![("ApiKey", ADMIN_KEY), ("X-Request-Id", rid.as_str())];
@@ -190,8 +190,8 @@ async fn connection_cannot_remove_the_route_project() {
             assert_eq!(r.status, 200, "{connection} {own:?}: {}", String::from_utf8_lossy(&r.body));
             let got = h.last();
             assert_eq!(got.path_and_query, "/v1/clusterprofiles");
-            assert_eq!(values(&got, "projectuid"), ["p001"], "{connection} {own:?}");
-            assert_eq!(access_event(&rid).await["project"], "p001", "{connection} {own:?}");
+            assert_eq!(values(&got, "projectuid"), ["5ca1ab1e0000000000000001"], "{connection} {own:?}");
+            assert_eq!(access_event(&rid).await["project"], "5ca1ab1e0000000000000001", "{connection} {own:?}");
         }
     }
 }
@@ -212,12 +212,12 @@ async fn connection_cannot_skip_the_project_check() {
             &h,
             "/v1/clusterprofiles",
             connection,
-            &[("ApiKey", CI_KEY), ("ProjectUid", "p001"), ("X-Request-Id", &rid)],
+            &[("ApiKey", CI_KEY), ("ProjectUid", "5ca1ab1e0000000000000001"), ("X-Request-Id", &rid)],
         )
         .await;
         assert_eq!(r.status, 200, "{connection}");
-        assert_eq!(values(&h.last(), "projectuid"), ["p001"]);
-        assert_eq!(access_event(&rid).await["project"], "p001");
+        assert_eq!(values(&h.last(), "projectuid"), ["5ca1ab1e0000000000000001"]);
+        assert_eq!(access_event(&rid).await["project"], "5ca1ab1e0000000000000001");
     }
     assert_eq!(h.forwarded().len(), 2);
 }
@@ -290,9 +290,14 @@ async fn empty_project_uid_is_tenant_scope() {
     let r = h.raw(&raw_get("/v1/users", &[("ApiKey", CI_KEY), ("ProjectUID", ""), ("ProjectUid", "p999")])).await;
     assert_eq!(r.status, 403);
     assert_eq!(h.forwarded().len(), forwarded);
-    let r = h.raw(&raw_get("/v1/users", &[("ApiKey", CI_KEY), ("ProjectUID", ""), ("ProjectUid", "p002")])).await;
+    let r = h
+        .raw(&raw_get(
+            "/v1/users",
+            &[("ApiKey", CI_KEY), ("ProjectUID", ""), ("ProjectUid", "5ca1ab1e0000000000000002")],
+        ))
+        .await;
     assert_eq!(r.status, 200);
-    assert_eq!(values(&h.last(), "projectuid"), ["p002"]);
+    assert_eq!(values(&h.last(), "projectuid"), ["5ca1ab1e0000000000000002"]);
 }
 
 /// `curl -I` works where `GET` is allowed: a `GET` rule covers `HEAD`, and a `GET` route's
@@ -305,7 +310,7 @@ async fn get_rules_and_routes_cover_head() {
     assert_eq!(h.last().method, "HEAD");
     let r = h.http.head(h.url("/v1/spectroclusters/u1")).header("ApiKey", CI_KEY).send().await.unwrap();
     assert_eq!(r.status(), 200);
-    assert_eq!(values(&h.last(), "projectuid"), ["p002"], "the GET route's project");
+    assert_eq!(values(&h.last(), "projectuid"), ["5ca1ab1e0000000000000002"], "the GET route's project");
     let r = h.http.request(reqwest::Method::OPTIONS, h.url("/v1/packs")).header("ApiKey", CI_KEY).send().await.unwrap();
     assert_eq!(r.status(), 403);
 }

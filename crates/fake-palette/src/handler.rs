@@ -107,9 +107,53 @@ async fn route(state: &State, parts: &Parts, body: &[u8]) -> FakeResponse {
     };
     let answer = match path.strip_prefix(HOOK_PREFIX) {
         Some(hook_path) => hook(state, parts, hook_path, &credential).await,
+        None if parts.method == Method::GET && path == PROJECTS_METADATA => projects_metadata(state, parts),
         None => ordinary(parts),
     };
     with_session_cookie(state, answer)
+}
+
+/// Palette's project name lookup.
+const PROJECTS_METADATA: &str = "/v1/dashboard/projects/metadata";
+
+/// `GET /v1/dashboard/projects/metadata[?name=]`: the known projects, those named exactly
+/// `name` when given (the value percent-decoded, `+` a space).
+fn projects_metadata(state: &State, parts: &Parts) -> FakeResponse {
+    let wanted = parts.uri.query().unwrap_or_default().split('&').find_map(|pair| {
+        let (k, v) = pair.split_once('=')?;
+        (k == "name").then(|| percent_decode(&v.replace('+', " ")))
+    });
+    let items: Vec<serde_json::Value> = state
+        .projects()
+        .iter()
+        .filter(|p| wanted.as_ref().map_or(true, |w| *w == p.name))
+        .map(|p| serde_json::json!({"metadata": {"name": p.name, "uid": p.uid}}))
+        .collect();
+    json(StatusCode::OK, &serde_json::json!({ "items": items }))
+}
+
+/// `%XX` escapes decoded (invalid ones kept as written).
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = bytes
+            .get(i + 1..i + 3)
+            .and_then(|h| std::str::from_utf8(h).ok())
+            .and_then(|h| u8::from_str_radix(h, 16).ok());
+        match (bytes[i], hex) {
+            (b'%', Some(b)) => {
+                out.push(b);
+                i += 3;
+            }
+            (b, _) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// `setCookie=false` in the query (value compared ignoring ASCII case).

@@ -17,7 +17,11 @@
 //!   [`FakePaletteConfig::api_keys`], or `Authorization: <raw token>` (no `Bearer` prefix). When
 //!   both are present the `ApiKey` decides. Otherwise 401; a bad key is echoed in the message
 //!   (`invalid api key <key>`) as real Palette error bodies may do.
-//! - Authenticated answers: `POST` → `201 {"uid": ...}` with an `AuditUid` header; every other
+//! - `GET /v1/dashboard/projects/metadata[?name=<name>]` (authenticated) lists the projects
+//!   it knows ([`FakePaletteConfig::projects`], [`FakePalette::set_projects`]), as Palette's
+//!   spec says: `200 {"items": [{"metadata": {"name", "uid"}}]}`, only those named exactly
+//!   `name` when it is given.
+//! - Other authenticated answers: `POST` → `201 {"uid": ...}` with an `AuditUid` header; every other
 //!   method → `200 {"method", "path", "query", "projectUid"}` (`query` is the raw query string or
 //!   null, `projectUid` the `ProjectUid` header or null, `authenticatedWith` the kind of credential: `ApiKey` or `Authorization token`, never its value). Every authenticated answer, test hooks
 //!   included, carries `Set-Cookie: fake-session=abc`, which a gateway must strip.
@@ -115,10 +119,28 @@ pub struct FakePaletteConfig {
     /// Enforce Palette's per-source-IP rate limits (see the module docs). Default: `None`, no
     /// rate limiting ([`FakePalette::force_429`] works either way).
     pub rate_limits: Option<FakeRateLimits>,
+    /// The projects `GET /v1/dashboard/projects/metadata` lists. Default: none.
+    pub projects: Vec<FakeProject>,
     /// Every authenticated answer carries `Set-Cookie: fake-session=abc` (see the module docs).
     /// `false`: none does (as for a Palette that sets no cookie on API answers), except the
     /// `headers` hook's when asked. Default: `true`.
     pub session_cookie: bool,
+}
+
+/// A project the fake knows: what Palette's project metadata says of it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FakeProject {
+    /// Its name (two projects may share one, to test ambiguity).
+    pub name: String,
+    /// Its uid.
+    pub uid: String,
+}
+
+impl FakeProject {
+    /// A project `name` with uid `uid`.
+    pub fn new(name: &str, uid: &str) -> Self {
+        FakeProject { name: name.into(), uid: uid.into() }
+    }
 }
 
 impl Default for FakePaletteConfig {
@@ -130,6 +152,7 @@ impl Default for FakePaletteConfig {
             token_exp_claim: true,
             tls: None,
             rate_limits: None,
+            projects: Vec::new(),
             session_cookie: true,
         }
     }
@@ -225,6 +248,8 @@ struct State {
     pattern: Bytes,
     /// Cancelled on shutdown; slow answers stop waiting.
     cancel: CancellationToken,
+    /// The projects the metadata lookup lists.
+    projects: Mutex<Vec<FakeProject>>,
 }
 
 impl State {
@@ -239,6 +264,10 @@ impl State {
 
     fn limits(&self) -> MutexGuard<'_, Limiter> {
         self.limits.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn projects(&self) -> MutexGuard<'_, Vec<FakeProject>> {
+        self.projects.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }
 
@@ -269,6 +298,7 @@ impl FakePalette {
             limits: Mutex::new(Limiter::new(cfg.rate_limits.map(|r| r.burst_seconds))),
             pattern: body::pattern_chunk(),
             cancel: cancel.clone(),
+            projects: Mutex::new(cfg.projects),
         });
         let tls = cfg.tls.map(TlsAcceptor::from);
         let connections = TaskTracker::new();
@@ -315,6 +345,11 @@ impl FakePalette {
     /// Every request received so far, in the order they were recorded (auth calls included).
     pub fn requests(&self) -> Vec<RecordedRequest> {
         self.state.requests().clone()
+    }
+
+    /// Replaces the projects the metadata lookup lists (a project created, renamed, deleted).
+    pub fn set_projects(&self, projects: Vec<FakeProject>) {
+        *self.state.projects() = projects;
     }
 
     /// Forgets the recorded requests.

@@ -234,6 +234,27 @@ async fn post_creates_with_audit_uid_and_project_uid_is_echoed() {
 }
 
 #[tokio::test]
+async fn project_metadata_lists_the_known_projects_by_exact_name() {
+    let projects = vec![FakeProject::new("Default", "aa01"), FakeProject::new("team a", "bb02")];
+    let fake = FakePalette::start(FakePaletteConfig { projects, ..config() }).await.unwrap();
+    let path = "/v1/dashboard/projects/metadata";
+    let all = send(&fake, Method::GET, path, &[("ApiKey", KEY)], "").await;
+    assert_eq!(all.status, StatusCode::OK);
+    assert_eq!(
+        all.json(),
+        json!({"items": [{"metadata": {"name": "Default", "uid": "aa01"}}, {"metadata": {"name": "team a", "uid": "bb02"}}]})
+    );
+    let one = send(&fake, Method::GET, &format!("{path}?name=team%20a"), &[("ApiKey", KEY)], "").await;
+    assert_eq!(one.json(), json!({"items": [{"metadata": {"name": "team a", "uid": "bb02"}}]}));
+    let none = send(&fake, Method::GET, &format!("{path}?name=Def"), &[("ApiKey", KEY)], "").await;
+    assert_eq!(none.json(), json!({"items": []}));
+    fake.set_projects(vec![FakeProject::new("later", "cc03")]);
+    let later = send(&fake, Method::GET, path, &[("ApiKey", KEY)], "").await;
+    assert_eq!(later.json()["items"][0]["metadata"]["name"], "later");
+    assert_eq!(send(&fake, Method::GET, path, &[], "").await.status, StatusCode::UNAUTHORIZED);
+}
+
+#[tokio::test]
 async fn bytes_hook_streams_the_exact_count() {
     let fake = FakePalette::start(config()).await.unwrap();
     let n: u64 = 3 * 64 * 1024 + 1001;

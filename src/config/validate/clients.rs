@@ -4,7 +4,8 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use super::limits::rate;
-use super::{valid_name, valid_project_uid};
+use super::valid_name;
+use super::{is_project_uid_form, project_name_problem};
 use crate::config::file::{RawClient, RawConfig, RawCredential};
 use crate::config::problems::Problems;
 use crate::config::{Client, Projects, Rate};
@@ -119,6 +120,7 @@ fn client(
         };
         p.add(format!("{field}.credential"), format!("no credential named {cred_name:?}{hint}"));
     }
+    let mut project_names: Vec<Arc<str>> = Vec::new();
     let projects = match &c.projects {
         None => Projects::Only(Vec::new()),
         Some(list) if list.iter().any(|s| s == "*") => {
@@ -128,15 +130,19 @@ fn client(
             Projects::Any
         }
         Some(list) => {
-            for (k, uid) in list.iter().enumerate() {
-                if !valid_project_uid(uid) {
-                    p.add(
-                        format!("{field}.projects[{k}]"),
-                        format!("{uid:?} is not a project uid (letters, digits, '-', '_')"),
-                    );
+            // 24 lowercase hex digits: a uid; anything else: a project name.
+            let (uids, names): (Vec<&String>, Vec<&String>) = list.iter().partition(|e| is_project_uid_form(e));
+            for (k, entry) in list.iter().enumerate() {
+                if let Some(problem) = (!is_project_uid_form(entry)).then(|| project_name_problem(entry)).flatten() {
+                    p.add(format!("{field}.projects[{k}]"), format!("{entry:?} is neither a project uid (24 lowercase hex digits) nor a project name: {problem}"));
                 }
             }
-            Projects::Only(list.clone())
+            for name in names {
+                if !project_names.iter().any(|n| **n == **name) {
+                    project_names.push(Arc::from(name.as_str()));
+                }
+            }
+            Projects::Only(uids.into_iter().cloned().collect())
         }
     };
     let allow = c.allow.as_ref().map(|rules| {
@@ -179,6 +185,7 @@ fn client(
         name: Arc::from(c.name.as_str()),
         credential: credential?,
         projects,
+        project_names,
         allow,
         allow_credential_endpoints,
         rate_limit: None,
@@ -238,6 +245,23 @@ mod tests {
         );
         let cfg = load_str(&ok, Path::new("."), &env()).unwrap();
         assert_eq!(cfg.clients[0].allow_credential_endpoints[0].as_str(), "PUT /v1/apiKeys/*/state");
+    }
+
+    #[test]
+    fn projects_mix_uids_and_names() {
+        let text = format!(
+            "{}[[clients]]\nname = \"a\"\nprojects = [\"Default\", \"5ca1ab1e0000000000000001\", \"team-a\", \"Default\", \"5CA1AB1E0000000000000001\"]\n",
+            base()
+        );
+        let cfg = load_str(&text, Path::new("."), &env()).unwrap();
+        let c = &cfg.clients[0];
+        assert_eq!(c.projects, crate::config::Projects::Only(vec!["5ca1ab1e0000000000000001".into()]));
+        // Upper-case hex is not Palette's form: it is a name, like any other text.
+        let names: Vec<&str> = c.project_names.iter().map(|n| &**n).collect();
+        assert_eq!(names, ["Default", "team-a", "5CA1AB1E0000000000000001"]);
+        let p = problems(&format!("{}[[clients]]\nname = \"a\"\nprojects = [\"ok\", \"\", \"tab\\there\"]\n", base()));
+        assert!(p.iter().any(|l| l.starts_with("clients[0].projects[1]: ")), "{p:?}");
+        assert!(p.iter().any(|l| l.starts_with("clients[0].projects[2]: ") && l.contains("control")), "{p:?}");
     }
 
     #[test]

@@ -82,3 +82,23 @@ fn valid_name(name: &str) -> bool {
 fn valid_project_uid(uid: &str) -> bool {
     (1..=128).contains(&uid.len()) && uid.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_'))
 }
+
+/// Palette's uids are 24 lowercase hex digits (MongoDB object ids): a `projects` entry of that
+/// form is a uid, any other one a project name.
+pub(crate) fn is_project_uid_form(s: &str) -> bool {
+    s.len() == 24 && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
+/// A project name as Palette shows it: 1-128 characters, no control characters, no space at
+/// either end (it is compared exactly).
+fn project_name_problem(name: &str) -> Option<&'static str> {
+    if name.is_empty() || name.chars().count() > 128 {
+        Some("a project name must be 1-128 characters")
+    } else if name.chars().any(char::is_control) {
+        Some("a project name must not contain control characters")
+    } else if name.trim() != name {
+        Some("a project name must not start or end with white space (names are compared exactly)")
+    } else {
+        None
+    }
+}

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use http::Method;
 
-use super::{valid_name, valid_project_uid};
+use super::{is_project_uid_form, project_name_problem, valid_name, valid_project_uid};
 use crate::config::file::RawRoute;
 use crate::config::problems::Problems;
 use crate::config::{Route, RouteCache};
@@ -67,6 +67,27 @@ fn route(
         }
         http::HeaderValue::from_str(uid).ok()
     });
+    let project_name = r.project.as_ref().and_then(|name| {
+        if r.project_uid.is_some() {
+            p.add(
+                format!("{field}.project"),
+                "set project (a name) or project_uid, not both: project and project_uid name the same setting",
+            );
+        } else if is_project_uid_form(name) {
+            p.add(
+                format!("{field}.project"),
+                format!(
+                    "{name:?} has the form of a project uid (24 lowercase hex digits): write project_uid = {name:?}; \
+                     a project whose name has that form cannot be named"
+                ),
+            );
+        } else if let Some(problem) = project_name_problem(name) {
+            p.add(format!("{field}.project"), format!("{name:?}: {problem}"));
+        } else {
+            return Some(Arc::from(name.as_str()));
+        }
+        None
+    });
     let methods = r.methods.as_ref().map(|ms| {
         ms.iter()
             .enumerate()
@@ -104,6 +125,7 @@ fn route(
         path_prefix: r.path_prefix.clone(),
         strip_prefix: r.strip_prefix,
         project_uid,
+        project_name,
         methods,
         clients: route_clients,
     };
@@ -130,5 +152,24 @@ mod tests {
         ] {
             assert!(p.iter().any(|l| l.starts_with(want)), "{want}: {p:?}");
         }
+    }
+
+    #[test]
+    fn a_route_names_its_project_or_gives_its_uid_not_both() {
+        let route = |extra: &str| format!("{}[[routes]]\nname = \"r\"\npath_prefix = \"/a\"\n{extra}", base());
+        let p = problems(&route("project = \"Default\"\nproject_uid = \"5ca1ab1e0000000000000001\"\n"));
+        assert!(p.iter().any(|l| l.starts_with("routes[0].project: ") && l.contains("project_uid")), "{p:?}");
+        let p = problems(&route("project = \"5ca1ab1e0000000000000001\"\n"));
+        assert!(p.iter().any(|l| l.starts_with("routes[0].project: ") && l.contains("write project_uid")), "{p:?}");
+        let p = problems(&route("project = \" Default\"\n"));
+        assert!(p.iter().any(|l| l.starts_with("routes[0].project: ") && l.contains("white space")), "{p:?}");
+        let cfg = crate::config::load_str(
+            &route("project = \"Team A\"\n"),
+            std::path::Path::new("."),
+            &super::super::tests::env(),
+        )
+        .unwrap();
+        assert_eq!(cfg.routes[0].project_name.as_deref(), Some("Team A"));
+        assert_eq!(cfg.routes[0].project_uid, None);
     }
 }

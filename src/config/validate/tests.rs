@@ -33,8 +33,8 @@ fn minimal_config_loads() {
 fn full_example_loads() {
     let text = format!(
         "{}[credentials.ops]\nemail = \"ops@example.com\"\npassword_env = \"PALETTE_PASSWORD\"\norg = \"acme\"\ntoken_lifetime = \"15m\"\nrefresh_before = \"3m\"\n\
-         [auth]\nanonymous_client = \"ci\"\n[[clients]]\nname = \"ci\"\nkeys = [\"{KEY_HASH}\"]\ncredential = \"ops\"\nprojects = [\"p001\"]\nallow = [\"GET /v1/**\"]\n\
-         [[routes]]\nname = \"team-a\"\npath_prefix = \"/team-a\"\nstrip_prefix = true\nproject_uid = \"p001\"\nmethods = [\"GET\"]\nclients = [\"ci\"]\n",
+         [auth]\nanonymous_client = \"ci\"\n[[clients]]\nname = \"ci\"\nkeys = [\"{KEY_HASH}\"]\ncredential = \"ops\"\nprojects = [\"5ca1ab1e0000000000000001\"]\nallow = [\"GET /v1/**\"]\n\
+         [[routes]]\nname = \"team-a\"\npath_prefix = \"/team-a\"\nstrip_prefix = true\nproject_uid = \"5ca1ab1e0000000000000001\"\nmethods = [\"GET\"]\nclients = [\"ci\"]\n",
         base()
     );
     let cfg = load_str(&text, Path::new("."), &env()).unwrap();

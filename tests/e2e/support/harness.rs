@@ -47,7 +47,7 @@ refresh_before = "3m"
 [[clients]]
 name = "ci"
 keys = ["{ci}"]
-projects = ["p001", "p002"]
+projects = ["5ca1ab1e0000000000000001", "5ca1ab1e0000000000000002"]
 allow = ["GET /v1/**", "POST /v1/dashboard/**"]
 
 [[clients]]
@@ -65,14 +65,14 @@ projects = ["*"]
 name = "team-a"
 path_prefix = "/team-a"
 strip_prefix = true
-project_uid = "p001"
+project_uid = "5ca1ab1e0000000000000001"
 
 [[routes]]
 name = "ci-clusters"
 path_prefix = "/v1/spectroclusters"
 methods = ["GET"]
 clients = ["ci"]
-project_uid = "p002"
+project_uid = "5ca1ab1e0000000000000002"
 "#,
         ci = key_hash_string(CI_KEY),
         admin = key_hash_string(ADMIN_KEY),
