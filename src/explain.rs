@@ -172,7 +172,17 @@ pub fn explain(cfg: &Config, req: &Request) -> Result<(String, Outcome), UsageEr
     let id = request_id::assign(&parts.headers);
     let query = parts.uri.query().map(str::to_string);
     // Offline: no project name lookup, so nothing in this future waits.
-    let decide = decide::route(cfg, client_idx, &parts.method, &checked, query.as_deref(), &mut parts.headers, &conn, &id.0, None);
+    let decide = decide::route(
+        cfg,
+        client_idx,
+        &parts.method,
+        &checked,
+        query.as_deref(),
+        &mut parts.headers,
+        &conn,
+        &id.0,
+        None,
+    );
     let Some((matched, decided)) = futures_util::FutureExt::now_or_never(decide) else {
         return Err(UsageError::Internal("the decision steps waited on something offline; this is a bug".into()));
     };

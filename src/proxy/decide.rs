@@ -7,11 +7,11 @@ use http::{HeaderMap, HeaderValue, Method};
 
 use crate::config::{ClientId, Config};
 use crate::error::GatewayError;
+use crate::metrics::Metrics;
 use crate::pattern::AllowRule;
 use crate::proxy::path::CheckedPath;
 use crate::proxy::routes::{self, RouteMatch};
 use crate::proxy::scope::{self, Scope};
-use crate::metrics::Metrics;
 use crate::proxy::{hygiene, policy, project_names, ConnInfo};
 use crate::runtime::Runtime;
 

@@ -75,10 +75,10 @@ fn a_forwarded_request_is_explained_step_by_step() {
         "client         ci (by its local key)",
         "route          team-a (routes[0]): strips /team-a, upstream path /v1/spectroclusters",
         "policy         allowed by \"GET /v1/**\"",
-        "scope          ProjectUid p001 (set by the route",
+        "scope          ProjectUid 5ca1ab1e0000000000000001 (set by the route",
         "upstream       GET https://api.spectrocloud.com/v1/spectroclusters?limit=5",
         "headers        apikey: [upstream api key \"default\"]",
-        "projectuid: p001",
+        "projectuid: 5ca1ab1e0000000000000001",
         "budget         prefix /v1/spectroclusters",
         "result         forwarded (exit 0)",
     ] {
@@ -170,7 +170,9 @@ async fn explain_and_the_gateway_agree() {
             .unwrap()
         }
     };
-    for (target, project) in [("/team-a/v1/users?limit=2", "p001"), ("/v1/spectroclusters", "p002")] {
+    for (target, project) in
+        [("/team-a/v1/users?limit=2", "5ca1ab1e0000000000000001"), ("/v1/spectroclusters", "5ca1ab1e0000000000000002")]
+    {
         let out = explain(vec!["explain".into(), "--key".into(), "-".into(), "GET".into(), target.into()]).await;
         let (stdout, _) = texts(&out);
         assert_eq!(out.status.code(), Some(0), "{stdout}");

@@ -533,7 +533,7 @@ async fn events_carry_client_address_and_user_agent() {
         .http
         .post(h.url("/v1/dashboard/projects"))
         .header("ApiKey", CI_KEY)
-        .header("ProjectUid", "p001")
+        .header("ProjectUid", "5ca1ab1e0000000000000001")
         .header("User-Agent", format!("terraform-provider-spectrocloud/0.22 \u{9b}31m {long_tail}"))
         .header("X-Request-Id", "logs-who-called")
         .body("{}")

@@ -73,7 +73,7 @@ async fn status_json_has_every_section() {
         assert_eq!(login["logins"], 1);
         assert_eq!(named(&v["clients"], "admin")["requests"], 1);
         assert_eq!(named(&v["clients"], "ci")["requests"], 2);
-        assert_eq!(named(&v["clients"], "ci")["projects"], "p001, p002");
+        assert_eq!(named(&v["clients"], "ci")["projects"], "5ca1ab1e0000000000000001, 5ca1ab1e0000000000000002");
         assert_eq!(named(&v["routes"], "ci-clusters")["requests"], 2);
         assert_eq!(named(&v["routes"], "team-a")["requests"], 0);
         let budget = v["upstream_budget"].as_array().unwrap();
@@ -175,7 +175,7 @@ async fn status_page_in_a_real_browser() {
         "Config generation 1",
         "default api_key ok",
         "ops login ok",
-        "ci default p001, p002 none 2 0",
+        "ci default 5ca1ab1e0000000000000001, 5ca1ab1e0000000000000002 none 2 0",
         "ci-clusters /v1/spectroclusters no 2",
         "/v1/spectroclusters 50 5 50 0 0",
     ] {
