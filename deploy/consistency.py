@@ -162,13 +162,30 @@ def shared_shape(label, docs, entry_config):
           len(dns) == 1 and all(t.get("podSelector", {}).get("matchLabels") == {"k8s-app": "kube-dns"} for t in dns[0]["to"]))
     upstream = urlsplit(cfg["upstream"]["url"]) if cfg else None
     upstream_port = (upstream.port or (443 if upstream.scheme == "https" else 80)) if upstream else None
-    palette = [r for r in egress if r not in dns]
+    def cidrs(r):
+        return {t.get("ipBlock", {}).get("cidr") for t in r.get("to", [])}
+    palette = [r for r in egress if r not in dns and "0.0.0.0/0" in cidrs(r)]
     blocks = [t.get("ipBlock") for t in palette[0]["to"]] if len(palette) == 1 else []
     v4 = [b for b in blocks if b and b["cidr"] == "0.0.0.0/0"]
     private = {"10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "169.254.0.0/16"}
-    check(f"{label}: egress otherwise only to the upstream port {upstream_port}, not to private ranges",
+    check(f"{label}: egress to the upstream port {upstream_port} only at public addresses",
           len(palette) == 1 and [(p["port"], p["protocol"]) for p in palette[0]["ports"]] == [(upstream_port, "TCP")]
           and bool(blocks) and all(blocks) and len(v4) == 1 and private <= set(v4[0].get("except", [])), str(palette))
+    others = [r for r in egress if r not in dns and r not in palette]
+    api = [r for r in others if {(p["port"], p["protocol"]) for p in r.get("ports", [])} == {(443, "TCP"), (6443, "TCP")}]
+    check(f"{label}: egress to the API server (443, 6443) only at private addresses",
+          len(api) <= 1 and all(cidrs(r) <= {"10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16"} for r in api), str(api))
+    kube = bool(cfg and cfg.get("auth", {}).get("kubernetes"))
+    check(f"{label}: [auth.kubernetes] {'has' if kube else 'needs no'} an API server egress rule", kube == bool(api) or not kube)
+    redis = [r for r in others if r not in api]
+    cluster = cfg.get("cluster") if cfg else None
+    if cluster:
+        redis_port = urlsplit(cluster["redis_url"]).port or 6379
+        check(f"{label}: [cluster] has an egress rule to Redis port {redis_port} at pods only",
+              len(redis) == 1 and [(p["port"], p["protocol"]) for p in redis[0]["ports"]] == [(redis_port, "TCP")]
+              and all("podSelector" in t and "ipBlock" not in t for t in redis[0]["to"]), str(redis))
+    else:
+        check(f"{label}: no egress rule beyond DNS, Palette and the API server", not redis, str(redis))
 
     pdb = find(docs, "PodDisruptionBudget")
     check(f"{label}: PodDisruptionBudget selects the gateway pods", len(pdb) == 1 and subset(pdb[0]["spec"]["selector"]["matchLabels"], labels))

@@ -44,12 +44,13 @@ fn clients(cfg: &Config, id: ClientId, client: &Client, found: &mut Vec<Problem>
     let field = format!("clients[{}]", id.0);
     let identified = cfg.key_index.values().any(|&c| c == id.0)
         || cfg.cert_index.values().any(|&c| c == id.0)
+        || cfg.service_account_index.values().any(|&c| c == id.0)
         || cfg.anonymous_client == Some(id);
     if !identified {
         found.push(Problem {
             field: field.clone(),
             message: format!(
-                "no request can be client {:?}: it has no keys, no cert_names, and is not auth.anonymous_client",
+                "no request can be client {:?}: it has no keys, no cert_names, no service_accounts, and is not auth.anonymous_client",
                 client.name
             ),
         });
@@ -238,6 +239,18 @@ mod tests {
         let w = warnings("[[clients]]\nname = \"ghost\"\n");
         assert_eq!(w.len(), 1, "{w:?}");
         assert!(w[0].starts_with("clients[0]: no request can be client \"ghost\""), "{w:?}");
+        // A client reached by its ServiceAccount token alone is a client requests can be.
+        let dir = std::env::temp_dir().join(format!("pg-warn-kube-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let ca = rcgen::generate_simple_self_signed(vec!["ca.internal".to_string()]).unwrap();
+        std::fs::write(dir.join("ca.pem"), ca.cert.pem()).unwrap();
+        let w = warnings(&format!(
+            "[auth.kubernetes]\nmode = \"jwks\"\naudiences = [\"palette-gateway\"]\n\
+             issuer = \"https://kubernetes.default.svc.cluster.local\"\nca_file = \"{}\"\n\
+             [[clients]]\nname = \"bot\"\nservice_accounts = [\"tools/bot\"]\n",
+            dir.join("ca.pem").display()
+        ));
+        assert!(w.is_empty(), "{w:?}");
     }
 
     #[test]
