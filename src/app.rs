@@ -444,13 +444,26 @@ pub fn spawn_reload(
     watched: Vec<PathBuf>,
     stop: CancellationToken,
 ) -> JoinHandle<()> {
+    // SIGHUP is registered now, not when the task first runs, so that none is missed.
+    spawn_reload_with(gateway, path, env, watched, stop, Hangup::new())
+}
+
+/// [`spawn_reload`] with a SIGHUP handler registered earlier (by [`run`], before the listener
+/// answers: a SIGHUP's default action would kill the process).
+fn spawn_reload_with(
+    gateway: &RunningGateway,
+    path: PathBuf,
+    env: Arc<dyn Environment>,
+    watched: Vec<PathBuf>,
+    stop: CancellationToken,
+    hangup: Hangup,
+) -> JoinHandle<()> {
     let core = gateway.core.clone();
     let token = core.root.child_token();
     let watcher_token = token.child_token();
     let (files_tx, files_rx) = watch::channel(watched);
     let (triggers_tx, triggers) = mpsc::channel(1);
-    // SIGHUP is registered now, not when the task first runs, so that none is missed.
-    let watcher = core.tasks.spawn(crate::watcher::run(files_rx, triggers_tx, Hangup::new(), watcher_token.clone()));
+    let watcher = core.tasks.spawn(crate::watcher::run(files_rx, triggers_tx, hangup, watcher_token.clone()));
     let tasks = core.tasks.clone();
     tasks.spawn(async move {
         tokio::select! {
@@ -500,12 +513,13 @@ async fn bind(addr: SocketAddr, what: &'static str) -> Result<TcpListener, Start
 /// Returns [`Stopped::Fatal`] when the gateway cannot go on.
 pub async fn run(path: PathBuf, cfg: Config, env: Arc<dyn Environment>) -> Result<Stopped, StartError> {
     // Signal handlers first: a SIGTERM that arrives as soon as the listener answers must drain,
-    // not kill the process.
+    // and a SIGHUP must reload, not kill the process.
     let mut signals = StopSignals::new();
+    let hangup = Hangup::new();
     let watched = cfg.watched_files(&path);
     let gateway = RunningGateway::start(cfg).await?;
     let stop_reload = CancellationToken::new();
-    spawn_reload(&gateway, path, env, watched, stop_reload.clone());
+    spawn_reload_with(&gateway, path, env, watched, stop_reload.clone(), hangup);
     Ok(serve_until_stopped(gateway, stop_reload, &mut signals).await)
 }
 
