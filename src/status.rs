@@ -27,8 +27,11 @@ use crate::runtime::Runtime;
 
 /// The gateway's version.
 const VERSION: &str = env!("CARGO_PKG_VERSION");
-/// The git commit it was built from, when the build said (`PALETTE_GATEWAY_COMMIT`).
-const COMMIT: Option<&str> = option_env!("PALETTE_GATEWAY_COMMIT");
+/// The git commit it was built from, when the build knew it (`build.rs`).
+const COMMIT: Option<&str> = match crate::build::COMMIT.as_bytes() {
+    b"unknown" => None,
+    _ => Some(crate::build::COMMIT),
+};
 /// Longest reload error message shown.
 const MAX_MESSAGE: usize = 1000;
 
@@ -87,6 +90,23 @@ pub struct Status {
     clients: Vec<ClientStatus>,
     routes: Vec<RouteStatus>,
     upstream_budget: Vec<BudgetStatus>,
+    /// `[cluster]`: `null` when the budget is not shared through Redis.
+    cluster: Option<ClusterStatus>,
+}
+
+#[derive(Debug, Serialize)]
+struct ClusterStatus {
+    /// `shared` while Redis answers, `local` while each replica keeps to its share.
+    state: &'static str,
+    key_prefix: String,
+    timeout_ms: u128,
+    /// Replicas seen heartbeating in Redis (0: none seen yet).
+    replicas_seen: u32,
+    /// What each limit is divided by while Redis is unavailable.
+    local_share: u32,
+    expected_replicas: u32,
+    /// Decisions made on the local share because Redis was unavailable, by limit.
+    local_decisions: BTreeMap<String, u64>,
 }
 
 #[derive(Debug, Serialize)]
@@ -226,6 +246,18 @@ impl Status {
                 BudgetStatus { bucket: b, palette_429s }
             })
             .collect();
+        let cluster = rt.cluster.as_ref().map(|c| ClusterStatus {
+            state: if c.is_up() { "shared" } else { "local" },
+            key_prefix: c.config().key_prefix.clone(),
+            timeout_ms: c.config().timeout.as_millis(),
+            replicas_seen: c.replicas_seen(),
+            local_share: c.local_share(),
+            expected_replicas: c.config().expected_replicas,
+            local_decisions: sums(&metrics.cluster_local_decisions, &["limit"])
+                .into_iter()
+                .map(|((_, limit), n)| (limit, n))
+                .collect(),
+        });
         let last = reload.last.as_ref();
         Status {
             version: VERSION,
@@ -245,6 +277,7 @@ impl Status {
             clients,
             routes,
             upstream_budget,
+            cluster,
         }
     }
 
@@ -362,6 +395,31 @@ impl Status {
                 ]
             }),
         );
+        if let Some(c) = &self.cluster {
+            let decisions = c.local_decisions.iter().map(|(l, n)| format!("{l} {n}")).collect::<Vec<_>>().join(", ");
+            table(
+                &mut o,
+                "Cluster (Redis)",
+                &[
+                    "State",
+                    "Replicas seen",
+                    "Local share",
+                    "Expected replicas",
+                    "Timeout",
+                    "Key prefix",
+                    "Local decisions",
+                ],
+                std::iter::once(vec![
+                    c.state.into(),
+                    c.replicas_seen.to_string(),
+                    format!("1/{}", c.local_share),
+                    c.expected_replicas.to_string(),
+                    format!("{} ms", c.timeout_ms),
+                    c.key_prefix.clone(),
+                    if decisions.is_empty() { "none".into() } else { decisions },
+                ]),
+            );
+        }
         o.push_str("</body>\n</html>\n");
         o
     }

@@ -147,6 +147,11 @@ impl Cluster {
         self.inner.replicas.load(Ordering::Relaxed).max(self.inner.config.expected_replicas).max(1)
     }
 
+    /// The replica count last seen heartbeating in Redis (0: none seen yet).
+    pub fn replicas_seen(&self) -> u32 {
+        self.inner.replicas.load(Ordering::Relaxed)
+    }
+
     /// Counts a decision made on the local share (`limit`: `upstream` or `client`).
     pub(crate) fn local_decision(&self, limit: &str) {
         self.inner.m_local.with_label_values(&[limit]).inc();

@@ -300,3 +300,29 @@ async fn the_redis_password_comes_from_the_environment_and_never_reaches_the_log
     assert!(logs.contains("cannot connect to Redis"), "the failure is logged");
     assert!(!logs.contains(REDIS_PASSWORD) && !logs.contains("pgw_wrong-redis-password"), "a password in the logs");
 }
+
+/// The status page shows the cluster: `shared` with the replicas Redis has seen while Redis
+/// answers, `local` (each replica on its share) once it is gone; never the Redis URL.
+#[tokio::test]
+async fn the_status_page_shows_the_cluster_state() {
+    let mut redis = RedisServer::start();
+    init_logs();
+    let fake = FakePalette::start(standard_fake()).await.unwrap();
+    let g = RunningGateway::start(replica_config(&fake, &redis.url(), "100ms")).await.unwrap();
+    let http = client();
+    let admin = format!("http://{}", g.admin_addr);
+    let status = || async {
+        let r = http.get(format!("{admin}/status?format=json")).send().await.unwrap();
+        r.json::<serde_json::Value>().await.unwrap()
+    };
+    let shared = eventually(Duration::from_secs(3), || async { status().await["cluster"]["state"] == "shared" }).await;
+    assert!(shared, "{}", status().await);
+    let v = status().await;
+    assert!(v["cluster"]["replicas_seen"].as_u64().unwrap() >= 1, "{v}");
+    let html = http.get(format!("{admin}/status")).send().await.unwrap().text().await.unwrap();
+    assert!(html.contains("Cluster (Redis)") && html.contains("shared"), "{html}");
+    assert!(!html.contains(&redis.url()) && !v.to_string().contains(&redis.url()), "the Redis URL is not shown");
+    redis.kill();
+    let local = eventually(Duration::from_secs(3), || async { status().await["cluster"]["state"] == "local" }).await;
+    assert!(local, "{}", status().await);
+}

@@ -82,6 +82,11 @@ async fn status_json_has_every_section() {
         assert_eq!(clusters["queued"], 0);
         assert_eq!(clusters["palette_429s"], 0);
         assert!(clusters["current_per_second"].as_f64().unwrap() > 0.0);
+        // Without [cluster] the budget is this replica's own.
+        assert!(v["cluster"].is_null(), "{}", v["cluster"]);
+        // The commit the binary was built from (build.rs), as `--version` says.
+        let commit = Some(palette_gateway::build::COMMIT).filter(|c| *c != "unknown");
+        assert_eq!(v["commit"], serde_json::json!(commit), "{}", v["commit"]);
     }
 }
 
