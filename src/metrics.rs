@@ -242,10 +242,10 @@ impl Metrics {
         );
         let kube_review_cache = counter(
             "palette_gateway_kubernetes_token_review_cache_total",
-            "ServiceAccount token lookups in the TokenReview cache, by result (hit, miss).",
+            "ServiceAccount token lookups in the TokenReview cache, by result (hit, miss, refused_unreviewed: an address over its refused-token limit).",
             &["result"],
         );
-        for result in ["hit", "miss"] {
+        for result in ["hit", "miss", "refused_unreviewed"] {
             kube_review_cache.with_label_values(&[result]);
         }
         let cache_hits = counter(

@@ -12,6 +12,7 @@ mod api;
 mod jwks;
 mod review;
 
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -176,10 +177,11 @@ impl Kubernetes {
         Arc::new(Kubernetes { settings: cfg.clone(), check })
     }
 
-    /// The ServiceAccount `token` proves.
-    pub async fn authenticate(&self, token: &str) -> Result<Identity, KubeError> {
+    /// The ServiceAccount `token` proves; `peer` is the caller's address (token_review mode
+    /// limits how many refused tokens one address gets reviewed).
+    pub async fn authenticate(&self, token: &str, peer: IpAddr) -> Result<Identity, KubeError> {
         match &self.check {
-            Check::Review(r) => r.authenticate(token).await,
+            Check::Review(r) => r.authenticate(token, peer).await,
             Check::Jwks(j) => j.authenticate(token).await,
         }
     }

@@ -5,7 +5,8 @@
 //! negative one briefly; concurrent reviews of one token share one call (moka's
 //! `try_get_with`), and a failed call is not cached.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -29,6 +30,14 @@ const CAPACITY: u64 = 10_000;
 const MAX_CONCURRENT: usize = 32;
 /// The exp check before a review allows this much clock difference with the API server.
 const SKEW_SECS: f64 = 30.0;
+/// Refused tokens one address may send within [`REFUSAL_WINDOW`] before its unknown tokens are
+/// refused without a review: distinct junk tokens (each a cache miss) from one address cannot
+/// keep the API server, and the review slots every token caller shares, busy.
+const MAX_REFUSALS: u32 = 20;
+/// How long an address's refusals are remembered (from its first).
+const REFUSAL_WINDOW: Duration = Duration::from_secs(10);
+/// Most addresses whose refusals are remembered.
+const REFUSAL_ADDRESSES: u64 = 10_000;
 
 /// A cached review.
 #[derive(Clone)]
@@ -58,6 +67,8 @@ pub(super) struct TokenReview {
     cache_ttl: Duration,
     cache: moka::future::Cache<[u8; 32], Outcome>,
     permits: Semaphore,
+    /// Refusals per caller address, each remembered for [`REFUSAL_WINDOW`].
+    refusals: moka::sync::Cache<IpAddr, Arc<AtomicU32>>,
     latency: HistogramVec,
     cache_lookups: IntCounterVec,
 }
@@ -74,13 +85,25 @@ impl TokenReview {
             cache_ttl: cfg.cache_ttl,
             cache: moka::future::Cache::builder().max_capacity(CAPACITY).expire_after(OutcomeExpiry).build(),
             permits: Semaphore::new(MAX_CONCURRENT),
+            refusals: moka::sync::Cache::builder().max_capacity(REFUSAL_ADDRESSES).time_to_live(REFUSAL_WINDOW).build(),
             latency: metrics.kube_review_duration.clone(),
             cache_lookups: metrics.kube_review_cache.clone(),
         }
     }
 
-    pub(super) async fn authenticate(&self, token: &str) -> Result<Identity, KubeError> {
+    pub(super) async fn authenticate(&self, token: &str, peer: IpAddr) -> Result<Identity, KubeError> {
         let key: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+        // A token already reviewed is answered from the cache whoever sends it; an address that
+        // sent too many refused tokens lately gets no new review until its window ends.
+        let refused = self.refusals.get(&peer);
+        if refused.as_ref().is_some_and(|n| n.load(Ordering::Relaxed) >= MAX_REFUSALS) && !self.cache.contains_key(&key)
+        {
+            self.cache_lookups.with_label_values(&["refused_unreviewed"]).inc();
+            return Err(KubeError::Refused(format!(
+                "too many refused tokens from this address; none is reviewed for up to {} s",
+                REFUSAL_WINDOW.as_secs()
+            )));
+        }
         let reviewed = AtomicBool::new(false);
         let outcome = self
             .cache
@@ -94,7 +117,11 @@ impl TokenReview {
         self.cache_lookups.with_label_values(&[label]).inc();
         match outcome {
             Outcome::Ok { identity, .. } => Ok(identity),
-            Outcome::Refused(why) => Err(KubeError::Refused(why.to_string())),
+            Outcome::Refused(why) => {
+                let count = refused.unwrap_or_else(|| self.refusals.get_with(peer, Arc::default));
+                count.fetch_add(1, Ordering::Relaxed);
+                Err(KubeError::Refused(why.to_string()))
+            }
         }
     }
 

@@ -4,9 +4,12 @@
 //! Without `[auth.kubernetes]` a JWT is just an unknown local key (401), as it always was.
 //! Every decision is counted in `palette_gateway_auth_total{method,result}`.
 
+use std::net::IpAddr;
+
 use http::{header, HeaderMap};
 
 use super::auth::{self, PeerIdentity, API_KEY};
+use super::ConnInfo;
 use crate::config::ClientId;
 use crate::error::GatewayError;
 use crate::kubernetes::{looks_like_jwt, KubeError, Kubernetes};
@@ -18,11 +21,12 @@ pub(crate) async fn identify(
     rt: &Runtime,
     metrics: &Metrics,
     headers: &HeaderMap,
-    peer: &PeerIdentity,
+    conn: &ConnInfo,
 ) -> Result<ClientId, GatewayError> {
+    let peer = &*conn.identity;
     if let Some(kube) = &rt.kubernetes {
         if let Some(token) = kubernetes_token(headers) {
-            let result = by_token(rt, kube, token, peer).await;
+            let result = by_token(rt, kube, token, peer, conn.peer.ip()).await;
             metrics.count_auth(AuthMethod::Kubernetes, result_label(&result));
             return result;
         }
@@ -52,8 +56,14 @@ fn kubernetes_token(headers: &HeaderMap) -> Option<&str> {
     }
 }
 
-async fn by_token(rt: &Runtime, kube: &Kubernetes, token: &str, peer: &PeerIdentity) -> Result<ClientId, GatewayError> {
-    let identity = kube.authenticate(token).await.map_err(|e| match e {
+async fn by_token(
+    rt: &Runtime,
+    kube: &Kubernetes,
+    token: &str,
+    peer: &PeerIdentity,
+    addr: IpAddr,
+) -> Result<ClientId, GatewayError> {
+    let identity = kube.authenticate(token, addr).await.map_err(|e| match e {
         KubeError::Refused(why) => {
             GatewayError::UnknownCredential(format!("the Kubernetes ServiceAccount token was refused: {why}"))
         }

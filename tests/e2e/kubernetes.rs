@@ -319,3 +319,36 @@ async fn without_the_section_a_token_is_an_unknown_local_key() {
     assert!(body["message"].as_str().unwrap().contains("local key is not known"), "{body}");
     assert_eq!(kube.reviews() + kube.jwks_fetches(), 0);
 }
+
+/// An address that sends many distinct forged tokens (each one the API server must review)
+/// gets the 21st and later refused without a review for a while; a token already reviewed, and
+/// local keys, still work from it.
+#[tokio::test]
+async fn forged_tokens_from_one_address_stop_being_reviewed() {
+    use base64::Engine;
+    let kube = FakeKube::start("k8s-forged").await;
+    let h = gateway(&kube, "token_review").await;
+    let good = kube.token("reporting", "report-bot");
+    assert_eq!(call(&h, &good).await.0, 200);
+    let b64 = |v: serde_json::Value| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string());
+    let exp = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() + 600;
+    let before = kube.reviews();
+    for i in 0..30 {
+        let forged = format!(
+            "{}.{}.c2lnbmF0dXJl",
+            b64(serde_json::json!({"alg": "RS256", "kid": "forged"})),
+            b64(serde_json::json!({
+                "aud": ["palette-gateway"], "exp": exp, "iss": "https://kubernetes.default.svc.cluster.local",
+                "sub": format!("system:serviceaccount:reporting:bot-{i}"),
+            })),
+        );
+        let (status, body, _) = call(&h, &forged).await;
+        assert_eq!(status, 401, "{body}");
+        if i >= 20 {
+            assert!(body["message"].as_str().unwrap().contains("too many refused tokens"), "{body}");
+        }
+    }
+    assert_eq!(kube.reviews() - before, 20, "only the first 20 forged tokens were reviewed");
+    assert_eq!(call(&h, &good).await.0, 200, "a reviewed token still works from that address");
+    assert_eq!(local(&h).await, 200);
+}
