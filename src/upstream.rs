@@ -133,7 +133,7 @@ impl UpstreamClient {
 }
 
 /// An error and its sources on one line (hyper's top-level messages alone say little).
-fn chain(e: &(dyn std::error::Error + 'static)) -> String {
+pub(crate) fn chain(e: &(dyn std::error::Error + 'static)) -> String {
     let mut out = e.to_string();
     let mut source = e.source();
     while let Some(s) = source {

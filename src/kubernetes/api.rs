@@ -15,6 +15,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 use crate::config::KubernetesAuth;
+use crate::upstream::chain;
 
 /// Largest answer read from the API server (a TokenReview or a key set is a few KiB).
 const MAX_ANSWER: usize = 1024 * 1024;
@@ -132,16 +133,4 @@ impl ApiClient {
         }
         HeaderValue::from_str(&format!("Bearer {token}")).map(Some).map_err(|_| unreadable("not a token".into()))
     }
-}
-
-/// An error and its sources on one line.
-fn chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        source = s.source();
-    }
-    out
 }
