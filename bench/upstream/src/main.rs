@@ -14,7 +14,7 @@
 //!
 //! With `--expect-apikey KEY` every other request must carry `ApiKey: KEY` or (with a token
 //! lifetime set) `Authorization: <a live token>`, and never a client's `Bearer` key; with
-//! `--expect-project UID` it must carry `ProjectUid: UID`. Anything else is answered 401/403, so
+//! `--expect-project UID` it must carry `ProjectUid: UID` (but `GET /v1/users/info`, tenant-scoped). Anything else is answered 401/403, so
 //! the load generator's non-2xx count shows a proxy that does not do the credential swap.
 //!
 //! Usage: bench-upstream [--listen 127.0.0.1:18090] [--expect-apikey KEY] [--expect-project UID]
@@ -145,7 +145,9 @@ impl State {
                 _ => return Some(refuse(self, StatusCode::UNAUTHORIZED, "no upstream credential")),
             }
         }
-        if let Some(want) = &self.settings.expect_project {
+        // The gateway's start-up API key check (`GET /v1/users/info`, the key's own user) is
+        // tenant-scoped, as in Palette: no project is sent or expected.
+        if let Some(want) = self.settings.expect_project.as_ref().filter(|_| req.uri().path() != "/v1/users/info") {
             if h.get("projectuid").map(|v| v.as_bytes()) != Some(want.as_bytes()) {
                 return Some(refuse(self, StatusCode::FORBIDDEN, "wrong ProjectUid"));
             }
