@@ -17,22 +17,33 @@ pub(crate) struct TestRedis {
 
 impl TestRedis {
     pub(crate) fn start() -> TestRedis {
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let child = Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("redis-server is installed (.ci/run installs it)");
-        // Owned (killed and reaped on drop) before waiting for it to listen.
-        let redis = TestRedis { child, port };
-        for _ in 0..200 {
-            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                return redis;
+        // A port found free can be taken again before redis-server binds it, and a loaded
+        // machine can be slow to start one: a few tries, each given 10 s, and the reason kept.
+        let mut why = String::new();
+        for _ in 0..3 {
+            let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+            let log = std::env::temp_dir().join(format!("pgw-redis-unit-{port}.log"));
+            let child = Command::new("redis-server")
+                .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+                .args(["--logfile", &log.display().to_string()])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("redis-server is installed (.ci/run installs it)");
+            // Owned (killed and reaped on drop) before waiting for it to listen.
+            let mut redis = TestRedis { child, port };
+            for _ in 0..1000 {
+                if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                    return redis;
+                }
+                if let Ok(Some(_)) = redis.child.try_wait() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(10));
             }
-            std::thread::sleep(Duration::from_millis(10));
+            why = std::fs::read_to_string(&log).unwrap_or_default();
         }
-        panic!("redis-server did not listen on {port}");
+        panic!("redis-server did not start: {why}");
     }
 
     fn signal(&self, sig: &str) {
