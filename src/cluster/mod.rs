@@ -163,13 +163,36 @@ impl Cluster {
 
     /// Reserves the next slot of the budget `label` if it comes within `max_wait`.
     pub async fn reserve(&self, label: &str, interval: Duration, tolerance: Duration, max_wait: Duration) -> Admission {
-        let mut inv = script::RESERVE.key(self.key(&format!("budget:{label}")));
+        self.admit(label, interval, tolerance, max_wait, &[]).await.0
+    }
+
+    /// [`Cluster::reserve`] and [`Cluster::limits`] in one round trip: the budget slot is
+    /// reserved only if every limit of `keys` passes too, and the limits are taken only if the
+    /// slot is reserved. The answer about the limits is `None` when `keys` is empty or Redis is
+    /// unavailable; when a limit refused, the admission is `Denied` and the answer says which.
+    pub async fn admit(
+        &self,
+        label: &str,
+        interval: Duration,
+        tolerance: Duration,
+        max_wait: Duration,
+        keys: &[LimitKey],
+    ) -> (Admission, Option<LimitsAnswer>) {
+        let mut inv = script::ADMIT.key(self.key(&format!("budget:{label}")));
         inv.arg(micros(interval).max(1)).arg(micros(tolerance)).arg(micros(max_wait));
-        match self.call::<(i64, i64)>("budget", &inv).await {
-            Some((1, wait)) => Admission::Granted(from_micros(wait)),
-            Some((_, wait)) => Admission::Denied(from_micros(wait)),
-            None => Admission::Unavailable,
+        for k in keys {
+            inv.key(self.key(&k.key)).arg(micros(k.interval).max(1)).arg(micros(k.tolerance));
         }
+        let Some(out) = self.call::<Vec<i64>>("budget", &inv).await else { return (Admission::Unavailable, None) };
+        let verdict = out.first().copied().unwrap_or(0);
+        let wait = from_micros(out.get(1).copied().unwrap_or(0));
+        let answer = (!keys.is_empty()).then(|| LimitsAnswer {
+            refused: usize::try_from(-verdict.min(0)).ok().and_then(|i| i.checked_sub(1)),
+            retry: if verdict < 0 { wait } else { Duration::ZERO },
+            remaining: out.iter().skip(2).map(|&r| u32::try_from(r.max(0)).unwrap_or(u32::MAX)).collect(),
+        });
+        let admission = if verdict == 1 { Admission::Granted(wait) } else { Admission::Denied(wait) };
+        (admission, answer)
     }
 
     /// Checks and takes one request from each of `keys` (all or nothing); `None` when Redis
@@ -294,7 +317,7 @@ impl Cluster {
             .set_response_timeout(self.inner.config.timeout.max(Duration::from_millis(1)));
         let connect = async {
             let mut conn = client.get_multiplexed_async_connection_with_config(&settings).await?;
-            for s in [&*script::RESERVE, &*script::LIMITS, &*script::HEARTBEAT] {
+            for s in [&*script::ADMIT, &*script::LIMITS, &*script::HEARTBEAT] {
                 s.prepare_invoke().load_async(&mut conn).await?;
             }
             Ok::<_, redis::RedisError>(conn)

@@ -6,25 +6,59 @@
 
 use std::sync::LazyLock;
 
-/// The upstream budget: reserves the next slot of a prefix's GCRA if it comes within
-/// `max_wait`. KEYS[1]: the prefix's TAT. ARGV: interval, tolerance, max_wait (µs).
-/// Returns `{1, wait}` (reserved: go in `wait` µs) or `{0, wait}` (refused, nothing taken).
-pub(super) static RESERVE: LazyLock<redis::Script> = LazyLock::new(|| {
+/// The upstream budget and the request's client and global limits in one decision: reserves
+/// the next slot of a prefix's GCRA if it comes within `max_wait` and every limit passes, and
+/// takes from all of them or from none. KEYS[1]: the prefix's TAT, KEYS[2..]: the limits' TATs.
+/// ARGV: interval, tolerance, max_wait (µs) of the budget, then interval and tolerance per limit.
+/// Returns `{verdict, wait, remaining...}`: verdict 1 (reserved: go in `wait` µs), 0 (the budget
+/// has no slot within `max_wait`: `wait` is how far the next one is), or -i (the limit KEYS[i+1]
+/// refused: `wait` is the µs until it would pass); one `remaining` count per limit (after this
+/// request when reserved).
+pub(super) static ADMIT: LazyLock<redis::Script> = LazyLock::new(|| {
     redis::Script::new(
         r"
-local interval = tonumber(ARGV[1])
-local tolerance = tonumber(ARGV[2])
-local max_wait = tonumber(ARGV[3])
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-local tat = tonumber(redis.call('GET', KEYS[1]) or now) or now
-if tat < now then tat = now end
-local wait = tat - tolerance - now
+local out = {1, 0}
+local tats = {}
+for i = 2, #KEYS do
+  local tolerance = tonumber(ARGV[2 * i + 1])
+  local tat = tonumber(redis.call('GET', KEYS[i]) or now) or now
+  if tat < now then tat = now end
+  tats[i] = tat
+  if out[1] == 1 and tat - tolerance > now then
+    out[1] = -(i - 1)
+    out[2] = tat - tolerance - now
+  end
+end
+local interval = tonumber(ARGV[1])
+local btat = tonumber(redis.call('GET', KEYS[1]) or now) or now
+if btat < now then btat = now end
+local wait = btat - tonumber(ARGV[2]) - now
 if wait < 0 then wait = 0 end
-if wait > max_wait then return {0, wait} end
-local new_tat = tat + interval
-redis.call('SET', KEYS[1], string.format('%.0f', new_tat), 'PX', math.floor((new_tat - now) / 1000) + 1000)
-return {1, wait}
+if out[1] == 1 then
+  if wait > tonumber(ARGV[3]) then
+    out[1] = 0
+  end
+  out[2] = wait
+end
+if out[1] == 1 then
+  local new_tat = btat + interval
+  redis.call('SET', KEYS[1], string.format('%.0f', new_tat), 'PX', math.floor((new_tat - now) / 1000) + 1000)
+end
+for i = 2, #KEYS do
+  local li = tonumber(ARGV[2 * i])
+  local tolerance = tonumber(ARGV[2 * i + 1])
+  local tat = tats[i]
+  if out[1] == 1 then
+    tat = tat + li
+    redis.call('SET', KEYS[i], string.format('%.0f', tat), 'PX', math.floor((tat - now) / 1000) + 1000)
+  end
+  local remaining = math.floor((now + tolerance - tat) / li) + 1
+  if remaining < 0 then remaining = 0 end
+  out[i + 1] = remaining
+end
+return out
 ",
     )
 });

@@ -130,6 +130,77 @@ async fn limits_take_from_every_key_or_from_none() {
     assert_eq!((refused.refused, refused.remaining), (Some(1), vec![1, 0]), "the global limit refuses b");
 }
 
+fn limit_key(k: &str, per_second: f64, burst: u32) -> LimitKey {
+    let interval = Duration::from_secs_f64(1.0 / per_second);
+    LimitKey { key: k.into(), interval, tolerance: interval * (burst - 1) }
+}
+
+/// The budget slot and the request's limits in one call: all taken, or none.
+#[tokio::test]
+async fn admit_takes_the_slot_and_every_limit_or_nothing() {
+    let redis = TestRedis::start();
+    let c = up(redis.port, 1).await;
+    // Budget: 10/s, burst 2. Client: 3 at once, global: 4 at once (0.01/s: no refill meanwhile).
+    let (interval, tolerance) = (Duration::from_millis(100), Duration::from_millis(100));
+    let keys = [limit_key("client:a", 0.01, 3), limit_key("global", 0.01, 4)];
+    let (admission, answer) = c.admit("/v1/x", interval, tolerance, Duration::from_secs(1), &keys).await;
+    assert_eq!(admission, Admission::Granted(Duration::ZERO));
+    let answer = answer.unwrap();
+    assert_eq!((answer.refused, answer.remaining), (None, vec![2, 3]));
+
+    // The budget has no slot within 10 ms: nothing is taken from the limits either.
+    c.admit("/v1/x", interval, tolerance, Duration::from_secs(1), &[]).await;
+    let (admission, answer) = c.admit("/v1/x", interval, tolerance, 10 * MS, &keys).await;
+    assert!(matches!(admission, Admission::Denied(w) if w > 50 * MS), "{admission:?}");
+    assert_eq!(answer.unwrap().remaining, vec![2, 3], "a refused slot takes no limit");
+
+    // The client's limit runs out: refused by it, and the budget loses no slot.
+    for _ in 0..2 {
+        let (admission, _) = c.admit("/v1/y", interval, tolerance, Duration::from_secs(5), &keys).await;
+        assert!(matches!(admission, Admission::Granted(_)), "{admission:?}");
+    }
+    let (admission, answer) = c.admit("/v1/z", interval, tolerance, Duration::from_secs(1), &keys).await;
+    let answer = answer.unwrap();
+    assert!(matches!(admission, Admission::Denied(_)));
+    assert_eq!(answer.refused, Some(0), "the client's limit refused");
+    assert!(answer.retry > Duration::from_secs(90), "{:?}", answer.retry);
+    assert_eq!(answer.remaining, vec![0, 1]);
+    assert_eq!(
+        c.reserve("/v1/z", interval, tolerance, Duration::ZERO).await,
+        Admission::Granted(Duration::ZERO),
+        "/v1/z's burst is whole: the refusal took no slot"
+    );
+    assert_eq!(c.reserve("/v1/z", interval, tolerance, Duration::ZERO).await, Admission::Granted(Duration::ZERO));
+}
+
+/// A waiter whose shared client limit refuses is answered with that, takes no slot, and the
+/// other client's waiter is still served in its turn.
+#[tokio::test]
+async fn a_waiter_refused_by_its_shared_limit_leaves_the_slot_to_the_next() {
+    let redis = TestRedis::start();
+    let c = up(redis.port, 1).await;
+    let bucket = Arc::new(Bucket::new("/v1/p", Rate { per_second: 2.0, burst: 1 }, 100));
+    // Client 0 may make one request in all; client 1 has no shared limit.
+    let tight = vec![limit_key("client:zero", 0.01, 1)];
+    let first = bucket.acquire_in(Some(&c), ClientId(0), Duration::from_secs(2), tight.clone()).await.unwrap();
+    assert_eq!(first.limits.unwrap().refused, None);
+    let (b0, b1, c0, c1) = (bucket.clone(), bucket.clone(), c.clone(), c.clone());
+    let zero = tokio::spawn(async move { b0.acquire_in(Some(&c0), ClientId(0), Duration::from_secs(2), tight).await });
+    let one =
+        tokio::spawn(async move { b1.acquire_in(Some(&c1), ClientId(1), Duration::from_secs(2), Vec::new()).await });
+    let zero = zero.await.unwrap().unwrap();
+    let refusal = zero.limits.expect("Redis answered about the limit");
+    assert_eq!(refusal.refused, Some(0), "client 0's second request is over its limit");
+    let one = one.await.unwrap().unwrap();
+    assert_eq!(one.limits, None, "no limits asked");
+    // Two slots taken in Redis, not three: the next is at most one interval (500 ms) away.
+    let interval = Duration::from_millis(500);
+    match c.reserve("/v1/p", interval, Duration::ZERO, Duration::ZERO).await {
+        Admission::Denied(next) => assert!(next <= interval, "client 0's refusal took a slot: {next:?}"),
+        other => panic!("{other:?}"),
+    }
+}
+
 #[tokio::test]
 async fn heartbeats_count_the_replicas_and_a_stopped_one_leaves() {
     let redis = TestRedis::start();
@@ -196,7 +267,7 @@ async fn two_buckets_share_one_budget() {
         for (bucket, cluster) in [(ba.clone(), a.clone()), (bb.clone(), b.clone())] {
             tasks.push(tokio::spawn(async move {
                 bucket
-                    .acquire_in(Some(&cluster), ClientId((i % 2) as usize), Duration::from_secs(5))
+                    .acquire_in(Some(&cluster), ClientId((i % 2) as usize), Duration::from_secs(5), Vec::new())
                     .await
                     .map(|_| Instant::now())
             }));
@@ -221,7 +292,7 @@ async fn an_unavailable_redis_paces_the_bucket_at_its_share() {
     let bucket = Arc::new(Bucket::new("/v1/p", Rate { per_second: 40.0, burst: 1 }, 100));
     let started = Instant::now();
     for _ in 0..5 {
-        bucket.acquire_in(Some(&c), ClientId(0), Duration::from_secs(5)).await.unwrap();
+        bucket.acquire_in(Some(&c), ClientId(0), Duration::from_secs(5), Vec::new()).await.unwrap();
     }
     // 10/s once the first call found Redis gone: 4 intervals of 100 ms after the first.
     let took = started.elapsed();

@@ -16,7 +16,7 @@ use governor::{Quota, RateLimiter};
 use http::header::HeaderName;
 use http::{HeaderMap, HeaderValue};
 
-use crate::cluster::{Cluster, LimitKey};
+use crate::cluster::{Cluster, LimitKey, LimitsAnswer};
 use crate::config::{ClientId, Config, Rate};
 
 type Limiter = RateLimiter<NotKeyed, InMemoryState, DefaultClock, StateInformationMiddleware>;
@@ -181,16 +181,19 @@ impl ClientLimits {
         self.check_local(client, 1)
     }
 
-    /// [`ClientLimits::check`] across every replica through `cluster`: one script call decides
-    /// both limits together; while Redis is unavailable, the local share of each (its rate
-    /// and burst divided by [`Cluster::local_share`]).
-    pub async fn check_in(
+    /// [`ClientLimits::check`] across every replica through `cluster`. While Redis answers,
+    /// this replica checks the limits at their full rate (no replica alone may pass more) and
+    /// hands back the [`SharedLimits`] still to be taken in Redis: with the budget slot, in
+    /// the same round trip, or by [`SharedLimits::settle`]. A request refused before either
+    /// (by policy, say) spends nothing in Redis. While Redis is unavailable: the local share
+    /// of each limit (its rate and burst divided by [`Cluster::local_share`]), nothing pending.
+    pub fn check_in(
         &self,
         cluster: Option<&Cluster>,
         client: ClientId,
         name: &str,
-    ) -> Result<Option<RateHeaders>, Refusal> {
-        let Some(cluster) = cluster else { return self.check(client) };
+    ) -> Result<(Option<RateHeaders>, Option<SharedLimits>), Refusal> {
+        let Some(cluster) = cluster else { return Ok((self.check(client)?, None)) };
         let own = self.per_client.get(client.index()).and_then(Option::as_ref);
         let limits: Vec<(&Limit, LimitKind)> = own
             .map(|l| (l, LimitKind::Client))
@@ -198,35 +201,22 @@ impl ClientLimits {
             .chain(self.global.as_ref().map(|l| (l, LimitKind::Global)))
             .collect();
         if limits.is_empty() {
-            return Ok(None);
+            return Ok((None, None));
         }
-        let keys: Vec<LimitKey> = limits
+        if !cluster.is_up() {
+            cluster.local_decision("client");
+            return Ok((self.check_local(client, cluster.local_share())?, None));
+        }
+        let headers = self.check_local(client, 1)?;
+        let keys = limits
             .iter()
             .map(|(l, kind)| match kind {
                 LimitKind::Client => l.shared_key(format!("client:{name}")),
                 LimitKind::Global => l.shared_key("global".into()),
             })
             .collect();
-        let Some(answer) = cluster.limits(&keys).await else {
-            cluster.local_decision("client");
-            return self.check_local(client, cluster.local_share());
-        };
-        if let Some(i) = answer.refused {
-            let Some(&(limit, kind)) = limits.get(i).or(limits.first()) else { return Ok(None) };
-            return Err(Refusal {
-                kind,
-                rate: limit.rate,
-                retry_after: answer.retry,
-                headers: Some(headers_for(limit.rate, 0, kind)),
-            });
-        }
-        // The tighter limit is the one the client runs into first (the client's on a tie).
-        let headers = limits
-            .iter()
-            .zip(answer.remaining.iter().copied().chain(std::iter::repeat(0)))
-            .map(|((l, kind), remaining)| headers_for(l.rate, remaining.min(l.rate.burst), *kind))
-            .reduce(|a, b| if b.remaining < a.remaining { b } else { a });
-        Ok(headers)
+        let rates = limits.iter().map(|(l, kind)| (l.rate, *kind)).collect();
+        Ok((headers, Some(SharedLimits { client, keys, rates })))
     }
 
     /// The check on this replica alone, each limit divided by `share`.
@@ -271,6 +261,55 @@ impl ClientLimits {
             }
         }
         Ok(headers)
+    }
+}
+
+/// A request's client and global limits still to be taken across the replicas (see
+/// [`ClientLimits::check_in`]). Taken once: with the budget slot (the keys ride on the
+/// request's place in the budget's queue), or by [`SharedLimits::settle`].
+#[derive(Debug, Clone)]
+pub struct SharedLimits {
+    client: ClientId,
+    keys: Vec<LimitKey>,
+    /// Each key's rate and kind, for the headers and the refusal.
+    rates: Vec<(Rate, LimitKind)>,
+}
+
+impl SharedLimits {
+    /// The limits' keys in Redis.
+    pub fn keys(&self) -> &[LimitKey] {
+        &self.keys
+    }
+
+    /// What Redis answered about these limits: the headers of the one with fewer requests
+    /// left (the client's on a tie), or the refusal of the one that refused.
+    pub fn answer(&self, answer: &LimitsAnswer) -> Result<Option<RateHeaders>, Refusal> {
+        if let Some(i) = answer.refused {
+            let Some(&(rate, kind)) = self.rates.get(i).or(self.rates.first()) else { return Ok(None) };
+            return Err(Refusal { kind, rate, retry_after: answer.retry, headers: Some(headers_for(rate, 0, kind)) });
+        }
+        Ok(self
+            .rates
+            .iter()
+            .zip(answer.remaining.iter().copied().chain(std::iter::repeat(0)))
+            .map(|((rate, kind), remaining)| headers_for(*rate, remaining.min(rate.burst), *kind))
+            .reduce(|a, b| if b.remaining < a.remaining { b } else { a }))
+    }
+
+    /// Takes these limits on this replica's local share: Redis went away before they were
+    /// taken there.
+    pub fn local(&self, limits: &ClientLimits, cluster: &Cluster) -> Result<Option<RateHeaders>, Refusal> {
+        cluster.local_decision("client");
+        limits.check_local(self.client, cluster.local_share())
+    }
+
+    /// Takes these limits in Redis on their own (one round trip): for a request answered
+    /// without a budget slot (a cached answer, a path no budget prefix covers).
+    pub async fn settle(&self, limits: &ClientLimits, cluster: &Cluster) -> Result<Option<RateHeaders>, Refusal> {
+        match cluster.limits(&self.keys).await {
+            Some(answer) => self.answer(&answer),
+            None => self.local(limits, cluster),
+        }
     }
 }
 

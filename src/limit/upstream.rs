@@ -16,7 +16,7 @@ use arc_swap::ArcSwapOption;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
-use crate::cluster::{Admission, Cluster};
+use crate::cluster::{Admission, Cluster, LimitKey, LimitsAnswer};
 use crate::config::{ClientId, Rate, UpstreamLimits, CATCH_ALL};
 use crate::path::CheckedPath;
 
@@ -31,6 +31,18 @@ enum Seg {
 pub struct Busy {
     /// When a retry could be served.
     pub retry_after: Duration,
+}
+
+/// Budget granted to one request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Acquired {
+    /// How long it waited.
+    pub waited: Duration,
+    /// What Redis said about the request's shared client limits, asked in the same call as
+    /// its budget slot: `None` when it had none, or when the slot was granted on the local
+    /// share (then the limits are still to be taken there). When a limit refused, no slot
+    /// was taken and the request must be refused.
+    pub limits: Option<LimitsAnswer>,
 }
 
 /// Every prefix's bucket.
@@ -140,7 +152,8 @@ pub struct BucketStatus {
 
 /// What the schedule keeper's shared step came to.
 enum Lead {
-    /// A slot was granted (maybe to the keeper itself).
+    /// A waiter was answered (maybe the keeper itself): a slot granted, or refused by its own
+    /// shared client limits.
     Granted,
     /// The local guard allows the next slot only then.
     NotBefore(Instant),
@@ -201,6 +214,17 @@ struct Ticket {
     granted: AtomicBool,
     /// Woken when granted, or when made the leader.
     wake: Notify,
+    /// The request's shared client limits, taken in Redis with its slot.
+    keys: Vec<LimitKey>,
+    /// Redis's answer about `keys`, set before `granted`.
+    verdict: Mutex<Option<LimitsAnswer>>,
+}
+
+impl Ticket {
+    fn acquired(&self, started: Instant) -> Acquired {
+        let limits = self.verdict.lock().unwrap_or_else(|p| p.into_inner()).take();
+        Acquired { waited: started.elapsed(), limits }
+    }
 }
 
 impl Bucket {
@@ -243,8 +267,19 @@ impl Bucket {
     /// waited. No task is spawned: the waiting futures serve each other (see [`State::leader`]).
     /// Shared through the bucket's cluster, if it has one.
     pub async fn acquire(self: &Arc<Self>, client: ClientId, max_wait: Duration) -> Result<Duration, Busy> {
+        self.acquire_with(client, max_wait, Vec::new()).await.map(|a| a.waited)
+    }
+
+    /// [`Bucket::acquire`] for a request with shared client limits still to take (`keys`):
+    /// while Redis answers they are taken in the same call as the slot (see [`Acquired`]).
+    pub async fn acquire_with(
+        self: &Arc<Self>,
+        client: ClientId,
+        max_wait: Duration,
+        keys: Vec<LimitKey>,
+    ) -> Result<Acquired, Busy> {
         let cluster = self.cluster();
-        self.acquire_in(cluster.as_deref(), client, max_wait).await
+        self.acquire_in(cluster.as_deref(), client, max_wait, keys).await
     }
 
     /// [`Bucket::acquire`] with the budget shared through `cluster` (when configured): while
@@ -256,7 +291,8 @@ impl Bucket {
         cluster: Option<&Cluster>,
         client: ClientId,
         max_wait: Duration,
-    ) -> Result<Duration, Busy> {
+        keys: Vec<LimitKey>,
+    ) -> Result<Acquired, Busy> {
         let started = Instant::now();
         let shared = cluster.is_some_and(Cluster::is_up);
         if let Some(c) = cluster.filter(|_| !shared) {
@@ -269,13 +305,19 @@ impl Bucket {
             // Shared: every request goes through the queue, so that Redis is asked in fair order.
             if !shared && st.queued == 0 && st.ready_at(self.base_rate, started).is_none() {
                 st.take(started);
-                return Ok(Duration::ZERO);
+                return Ok(Acquired { waited: Duration::ZERO, limits: None });
             }
             let estimate = st.estimate(self.base_rate, client, started);
             if st.queued >= self.max_queue || estimate > max_wait {
                 return Err(Busy { retry_after: estimate });
             }
-            let ticket = Arc::new(Ticket { id: st.next_ticket, granted: AtomicBool::new(false), wake: Notify::new() });
+            let ticket = Arc::new(Ticket {
+                id: st.next_ticket,
+                granted: AtomicBool::new(false),
+                wake: Notify::new(),
+                keys,
+                verdict: Mutex::new(None),
+            });
             st.next_ticket = st.next_ticket.wrapping_add(1);
             match st.queues.iter_mut().find(|(c, _)| *c == client) {
                 Some((_, q)) => q.push_back(ticket.clone()),
@@ -298,7 +340,7 @@ impl Bucket {
                 Some(c) => match self.lead_shared(c, deadline).await {
                     Lead::Granted => {
                         if ticket.granted.load(Ordering::Acquire) {
-                            return Ok(started.elapsed());
+                            return Ok(ticket.acquired(started));
                         }
                         // Granted to another client's turn: go on keeping the schedule.
                         continue;
@@ -316,7 +358,7 @@ impl Bucket {
                 None => {}
             }
             if ticket.granted.load(Ordering::Acquire) {
-                return Ok(started.elapsed());
+                return Ok(ticket.acquired(started));
             }
             let wake_at = next_slot.map_or(deadline, |at| at.min(deadline));
             tokio::select! {
@@ -330,43 +372,58 @@ impl Bucket {
         }
         let st = self.lock();
         if ticket.granted.load(Ordering::Acquire) {
-            return Ok(started.elapsed());
+            return Ok(ticket.acquired(started));
         }
         Err(Busy { retry_after: st.estimate(self.base_rate, client, Instant::now()) })
     }
 
     /// The schedule keeper's step while Redis answers: once the local guard (the full rate)
-    /// allows, reserve the next slot in Redis, sleep until it, and grant it to the next waiter
-    /// round-robin. A reservation lost because this waiter went away meanwhile only slows
-    /// the prefix down a little.
+    /// allows, reserve the next slot in Redis for the next waiter round-robin, together with
+    /// its shared client limits (one call), sleep until it, and grant it. A waiter whose own
+    /// limits refused is answered with that and takes no slot. A reservation lost because its
+    /// waiter went away meanwhile only slows the prefix down a little.
     async fn lead_shared(&self, cluster: &Cluster, deadline: Instant) -> Lead {
         let now = Instant::now();
-        let (interval, tolerance) = {
+        let (interval, tolerance, next, keys) = {
             let mut st = self.lock();
             st.share = 1;
             st.recover(self.base_rate, now);
             if let Some(at) = st.ready_at(self.base_rate, now) {
                 return Lead::NotBefore(at);
             }
-            (st.interval, st.tolerance(self.base_rate))
+            let Some(next) = st.queues.front().and_then(|(_, q)| q.front()).map(|t| t.id) else {
+                return Lead::Granted;
+            };
+            let keys = st.queues.front().and_then(|(_, q)| q.front()).map(|t| t.keys.clone()).unwrap_or_default();
+            (st.interval, st.tolerance(self.base_rate), next, keys)
         };
         let left = deadline.saturating_duration_since(now);
-        match cluster.reserve(&self.label, interval, tolerance, left).await {
-            Admission::Granted(wait) => {
+        match cluster.admit(&self.label, interval, tolerance, left, &keys).await {
+            (Admission::Granted(wait), verdict) => {
                 // A timer, even of zero, costs a tick of tokio's millisecond wheel.
                 if !wait.is_zero() {
                     tokio::time::sleep(wait).await;
                 }
                 let mut st = self.lock();
-                if let Some(t) = st.pop_next() {
+                if let Some(t) = st.remove(next) {
+                    *t.verdict.lock().unwrap_or_else(|p| p.into_inner()) = verdict;
                     t.granted.store(true, Ordering::Release);
                     t.wake.notify_one();
                 }
                 st.take(Instant::now());
                 Lead::Granted
             }
-            Admission::Denied(retry_after) => Lead::Refused(retry_after),
-            Admission::Unavailable => Lead::Unavailable,
+            (Admission::Denied(_), Some(verdict)) if verdict.refused.is_some() => {
+                let mut st = self.lock();
+                if let Some(t) = st.remove(next) {
+                    *t.verdict.lock().unwrap_or_else(|p| p.into_inner()) = Some(verdict);
+                    t.granted.store(true, Ordering::Release);
+                    t.wake.notify_one();
+                }
+                Lead::Granted
+            }
+            (Admission::Denied(retry_after), _) => Lead::Refused(retry_after),
+            (Admission::Unavailable, _) => Lead::Unavailable,
         }
     }
 
@@ -453,6 +510,23 @@ impl State {
         let ahead: usize = self.queues.iter().filter(|(c, _)| *c != client).map(|(_, q)| q.len().min(own)).sum();
         let first = self.ready_at(rate, now).map_or(Duration::ZERO, |at| at - now);
         first + self.spacing() * u32::try_from(ahead + own - 1).unwrap_or(u32::MAX)
+    }
+
+    /// Takes the waiter `id` out of the queue, keeping the round-robin order: the next one
+    /// round-robin (the usual case) as [`State::pop_next`] would; `None` if it left.
+    fn remove(&mut self, id: u64) -> Option<Arc<Ticket>> {
+        if self.queues.front().and_then(|(_, q)| q.front()).is_some_and(|t| t.id == id) {
+            return self.pop_next();
+        }
+        let i = self.queues.iter().position(|(_, q)| q.iter().any(|t| t.id == id))?;
+        let (_, q) = self.queues.get_mut(i)?;
+        let at = q.iter().position(|t| t.id == id)?;
+        let ticket = q.remove(at)?;
+        self.queued -= 1;
+        if q.is_empty() {
+            self.queues.remove(i);
+        }
+        Some(ticket)
     }
 
     /// The next waiter, round-robin across clients.

@@ -32,6 +32,7 @@ use crate::error::GatewayError;
 use crate::limit::retry_after_secs;
 use crate::limit::upstream::Bucket;
 use crate::metrics::Metrics;
+use crate::proxy::limits::{Pending, PendingLimits};
 use crate::proxy::request_log::Note;
 use crate::proxy::{auth, response, Runtime, REPLAY_LIMIT};
 use crate::upstream::UpstreamFailure;
@@ -406,10 +407,17 @@ where
         let BudgetConfig { bucket, client, client_name, metrics } = self.config.clone();
         Box::pin(async move {
             let note = note_of(&req);
+            // The request's shared client limits go with its first slot; a retry has none.
+            let pending = req.extensions().get::<PendingLimits>().and_then(PendingLimits::take);
             if let Some(bucket) = &bucket {
                 let left = deadline_of(&req).saturating_duration_since(tokio::time::Instant::now());
-                match bucket.acquire(client, left).await {
-                    Ok(waited) => {
+                let keys = pending.as_ref().map(Pending::keys).unwrap_or_default();
+                match bucket.acquire_with(client, left, keys).await {
+                    Ok(acquired) => {
+                        if let Some(pending) = pending {
+                            pending.conclude(acquired.limits.as_ref(), &note)?;
+                        }
+                        let waited = acquired.waited;
                         metrics.queue_wait.with_label_values(&[bucket.label()]).observe(waited.as_secs_f64());
                         note.set(|f| f.wait_ms += waited.as_secs_f64() * 1000.0);
                     }
@@ -423,6 +431,9 @@ where
                         });
                     }
                 }
+            } else if let Some(pending) = pending {
+                // No budget prefix covers the path: the limits on their own, before the send.
+                pending.settle(&note).await?;
             }
             note.set(|f| f.sends += 1);
             inner.ready().await?.call(req).await
@@ -511,6 +522,8 @@ pub(crate) struct Exchange {
     pub(crate) client_idx: ClientId,
     pub(crate) client_name: Arc<str>,
     pub(crate) bucket: Option<Arc<Bucket>>,
+    /// The client limits still to take across the replicas, with the first budget slot.
+    pub(crate) pending: PendingLimits,
 }
 
 impl Exchange {
@@ -543,6 +556,7 @@ impl Exchange {
         req.extensions_mut().insert(note.clone());
         req.extensions_mut().insert(Deadline(tokio::time::Instant::now() + self.rt.budget.max_wait()));
         let metrics = self.metrics.clone();
+        req.extensions_mut().insert(self.pending.clone());
         let bucket = self.bucket.clone();
         let chain = tower::ServiceBuilder::new()
             .layer(RetryLayer::new(RetryConfig { metrics: metrics.clone(), bucket: bucket.clone() }))

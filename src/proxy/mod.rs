@@ -211,7 +211,7 @@ async fn process(
     let client = cfg.client(client_idx);
     note.set(|f| f.client = Some(client.name.clone()));
     // 5. Client limits, before policy so forbidden paths are throttled too.
-    limits::check(rt, metrics, client_idx, client, &note).await?;
+    let pending = limits::check(rt, metrics, client_idx, client, &note)?;
     // 6. Route, 7. policy, 8. scope (ProjectUid), 9. header hygiene.
     // One function for these steps, shared with `explain` (decide.rs).
     let (matched, decided) = decide::route(
@@ -263,6 +263,7 @@ async fn process(
         client_idx,
         client_name: client.name.clone(),
         bucket,
+        pending: pending.clone(),
     };
     // The response cache around the exchange (issue 12): here, after every check, so a cached
     // answer only goes to a request that may fetch it.
@@ -284,5 +285,11 @@ async fn process(
         let resp = exchange.run(&credential, head, body, &fetch_note, &rid_owned).await?;
         target::check_upstream_status(resp)
     };
-    cache::around(rt, metrics, plan, &note, fetch).await
+    let answer = cache::around(rt, metrics, plan, &note, fetch).await?;
+    // Answered without going through the budget (a cached or coalesced answer): the shared
+    // client limits are taken now, in their one round trip.
+    if let Some(pending) = pending.take() {
+        pending.settle(&note).await?;
+    }
+    Ok(answer)
 }
