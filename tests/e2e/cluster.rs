@@ -326,3 +326,97 @@ async fn the_status_page_shows_the_cluster_state() {
     let local = eventually(Duration::from_secs(3), || async { status().await["cluster"]["state"] == "local" }).await;
     assert!(local, "{}", status().await);
 }
+
+/// Redis calls of one replica by operation (its own latency histogram's counts).
+fn redis_calls(s: &[Sample], op: &str) -> f64 {
+    metric(s, "palette_gateway_cluster_redis_call_duration_seconds_count", &[("op", op)])
+}
+
+/// At most one Redis round trip per request, whatever the request meets: a client with its own
+/// `rate_limit` and a global limit, forwarded through a budget prefix (one `budget` call that
+/// takes the slot and both limits), forwarded where no prefix covers the path or answered from
+/// the cache (one `limits` call), refused by policy (none). And the shared limits still hold.
+#[tokio::test]
+async fn each_request_makes_at_most_one_redis_round_trip() {
+    let redis = RedisServer::start();
+    init_logs();
+    let fake = FakePalette::start(FakePaletteConfig { session_cookie: false, ..standard_fake() }).await.unwrap();
+    let upstream = "[upstream.limits]\npreset = \"none\"\nmax_wait = \"1s\"\n[[upstream.limits.prefix]]\nprefix = \"/v1/packs\"\nper_second = 1000\nburst = 1000\n";
+    let rules = format!(
+        "[rate_limit]\nglobal = {{ per_second = 1000, burst = 1000 }}\n\
+         [credentials.default]\napi_key_env = \"PALETTE_API_KEY\"\n\
+         [cluster]\nredis_url = \"{}\"\nkey_prefix = \"e2e-one\"\ntimeout = \"500ms\"\nexpected_replicas = 1\n\
+         [[routes]]\nname = \"dash\"\npath_prefix = \"/v1/dashboard\"\ncache = {{ ttl = \"60s\" }}\n\
+         [[clients]]\nname = \"capped\"\nkeys = [\"{}\"]\nprojects = [\"*\"]\nallow = [\"GET /v1/packs\", \"GET /v1/dashboard/**\", \"GET /v1/clusterprofiles\"]\n\
+         rate_limit = {{ per_second = 0.01, burst = 12 }}\n",
+        redis.url(),
+        key_hash_string(CAPPED_KEY),
+    );
+    let text = gateway_config(&fake.url(), upstream, &rules);
+    let cfg = config::load_str(&text, Path::new("."), &standard_env()).unwrap_or_else(|e| panic!("{e}\n{text}"));
+    let g = RunningGateway::start(cfg).await.unwrap();
+    let http = client();
+    let admin = format!("http://{}", g.admin_addr);
+    assert!(eventually(Duration::from_secs(3), || async { up(&scrape(&http, &admin).await) == 1.0 }).await);
+    let calls = || async {
+        let s = scrape(&http, &admin).await;
+        (redis_calls(&s, "budget"), redis_calls(&s, "limits"))
+    };
+    let get = |path: &'static str| {
+        let (http, url) = (http.clone(), format!("http://{}{path}", g.proxy_addr));
+        async move {
+            let r = http.get(url).header("ApiKey", CAPPED_KEY).send().await.unwrap();
+            let remaining = r.headers().get("ratelimit-remaining").map(|v| v.to_str().unwrap().to_string());
+            (r.status().as_u16(), r.headers().get("x-cache").map(|v| v.to_str().unwrap().to_string()), remaining)
+        }
+    };
+
+    let before = calls().await;
+    for _ in 0..3 {
+        assert_eq!(get("/v1/packs").await.0, 200);
+    }
+    assert_eq!(calls().await, (before.0 + 3.0, before.1), "a forwarded request: one budget call with its limits");
+
+    let before = calls().await;
+    for _ in 0..2 {
+        assert_eq!(get("/v1/clusterprofiles").await.0, 200);
+    }
+    assert_eq!(calls().await, (before.0, before.1 + 2.0), "no budget prefix: one limits call");
+
+    let (status, x_cache, _) = get("/v1/dashboard/projects").await;
+    assert_eq!((status, x_cache.as_deref()), (200, Some("miss")));
+    let before = calls().await;
+    let (status, x_cache, _) = get("/v1/dashboard/projects").await;
+    assert_eq!((status, x_cache.as_deref()), (200, Some("hit")));
+    assert_eq!(calls().await, (before.0, before.1 + 1.0), "a cached answer: one limits call");
+
+    let before = calls().await;
+    assert_eq!(get("/v1/spectroclusters").await.0, 403);
+    assert_eq!(calls().await, before, "refused by policy: no Redis call");
+
+    // 7 taken in Redis so far (the refused one took nothing there; this replica's full-rate
+    // guard counted 8). A second replica takes the rest of the burst of 12 ...
+    let cfg2 = config::load_str(&text, Path::new("."), &standard_env()).unwrap();
+    let g2 = RunningGateway::start(cfg2).await.unwrap();
+    let admin2 = format!("http://{}", g2.admin_addr);
+    assert!(eventually(Duration::from_secs(3), || async { up(&scrape(&http, &admin2).await) == 1.0 }).await);
+    let get2 = || {
+        let (http, url) = (http.clone(), format!("http://{}/v1/packs", g2.proxy_addr));
+        async move {
+            let r = http.get(url).header("ApiKey", CAPPED_KEY).send().await.unwrap();
+            let remaining = r.headers().get("ratelimit-remaining").map(|v| v.to_str().unwrap().to_string());
+            (r.status().as_u16(), remaining)
+        }
+    };
+    assert_eq!(get2().await, (200, Some("4".into())), "RateLimit-Remaining comes from Redis's answer");
+    for _ in 0..4 {
+        assert_eq!(get2().await.0, 200);
+    }
+    // ... so Redis, not this replica's own guard (9 of 12), refuses the next one here.
+    let before = calls().await;
+    let (status, _, remaining) = get("/v1/packs").await;
+    assert_eq!((status, remaining.as_deref()), (429, Some("0")), "the client's limit holds across replicas");
+    assert_eq!(calls().await, (before.0 + 1.0, before.1), "and its refusal was the one call");
+    let sends = fake.requests().iter().filter(|r| r.path_and_query == "/v1/packs").count();
+    assert_eq!(sends, 8, "the refused request never reached Palette");
+}
