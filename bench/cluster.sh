@@ -3,8 +3,8 @@
 # budget shared through Redis, and Redis calls per request. Everything on 127.0.0.1: an nginx
 # upstream answering every path with a small JSON body, a redis-server of its own, one gateway
 # (GW_BIN, default target/release/palette-gateway, else target/debug), wrk as the load.
-# The limits are set far above the load, so that every request makes both Redis calls (client
-# limits, budget slot) and none waits.
+# The limits are set far above the load, so that every request has a client limit, a global
+# limit and a budget slot to take in Redis (one call for all three) and none waits.
 #
 #   bash bench/cluster.sh                 # 5 s per row
 #   DUR=10 CONNS=16 bash bench/cluster.sh
