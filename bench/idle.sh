@@ -13,7 +13,9 @@
 #
 #   bench/idle.sh                 all three
 #   PARTS="wake" bench/idle.sh    one of them
-#   GW_BIN=/tmp/old bench/idle.sh  another binary (BENCH_NO_BUILD=1 skips the builds)
+#   GW_BIN=/tmp/old bench/idle.sh  another binary (BENCH_NO_BUILD=1 skips the builds); glibc's
+#                                  malloc: cargo build --release --no-default-features --features demo
+#   VARIANTS="name|ENV=value ..."  one run per line, e.g. MIMALLOC_PURGE_DELAY=0
 #
 # Ports 18280-18299 (not the main harness's). Results on stdout.
 set -euo pipefail
@@ -33,9 +35,7 @@ N_CONNS=${N_CONNS:-10000}
 PARTS=" ${PARTS:-rss wake conns startup} "
 # name|environment: one gateway run each.
 VARIANTS=${VARIANTS:-"default|
-eager-commit-0|MIMALLOC_ARENA_EAGER_COMMIT=0
-purge-delay-0|MIMALLOC_PURGE_DELAY=0
-both|MIMALLOC_ARENA_EAGER_COMMIT=0 MIMALLOC_PURGE_DELAY=0"}
+purge-delay-0|MIMALLOC_PURGE_DELAY=0"}
 
 build_all
 raise_nofile
