@@ -3,6 +3,7 @@
 //! header-time limits, close idle connections, and drain on shutdown.
 
 use std::convert::Infallible;
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -153,7 +154,7 @@ where
         .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
         .keep_alive_interval(Some(limits.idle_timeout / 2))
         .keep_alive_timeout(Duration::from_secs(20));
-    let activity = Arc::new(Activity::new(limits.send_timeout));
+    let activity = Arc::new(Activity::new());
     let peer = conn.peer;
     let svc = ConnService { inner: service, conn, activity: activity.clone() };
     let io = body::SendTimeout::new(io, limits.send_timeout);
@@ -161,38 +162,48 @@ where
     tokio::pin!(connection);
     let mut closing = false;
     // One timer, set to the first moment a check can be due (see `Activity::next_check`): an
-    // idle connection's task sleeps until its idle deadline instead of waking every tick.
+    // idle connection's task sleeps until its idle deadline instead of waking every tick. It is
+    // set again after each poll of the connection in which a request began or ended: hyper calls
+    // the service (`ConnService::call`) inside that poll, so a request never waits on a timer
+    // set before it, and setting it costs no wake-up of its own.
     let check = tokio::time::sleep_until(activity.next_check(limits, closing));
     tokio::pin!(check);
-    loop {
-        tokio::select! {
-            result = connection.as_mut() => {
-                if let Err(e) = result {
-                    tracing::debug!(%peer, error = %e, "connection ended with an error");
-                }
-                return;
+    let cancelled = shutdown.cancelled();
+    tokio::pin!(cancelled);
+    let mut seen = activity.changes.load(Ordering::Relaxed);
+    std::future::poll_fn(|cx| loop {
+        if let std::task::Poll::Ready(result) = connection.as_mut().poll(cx) {
+            if let Err(e) = result {
+                tracing::debug!(%peer, error = %e, "connection ended with an error");
             }
-            _ = shutdown.cancelled(), if !closing => {
-                closing = true;
-                connection.as_mut().graceful_shutdown();
-            }
-            // A request began while the timer was set beyond its earliest stall check.
-            () = activity.rearm.notified() => {}
-            () = check.as_mut() => {
-                // An answer the client takes no bytes of (an HTTP/2 stream it grants no credit:
-                // its socket never fills, so `SendTimeout` cannot see it) ends the connection.
-                if activity.stalled(limits.send_timeout) {
-                    tracing::debug!(%peer, "the client took no bytes of an answer within send_timeout; closing");
-                    return;
-                }
-                if !closing && activity.idle_for() >= limits.idle_timeout {
-                    closing = true;
-                    connection.as_mut().graceful_shutdown();
-                }
-            }
+            return std::task::Poll::Ready(());
+        }
+        if !closing && cancelled.as_mut().poll(cx).is_ready() {
+            closing = true;
+            connection.as_mut().graceful_shutdown();
+            continue;
+        }
+        let changes = activity.changes.load(Ordering::Relaxed);
+        if changes != seen {
+            seen = changes;
+            check.as_mut().reset(activity.next_check(limits, closing));
+        }
+        if check.as_mut().poll(cx).is_pending() {
+            return std::task::Poll::Pending;
+        }
+        // An answer the client takes no bytes of (an HTTP/2 stream it grants no credit: its
+        // socket never fills, so `SendTimeout` cannot see it) ends the connection.
+        if activity.stalled(limits.send_timeout) {
+            tracing::debug!(%peer, "the client took no bytes of an answer within send_timeout; closing");
+            return std::task::Poll::Ready(());
+        }
+        if !closing && activity.idle_for() >= limits.idle_timeout {
+            closing = true;
+            connection.as_mut().graceful_shutdown();
         }
         check.as_mut().reset(activity.next_check(limits, closing));
-    }
+    })
+    .await;
 }
 
 /// Requests in flight on one connection, when the last one ended, and when the connection's
@@ -201,25 +212,19 @@ struct Activity {
     started: Instant,
     inflight: AtomicUsize,
     last_ms: AtomicU64,
-    /// When [`drive`]'s timer fires next.
-    armed_ms: AtomicU64,
-    /// The connection's `send_timeout`, in milliseconds.
-    send_timeout_ms: u64,
-    /// Wakes [`drive`] to set its timer earlier.
-    rearm: tokio::sync::Notify,
+    /// Counts requests begun and ended: [`drive`] sets its timer again when it moves.
+    changes: AtomicU64,
     /// The answers still being sent (dropped ones fall away).
     sending: std::sync::Mutex<Vec<std::sync::Weak<body::SendProgress>>>,
 }
 
 impl Activity {
-    fn new(send_timeout: Duration) -> Self {
+    fn new() -> Self {
         Activity {
             started: Instant::now(),
             inflight: AtomicUsize::new(0),
             last_ms: AtomicU64::new(0),
-            armed_ms: AtomicU64::new(0),
-            send_timeout_ms: millis(send_timeout),
-            rearm: tokio::sync::Notify::new(),
+            changes: AtomicU64::new(0),
             sending: std::sync::Mutex::default(),
         }
     }
@@ -242,16 +247,14 @@ impl Activity {
         sending.iter().filter_map(std::sync::Weak::upgrade).any(|p| p.waiting_for(self.started) >= Some(limit))
     }
 
-    /// The first moment [`drive`]'s checks can find something due, and records it:
+    /// The first moment [`drive`]'s checks can find something due:
     /// - the stall check, only while a request is in flight or an answer is being sent: when the
     ///   longest-waiting answer reaches `send_timeout`, or `send_timeout` from now (an answer
     ///   that starts waiting later is due later);
     /// - the idle check, unless closing: `idle_timeout` after the last request ended, or from
     ///   now while one is in flight (it cannot be idle sooner).
     ///
-    /// Both are lower bounds: a check that finds nothing due sets the timer again. A request
-    /// that starts while the timer is set later than its own earliest stall check wakes
-    /// [`drive`] (`begin`), so no stall is seen late.
+    /// Both are lower bounds: a check that finds nothing due sets the timer again.
     fn next_check(&self, limits: &ServerLimits, closing: bool) -> Instant {
         let now = Instant::now();
         let busy = self.inflight.load(Ordering::Relaxed) > 0;
@@ -277,25 +280,21 @@ impl Activity {
             });
         }
         // Closing with nothing in flight: hyper ends the connection itself; look again later.
-        let due = due.unwrap_or(now + limits.idle_timeout);
-        self.armed_ms.store(millis(due.saturating_duration_since(self.started)), Ordering::Relaxed);
-        due
+        due.unwrap_or(now + limits.idle_timeout)
     }
 
     /// A request starts.
     fn begin(&self) {
         self.inflight.fetch_add(1, Ordering::Relaxed);
-        let now = self.now_ms();
-        self.last_ms.store(now, Ordering::Relaxed);
-        if self.armed_ms.load(Ordering::Relaxed) > now.saturating_add(self.send_timeout_ms) {
-            self.rearm.notify_one();
-        }
+        self.last_ms.store(self.now_ms(), Ordering::Relaxed);
+        self.changes.fetch_add(1, Ordering::Relaxed);
     }
 
     /// A request ended (its answer sent, or dropped).
     fn end(&self) {
         self.inflight.fetch_sub(1, Ordering::Relaxed);
         self.last_ms.store(self.now_ms(), Ordering::Relaxed);
+        self.changes.fetch_add(1, Ordering::Relaxed);
     }
 
     /// How long the connection has had no request in flight (zero while one is).
@@ -620,68 +619,43 @@ mod tests {
         assert_eq!(read_all(&mut client).await, "", "closed without another byte");
     }
 
-    /// Counts the reads of the connection's IO: each wake of the connection's task polls it.
-    struct CountReads {
-        io: DuplexStream,
-        reads: Arc<AtomicUsize>,
+    /// Counts the polls of a future: each wake of the task running it is one.
+    struct CountPolls<F> {
+        inner: std::pin::Pin<Box<F>>,
+        polls: Arc<AtomicUsize>,
     }
 
-    impl AsyncRead for CountReads {
-        fn poll_read(
-            mut self: std::pin::Pin<&mut Self>,
-            cx: &mut std::task::Context<'_>,
-            buf: &mut tokio::io::ReadBuf<'_>,
-        ) -> std::task::Poll<std::io::Result<()>> {
-            self.reads.fetch_add(1, Ordering::Relaxed);
-            std::pin::Pin::new(&mut self.io).poll_read(cx, buf)
-        }
-    }
-
-    impl AsyncWrite for CountReads {
-        fn poll_write(
-            mut self: std::pin::Pin<&mut Self>,
-            cx: &mut std::task::Context<'_>,
-            buf: &[u8],
-        ) -> std::task::Poll<std::io::Result<usize>> {
-            std::pin::Pin::new(&mut self.io).poll_write(cx, buf)
-        }
-
-        fn poll_flush(
-            mut self: std::pin::Pin<&mut Self>,
-            cx: &mut std::task::Context<'_>,
-        ) -> std::task::Poll<std::io::Result<()>> {
-            std::pin::Pin::new(&mut self.io).poll_flush(cx)
-        }
-
-        fn poll_shutdown(
-            mut self: std::pin::Pin<&mut Self>,
-            cx: &mut std::task::Context<'_>,
-        ) -> std::task::Poll<std::io::Result<()>> {
-            std::pin::Pin::new(&mut self.io).poll_shutdown(cx)
+    impl<F: std::future::Future> std::future::Future for CountPolls<F> {
+        type Output = F::Output;
+        fn poll(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<F::Output> {
+            self.polls.fetch_add(1, Ordering::Relaxed);
+            self.inner.as_mut().poll(cx)
         }
     }
 
     #[tokio::test(start_paused = true)]
     async fn an_idle_connection_is_not_woken_before_its_idle_deadline() {
         let (mut client, server) = tokio::io::duplex(64 * 1024);
-        let reads = Arc::new(AtomicUsize::new(0));
-        let io = CountReads { io: server, reads: reads.clone() };
+        let polls = Arc::new(AtomicUsize::new(0));
         let conn = ConnInfo::new(PEER.parse().unwrap(), false, Arc::default());
         // hyper (>= 1.6) also runs header_read_timeout while an HTTP/1 connection waits for its
-        // next request, and closes it then: set beyond idle_timeout, so the timer seen is ours.
+        // next request, and closes it then: set beyond idle_timeout, so the timers seen are ours.
         let limits = ServerLimits { header_read_timeout: Duration::from_secs(600), ..limits() };
         let idle = limits.idle_timeout;
-        let handle = tokio::spawn(async move { drive(io, conn, peer_echo(), &limits, CancellationToken::new()).await });
+        let serving = async move { drive(server, conn, peer_echo(), &limits, CancellationToken::new()).await };
+        let handle = tokio::spawn(CountPolls { inner: Box::pin(serving), polls: polls.clone() });
         client.write_all(b"GET / HTTP/1.1\r\nhost: gw\r\n\r\n").await.unwrap();
         let answer = read_response(&mut client).await;
         assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
         let answered = tokio::time::Instant::now();
         // Let the connection finish its answer and go back to waiting for the next request.
         tokio::time::sleep(Duration::from_millis(1)).await;
-        let settled = reads.load(Ordering::Relaxed);
+        let settled = polls.load(Ordering::Relaxed);
+        // Past send_timeout (30 s) too: the stall check set while the request was in flight
+        // does not fire once it has ended.
         tokio::time::sleep(idle - Duration::from_secs(1)).await;
         assert_eq!(
-            reads.load(Ordering::Relaxed),
+            polls.load(Ordering::Relaxed),
             settled,
             "the idle connection's task was woken before its idle deadline"
         );
@@ -691,12 +665,9 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn a_request_on_a_connection_timed_for_its_idle_deadline_brings_the_timer_forward() {
-        use futures_util::FutureExt;
-        // idle_timeout far beyond send_timeout: the stall check of a request that starts must
-        // not wait for the idle deadline.
+    async fn the_next_check_is_the_stall_check_while_busy_and_the_idle_deadline_when_idle() {
         let limits = ServerLimits { idle_timeout: Duration::from_secs(600), ..limits() };
-        let activity = Activity::new(limits.send_timeout);
+        let activity = Activity::new();
         assert_eq!(
             activity.next_check(&limits, false),
             activity.started + limits.idle_timeout,
@@ -704,12 +675,8 @@ mod tests {
         );
         tokio::time::sleep(Duration::from_secs(100)).await;
         activity.begin();
-        assert!(activity.rearm.notified().now_or_never().is_some(), "the request wakes the connection");
         let now = tokio::time::Instant::now();
-        assert_eq!(activity.next_check(&limits, false), now + limits.send_timeout, "in flight: the stall check");
-        activity.begin();
-        assert!(activity.rearm.notified().now_or_never().is_none(), "a second request finds the timer near enough");
-        activity.end();
+        assert_eq!(activity.next_check(&limits, false), now + limits.send_timeout, "in flight: the stall check first");
         activity.end();
         tokio::time::sleep(Duration::from_secs(5)).await;
         assert_eq!(
