@@ -294,7 +294,7 @@ mod tests {
     async fn send_progress_tells_waiting_on_the_consumer_from_waiting_on_the_producer() {
         let (mut tx, rx) = futures_channel_body();
         let progress = Arc::new(SendProgress::default());
-        let epoch = std::time::Instant::now();
+        let epoch = tokio::time::Instant::now();
         let mut body = SendWatch::new(rx, progress.clone(), epoch);
         assert_eq!(progress.waiting_for(epoch), None, "nothing given yet");
         tx.push(Bytes::from_static(b"abc"));
@@ -437,10 +437,15 @@ pub struct SendProgress {
 impl SendProgress {
     /// How long the consumer has left the last frame untaken (`None`: it is not waiting on
     /// the consumer, but on the upstream, or done).
-    pub fn waiting_for(&self, epoch: std::time::Instant) -> Option<std::time::Duration> {
+    pub fn waiting_for(&self, epoch: tokio::time::Instant) -> Option<std::time::Duration> {
+        self.waiting_since(epoch).map(|since| tokio::time::Instant::now().saturating_duration_since(since))
+    }
+
+    /// Since when the consumer has left the last frame untaken (`None`: not waiting on it).
+    pub fn waiting_since(&self, epoch: tokio::time::Instant) -> Option<tokio::time::Instant> {
         match self.waiting_since.load(std::sync::atomic::Ordering::Relaxed) {
             0 => None,
-            since => Some(epoch.elapsed().saturating_sub(std::time::Duration::from_millis(since - 1))),
+            since => Some(epoch + std::time::Duration::from_millis(since - 1)),
         }
     }
 }
@@ -449,12 +454,12 @@ impl SendProgress {
 pub struct SendWatch {
     inner: Body,
     progress: std::sync::Arc<SendProgress>,
-    epoch: std::time::Instant,
+    epoch: tokio::time::Instant,
 }
 
 impl SendWatch {
     /// Wraps `inner`; times are measured from `epoch`.
-    pub fn new(inner: Body, progress: std::sync::Arc<SendProgress>, epoch: std::time::Instant) -> Self {
+    pub fn new(inner: Body, progress: std::sync::Arc<SendProgress>, epoch: tokio::time::Instant) -> Self {
         SendWatch { inner, progress, epoch }
     }
 

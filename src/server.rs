@@ -3,6 +3,7 @@
 //! header-time limits, close idle connections, and drain on shutdown.
 
 use std::convert::Infallible;
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -15,6 +16,7 @@ use hyper_util::server::conn::auto;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
+use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -158,57 +160,77 @@ where
     let io = body::SendTimeout::new(io, limits.send_timeout);
     let connection = builder.serve_connection(TokioIo::new(io), svc);
     tokio::pin!(connection);
-    let tick = (limits.idle_timeout / 4).min(limits.send_timeout / 4).max(Duration::from_millis(50));
     let mut closing = false;
-    loop {
-        tokio::select! {
-            result = connection.as_mut() => {
-                if let Err(e) = result {
-                    tracing::debug!(%peer, error = %e, "connection ended with an error");
-                }
-                return;
+    // One timer, set to the first moment a check can be due (see `Activity::next_check`): an
+    // idle connection's task sleeps until its idle deadline instead of waking every tick. It is
+    // set again after each poll of the connection in which a request began or ended: hyper calls
+    // the service (`ConnService::call`) inside that poll, so a request never waits on a timer
+    // set before it, and setting it costs no wake-up of its own.
+    let check = tokio::time::sleep_until(activity.next_check(limits, closing));
+    tokio::pin!(check);
+    let cancelled = shutdown.cancelled();
+    tokio::pin!(cancelled);
+    let mut seen = activity.changes.load(Ordering::Relaxed);
+    std::future::poll_fn(|cx| loop {
+        if let std::task::Poll::Ready(result) = connection.as_mut().poll(cx) {
+            if let Err(e) = result {
+                tracing::debug!(%peer, error = %e, "connection ended with an error");
             }
-            _ = shutdown.cancelled(), if !closing => {
-                closing = true;
-                connection.as_mut().graceful_shutdown();
-            }
-            _ = tokio::time::sleep(tick) => {
-                // An answer the client takes no bytes of (an HTTP/2 stream it grants no credit:
-                // its socket never fills, so `SendTimeout` cannot see it) ends the connection.
-                if activity.stalled(limits.send_timeout) {
-                    tracing::debug!(%peer, "the client took no bytes of an answer within send_timeout; closing");
-                    return;
-                }
-                if !closing && activity.idle_for() >= limits.idle_timeout {
-                    closing = true;
-                    connection.as_mut().graceful_shutdown();
-                }
-            }
+            return std::task::Poll::Ready(());
         }
-    }
+        if !closing && cancelled.as_mut().poll(cx).is_ready() {
+            closing = true;
+            connection.as_mut().graceful_shutdown();
+            continue;
+        }
+        let changes = activity.changes.load(Ordering::Relaxed);
+        if changes != seen {
+            seen = changes;
+            check.as_mut().reset(activity.next_check(limits, closing));
+        }
+        if check.as_mut().poll(cx).is_pending() {
+            return std::task::Poll::Pending;
+        }
+        // An answer the client takes no bytes of (an HTTP/2 stream it grants no credit: its
+        // socket never fills, so `SendTimeout` cannot see it) ends the connection.
+        if activity.stalled(limits.send_timeout) {
+            tracing::debug!(%peer, "the client took no bytes of an answer within send_timeout; closing");
+            return std::task::Poll::Ready(());
+        }
+        if !closing && activity.idle_for() >= limits.idle_timeout {
+            closing = true;
+            connection.as_mut().graceful_shutdown();
+        }
+        check.as_mut().reset(activity.next_check(limits, closing));
+    })
+    .await;
 }
 
-/// Requests in flight on one connection and when the last one ended.
-// std's clock: the epoch is shared with `body::SendWatch`, which takes a std `Instant` (moving
-// both to tokio's clock is one change across server and body, left for after the proxy split).
-#[allow(clippy::disallowed_types)]
+/// Requests in flight on one connection, when the last one ended, and when the connection's
+/// check timer is set to fire. Times are milliseconds since `started`, on tokio's clock.
 struct Activity {
-    started: std::time::Instant,
+    started: Instant,
     inflight: AtomicUsize,
     last_ms: AtomicU64,
+    /// Counts requests begun and ended: [`drive`] sets its timer again when it moves.
+    changes: AtomicU64,
     /// The answers still being sent (dropped ones fall away).
     sending: std::sync::Mutex<Vec<std::sync::Weak<body::SendProgress>>>,
 }
 
 impl Activity {
-    #[allow(clippy::disallowed_methods, clippy::disallowed_types)]
     fn new() -> Self {
         Activity {
-            started: std::time::Instant::now(),
+            started: Instant::now(),
             inflight: AtomicUsize::new(0),
             last_ms: AtomicU64::new(0),
+            changes: AtomicU64::new(0),
             sending: std::sync::Mutex::default(),
         }
+    }
+
+    fn now_ms(&self) -> u64 {
+        millis(self.started.elapsed())
     }
 
     /// Watches an answer's body for a client that stops taking it.
@@ -225,9 +247,54 @@ impl Activity {
         sending.iter().filter_map(std::sync::Weak::upgrade).any(|p| p.waiting_for(self.started) >= Some(limit))
     }
 
-    fn touch(&self) {
-        let ms = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX);
-        self.last_ms.store(ms, Ordering::Relaxed);
+    /// The first moment [`drive`]'s checks can find something due:
+    /// - the stall check, only while a request is in flight or an answer is being sent: when the
+    ///   longest-waiting answer reaches `send_timeout`, or `send_timeout` from now (an answer
+    ///   that starts waiting later is due later);
+    /// - the idle check, unless closing: `idle_timeout` after the last request ended, or from
+    ///   now while one is in flight (it cannot be idle sooner).
+    ///
+    /// Both are lower bounds: a check that finds nothing due sets the timer again.
+    fn next_check(&self, limits: &ServerLimits, closing: bool) -> Instant {
+        let now = Instant::now();
+        let busy = self.inflight.load(Ordering::Relaxed) > 0;
+        let mut due: Option<Instant> = None;
+        let mut sooner = |at: Instant| due = Some(due.map_or(at, |d| d.min(at)));
+        {
+            let mut sending = self.sending.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            sending.retain(|w| w.strong_count() > 0);
+            if busy || !sending.is_empty() {
+                let waiting = sending
+                    .iter()
+                    .filter_map(std::sync::Weak::upgrade)
+                    .filter_map(|p| p.waiting_since(self.started))
+                    .min();
+                sooner(waiting.unwrap_or(now).min(now) + limits.send_timeout);
+            }
+        }
+        if !closing {
+            sooner(if busy {
+                now + limits.idle_timeout
+            } else {
+                self.started + Duration::from_millis(self.last_ms.load(Ordering::Relaxed)) + limits.idle_timeout
+            });
+        }
+        // Closing with nothing in flight: hyper ends the connection itself; look again later.
+        due.unwrap_or(now + limits.idle_timeout)
+    }
+
+    /// A request starts.
+    fn begin(&self) {
+        self.inflight.fetch_add(1, Ordering::Relaxed);
+        self.last_ms.store(self.now_ms(), Ordering::Relaxed);
+        self.changes.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A request ended (its answer sent, or dropped).
+    fn end(&self) {
+        self.inflight.fetch_sub(1, Ordering::Relaxed);
+        self.last_ms.store(self.now_ms(), Ordering::Relaxed);
+        self.changes.fetch_add(1, Ordering::Relaxed);
     }
 
     /// How long the connection has had no request in flight (zero while one is).
@@ -237,6 +304,10 @@ impl Activity {
         }
         self.started.elapsed().saturating_sub(Duration::from_millis(self.last_ms.load(Ordering::Relaxed)))
     }
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
 async fn handshake(
@@ -306,8 +377,7 @@ impl hyper::service::Service<Request<Incoming>> for ConnService {
     fn call(&self, mut req: Request<Incoming>) -> Self::Future {
         req.extensions_mut().insert(self.conn.clone());
         let activity = self.activity.clone();
-        activity.inflight.fetch_add(1, Ordering::Relaxed);
-        activity.touch();
+        activity.begin();
         let method = req.method().clone();
         let call = (self.inner)(req.map(body::boxed));
         Box::pin(async move {
@@ -334,13 +404,6 @@ impl hyper::service::Service<Request<Incoming>> for ConnService {
                 .into_body()
             }))
         })
-    }
-}
-
-impl Activity {
-    fn end(&self) {
-        self.inflight.fetch_sub(1, Ordering::Relaxed);
-        self.touch();
     }
 }
 
@@ -545,9 +608,7 @@ mod tests {
         handle.await.unwrap();
     }
 
-    // Idle time is measured on std's clock (see `Activity`), so this one runs in real time,
-    // with a short idle_timeout.
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn an_idle_keep_alive_connection_is_closed_after_idle_timeout() {
         let limits = ServerLimits { idle_timeout: Duration::from_millis(200), ..limits() };
         let (mut client, _stop, handle) = connect(limits, peer_echo(), 64 * 1024);
@@ -556,6 +617,73 @@ mod tests {
         assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
         tokio::time::timeout(Duration::from_secs(5), handle).await.expect("closed when idle").unwrap();
         assert_eq!(read_all(&mut client).await, "", "closed without another byte");
+    }
+
+    /// Counts the polls of a future: each wake of the task running it is one.
+    struct CountPolls<F> {
+        inner: std::pin::Pin<Box<F>>,
+        polls: Arc<AtomicUsize>,
+    }
+
+    impl<F: std::future::Future> std::future::Future for CountPolls<F> {
+        type Output = F::Output;
+        fn poll(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<F::Output> {
+            self.polls.fetch_add(1, Ordering::Relaxed);
+            self.inner.as_mut().poll(cx)
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_idle_connection_is_not_woken_before_its_idle_deadline() {
+        let (mut client, server) = tokio::io::duplex(64 * 1024);
+        let polls = Arc::new(AtomicUsize::new(0));
+        let conn = ConnInfo::new(PEER.parse().unwrap(), false, Arc::default());
+        // hyper (>= 1.6) also runs header_read_timeout while an HTTP/1 connection waits for its
+        // next request, and closes it then: set beyond idle_timeout, so the timers seen are ours.
+        let limits = ServerLimits { header_read_timeout: Duration::from_secs(600), ..limits() };
+        let idle = limits.idle_timeout;
+        let serving = async move { drive(server, conn, peer_echo(), &limits, CancellationToken::new()).await };
+        let handle = tokio::spawn(CountPolls { inner: Box::pin(serving), polls: polls.clone() });
+        client.write_all(b"GET / HTTP/1.1\r\nhost: gw\r\n\r\n").await.unwrap();
+        let answer = read_response(&mut client).await;
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+        let answered = tokio::time::Instant::now();
+        // Let the connection finish its answer and go back to waiting for the next request.
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        let settled = polls.load(Ordering::Relaxed);
+        // Past send_timeout (30 s) too: the stall check set while the request was in flight
+        // does not fire once it has ended.
+        tokio::time::sleep(idle - Duration::from_secs(1)).await;
+        assert_eq!(
+            polls.load(Ordering::Relaxed),
+            settled,
+            "the idle connection's task was woken before its idle deadline"
+        );
+        tokio::time::timeout(Duration::from_secs(5), handle).await.expect("closed at the idle deadline").unwrap();
+        let waited = answered.elapsed();
+        assert!((idle..idle + Duration::from_secs(1)).contains(&waited), "closed at idle_timeout: {waited:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_next_check_is_the_stall_check_while_busy_and_the_idle_deadline_when_idle() {
+        let limits = ServerLimits { idle_timeout: Duration::from_secs(600), ..limits() };
+        let activity = Activity::new();
+        assert_eq!(
+            activity.next_check(&limits, false),
+            activity.started + limits.idle_timeout,
+            "idle: only the idle deadline"
+        );
+        tokio::time::sleep(Duration::from_secs(100)).await;
+        activity.begin();
+        let now = tokio::time::Instant::now();
+        assert_eq!(activity.next_check(&limits, false), now + limits.send_timeout, "in flight: the stall check first");
+        activity.end();
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        assert_eq!(
+            activity.next_check(&limits, false),
+            now + limits.idle_timeout,
+            "idle again: idle_timeout after the last request ended"
+        );
     }
 
     #[tokio::test]

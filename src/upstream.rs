@@ -43,6 +43,28 @@ impl std::fmt::Debug for UpstreamClient {
     }
 }
 
+/// The roots an `https` upstream's certificate is verified against. webpki's roots are compiled
+/// in, so a `FROM scratch` image (no /etc/ssl) verifies Palette's certificate; the system's roots
+/// (none there) and `ca_file` add to them. An `http` upstream never uses them: reading the
+/// system's roots (a few hundred files on Debian) was a third of the start-up time
+/// (bench/idle.sh, startup), so it gets none.
+fn trusted_roots(cfg: &UpstreamConfig) -> rustls::RootCertStore {
+    let mut roots = rustls::RootCertStore::empty();
+    if cfg.scheme != http::uri::Scheme::HTTPS {
+        return roots;
+    }
+    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    let native = rustls_native_certs::load_native_certs();
+    for cert in native.certs {
+        // A system root rustls cannot use is skipped, as every other rustls client does.
+        let _ = roots.add(cert);
+    }
+    for cert in &cfg.extra_roots {
+        let _ = roots.add(cert.clone());
+    }
+    roots
+}
+
 impl UpstreamClient {
     /// Builds the client; trusted roots are the system's, webpki's and `ca_file`'s; names are
     /// resolved in pure Rust from `/etc/resolv.conf` (see `dns`).
@@ -52,18 +74,7 @@ impl UpstreamClient {
 
     /// [`UpstreamClient::new`] with a given resolver (tests point it at a fake name server).
     pub(crate) fn with_resolver(cfg: &UpstreamConfig, resolver: Resolver) -> Self {
-        // webpki's roots are compiled in, so a `FROM scratch` image (no /etc/ssl) verifies
-        // Palette's certificate; the system's roots (none there) and `ca_file` add to them.
-        let mut roots = rustls::RootCertStore::empty();
-        roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
-        let native = rustls_native_certs::load_native_certs();
-        for cert in native.certs {
-            // A system root rustls cannot use is skipped, as every other rustls client does.
-            let _ = roots.add(cert);
-        }
-        for cert in &cfg.extra_roots {
-            let _ = roots.add(cert.clone());
-        }
+        let roots = trusted_roots(cfg);
         let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
         let tls = rustls::ClientConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
@@ -178,6 +189,13 @@ mod tests {
     async fn get(client: &UpstreamClient) -> Result<Response<Incoming>, UpstreamFailure> {
         let req = Request::get(client.uri("/v1/x").unwrap()).body(crate::body::empty()).unwrap();
         client.send(req).await
+    }
+
+    #[test]
+    fn only_an_https_upstream_loads_trusted_roots() {
+        assert!(trusted_roots(&config("http://palette.gateway.test").upstream).is_empty());
+        let roots = trusted_roots(&config("https://palette.gateway.test").upstream);
+        assert!(roots.len() >= webpki_roots::TLS_SERVER_ROOTS.len(), "webpki's roots at least: {}", roots.len());
     }
 
     /// The upstream host name is resolved by the pure-Rust resolver (a fake name server here)
