@@ -59,6 +59,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                             .path_and_query(pq)
                             .build()
                             .unwrap_or_default();
+                        // As the gateway: the upstream hop is HTTP/1.1 (h2 only where TLS ALPN
+                        // offers it), whatever the client spoke; hyper's client refuses an HTTP/2
+                        // request on an HTTP/1.1 connection.
+                        parts.version = http::Version::HTTP_11;
                         parts.headers.remove("host");
                         parts.headers.remove("authorization");
                         parts.headers.insert("apikey", key);
