@@ -129,15 +129,18 @@ build_all() {
         if [ -z "$GW_BIN_GIVEN" ]; then
             log "cargo build --release (palette-gateway)"
             (cd "$REPO" && cargo build --release --locked --quiet)
+        fi
+        # The floor row (bench/run.sh) is built from this checkout even when GW_BIN is given.
+        case " ${PROXIES:-} " in *" floor "*)
             log "cargo build --release --example floor_proxy"
             (cd "$REPO" && cargo build --release --locked --quiet --example floor_proxy)
-        fi
+        esac
         log "cargo build --release --manifest-path bench/upstream/Cargo.toml"
         cargo build --release --locked --quiet --manifest-path "$BENCH_DIR/upstream/Cargo.toml"
     fi
     [ -x "$GW_BIN" ] || die "no $GW_BIN"
     [ -x "$UP_BIN" ] || die "no $UP_BIN"
-    case " ${PROXIES:-floor} " in *" floor "*) [ -x "$FLOOR_BIN" ] || die "no $FLOOR_BIN" ;; esac
+    case " ${PROXIES:-} " in *" floor "*) [ -x "$FLOOR_BIN" ] || die "no $FLOOR_BIN" ;; esac
 }
 
 # The file descriptors 10,000 idle connections need (the hard limit permitting).
