@@ -15,6 +15,7 @@ mkdir -p "$W" "$CONF"
 # A GW_BIN given by the caller (.ci/run passes its static release binary) is used as it is.
 GW_BIN_GIVEN=${GW_BIN:+1}
 GW_BIN=${GW_BIN:-$REPO/target/release/palette-gateway}
+FLOOR_BIN=${FLOOR_BIN:-$REPO/target/release/examples/floor_proxy}
 UP_BIN=$BENCH_DIR/upstream/target/release/bench-upstream
 IDLE_BIN=$BENCH_DIR/upstream/target/release/idle-clients
 
@@ -40,6 +41,7 @@ P_GW=18084        # palette-gateway, HTTP/1.1 and h2c
 P_GW_ADMIN=18085  # its admin listener (/metrics)
 P_GWT=18086       # palette-gateway for the token test
 P_GWT_ADMIN=18087
+P_FLOOR=18088     # examples/floor_proxy (the stack's floor), HTTP/1.1 and h2c
 
 log() { printf '==> %s\n' "$*" >&2; }
 die() { printf 'error: %s\n' "$*" >&2; exit 1; }
@@ -128,11 +130,17 @@ build_all() {
             log "cargo build --release (palette-gateway)"
             (cd "$REPO" && cargo build --release --locked --quiet)
         fi
+        # The floor row (bench/run.sh) is built from this checkout even when GW_BIN is given.
+        case " ${PROXIES:-} " in *" floor "*)
+            log "cargo build --release --example floor_proxy"
+            (cd "$REPO" && cargo build --release --locked --quiet --example floor_proxy)
+        esac
         log "cargo build --release --manifest-path bench/upstream/Cargo.toml"
         cargo build --release --locked --quiet --manifest-path "$BENCH_DIR/upstream/Cargo.toml"
     fi
     [ -x "$GW_BIN" ] || die "no $GW_BIN"
     [ -x "$UP_BIN" ] || die "no $UP_BIN"
+    case " ${PROXIES:-} " in *" floor "*) [ -x "$FLOOR_BIN" ] || die "no $FLOOR_BIN" ;; esac
 }
 
 # The file descriptors 10,000 idle connections need (the hard limit permitting).
@@ -311,7 +319,7 @@ http://127.0.0.1:$P_CADDY {
 CA
 }
 
-# start_proxy NAME: start one proxy (gateway|gateway-log|nginx|haproxy|caddy) on CPU 1, one worker; sets
+# start_proxy NAME: start one proxy (gateway|gateway-log|floor|nginx|haproxy|caddy) on CPU 1, one worker; sets
 # PROXY_PID (the process whose memory is reported: nginx's worker, not its master).
 start_proxy() {
     case $1 in
@@ -322,6 +330,13 @@ start_proxy() {
     gateway-log)
         start_gateway "$CONF/gateway-log.toml" $P_GW $P_GW_ADMIN gateway-log
         PROXY_PID=$GW_PID
+        ;;
+    floor)
+        # The stack's floor: the gateway's hyper server and client settings, header swap only;
+        # tokio current-thread (one worker, like the gateway's --worker-threads 1).
+        bg floor "$PROXY_CPU" "$FLOOR_BIN" "127.0.0.1:$P_FLOOR" "http://127.0.0.1:$P_UP" "$UP_SECRET" "$PROJECT"
+        PROXY_PID=$BG_PID
+        wait_ok "http://127.0.0.1:$P_FLOOR/v1/ping" -H "ApiKey: $KEY" || die "floor_proxy did not start (see $W/floor.log)"
         ;;
     nginx)
         bg nginx "$PROXY_CPU" nginx -c "$W/nginx.conf" -p "$W/nginx"
@@ -350,6 +365,7 @@ port_of() {
     case $1:$2 in
     direct:*) echo $P_UP ;;
     gateway:* | gateway-log:*) echo $P_GW ;;
+    floor:*) echo $P_FLOOR ;;
     nginx:h1) echo $P_NGINX ;;
     nginx:h2) echo $P_NGINX_H2 ;;
     haproxy:*) echo $P_HAPROXY ;;

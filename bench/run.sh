@@ -8,10 +8,12 @@
 #                                errors) and exits non-zero otherwise; the figures mean nothing
 #
 # Rows: direct (bench-upstream itself), gateway (palette-gateway, access log off), gateway-log
-# (the same with [log] level "info": one JSON access-log line per request, to a file), nginx,
-# haproxy, caddy.
+# (the same with [log] level "info": one JSON access-log line per request, to a file), floor
+# (examples/floor_proxy: the gateway's own hyper server and client settings doing only the header
+# swap, i.e. the stack's floor; "x floor" is a gateway row's req/s over the floor's), nginx, haproxy,
+# caddy.
 #
-# Knobs: CACHE=0 (skip bench/cache.sh), DUR (seconds per load), PROXIES ("direct gateway gateway-log nginx haproxy caddy"),
+# Knobs: CACHE=0 (skip bench/cache.sh), DUR (seconds per load), PROXIES ("direct gateway gateway-log floor nginx haproxy caddy"),
 # PROTOS ("h1 h2"), EXTRA=0 (skip bench/extra.sh), GW_BIN (another palette-gateway binary),
 # BENCH_NO_BUILD=1, BENCH_WORK (/tmp/pgw-bench), OUT=FILE (also write the table there).
 # A full run waits for an idle machine before each load and measures a row again once when the
@@ -40,7 +42,7 @@ trap 'exit 130' INT TERM
 
 SMOKE=${SMOKE:-0}
 if [ "$SMOKE" = 1 ]; then DUR=${DUR:-2}; WARM=0; else DUR=${DUR:-10}; WARM=${WARM:-1}; fi
-PROXIES=${PROXIES:-direct gateway gateway-log nginx haproxy caddy}
+PROXIES=${PROXIES:-direct gateway gateway-log floor nginx haproxy caddy}
 PROTOS=${PROTOS:-h1 h2}
 
 ensure_tools
@@ -52,7 +54,7 @@ log "versions: $(nginx -v 2>&1 | sed 's/.*: //'), haproxy $(haproxy -v | awk 'NR
 log "layout: proxies on CPU $PROXY_CPU, load generator + upstream on CPU $LOAD_CPU; ${DUR}s per load$([ "$SMOKE" = 1 ] && echo ' (smoke)')"
 
 # Leftovers of an interrupted run would hold the ports.
-for port in $P_UP $P_NGINX $P_NGINX_H2 $P_HAPROXY $P_CADDY $P_GW $P_GW_ADMIN; do
+for port in $P_UP $P_NGINX $P_NGINX_H2 $P_HAPROXY $P_CADDY $P_GW $P_GW_ADMIN $P_FLOOR; do
     if curl -s -o /dev/null --max-time 1 "http://127.0.0.1:$port/"; then
         die "port $port is already in use on 127.0.0.1: stop what holds it (an earlier run?)"
     fi
@@ -156,17 +158,20 @@ table() {
     awk -F'\t' '
         { n[NR] = $1; p[NR] = $2; r[NR] = $3; p50[NR] = $4; p99[NR] = $5; mx[NR] = $6; rss[NR] = $7; cpu[NR] = $10; nc[NR] = $11; cr[NR] = $12
           if ($1 == "haproxy") ha[$2] = $3
+          if ($1 == "floor") fl[$2] = $3
           if ($1 == "direct") di[$2] = $3 }
         function ratio(a, b) { return (b > 0) ? sprintf("%.2f", a / b) : "-" }
         END {
-            print "| proxy | protocol | req/s | p50 ms | p99 ms | max ms | peak RSS MB | proxy CPU | CPU us/req user+sys | upstream conns | x HAProxy | x direct |"
-            print "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+            print "| proxy | protocol | req/s | p50 ms | p99 ms | max ms | peak RSS MB | proxy CPU | CPU us/req user+sys | upstream conns | x HAProxy | x direct | x floor |"
+            print "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
             for (i = 1; i <= NR; i++) {
                 proto = (p[i] == "h1") ? "HTTP/1.1" : "HTTP/2 (h2c)"
                 m = (rss[i] == "-") ? "-" : sprintf("%.1f", rss[i] / 1024)
                 c = (cpu[i] == "-") ? "-" : cpu[i] "%"
-                printf "| %s | %s | %.0f | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n", n[i], proto, r[i], p50[i], p99[i], mx[i], m, c, cr[i], nc[i],
-                    ratio(r[i], ha[p[i]]), ratio(r[i], di[p[i]])
+                # x floor: for the gateway rows, how close its full job comes to the bare stack.
+                f = (n[i] ~ /^gateway/) ? ratio(r[i], fl[p[i]]) : "-"
+                printf "| %s | %s | %.0f | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n", n[i], proto, r[i], p50[i], p99[i], mx[i], m, c, cr[i], nc[i],
+                    ratio(r[i], ha[p[i]]), ratio(r[i], di[p[i]]), f
             }
         }' "$RESULTS"
 }

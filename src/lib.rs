@@ -64,10 +64,10 @@ pub mod projects;
 #[allow(clippy::disallowed_methods, clippy::disallowed_types)]
 pub mod proxy;
 pub mod runtime;
-pub(crate) mod server;
+pub mod server;
 pub(crate) mod signals;
 pub mod status;
-pub(crate) mod upstream;
+pub mod upstream;
 pub(crate) mod watcher;
 
 // The request steps live under `proxy/`; these old paths stay for the tests, benches, the fuzz

@@ -100,14 +100,16 @@ pub async fn serve(
             match settings.tls.clone() {
                 None => {
                     let conn = ConnInfo::new(peer, false, Arc::default());
-                    drive(stream, conn, service, &settings.limits, shutdown).await;
+                    // Plaintext: h2c with prior knowledge is served, so the preface decides.
+                    drive(stream, conn, service, &settings.limits, Versions::Detect, shutdown).await;
                 }
                 Some(tls) => {
                     let Some((stream, identity)) = handshake(&TlsAcceptor::from(tls), stream, peer).await else {
                         return;
                     };
+                    let versions = Versions::from_alpn(stream.get_ref().1.alpn_protocol());
                     let conn = ConnInfo::new(peer, true, Arc::new(identity));
-                    drive(stream, conn, service, &settings.limits, shutdown).await;
+                    drive(stream, conn, service, &settings.limits, versions, shutdown).await;
                 }
             }
         });
@@ -137,11 +139,33 @@ fn listener_broken(e: &std::io::Error) -> bool {
     }
 }
 
-/// Serves one connection until it ends, the gateway drains, or it sits idle too long.
-async fn drive<I>(io: I, conn: ConnInfo, service: HttpService, limits: &ServerLimits, shutdown: CancellationToken)
-where
-    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-{
+/// Which HTTP versions a connection may speak, as far as is known before its first byte.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Versions {
+    /// Either: the client's first bytes tell (plaintext, where h2c with prior knowledge is served).
+    Detect,
+    /// HTTP/1.1 only: TLS whose ALPN chose `http/1.1` or nothing (RFC 9113 §3.2: h2 over TLS is
+    /// negotiated by ALPN, so such a client cannot speak it).
+    Http1,
+    /// HTTP/2 only: TLS whose ALPN chose `h2`.
+    Http2,
+}
+
+impl Versions {
+    /// What a TLS connection's negotiated ALPN protocol allows.
+    pub fn from_alpn(alpn: Option<&[u8]>) -> Self {
+        match alpn {
+            Some(b"h2") => Versions::Http2,
+            _ => Versions::Http1,
+        }
+    }
+}
+
+/// The hyper connection settings of every listener, in one place so that the benchmark's floor
+/// (`examples/floor_proxy.rs`) is built from exactly these: header size and header-time limits,
+/// HTTP/2 keep-alive pings, and the versions the connection may speak (a known version skips
+/// the read of the first bytes that auto's detection needs).
+pub fn connection_builder(limits: &ServerLimits, versions: Versions) -> auto::Builder<TokioExecutor> {
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
@@ -154,6 +178,25 @@ where
         .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
         .keep_alive_interval(Some(limits.idle_timeout / 2))
         .keep_alive_timeout(Duration::from_secs(20));
+    match versions {
+        Versions::Detect => builder,
+        Versions::Http1 => builder.http1_only(),
+        Versions::Http2 => builder.http2_only(),
+    }
+}
+
+/// Serves one connection until it ends, the gateway drains, or it sits idle too long.
+async fn drive<I>(
+    io: I,
+    conn: ConnInfo,
+    service: HttpService,
+    limits: &ServerLimits,
+    versions: Versions,
+    shutdown: CancellationToken,
+) where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let builder = connection_builder(limits, versions);
     let activity = Arc::new(Activity::new());
     let peer = conn.peer;
     let svc = ConnService { inner: service, conn, activity: activity.clone() };
@@ -466,7 +509,7 @@ mod tests {
         let stop = CancellationToken::new();
         let handle = tokio::spawn({
             let stop = stop.clone();
-            async move { drive(server, conn, service, &limits, stop).await }
+            async move { drive(server, conn, service, &limits, Versions::Detect, stop).await }
         });
         (client, stop, handle)
     }
@@ -523,6 +566,53 @@ mod tests {
             assert!(!listener_broken(&Error::from_raw_os_error(errno)), "{errno}");
         }
         assert!(!listener_broken(&Error::other("not from the OS")));
+    }
+
+    /// TLS without ALPN `h2` cannot speak HTTP/2 (RFC 9113 §3.2), so it skips the detection.
+    #[test]
+    fn alpn_decides_the_http_version_of_a_tls_connection() {
+        assert_eq!(Versions::from_alpn(Some(b"h2")), Versions::Http2);
+        assert_eq!(Versions::from_alpn(Some(b"http/1.1")), Versions::Http1);
+        assert_eq!(Versions::from_alpn(None), Versions::Http1);
+    }
+
+    /// Serves `service` on a pipe speaking only `versions`.
+    fn connect_versions(versions: Versions) -> (DuplexStream, JoinHandle<()>) {
+        let (client, server) = tokio::io::duplex(64 * 1024);
+        let conn = ConnInfo::new(PEER.parse().unwrap(), true, Arc::default());
+        let handle = tokio::spawn(async move {
+            drive(server, conn, peer_echo(), &limits(), versions, CancellationToken::new()).await
+        });
+        (client, handle)
+    }
+
+    const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+    #[tokio::test]
+    async fn an_http1_only_connection_serves_http1_and_refuses_an_h2_preface() {
+        let (mut client, handle) = connect_versions(Versions::Http1);
+        client.write_all(b"GET / HTTP/1.1\r\nhost: gw\r\nconnection: close\r\n\r\n").await.unwrap();
+        let answer = read_all(&mut client).await;
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+        handle.await.unwrap();
+
+        let (mut client, handle) = connect_versions(Versions::Http1);
+        let _ = client.write_all(H2_PREFACE).await;
+        let answer = read_all(&mut client).await;
+        assert!(!answer.contains(" 200 "), "no HTTP/2 session on an HTTP/1.1-only connection: {answer}");
+        handle.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn detection_and_http2_only_answer_an_h2_preface_with_settings() {
+        for versions in [Versions::Detect, Versions::Http2] {
+            let (mut client, _handle) = connect_versions(versions);
+            client.write_all(H2_PREFACE).await.unwrap();
+            // The server's preface is a SETTINGS frame: 3 bytes length, then type 0x4.
+            let mut head = [0u8; 9];
+            client.read_exact(&mut head).await.unwrap();
+            assert_eq!(head[3], 0x4, "{versions:?}: a SETTINGS frame first, got {head:?}");
+        }
     }
 
     #[tokio::test]

@@ -87,24 +87,14 @@ impl UpstreamClient {
                     .with_no_client_auth()
             });
         let mut http = HttpConnector::new_with_resolver(resolver);
-        http.enforce_http(false);
-        http.set_nodelay(true);
-        http.set_connect_timeout(Some(cfg.connect_timeout));
-        http.set_keepalive(Some(Duration::from_secs(60)));
+        configure_tcp(&mut http, cfg.connect_timeout);
         let https = hyper_rustls::HttpsConnectorBuilder::new()
             .with_tls_config(tls)
             .https_or_http()
             .enable_http1()
             .enable_http2()
             .wrap_connector(http);
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(90))
-            // Enough idle connections for a burst of concurrent requests (HTTP/2 clients multiplex
-            // hundreds of streams onto HTTP/1.1 upstream connections) without closing and reopening.
-            .pool_max_idle_per_host(1024)
-            .pool_timer(TokioTimer::new())
-            .timer(TokioTimer::new())
-            .build(https);
+        let client = client_builder().build(https);
         UpstreamClient {
             client,
             scheme: cfg.scheme.clone(),
@@ -141,6 +131,30 @@ impl UpstreamClient {
             Ok(Err(e)) => Err(UpstreamFailure::Protocol(chain(&e))),
         }
     }
+}
+
+/// The TCP settings of upstream connections (shared with the benchmark's floor proxy): no
+/// Nagle delay on small requests, TCP keep-alive probes, a connect deadline; `https://` URIs pass
+/// to the TLS layer wrapped around this connector.
+pub fn configure_tcp<R>(http: &mut HttpConnector<R>, connect_timeout: Duration) {
+    http.enforce_http(false);
+    http.set_nodelay(true);
+    http.set_connect_timeout(Some(connect_timeout));
+    http.set_keepalive(Some(Duration::from_secs(60)));
+}
+
+/// The upstream client's pool and timer settings, in one place so that the benchmark's floor
+/// (`examples/floor_proxy.rs`) is built from exactly these.
+pub fn client_builder() -> hyper_util::client::legacy::Builder {
+    let mut builder = Client::builder(TokioExecutor::new());
+    builder
+        .pool_idle_timeout(Duration::from_secs(90))
+        // Enough idle connections for a burst of concurrent requests (HTTP/2 clients multiplex
+        // hundreds of streams onto HTTP/1.1 upstream connections) without closing and reopening.
+        .pool_max_idle_per_host(1024)
+        .pool_timer(TokioTimer::new())
+        .timer(TokioTimer::new());
+    builder
 }
 
 /// An error and its sources on one line (hyper's top-level messages alone say little).
