@@ -212,3 +212,10 @@ fi
 if [ "${CACHE:-1}" != 0 ]; then
     SMOKE=$SMOKE bash "$BENCH_DIR/cache.sh"
 fi
+
+# Instructions per request under callgrind (gateway with the access log off and on, the floor):
+# off by default (valgrind takes minutes); CALLGRIND=1 runs it.
+if [ "${CALLGRIND:-0}" = 1 ]; then
+    cleanup
+    SMOKE=$SMOKE bash "$BENCH_DIR/callgrind.sh"
+fi

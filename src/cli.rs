@@ -178,9 +178,14 @@ fn run(cli: Cli) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    // The log writer's guard lives here, outside the runtime: it is dropped (flushing every
+    // queued line) only after the runtime has stopped, and before any final error is printed,
+    // so the log and that error come out in order.
+    let mut log_guard: Option<tracing_appender::non_blocking::WorkerGuard> = None;
+    let guard_slot = &mut log_guard;
     let result: anyhow::Result<Stopped> = runtime.block_on(async move {
         if cli.demo {
-            init_tracing(&LogConfig { json: false, level: "info".into() });
+            *guard_slot = init_tracing(&LogConfig { json: false, level: "info".into() });
             crate::demo::run().await?;
             return Ok(Stopped::Signal);
         }
@@ -193,20 +198,24 @@ fn run(cli: Cli) -> ExitCode {
         let config = tokio::task::spawn_blocking(move || config::load(&p, &*e))
             .await?
             .map_err(|e| anyhow::anyhow!("invalid config {}:\n{e}", path.display()))?;
-        init_tracing(&config.log);
+        *guard_slot = init_tracing(&config.log);
         Ok(crate::app::run(path, config, env).await?)
     });
+    // Stop the runtime first (no task can log after this), then flush the log.
+    let background = matches!(result, Ok(Stopped::SecondSignal | Stopped::Fatal(_)));
+    if background {
+        // Exit now: neither a drain nor a blocking read (a reload) still running may hold
+        // the process.
+        runtime.shutdown_background();
+    } else {
+        drop(runtime);
+    }
+    drop(log_guard);
     match result {
         Ok(Stopped::Signal) => ExitCode::SUCCESS,
-        Ok(Stopped::SecondSignal) => {
-            // Exit now: neither a drain nor a blocking read (a reload) still running may hold
-            // the process.
-            runtime.shutdown_background();
-            ExitCode::FAILURE
-        }
+        Ok(Stopped::SecondSignal) => ExitCode::FAILURE,
         Ok(Stopped::Fatal(reason)) => {
             eprintln!("error: {reason}");
-            runtime.shutdown_background();
             ExitCode::from(2)
         }
         Err(e) => {
@@ -287,16 +296,37 @@ pub fn new_key() -> String {
     format!("pgw_{}", base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes))
 }
 
+/// Lines the log queue holds before a logging thread waits for the writer. The queue's slots
+/// are allocated (and touched) up front, so it is kept small: a burst beyond it costs a wait,
+/// never a line.
+const LOG_QUEUE_LINES: usize = 4096;
+
+/// Bytes the log writer gathers before a write(2), when lines come faster than one at a time.
+const LOG_BUFFER_BYTES: usize = 64 * 1024;
+
 /// Logs to stderr as JSON lines or text; `RUST_LOG` overrides the configured level.
-fn init_tracing(log: &LogConfig) {
+///
+/// The serving threads do not write: each line goes into a bounded queue that one thread
+/// (`tracing-appender`'s worker) drains into a buffer around stderr. `lossy(false)`: when the
+/// queue is full the logging thread waits, so no access or audit line is ever dropped. The
+/// worker flushes the buffer each time the queue is empty, so a line reaches stderr as soon as
+/// the worker has run, idle gateway or not; under load, many lines share one write(2). The
+/// returned guard flushes what is left when dropped (`None`: a subscriber was already set).
+fn init_tracing(log: &LogConfig) -> Option<tracing_appender::non_blocking::WorkerGuard> {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&log.level));
     let filter = quiet_watcher(filter);
     // Colour codes only for a person at a terminal: a file, a pipe or a log collector gets
     // plain text (the log goes to stderr, so that is the stream asked).
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi);
-    let _ = if log.json { builder.json().flatten_event(true).try_init() } else { builder.try_init() };
+    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .lossy(false)
+        .buffered_lines_limit(LOG_QUEUE_LINES)
+        .thread_name("log-writer")
+        .finish(std::io::BufWriter::with_capacity(LOG_BUFFER_BYTES, std::io::stderr()));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(writer).with_ansi(ansi);
+    let set = if log.json { builder.json().flatten_event(true).try_init() } else { builder.try_init() };
+    set.is_ok().then_some(guard)
 }
 
 /// The file watcher (`notify`) logs every file-system event in the watched directories at
