@@ -732,7 +732,8 @@ mod tests {
         // next request, and closes it then: set beyond idle_timeout, so the timers seen are ours.
         let limits = ServerLimits { header_read_timeout: Duration::from_secs(600), ..limits() };
         let idle = limits.idle_timeout;
-        let serving = async move { drive(server, conn, peer_echo(), &limits, Versions::Detect, CancellationToken::new()).await };
+        let serving =
+            async move { drive(server, conn, peer_echo(), &limits, Versions::Detect, CancellationToken::new()).await };
         let handle = tokio::spawn(CountPolls { inner: Box::pin(serving), polls: polls.clone() });
         client.write_all(b"GET / HTTP/1.1\r\nhost: gw\r\n\r\n").await.unwrap();
         let answer = read_response(&mut client).await;
