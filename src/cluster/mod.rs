@@ -161,8 +161,16 @@ impl Cluster {
         format!("{}:{key}", self.inner.config.key_prefix)
     }
 
-    /// Reserves the next slot of the budget `label` if it comes within `max_wait`.
-    pub async fn reserve(&self, label: &str, interval: Duration, tolerance: Duration, max_wait: Duration) -> Admission {
+    /// Reserves the next slot of the budget `label` if it comes within `max_wait` (the
+    /// request path asks through [`Cluster::admit`], with the request's limits).
+    #[cfg(test)]
+    pub(crate) async fn reserve(
+        &self,
+        label: &str,
+        interval: Duration,
+        tolerance: Duration,
+        max_wait: Duration,
+    ) -> Admission {
         self.admit(label, interval, tolerance, max_wait, &[]).await.0
     }
 
