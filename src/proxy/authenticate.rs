@@ -26,7 +26,8 @@ pub(crate) async fn identify(
     let peer = &*conn.identity;
     if let Some(kube) = &rt.kubernetes {
         if let Some(token) = kubernetes_token(headers) {
-            let result = by_token(rt, kube, token, peer, conn.peer.ip()).await;
+            // Boxed: the TokenReview call's state would otherwise sit in every request's future.
+            let result = Box::pin(by_token(rt, kube, token, peer, conn.peer.ip())).await;
             metrics.count_auth(AuthMethod::Kubernetes, result_label(&result));
             return result;
         }

@@ -102,32 +102,64 @@ impl Plan {
     }
 }
 
-/// Answers the request from the cache, through a shared read, or with `fetch` (the exchange).
-pub(crate) async fn around<F>(
+/// Answers the request from the cache, through a shared read, or with the exchange `fetch`
+/// makes. A maker rather than the future: the future is made where it is awaited, so it is
+/// stored once in this future's state rather than once as an argument and again as the
+/// awaited value (issue 14: every request's future is moved whole into its box).
+pub(crate) async fn around<M, F>(
     rt: &Arc<Runtime>,
     metrics: &Metrics,
     plan: Plan,
     note: &Note,
-    fetch: F,
+    fetch: M,
 ) -> Result<Response<Body>, GatewayError>
 where
+    M: FnOnce() -> F + Send + 'static,
     F: Future<Output = Result<Response<Body>, GatewayError>> + Send + 'static,
 {
     let cache = &rt.cache;
-    let (route_label, settings, key) = match plan.what {
-        What::Pass => return fetch.await,
+    let what = match plan.what {
+        // Boxed: its state (the stored-answer lookup, the shared read) is many times the
+        // exchange's, and a future is moved whole into the request's box, so inline it would
+        // cost every request, caching or not, that copy (issue 14).
+        What::Read { route, settings, key } => {
+            return Box::pin(read_through(rt, metrics, &plan.prefix, &plan.client, (route, settings, key), note, fetch))
+                .await
+        }
+        what => what,
+    };
+    // One await of `fetch` for the other cases, so its state is in this future once.
+    match &what {
+        What::Write(scope) => cache.invalidate(scope, &plan.prefix),
+        What::Bypass(route) => metrics.cache_misses.with_label_values(&[route]).inc(),
+        What::Pass | What::Read { .. } => {}
+    }
+    let answer = fetch().await;
+    match what {
         What::Write(scope) => {
             cache.invalidate(&scope, &plan.prefix);
-            let answer = fetch.await;
-            cache.invalidate(&scope, &plan.prefix);
-            return answer;
+            answer
         }
-        What::Bypass(route) => {
-            metrics.cache_misses.with_label_values(&[&route]).inc();
-            return fetch.await.map(|r| marked(r, "miss", None, note));
-        }
-        What::Read { route, settings, key } => (route, settings, key),
-    };
+        What::Bypass(_) => answer.map(|r| marked(r, "miss", None, note)),
+        What::Pass | What::Read { .. } => answer,
+    }
+}
+
+/// A cacheable GET: the stored answer, a shared read in flight, or a read of its own.
+async fn read_through<M, F>(
+    rt: &Arc<Runtime>,
+    metrics: &Metrics,
+    prefix: &str,
+    client: &str,
+    (route_label, settings, key): (Arc<str>, RouteCache, Key),
+    note: &Note,
+    fetch: M,
+) -> Result<Response<Body>, GatewayError>
+where
+    M: FnOnce() -> F + Send + 'static,
+    F: Future<Output = Result<Response<Body>, GatewayError>> + Send + 'static,
+{
+    let cache = &rt.cache;
     let route_label = &*route_label;
     if !settings.ttl.is_zero() {
         if let Some(stored) = cache.get(&key, settings.ttl).await {
@@ -135,11 +167,11 @@ where
             return Ok(marked(answer(&stored), "hit", Some(&stored), note));
         }
     }
-    let (slot, generation) = cache.generation(&key.scope, &plan.prefix);
+    let (slot, generation) = cache.generation(&key.scope, prefix);
     let read = Read { cache: cache.clone(), key: key.clone(), settings, slot, generation };
     if !settings.coalesce {
         metrics.cache_misses.with_label_values(&[route_label]).inc();
-        let (outcome, resp) = read.run(fetch).await;
+        let (outcome, resp) = read.run(fetch()).await;
         return outcome_answer(outcome, resp, "miss", note);
     }
     // The leader's own answer, when it is too large to share.
@@ -151,7 +183,7 @@ where
             let Some(fetch) = fetch else {
                 return Outcome::Failed(GatewayError::UpstreamError("cache: no read to run".into()));
             };
-            let (outcome, resp) = read.run(fetch).await;
+            let (outcome, resp) = read.run(fetch()).await;
             if let Some(resp) = resp {
                 *streamed.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(resp);
             }
@@ -179,10 +211,8 @@ where
     };
     drop(joined);
     match (outcome, fetch) {
-        (Outcome::Unshared, Some(fetch)) => fetch.await.map(|r| marked(r, "miss", None, note)),
-        (Outcome::Failed(e), _) => {
-            outcome_answer(Outcome::Failed(for_waiter(e, &plan.client)), None, "coalesced", note)
-        }
+        (Outcome::Unshared, Some(fetch)) => fetch().await.map(|r| marked(r, "miss", None, note)),
+        (Outcome::Failed(e), _) => outcome_answer(Outcome::Failed(for_waiter(e, client)), None, "coalesced", note),
         (outcome, _) => outcome_answer(outcome, None, "coalesced", note),
     }
 }

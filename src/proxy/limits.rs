@@ -103,7 +103,8 @@ impl Pending {
     /// Takes the limits in Redis on their own: one round trip.
     pub(crate) async fn settle(self, note: &Note) -> Result<(), GatewayError> {
         let Some(cluster) = self.rt.cluster.as_ref() else { return Ok(()) };
-        let result = self.shared.settle(&self.rt.limits, cluster).await;
+        // Boxed: the Redis round trip's state would otherwise sit in every request's future.
+        let result = Box::pin(self.shared.settle(&self.rt.limits, cluster)).await;
         self.record(result, note)
     }
 
