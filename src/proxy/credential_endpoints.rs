@@ -193,7 +193,7 @@ impl Shape {
 
     fn may_match(&self, count: usize, second: Option<&str>) -> bool {
         let count_fits = if self.rest { count >= self.fixed } else { count == self.fixed };
-        count_fits && self.second.is_none_or(|lit| second.is_some_and(|s| s.eq_ignore_ascii_case(lit)))
+        count_fits && self.second.map_or(true, |lit| second.is_some_and(|s| s.eq_ignore_ascii_case(lit)))
     }
 }
 
