@@ -195,15 +195,17 @@ impl RequestLog {
         let upstream_path = facts.upstream_path.as_deref().unwrap_or("");
         let traceparent = self.traceparent.as_deref().unwrap_or("");
         let duration_ms = round_ms(self.started.elapsed().as_secs_f64() * 1000.0);
+        // Text fields are given as `&str`, not `%` (Display): the JSON writer takes a `&str` as
+        // it is, where a Display value is first formatted into a new String (issue 14).
         tracing::info!(
             target: "palette_gateway::access",
-            request_id = %self.request_id.as_str(),
-            client = %client,
-            route = %route,
-            method = %self.method,
-            path = %self.path,
-            client_addr = %self.client_addr,
-            user_agent = %self.user_agent,
+            request_id = self.request_id.as_str(),
+            client,
+            route,
+            method = self.method.as_str(),
+            path = self.path.as_str(),
+            client_addr = self.client_addr.as_str(),
+            user_agent = self.user_agent.as_str(),
             upstream_path,
             project,
             status,
@@ -222,12 +224,12 @@ impl RequestLog {
             let outcome = if (200..300).contains(&status) { "success" } else { "failure" };
             tracing::info!(
                 target: "palette_gateway::audit",
-                request_id = %self.request_id.as_str(),
-                client = %client,
-                method = %self.method,
-                path = %self.path,
-                client_addr = %self.client_addr,
-                user_agent = %self.user_agent,
+                request_id = self.request_id.as_str(),
+                client,
+                method = self.method.as_str(),
+                path = self.path.as_str(),
+                client_addr = self.client_addr.as_str(),
+                user_agent = self.user_agent.as_str(),
                 upstream_path,
                 project,
                 status,
