@@ -20,6 +20,13 @@ trap cleanup EXIT
 
 if [ "${SMOKE:-0}" = 1 ]; then N=${N:-200}; else N=${N:-5000}; fi
 TOP=${TOP:-40}
+PROTO=${PROTO:-h1}
+case $PROTO in
+h1) LOAD_ARGS=(--h1 -c 4) PROTO_NAME="HTTP/1.1 keep-alive, h2load --h1 -c4" ;;
+h2) LOAD_ARGS=(-c 4 -m 10) PROTO_NAME="h2c, h2load -c4 -m10" ;;
+*) die "PROTO is h1 or h2, not $PROTO" ;;
+esac
+LOG_ROW=${LOG_ROW:-1}
 BASE=${CG_PORT_BASE:-18380}
 CG_UP=$((BASE + 0)) CG_GW=$((BASE + 4)) CG_GW_ADMIN=$((BASE + 5)) CG_FLOOR=$((BASE + 6))
 FLOOR_BIN=${FLOOR_BIN:-$REPO/target/release/examples/floor_proxy}
@@ -63,7 +70,7 @@ measure() {
     done
     [ "$i" -lt 600 ] || die "$name never became ready under valgrind"
     if [ "$n" -gt 0 ]; then
-        taskset -c "$LOAD_CPU" h2load --h1 -n "$n" -c 4 -t 1 \
+        taskset -c "$LOAD_CPU" h2load "${LOAD_ARGS[@]}" -n "$n" -t 1 \
             -H "ApiKey: $KEY" -H "ProjectUid: $PROJECT" "http://127.0.0.1:$port/v1/ping" >"$W/h2load-$name-$n.txt"
         grep -q "^requests: $n total, $n started, $n done, $n succeeded" "$W/h2load-$name-$n.txt" ||
             die "$name: not every request succeeded (see $W/h2load-$name-$n.txt)"
@@ -93,14 +100,15 @@ for level in warn info; do
     GW_LOG_LEVEL=$level gateway_config "$CONF/callgrind-$level.toml" "$CG_GW" "$CG_GW_ADMIN" "$CG_UP"
 done
 per_request gateway "$CG_GW" "http://127.0.0.1:$CG_GW_ADMIN/readyz" "$GW_BIN" --config "$CONF/callgrind-warn.toml"
-per_request gateway-log "$CG_GW" "http://127.0.0.1:$CG_GW_ADMIN/readyz" "$GW_BIN" --config "$CONF/callgrind-info.toml"
+[ "$LOG_ROW" = 1 ] &&
+    per_request gateway-log "$CG_GW" "http://127.0.0.1:$CG_GW_ADMIN/readyz" "$GW_BIN" --config "$CONF/callgrind-info.toml"
 per_request floor "$CG_FLOOR" - "$FLOOR_BIN" "127.0.0.1:$CG_FLOOR" "http://127.0.0.1:$CG_UP" "$UP_SECRET"
 
 echo
-echo "instructions per request (callgrind Ir, HTTP/1.1 keep-alive, $N requests minus 0, 1 worker):"
+echo "instructions per request (callgrind Ir, $PROTO_NAME, $N requests minus 0, 1 worker):"
 printf '  %-28s %12s\n' "floor (examples/floor_proxy)" "${PER_REQ[floor]}"
 printf '  %-28s %12s\n' "gateway, access log off" "${PER_REQ[gateway]}"
-printf '  %-28s %12s\n' "gateway, access log on" "${PER_REQ[gateway-log]}"
+[ "$LOG_ROW" = 1 ] && printf '  %-28s %12s\n' "gateway, access log on" "${PER_REQ[gateway-log]}"
 printf '  %-28s %12s\n' "gateway - floor (log off)" "$((PER_REQ[gateway] - PER_REQ[floor]))"
 echo
 echo "gateway (access log off): top $TOP functions, inclusive, instructions per request ($N requests minus 0):"

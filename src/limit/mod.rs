@@ -136,8 +136,15 @@ impl RateHeaders {
         static RESET: HeaderName = HeaderName::from_static("ratelimit-reset");
         static POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
         headers.insert(LIMIT.clone(), HeaderValue::from(self.limit));
-        headers.insert(REMAINING.clone(), HeaderValue::from(self.remaining));
-        headers.insert(RESET.clone(), HeaderValue::from(self.reset));
+        // Remaining and reset change from one answer to the next: "never indexed" for HPACK (not
+        // a secret), or each would take an entry of an HTTP/2 connection's header table, evicting
+        // one that could be reused. Limit and policy repeat, and stay indexed.
+        let mut remaining = HeaderValue::from(self.remaining);
+        remaining.set_sensitive(true);
+        headers.insert(REMAINING.clone(), remaining);
+        let mut reset = HeaderValue::from(self.reset);
+        reset.set_sensitive(true);
+        headers.insert(RESET.clone(), reset);
         // `<burst>;w=<seconds>;name="client"`: digits and a fixed name, always a valid value.
         let policy = format!("{};w={};name=\"{}\"", self.limit, self.window, self.policy.label());
         if let Ok(v) = HeaderValue::from_str(&policy) {
@@ -407,6 +414,17 @@ mod tests {
         RateHeaders { limit: 20, remaining: 19, reset: 1, policy: LimitKind::Global, window: 2 }.apply(&mut h);
         assert_eq!(h["ratelimit-policy"], "20;w=2;name=\"global\"");
         assert_eq!(h["ratelimit-limit"], "20");
+    }
+
+    /// The counts that change with every answer go out as HPACK "never indexed" literals over
+    /// HTTP/2; the ones that repeat stay indexable.
+    #[test]
+    fn only_the_changing_counts_are_never_indexed() {
+        let mut h = HeaderMap::new();
+        RateHeaders { limit: 20, remaining: 19, reset: 1, policy: LimitKind::Global, window: 2 }.apply(&mut h);
+        assert_eq!((&h["ratelimit-remaining"], &h["ratelimit-reset"]), (&"19".parse().unwrap(), &"1".parse().unwrap()));
+        assert!(h["ratelimit-remaining"].is_sensitive() && h["ratelimit-reset"].is_sensitive());
+        assert!(!h["ratelimit-limit"].is_sensitive() && !h["ratelimit-policy"].is_sensitive());
     }
 
     #[test]

@@ -16,8 +16,18 @@ impl RequestId {
     }
 }
 
-/// Keeps a client's `X-Request-Id` when it is a sane token, else makes one.
+/// Keeps a client's `X-Request-Id` when it is a sane token, else makes one. Either way the value
+/// is marked "never indexed" for HPACK (`set_sensitive`; it is not a secret): it is new on every
+/// request, so in an HTTP/2 connection's header table (the answer's, and the upstream request's
+/// when that hop is h2) each id would only evict an entry that could be reused, and cost the
+/// encoder a walk of every earlier id's chain. HTTP/1 writes the flag nowhere.
 pub(crate) fn assign(headers: &http::HeaderMap) -> RequestId {
+    let mut id = pick(headers);
+    id.0.set_sensitive(true);
+    id
+}
+
+fn pick(headers: &http::HeaderMap) -> RequestId {
     if let Some(v) = headers.get(&X_REQUEST_ID) {
         let b = v.as_bytes();
         if !b.is_empty() && b.len() <= 128 && b.iter().all(|c| c.is_ascii_alphanumeric() || b"-_.:+=/".contains(c)) {
@@ -47,5 +57,16 @@ mod tests {
         let fresh = assign(&h);
         assert_eq!(fresh.as_str().len(), 32);
         assert!(fresh.as_str().bytes().all(|b| b.is_ascii_hexdigit()));
+    }
+
+    /// Kept or fresh, the id goes out as an HPACK "never indexed" literal over HTTP/2.
+    #[test]
+    fn ids_are_never_indexed_by_hpack() {
+        let mut h = http::HeaderMap::new();
+        assert!(assign(&h).0.is_sensitive(), "a fresh id");
+        h.insert(&X_REQUEST_ID, HeaderValue::from_static("abc-123"));
+        let kept = assign(&h);
+        assert_eq!(kept.as_str(), "abc-123");
+        assert!(kept.0.is_sensitive(), "the client's id");
     }
 }
