@@ -797,14 +797,51 @@ mod tests {
         service: HttpService,
         buffer: usize,
     ) -> (DuplexStream, CancellationToken, JoinHandle<()>) {
+        let (client, stop, handle, _) = connect_watched(limits, service, buffer);
+        (client, stop, handle)
+    }
+
+    /// [`connect`], and the connection's bookkeeping (how often it parked).
+    fn connect_watched(
+        limits: ServerLimits,
+        service: HttpService,
+        buffer: usize,
+    ) -> (DuplexStream, CancellationToken, JoinHandle<()>, Arc<Activity>) {
         let (client, server) = tokio::io::duplex(buffer);
         let conn = ConnInfo::new(PEER.parse().unwrap(), false, Arc::default());
         let stop = CancellationToken::new();
+        let activity = Arc::new(Activity::new());
         let handle = tokio::spawn({
-            let stop = stop.clone();
-            async move { drive(server, conn, service, &limits, Versions::Detect, stop).await }
+            let (stop, activity) = (stop.clone(), activity.clone());
+            async move { drive_with(server, conn, service, &limits, Versions::Detect, stop, activity).await }
         });
-        (client, stop, handle)
+        (client, stop, handle, activity)
+    }
+
+    fn parks(activity: &Activity) -> u64 {
+        activity.parks.load(Ordering::Relaxed)
+    }
+
+    /// Waits (paused time: no wall clock) until the connection has parked `n` times.
+    async fn parked(activity: &Activity, n: u64) {
+        for _ in 0..1000 {
+            if parks(activity) >= n {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        panic!("the connection parked {} times, not {n}", parks(activity));
+    }
+
+    /// Answers with the request's path and the length of its body.
+    fn path_echo() -> HttpService {
+        Arc::new(|req: Request<Body>| {
+            Box::pin(async move {
+                let path = req.uri().path().to_string();
+                let length = body::collect_limited(req.into_body(), 1 << 20).await.map_or(usize::MAX, |b| b.len());
+                Response::new(body::full(format!("{path} {length}")))
+            })
+        })
     }
 
     /// Reads until the connection ends.
@@ -1118,5 +1155,209 @@ mod tests {
         assert!(answer.starts_with("HTTP/1.1 200") && answer.ends_with("done"), "{answer}");
         assert!(answer.contains("connection: close"), "{answer}");
         handle.await.unwrap();
+    }
+    #[tokio::test(start_paused = true)]
+    async fn a_keep_alive_connection_parks_between_requests_and_resumes_on_the_next() {
+        let (mut client, _stop, _handle, activity) = connect_watched(limits(), path_echo(), 64 * 1024);
+        for i in 0..20u64 {
+            client.write_all(format!("GET /r{i} HTTP/1.1\r\nhost: gw\r\n\r\n").as_bytes()).await.unwrap();
+            let answer = read_response(&mut client).await;
+            assert!(answer.starts_with("HTTP/1.1 200") && answer.ends_with(&format!("/r{i} 0")), "{answer}");
+            parked(&activity, i + 1).await;
+        }
+        assert_eq!(parks(&activity), 20, "parked once after each answer");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn pipelined_requests_are_answered_in_order() {
+        let (mut client, _stop, _handle, activity) = connect_watched(limits(), path_echo(), 64 * 1024);
+        client.write_all(b"GET /a HTTP/1.1\r\nhost: gw\r\n\r\nGET /b HTTP/1.1\r\nhost: gw\r\n\r\n").await.unwrap();
+        let both = read_until(&mut client, "/b 0").await;
+        assert!(both.find("/a 0") < both.find("/b 0") && both.matches("HTTP/1.1 200").count() == 2, "{both}");
+        parked(&activity, 1).await;
+        // A pipelined second request cut short: its start waits in hyper's buffer while the
+        // first is answered, and is replayed after parking.
+        client.write_all(b"GET /c HTTP/1.1\r\nhost: gw\r\n\r\nGET /d HT").await.unwrap();
+        let third = read_until(&mut client, "/c 0").await;
+        assert!(third.starts_with("HTTP/1.1 200") && third.ends_with("/c 0"), "{third}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        client.write_all(b"TP/1.1\r\nhost: gw\r\n\r\n").await.unwrap();
+        let fourth = read_until(&mut client, "/d 0").await;
+        assert!(fourth.starts_with("HTTP/1.1 200") && fourth.ends_with("/d 0"), "{fourth}");
+    }
+
+    /// Reads until what came contains `needle`.
+    async fn read_until(client: &mut DuplexStream, needle: &str) -> String {
+        let mut out = Vec::new();
+        let mut buf = [0u8; 4096];
+        while !String::from_utf8_lossy(&out).contains(needle) {
+            let n = client.read(&mut buf).await.unwrap();
+            assert!(n > 0, "the connection ended before {needle:?}: {:?}", String::from_utf8_lossy(&out));
+            out.extend_from_slice(&buf[..n]);
+        }
+        String::from_utf8_lossy(&out).into_owned()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_request_sent_one_byte_at_a_time_across_the_park_is_served() {
+        let (mut client, _stop, _handle, activity) = connect_watched(limits(), path_echo(), 64 * 1024);
+        client.write_all(b"GET /first HTTP/1.1\r\nhost: gw\r\n\r\n").await.unwrap();
+        read_response(&mut client).await;
+        parked(&activity, 1).await;
+        for b in b"POST /next HTTP/1.1\r\nhost: gw\r\ncontent-length: 5\r\n\r\nhello" {
+            client.write_all(&[*b]).await.unwrap();
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let answer = read_response(&mut client).await;
+        assert!(answer.starts_with("HTTP/1.1 200") && answer.ends_with("/next 5"), "{answer}");
+        parked(&activity, 2).await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_trickled_head_after_a_park_is_still_cut_at_header_read_timeout() {
+        let (mut client, _stop, handle, activity) = connect_watched(limits(), path_echo(), 64 * 1024);
+        client.write_all(b"GET / HTTP/1.1\r\nhost: gw\r\n\r\n").await.unwrap();
+        read_response(&mut client).await;
+        parked(&activity, 1).await;
+        let started = tokio::time::Instant::now();
+        // A byte every 2 s, never a whole head: resuming must not restart hyper's clock.
+        for b in b"GET / HTTP/1.1\r\nx-slow: ssssssssssssssssssss".iter().cycle().take(20) {
+            if client.write_all(&[*b]).await.is_err() || handle.is_finished() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_secs(2)).await;
+        }
+        tokio::time::timeout(Duration::from_secs(30), handle).await.expect("cut").unwrap();
+        let waited = started.elapsed();
+        assert!(
+            waited < Duration::from_secs(13),
+            "cut about header_read_timeout (10 s) after its first byte: {waited:?}"
+        );
+        assert_eq!(parks(&activity), 1, "no parking inside a head");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_answer_larger_than_the_pipe_reaches_a_slow_reader_whole_before_parking() {
+        const SIZE: usize = 256 * 1024;
+        let (mut client, _stop, _handle, activity) = connect_watched(limits(), large(SIZE), 4096);
+        for round in 1..=2u64 {
+            client.write_all(b"GET / HTTP/1.1\r\nhost: gw\r\n\r\n").await.unwrap();
+            let mut out = Vec::new();
+            let mut buf = [0u8; 4096];
+            let body_start = loop {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                let n = client.read(&mut buf).await.unwrap();
+                assert!(n > 0, "the connection ended inside the answer after {} bytes", out.len());
+                out.extend_from_slice(&buf[..n]);
+                if let Some(head_end) = out.windows(4).position(|w| w == b"\r\n\r\n") {
+                    let body = out.len() - head_end - 4;
+                    // The pipe holds 4096 bytes: with more than that still to come, hyper has
+                    // not written them all, and must not have parked.
+                    if body + 4096 < SIZE {
+                        assert_eq!(parks(&activity), round - 1, "parked with {body} of {SIZE} bytes delivered");
+                    }
+                    if body >= SIZE {
+                        break head_end + 4;
+                    }
+                }
+            };
+            assert_eq!(out.len() - body_start, SIZE, "the whole answer, nothing more");
+            parked(&activity, round).await;
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_request_body_is_read_and_the_connection_parks_after() {
+        let (mut client, _stop, _handle, activity) = connect_watched(limits(), path_echo(), 64 * 1024);
+        client.write_all(b"POST /upload HTTP/1.1\r\nhost: gw\r\ncontent-length: 11\r\n\r\nhello").await.unwrap();
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        assert_eq!(parks(&activity), 0, "not while a body is being read");
+        client.write_all(b" world").await.unwrap();
+        let answer = read_response(&mut client).await;
+        assert!(answer.ends_with("/upload 11"), "{answer}");
+        parked(&activity, 1).await;
+        client
+            .write_all(b"POST /chunked HTTP/1.1\r\nhost: gw\r\ntransfer-encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n")
+            .await
+            .unwrap();
+        let answer = read_response(&mut client).await;
+        assert!(answer.ends_with("/chunked 3"), "{answer}");
+        parked(&activity, 2).await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_request_body_left_unread_keeps_the_connection_from_parking() {
+        let (mut client, _stop, _handle, activity) = connect_watched(limits(), peer_echo(), 64 * 1024);
+        client.write_all(b"POST / HTTP/1.1\r\nhost: gw\r\ncontent-length: 4\r\n\r\nbody").await.unwrap();
+        let answer = read_response(&mut client).await;
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+        client.write_all(b"GET / HTTP/1.1\r\nhost: gw\r\n\r\n").await.unwrap();
+        let answer = read_response(&mut client).await;
+        assert!(answer.starts_with("HTTP/1.1 200"), "kept alive: {answer}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        assert_eq!(parks(&activity), 0, "hyper may still have been draining the unread body");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn connection_close_and_http_1_0_are_answered_then_closed() {
+        for request in
+            [&b"GET /bye HTTP/1.1\r\nhost: gw\r\nconnection: close\r\n\r\n"[..], &b"GET /old HTTP/1.0\r\n\r\n"[..]]
+        {
+            let (mut client, _stop, handle, activity) = connect_watched(limits(), path_echo(), 64 * 1024);
+            client.write_all(request).await.unwrap();
+            let answer = read_all(&mut client).await;
+            assert!(answer.contains(" 200 ") && (answer.ends_with("/bye 0") || answer.ends_with("/old 0")), "{answer}");
+            handle.await.unwrap();
+            assert_eq!(parks(&activity), 0, "closed, not parked");
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_parked_connection_is_closed_after_idle_timeout() {
+        let limits = ServerLimits { idle_timeout: Duration::from_secs(60), ..limits() };
+        let (mut client, _stop, handle, activity) = connect_watched(limits, peer_echo(), 64 * 1024);
+        client.write_all(b"GET / HTTP/1.1\r\nhost: gw\r\n\r\n").await.unwrap();
+        read_response(&mut client).await;
+        let answered = tokio::time::Instant::now();
+        parked(&activity, 1).await;
+        tokio::time::timeout(Duration::from_secs(120), handle).await.expect("closed when idle").unwrap();
+        let waited = answered.elapsed();
+        assert!((Duration::from_secs(60)..Duration::from_secs(61)).contains(&waited), "at idle_timeout: {waited:?}");
+        assert_eq!(read_all(&mut client).await, "", "closed without another byte");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_drain_closes_a_parked_connection_at_once() {
+        let (mut client, stop, handle, activity) = connect_watched(limits(), peer_echo(), 64 * 1024);
+        client.write_all(b"GET / HTTP/1.1\r\nhost: gw\r\n\r\n").await.unwrap();
+        read_response(&mut client).await;
+        parked(&activity, 1).await;
+        let drained = tokio::time::Instant::now();
+        stop.cancel();
+        handle.await.unwrap();
+        assert_eq!(drained.elapsed(), Duration::ZERO, "at once");
+        assert_eq!(read_all(&mut client).await, "");
+    }
+
+    #[tokio::test]
+    async fn an_h2_preface_split_across_writes_is_detected() {
+        let (mut client, _stop, _handle) = connect(limits(), peer_echo(), 64 * 1024);
+        for piece in [&H2_PREFACE[..1], &H2_PREFACE[1..10], &H2_PREFACE[10..]] {
+            client.write_all(piece).await.unwrap();
+            client.flush().await.unwrap();
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let mut head = [0u8; 9];
+        client.read_exact(&mut head).await.unwrap();
+        assert_eq!(head[3], 0x4, "a SETTINGS frame first, got {head:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_connection_that_sends_nothing_is_cut_at_header_read_timeout() {
+        let (mut client, _stop, handle) = connect(limits(), peer_echo(), 64 * 1024);
+        let started = tokio::time::Instant::now();
+        tokio::time::timeout(Duration::from_secs(30), handle).await.expect("cut").unwrap();
+        assert_eq!(started.elapsed(), limits().header_read_timeout);
+        assert_eq!(read_all(&mut client).await, "");
     }
 }
