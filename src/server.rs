@@ -103,24 +103,30 @@ pub async fn serve(
         let service = service.clone();
         let settings = settings();
         let shutdown = shutdown.clone();
-        tracker.spawn(async move {
-            let _permit = permit;
-            match settings.tls.clone() {
-                None => {
+        // One task type per branch: a task's size is its future's largest state, and a TLS
+        // stream (rustls' connection state, ~1 kB, moved through the serving code) would
+        // otherwise size every plaintext connection's task too. Boxed for the same reason.
+        match settings.tls.clone() {
+            None => {
+                tracker.spawn(async move {
+                    let _permit = permit;
                     let conn = ConnInfo::new(peer, false, Arc::default());
                     // Plaintext: h2c with prior knowledge is served, so the preface decides.
                     drive(stream, conn, service, &settings.limits, Versions::Detect, shutdown).await;
-                }
-                Some(tls) => {
+                });
+            }
+            Some(tls) => {
+                tracker.spawn(async move {
+                    let _permit = permit;
                     let Some((stream, identity)) = handshake(&TlsAcceptor::from(tls), stream, peer).await else {
                         return;
                     };
                     let versions = Versions::from_alpn(stream.get_ref().1.alpn_protocol());
                     let conn = ConnInfo::new(peer, true, Arc::new(identity));
-                    drive(stream, conn, service, &settings.limits, versions, shutdown).await;
-                }
+                    drive(Box::new(stream), conn, service, &settings.limits, versions, shutdown).await;
+                });
             }
-        });
+        }
     }
     drop(listener);
     let drain = settings().drain;
