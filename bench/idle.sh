@@ -40,8 +40,9 @@ purge-delay-0|MIMALLOC_PURGE_DELAY=0"}
 build_all
 raise_nofile
 gateway_config "$CONF/gateway.toml" $P_GW $P_GW_ADMIN $P_UP
-# hyper (>= 1.6) runs header_read_timeout while an HTTP/1 connection waits for its next request
-# and closes it then: without this the idle connections of `wake` would be gone after 10 s.
+# Binaries from before idle HTTP/1.1 connections were parked ran hyper's (>= 1.6) header_read_timeout
+# while a connection waited for its next request, and closed it then: without this their idle
+# connections of `wake` would be gone after 10 s. Kept so that old and new binaries compare.
 sed -i 's/^idle_timeout = .*/&\nheader_read_timeout = "10m"/' "$CONF/gateway.toml"
 start_upstream $P_UP
 URL=http://127.0.0.1:$P_GW/v1/spectroclusters/abc

@@ -587,6 +587,8 @@ impl<I: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for SendTimeout<I> 
         mut self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<std::io::Result<()>> {
-        std::pin::Pin::new(&mut self.io).poll_shutdown(cx)
+        // TLS writes its close_notify here: a client taking no bytes must not hold it either.
+        let polled = std::pin::Pin::new(&mut self.io).poll_shutdown(cx);
+        self.guard(cx, polled)
     }
 }

@@ -5,7 +5,8 @@
 //!
 //! Layout, one folder per lifetime:
 //! - top level, what lives as long as the process: [`app`] (wiring, task ownership), [`server`]
-//!   (listeners, TLS/mTLS, HTTP/1.1 + HTTP/2, drain), [`admin`] (`/healthz`, `/readyz`,
+//!   (listeners, TLS/mTLS, HTTP/1.1 + HTTP/2, drain; `park` frees an idle HTTP/1.1
+//!   connection's hyper buffers), [`admin`] (`/healthz`, `/readyz`,
 //!   metrics), [`metrics`], [`runtime`] (the snapshot a request takes, built by one function
 //!   for start-up and reload), `watcher` (reload triggers), `signals`, [`credentials`] (token
 //!   managers), [`kubernetes`] (ServiceAccount tokens: TokenReview cache, key set), [`limit`] (client limits, Palette budget), [`upstream`] (the pooled client; `dns` resolves its names in pure Rust),
@@ -58,6 +59,7 @@ pub mod explain;
 pub mod kubernetes;
 pub mod limit;
 pub mod metrics;
+pub(crate) mod park;
 #[cfg(target_os = "linux")]
 pub(crate) mod process_cpu;
 pub mod projects;

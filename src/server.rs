@@ -9,11 +9,13 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
 use http::{Request, Response};
 use hyper::body::Incoming;
+use hyper::server::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
@@ -24,10 +26,16 @@ use tokio_util::task::TaskTracker;
 use crate::auth::PeerIdentity;
 use crate::body::{self, Body, Tracked};
 use crate::config::ServerLimits;
+use crate::park::{self, Preface};
 use crate::proxy::ConnInfo;
 
 /// A client has this long to finish its TLS handshake.
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The bytes a parked HTTP/1.1 connection reads when its client sends again (then replayed to
+/// the next hyper connection), and the most the HTTP/2 preface detection reads: small and fixed,
+/// so that a parked connection holds no buffer worth naming.
+const PARKED_READ: usize = 64;
 
 /// What a listener serves (the gateway, or the admin endpoints): a handler that never fails.
 /// A plain function type rather than a boxed tower service, whose future type (generic over the
@@ -95,24 +103,30 @@ pub async fn serve(
         let service = service.clone();
         let settings = settings();
         let shutdown = shutdown.clone();
-        tracker.spawn(async move {
-            let _permit = permit;
-            match settings.tls.clone() {
-                None => {
+        // One task type per branch: a task's size is its future's largest state, and a TLS
+        // stream (rustls' connection state, ~1 kB, moved through the serving code) would
+        // otherwise size every plaintext connection's task too. Boxed for the same reason.
+        match settings.tls.clone() {
+            None => {
+                tracker.spawn(async move {
+                    let _permit = permit;
                     let conn = ConnInfo::new(peer, false, Arc::default());
                     // Plaintext: h2c with prior knowledge is served, so the preface decides.
                     drive(stream, conn, service, &settings.limits, Versions::Detect, shutdown).await;
-                }
-                Some(tls) => {
+                });
+            }
+            Some(tls) => {
+                tracker.spawn(async move {
+                    let _permit = permit;
                     let Some((stream, identity)) = handshake(&TlsAcceptor::from(tls), stream, peer).await else {
                         return;
                     };
                     let versions = Versions::from_alpn(stream.get_ref().1.alpn_protocol());
                     let conn = ConnInfo::new(peer, true, Arc::new(identity));
-                    drive(stream, conn, service, &settings.limits, versions, shutdown).await;
-                }
+                    drive(Box::new(stream), conn, service, &settings.limits, versions, shutdown).await;
+                });
             }
-        });
+        }
     }
     drop(listener);
     let drain = settings().drain;
@@ -161,29 +175,59 @@ impl Versions {
     }
 }
 
-/// The hyper connection settings of every listener, in one place so that the benchmark's floor
-/// (`examples/floor_proxy.rs`) is built from exactly these: header size and header-time limits,
-/// HTTP/2 keep-alive pings, and the versions the connection may speak (a known version skips
-/// the read of the first bytes that auto's detection needs).
+/// The HTTP/1 settings of every listener: header size and header-time limits. A macro so that
+/// hyper's `http1::Builder` (the gateway's connections) and hyper-util's auto builder (the
+/// benchmark's floor, [`connection_builder`]) take exactly the same, from this one place.
+macro_rules! http1_settings {
+    ($builder:expr, $limits:expr) => {
+        $builder
+            .timer(TokioTimer::new())
+            .header_read_timeout($limits.header_read_timeout)
+            .max_buf_size($limits.max_header_bytes)
+    };
+}
+
+/// The HTTP/2 settings of every listener: header size, keep-alive pings (see
+/// [`http1_settings`] for why a macro).
+macro_rules! http2_settings {
+    ($builder:expr, $limits:expr) => {
+        $builder
+            .timer(TokioTimer::new())
+            .max_header_list_size(u32::try_from($limits.max_header_bytes).unwrap_or(u32::MAX))
+            .keep_alive_interval(Some($limits.idle_timeout / 2))
+            .keep_alive_timeout(Duration::from_secs(20))
+    };
+}
+
+/// The listeners' hyper settings ([`http1_settings`], [`http2_settings`]) on hyper-util's auto
+/// builder, for the benchmark's floor (`examples/floor_proxy.rs`), which serves connections
+/// the plain way (no parking): a known version skips the read of the first bytes that auto's
+/// detection needs.
 pub fn connection_builder(limits: &ServerLimits, versions: Versions) -> auto::Builder<TokioExecutor> {
     let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(limits.header_read_timeout)
-        .max_buf_size(limits.max_header_bytes);
-    builder
-        .http2()
-        .timer(TokioTimer::new())
-        .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
-        .keep_alive_interval(Some(limits.idle_timeout / 2))
-        .keep_alive_timeout(Duration::from_secs(20));
+    http1_settings!(builder.http1(), limits);
+    http2_settings!(builder.http2(), limits);
     match versions {
         Versions::Detect => builder,
         Versions::Http1 => builder.http1_only(),
         Versions::Http2 => builder.http2_only(),
     }
 }
+
+fn http1_builder(limits: &ServerLimits) -> http1::Builder {
+    let mut builder = http1::Builder::new();
+    http1_settings!(builder, limits);
+    builder
+}
+
+fn http2_builder(limits: &ServerLimits) -> http2::Builder<TokioExecutor> {
+    let mut builder = http2::Builder::new(TokioExecutor::new());
+    http2_settings!(builder, limits);
+    builder
+}
+
+/// The IO under hyper: the client's stream, its writes under `send_timeout`.
+type ClientIo<I> = body::SendTimeout<I>;
 
 /// Serves one connection until it ends, the gateway drains, or it sits idle too long.
 async fn drive<I>(
@@ -196,13 +240,229 @@ async fn drive<I>(
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let builder = connection_builder(limits, versions);
-    let activity = Arc::new(Activity::new());
+    drive_with(io, conn, service, limits, versions, shutdown, Arc::new(Activity::new())).await;
+}
+
+/// [`drive`], keeping its bookkeeping in `activity` (which tests look at).
+///
+/// HTTP/1.1 is served one hyper connection at a time: each ends as soon as it is idle (see
+/// [`park`]), and the connection then waits *parked*, holding only the client's stream (and
+/// for TLS rustls' own buffers) and [`PARKED_READ`] bytes, until the client sends again (a new
+/// hyper connection resumes on those bytes), `idle_timeout` passes, or the gateway drains.
+/// Each hyper connection's future is boxed, so a parked connection's task is small. HTTP/2
+/// connections are never parked (hyper's HTTP/2 state is the session itself).
+async fn drive_with<I>(
+    io: I,
+    conn: ConnInfo,
+    service: HttpService,
+    limits: &ServerLimits,
+    versions: Versions,
+    shutdown: CancellationToken,
+    activity: Arc<Activity>,
+) where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let peer = conn.peer;
     let svc = ConnService { inner: service, conn, activity: activity.clone() };
-    let io = body::SendTimeout::new(io, limits.send_timeout);
-    let connection = builder.serve_connection(TokioIo::new(io), svc);
-    tokio::pin!(connection);
+    let mut io = body::SendTimeout::new(io, limits.send_timeout);
+    let mut first = [0u8; PARKED_READ];
+    let (read, http2) = match versions {
+        Versions::Http1 => (0, false),
+        Versions::Http2 => (0, true),
+        // A client that sends no request head within header_read_timeout is cut, as hyper
+        // would cut it.
+        Versions::Detect => {
+            match tokio::time::timeout(limits.header_read_timeout, read_preface(&mut io, &mut first)).await {
+                Ok(Ok(Some(detected))) => detected,
+                Ok(Ok(None)) => return,
+                Ok(Err(e)) => {
+                    tracing::debug!(%peer, error = %e, "reading the first bytes failed");
+                    return;
+                }
+                Err(_) => {
+                    tracing::debug!(%peer, "no request within header_read_timeout");
+                    return;
+                }
+            }
+        }
+    };
+    let mut prefix = Bytes::copy_from_slice(&first[..read]);
+    if http2 {
+        let io = TokioIo::new(park::Rewind::new(prefix, io));
+        let mut connection = Box::pin(http2_builder(limits).serve_connection(io, svc));
+        if let (Some(Err(e)), _) = supervise(connection.as_mut(), &activity, limits, &shutdown, peer).await {
+            tracing::debug!(%peer, error = %e, "connection ended with an error");
+        }
+        return;
+    }
+    let http1 = http1_builder(limits);
+    loop {
+        let resumed = !prefix.is_empty();
+        let io_back = Box::pin(serve_http1(
+            &http1,
+            park::Rewind::new(prefix, io),
+            svc.clone(),
+            resumed,
+            limits,
+            &activity,
+            &shutdown,
+        ))
+        .await;
+        let Some((pending, back)) = io_back else { return };
+        io = back;
+        if !pending.is_empty() {
+            // Pipelined bytes hyper read but did not parse: replayed first, nothing to wait for.
+            prefix = pending;
+            continue;
+        }
+        activity.parks.fetch_add(1, Ordering::Relaxed);
+        let read = tokio::select! {
+            biased;
+            _ = shutdown.cancelled() => None,
+            _ = tokio::time::sleep_until(activity.idle_deadline(limits)) => None,
+            read = io.read(&mut first) => match read {
+                Ok(0) => return,
+                Ok(n) => Some(n),
+                Err(e) => {
+                    tracing::debug!(%peer, error = %e, "reading a parked connection failed");
+                    return;
+                }
+            },
+        };
+        let Some(read) = read else {
+            // Draining or idle too long: closed as hyper closes an idle connection.
+            let _ = io.shutdown().await;
+            return;
+        };
+        prefix = Bytes::copy_from_slice(&first[..read]);
+    }
+}
+
+/// Reads a plaintext connection's first bytes into `first` until they tell HTTP/2 (the whole
+/// client preface) from HTTP/1 (a byte that differs from it), as hyper-util's auto builder does.
+/// `None`: the client closed first.
+async fn read_preface<I: AsyncRead + Unpin>(
+    io: &mut I,
+    first: &mut [u8; PARKED_READ],
+) -> std::io::Result<Option<(usize, bool)>> {
+    let mut read = 0;
+    loop {
+        let n = io.read(&mut first[read..]).await?;
+        if n == 0 {
+            return Ok(None);
+        }
+        read += n;
+        match park::preface(&first[..read]) {
+            Preface::Http1 => return Ok(Some((read, false))),
+            Preface::Http2 => return Ok(Some((read, true))),
+            Preface::Undecided => {}
+        }
+    }
+}
+
+/// Serves HTTP/1.1 on `io` until the connection ends (`None`) or parks: then the client's
+/// stream comes back with the bytes read but not yet served. `resumed`: `io` starts with bytes
+/// of a request (see [`park::Parking::new`]).
+async fn serve_http1<I>(
+    http1: &http1::Builder,
+    io: park::Rewind<ClientIo<I>>,
+    svc: ConnService,
+    resumed: bool,
+    limits: &ServerLimits,
+    activity: &Arc<Activity>,
+    shutdown: &CancellationToken,
+) -> Option<(Bytes, ClientIo<I>)>
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let peer = svc.conn.peer;
+    let mut connection = http1.serve_connection(TokioIo::new(park::Parking::new(io, activity.clone(), resumed)), svc);
+    let (result, closing) = supervise(std::pin::Pin::new(&mut connection), activity, limits, shutdown, peer).await;
+    let result = result?;
+    // Ended by the made-up EOF: idle, with a pipelined head's start at most (an "incomplete
+    // message", see `park`). Anything else, or a drain that began meanwhile, ends it.
+    let parked = activity.parking.swap(false, Ordering::Relaxed)
+        && !closing
+        && !shutdown.is_cancelled()
+        && result.as_ref().map_or_else(hyper::Error::is_incomplete_message, |()| true);
+    if !parked {
+        match result {
+            // hyper is done with it (`Connection: close`, HTTP/1.0, a drain), but ended
+            // without flushing its write buffer (`poll_without_shutdown` stops at "done"):
+            // polled on as a future, it flushes and shuts the stream down, as it would have.
+            Ok(()) => {
+                // `SendTimeout` bounds each write (and the shutdown) it waits on.
+                let finish = std::future::poll_fn(|cx| std::pin::Pin::new(&mut connection).poll(cx));
+                if let Err(e) = finish.await {
+                    tracing::debug!(%peer, error = %e, "finishing the connection failed");
+                }
+            }
+            Err(e) => tracing::debug!(%peer, error = %e, "connection ended with an error"),
+        }
+        return None;
+    }
+    let parts = connection.into_parts();
+    let (rest, io) = parts.io.into_inner().into_inner().into_parts();
+    let pending = match (parts.read_buf.is_empty(), rest.is_empty()) {
+        (true, _) => rest,
+        (false, true) => parts.read_buf,
+        (false, false) => [parts.read_buf, rest].concat().into(),
+    };
+    Some((pending, io))
+}
+
+/// A hyper connection as [`supervise`] drives it: polled to its end, and asked to finish.
+trait Served {
+    /// Serves on; `Ready` when the connection is done. HTTP/1 keeps the IO (`into_parts`).
+    fn poll_served(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<hyper::Result<()>>;
+    /// Finishes the requests in flight, then ends.
+    fn finish(self: std::pin::Pin<&mut Self>);
+}
+
+impl<I> Served for http1::Connection<I, ConnService>
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    fn poll_served(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<hyper::Result<()>> {
+        self.get_mut().poll_without_shutdown(cx)
+    }
+
+    fn finish(self: std::pin::Pin<&mut Self>) {
+        self.graceful_shutdown();
+    }
+}
+
+impl<I> Served for http2::Connection<I, ConnService, TokioExecutor>
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    fn poll_served(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<hyper::Result<()>> {
+        self.poll(cx)
+    }
+
+    fn finish(self: std::pin::Pin<&mut Self>) {
+        self.graceful_shutdown();
+    }
+}
+
+/// Runs one hyper connection until it ends (`Some(result)`), or is cut because a client takes
+/// no bytes of an answer (`None`); and whether it was asked to finish (drain, idle_timeout).
+async fn supervise<C: Served + ?Sized>(
+    mut connection: std::pin::Pin<&mut C>,
+    activity: &Activity,
+    limits: &ServerLimits,
+    shutdown: &CancellationToken,
+    peer: SocketAddr,
+) -> (Option<hyper::Result<()>>, bool) {
     let mut closing = false;
     // One timer, set to the first moment a check can be due (see `Activity::next_check`): an
     // idle connection's task sleeps until its idle deadline instead of waking every tick. It is
@@ -215,15 +475,12 @@ async fn drive<I>(
     tokio::pin!(cancelled);
     let mut seen = activity.changes.load(Ordering::Relaxed);
     std::future::poll_fn(|cx| loop {
-        if let std::task::Poll::Ready(result) = connection.as_mut().poll(cx) {
-            if let Err(e) = result {
-                tracing::debug!(%peer, error = %e, "connection ended with an error");
-            }
-            return std::task::Poll::Ready(());
+        if let std::task::Poll::Ready(result) = connection.as_mut().poll_served(cx) {
+            return std::task::Poll::Ready((Some(result), closing));
         }
         if !closing && cancelled.as_mut().poll(cx).is_ready() {
             closing = true;
-            connection.as_mut().graceful_shutdown();
+            connection.as_mut().finish();
             continue;
         }
         let changes = activity.changes.load(Ordering::Relaxed);
@@ -238,15 +495,15 @@ async fn drive<I>(
         // socket never fills, so `SendTimeout` cannot see it) ends the connection.
         if activity.stalled(limits.send_timeout) {
             tracing::debug!(%peer, "the client took no bytes of an answer within send_timeout; closing");
-            return std::task::Poll::Ready(());
+            return std::task::Poll::Ready((None, closing));
         }
         if !closing && activity.idle_for() >= limits.idle_timeout {
             closing = true;
-            connection.as_mut().graceful_shutdown();
+            connection.as_mut().finish();
         }
         check.as_mut().reset(activity.next_check(limits, closing));
     })
-    .await;
+    .await
 }
 
 /// Requests in flight on one connection, when the last one ended, and when the connection's
@@ -259,6 +516,14 @@ struct Activity {
     changes: AtomicU64,
     /// The answers still being sent (dropped ones fall away).
     sending: std::sync::Mutex<Vec<std::sync::Weak<body::SendProgress>>>,
+    /// Request bodies not read to their end: hyper may still be reading one, so the connection
+    /// must not park. One dropped unread keeps it from parking for good (hyper drains or
+    /// closes it; which, it does not tell).
+    unread_bodies: AtomicUsize,
+    /// How often the connection parked (see [`drive_with`]).
+    parks: AtomicU64,
+    /// Set when the current hyper connection's IO reported the made-up EOF ([`park`]).
+    parking: std::sync::atomic::AtomicBool,
 }
 
 impl Activity {
@@ -269,6 +534,9 @@ impl Activity {
             last_ms: AtomicU64::new(0),
             changes: AtomicU64::new(0),
             sending: std::sync::Mutex::default(),
+            unread_bodies: AtomicUsize::new(0),
+            parks: AtomicU64::new(0),
+            parking: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -340,12 +608,31 @@ impl Activity {
         self.changes.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// When a connection with no request in flight has been idle for `idle_timeout`.
+    fn idle_deadline(&self, limits: &ServerLimits) -> Instant {
+        self.started + Duration::from_millis(self.last_ms.load(Ordering::Relaxed)) + limits.idle_timeout
+    }
+
     /// How long the connection has had no request in flight (zero while one is).
     fn idle_for(&self) -> Duration {
         if self.inflight.load(Ordering::Relaxed) > 0 {
             return Duration::ZERO;
         }
         self.started.elapsed().saturating_sub(Duration::from_millis(self.last_ms.load(Ordering::Relaxed)))
+    }
+}
+
+impl park::Idle for Activity {
+    fn is_idle(&self) -> bool {
+        self.inflight.load(Ordering::Relaxed) == 0 && self.unread_bodies.load(Ordering::Relaxed) == 0
+    }
+
+    fn changes(&self) -> u64 {
+        self.changes.load(Ordering::Relaxed)
+    }
+
+    fn parking(&self) {
+        self.parking.store(true, Ordering::Relaxed);
     }
 }
 
@@ -422,7 +709,19 @@ impl hyper::service::Service<Request<Incoming>> for ConnService {
         let activity = self.activity.clone();
         activity.begin();
         let method = req.method().clone();
-        let call = (self.inner)(req.map(body::boxed));
+        let req = if http_body::Body::is_end_stream(req.body()) {
+            req.map(body::boxed)
+        } else {
+            activity.unread_bodies.fetch_add(1, Ordering::Relaxed);
+            let a = activity.clone();
+            let done: body::OnEnd = Box::new(move |_, complete| {
+                if complete {
+                    a.unread_bodies.fetch_sub(1, Ordering::Relaxed);
+                }
+            });
+            req.map(|b| Tracked::new(body::boxed(b), done).into_body())
+        };
+        let call = (self.inner)(req);
         Box::pin(async move {
             // If the client goes away before the answer, this guard still ends the request.
             let guard = EndGuard(Some(activity));
@@ -504,14 +803,51 @@ mod tests {
         service: HttpService,
         buffer: usize,
     ) -> (DuplexStream, CancellationToken, JoinHandle<()>) {
+        let (client, stop, handle, _) = connect_watched(limits, service, buffer);
+        (client, stop, handle)
+    }
+
+    /// [`connect`], and the connection's bookkeeping (how often it parked).
+    fn connect_watched(
+        limits: ServerLimits,
+        service: HttpService,
+        buffer: usize,
+    ) -> (DuplexStream, CancellationToken, JoinHandle<()>, Arc<Activity>) {
         let (client, server) = tokio::io::duplex(buffer);
         let conn = ConnInfo::new(PEER.parse().unwrap(), false, Arc::default());
         let stop = CancellationToken::new();
+        let activity = Arc::new(Activity::new());
         let handle = tokio::spawn({
-            let stop = stop.clone();
-            async move { drive(server, conn, service, &limits, Versions::Detect, stop).await }
+            let (stop, activity) = (stop.clone(), activity.clone());
+            async move { drive_with(server, conn, service, &limits, Versions::Detect, stop, activity).await }
         });
-        (client, stop, handle)
+        (client, stop, handle, activity)
+    }
+
+    fn parks(activity: &Activity) -> u64 {
+        activity.parks.load(Ordering::Relaxed)
+    }
+
+    /// Waits (paused time: no wall clock) until the connection has parked `n` times.
+    async fn parked(activity: &Activity, n: u64) {
+        for _ in 0..1000 {
+            if parks(activity) >= n {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        panic!("the connection parked {} times, not {n}", parks(activity));
+    }
+
+    /// Answers with the request's path and the length of its body.
+    fn path_echo() -> HttpService {
+        Arc::new(|req: Request<Body>| {
+            Box::pin(async move {
+                let path = req.uri().path().to_string();
+                let length = body::collect_limited(req.into_body(), 1 << 20).await.map_or(usize::MAX, |b| b.len());
+                Response::new(body::full(format!("{path} {length}")))
+            })
+        })
     }
 
     /// Reads until the connection ends.
@@ -728,9 +1064,9 @@ mod tests {
         let (mut client, server) = tokio::io::duplex(64 * 1024);
         let polls = Arc::new(AtomicUsize::new(0));
         let conn = ConnInfo::new(PEER.parse().unwrap(), false, Arc::default());
-        // hyper (>= 1.6) also runs header_read_timeout while an HTTP/1 connection waits for its
-        // next request, and closes it then: set beyond idle_timeout, so the timers seen are ours.
-        let limits = ServerLimits { header_read_timeout: Duration::from_secs(600), ..limits() };
+        // Parked, no hyper connection waits for the next request: hyper's header_read_timeout
+        // (10 s here, which hyper >= 1.6 runs during that wait) neither wakes nor closes it.
+        let limits = limits();
         let idle = limits.idle_timeout;
         let serving =
             async move { drive(server, conn, peer_echo(), &limits, Versions::Detect, CancellationToken::new()).await };
@@ -825,5 +1161,209 @@ mod tests {
         assert!(answer.starts_with("HTTP/1.1 200") && answer.ends_with("done"), "{answer}");
         assert!(answer.contains("connection: close"), "{answer}");
         handle.await.unwrap();
+    }
+    #[tokio::test(start_paused = true)]
+    async fn a_keep_alive_connection_parks_between_requests_and_resumes_on_the_next() {
+        let (mut client, _stop, _handle, activity) = connect_watched(limits(), path_echo(), 64 * 1024);
+        for i in 0..20u64 {
+            client.write_all(format!("GET /r{i} HTTP/1.1\r\nhost: gw\r\n\r\n").as_bytes()).await.unwrap();
+            let answer = read_response(&mut client).await;
+            assert!(answer.starts_with("HTTP/1.1 200") && answer.ends_with(&format!("/r{i} 0")), "{answer}");
+            parked(&activity, i + 1).await;
+        }
+        assert_eq!(parks(&activity), 20, "parked once after each answer");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn pipelined_requests_are_answered_in_order() {
+        let (mut client, _stop, _handle, activity) = connect_watched(limits(), path_echo(), 64 * 1024);
+        client.write_all(b"GET /a HTTP/1.1\r\nhost: gw\r\n\r\nGET /b HTTP/1.1\r\nhost: gw\r\n\r\n").await.unwrap();
+        let both = read_until(&mut client, "/b 0").await;
+        assert!(both.find("/a 0") < both.find("/b 0") && both.matches("HTTP/1.1 200").count() == 2, "{both}");
+        parked(&activity, 1).await;
+        // A pipelined second request cut short: its start waits in hyper's buffer while the
+        // first is answered, and is replayed after parking.
+        client.write_all(b"GET /c HTTP/1.1\r\nhost: gw\r\n\r\nGET /d HT").await.unwrap();
+        let third = read_until(&mut client, "/c 0").await;
+        assert!(third.starts_with("HTTP/1.1 200") && third.ends_with("/c 0"), "{third}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        client.write_all(b"TP/1.1\r\nhost: gw\r\n\r\n").await.unwrap();
+        let fourth = read_until(&mut client, "/d 0").await;
+        assert!(fourth.starts_with("HTTP/1.1 200") && fourth.ends_with("/d 0"), "{fourth}");
+    }
+
+    /// Reads until what came contains `needle`.
+    async fn read_until(client: &mut DuplexStream, needle: &str) -> String {
+        let mut out = Vec::new();
+        let mut buf = [0u8; 4096];
+        while !String::from_utf8_lossy(&out).contains(needle) {
+            let n = client.read(&mut buf).await.unwrap();
+            assert!(n > 0, "the connection ended before {needle:?}: {:?}", String::from_utf8_lossy(&out));
+            out.extend_from_slice(&buf[..n]);
+        }
+        String::from_utf8_lossy(&out).into_owned()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_request_sent_one_byte_at_a_time_across_the_park_is_served() {
+        let (mut client, _stop, _handle, activity) = connect_watched(limits(), path_echo(), 64 * 1024);
+        client.write_all(b"GET /first HTTP/1.1\r\nhost: gw\r\n\r\n").await.unwrap();
+        read_response(&mut client).await;
+        parked(&activity, 1).await;
+        for b in b"POST /next HTTP/1.1\r\nhost: gw\r\ncontent-length: 5\r\n\r\nhello" {
+            client.write_all(&[*b]).await.unwrap();
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let answer = read_response(&mut client).await;
+        assert!(answer.starts_with("HTTP/1.1 200") && answer.ends_with("/next 5"), "{answer}");
+        parked(&activity, 2).await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_trickled_head_after_a_park_is_still_cut_at_header_read_timeout() {
+        let (mut client, _stop, handle, activity) = connect_watched(limits(), path_echo(), 64 * 1024);
+        client.write_all(b"GET / HTTP/1.1\r\nhost: gw\r\n\r\n").await.unwrap();
+        read_response(&mut client).await;
+        parked(&activity, 1).await;
+        let started = tokio::time::Instant::now();
+        // A byte every 2 s, never a whole head: resuming must not restart hyper's clock.
+        for b in b"GET / HTTP/1.1\r\nx-slow: ssssssssssssssssssss".iter().cycle().take(20) {
+            if client.write_all(&[*b]).await.is_err() || handle.is_finished() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_secs(2)).await;
+        }
+        tokio::time::timeout(Duration::from_secs(30), handle).await.expect("cut").unwrap();
+        let waited = started.elapsed();
+        assert!(
+            waited < Duration::from_secs(13),
+            "cut about header_read_timeout (10 s) after its first byte: {waited:?}"
+        );
+        assert_eq!(parks(&activity), 1, "no parking inside a head");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_answer_larger_than_the_pipe_reaches_a_slow_reader_whole_before_parking() {
+        const SIZE: usize = 256 * 1024;
+        let (mut client, _stop, _handle, activity) = connect_watched(limits(), large(SIZE), 4096);
+        for round in 1..=2u64 {
+            client.write_all(b"GET / HTTP/1.1\r\nhost: gw\r\n\r\n").await.unwrap();
+            let mut out = Vec::new();
+            let mut buf = [0u8; 4096];
+            let body_start = loop {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                let n = client.read(&mut buf).await.unwrap();
+                assert!(n > 0, "the connection ended inside the answer after {} bytes", out.len());
+                out.extend_from_slice(&buf[..n]);
+                if let Some(head_end) = out.windows(4).position(|w| w == b"\r\n\r\n") {
+                    let body = out.len() - head_end - 4;
+                    // The pipe holds 4096 bytes: with more than that still to come, hyper has
+                    // not written them all, and must not have parked.
+                    if body + 4096 < SIZE {
+                        assert_eq!(parks(&activity), round - 1, "parked with {body} of {SIZE} bytes delivered");
+                    }
+                    if body >= SIZE {
+                        break head_end + 4;
+                    }
+                }
+            };
+            assert_eq!(out.len() - body_start, SIZE, "the whole answer, nothing more");
+            parked(&activity, round).await;
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_request_body_is_read_and_the_connection_parks_after() {
+        let (mut client, _stop, _handle, activity) = connect_watched(limits(), path_echo(), 64 * 1024);
+        client.write_all(b"POST /upload HTTP/1.1\r\nhost: gw\r\ncontent-length: 11\r\n\r\nhello").await.unwrap();
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        assert_eq!(parks(&activity), 0, "not while a body is being read");
+        client.write_all(b" world").await.unwrap();
+        let answer = read_response(&mut client).await;
+        assert!(answer.ends_with("/upload 11"), "{answer}");
+        parked(&activity, 1).await;
+        client
+            .write_all(b"POST /chunked HTTP/1.1\r\nhost: gw\r\ntransfer-encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n")
+            .await
+            .unwrap();
+        let answer = read_response(&mut client).await;
+        assert!(answer.ends_with("/chunked 3"), "{answer}");
+        parked(&activity, 2).await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_request_body_left_unread_keeps_the_connection_from_parking() {
+        let (mut client, _stop, _handle, activity) = connect_watched(limits(), peer_echo(), 64 * 1024);
+        client.write_all(b"POST / HTTP/1.1\r\nhost: gw\r\ncontent-length: 4\r\n\r\nbody").await.unwrap();
+        let answer = read_response(&mut client).await;
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+        client.write_all(b"GET / HTTP/1.1\r\nhost: gw\r\n\r\n").await.unwrap();
+        let answer = read_response(&mut client).await;
+        assert!(answer.starts_with("HTTP/1.1 200"), "kept alive: {answer}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        assert_eq!(parks(&activity), 0, "hyper may still have been draining the unread body");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn connection_close_and_http_1_0_are_answered_then_closed() {
+        for request in
+            [&b"GET /bye HTTP/1.1\r\nhost: gw\r\nconnection: close\r\n\r\n"[..], &b"GET /old HTTP/1.0\r\n\r\n"[..]]
+        {
+            let (mut client, _stop, handle, activity) = connect_watched(limits(), path_echo(), 64 * 1024);
+            client.write_all(request).await.unwrap();
+            let answer = read_all(&mut client).await;
+            assert!(answer.contains(" 200 ") && (answer.ends_with("/bye 0") || answer.ends_with("/old 0")), "{answer}");
+            handle.await.unwrap();
+            assert_eq!(parks(&activity), 0, "closed, not parked");
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_parked_connection_is_closed_after_idle_timeout() {
+        let limits = ServerLimits { idle_timeout: Duration::from_secs(60), ..limits() };
+        let (mut client, _stop, handle, activity) = connect_watched(limits, peer_echo(), 64 * 1024);
+        client.write_all(b"GET / HTTP/1.1\r\nhost: gw\r\n\r\n").await.unwrap();
+        read_response(&mut client).await;
+        let answered = tokio::time::Instant::now();
+        parked(&activity, 1).await;
+        tokio::time::timeout(Duration::from_secs(120), handle).await.expect("closed when idle").unwrap();
+        let waited = answered.elapsed();
+        assert!((Duration::from_secs(60)..Duration::from_secs(61)).contains(&waited), "at idle_timeout: {waited:?}");
+        assert_eq!(read_all(&mut client).await, "", "closed without another byte");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_drain_closes_a_parked_connection_at_once() {
+        let (mut client, stop, handle, activity) = connect_watched(limits(), peer_echo(), 64 * 1024);
+        client.write_all(b"GET / HTTP/1.1\r\nhost: gw\r\n\r\n").await.unwrap();
+        read_response(&mut client).await;
+        parked(&activity, 1).await;
+        let drained = tokio::time::Instant::now();
+        stop.cancel();
+        handle.await.unwrap();
+        assert_eq!(drained.elapsed(), Duration::ZERO, "at once");
+        assert_eq!(read_all(&mut client).await, "");
+    }
+
+    #[tokio::test]
+    async fn an_h2_preface_split_across_writes_is_detected() {
+        let (mut client, _stop, _handle) = connect(limits(), peer_echo(), 64 * 1024);
+        for piece in [&H2_PREFACE[..1], &H2_PREFACE[1..10], &H2_PREFACE[10..]] {
+            client.write_all(piece).await.unwrap();
+            client.flush().await.unwrap();
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let mut head = [0u8; 9];
+        client.read_exact(&mut head).await.unwrap();
+        assert_eq!(head[3], 0x4, "a SETTINGS frame first, got {head:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_connection_that_sends_nothing_is_cut_at_header_read_timeout() {
+        let (mut client, _stop, handle) = connect(limits(), peer_echo(), 64 * 1024);
+        let started = tokio::time::Instant::now();
+        tokio::time::timeout(Duration::from_secs(30), handle).await.expect("cut").unwrap();
+        assert_eq!(started.elapsed(), limits().header_read_timeout);
+        assert_eq!(read_all(&mut client).await, "");
     }
 }
