@@ -32,7 +32,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 /// Whether a connection has anything left to do, as [`Parking`] needs to know: kept by the
 /// connection's request bookkeeping.
 pub trait Idle {
-    /// No request in flight, no request body left unread.
+    /// No request in flight, no request body left unread, and idle long enough to park.
     fn is_idle(&self) -> bool;
     /// Moves whenever a request begins or ends.
     fn changes(&self) -> u64;

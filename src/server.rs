@@ -37,6 +37,12 @@ const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// so that a parked connection holds no buffer worth naming.
 const PARKED_READ: usize = 64;
 
+/// An HTTP/1.1 connection parks once it has been idle this long, not at once: a client that
+/// sends its next request sooner (any busy keep-alive client) never pays for a new hyper
+/// connection per request (issue 14: ~9k instructions a request), and one that thinks longer
+/// gives its buffers back. It costs an idle connection one wake-up, at this moment.
+const PARK_AFTER: Duration = Duration::from_secs(1);
+
 /// What a listener serves (the gateway, or the admin endpoints): a handler that never fails.
 /// A plain function type rather than a boxed tower service, whose future type (generic over the
 /// request body) trips a rustc higher-ranked lifetime bug inside `Send` async blocks.
@@ -240,7 +246,7 @@ async fn drive<I>(
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    drive_with(io, conn, service, limits, versions, shutdown, Arc::new(Activity::new())).await;
+    drive_with(io, conn, service, limits, versions, shutdown, Arc::new(Activity::new(PARK_AFTER))).await;
 }
 
 /// [`drive`], keeping its bookkeeping in `activity` (which tests look at).
@@ -288,6 +294,8 @@ async fn drive_with<I>(
     };
     let mut prefix = Bytes::copy_from_slice(&first[..read]);
     if http2 {
+        // Never parked: no wake-up for it either.
+        activity.park_after_ms.store(u64::MAX, Ordering::Relaxed);
         let io = TokioIo::new(park::Rewind::new(prefix, io));
         let mut connection = Box::pin(http2_builder(limits).serve_connection(io, svc));
         if let (Some(Err(e)), _) = supervise(connection.as_mut(), &activity, limits, &shutdown, peer).await {
@@ -524,11 +532,15 @@ struct Activity {
     parks: AtomicU64,
     /// Set when the current hyper connection's IO reported the made-up EOF ([`park`]).
     parking: std::sync::atomic::AtomicBool,
+    /// How long the connection is idle before it may park ([`PARK_AFTER`]; `u64::MAX`: never,
+    /// HTTP/2), in milliseconds.
+    park_after_ms: AtomicU64,
 }
 
 impl Activity {
-    fn new() -> Self {
+    fn new(park_after: Duration) -> Self {
         Activity {
+            park_after_ms: AtomicU64::new(millis(park_after)),
             started: Instant::now(),
             inflight: AtomicUsize::new(0),
             last_ms: AtomicU64::new(0),
@@ -583,6 +595,17 @@ impl Activity {
                 sooner(waiting.unwrap_or(now).min(now) + limits.send_timeout);
             }
         }
+        if !closing && !busy {
+            // The moment it may park: hyper reads (and the IO reports its end) only when polled.
+            let park_after = self.park_after_ms.load(Ordering::Relaxed);
+            if park_after != u64::MAX {
+                let at = self.started
+                    + Duration::from_millis(self.last_ms.load(Ordering::Relaxed).saturating_add(park_after));
+                if at > now {
+                    sooner(at);
+                }
+            }
+        }
         if !closing {
             sooner(if busy {
                 now + limits.idle_timeout
@@ -624,7 +647,11 @@ impl Activity {
 
 impl park::Idle for Activity {
     fn is_idle(&self) -> bool {
-        self.inflight.load(Ordering::Relaxed) == 0 && self.unread_bodies.load(Ordering::Relaxed) == 0
+        let park_after = self.park_after_ms.load(Ordering::Relaxed);
+        self.inflight.load(Ordering::Relaxed) == 0
+            && self.unread_bodies.load(Ordering::Relaxed) == 0
+            && park_after != u64::MAX
+            && millis(self.idle_for()) >= park_after
     }
 
     fn changes(&self) -> u64 {
@@ -816,7 +843,7 @@ mod tests {
         let (client, server) = tokio::io::duplex(buffer);
         let conn = ConnInfo::new(PEER.parse().unwrap(), false, Arc::default());
         let stop = CancellationToken::new();
-        let activity = Arc::new(Activity::new());
+        let activity = Arc::new(Activity::new(Duration::ZERO));
         let handle = tokio::spawn({
             let (stop, activity) = (stop.clone(), activity.clone());
             async move { drive_with(server, conn, service, &limits, Versions::Detect, stop, activity).await }
@@ -1075,12 +1102,12 @@ mod tests {
         let answer = read_response(&mut client).await;
         assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
         let answered = tokio::time::Instant::now();
-        // Let the connection finish its answer and go back to waiting for the next request.
-        tokio::time::sleep(Duration::from_millis(1)).await;
+        // Let the connection finish its answer and park, at PARK_AFTER: its one wake-up.
+        tokio::time::sleep(PARK_AFTER + Duration::from_millis(1)).await;
         let settled = polls.load(Ordering::Relaxed);
         // Past send_timeout (30 s) too: the stall check set while the request was in flight
         // does not fire once it has ended.
-        tokio::time::sleep(idle - Duration::from_secs(1)).await;
+        tokio::time::sleep(idle - PARK_AFTER - Duration::from_secs(1)).await;
         assert_eq!(
             polls.load(Ordering::Relaxed),
             settled,
@@ -1094,7 +1121,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn the_next_check_is_the_stall_check_while_busy_and_the_idle_deadline_when_idle() {
         let limits = ServerLimits { idle_timeout: Duration::from_secs(600), ..limits() };
-        let activity = Activity::new();
+        let activity = Activity::new(Duration::ZERO);
         assert_eq!(
             activity.next_check(&limits, false),
             activity.started + limits.idle_timeout,
@@ -1172,6 +1199,36 @@ mod tests {
             parked(&activity, i + 1).await;
         }
         assert_eq!(parks(&activity), 20, "parked once after each answer");
+    }
+
+    /// As served (`drive`'s [`PARK_AFTER`]): a client that asks again within it keeps its
+    /// hyper connection, with no park; idle that long, the connection parks (one wake-up, from
+    /// its check timer alone, with no byte from the client) and is resumed on the next request.
+    #[tokio::test(start_paused = true)]
+    async fn a_connection_parks_only_after_park_after_of_idleness() {
+        let (client, server) = tokio::io::duplex(64 * 1024);
+        let mut client = client;
+        let conn = ConnInfo::new(PEER.parse().unwrap(), false, Arc::default());
+        let activity = Arc::new(Activity::new(PARK_AFTER));
+        let _handle = tokio::spawn({
+            let activity = activity.clone();
+            async move {
+                drive_with(server, conn, path_echo(), &limits(), Versions::Detect, CancellationToken::new(), activity)
+                    .await
+            }
+        });
+        for i in 0..5u64 {
+            client.write_all(format!("GET /r{i} HTTP/1.1\r\nhost: gw\r\n\r\n").as_bytes()).await.unwrap();
+            let answer = read_response(&mut client).await;
+            assert!(answer.ends_with(&format!("/r{i} 0")), "{answer}");
+            tokio::time::sleep(PARK_AFTER / 2).await;
+        }
+        assert_eq!(parks(&activity), 0, "asked again within PARK_AFTER: never parked");
+        tokio::time::sleep(PARK_AFTER).await;
+        parked(&activity, 1).await;
+        client.write_all(b"GET /again HTTP/1.1\r\nhost: gw\r\n\r\n").await.unwrap();
+        let answer = read_response(&mut client).await;
+        assert!(answer.starts_with("HTTP/1.1 200") && answer.ends_with("/again 0"), "{answer}");
     }
 
     #[tokio::test(start_paused = true)]
