@@ -111,8 +111,9 @@ if [[ $PARTS == *" conns "* ]]; then
         idle_pid=$!
         PIDS+=("$idle_pid")
         for _ in $(seq 1200); do grep -q '^ready' "$W/conns.out" 2>/dev/null && break; kill -0 "$idle_pid" 2>/dev/null || break; sleep 0.1; done
-        # An idle HTTP/1.1 connection parks (gives its buffers back) 1 s after its last answer.
-        sleep 2
+        # An idle HTTP/1.1 connection parks (gives its buffers back) 1 s after its last answer;
+        # mimalloc returns the freed pages to the system lazily, within a few seconds more.
+        sleep ${PARK_WAIT:-8}
         r1=$(rss_kb "$GW_PID")
         echo "conns $name: $N_CONNS idle connections ($(awk '/^ready/ {print $3}' "$W/conns.out")): RSS $(mb "$r1") MB ($(anon_file "$GW_PID")), before $(mb "$r0") MB ($a0): $(awk -v a="$r1" -v b="$r0" -v n="$N_CONNS" 'BEGIN {printf "%.1f", (a - b) / n}') kB per connection"
         wait "$idle_pid" || true
