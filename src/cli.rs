@@ -325,7 +325,11 @@ fn init_tracing(log: &LogConfig) -> Option<tracing_appender::non_blocking::Worke
         .thread_name("log-writer")
         .finish(std::io::BufWriter::with_capacity(LOG_BUFFER_BYTES, std::io::stderr()));
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(writer).with_ansi(ansi);
-    let set = if log.json { builder.json().flatten_event(true).try_init() } else { builder.try_init() };
+    let set = if log.json {
+        builder.json().event_format(crate::json_log::JsonLines::default()).try_init()
+    } else {
+        builder.try_init()
+    };
     set.is_ok().then_some(guard)
 }
 

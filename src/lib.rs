@@ -10,7 +10,7 @@
 //!   metrics), [`metrics`], [`runtime`] (the snapshot a request takes, built by one function
 //!   for start-up and reload), `watcher` (reload triggers), `signals`, [`credentials`] (token
 //!   managers), [`kubernetes`] (ServiceAccount tokens: TokenReview cache, key set), [`limit`] (client limits, Palette budget), [`upstream`] (the pooled client; `dns` resolves its names in pure Rust),
-//!   [`cli`], [`explain`] (`palette-gateway explain`: one request through the request path's own
+//!   [`cli`] (`json_log`: the JSON log line format), [`explain`] (`palette-gateway explain`: one request through the request path's own
 //!   decisions, nothing sent), [`build`] (the git commit), [`demo`] (the offline demo, with the
 //!   `fake-palette` crate of this workspace behind the default `demo` feature).
 //! - [`config`], what lives for one load: TOML → validated, immutable [`config::Config`].
@@ -56,6 +56,7 @@ pub mod demo;
 pub(crate) mod dns;
 pub mod error;
 pub mod explain;
+pub(crate) mod json_log;
 pub mod kubernetes;
 pub mod limit;
 pub mod metrics;

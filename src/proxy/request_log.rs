@@ -364,8 +364,7 @@ pub(crate) mod tests {
         let sink = buf.clone();
         let subscriber = tracing_subscriber::fmt()
             .json()
-            .flatten_event(true)
-            .with_target(true)
+            .event_format(crate::json_log::JsonLines::default())
             .with_writer(move || sink.clone())
             .finish();
         let out = tracing::subscriber::with_default(subscriber, f);
