@@ -72,7 +72,7 @@ enum What {
 impl Plan {
     /// Decides, from the request as it goes upstream.
     pub(crate) fn new(rt: &Runtime, req: &CacheRequest<'_>) -> Plan {
-        let scope = || Scope::new(&rt.config, req.credential, req.headers.get(scope::PROJECT_UID));
+        let scope = || Scope::new(&rt.config, req.credential, req.headers.get(&scope::PROJECT_UID_HEADER));
         let what = if matches!(*req.method, Method::POST | Method::PUT | Method::PATCH | Method::DELETE) {
             What::Write(scope())
         } else {

@@ -109,7 +109,7 @@ pub fn request_headers(headers: &mut HeaderMap, decided: &Decided<'_>) {
     headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(if decided.tls { "https" } else { "http" }));
     headers.insert(X_REQUEST_ID.clone(), decided.request_id.clone());
     if let Some(project) = decided.project {
-        headers.insert(HeaderName::from_static(crate::proxy::scope::PROJECT_UID), project.clone());
+        headers.insert(crate::proxy::scope::PROJECT_UID_HEADER.clone(), project.clone());
     }
 }
 

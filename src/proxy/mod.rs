@@ -229,7 +229,7 @@ async fn process(
     note.set(|f| f.route = matched.route.map(|r| r.name.clone()));
     let scope = decided?.scope;
     // The log records what goes upstream.
-    let project = parts.headers.get(scope::PROJECT_UID).and_then(|p| p.to_str().ok()).map(str::to_string);
+    let project = parts.headers.get(&scope::PROJECT_UID_HEADER).and_then(|p| p.to_str().ok()).map(str::to_string);
     note.set(|f| f.project = project);
 
     // 10. The exchange: credential swap, budget, send, 401 replay, 429 retry, response hygiene.

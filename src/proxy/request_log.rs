@@ -13,7 +13,9 @@ use std::task::{Context, Poll};
 use std::time::Instant;
 
 use http::header::HeaderName;
-use http::{HeaderMap, Method, Request, Response};
+use std::net::SocketAddr;
+
+use http::{HeaderMap, HeaderValue, Method, Request, Response, Uri};
 
 use crate::body::{self, Body, BodyStats};
 use crate::limit::RateHeaders;
@@ -79,10 +81,16 @@ static TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
 static TRACESTATE: HeaderName = HeaderName::from_static("tracestate");
 static AUDIT_UID: HeaderName = HeaderName::from_static("audituid");
 
-/// A header value fit for a log line: visible ASCII, bounded.
-fn loggable(headers: &HeaderMap, name: &HeaderName) -> Option<String> {
-    let v = headers.get(name)?.to_str().ok()?;
-    (v.len() <= 512 && v.bytes().all(|b| b.is_ascii_graphic() || b == b' ')).then(|| v.to_string())
+/// A header value fit for a log line: visible ASCII, bounded (`""` when it is not).
+fn loggable(value: Option<&HeaderValue>) -> &str {
+    let Some(v) = value.and_then(|v| v.to_str().ok()) else {
+        return "";
+    };
+    if v.len() <= 512 && v.bytes().all(|b| b.is_ascii_graphic() || b == b' ') {
+        v
+    } else {
+        ""
+    }
 }
 
 /// Longest `user_agent` a log line carries (in characters, before escaping).
@@ -91,8 +99,8 @@ const MAX_USER_AGENT: usize = 256;
 /// The client's `User-Agent` fit for a log line: at most [`MAX_USER_AGENT`] characters, control
 /// characters escaped (`\n`, `\u{1b}`; a non-UTF-8 byte as `\u{fffd}`), so a client cannot forge
 /// or colour log lines. Only this header is taken: it carries no credential.
-fn user_agent(headers: &HeaderMap) -> String {
-    let Some(v) = headers.get(http::header::USER_AGENT) else {
+fn user_agent(value: Option<&HeaderValue>) -> String {
+    let Some(v) = value else {
         return String::new();
     };
     let text = String::from_utf8_lossy(v.as_bytes());
@@ -115,23 +123,26 @@ fn round_ms(ms: f64) -> f64 {
     (ms * 1000.0).round() / 1000.0
 }
 
-/// One request's access and audit record, from arrival to the end of its answer.
+/// One request's access and audit record, from arrival to the end of its answer. What only
+/// the log lines need is kept as the request gave it (the URI and header values are shared
+/// bytes, not copies) and made fit for a line only when a line is written: with the access
+/// log off, a request pays nothing for it (issue 14).
 pub(crate) struct RequestLog {
     metrics: Arc<Metrics>,
     started: Instant,
     request_id: RequestId,
     method: Method,
-    path: String,
-    traceparent: Option<String>,
-    tracestate: Option<String>,
-    /// The connection's peer address (`""` when the listener did not tag the request).
-    client_addr: String,
-    user_agent: String,
+    uri: Uri,
+    traceparent: Option<HeaderValue>,
+    tracestate: Option<HeaderValue>,
+    /// The connection's peer address (`None` when the listener did not tag the request).
+    peer: Option<SocketAddr>,
+    user_agent: Option<HeaderValue>,
     bytes_in: Arc<BodyStats>,
     note: Note,
     /// The answer's status, once there is one (`None`: recorded as [`CLIENT_CLOSED`]).
     status: Option<u16>,
-    audit_uid: Option<String>,
+    audit_uid: Option<HeaderValue>,
     bytes_out: u64,
     complete: bool,
 }
@@ -145,11 +156,11 @@ impl RequestLog {
             started: Instant::now(),
             request_id,
             method: req.method().clone(),
-            path: req.uri().path().to_string(),
-            traceparent: loggable(req.headers(), &TRACEPARENT),
-            tracestate: loggable(req.headers(), &TRACESTATE),
-            client_addr: req.extensions().get::<ConnInfo>().map(|c| c.peer.to_string()).unwrap_or_default(),
-            user_agent: user_agent(req.headers()),
+            uri: req.uri().clone(),
+            traceparent: req.headers().get(&TRACEPARENT).cloned(),
+            tracestate: req.headers().get(&TRACESTATE).cloned(),
+            peer: req.extensions().get::<ConnInfo>().map(|c| c.peer),
+            user_agent: req.headers().get(http::header::USER_AGENT).cloned(),
             bytes_in: Arc::default(),
             note: Note::default(),
             status: None,
@@ -163,7 +174,7 @@ impl RequestLog {
     /// and remembers what its log line says.
     fn answered(&mut self, status: u16, headers: &HeaderMap) {
         self.status = Some(status);
-        self.audit_uid = loggable(headers, &AUDIT_UID);
+        self.audit_uid = headers.get(&AUDIT_UID).cloned();
         self.count(status);
     }
 
@@ -188,53 +199,64 @@ impl RequestLog {
                 CLIENT_CLOSED
             }
         };
+        let mutation = matches!(self.method, Method::POST | Method::PUT | Method::PATCH | Method::DELETE);
+        let access = tracing::enabled!(target: "palette_gateway::access", tracing::Level::INFO);
+        let audit = mutation && tracing::enabled!(target: "palette_gateway::audit", tracing::Level::INFO);
+        if !access && !audit {
+            return;
+        }
         let facts = self.note.take();
         let client = facts.client.as_deref().unwrap_or("none");
         let route = facts.route.as_deref().unwrap_or("none");
         let project = facts.project.as_deref().unwrap_or("");
         let upstream_path = facts.upstream_path.as_deref().unwrap_or("");
-        let traceparent = self.traceparent.as_deref().unwrap_or("");
+        let traceparent = loggable(self.traceparent.as_ref());
+        let path = self.uri.path();
+        let client_addr = self.peer.map(|p| p.to_string()).unwrap_or_default();
+        let user_agent = user_agent(self.user_agent.as_ref());
         let duration_ms = round_ms(self.started.elapsed().as_secs_f64() * 1000.0);
         // Text fields are given as `&str`, not `%` (Display): the JSON writer takes a `&str` as
         // it is, where a Display value is first formatted into a new String (issue 14).
-        tracing::info!(
-            target: "palette_gateway::access",
-            request_id = self.request_id.as_str(),
-            client,
-            route,
-            method = self.method.as_str(),
-            path = self.path.as_str(),
-            client_addr = self.client_addr.as_str(),
-            user_agent = self.user_agent.as_str(),
-            upstream_path,
-            project,
-            status,
-            upstream_status = facts.upstream_status.unwrap_or(0),
-            bytes_in = self.bytes_in.bytes(),
-            bytes_out = self.bytes_out,
-            complete = self.complete,
-            duration_ms,
-            upstream_ms = round_ms(facts.upstream_ms),
-            rate_limit_wait_ms = round_ms(facts.wait_ms),
-            cache = facts.cache.unwrap_or(""),
-            traceparent,
-            tracestate = self.tracestate.as_deref().unwrap_or(""),
-        );
-        if matches!(self.method, Method::POST | Method::PUT | Method::PATCH | Method::DELETE) {
+        if access {
+            tracing::info!(
+                target: "palette_gateway::access",
+                request_id = self.request_id.as_str(),
+                client,
+                route,
+                method = self.method.as_str(),
+                path,
+                client_addr = client_addr.as_str(),
+                user_agent = user_agent.as_str(),
+                upstream_path,
+                project,
+                status,
+                upstream_status = facts.upstream_status.unwrap_or(0),
+                bytes_in = self.bytes_in.bytes(),
+                bytes_out = self.bytes_out,
+                complete = self.complete,
+                duration_ms,
+                upstream_ms = round_ms(facts.upstream_ms),
+                rate_limit_wait_ms = round_ms(facts.wait_ms),
+                cache = facts.cache.unwrap_or(""),
+                traceparent,
+                tracestate = loggable(self.tracestate.as_ref()),
+            );
+        }
+        if audit {
             let outcome = if (200..300).contains(&status) { "success" } else { "failure" };
             tracing::info!(
                 target: "palette_gateway::audit",
                 request_id = self.request_id.as_str(),
                 client,
                 method = self.method.as_str(),
-                path = self.path.as_str(),
-                client_addr = self.client_addr.as_str(),
-                user_agent = self.user_agent.as_str(),
+                path,
+                client_addr = client_addr.as_str(),
+                user_agent = user_agent.as_str(),
                 upstream_path,
                 project,
                 status,
                 outcome,
-                audit_uid = self.audit_uid.as_deref().unwrap_or(""),
+                audit_uid = loggable(self.audit_uid.as_ref()),
                 traceparent,
             );
         }
@@ -349,6 +371,11 @@ pub(crate) mod tests {
 
     /// Captures the JSON events written while `f` runs.
     pub(crate) fn events<T>(f: impl FnOnce() -> T) -> (T, Vec<serde_json::Value>) {
+        events_with("info", f)
+    }
+
+    /// Captures the JSON events a log filtered by `filter` writes while `f` runs.
+    fn events_with<T>(filter: &str, f: impl FnOnce() -> T) -> (T, Vec<serde_json::Value>) {
         #[derive(Clone, Default)]
         struct Buf(Arc<Mutex<Vec<u8>>>);
         impl std::io::Write for Buf {
@@ -365,6 +392,7 @@ pub(crate) mod tests {
         let subscriber = tracing_subscriber::fmt()
             .json()
             .event_format(crate::json_log::JsonLines::default())
+            .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
             .with_writer(move || sink.clone())
             .finish();
         let out = tracing::subscriber::with_default(subscriber, f);
@@ -377,14 +405,55 @@ pub(crate) mod tests {
     #[test]
     fn user_agents_are_escaped_and_bounded() {
         let mut h = HeaderMap::new();
-        assert_eq!(user_agent(&h), "");
+        assert_eq!(user_agent(h.get(http::header::USER_AGENT)), "");
         // hyper admits a tab, and C1 controls in UTF-8 (U+009B is a terminal's CSI).
         h.insert(http::header::USER_AGENT, http::HeaderValue::from_bytes(b"curl/8\t\xc2\x9b31mred\xff").unwrap());
-        let ua = user_agent(&h);
+        let ua = user_agent(h.get(http::header::USER_AGENT));
         assert!(!ua.chars().any(char::is_control), "{ua:?}");
         assert_eq!(ua, "curl/8\\t\\u{9b}31mred\\u{fffd}");
         h.insert(http::header::USER_AGENT, http::HeaderValue::from_str(&"a".repeat(5000)).unwrap());
-        assert_eq!(user_agent(&h).chars().count(), MAX_USER_AGENT + 1);
+        assert_eq!(user_agent(h.get(http::header::USER_AGENT)).chars().count(), MAX_USER_AGENT + 1);
+    }
+
+    /// With the access log filtered off, a mutation is still audited, and every request is
+    /// still counted; nothing else is written.
+    #[tokio::test]
+    async fn the_access_log_off_still_audits_and_counts() {
+        let metrics = Arc::new(Metrics::new());
+        let answer = |req: Request<Body>| async move {
+            req.extensions().get::<Note>().unwrap().set(|f| f.client = Some(Arc::from("ci")));
+            Ok::<_, Infallible>(Response::builder().status(201).body(body::empty()).unwrap())
+        };
+        let svc = RequestLogLayer::new(metrics.clone()).layer(tower::service_fn(answer));
+        let send = |method: Method| {
+            let req = Request::builder()
+                .method(method)
+                .uri("/v1/clusters")
+                .header("user-agent", "terraform/1.9")
+                .body(body::empty())
+                .unwrap();
+            let resp = futures_util::FutureExt::now_or_never(svc.clone().oneshot(req)).unwrap().unwrap();
+            drop(futures_util::FutureExt::now_or_never(http_body_util::BodyExt::collect(resp.into_body())));
+        };
+        let ((), events) = events_with("info,palette_gateway::access=off", || {
+            send(Method::GET);
+            send(Method::POST);
+        });
+        assert_eq!(events.len(), 1, "{events:?}");
+        assert_eq!(events[0]["target"], "palette_gateway::audit");
+        assert_eq!(
+            (events[0]["method"].as_str(), events[0]["user_agent"].as_str()),
+            (Some("POST"), Some("terraform/1.9"))
+        );
+        assert_eq!(m_count(&metrics, "GET") + m_count(&metrics, "POST"), 2);
+        let ((), events) = events_with("warn", || send(Method::POST));
+        assert!(events.is_empty(), "{events:?}");
+        assert_eq!(m_count(&metrics, "POST"), 2);
+        assert_eq!(metrics.inflight.get(), 0);
+    }
+
+    fn m_count(m: &Metrics, method: &str) -> u64 {
+        m.requests.with_label_values(&["ci", "none", method, "201"]).get()
     }
 
     /// Durations read as milliseconds with at most 3 decimals.

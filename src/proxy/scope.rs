@@ -20,7 +20,7 @@ use crate::projects::Resolution;
 
 /// `ProjectUid` (header names are case-insensitive; `ProjectUID` is the same header).
 pub const PROJECT_UID: &str = "projectuid";
-static PROJECT_UID_HEADER: HeaderName = HeaderName::from_static(PROJECT_UID);
+pub(crate) static PROJECT_UID_HEADER: HeaderName = HeaderName::from_static(PROJECT_UID);
 
 /// The scope decided for a request.
 #[derive(Debug, PartialEq, Eq)]

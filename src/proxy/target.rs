@@ -6,7 +6,7 @@
 
 use std::sync::Arc;
 
-use http::header::{self, HeaderMap, HeaderValue};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Response, Version};
 use http_body::Body as _;
 
@@ -67,13 +67,19 @@ pub fn check_method(method: &Method) -> Result<(), GatewayError> {
 /// line's. A rule checks the request's own method and path, so one of these could turn an
 /// allowed `POST /v1/dashboard/...` into a `DELETE`, or an allowed path into another, behind
 /// every rule's back if anything in front of or inside Palette honours it.
-const OVERRIDES: [&str; 5] =
-    ["x-http-method-override", "x-http-method", "x-method-override", "x-original-url", "x-rewrite-url"];
+// Names, not strings: a lookup by `&str` parses the name again on every request.
+static OVERRIDES: [HeaderName; 5] = [
+    HeaderName::from_static("x-http-method-override"),
+    HeaderName::from_static("x-http-method"),
+    HeaderName::from_static("x-method-override"),
+    HeaderName::from_static("x-original-url"),
+    HeaderName::from_static("x-rewrite-url"),
+];
 
 /// Refuses a request carrying a method or URL override header (see [`OVERRIDES`]): 400 naming
 /// it, since dropping it silently would run another method than the client meant.
 pub fn check_overrides(headers: &HeaderMap) -> Result<(), GatewayError> {
-    match OVERRIDES.iter().find(|name| headers.contains_key(**name)) {
+    match OVERRIDES.iter().find(|name| headers.contains_key(*name)) {
         None => Ok(()),
         Some(name) => Err(GatewayError::BadRequest(format!(
             "the {name} header is not accepted: the gateway's rules apply to the request's own method and path, so send those"
@@ -162,9 +168,14 @@ mod tests {
 
     #[test]
     fn method_and_url_overrides_are_refused() {
-        for name in OVERRIDES {
+        for name in ["x-http-method-override", "x-http-method", "x-method-override", "x-original-url", "x-rewrite-url"]
+        {
             let mut h = HeaderMap::new();
-            h.insert(name, HeaderValue::from_static("DELETE"));
+            // Any spelling: header names are case-insensitive.
+            h.insert(
+                HeaderName::from_bytes(name.to_uppercase().as_bytes()).unwrap(),
+                HeaderValue::from_static("DELETE"),
+            );
             let err = check_overrides(&h).unwrap_err();
             assert_eq!(err.status_and_code().0, 400);
             assert!(err.to_string().contains(name), "{err}");
