@@ -484,14 +484,15 @@ impl Sender {
     async fn send(&self, req: Request<Body>) -> Result<Response<Body>, GatewayError> {
         let started = Instant::now();
         let result = self.rt.upstream.send(req).await;
-        let code = match &result {
-            Ok(r) => r.status().as_str().to_string(),
-            Err(UpstreamFailure::Timeout(_)) => "timeout".into(),
-            Err(_) => "error".into(),
+        let status = result.as_ref().map(Response::status).ok();
+        let code = match (&result, &status) {
+            (_, Some(status)) => status.as_str(),
+            (Err(UpstreamFailure::Timeout(_)), _) => "timeout",
+            _ => "error",
         };
         self.metrics
             .upstream_duration
-            .with_label_values(&[prefix(self.bucket.as_ref()), &code])
+            .with_label_values(&[prefix(self.bucket.as_ref()), code])
             .observe(started.elapsed().as_secs_f64());
         let idle = self.rt.config.upstream.body_idle_timeout;
         match result {

@@ -91,9 +91,20 @@ pub(crate) fn remove_local_key(headers: &mut HeaderMap) {
     if key.is_empty() {
         return;
     }
-    let finder = memchr::memmem::Finder::new(key.as_bytes());
-    let doomed: Vec<HeaderName> =
-        headers.iter().filter(|(_, v)| finder.find(v.as_bytes()).is_some()).map(|(n, _)| n.clone()).collect();
+    let key = key.as_bytes();
+    // The searcher is built only for a value that could hold the key and is not just the key
+    // (the header it came in, most often): building one costs more than the usual short
+    // headers' checks (issue 14).
+    let mut finder = None;
+    let doomed: Vec<HeaderName> = headers
+        .iter()
+        .filter(|(_, v)| {
+            let v = v.as_bytes();
+            v.len() >= key.len()
+                && (v == key || finder.get_or_insert_with(|| memchr::memmem::Finder::new(key)).find(v).is_some())
+        })
+        .map(|(n, _)| n.clone())
+        .collect();
     for name in doomed {
         headers.remove(name);
     }
@@ -148,6 +159,31 @@ mod tests {
         h.insert("x-api-key", HeaderValue::from_static("k-123"));
         remove_local_key(&mut h);
         assert_eq!(h.len(), 1);
+    }
+
+    proptest::proptest! {
+        /// Whatever the headers, exactly the values holding the presented key go: the search
+        /// made only for values that could hold it never changes the answer.
+        #[test]
+        fn every_value_holding_the_key_goes_and_no_other(
+            key in "[ab]{1,6}",
+            values in proptest::collection::vec("[ab;=]{0,12}", 0..6),
+        ) {
+            let mut h = HeaderMap::new();
+            h.insert("apikey", HeaderValue::from_str(&key).unwrap());
+            for (i, v) in values.iter().enumerate() {
+                h.append(HeaderName::from_bytes(format!("x-h{}", i % 3).as_bytes()).unwrap(), HeaderValue::from_str(v).unwrap());
+            }
+            let holds = |v: &HeaderValue| v.to_str().unwrap().contains(key.as_str());
+            let expected: Vec<String> =
+                h.iter().filter(|(_, v)| !holds(v)).map(|(n, _)| n.to_string()).collect();
+            // A name goes whole when any of its values holds the key.
+            let doomed: Vec<String> = h.iter().filter(|(_, v)| holds(v)).map(|(n, _)| n.to_string()).collect();
+            let expected: std::collections::BTreeSet<String> = expected.into_iter().filter(|n| !doomed.contains(n)).collect();
+            remove_local_key(&mut h);
+            let left: std::collections::BTreeSet<String> = h.keys().map(|n| n.to_string()).collect();
+            proptest::prop_assert_eq!(left, expected);
+        }
     }
 
     #[test]

@@ -183,8 +183,8 @@ impl RequestLog {
         let client = facts.client.as_deref().unwrap_or("none");
         let route = facts.route.as_deref().unwrap_or("none");
         let m = method_label(&self.method);
-        let code = status.to_string();
-        self.metrics.requests.with_label_values(&[client, route, m, &code]).inc();
+        let mut code = itoa::Buffer::new();
+        self.metrics.requests.with_label_values(&[client, route, m, code.format(status)]).inc();
         self.metrics
             .request_duration
             .with_label_values(&[client, route, m])
