@@ -10,8 +10,11 @@
 //!
 //! then the response hygiene (hop-by-hop headers, `Set-Cookie`, trailers, secrets scrubbed from
 //! every answer's headers and from decoded error bodies), outside the retry so it runs once.
-//! The layers share the request's [`Note`] (sends so far, so [`MAX_ATTEMPTS`] is a total across
-//! layers; the secrets to scrub) and its [`Deadline`]; a resend is a copy of a buffered request.
+//! The layers share the request's [`Trip`]: its [`Note`] (sends so far, so [`MAX_ATTEMPTS`] is a
+//! total across layers; the secrets to scrub), its deadline and its pending shared limits. The
+//! chain is built for one request, so the trip is in each layer's config, not in request
+//! extensions (a map to fill, search and copy for every resend: issue 14). A resend is a copy
+//! of a buffered request.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -68,10 +71,16 @@ impl Payload {
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct UpstreamSetCookie;
 
-/// Request extension: waits (budget, 429 retries) end by this instant (`max_wait` from the
-/// start of the exchange).
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct Deadline(pub(crate) tokio::time::Instant);
+/// What the layers of one request's exchange share.
+#[derive(Clone)]
+pub(crate) struct Trip {
+    /// The request's note: sends so far, secrets sent, what the log records.
+    pub(crate) note: Note,
+    /// Waits (budget, 429 retries) end by this instant (`max_wait` from the exchange's start).
+    pub(crate) deadline: tokio::time::Instant,
+    /// The client limits still to take across the replicas, with the first budget slot.
+    pub(crate) pending: PendingLimits,
+}
 
 /// The future every exchange layer returns (the layers wait and loop, which no concrete
 /// combinator expresses; one allocation per layer per request, next to a network call).
@@ -89,14 +98,6 @@ fn resend(req: &Request<Payload>) -> Option<Request<Payload>> {
     *copy.headers_mut() = req.headers().clone();
     *copy.extensions_mut() = req.extensions().clone();
     Some(copy)
-}
-
-fn note_of<B>(req: &Request<B>) -> Note {
-    req.extensions().get::<Note>().cloned().unwrap_or_default()
-}
-
-fn deadline_of<B>(req: &Request<B>) -> tokio::time::Instant {
-    req.extensions().get::<Deadline>().map_or_else(tokio::time::Instant::now, |d| d.0)
 }
 
 /// The metric label of a request's prefix.
@@ -147,6 +148,7 @@ macro_rules! layer {
 pub(crate) struct RetryConfig {
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) bucket: Option<Arc<Bucket>>,
+    pub(crate) trip: Trip,
 }
 
 layer!(RetryLayer, Retry, RetryConfig);
@@ -176,11 +178,9 @@ where
     /// [`MAX_ATTEMPTS`] allows. A 429 that is not retried gets a `Retry-After`.
     fn call(&mut self, mut req: Request<Payload>) -> ExchangeFuture {
         let mut inner = take(&mut self.inner);
-        let RetryConfig { metrics, bucket } = self.config.clone();
+        let RetryConfig { metrics, bucket, trip: Trip { note, deadline, .. } } = self.config.clone();
         Box::pin(async move {
             let idempotent = matches!(*req.method(), Method::GET | Method::HEAD | Method::PUT | Method::DELETE);
-            let note = note_of(&req);
-            let deadline = deadline_of(&req);
             let mut retries = 0;
             loop {
                 let again = if idempotent { resend(&req) } else { None };
@@ -290,6 +290,7 @@ pub(crate) struct ReplayConfig<T> {
     pub(crate) within: Duration,
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) bucket: Option<Arc<Bucket>>,
+    pub(crate) note: Note,
 }
 
 impl<T> Clone for ReplayConfig<T> {
@@ -299,6 +300,7 @@ impl<T> Clone for ReplayConfig<T> {
             within: self.within,
             metrics: self.metrics.clone(),
             bucket: self.bucket.clone(),
+            note: self.note.clone(),
         }
     }
 }
@@ -332,7 +334,7 @@ where
     /// from other requests.
     fn call(&mut self, mut req: Request<Payload>) -> ExchangeFuture {
         let mut inner = take(&mut self.inner);
-        let ReplayConfig { credential, within, metrics, bucket } = self.config.clone();
+        let ReplayConfig { credential, within, metrics, bucket, note } = self.config.clone();
         Box::pin(async move {
             let source = match credential {
                 Credential::ApiKey(value) => {
@@ -345,7 +347,6 @@ where
                 credential: source.name().to_string(),
                 reason: e.0,
             };
-            let note = note_of(&req);
             let token = source.get(within).await.map_err(unavailable)?;
             note.set(|f| f.secrets.push(token.value.clone()));
             let again = resend(&req);
@@ -377,6 +378,7 @@ pub(crate) struct BudgetConfig {
     pub(crate) client: ClientId,
     pub(crate) client_name: Arc<str>,
     pub(crate) metrics: Arc<Metrics>,
+    pub(crate) trip: Trip,
 }
 
 layer!(BudgetLayer, Budget, BudgetConfig);
@@ -404,13 +406,13 @@ where
     /// past it), then counts the send and sends.
     fn call(&mut self, req: Request<Payload>) -> ExchangeFuture {
         let mut inner = take(&mut self.inner);
-        let BudgetConfig { bucket, client, client_name, metrics } = self.config.clone();
+        let BudgetConfig { bucket, client, client_name, metrics, trip: Trip { note, deadline, pending } } =
+            self.config.clone();
         Box::pin(async move {
-            let note = note_of(&req);
             // The request's shared client limits go with its first slot; a retry has none.
-            let pending = req.extensions().get::<PendingLimits>().and_then(PendingLimits::take);
+            let pending = pending.take();
             if let Some(bucket) = &bucket {
-                let left = deadline_of(&req).saturating_duration_since(tokio::time::Instant::now());
+                let left = deadline.saturating_duration_since(tokio::time::Instant::now());
                 let keys = pending.as_ref().map(Pending::keys).unwrap_or_default();
                 match bucket.acquire_with(client, left, keys).await {
                     Ok(acquired) => {
@@ -450,6 +452,7 @@ pub(crate) struct Sender {
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) stats: Arc<body::BodyStats>,
     pub(crate) bucket: Option<Arc<Bucket>>,
+    pub(crate) note: Note,
 }
 
 impl Service<Request<Payload>> for Sender {
@@ -464,13 +467,11 @@ impl Service<Request<Payload>> for Sender {
     fn call(&mut self, req: Request<Payload>) -> ExchangeFuture {
         let this = self.clone();
         Box::pin(async move {
-            let (mut parts, payload) = req.into_parts();
-            let note = parts.extensions.remove::<Note>().unwrap_or_default();
-            // The exchange's bookkeeping stays here; Palette's request carries none of it.
-            parts.extensions = http::Extensions::new();
+            let (parts, payload) = req.into_parts();
             let sent = Instant::now();
             let resp = this.send(Request::from_parts(parts, payload.into_body())).await;
             let took = sent.elapsed().as_secs_f64() * 1000.0;
+            let note = &this.note;
             note.set(|f| f.upstream_ms += took);
             let resp = resp?;
             let status = resp.status().as_u16();
@@ -553,27 +554,34 @@ impl Exchange {
         } else {
             Payload::Stream(body)
         };
-        let mut req = Request::from_parts(head, payload);
-        req.extensions_mut().insert(note.clone());
-        req.extensions_mut().insert(Deadline(tokio::time::Instant::now() + self.rt.budget.max_wait()));
-        let metrics = self.metrics.clone();
-        req.extensions_mut().insert(self.pending.clone());
-        let bucket = self.bucket.clone();
+        let req = Request::from_parts(head, payload);
+        let trip = Trip {
+            note: note.clone(),
+            deadline: tokio::time::Instant::now() + self.rt.budget.max_wait(),
+            pending: self.pending,
+        };
+        let (metrics, bucket) = (self.metrics, self.bucket);
         let chain = tower::ServiceBuilder::new()
-            .layer(RetryLayer::new(RetryConfig { metrics: metrics.clone(), bucket: bucket.clone() }))
+            .layer(RetryLayer::new(RetryConfig {
+                metrics: metrics.clone(),
+                bucket: bucket.clone(),
+                trip: trip.clone(),
+            }))
             .layer(ReplayLayer::new(ReplayConfig {
                 credential,
                 within: self.rt.config.upstream.request_timeout,
                 metrics: metrics.clone(),
                 bucket: bucket.clone(),
+                note: note.clone(),
             }))
             .layer(BudgetLayer::new(BudgetConfig {
                 bucket: bucket.clone(),
                 client: self.client_idx,
-                client_name: self.client_name.clone(),
+                client_name: self.client_name,
                 metrics: metrics.clone(),
+                trip,
             }))
-            .service(Sender { rt: self.rt, metrics, stats: self.stats, bucket });
+            .service(Sender { rt: self.rt, metrics, stats: self.stats, bucket, note: note.clone() });
         let resp = chain.oneshot(req).await?;
         // Hygiene removes Palette's `Set-Cookie`; the cache still needs to know it was there.
         let cookie = resp.headers().contains_key(header::SET_COOKIE);
@@ -713,34 +721,39 @@ mod tests {
         Response::builder().status(code).body(body::empty()).unwrap()
     }
 
-    fn request(method: Method, payload: Payload, wait: Duration) -> (Request<Payload>, Note) {
-        let note = Note::default();
-        let mut req = Request::builder().method(method).uri("/v1/clusters").body(payload).unwrap();
-        req.extensions_mut().insert(note.clone());
-        req.extensions_mut().insert(Deadline(tokio::time::Instant::now() + wait));
-        (req, note)
+    /// A request and its trip, whose wait ends `wait` from now.
+    fn request(method: Method, payload: Payload, wait: Duration) -> (Request<Payload>, Trip) {
+        let req = Request::builder().method(method).uri("/v1/clusters").body(payload).unwrap();
+        let trip = Trip {
+            note: Note::default(),
+            deadline: tokio::time::Instant::now() + wait,
+            pending: PendingLimits::default(),
+        };
+        (req, trip)
     }
 
-    fn budget(bucket: Option<Arc<Bucket>>, metrics: &Arc<Metrics>) -> BudgetLayer {
+    fn budget(bucket: Option<Arc<Bucket>>, metrics: &Arc<Metrics>, trip: &Trip) -> BudgetLayer {
         BudgetLayer::new(BudgetConfig {
             bucket,
             client: ClientId(0),
             client_name: Arc::from("ci"),
             metrics: metrics.clone(),
+            trip: trip.clone(),
         })
     }
 
-    fn replay(tokens: &Arc<Tokens>, metrics: &Arc<Metrics>) -> ReplayLayer<Tokens> {
+    fn replay(tokens: &Arc<Tokens>, metrics: &Arc<Metrics>, trip: &Trip) -> ReplayLayer<Tokens> {
         ReplayLayer::new(ReplayConfig {
             credential: Credential::Token(tokens.clone()),
             within: Duration::from_secs(1),
             metrics: metrics.clone(),
             bucket: None,
+            note: trip.note.clone(),
         })
     }
 
-    fn retry(metrics: &Arc<Metrics>) -> RetryLayer {
-        RetryLayer::new(RetryConfig { metrics: metrics.clone(), bucket: None })
+    fn retry(metrics: &Arc<Metrics>, trip: &Trip) -> RetryLayer {
+        RetryLayer::new(RetryConfig { metrics: metrics.clone(), bucket: None, trip: trip.clone() })
     }
 
     #[tokio::test(start_paused = true)]
@@ -750,29 +763,29 @@ mod tests {
         // Palette refuses t1 and accepts t2.
         let (palette, seen) =
             fake_palette(|_, req| status(if req.headers()[header::AUTHORIZATION] == "t1" { 401 } else { 200 }));
+        let (req, trip) = request(Method::POST, Payload::Buffered(Bytes::from_static(b"{}")), Duration::from_secs(5));
         let svc = tower::ServiceBuilder::new()
-            .layer(replay(&tokens, &metrics))
-            .layer(budget(None, &metrics))
+            .layer(replay(&tokens, &metrics, &trip))
+            .layer(budget(None, &metrics, &trip))
             .service(palette);
-        let (req, note) = request(Method::POST, Payload::Buffered(Bytes::from_static(b"{}")), Duration::from_secs(5));
         let resp = svc.oneshot(req).await.unwrap();
         assert_eq!(resp.status(), 200);
         assert_eq!(*seen.lock().unwrap(), ["t1", "t2"]);
-        assert_eq!((tokens.replaced.load(Ordering::SeqCst), note.sends()), (1, 2));
-        let secrets: Vec<String> = note.secrets().iter().map(|s| s.expose().to_string()).collect();
+        assert_eq!((tokens.replaced.load(Ordering::SeqCst), trip.note.sends()), (1, 2));
+        let secrets: Vec<String> = trip.note.secrets().iter().map(|s| s.expose().to_string()).collect();
         assert_eq!(secrets, ["t1", "t2"], "both tokens are scrubbed from the answer");
         assert_eq!(metrics.upstream_retries.with_label_values(&["none", "401"]).get(), 1);
 
         // Refused again on the new token: one replay only, its 401 passes through.
         let (palette, seen) = fake_palette(|_, _| status(401));
         let tokens = Arc::new(Tokens::default());
+        let (req, trip) = request(Method::GET, Payload::Buffered(Bytes::new()), Duration::from_secs(5));
         let svc = tower::ServiceBuilder::new()
-            .layer(replay(&tokens, &metrics))
-            .layer(budget(None, &metrics))
+            .layer(replay(&tokens, &metrics, &trip))
+            .layer(budget(None, &metrics, &trip))
             .service(palette);
-        let (req, note) = request(Method::GET, Payload::Buffered(Bytes::new()), Duration::from_secs(5));
         assert_eq!(svc.oneshot(req).await.unwrap().status(), 401);
-        assert_eq!((seen.lock().unwrap().len(), note.sends()), (2, 2));
+        assert_eq!((seen.lock().unwrap().len(), trip.note.sends()), (2, 2));
         assert_eq!(tokens.replaced.load(Ordering::SeqCst), 1);
     }
 
@@ -782,11 +795,11 @@ mod tests {
         let tokens = Arc::new(Tokens::default());
         *tokens.current.lock().unwrap() = Some(Arc::new(Token::for_test("t2", 2, true)));
         let (palette, seen) = fake_palette(|_, _| status(401));
+        let (req, trip) = request(Method::GET, Payload::Buffered(Bytes::new()), Duration::from_secs(5));
         let svc = tower::ServiceBuilder::new()
-            .layer(replay(&tokens, &metrics))
-            .layer(budget(None, &metrics))
+            .layer(replay(&tokens, &metrics, &trip))
+            .layer(budget(None, &metrics, &trip))
             .service(palette);
-        let (req, _) = request(Method::GET, Payload::Buffered(Bytes::new()), Duration::from_secs(5));
         assert_eq!(svc.oneshot(req).await.unwrap().status(), 401);
         assert_eq!(seen.lock().unwrap().len(), 1, "the endpoint's own 401, not a dead token");
         assert_eq!(tokens.replaced.load(Ordering::SeqCst) + tokens.replaced_soon.load(Ordering::SeqCst), 0);
@@ -794,11 +807,11 @@ mod tests {
         // Past FRESH_REPLACEMENT the same 401 is worth a new token again.
         tokio::time::advance(crate::credentials::token::FRESH_REPLACEMENT).await;
         let (palette, seen) = fake_palette(|_, _| status(401));
+        let (req, trip) = request(Method::GET, Payload::Buffered(Bytes::new()), Duration::from_secs(5));
         let svc = tower::ServiceBuilder::new()
-            .layer(replay(&tokens, &metrics))
-            .layer(budget(None, &metrics))
+            .layer(replay(&tokens, &metrics, &trip))
+            .layer(budget(None, &metrics, &trip))
             .service(palette);
-        let (req, _) = request(Method::GET, Payload::Buffered(Bytes::new()), Duration::from_secs(5));
         assert_eq!(svc.oneshot(req).await.unwrap().status(), 401);
         assert_eq!(seen.lock().unwrap().len(), 2);
     }
@@ -809,12 +822,15 @@ mod tests {
         let (palette, seen) = fake_palette(|_, _| {
             Response::builder().status(429).header("retry-after", "2").body(body::empty()).unwrap()
         });
-        let svc = tower::ServiceBuilder::new().layer(retry(&metrics)).layer(budget(None, &metrics)).service(palette);
-        let (req, note) = request(Method::GET, Payload::Buffered(Bytes::new()), Duration::from_secs(30));
+        let (req, trip) = request(Method::GET, Payload::Buffered(Bytes::new()), Duration::from_secs(30));
+        let svc = tower::ServiceBuilder::new()
+            .layer(retry(&metrics, &trip))
+            .layer(budget(None, &metrics, &trip))
+            .service(palette);
         let started = tokio::time::Instant::now();
         let resp = svc.oneshot(req).await.unwrap();
         assert_eq!((resp.status().as_u16(), resp.headers()[header::RETRY_AFTER].to_str().unwrap()), (429, "2"));
-        assert_eq!((seen.lock().unwrap().len() as u32, note.sends()), (MAX_ATTEMPTS, MAX_ATTEMPTS));
+        assert_eq!((seen.lock().unwrap().len() as u32, trip.note.sends()), (MAX_ATTEMPTS, MAX_ATTEMPTS));
         assert_eq!(started.elapsed(), Duration::from_secs(4), "two waits of Retry-After");
         assert_eq!(metrics.upstream_retries.with_label_values(&["none", "429"]).get(), 2);
         assert_eq!(metrics.upstream_throttled.with_label_values(&["none"]).get(), 3);
@@ -825,12 +841,12 @@ mod tests {
             1 => status(401),
             _ => Response::builder().status(429).header("retry-after", "1").body(body::empty()).unwrap(),
         });
+        let (req, trip) = request(Method::GET, Payload::Buffered(Bytes::new()), Duration::from_secs(30));
         let svc = tower::ServiceBuilder::new()
-            .layer(retry(&metrics))
-            .layer(replay(&tokens, &metrics))
-            .layer(budget(None, &metrics))
+            .layer(retry(&metrics, &trip))
+            .layer(replay(&tokens, &metrics, &trip))
+            .layer(budget(None, &metrics, &trip))
             .service(palette);
-        let (req, _) = request(Method::GET, Payload::Buffered(Bytes::new()), Duration::from_secs(30));
         assert_eq!(svc.oneshot(req).await.unwrap().status(), 429);
         assert_eq!(*seen.lock().unwrap(), ["t1", "t2", "t2"]);
 
@@ -838,8 +854,11 @@ mod tests {
         let (palette, seen) = fake_palette(|_, _| {
             Response::builder().status(429).header("retry-after", "10").body(body::empty()).unwrap()
         });
-        let svc = tower::ServiceBuilder::new().layer(retry(&metrics)).layer(budget(None, &metrics)).service(palette);
-        let (req, _) = request(Method::GET, Payload::Buffered(Bytes::new()), Duration::from_secs(5));
+        let (req, trip) = request(Method::GET, Payload::Buffered(Bytes::new()), Duration::from_secs(5));
+        let svc = tower::ServiceBuilder::new()
+            .layer(retry(&metrics, &trip))
+            .layer(budget(None, &metrics, &trip))
+            .service(palette);
         assert_eq!(svc.oneshot(req).await.unwrap().status(), 429);
         assert_eq!(seen.lock().unwrap().len(), 1);
     }
@@ -853,9 +872,11 @@ mod tests {
             (Method::GET, Payload::Stream(body::full("streamed"))),
         ] {
             let (palette, seen) = fake_palette(too_many);
-            let svc =
-                tower::ServiceBuilder::new().layer(retry(&metrics)).layer(budget(None, &metrics)).service(palette);
-            let (req, _) = request(method.clone(), payload, Duration::from_secs(30));
+            let (req, trip) = request(method.clone(), payload, Duration::from_secs(30));
+            let svc = tower::ServiceBuilder::new()
+                .layer(retry(&metrics, &trip))
+                .layer(budget(None, &metrics, &trip))
+                .service(palette);
             let resp = svc.oneshot(req).await.unwrap();
             assert_eq!(resp.status(), 429, "{method}");
             assert!(resp.headers().contains_key(header::RETRY_AFTER), "{method}: the client is told when to retry");
@@ -864,11 +885,11 @@ mod tests {
         // A streamed body is not replayed after a 401 either; the token is replaced later.
         let tokens = Arc::new(Tokens::default());
         let (palette, seen) = fake_palette(|_, _| status(401));
+        let (req, trip) = request(Method::PUT, Payload::Stream(body::full("streamed")), Duration::from_secs(30));
         let svc = tower::ServiceBuilder::new()
-            .layer(replay(&tokens, &metrics))
-            .layer(budget(None, &metrics))
+            .layer(replay(&tokens, &metrics, &trip))
+            .layer(budget(None, &metrics, &trip))
             .service(palette);
-        let (req, _) = request(Method::PUT, Payload::Stream(body::full("streamed")), Duration::from_secs(30));
         assert_eq!(svc.oneshot(req).await.unwrap().status(), 401);
         assert_eq!(seen.lock().unwrap().len(), 1);
         assert_eq!((tokens.replaced.load(Ordering::SeqCst), tokens.replaced_soon.load(Ordering::SeqCst)), (0, 1));
@@ -885,24 +906,28 @@ mod tests {
         let budgets = UpstreamBudget::build(&limits, None);
         let bucket = budgets.bucket_for(&crate::path::check("/v1/clusters").unwrap()).cloned();
         let (palette, seen) = fake_palette(|_, _| status(200));
-        let svc = tower::ServiceBuilder::new().layer(budget(bucket, &metrics)).service(palette);
+        let send = |wait: Duration| {
+            let (req, trip) = request(Method::GET, Payload::Buffered(Bytes::new()), wait);
+            let svc =
+                tower::ServiceBuilder::new().layer(budget(bucket.clone(), &metrics, &trip)).service(palette.clone());
+            (svc.oneshot(req), trip)
+        };
         // The first request takes the only slot; the next would wait 2 s, past its 1 s.
-        let (req, _) = request(Method::GET, Payload::Buffered(Bytes::new()), Duration::from_secs(1));
-        assert_eq!(svc.clone().oneshot(req).await.unwrap().status(), 200);
-        let (req, note) = request(Method::GET, Payload::Buffered(Bytes::new()), Duration::from_secs(1));
-        let err = svc.clone().oneshot(req).await.unwrap_err();
+        assert_eq!(send(Duration::from_secs(1)).0.await.unwrap().status(), 200);
+        let (answer, trip) = send(Duration::from_secs(1));
+        let err = answer.await.unwrap_err();
         assert!(matches!(err, GatewayError::RateLimited { limit: "upstream", .. }), "{err:?}");
         let resp = err.into_response("rid");
         assert_eq!(resp.status(), 429);
         let secs: u64 = resp.headers()[header::RETRY_AFTER].to_str().unwrap().parse().unwrap();
         assert!((1..=3).contains(&secs), "{secs}");
-        assert_eq!((seen.lock().unwrap().len(), note.sends()), (1, 0), "refused before any send");
+        assert_eq!((seen.lock().unwrap().len(), trip.note.sends()), (1, 0), "refused before any send");
         assert_eq!(metrics.rate_limited.with_label_values(&["ci", "upstream"]).get(), 1);
 
         // Within its wait, the request waits for the slot and records the wait.
-        let (req, note) = request(Method::GET, Payload::Buffered(Bytes::new()), Duration::from_secs(5));
-        assert_eq!(svc.oneshot(req).await.unwrap().status(), 200);
-        note.set(|f| assert!(f.wait_ms > 0.0, "{}", f.wait_ms));
+        let (answer, trip) = send(Duration::from_secs(5));
+        assert_eq!(answer.await.unwrap().status(), 200);
+        trip.note.set(|f| assert!(f.wait_ms > 0.0, "{}", f.wait_ms));
     }
 
     #[test]
