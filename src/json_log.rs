@@ -60,7 +60,13 @@ where
             };
             buf.clear();
             write_line(buf, now, event).map_err(|_| fmt::Error)?;
-            writer.write_str(std::str::from_utf8(buf).map_err(|_| fmt::Error)?)
+            let written = writer.write_str(std::str::from_utf8(buf).map_err(|_| fmt::Error)?);
+            // One very long line (a long path in an access line) is not kept as this thread's
+            // buffer for good.
+            if buf.capacity() > MAX_KEPT_LINE {
+                *buf = Vec::new();
+            }
+            written
         })
     }
 }
@@ -84,6 +90,9 @@ fn write_line(buf: &mut Vec<u8>, now: SystemTime, event: &Event<'_>) -> Result<(
     buf.push(b'\n');
     Ok(())
 }
+
+/// The longest line buffer a thread keeps between events (bytes of capacity).
+const MAX_KEPT_LINE: usize = 64 * 1024;
 
 /// `YYYY-MM-DDTHH:MM:SS.ffffffZ`.
 const TIMESTAMP_LEN: usize = 27;
@@ -210,6 +219,17 @@ mod tests {
         let ours = lines(JsonLines::default(), run);
         assert_eq!(parsed(&ours)[0]["span"]["peer"], "127.0.0.1:1", "{ours:?}");
         assert_eq!(untimed(ours), untimed(theirs(run)));
+    }
+
+    /// A line longer than the buffer a thread keeps is written whole, and the buffer given back.
+    #[test]
+    fn a_long_line_is_written_whole_and_not_kept() {
+        let long = "x".repeat(3 * MAX_KEPT_LINE);
+        let ours = lines(JsonLines::default(), || tracing::info!(path = long.as_str(), "long"));
+        assert_eq!(parsed(&ours)[0]["path"].as_str(), Some(long.as_str()));
+        assert!(LINE.with(|l| l.borrow().capacity()) <= MAX_KEPT_LINE);
+        let short = lines(JsonLines::default(), || tracing::info!(n = 1, "short"));
+        assert_eq!(parsed(&short)[0]["n"], 1);
     }
 
     /// A `log` crate record keeps its own level and target.

@@ -467,7 +467,9 @@ impl Service<Request<Payload>> for Sender {
     fn call(&mut self, req: Request<Payload>) -> ExchangeFuture {
         let this = self.clone();
         Box::pin(async move {
-            let (parts, payload) = req.into_parts();
+            let (mut parts, payload) = req.into_parts();
+            // Palette's request carries no bookkeeping (the exchange keeps its own in `Trip`).
+            parts.extensions.clear();
             let sent = Instant::now();
             let resp = this.send(Request::from_parts(parts, payload.into_body())).await;
             let took = sent.elapsed().as_secs_f64() * 1000.0;
