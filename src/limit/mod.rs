@@ -135,14 +135,14 @@ impl RateHeaders {
         static REMAINING: HeaderName = HeaderName::from_static("ratelimit-remaining");
         static RESET: HeaderName = HeaderName::from_static("ratelimit-reset");
         static POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
-        headers.insert(LIMIT.clone(), HeaderValue::from(self.limit));
+        headers.insert(LIMIT.clone(), number(u64::from(self.limit)));
         // Remaining and reset change from one answer to the next: "never indexed" for HPACK (not
         // a secret), or each would take an entry of an HTTP/2 connection's header table, evicting
         // one that could be reused. Limit and policy repeat, and stay indexed.
-        let mut remaining = HeaderValue::from(self.remaining);
+        let mut remaining = number(u64::from(self.remaining));
         remaining.set_sensitive(true);
         headers.insert(REMAINING.clone(), remaining);
-        let mut reset = HeaderValue::from(self.reset);
+        let mut reset = number(self.reset);
         reset.set_sensitive(true);
         headers.insert(RESET.clone(), reset);
         // `<burst>;w=<seconds>;name="client"`: digits and a fixed name, always a valid value.
@@ -155,6 +155,33 @@ impl RateHeaders {
             headers.insert(POLICY.clone(), v);
         }
     }
+}
+
+/// Numbers below this are header values made once.
+const SMALL_NUMBERS: u64 = 1024;
+
+/// `n` as a header value. Those below [`SMALL_NUMBERS`] (nearly every rate header) are cut from
+/// one string made once and kept for the process, so they are cloned without allocating; the
+/// others are formatted (issue 14: three allocations per answer otherwise).
+fn number(n: u64) -> HeaderValue {
+    static SMALL: std::sync::LazyLock<Vec<HeaderValue>> = std::sync::LazyLock::new(|| {
+        let mut all = String::new();
+        let mut ends = Vec::new();
+        for i in 0..SMALL_NUMBERS {
+            all.push_str(itoa::Buffer::new().format(i));
+            ends.push(all.len());
+        }
+        let all: &'static str = Box::leak(all.into_boxed_str());
+        let mut start = 0;
+        ends.into_iter()
+            .map(|end| {
+                let v = HeaderValue::from_static(&all[start..end]);
+                start = end;
+                v
+            })
+            .collect()
+    });
+    usize::try_from(n).ok().and_then(|i| SMALL.get(i)).cloned().unwrap_or_else(|| HeaderValue::from(n))
 }
 
 /// Every client's limit and the global one, indexed like [`Config::clients`].
@@ -354,6 +381,13 @@ mod tests {
         let cfg = load_str(&text, Path::new("."), &MapEnv::new().with("K", "x")).unwrap();
         let l = ClientLimits::build(&cfg, None);
         (cfg, l)
+    }
+
+    #[test]
+    fn numbers_read_as_themselves() {
+        for n in [0, 1, 9, 10, 99, 100, 1023, 1024, 1025, 86_400, u64::MAX] {
+            assert_eq!(number(n).to_str().unwrap(), n.to_string(), "{n}");
+        }
     }
 
     #[test]
