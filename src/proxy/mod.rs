@@ -43,11 +43,10 @@ use tower_http::sensitive_headers::{
     SetSensitiveResponseHeadersLayer,
 };
 
-use crate::body::{self, Body};
+use crate::body::Body;
 use crate::error::GatewayError;
 use crate::metrics::Metrics;
 use auth::PeerIdentity;
-use request_id::RequestId;
 use request_log::Note;
 
 pub mod auth;
@@ -188,9 +187,10 @@ async fn process(
 ) -> Result<Response<Body>, GatewayError> {
     let (mut parts, body) = req.into_parts();
     // Set by the request log layer (defaults only when a step is driven without it).
-    let id = parts.extensions.remove::<RequestId>().unwrap_or_else(|| request_id::assign(&parts.headers));
-    let note = parts.extensions.remove::<Note>().unwrap_or_default();
-    let stats = parts.extensions.remove::<Arc<body::BodyStats>>().unwrap_or_default();
+    let (id, note, stats) = match parts.extensions.remove::<request_log::Handles>() {
+        Some(h) => (h.id, h.note, h.bytes_in),
+        None => (request_id::assign(&parts.headers), Note::default(), Arc::default()),
+    };
     let (request_id, rid, stats) = (&id.0, id.as_str(), &stats);
     // 1. Overload: over the in-flight limit, 503 before any work.
     limits::check_inflight(rt, metrics)?;
@@ -312,7 +312,7 @@ mod tests {
         let metrics = Arc::new(Metrics::new());
         let rt = Runtime::build(cfg, None, &metrics).unwrap();
         let mut steps = Steps { runtime: Arc::new(arc_swap::ArcSwap::from_pointee(rt)), metrics };
-        let fut = tower::Service::call(&mut steps, Request::new(body::empty()));
+        let fut = tower::Service::call(&mut steps, Request::new(crate::body::empty()));
         let size = std::mem::size_of_val(&*fut);
         assert!(size <= 8 * 1024, "the request future is {size} bytes");
         eprintln!("the request future is {size} bytes");

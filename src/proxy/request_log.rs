@@ -47,7 +47,16 @@ pub(crate) struct Facts {
     pub(crate) cache: Option<&'static str>,
 }
 
-/// This request's [`Facts`], a request extension the steps write to. One per request: the
+/// What the request log hands the steps, as one request extension (one map entry, not three:
+/// issue 14): the request's id, its [`Note`] and its body counters.
+#[derive(Clone)]
+pub(crate) struct Handles {
+    pub(crate) id: RequestId,
+    pub(crate) note: Note,
+    pub(crate) bytes_in: Arc<BodyStats>,
+}
+
+/// This request's [`Facts`], which the steps write to (through [`Handles`]). One per request: the
 /// lock is never contended and never held across an await.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct Note(Arc<Mutex<Facts>>);
@@ -314,10 +323,7 @@ where
     fn call(&mut self, mut req: Request<Body>) -> Self::Future {
         let id = request_id::assign(req.headers());
         let log = RequestLog::arrived(&self.metrics, &req, id.clone());
-        let ext = req.extensions_mut();
-        ext.insert(id);
-        ext.insert(log.note.clone());
-        ext.insert(log.bytes_in.clone());
+        req.extensions_mut().insert(Handles { id, note: log.note.clone(), bytes_in: log.bytes_in.clone() });
         LoggedFuture { inner: self.inner.call(req), log: Some(log) }
     }
 }
@@ -421,7 +427,7 @@ pub(crate) mod tests {
     async fn the_access_log_off_still_audits_and_counts() {
         let metrics = Arc::new(Metrics::new());
         let answer = |req: Request<Body>| async move {
-            req.extensions().get::<Note>().unwrap().set(|f| f.client = Some(Arc::from("ci")));
+            req.extensions().get::<Handles>().unwrap().note.set(|f| f.client = Some(Arc::from("ci")));
             Ok::<_, Infallible>(Response::builder().status(201).body(body::empty()).unwrap())
         };
         let svc = RequestLogLayer::new(metrics.clone()).layer(tower::service_fn(answer));
@@ -474,7 +480,7 @@ pub(crate) mod tests {
         let (_, events) = events(|| {
             let inner = tower::service_fn(|req: Request<Body>| async move {
                 // The client is known, then the answer never comes.
-                req.extensions().get::<Note>().unwrap().set(|f| f.client = Some(Arc::from("ci")));
+                req.extensions().get::<Handles>().unwrap().note.set(|f| f.client = Some(Arc::from("ci")));
                 std::future::pending::<Result<Response<Body>, Infallible>>().await
             });
             let mut svc = RequestLogLayer::new(metrics.clone()).layer(inner);
@@ -499,7 +505,7 @@ pub(crate) mod tests {
     async fn an_answer_is_logged_when_its_body_ends() {
         let metrics = Arc::new(Metrics::new());
         let inner = tower::service_fn(|req: Request<Body>| async move {
-            req.extensions().get::<Note>().unwrap().set(|f| f.client = Some(Arc::from("ci")));
+            req.extensions().get::<Handles>().unwrap().note.set(|f| f.client = Some(Arc::from("ci")));
             Ok::<_, Infallible>(Response::builder().status(201).body(body::full("made")).unwrap())
         });
         let svc = RequestLogLayer::new(metrics.clone()).layer(inner);

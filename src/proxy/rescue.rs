@@ -14,6 +14,7 @@ use crate::body::Body;
 use crate::error::GatewayError;
 use crate::metrics::Metrics;
 use crate::proxy::request_id::RequestId;
+use crate::proxy::request_log::Handles;
 
 /// Turns the steps' errors into answers.
 #[derive(Clone)]
@@ -59,7 +60,7 @@ where
     }
 
     fn call(&mut self, req: Request<Body>) -> Self::Future {
-        let id = req.extensions().get::<RequestId>().cloned();
+        let id = req.extensions().get::<Handles>().map(|h| h.id.clone());
         RescueFuture { inner: self.inner.call(req), id, metrics: self.metrics.clone() }
     }
 }
@@ -108,6 +109,15 @@ mod tests {
     use http_body_util::BodyExt as _;
     use tower::{Layer as _, ServiceExt as _};
 
+    /// What the request log would have handed the steps, with this request id.
+    fn handles(id: &'static str) -> Handles {
+        Handles {
+            id: RequestId(http::HeaderValue::from_static(id)),
+            note: Default::default(),
+            bytes_in: Default::default(),
+        }
+    }
+
     #[tokio::test]
     async fn a_step_error_becomes_a_palette_answer() {
         let metrics = Arc::new(Metrics::new());
@@ -116,7 +126,7 @@ mod tests {
         });
         let svc = RescueLayer::new(metrics.clone()).layer(inner);
         let mut req = Request::get("/v1/x").body(crate::body::empty()).unwrap();
-        req.extensions_mut().insert(RequestId(http::HeaderValue::from_static("rid-7")));
+        req.extensions_mut().insert(handles("rid-7"));
         let resp = svc.oneshot(req).await.unwrap();
         assert_eq!(resp.status(), 401);
         let body: serde_json::Value =
@@ -136,7 +146,7 @@ mod tests {
             let inner = tower::service_fn(move |_req: Request<Body>| async move { Err::<Response<Body>, _>(make()) });
             let svc = RescueLayer::new(metrics).layer(inner);
             let mut req = Request::get("/v1/x").body(crate::body::empty()).unwrap();
-            req.extensions_mut().insert(RequestId(http::HeaderValue::from_static("rid-5xx")));
+            req.extensions_mut().insert(handles("rid-5xx"));
             let fut = svc.oneshot(req);
             futures_util::FutureExt::now_or_never(fut).unwrap().unwrap().status()
         };
