@@ -234,7 +234,7 @@ async fn process(
 
     // 10. The exchange: credential swap, budget, send, 401 replay, 429 retry, response hygiene.
     // What goes upstream, for the log: the checked path after a route's strip (issue 9).
-    note.set(|f| f.upstream_path = Some(matched.upstream_path.to_string()));
+    note.set(|f| f.upstream_path = Some(matched.upstream_path.clone()));
     let path_and_query = match &scope.query {
         Some(q) => format!("{}?{q}", matched.upstream_path),
         None => matched.upstream_path.to_string(),

@@ -5,6 +5,7 @@
 //! `allow` rule or the `/v1/auth/**` block. What passes is forwarded byte for byte.
 
 use std::fmt;
+use std::sync::Arc;
 
 /// Why a request path was refused (always answered 400).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -39,7 +40,8 @@ pub enum PathError {
 /// remaining escapes upper-cased) and split into segments.
 #[derive(Clone, PartialEq, Eq)]
 pub struct CheckedPath {
-    path: String,
+    // Shared: a route match, the request log and the cache each keep the path (issue 14).
+    path: Arc<str>,
 }
 
 impl CheckedPath {
@@ -52,7 +54,7 @@ impl CheckedPath {
     /// '/' is a last, empty segment (`/x/` is `["x", ""]`), so no rule mistakes `/x/` for `/x`.
     /// Only the last segment can be empty (the check refuses `//`).
     pub fn segments(&self) -> impl Iterator<Item = &str> + Clone {
-        let rest = if self.path == "/" { None } else { Some(&self.path[1..]) };
+        let rest = if &*self.path == "/" { None } else { Some(&self.path[1..]) };
         rest.into_iter().flat_map(|r| r.split('/'))
     }
 
@@ -78,7 +80,7 @@ impl CheckedPath {
     /// which is therefore already in checked form.
     pub fn with_path(&self, rest: &str) -> CheckedPath {
         debug_assert!(self.path.ends_with(rest) || rest == "/");
-        CheckedPath { path: rest.to_string() }
+        CheckedPath { path: Arc::from(rest) }
     }
 }
 
@@ -133,7 +135,7 @@ pub fn check(raw: &str) -> Result<CheckedPath, PathError> {
                 _ => {}
             }
         }
-        return Ok(CheckedPath { path: raw.to_string() });
+        return Ok(CheckedPath { path: Arc::from(raw) });
     }
     check_general(raw)
 }
@@ -206,7 +208,7 @@ fn check_general(raw: &str) -> Result<CheckedPath, PathError> {
             return Err(PathError::DotSegment);
         }
     }
-    Ok(CheckedPath { path: out })
+    Ok(CheckedPath { path: Arc::from(out) })
 }
 
 fn utf8_len(first: u8) -> usize {

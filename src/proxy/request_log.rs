@@ -35,7 +35,7 @@ pub(crate) struct Facts {
     pub(crate) rate: Option<RateHeaders>,
     pub(crate) project: Option<String>,
     /// The path forwarded to Palette (after a route's strip; the query dropped, as for `path`).
-    pub(crate) upstream_path: Option<String>,
+    pub(crate) upstream_path: Option<crate::proxy::path::CheckedPath>,
     pub(crate) upstream_status: Option<u16>,
     pub(crate) upstream_ms: f64,
     pub(crate) wait_ms: f64,
@@ -218,7 +218,7 @@ impl RequestLog {
         let client = facts.client.as_deref().unwrap_or("none");
         let route = facts.route.as_deref().unwrap_or("none");
         let project = facts.project.as_deref().unwrap_or("");
-        let upstream_path = facts.upstream_path.as_deref().unwrap_or("");
+        let upstream_path = facts.upstream_path.as_ref().map_or("", |p| p.as_str());
         let traceparent = loggable(self.traceparent.as_ref());
         let path = self.uri.path();
         let client_addr = self.peer.map(|p| p.to_string()).unwrap_or_default();
