@@ -15,7 +15,7 @@ use std::time::Instant;
 use http::header::HeaderName;
 use std::net::SocketAddr;
 
-use http::{HeaderMap, HeaderValue, Method, Request, Response, Uri};
+use http::{HeaderMap, HeaderValue, Method, Request, Response};
 
 use crate::body::{self, Body, BodyStats};
 use crate::limit::RateHeaders;
@@ -132,26 +132,32 @@ fn round_ms(ms: f64) -> f64 {
     (ms * 1000.0).round() / 1000.0
 }
 
-/// One request's access and audit record, from arrival to the end of its answer. What only
-/// the log lines need is kept as the request gave it (the URI and header values are shared
-/// bytes, not copies) and made fit for a line only when a line is written: with the access
-/// log off, a request pays nothing for it (issue 14).
+/// One request's access and audit record, from arrival to the end of its answer.
+///
+/// Which lines it writes is decided when the request arrives (the log filter's answer for the
+/// access and audit targets). With neither, what only the lines need is not gathered at all
+/// (issue 14). With one, it is copied: a header value or the URI kept as hyper gave it would be
+/// a slice of the connection's read buffer, holding it from reuse while the answer streams.
 pub(crate) struct RequestLog {
     metrics: Arc<Metrics>,
     started: Instant,
     request_id: RequestId,
     method: Method,
-    uri: Uri,
-    traceparent: Option<HeaderValue>,
-    tracestate: Option<HeaderValue>,
+    /// The access line is written.
+    access: bool,
+    /// The audit line is written (a mutation, with the audit target on).
+    audit: bool,
+    path: String,
+    traceparent: String,
+    tracestate: String,
     /// The connection's peer address (`None` when the listener did not tag the request).
     peer: Option<SocketAddr>,
-    user_agent: Option<HeaderValue>,
+    user_agent: String,
     bytes_in: Arc<BodyStats>,
     note: Note,
     /// The answer's status, once there is one (`None`: recorded as [`CLIENT_CLOSED`]).
     status: Option<u16>,
-    audit_uid: Option<HeaderValue>,
+    audit_uid: String,
     bytes_out: u64,
     complete: bool,
 }
@@ -160,20 +166,28 @@ impl RequestLog {
     /// A request arrives: it takes an in-flight slot until its log is written.
     pub(crate) fn arrived(metrics: &Arc<Metrics>, req: &Request<Body>, request_id: RequestId) -> Self {
         metrics.inflight.inc();
+        let mutation = matches!(*req.method(), Method::POST | Method::PUT | Method::PATCH | Method::DELETE);
+        let access = tracing::enabled!(target: "palette_gateway::access", tracing::Level::INFO);
+        let audit = mutation && tracing::enabled!(target: "palette_gateway::audit", tracing::Level::INFO);
+        let logged = access || audit;
+        let headers = req.headers();
+        let text = |name: &HeaderName| if logged { loggable(headers.get(name)).to_string() } else { String::new() };
         RequestLog {
             metrics: metrics.clone(),
             started: Instant::now(),
             request_id,
             method: req.method().clone(),
-            uri: req.uri().clone(),
-            traceparent: req.headers().get(&TRACEPARENT).cloned(),
-            tracestate: req.headers().get(&TRACESTATE).cloned(),
+            access,
+            audit,
+            path: if logged { req.uri().path().to_string() } else { String::new() },
+            traceparent: text(&TRACEPARENT),
+            tracestate: text(&TRACESTATE),
             peer: req.extensions().get::<ConnInfo>().map(|c| c.peer),
-            user_agent: req.headers().get(http::header::USER_AGENT).cloned(),
+            user_agent: if logged { user_agent(headers.get(http::header::USER_AGENT)) } else { String::new() },
             bytes_in: Arc::default(),
             note: Note::default(),
             status: None,
-            audit_uid: None,
+            audit_uid: String::new(),
             bytes_out: 0,
             complete: false,
         }
@@ -183,7 +197,9 @@ impl RequestLog {
     /// and remembers what its log line says.
     fn answered(&mut self, status: u16, headers: &HeaderMap) {
         self.status = Some(status);
-        self.audit_uid = headers.get(&AUDIT_UID).cloned();
+        if self.audit {
+            self.audit_uid = loggable(headers.get(&AUDIT_UID)).to_string();
+        }
         self.count(status);
     }
 
@@ -208,10 +224,7 @@ impl RequestLog {
                 CLIENT_CLOSED
             }
         };
-        let mutation = matches!(self.method, Method::POST | Method::PUT | Method::PATCH | Method::DELETE);
-        let access = tracing::enabled!(target: "palette_gateway::access", tracing::Level::INFO);
-        let audit = mutation && tracing::enabled!(target: "palette_gateway::audit", tracing::Level::INFO);
-        if !access && !audit {
+        if !self.access && !self.audit {
             return;
         }
         let facts = self.note.take();
@@ -219,14 +232,12 @@ impl RequestLog {
         let route = facts.route.as_deref().unwrap_or("none");
         let project = facts.project.as_deref().unwrap_or("");
         let upstream_path = facts.upstream_path.as_ref().map_or("", |p| p.as_str());
-        let traceparent = loggable(self.traceparent.as_ref());
-        let path = self.uri.path();
+        let (path, traceparent, user_agent) = (self.path.as_str(), self.traceparent.as_str(), self.user_agent.as_str());
         let client_addr = self.peer.map(|p| p.to_string()).unwrap_or_default();
-        let user_agent = user_agent(self.user_agent.as_ref());
         let duration_ms = round_ms(self.started.elapsed().as_secs_f64() * 1000.0);
         // Text fields are given as `&str`, not `%` (Display): the JSON writer takes a `&str` as
         // it is, where a Display value is first formatted into a new String (issue 14).
-        if access {
+        if self.access {
             tracing::info!(
                 target: "palette_gateway::access",
                 request_id = self.request_id.as_str(),
@@ -235,7 +246,7 @@ impl RequestLog {
                 method = self.method.as_str(),
                 path,
                 client_addr = client_addr.as_str(),
-                user_agent = user_agent.as_str(),
+                user_agent,
                 upstream_path,
                 project,
                 status,
@@ -248,10 +259,10 @@ impl RequestLog {
                 rate_limit_wait_ms = round_ms(facts.wait_ms),
                 cache = facts.cache.unwrap_or(""),
                 traceparent,
-                tracestate = loggable(self.tracestate.as_ref()),
+                tracestate = self.tracestate.as_str(),
             );
         }
-        if audit {
+        if self.audit {
             let outcome = if (200..300).contains(&status) { "success" } else { "failure" };
             tracing::info!(
                 target: "palette_gateway::audit",
@@ -260,12 +271,12 @@ impl RequestLog {
                 method = self.method.as_str(),
                 path,
                 client_addr = client_addr.as_str(),
-                user_agent = user_agent.as_str(),
+                user_agent,
                 upstream_path,
                 project,
                 status,
                 outcome,
-                audit_uid = loggable(self.audit_uid.as_ref()),
+                audit_uid = self.audit_uid.as_str(),
                 traceparent,
             );
         }
@@ -509,17 +520,30 @@ pub(crate) mod tests {
             Ok::<_, Infallible>(Response::builder().status(201).body(body::full("made")).unwrap())
         });
         let svc = RequestLogLayer::new(metrics.clone()).layer(inner);
-        let req = Request::post("/v1/clusters").header("x-request-id", "rid-1").body(body::empty()).unwrap();
-        let resp = svc.oneshot(req).await.unwrap();
-        assert_eq!(resp.headers()["x-request-id"], "rid-1");
-        assert_eq!(code(&metrics, "ci", "201"), 1, "counted when the head is ready");
-        assert_eq!(metrics.inflight.get(), 1, "the body still holds the slot");
-        let ((), events) =
-            events(|| drop(futures_util::FutureExt::now_or_never(http_body_util::BodyExt::collect(resp.into_body()))));
+        let req = Request::post("/v1/clusters")
+            .header("x-request-id", "rid-1")
+            .header("user-agent", "curl/8")
+            .header("traceparent", "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01")
+            .body(body::empty())
+            .unwrap();
+        // The log decides when the request arrives which lines it writes: it arrives, and its
+        // body ends, under the same log.
+        let ((), events) = events(|| {
+            let resp = futures_util::FutureExt::now_or_never(svc.oneshot(req)).unwrap().unwrap();
+            assert_eq!(resp.headers()["x-request-id"], "rid-1");
+            assert_eq!(code(&metrics, "ci", "201"), 1, "counted when the head is ready");
+            assert_eq!(metrics.inflight.get(), 1, "the body still holds the slot");
+            drop(futures_util::FutureExt::now_or_never(http_body_util::BodyExt::collect(resp.into_body())));
+        });
         let access: Vec<_> = events.iter().filter(|e| e["target"] == "palette_gateway::access").collect();
         assert_eq!(access.len(), 1, "{events:?}");
         assert_eq!((access[0]["status"].as_u64(), access[0]["bytes_out"].as_u64()), (Some(201), Some(4)));
         assert_eq!(access[0]["complete"], true);
+        assert_eq!(
+            (access[0]["path"].as_str(), access[0]["user_agent"].as_str()),
+            (Some("/v1/clusters"), Some("curl/8"))
+        );
+        assert_eq!(access[0]["traceparent"], "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01");
         assert_eq!(metrics.inflight.get(), 0);
     }
 }
