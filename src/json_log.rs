@@ -127,7 +127,7 @@ fn format_timestamp(now: SystemTime, out: &mut [u8; TIMESTAMP_LEN]) -> &str {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use proptest::prelude::*;
     use std::sync::{Arc, Mutex};
@@ -158,7 +158,9 @@ mod tests {
         lines.iter().map(|l| serde_json::from_str(l).unwrap()).collect()
     }
 
-    struct Sink(Arc<Mutex<Vec<u8>>>);
+    /// An in-memory log writer for tests (shared by the request log's tests).
+    #[derive(Clone, Default)]
+    pub(crate) struct Sink(pub(crate) Arc<Mutex<Vec<u8>>>);
     impl std::io::Write for Sink {
         fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
             self.0.lock().unwrap().extend_from_slice(b);

@@ -393,18 +393,7 @@ pub(crate) mod tests {
 
     /// Captures the JSON events a log filtered by `filter` writes while `f` runs.
     fn events_with<T>(filter: &str, f: impl FnOnce() -> T) -> (T, Vec<serde_json::Value>) {
-        #[derive(Clone, Default)]
-        struct Buf(Arc<Mutex<Vec<u8>>>);
-        impl std::io::Write for Buf {
-            fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-                self.0.lock().unwrap().extend_from_slice(b);
-                Ok(b.len())
-            }
-            fn flush(&mut self) -> std::io::Result<()> {
-                Ok(())
-            }
-        }
-        let buf = Buf::default();
+        let buf = crate::json_log::tests::Sink::default();
         let sink = buf.clone();
         let subscriber = tracing_subscriber::fmt()
             .json()
