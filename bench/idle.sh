@@ -11,11 +11,15 @@
 #   startup  exec -> first `/readyz` 200 (ApiKey credential, whose start-up key check is part of
 #            readiness), polled every 0.2 ms by bench/startup.py, median of RUNS.
 #
-#   bench/idle.sh                 all three
+#   bench/idle.sh                 all four
 #   PARTS="wake" bench/idle.sh    one of them
 #   GW_BIN=/tmp/old bench/idle.sh  another binary (BENCH_NO_BUILD=1 skips the builds); glibc's
 #                                  malloc: cargo build --release --no-default-features --features demo
 #   VARIANTS="name|ENV=value ..."  one run per line, e.g. MIMALLOC_PURGE_DELAY=0
+#
+# Without GW_BIN it measures the binary a sidecar runs: the container image's, static glibc, built
+# as .ci/run and deploy/Dockerfile build it. The dynamic target/release binary also maps libc.so,
+# libm.so and ld.so, about 1.2 MB more RSS (BENCHMARKS.md).
 #
 # Ports 18280-18299 (not the main harness's). Results on stdout.
 set -euo pipefail
@@ -37,6 +41,15 @@ PARTS=" ${PARTS:-rss wake conns startup} "
 VARIANTS=${VARIANTS:-"default|
 purge-delay-0|MIMALLOC_PURGE_DELAY=0"}
 
+if [ -z "$GW_BIN_GIVEN" ]; then
+    GW_BIN=$REPO/target/x86_64-unknown-linux-gnu/release/palette-gateway
+    GW_BIN_GIVEN=1
+    if [ "${BENCH_NO_BUILD:-0}" != 1 ]; then
+        log "cargo build --release --target x86_64-unknown-linux-gnu, static (the container image's binary)"
+        (cd "$REPO" && RUSTFLAGS="-C target-feature=+crt-static" cargo build --release --locked --quiet \
+            --target x86_64-unknown-linux-gnu --bin palette-gateway)
+    fi
+fi
 build_all
 raise_nofile
 gateway_config "$CONF/gateway.toml" $P_GW $P_GW_ADMIN $P_UP
