@@ -46,8 +46,8 @@ if [ -z "$GW_BIN_GIVEN" ]; then
     GW_BIN_GIVEN=1
     if [ "${BENCH_NO_BUILD:-0}" != 1 ]; then
         log "cargo build --release --target x86_64-unknown-linux-gnu, static (the container image's binary)"
-        (cd "$REPO" && RUSTFLAGS="-C target-feature=+crt-static" cargo build --release --locked --quiet \
-            --target x86_64-unknown-linux-gnu --bin palette-gateway)
+        (cd "$REPO" && BUILD_TARGET=x86_64-unknown-linux-gnu bash scripts/build-static.sh --quiet \
+            --bin palette-gateway)
     fi
 fi
 build_all
