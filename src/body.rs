@@ -308,6 +308,32 @@ mod tests {
         drop(tx);
     }
 
+    /// The answer's end is told once: at its last frame, not again when it is dropped; and
+    /// when it is dropped unfinished.
+    #[tokio::test]
+    async fn send_watch_tells_the_end_once() {
+        #[derive(Default)]
+        struct Count(std::sync::atomic::AtomicUsize);
+        impl AnswerEnd for Count {
+            fn answer_ended(&self) {
+                self.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+        }
+        let epoch = tokio::time::Instant::now();
+        let count = Arc::new(Count::default());
+        let ended = || count.0.load(std::sync::atomic::Ordering::Relaxed);
+        let mut body = SendWatch::new(full("abc"), Arc::default(), epoch).on_end(count.clone());
+        assert!(body.frame().await.unwrap().is_ok());
+        assert_eq!(ended(), 0, "a frame is not the end");
+        assert!(body.frame().await.is_none());
+        assert_eq!(ended(), 1);
+        drop(body);
+        assert_eq!(ended(), 1, "told once");
+        let (_tx, rx) = futures_channel_body();
+        drop(SendWatch::new(rx, Arc::default(), epoch).on_end(count.clone()));
+        assert_eq!(ended(), 2, "dropped unfinished");
+    }
+
     /// A body fed by hand: frames pushed into a channel, never ending on its own.
     fn futures_channel_body() -> (Feeder, Body) {
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<Bytes>();
@@ -450,22 +476,48 @@ impl SendProgress {
     }
 }
 
-/// A response body that keeps its [`SendProgress`] up to date.
+/// Told once when a watched answer ends: sent to its end, failed, or dropped.
+pub trait AnswerEnd: Send + Sync {
+    /// The answer ended.
+    fn answer_ended(&self);
+}
+
+/// A response body that keeps its [`SendProgress`] up to date, and tells its [`AnswerEnd`]
+/// when it ends (one wrapper for both: the listener puts one around every answer).
 pub struct SendWatch {
     inner: Body,
     progress: std::sync::Arc<SendProgress>,
     epoch: tokio::time::Instant,
+    ended: Option<std::sync::Arc<dyn AnswerEnd>>,
 }
 
 impl SendWatch {
     /// Wraps `inner`; times are measured from `epoch`.
     pub fn new(inner: Body, progress: std::sync::Arc<SendProgress>, epoch: tokio::time::Instant) -> Self {
-        SendWatch { inner, progress, epoch }
+        SendWatch { inner, progress, epoch, ended: None }
+    }
+
+    /// Tells `ended` when the answer ends.
+    pub fn on_end(mut self, ended: std::sync::Arc<dyn AnswerEnd>) -> Self {
+        self.ended = Some(ended);
+        self
     }
 
     /// As the gateway's body type.
     pub fn into_body(self) -> Body {
         self.boxed_unsync()
+    }
+
+    fn end(&mut self) {
+        if let Some(ended) = self.ended.take() {
+            ended.answer_ended();
+        }
+    }
+}
+
+impl Drop for SendWatch {
+    fn drop(&mut self) {
+        self.end();
     }
 }
 
@@ -481,11 +533,15 @@ impl http_body::Body for SendWatch {
         // Asked again: the consumer took the last frame.
         self.progress.waiting_since.store(0, Relaxed);
         let polled = std::pin::Pin::new(&mut self.inner).poll_frame(cx);
-        if let std::task::Poll::Ready(Some(Ok(frame))) = &polled {
-            if frame.data_ref().is_some_and(|d| !d.is_empty()) {
-                let ms = u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX - 1);
-                self.progress.waiting_since.store(ms + 1, Relaxed);
+        match &polled {
+            std::task::Poll::Ready(Some(Ok(frame))) => {
+                if frame.data_ref().is_some_and(|d| !d.is_empty()) {
+                    let ms = u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX - 1);
+                    self.progress.waiting_since.store(ms + 1, Relaxed);
+                }
             }
+            std::task::Poll::Ready(None | Some(Err(_))) => self.end(),
+            std::task::Poll::Pending => {}
         }
         polled
     }

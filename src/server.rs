@@ -556,11 +556,12 @@ impl Activity {
         millis(self.started.elapsed())
     }
 
-    /// Watches an answer's body for a client that stops taking it.
-    fn watch(&self, b: Body) -> Body {
+    /// Watches an answer's body for a client that stops taking it; the request ends with it.
+    fn watch(self: Arc<Self>, b: Body) -> Body {
         let progress = Arc::new(body::SendProgress::default());
         self.sending.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(Arc::downgrade(&progress));
-        body::SendWatch::new(b, progress, self.started).into_body()
+        let epoch = self.started;
+        body::SendWatch::new(b, progress, epoch).on_end(self).into_body()
     }
 
     /// Whether an answer has waited on the client for `limit` or longer.
@@ -642,6 +643,12 @@ impl Activity {
             return Duration::ZERO;
         }
         self.started.elapsed().saturating_sub(Duration::from_millis(self.last_ms.load(Ordering::Relaxed)))
+    }
+}
+
+impl body::AnswerEnd for Activity {
+    fn answer_ended(&self) {
+        self.end();
     }
 }
 
@@ -737,7 +744,9 @@ impl hyper::service::Service<Request<Incoming>> for ConnService {
         activity.begin();
         let method = req.method().clone();
         let req = if http_body::Body::is_end_stream(req.body()) {
-            req.map(body::boxed)
+            // No bytes can come (no body, `Content-Length: 0`, or HTTP/2's END_STREAM on the
+            // headers): an empty body, which boxes without allocating, instead of hyper's.
+            req.map(|_| body::empty())
         } else {
             activity.unread_bodies.fetch_add(1, Ordering::Relaxed);
             let a = activity.clone();
@@ -757,20 +766,10 @@ impl hyper::service::Service<Request<Incoming>> for ConnService {
             let resp = crate::proxy::target::strip_head_body(&method, call.await);
             Ok(resp.map(move |b| {
                 let mut guard = guard;
-                let activity = guard.0.take();
-                let b = match &activity {
-                    Some(a) => a.watch(b),
+                match guard.0.take() {
+                    Some(activity) => activity.watch(b),
                     None => b,
-                };
-                Tracked::new(
-                    b,
-                    Box::new(move |_, _| {
-                        if let Some(a) = activity {
-                            a.end();
-                        }
-                    }),
-                )
-                .into_body()
+                }
             }))
         })
     }

@@ -29,22 +29,28 @@ pub const DRAIN_TIME: Duration = Duration::from_millis(500);
 
 type Slot = Arc<Mutex<Option<Body>>>;
 
-/// Where a request body that was dropped before its end comes back to be drained.
-pub struct Unread(Slot);
+/// Where a request body that was dropped before its end comes back to be drained (`None`:
+/// the body had ended before it was tracked, so nothing can come back).
+pub struct Unread(Option<Slot>);
 
 /// Wraps a request body: if it is dropped before its end, what is left of it goes back to the
 /// returned [`Unread`].
 pub fn track(body: Body) -> (Body, Unread) {
+    // Most requests have no body: nothing to give back, and no slot or wrapper to allocate.
+    if body.is_end_stream() {
+        return (body, Unread(None));
+    }
     let slot: Slot = Arc::default();
     let body = Returning { inner: Some(body), slot: slot.clone() }.boxed_unsync();
-    (body, Unread(slot))
+    (body, Unread(Some(slot)))
 }
 
 impl Unread {
     /// Reads and drops what is left of the body, if it was dropped unread and is small enough
     /// to end within [`DRAIN_LIMIT`] and [`DRAIN_TIME`].
     pub async fn drain(self) {
-        let body = self.0.lock().unwrap_or_else(PoisonError::into_inner).take();
+        let Some(slot) = self.0 else { return };
+        let body = slot.lock().unwrap_or_else(PoisonError::into_inner).take();
         let Some(mut body) = body else { return };
         if body.size_hint().lower() > DRAIN_LIMIT {
             return;
@@ -131,7 +137,7 @@ mod tests {
         let (tx, inner) = channel_body();
         let (body, unread) = track(inner);
         drop(body);
-        assert!(unread.0.lock().unwrap().is_some(), "the unread body came back");
+        assert!(unread.0.as_ref().unwrap().lock().unwrap().is_some(), "the unread body came back");
         tx.send(Bytes::from_static(b"abc")).unwrap();
         drop(tx);
         let started = tokio::time::Instant::now();
@@ -144,7 +150,18 @@ mod tests {
     async fn a_body_read_to_its_end_leaves_nothing() {
         let (body, unread) = track(body::full("abc"));
         assert_eq!(&body.collect().await.unwrap().to_bytes()[..], b"abc");
-        assert!(unread.0.lock().unwrap().is_none());
+        assert!(unread.0.as_ref().unwrap().lock().unwrap().is_none());
+    }
+
+    /// A body that has already ended (no body at all, most requests) is passed on as it is:
+    /// nothing to wrap, nothing to give back.
+    #[tokio::test]
+    async fn an_ended_body_is_not_tracked() {
+        let (body, unread) = track(body::empty());
+        assert!(unread.0.is_none());
+        assert!(body.is_end_stream());
+        drop(body);
+        unread.drain().await;
     }
 
     #[tokio::test(start_paused = true)]

@@ -40,6 +40,10 @@ pub(crate) fn check(parts: &http::request::Parts, limits: &ServerLimits) -> Resu
 /// (413), and a body that stops arriving fails after `request_body_timeout` (408), so a
 /// declared-but-unsent body never holds an in-flight slot.
 pub(crate) fn cap_body(body: Body, limits: &ServerLimits, stats: &Arc<BodyStats>) -> Body {
+    // A body that has already ended (most requests have none) has nothing to cap or time.
+    if http_body::Body::is_end_stream(&body) {
+        return body;
+    }
     let body = body::IdleTimeout::request(body, limits.request_body_timeout, stats.clone()).into_body();
     http_body_util::BodyExt::boxed_unsync(body::Capped::new(body, limits.max_request_body, stats.clone()))
 }
