@@ -5,12 +5,13 @@
 //! and an adaptor that turns every fragment serde_json writes into a `&str` (a UTF-8 check
 //! each) and then into `fmt::Write`, and formats the timestamp with `write!` on every event.
 //! The access log paid 32k instructions a request for that (issue 14). Here the visitor writes
-//! the JSON itself into a `String`: keys and text escaped exactly as serde_json escapes them,
-//! but eight bytes at a time where nothing needs escaping (serde_json looks at every byte
-//! through a table: half of what a line cost), numbers with the same itoa and zmij serde_json
-//! uses. The date and time of day are formatted once a second; the line then goes to the
-//! writer in one piece. An event inside a span (only dependencies open spans, at debug level)
-//! is written by tracing-subscriber's own formatter, with its `span` and `spans`.
+//! the JSON itself into a `String`. Keys and text are looked at eight bytes at a time and
+//! copied whole when nothing needs escaping (serde_json looks at every byte through a table:
+//! half of what a line cost); the rare text that does is escaped by serde_json. Numbers go
+//! through the same itoa and zmij serde_json uses. The date and time of day are formatted
+//! once a second; the line then goes to the writer in one piece. An event inside a span (only
+//! dependencies open spans, at debug level) is written by tracing-subscriber's own formatter,
+//! with its `span` and `spans`.
 
 use std::cell::RefCell;
 use std::fmt::{self, Write as _};
@@ -164,36 +165,17 @@ impl fmt::Write for Escaping<'_> {
     }
 }
 
-/// Appends `s` as the contents of a JSON string, escaped exactly as serde_json escapes it:
-/// `"` and `\\` with a backslash, the C0 controls as `\b \t \n \f \r` or `\u00xx` (lower-case
-/// hex), everything else as it is (DEL and non-ASCII too).
+/// Appends `s` as the contents of a JSON string, escaped as serde_json escapes it.
 fn push_escaped(out: &mut String, s: &str) {
     // Nearly every key and value needs no escape: looked at eight bytes at a time, copied whole.
     if !needs_escape(s.as_bytes()) {
         out.push_str(s);
         return;
     }
-    // `run`: where the text not yet copied starts. It and every escaped byte's index are at
-    // ASCII bytes, so each slice below is on char boundaries.
-    let mut run = 0;
-    for (i, &b) in s.as_bytes().iter().enumerate() {
-        let Some(escape) = escape(b) else { continue };
-        out.push_str(&s[run..i]);
-        match escape {
-            Escape::Short(c) => {
-                out.push('\\');
-                out.push(char::from(c));
-            }
-            Escape::Unicode => {
-                const HEX: &[u8; 16] = b"0123456789abcdef";
-                out.push_str("\\u00");
-                out.push(char::from(HEX[usize::from(b >> 4)]));
-                out.push(char::from(HEX[usize::from(b & 0xf)]));
-            }
-        }
-        run = i + 1;
-    }
-    out.push_str(&s[run..]);
+    // The rest (a quote, a backslash, a control character) is rare: serde_json escapes it.
+    // Serializing a `str` into a String cannot fail; the quotes around it are left off.
+    let quoted = serde_json::to_string(s).unwrap_or_default();
+    out.push_str(quoted.get(1..quoted.len().saturating_sub(1)).unwrap_or_default());
 }
 
 /// Whether any byte of `bytes` needs an escape, eight at a time; the last few are padded with
@@ -215,28 +197,6 @@ fn needs_escape(bytes: &[u8]) -> bool {
         *to = b;
     }
     any_escaped(u64::from_le_bytes(last))
-}
-
-/// How serde_json escapes one byte of a string.
-enum Escape {
-    /// A backslash and this character.
-    Short(u8),
-    /// `\u00` and two hex digits.
-    Unicode,
-}
-
-fn escape(b: u8) -> Option<Escape> {
-    Some(match b {
-        b'"' => Escape::Short(b'"'),
-        b'\\' => Escape::Short(b'\\'),
-        0x08 => Escape::Short(b'b'),
-        b'\t' => Escape::Short(b't'),
-        b'\n' => Escape::Short(b'n'),
-        0x0c => Escape::Short(b'f'),
-        b'\r' => Escape::Short(b'r'),
-        0x00..=0x1f => Escape::Unicode,
-        _ => return None,
-    })
 }
 
 /// Whether any of the eight bytes of `word` needs an escape: one below 0x20, a `"` or a `\\`.
@@ -468,7 +428,8 @@ pub(crate) mod tests {
         /// The word test says yes exactly when one of its bytes needs an escape.
         #[test]
         fn the_word_test_is_exact(bytes in any::<[u8; 8]>()) {
-            let any = bytes.iter().any(|&b| escape(b).is_some());
+            // The bytes serde_json escapes: the C0 controls, `"` and `\\`.
+            let any = bytes.iter().any(|&b| b < 0x20 || b == b'"' || b == b'\\');
             prop_assert_eq!(any_escaped(u64::from_le_bytes(bytes)), any);
         }
 
