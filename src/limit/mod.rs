@@ -135,7 +135,8 @@ impl RateHeaders {
         static REMAINING: HeaderName = HeaderName::from_static("ratelimit-remaining");
         static RESET: HeaderName = HeaderName::from_static("ratelimit-reset");
         static POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
-        headers.insert(LIMIT.clone(), number(u64::from(self.limit)));
+        let (limit, policy) = self.fixed();
+        headers.insert(LIMIT.clone(), limit);
         // Remaining and reset change from one answer to the next: "never indexed" for HPACK (not
         // a secret), or each would take an entry of an HTTP/2 connection's header table, evicting
         // one that could be reused. Limit and policy repeat, and stay indexed.
@@ -145,15 +146,37 @@ impl RateHeaders {
         let mut reset = number(self.reset);
         reset.set_sensitive(true);
         headers.insert(RESET.clone(), reset);
-        // `<burst>;w=<seconds>;name="client"`: digits and a fixed name, always a valid value.
-        // (itoa, not `format!`: this is on every answer.)
+        headers.insert(POLICY.clone(), policy);
+    }
+
+    /// `RateLimit-Limit` and `RateLimit-Policy`, which change only with the rate: built once per
+    /// thread and limit kind and cloned after (a shared `Bytes`, no allocation; issue 14: two
+    /// allocations per answer otherwise for a burst of 1024 or more).
+    fn fixed(&self) -> (HeaderValue, HeaderValue) {
+        type Fixed = [Option<(u32, u64, HeaderValue, HeaderValue)>; 2];
+        thread_local!(static FIXED: std::cell::RefCell<Fixed> = const { std::cell::RefCell::new([None, None]) });
+        let slot = match self.policy {
+            LimitKind::Client => 0,
+            LimitKind::Global => 1,
+        };
+        FIXED.with_borrow_mut(|fixed| match &fixed[slot] {
+            Some((limit, window, l, p)) if *limit == self.limit && *window == self.window => (l.clone(), p.clone()),
+            _ => {
+                let (l, p) = (number(u64::from(self.limit)), self.policy_value());
+                fixed[slot] = Some((self.limit, self.window, l.clone(), p.clone()));
+                (l, p)
+            }
+        })
+    }
+
+    /// `<burst>;w=<seconds>;name="client"`.
+    fn policy_value(&self) -> HeaderValue {
         let (mut limit, mut window) = (itoa::Buffer::new(), itoa::Buffer::new());
         let policy =
             [limit.format(self.limit), ";w=", window.format(self.window), ";name=\"", self.policy.label(), "\""]
                 .concat();
-        if let Ok(v) = HeaderValue::from_maybe_shared(bytes::Bytes::from(policy)) {
-            headers.insert(POLICY.clone(), v);
-        }
+        // Digits and a fixed name: always a valid value.
+        HeaderValue::from_maybe_shared(bytes::Bytes::from(policy)).unwrap_or_else(|_| HeaderValue::from_static(""))
     }
 }
 
@@ -162,7 +185,7 @@ const SMALL_NUMBERS: u64 = 1024;
 
 /// `n` as a header value. Those below [`SMALL_NUMBERS`] (nearly every rate header) are cut from
 /// one string made once and kept for the process, so they are cloned without allocating; the
-/// others are formatted (issue 14: three allocations per answer otherwise).
+/// others are formatted into one allocation (issue 14: three allocations per answer otherwise).
 fn number(n: u64) -> HeaderValue {
     static SMALL: std::sync::LazyLock<Vec<HeaderValue>> = std::sync::LazyLock::new(|| {
         let mut all = String::new();
@@ -181,7 +204,11 @@ fn number(n: u64) -> HeaderValue {
             })
             .collect()
     });
-    usize::try_from(n).ok().and_then(|i| SMALL.get(i)).cloned().unwrap_or_else(|| HeaderValue::from(n))
+    if let Some(v) = usize::try_from(n).ok().and_then(|i| SMALL.get(i)) {
+        return v.clone();
+    }
+    // One allocation: `HeaderValue::from(u64)` takes two (a `BytesMut`, then its freeze).
+    HeaderValue::from_bytes(itoa::Buffer::new().format(n).as_bytes()).unwrap_or_else(|_| HeaderValue::from(n))
 }
 
 /// Every client's limit and the global one, indexed like [`Config::clients`].
@@ -388,6 +415,30 @@ mod tests {
         for n in [0, 1, 9, 10, 99, 100, 1023, 1024, 1025, 86_400, u64::MAX] {
             assert_eq!(number(n).to_str().unwrap(), n.to_string(), "{n}");
         }
+    }
+
+    /// The values kept per thread follow the rate: a new limit or window, or the other kind, is
+    /// never answered with the headers of the one before.
+    #[test]
+    fn kept_values_follow_the_rate() {
+        let show = |h: RateHeaders| {
+            let mut map = HeaderMap::new();
+            h.apply(&mut map);
+            ["ratelimit-limit", "ratelimit-remaining", "ratelimit-reset", "ratelimit-policy"]
+                .map(|n| map.get(n).and_then(|v| v.to_str().ok()).unwrap_or("-").to_owned())
+        };
+        let client =
+            RateHeaders { limit: 1_000_000, remaining: 999_998, reset: 1, policy: LimitKind::Client, window: 1 };
+        for _ in 0..2 {
+            assert_eq!(show(client), ["1000000", "999998", "1", "1000000;w=1;name=\"client\""]);
+        }
+        let global = RateHeaders { policy: LimitKind::Global, window: 2, ..client };
+        assert_eq!(show(global), ["1000000", "999998", "1", "1000000;w=2;name=\"global\""]);
+        assert_eq!(show(client), ["1000000", "999998", "1", "1000000;w=1;name=\"client\""]);
+        let reloaded = RateHeaders { limit: 5, remaining: 4, window: 60, ..client };
+        assert_eq!(show(reloaded), ["5", "4", "1", "5;w=60;name=\"client\""]);
+        let window_only = RateHeaders { window: 30, ..reloaded };
+        assert_eq!(show(window_only), ["5", "4", "1", "5;w=30;name=\"client\""]);
     }
 
     #[test]

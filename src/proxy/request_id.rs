@@ -40,8 +40,12 @@ fn pick(headers: &http::HeaderMap) -> RequestId {
         hex[2 * i] = b"0123456789abcdef"[usize::from(byte >> 4)];
         hex[2 * i + 1] = b"0123456789abcdef"[usize::from(byte & 0xf)];
     }
-    // 32 hex digits are always a valid header value.
-    RequestId(HeaderValue::from_bytes(&hex).unwrap_or_else(|_| HeaderValue::from_static("0")))
+    // 32 hex digits are always a valid header value. Owned by a shared `Bytes` from the start:
+    // the id is cloned into the upstream request, the answer and the log, and a plain copy
+    // would take a second allocation on its first clone (issue 14).
+    RequestId(
+        HeaderValue::from_maybe_shared(bytes::Bytes::from_owner(hex)).unwrap_or_else(|_| HeaderValue::from_static("0")),
+    )
 }
 
 #[cfg(test)]
