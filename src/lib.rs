@@ -79,6 +79,6 @@ pub(crate) mod watcher;
 /// (`proxy::hygiene`) and the response side (`proxy::response`).
 pub mod forward {
     pub use crate::proxy::hygiene::*;
-    pub use crate::proxy::response::{drop_trailers, redact_headers, response_headers, scrub_error};
+    pub use crate::proxy::response::{redact_headers, response_headers, scrub_error};
 }
 pub use proxy::{auth, credential_endpoints, path, pattern, scope};

@@ -750,11 +750,11 @@ impl hyper::service::Service<Request<Incoming>> for ConnService {
         } else {
             activity.unread_bodies.fetch_add(1, Ordering::Relaxed);
             let a = activity.clone();
-            let done: body::OnEnd = Box::new(move |_, complete| {
+            let done = move |_, complete| {
                 if complete {
                     a.unread_bodies.fetch_sub(1, Ordering::Relaxed);
                 }
-            });
+            };
             req.map(|b| Tracked::new(body::boxed(b), done).into_body())
         };
         let call = (self.inner)(req);

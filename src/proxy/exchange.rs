@@ -500,7 +500,8 @@ impl Sender {
         let idle = self.rt.config.upstream.body_idle_timeout;
         match result {
             // A body that stalls for body_idle_timeout fails instead of holding the client forever.
-            Ok(resp) => Ok(resp.map(|b| body::IdleTimeout::new(body::boxed(b), idle).into_body())),
+            // Its trailers are dropped there too (Palette's REST API sends none).
+            Ok(resp) => Ok(resp.map(|b| body::IdleTimeout::new(b, idle).into_body())),
             // The upstream call failed because the client stopped sending its body.
             Err(_) if self.stats.timed_out() => Err(request_timeout(&self.rt)),
             // The upstream call failed because the client's body went past the limit.
@@ -587,7 +588,7 @@ impl Exchange {
         let resp = chain.oneshot(req).await?;
         // Hygiene removes Palette's `Set-Cookie`; the cache still needs to know it was there.
         let cookie = resp.headers().contains_key(header::SET_COOKIE);
-        let mut resp = finish(resp, &note.secrets(), rid).await;
+        let mut resp = finish(resp, &note, rid).await;
         if cookie {
             resp.extensions_mut().insert(UpstreamSetCookie);
         }
@@ -595,13 +596,23 @@ impl Exchange {
     }
 }
 
-/// The response hygiene, once per answer, with every secret the exchange sent.
-async fn finish(resp: Response<Body>, secrets: &[crate::config::Secret], rid: &str) -> Response<Body> {
-    let exposed: Vec<&str> = secrets.iter().map(|s| s.expose()).collect();
-    let mut resp = response::scrub_error(resp, &exposed, rid).await;
+/// The response hygiene, once per answer, with every secret the exchange sent. The secrets are
+/// copied out of the note only for an error body, read across an await; the headers of every
+/// answer are checked under the note's lock (issue 14: two allocations per answer otherwise).
+async fn finish(resp: Response<Body>, note: &Note, rid: &str) -> Response<Body> {
+    let mut resp = if response::is_scrubbed(resp.status()) {
+        let secrets = note.secrets();
+        let exposed: Vec<&str> = secrets.iter().map(|s| s.expose()).collect();
+        response::scrub_error(resp, &exposed, rid).await
+    } else {
+        resp
+    };
     response::response_headers(resp.headers_mut());
-    response::redact_headers(resp.headers_mut(), &exposed);
-    resp.map(response::drop_trailers)
+    note.with_secrets(|secrets| {
+        let exposed: smallvec::SmallVec<[&str; 4]> = secrets.iter().map(|s| s.expose()).collect();
+        response::redact_headers(resp.headers_mut(), &exposed);
+    });
+    resp
 }
 
 /// The wait before retry number `retries + 1` after a 429 without `Retry-After`.

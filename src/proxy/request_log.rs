@@ -77,6 +77,11 @@ impl Note {
         self.0.lock().unwrap_or_else(PoisonError::into_inner).secrets.clone()
     }
 
+    /// Runs `f` over the credentials sent so far, without copying them (no await inside).
+    pub(crate) fn with_secrets<R>(&self, f: impl FnOnce(&[crate::config::Secret]) -> R) -> R {
+        f(&self.0.lock().unwrap_or_else(PoisonError::into_inner).secrets)
+    }
+
     fn take(&self) -> Facts {
         std::mem::take(&mut *self.0.lock().unwrap_or_else(PoisonError::into_inner))
     }
@@ -368,14 +373,11 @@ where
         let resp = crate::proxy::target::strip_head_body(&log.method, resp);
         log.answered(resp.status().as_u16(), resp.headers());
         Poll::Ready(Ok(resp.map(move |b| {
-            body::Tracked::new(
-                b,
-                Box::new(move |bytes_out, complete| {
-                    log.bytes_out = bytes_out;
-                    log.complete = complete;
-                    drop(log);
-                }),
-            )
+            body::Tracked::new(b, move |bytes_out, complete| {
+                log.bytes_out = bytes_out;
+                log.complete = complete;
+                drop(log);
+            })
             .into_body()
         })))
     }

@@ -1,6 +1,7 @@
 //! Response hygiene: what of Palette's answer may reach the client. Hop-by-hop headers and
 //! `Set-Cookie` dropped, upstream secrets kept out of answers (headers of every status, decoded
-//! error bodies), trailers dropped. Runs once per answer, outside the exchange's retries.
+//! error bodies). Runs once per answer, outside the exchange's retries. Trailers are dropped
+//! where the upstream body is first wrapped ([`crate::body::IdleTimeout`]).
 
 use bytes::Bytes;
 use http::header::{self, HeaderName};
@@ -17,6 +18,11 @@ pub fn response_headers(headers: &mut HeaderMap) {
     strip(headers, |n| is_hop_by_hop(n) || n == "set-cookie");
 }
 
+/// Whether [`scrub_error`] reads an answer of this status: an error's.
+pub fn is_scrubbed(status: StatusCode) -> bool {
+    status.is_client_error() || status.is_server_error()
+}
+
 /// For an error answer, replaces every occurrence of an upstream secret in the body with
 /// `[redacted]`. A compressed body (every `Content-Encoding` header, every coding in each) is
 /// decoded first and passed on decoded, so Palette's error code reaches the client; only a
@@ -24,7 +30,7 @@ pub fn response_headers(headers: &mut HeaderMap) {
 /// decoded) is replaced by a Palette-shaped note rather than passed on unchecked.
 pub async fn scrub_error(resp: Response<Body>, secrets: &[&str], request_id: &str) -> Response<Body> {
     let status = resp.status();
-    if !(status.is_client_error() || status.is_server_error()) || secrets.iter().all(|s| s.is_empty()) {
+    if !is_scrubbed(status) || secrets.iter().all(|s| s.is_empty()) {
         return resp;
     }
     let (mut parts, body) = resp.into_parts();
@@ -106,43 +112,6 @@ pub fn redact_headers(headers: &mut HeaderMap, secrets: &[&str]) {
     }
     for name in doomed {
         headers.remove(name);
-    }
-}
-
-/// An upstream body with its trailers dropped: Palette's REST API sends none, and a trailer
-/// is a header the client would otherwise get unchecked (HTTP/2 or chunked upstreams alike).
-pub fn drop_trailers(body: Body) -> Body {
-    http_body_util::BodyExt::boxed_unsync(NoTrailers { inner: body })
-}
-
-struct NoTrailers {
-    inner: Body,
-}
-
-impl http_body::Body for NoTrailers {
-    type Data = Bytes;
-    type Error = body::BoxError;
-
-    fn poll_frame(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, body::BoxError>>> {
-        loop {
-            match std::pin::Pin::new(&mut self.inner).poll_frame(cx) {
-                std::task::Poll::Ready(Some(Ok(frame))) if frame.is_trailers() => {
-                    tracing::debug!("upstream trailers dropped");
-                }
-                other => return other,
-            }
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> http_body::SizeHint {
-        self.inner.size_hint()
     }
 }
 
@@ -244,17 +213,5 @@ mod tests {
         h.insert("secret", HeaderValue::from_static("1"));
         redact_headers(&mut h, &["secret"]);
         assert!(h.is_empty());
-    }
-
-    #[tokio::test]
-    async fn upstream_trailers_are_dropped() {
-        let mut trailers = HeaderMap::new();
-        trailers.insert("x-echo", HeaderValue::from_static("SECRET"));
-        let frames: Vec<Result<http_body::Frame<Bytes>, body::BoxError>> =
-            vec![Ok(http_body::Frame::data(Bytes::from_static(b"ok"))), Ok(http_body::Frame::trailers(trailers))];
-        let inner = http_body_util::StreamBody::new(futures_util::stream::iter(frames)).boxed_unsync();
-        let collected = drop_trailers(inner).collect().await.unwrap();
-        assert!(collected.trailers().is_none());
-        assert_eq!(&collected.to_bytes()[..], b"ok");
     }
 }
