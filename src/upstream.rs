@@ -103,8 +103,10 @@ impl UpstreamClient {
         }
     }
 
-    /// The absolute upstream URI for an origin-form path and query.
-    pub fn uri(&self, path_and_query: &str) -> Result<Uri, http::Error> {
+    /// The absolute upstream URI for an origin-form path and query. Given as `Bytes` (a
+    /// `String` or a `&'static str`), it is checked in place, not copied (issue 14).
+    pub fn uri(&self, path_and_query: impl Into<bytes::Bytes>) -> Result<Uri, http::Error> {
+        let path_and_query = http::uri::PathAndQuery::from_maybe_shared(path_and_query.into())?;
         Uri::builder()
             .scheme(self.scheme.clone())
             .authority(self.authority.clone())

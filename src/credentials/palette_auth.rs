@@ -84,7 +84,7 @@ pub async fn refresh(client: &UpstreamClient, current: &Secret) -> Result<Issued
         return Err(AuthCallError::BadAnswer(CALL));
     }
     let uri = client
-        .uri(&format!("/v1/auth/refresh/{}?setCookie=false", current.expose()))
+        .uri(format!("/v1/auth/refresh/{}?setCookie=false", current.expose()))
         .map_err(|_| AuthCallError::BadAnswer(CALL))?;
     let mut auth = HeaderValue::from_str(current.expose()).map_err(|_| AuthCallError::BadAnswer(CALL))?;
     auth.set_sensitive(true);

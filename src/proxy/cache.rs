@@ -43,7 +43,7 @@ pub(crate) struct CacheRequest<'a> {
     /// The client's credential (index into the config's).
     pub(crate) credential: usize,
     /// The budget prefix's label (`none` without one).
-    pub(crate) prefix: &'a str,
+    pub(crate) prefix: &'a Arc<str>,
     /// The client's name (a shared failure names the waiting client, not the one that read).
     pub(crate) client: &'a Arc<str>,
     /// Whether the request has no body (hygiene removed `Transfer-Encoding`, so the headers
@@ -98,7 +98,7 @@ impl Plan {
                 },
             }
         };
-        Plan { prefix: Arc::from(req.prefix), client: req.client.clone(), what }
+        Plan { prefix: req.prefix.clone(), client: req.client.clone(), what }
     }
 }
 

@@ -47,11 +47,16 @@ fn is_client_only(name: &str) -> bool {
     )
 }
 
+/// Header names to remove, kept on the stack for the usual few (issue 14: an allocation each
+/// time otherwise).
+type Doomed = smallvec::SmallVec<[HeaderName; 8]>;
+
 /// Removes every header `drop` picks and every header the `Connection` header names. One pass
 /// over the (few) headers present, then removals only for what is there: cheaper than trying
 /// to remove each name of a fixed list.
 pub(crate) fn strip(headers: &mut HeaderMap, drop: impl Fn(&str) -> bool) {
-    let mut doomed: Vec<HeaderName> = headers.keys().filter(|n| drop(n.as_str())).cloned().collect();
+    // On the stack: a client's request always loses a few (its credential at least).
+    let mut doomed: Doomed = headers.keys().filter(|n| drop(n.as_str())).cloned().collect();
     for v in headers.get_all(header::CONNECTION) {
         let Ok(v) = v.to_str() else { continue };
         doomed.extend(v.split(',').filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok()));
@@ -96,7 +101,7 @@ pub(crate) fn remove_local_key(headers: &mut HeaderMap) {
     // (the header it came in, most often): building one costs more than the usual short
     // headers' checks (issue 14).
     let mut finder = None;
-    let doomed: Vec<HeaderName> = headers
+    let doomed: Doomed = headers
         .iter()
         .filter(|(_, v)| {
             let v = v.as_bytes();

@@ -42,7 +42,7 @@ pub(crate) fn check(
                 metrics: metrics.clone(),
                 client: client.name.clone(),
             });
-            Ok(PendingLimits(Arc::new(Mutex::new(pending))))
+            Ok(PendingLimits(pending.map(|p| Arc::new(Mutex::new(Some(p))))))
         }
         Err(refusal) => Err(refused(metrics, &client.name, refusal, note)),
     }
@@ -64,14 +64,14 @@ fn refused(metrics: &Metrics, client: &str, refusal: Refusal, note: &Note) -> Ga
 /// ([`Pending::conclude`]), or on their own for a request answered without a slot
 /// ([`Pending::settle`]: a cached answer, a path no budget prefix covers). A request refused
 /// before either takes nothing in Redis. Empty without `[cluster]`, or while Redis is
-/// unavailable (the local share was taken at step 5).
+/// unavailable (the local share was taken at step 5). Empty, it holds no allocation (issue 14).
 #[derive(Clone, Default)]
-pub(crate) struct PendingLimits(Arc<Mutex<Option<Pending>>>);
+pub(crate) struct PendingLimits(Option<Arc<Mutex<Option<Pending>>>>);
 
 impl PendingLimits {
     /// The limits, if nothing took them yet.
     pub(crate) fn take(&self) -> Option<Pending> {
-        self.0.lock().unwrap_or_else(|p| p.into_inner()).take()
+        self.0.as_ref()?.lock().unwrap_or_else(|p| p.into_inner()).take()
     }
 }
 
