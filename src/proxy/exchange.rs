@@ -588,7 +588,7 @@ impl Exchange {
         let resp = chain.oneshot(req).await?;
         // Hygiene removes Palette's `Set-Cookie`; the cache still needs to know it was there.
         let cookie = resp.headers().contains_key(header::SET_COOKIE);
-        let mut resp = finish(resp, &note, rid).await;
+        let mut resp = finish(resp, note, rid).await;
         if cookie {
             resp.extensions_mut().insert(UpstreamSetCookie);
         }
