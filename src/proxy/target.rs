@@ -83,7 +83,9 @@ static OVERRIDES: [HeaderName; 5] = [
 /// Refuses a request carrying a method or URL override header (see [`OVERRIDES`]): 400 naming
 /// it, since dropping it silently would run another method than the client meant.
 pub fn check_overrides(headers: &HeaderMap) -> Result<(), GatewayError> {
-    match OVERRIDES.iter().find(|name| headers.contains_key(*name)) {
+    // One pass over the names present (a request has few): five hashed lookups cost more
+    // (issue 14: 780 instructions per request); the server's header limits bound the pass.
+    match headers.keys().find(|name| OVERRIDES.contains(name)) {
         None => Ok(()),
         Some(name) => Err(GatewayError::BadRequest(format!(
             "the {name} header is not accepted: the gateway's rules apply to the request's own method and path, so send those"
@@ -185,6 +187,22 @@ mod tests {
             assert!(err.to_string().contains(name), "{err}");
         }
         assert!(check_overrides(&HeaderMap::new()).is_ok());
+    }
+
+    #[test]
+    fn an_override_among_many_headers_is_found() {
+        let mut h = HeaderMap::new();
+        for i in 0..60 {
+            h.insert(HeaderName::from_bytes(format!("x-other-{i}").as_bytes()).unwrap(), HeaderValue::from_static("1"));
+        }
+        h.insert(header::ACCEPT, HeaderValue::from_static("*/*"));
+        // Names that only share a prefix with an override are not one.
+        h.insert("x-http-method-overrides", HeaderValue::from_static("DELETE"));
+        h.insert("x-original", HeaderValue::from_static("/v1/x"));
+        assert!(check_overrides(&h).is_ok());
+        h.append("x-rewrite-url", HeaderValue::from_static("/v1/auth/authenticate"));
+        let err = check_overrides(&h).unwrap_err();
+        assert!(err.to_string().contains("x-rewrite-url"), "{err}");
     }
 
     #[test]
