@@ -16,7 +16,7 @@ use hyper_util::client::legacy::{connect::HttpConnector, Client};
 use hyper_util::rt::TokioIo;
 use palette_gateway::config::{load_str, MapEnv};
 use palette_gateway::server::{connection_builder, Versions};
-use palette_gateway::upstream::{client_builder, configure_tcp};
+use palette_gateway::upstream::{client_builder, configure_tcp, host_header};
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -38,18 +38,24 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let listener = tokio::net::TcpListener::bind(&listen).await?;
         let mut http = HttpConnector::new();
         configure_tcp(&mut http, connect_timeout);
-        let client: Client<HttpConnector, Body> = client_builder().build(http);
+        // As the gateway: `Host` is built once and set on each request, not by hyper-util.
+        let host = upstream.scheme().zip(upstream.authority()).and_then(|(s, a)| host_header(s, a));
+        let mut client_builder = client_builder();
+        if host.is_some() {
+            client_builder.set_host(false);
+        }
+        let client: Client<HttpConnector, Body> = client_builder.build(http);
         // Plaintext, as the gateway's plaintext listener: h2c by prior knowledge or HTTP/1.1.
         let builder = std::sync::Arc::new(connection_builder(&limits, Versions::Detect));
         loop {
             let (stream, _) = listener.accept().await?;
             let _ = stream.set_nodelay(true);
             let (client, upstream, key, project) = (client.clone(), upstream.clone(), key.clone(), project.clone());
-            let builder = builder.clone();
+            let (builder, host) = (builder.clone(), host.clone());
             tokio::spawn(async move {
                 let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
-                    let (client, upstream, key, project) =
-                        (client.clone(), upstream.clone(), key.clone(), project.clone());
+                    let (client, upstream, key, project, host) =
+                        (client.clone(), upstream.clone(), key.clone(), project.clone(), host.clone());
                     async move {
                         let (mut parts, body) = req.into_parts();
                         let pq = parts.uri.path_and_query().map_or("/", |p| p.as_str());
@@ -64,6 +70,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                         // request on an HTTP/1.1 connection.
                         parts.version = http::Version::HTTP_11;
                         parts.headers.remove("host");
+                        if let Some(host) = host {
+                            parts.headers.insert(http::header::HOST, host);
+                        }
                         parts.headers.remove("authorization");
                         parts.headers.insert("apikey", key);
                         parts.headers.insert("projectuid", project);

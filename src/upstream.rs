@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use http::{Request, Response, Uri};
+use http::{header, HeaderValue, Request, Response, Uri};
 use hyper::body::Incoming;
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -34,6 +34,8 @@ pub struct UpstreamClient {
     client: Client<HttpsConnector<HttpConnector<Resolver>>, Body>,
     scheme: http::uri::Scheme,
     authority: http::uri::Authority,
+    /// The `Host` header every request gets, for a plain `http` upstream (see [`host_header`]).
+    host: Option<HeaderValue>,
     request_timeout: Duration,
 }
 
@@ -94,11 +96,19 @@ impl UpstreamClient {
             .enable_http1()
             .enable_http2()
             .wrap_connector(http);
-        let client = client_builder().build(https);
+        let host = host_header(&cfg.scheme, &cfg.authority);
+        let mut builder = client_builder();
+        if host.is_some() {
+            // The gateway sets `Host` itself (`send`): hyper-util would build it again for
+            // every request (`format!` of host and port, an allocation: issue 14).
+            builder.set_host(false);
+        }
+        let client = builder.build(https);
         UpstreamClient {
             client,
             scheme: cfg.scheme.clone(),
             authority: cfg.authority.clone(),
+            host,
             request_timeout: cfg.request_timeout,
         }
     }
@@ -124,8 +134,12 @@ impl UpstreamClient {
         &self.authority
     }
 
-    /// Sends one request; waits for the response headers at most `request_timeout`.
-    pub async fn send(&self, req: Request<Body>) -> Result<Response<Incoming>, UpstreamFailure> {
+    /// Sends one request; waits for the response headers at most `request_timeout`. `Host` is
+    /// the upstream's, whatever the request carried: it is set last, after every removal.
+    pub async fn send(&self, mut req: Request<Body>) -> Result<Response<Incoming>, UpstreamFailure> {
+        if let Some(host) = &self.host {
+            req.headers_mut().insert(header::HOST, host.clone());
+        }
         match tokio::time::timeout(self.request_timeout, self.client.request(req)).await {
             Err(_) => Err(UpstreamFailure::Timeout(self.request_timeout)),
             Ok(Ok(resp)) => Ok(resp),
@@ -133,6 +147,21 @@ impl UpstreamClient {
             Ok(Err(e)) => Err(UpstreamFailure::Protocol(chain(&e))),
         }
     }
+}
+
+/// The `Host` header for requests to a plain `http` upstream, the value hyper-util's client
+/// builds for each request (the host, and the port unless it is the scheme's default), built
+/// once. `None` for `https`: ALPN may pick HTTP/2 there, where hyper-util sends `:authority`
+/// and no `Host`, so the header is left to it.
+pub fn host_header(scheme: &http::uri::Scheme, authority: &http::uri::Authority) -> Option<HeaderValue> {
+    if *scheme != http::uri::Scheme::HTTP {
+        return None;
+    }
+    let value = match authority.port_u16() {
+        Some(port) if port != 80 => format!("{}:{port}", authority.host()),
+        _ => authority.host().to_string(),
+    };
+    HeaderValue::from_str(&value).ok()
 }
 
 /// The TCP settings of upstream connections (shared with the benchmark's floor proxy): no
@@ -205,6 +234,51 @@ mod tests {
     async fn get(client: &UpstreamClient) -> Result<Response<Incoming>, UpstreamFailure> {
         let req = Request::get(client.uri("/v1/x").unwrap()).body(crate::body::empty()).unwrap();
         client.send(req).await
+    }
+
+    /// The `Host` hyper-util would have built: the port only when it is not the default.
+    #[test]
+    fn the_host_header_is_hyper_utils() {
+        let host = |url: &str| {
+            let uri: Uri = url.parse().unwrap();
+            host_header(uri.scheme().unwrap(), uri.authority().unwrap())
+        };
+        assert_eq!(host("http://127.0.0.1:18380").unwrap(), "127.0.0.1:18380");
+        assert_eq!(host("http://palette.test:80").unwrap(), "palette.test");
+        assert_eq!(host("http://palette.test").unwrap(), "palette.test");
+        assert_eq!(host("http://[::1]:8080").unwrap(), "[::1]:8080");
+        assert_eq!(host("https://api.spectrocloud.com"), None);
+    }
+
+    /// Palette gets the upstream's `Host` (host and port), never the one the request carried.
+    #[tokio::test]
+    async fn the_upstream_gets_its_own_host() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let server = tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let svc = hyper::service::service_fn(|req: Request<Incoming>| async move {
+                    let hosts: Vec<String> =
+                        req.headers().get_all(header::HOST).iter().map(|v| v.to_str().unwrap().to_string()).collect();
+                    Ok::<_, std::convert::Infallible>(Response::new(http_body_util::Full::new(bytes::Bytes::from(
+                        hosts.join(","),
+                    ))))
+                });
+                let io = hyper_util::rt::TokioIo::new(stream);
+                tokio::spawn(hyper::server::conn::http1::Builder::new().serve_connection(io, svc));
+            }
+        });
+        let client = UpstreamClient::new(&config(&format!("http://127.0.0.1:{port}")).upstream);
+        for carried in [None, Some("evil.example"), Some("127.0.0.1:1")] {
+            let mut req = Request::get(client.uri("/v1/x").unwrap()).body(crate::body::empty()).unwrap();
+            if let Some(h) = carried {
+                req.headers_mut().insert(header::HOST, HeaderValue::from_static(h));
+            }
+            let resp = client.send(req).await.unwrap();
+            let body = http_body_util::BodyExt::collect(resp.into_body()).await.unwrap().to_bytes();
+            assert_eq!(body, format!("127.0.0.1:{port}"), "request carrying {carried:?}");
+        }
+        server.abort();
     }
 
     #[test]
