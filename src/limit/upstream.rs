@@ -263,6 +263,20 @@ impl Bucket {
         self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
+    /// Takes a slot now if one is free and nobody waits, for a bucket shared with no cluster:
+    /// [`Bucket::acquire`]'s path that never waits, without a future (issue 14). `false`: the
+    /// caller waits with [`Bucket::acquire_with`], which decides again.
+    pub fn try_acquire_now(&self) -> bool {
+        if self.cluster.load().is_some() {
+            return false;
+        }
+        let now = Instant::now();
+        let mut st = self.lock();
+        st.share = share_of(None);
+        st.recover(self.base_rate, now);
+        st.grant_at_once(self.base_rate, now)
+    }
+
     /// Waits for budget for one request of `client`, at most `max_wait`. Returns how long it
     /// waited. No task is spawned: the waiting futures serve each other (see [`State::leader`]).
     /// Shared through the bucket's cluster, if it has one.
@@ -303,8 +317,7 @@ impl Bucket {
             st.share = share_of(cluster);
             st.recover(self.base_rate, started);
             // Shared: every request goes through the queue, so that Redis is asked in fair order.
-            if !shared && st.queued == 0 && st.ready_at(self.base_rate, started).is_none() {
-                st.take(started);
+            if !shared && st.grant_at_once(self.base_rate, started) {
                 return Ok(Acquired { waited: Duration::ZERO, limits: None });
             }
             let estimate = st.estimate(self.base_rate, client, started);
@@ -487,6 +500,15 @@ impl State {
     fn ready_at(&self, rate: Rate, now: Instant) -> Option<Instant> {
         let earliest = self.tat.checked_sub(self.tolerance(rate)).unwrap_or(now);
         (earliest > now).then_some(earliest)
+    }
+
+    /// Takes a slot at `now` if one is free and no request is queued for one.
+    fn grant_at_once(&mut self, rate: Rate, now: Instant) -> bool {
+        let free = self.queued == 0 && self.ready_at(rate, now).is_none();
+        if free {
+            self.take(now);
+        }
+        free
     }
 
     fn take(&mut self, now: Instant) {
@@ -678,6 +700,27 @@ mod tests {
         let results: Vec<_> = futures_util::future::join_all(tasks).await.into_iter().map(|r| r.unwrap()).collect();
         assert_eq!(results.iter().filter(|r| r.is_ok()).count(), 1, "{results:?}");
         assert!(results.iter().filter_map(|r| r.err()).all(|busy| busy.retry_after >= Duration::from_secs(1)));
+    }
+
+    /// The burst is taken at once without a future; then nothing until a slot is due, and never
+    /// past a request already queued for one.
+    #[tokio::test(start_paused = true)]
+    async fn a_free_slot_is_taken_at_once_and_only_then() {
+        let b = bucket(10.0, 2, 100);
+        assert!(b.try_acquire_now() && b.try_acquire_now());
+        assert!(!b.try_acquire_now(), "the burst is spent");
+        // A waiter queued for the next slot keeps its place against the path without a future.
+        let waiter = tokio::spawn({
+            let b = b.clone();
+            async move { b.acquire(ClientId(1), Duration::from_secs(2)).await }
+        });
+        tokio::task::yield_now().await;
+        tokio::time::advance(Duration::from_millis(100)).await;
+        assert!(!b.try_acquire_now(), "a queued request goes first");
+        assert_eq!(waiter.await.unwrap(), Ok(Duration::from_millis(100)));
+        tokio::time::advance(Duration::from_millis(100)).await;
+        assert!(b.try_acquire_now());
+        assert!(!b.try_acquire_now());
     }
 
     #[tokio::test(start_paused = true)]

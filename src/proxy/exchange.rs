@@ -23,6 +23,7 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use futures_util::future::Either;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use http_body::Body as _;
 use rand::Rng as _;
@@ -321,10 +322,11 @@ where
 {
     type Response = Response<Body>;
     type Error = GatewayError;
-    type Future = ExchangeFuture;
+    type Future = Either<S::Future, ExchangeFuture>;
 
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), GatewayError>> {
-        Poll::Ready(Ok(()))
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), GatewayError>> {
+        // The API key path calls the inner service straight from `call`.
+        self.inner.poll_ready(cx)
     }
 
     /// Sends with the credential. A 401 on a token that may be dead (see
@@ -332,17 +334,18 @@ where
     /// [`MAX_ATTEMPTS`] is not reached; otherwise the 401 is the endpoint's answer and passes
     /// through, and a token that may be dead is replaced in the background without taking it
     /// from other requests.
-    fn call(&mut self, mut req: Request<Payload>) -> ExchangeFuture {
+    fn call(&mut self, mut req: Request<Payload>) -> Self::Future {
+        let source = match &self.config.credential {
+            // An API key is never replaced: its one send needs no future of its own (issue 14).
+            Credential::ApiKey(value) => {
+                req.headers_mut().insert(auth::API_KEY.clone(), value.clone());
+                return Either::Left(self.inner.call(req));
+            }
+            Credential::Token(source) => source.clone(),
+        };
         let mut inner = take(&mut self.inner);
-        let ReplayConfig { credential, within, metrics, bucket, note } = self.config.clone();
-        Box::pin(async move {
-            let source = match credential {
-                Credential::ApiKey(value) => {
-                    req.headers_mut().insert(auth::API_KEY.clone(), value);
-                    return inner.ready().await?.call(req).await;
-                }
-                Credential::Token(source) => source,
-            };
+        let ReplayConfig { within, metrics, bucket, note, .. } = self.config.clone();
+        Either::Right(Box::pin(async move {
             let unavailable = |e: TokenUnavailable| GatewayError::CredentialUnavailable {
                 credential: source.name().to_string(),
                 reason: e.0,
@@ -365,7 +368,7 @@ where
             metrics.upstream_retries.with_label_values(&[prefix(bucket.as_ref()), "401"]).inc();
             again.headers_mut().insert(header::AUTHORIZATION, fresh.header.clone());
             inner.ready().await?.call(again).await
-        })
+        }))
     }
 }
 
@@ -396,19 +399,30 @@ where
 {
     type Response = Response<Body>;
     type Error = GatewayError;
-    type Future = ExchangeFuture;
+    type Future = Either<S::Future, ExchangeFuture>;
 
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), GatewayError>> {
-        Poll::Ready(Ok(()))
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), GatewayError>> {
+        // A slot free at once calls the inner service straight from `call`.
+        self.inner.poll_ready(cx)
     }
 
     /// Waits for the prefix's budget, at most until the deadline (429 with `Retry-After`
     /// past it), then counts the send and sends.
-    fn call(&mut self, req: Request<Payload>) -> ExchangeFuture {
+    fn call(&mut self, req: Request<Payload>) -> Self::Future {
+        // No shared limits to take and a slot free now (or no budget for the prefix): no wait,
+        // so no future of this layer's own (issue 14). Otherwise the waiting path decides again.
+        let BudgetConfig { bucket, metrics, trip, .. } = &self.config;
+        if trip.pending.never() && bucket.as_ref().map_or(true, |b| b.try_acquire_now()) {
+            if let Some(bucket) = bucket {
+                metrics.queue_wait.with_label_values(&[bucket.label()]).observe(0.0);
+            }
+            trip.note.set(|f| f.sends += 1);
+            return Either::Left(self.inner.call(req));
+        }
         let mut inner = take(&mut self.inner);
         let BudgetConfig { bucket, client, client_name, metrics, trip: Trip { note, deadline, pending } } =
             self.config.clone();
-        Box::pin(async move {
+        Either::Right(Box::pin(async move {
             // The request's shared client limits go with its first slot; a retry has none.
             let pending = pending.take();
             if let Some(bucket) = &bucket {
@@ -439,7 +453,7 @@ where
             }
             note.set(|f| f.sends += 1);
             inner.ready().await?.call(req).await
-        })
+        }))
     }
 }
 
@@ -802,6 +816,32 @@ mod tests {
         assert_eq!(tokens.replaced.load(Ordering::SeqCst), 1);
     }
 
+    /// An API key goes on the request as `ApiKey`, once per send; Palette's 401 on it is the
+    /// endpoint's answer (a key is never replaced), and no token is asked for.
+    #[tokio::test(start_paused = true)]
+    async fn an_api_key_is_sent_once_and_its_401_passes_through() {
+        let metrics = Arc::new(Metrics::new());
+        for answer in [200, 401] {
+            let (palette, seen) = fake_palette(move |_, _| status(answer));
+            let (mut req, trip) = request(Method::GET, Payload::Buffered(Bytes::new()), Duration::from_secs(5));
+            req.headers_mut().insert(auth::API_KEY.clone(), HeaderValue::from_static("client-said-this"));
+            let svc = tower::ServiceBuilder::new()
+                .layer(ReplayLayer::<Tokens>::new(ReplayConfig {
+                    credential: Credential::ApiKey(HeaderValue::from_static("palette-key")),
+                    within: Duration::from_secs(1),
+                    metrics: metrics.clone(),
+                    bucket: None,
+                    note: trip.note.clone(),
+                }))
+                .layer(budget(None, &metrics, &trip))
+                .service(palette);
+            assert_eq!(svc.oneshot(req).await.unwrap().status(), answer);
+            assert_eq!(*seen.lock().unwrap(), ["palette-key"], "answered {answer}");
+            assert_eq!(trip.note.sends(), 1);
+        }
+        assert_eq!(metrics.upstream_retries.with_label_values(&["none", "401"]).get(), 0);
+    }
+
     #[tokio::test(start_paused = true)]
     async fn a_401_on_a_fresh_replacement_passes_through() {
         let metrics = Arc::new(Metrics::new());
@@ -925,8 +965,13 @@ mod tests {
                 tower::ServiceBuilder::new().layer(budget(bucket.clone(), &metrics, &trip)).service(palette.clone());
             (svc.oneshot(req), trip)
         };
-        // The first request takes the only slot; the next would wait 2 s, past its 1 s.
-        assert_eq!(send(Duration::from_secs(1)).0.await.unwrap().status(), 200);
+        // The first request takes the only slot at once (counted, its zero wait observed); the
+        // next would wait 2 s, past its 1 s.
+        let (answer, trip) = send(Duration::from_secs(1));
+        assert_eq!(answer.await.unwrap().status(), 200);
+        assert_eq!(trip.note.sends(), 1);
+        let waits = metrics.queue_wait.with_label_values(&[bucket.as_ref().unwrap().label()]);
+        assert_eq!((waits.get_sample_count(), waits.get_sample_sum()), (1, 0.0));
         let (answer, trip) = send(Duration::from_secs(1));
         let err = answer.await.unwrap_err();
         assert!(matches!(err, GatewayError::RateLimited { limit: "upstream", .. }), "{err:?}");

@@ -69,6 +69,11 @@ fn refused(metrics: &Metrics, client: &str, refusal: Refusal, note: &Note) -> Ga
 pub(crate) struct PendingLimits(Option<Arc<Mutex<Option<Pending>>>>);
 
 impl PendingLimits {
+    /// No shared limits were ever pending (no `[cluster]`, or Redis was down at step 5).
+    pub(crate) fn never(&self) -> bool {
+        self.0.is_none()
+    }
+
     /// The limits, if nothing took them yet.
     pub(crate) fn take(&self) -> Option<Pending> {
         self.0.as_ref()?.lock().unwrap_or_else(|p| p.into_inner()).take()
