@@ -167,52 +167,108 @@ where
 {
     type Response = Response<Body>;
     type Error = GatewayError;
-    type Future = ExchangeFuture;
+    type Future = RetryFuture<S>;
 
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), GatewayError>> {
-        Poll::Ready(Ok(()))
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), GatewayError>> {
+        // The first send is called straight from `call`.
+        self.inner.poll_ready(cx)
     }
 
     /// Palette answered 429 despite the budget: the prefix is slowed down and an idempotent
     /// request with a buffered body is sent again after Palette's `Retry-After` (else
     /// exponential backoff with jitter), while the wait ends before the deadline and
-    /// [`MAX_ATTEMPTS`] allows. A 429 that is not retried gets a `Retry-After`.
-    fn call(&mut self, mut req: Request<Payload>) -> ExchangeFuture {
-        let mut inner = take(&mut self.inner);
-        let RetryConfig { metrics, bucket, trip: Trip { note, deadline, .. } } = self.config.clone();
-        Box::pin(async move {
-            let idempotent = matches!(*req.method(), Method::GET | Method::HEAD | Method::PUT | Method::DELETE);
-            let mut retries = 0;
-            loop {
-                let again = if idempotent { resend(&req) } else { None };
-                let mut resp = inner.ready().await?.call(req).await?;
-                if resp.status() != StatusCode::TOO_MANY_REQUESTS {
-                    return Ok(resp);
-                }
-                throttled(&metrics, bucket.as_ref());
-                let wait = again
-                    .as_ref()
-                    .filter(|_| note.sends() < MAX_ATTEMPTS)
-                    .map(|_| {
-                        retry_after(resp.headers(), std::time::SystemTime::now()).unwrap_or_else(|| backoff(retries))
-                    })
-                    .filter(|wait| tokio::time::Instant::now() + *wait < deadline);
-                let (Some(again), Some(wait)) = (again, wait) else {
-                    if !resp.headers().contains_key(header::RETRY_AFTER) {
-                        let rate = bucket.as_ref().map_or(1.0, |b| b.current_rate());
-                        let wait = Duration::from_secs_f64(1.0 / rate).max(backoff(retries));
-                        resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(retry_after_secs(wait)));
-                    }
-                    return Ok(resp);
+    /// [`MAX_ATTEMPTS`] allows. A 429 that is not retried gets a `Retry-After`. The first send
+    /// needs no future of this layer's own; only what follows a 429 is boxed (issue 14).
+    fn call(&mut self, req: Request<Payload>) -> RetryFuture<S> {
+        let idempotent = matches!(*req.method(), Method::GET | Method::HEAD | Method::PUT | Method::DELETE);
+        // The copy is taken before the send, which consumes the request; the service for the
+        // resend is a clone, made ready again before it is called.
+        let again = if idempotent { resend(&req).map(|copy| (self.inner.clone(), copy)) } else { None };
+        let send = self.inner.call(req);
+        RetryFuture::First { send, again, config: Some(self.config.clone()) }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The retry layer's future: the first send, watched for Palette's 429; then, only after
+    /// one, the waits and resends of [`after_429`].
+    #[project = RetryProj]
+    pub(crate) enum RetryFuture<S: Service<Request<Payload>>> {
+        First {
+            #[pin]
+            send: S::Future,
+            again: Option<(S, Request<Payload>)>,
+            config: Option<RetryConfig>,
+        },
+        Retrying { retry: ExchangeFuture },
+    }
+}
+
+impl<S> Future for RetryFuture<S>
+where
+    S: Service<Request<Payload>, Response = Response<Body>, Error = GatewayError> + Clone + Send + 'static,
+    S::Future: Send,
+{
+    type Output = Result<Response<Body>, GatewayError>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let retry = match self.as_mut().project() {
+            RetryProj::Retrying { retry } => return retry.as_mut().poll(cx),
+            RetryProj::First { send, again, config } => {
+                let resp = match std::task::ready!(send.poll(cx)) {
+                    Ok(resp) if resp.status() == StatusCode::TOO_MANY_REQUESTS => resp,
+                    other => return Poll::Ready(other),
                 };
-                drop(resp);
-                retries += 1;
-                metrics.upstream_retries.with_label_values(&[prefix(bucket.as_ref()), "429"]).inc();
-                tokio::time::sleep(wait).await;
-                note.set(|f| f.wait_ms += wait.as_secs_f64() * 1000.0);
-                req = again;
+                let Some(config) = config.take() else {
+                    return Poll::Ready(Err(GatewayError::UpstreamError("the retry future was polled again".into())));
+                };
+                Box::pin(after_429(again.take(), resp, config))
             }
-        })
+        };
+        self.set(RetryFuture::Retrying { retry });
+        self.poll(cx)
+    }
+}
+
+/// After Palette's 429 (`resp`): slows the prefix down and, while the request has a copy to
+/// send (`again`), [`MAX_ATTEMPTS`] allows and the wait ends before the deadline, waits and
+/// sends again. The 429 that is answered gets a `Retry-After`.
+async fn after_429<S>(
+    mut again: Option<(S, Request<Payload>)>,
+    mut resp: Response<Body>,
+    config: RetryConfig,
+) -> Result<Response<Body>, GatewayError>
+where
+    S: Service<Request<Payload>, Response = Response<Body>, Error = GatewayError> + Clone + Send + 'static,
+    S::Future: Send,
+{
+    let RetryConfig { metrics, bucket, trip: Trip { note, deadline, .. } } = config;
+    let mut retries = 0;
+    loop {
+        throttled(&metrics, bucket.as_ref());
+        let wait = again
+            .as_ref()
+            .filter(|_| note.sends() < MAX_ATTEMPTS)
+            .map(|_| retry_after(resp.headers(), std::time::SystemTime::now()).unwrap_or_else(|| backoff(retries)))
+            .filter(|wait| tokio::time::Instant::now() + *wait < deadline);
+        let (Some((mut inner, req)), Some(wait)) = (again.take(), wait) else {
+            if !resp.headers().contains_key(header::RETRY_AFTER) {
+                let rate = bucket.as_ref().map_or(1.0, |b| b.current_rate());
+                let wait = Duration::from_secs_f64(1.0 / rate).max(backoff(retries));
+                resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(retry_after_secs(wait)));
+            }
+            return Ok(resp);
+        };
+        drop(resp);
+        retries += 1;
+        metrics.upstream_retries.with_label_values(&[prefix(bucket.as_ref()), "429"]).inc();
+        tokio::time::sleep(wait).await;
+        note.set(|f| f.wait_ms += wait.as_secs_f64() * 1000.0);
+        again = resend(&req).map(|copy| (inner.clone(), copy));
+        resp = inner.ready().await?.call(req).await?;
+        if resp.status() != StatusCode::TOO_MANY_REQUESTS {
+            return Ok(resp);
+        }
     }
 }
 
