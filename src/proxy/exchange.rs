@@ -83,8 +83,11 @@ pub(crate) struct Trip {
     pub(crate) pending: PendingLimits,
 }
 
-/// The future every exchange layer returns (the layers wait and loop, which no concrete
-/// combinator expresses; one allocation per layer per request, next to a network call).
+/// The boxed future of what waits and loops (a token's fetch and replay, a budget wait, the
+/// retries after a 429, the send), which no concrete combinator expresses. A request with an
+/// API key credential, a budget slot free at once and no 429 boxes only the send: the other
+/// layers call their inner service straight from `call` (issue 14). A token credential's
+/// fetch is always a boxed future of the replay layer.
 pub(crate) type ExchangeFuture = Pin<Box<dyn Future<Output = Result<Response<Body>, GatewayError>> + Send>>;
 
 /// A copy of `req` for another send: only a buffered body can be sent again.
