@@ -16,7 +16,7 @@ use hyper_util::client::legacy::{connect::HttpConnector, Client};
 use hyper_util::rt::TokioIo;
 use palette_gateway::config::{load_str, MapEnv};
 use palette_gateway::server::{connection_builder, Versions};
-use palette_gateway::upstream::{client_builder, configure_tcp, host_header};
+use palette_gateway::upstream::{client_builder, configure_tcp};
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -39,11 +39,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let mut http = HttpConnector::new();
         configure_tcp(&mut http, connect_timeout);
         // As the gateway: `Host` is built once and set on each request, not by hyper-util.
-        let host = upstream.scheme().zip(upstream.authority()).and_then(|(s, a)| host_header(s, a));
-        let mut client_builder = client_builder();
-        if host.is_some() {
-            client_builder.set_host(false);
-        }
+        let (Some(scheme), Some(authority)) = (upstream.scheme(), upstream.authority()) else {
+            return Err(format!("the upstream {upstream} is not an absolute URI").into());
+        };
+        let (client_builder, host) = client_builder(scheme, authority);
         let client: Client<HttpConnector, Body> = client_builder.build(http);
         // Plaintext, as the gateway's plaintext listener: h2c by prior knowledge or HTTP/1.1.
         let builder = std::sync::Arc::new(connection_builder(&limits, Versions::Detect));

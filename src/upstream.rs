@@ -96,13 +96,7 @@ impl UpstreamClient {
             .enable_http1()
             .enable_http2()
             .wrap_connector(http);
-        let host = host_header(&cfg.scheme, &cfg.authority);
-        let mut builder = client_builder();
-        if host.is_some() {
-            // The gateway sets `Host` itself (`send`): hyper-util would build it again for
-            // every request (`format!` of host and port, an allocation: issue 14).
-            builder.set_host(false);
-        }
+        let (builder, host) = client_builder(&cfg.scheme, &cfg.authority);
         let client = builder.build(https);
         UpstreamClient {
             client,
@@ -174,9 +168,13 @@ pub fn configure_tcp<R>(http: &mut HttpConnector<R>, connect_timeout: Duration) 
     http.set_keepalive(Some(Duration::from_secs(60)));
 }
 
-/// The upstream client's pool and timer settings, in one place so that the benchmark's floor
-/// (`examples/floor_proxy.rs`) is built from exactly these.
-pub fn client_builder() -> hyper_util::client::legacy::Builder {
+/// The upstream client's pool and timer settings for one upstream, and the `Host` header its
+/// requests must then be given (see [`host_header`]): in one place so that the benchmark's floor
+/// (`examples/floor_proxy.rs`) is built from exactly these and cannot pair them differently.
+pub fn client_builder(
+    scheme: &http::uri::Scheme,
+    authority: &http::uri::Authority,
+) -> (hyper_util::client::legacy::Builder, Option<HeaderValue>) {
     let mut builder = Client::builder(TokioExecutor::new());
     builder
         .pool_idle_timeout(Duration::from_secs(90))
@@ -185,7 +183,13 @@ pub fn client_builder() -> hyper_util::client::legacy::Builder {
         .pool_max_idle_per_host(1024)
         .pool_timer(TokioTimer::new())
         .timer(TokioTimer::new());
-    builder
+    let host = host_header(scheme, authority);
+    if host.is_some() {
+        // The caller sets `Host` itself: hyper-util would build it again for every request
+        // (`format!` of host and port, an allocation: issue 14).
+        builder.set_host(false);
+    }
+    (builder, host)
 }
 
 /// An error and its sources on one line (hyper's top-level messages alone say little).

@@ -272,8 +272,7 @@ impl Bucket {
         }
         let now = Instant::now();
         let mut st = self.lock();
-        st.share = share_of(None);
-        st.recover(self.base_rate, now);
+        st.catch_up(self.base_rate, share_of(None), now);
         st.grant_at_once(self.base_rate, now)
     }
 
@@ -314,8 +313,7 @@ impl Bucket {
         }
         let ticket = {
             let mut st = self.lock();
-            st.share = share_of(cluster);
-            st.recover(self.base_rate, started);
+            st.catch_up(self.base_rate, share_of(cluster), started);
             // Shared: every request goes through the queue, so that Redis is asked in fair order.
             if !shared && st.grant_at_once(self.base_rate, started) {
                 return Ok(Acquired { waited: Duration::ZERO, limits: None });
@@ -399,8 +397,7 @@ impl Bucket {
         let now = Instant::now();
         let (interval, tolerance, next, keys) = {
             let mut st = self.lock();
-            st.share = 1;
-            st.recover(self.base_rate, now);
+            st.catch_up(self.base_rate, 1, now);
             if let Some(at) = st.ready_at(self.base_rate, now) {
                 return Lead::NotBefore(at);
             }
@@ -500,6 +497,13 @@ impl State {
     fn ready_at(&self, rate: Rate, now: Instant) -> Option<Instant> {
         let earliest = self.tat.checked_sub(self.tolerance(rate)).unwrap_or(now);
         (earliest > now).then_some(earliest)
+    }
+
+    /// Brings the schedule to `now` before a decision: this replica's `share` of the budget,
+    /// and the rate recovered since a 429 slowed it.
+    fn catch_up(&mut self, rate: Rate, share: u32, now: Instant) {
+        self.share = share;
+        self.recover(rate, now);
     }
 
     /// Takes a slot at `now` if one is free and no request is queued for one.
