@@ -96,7 +96,22 @@ const REDACTED: &[u8] = b"[redacted]";
 /// whose name holds one. On the hot path for every answer: one substring search per header
 /// and secret, and no allocation unless something matches.
 pub fn redact_headers(headers: &mut HeaderMap, secrets: &[&str]) {
-    let secrets_in = |b: &[u8]| secrets.iter().any(|s| contains(b, s.as_bytes()));
+    let needles: smallvec::SmallVec<[&[u8]; 4]> =
+        secrets.iter().map(|s| s.as_bytes()).filter(|s| !s.is_empty()).collect();
+    let Some(shortest) = needles.iter().map(|s| s.len()).min() else {
+        return;
+    };
+    // The searchers are built once, for the first name or value long enough to hold a secret,
+    // and serve every header after it: `memmem::find` would build one per header and secret,
+    // which cost more than the search of a short header (issue 14).
+    let mut finders: Option<smallvec::SmallVec<[memchr::memmem::Finder<'_>; 4]>> = None;
+    let mut secrets_in = |b: &[u8]| {
+        b.len() >= shortest
+            && finders
+                .get_or_insert_with(|| needles.iter().map(memchr::memmem::Finder::new).collect())
+                .iter()
+                .any(|f| b.len() >= f.needle().len() && f.find(b).is_some())
+    };
     let mut doomed: Vec<HeaderName> = Vec::new();
     for (name, value) in headers.iter_mut() {
         if secrets_in(name.as_str().as_bytes()) {
@@ -213,5 +228,38 @@ mod tests {
         h.insert("secret", HeaderValue::from_static("1"));
         redact_headers(&mut h, &["secret"]);
         assert!(h.is_empty());
+    }
+
+    proptest::proptest! {
+        /// Whatever the headers and secrets (shorter or longer than a value, empty, one inside
+        /// another), no secret survives in a name or a value, and a header that holds none is
+        /// left as it was: the same verdict as a plain scan of every window.
+        #[test]
+        fn no_secret_survives_in_any_header(
+            values in proptest::collection::vec("[x-z]{0,12}", 0..6),
+            secrets in proptest::collection::vec("[x-z]{0,4}", 0..4),
+        ) {
+            let held = |b: &[u8], s: &str| !s.is_empty() && b.windows(s.len()).any(|w| w == s.as_bytes());
+            let mut h = HeaderMap::new();
+            for (i, v) in values.iter().enumerate() {
+                h.append(HeaderName::from_bytes(format!("h-{i}").as_bytes()).unwrap(), HeaderValue::from_str(v).unwrap());
+            }
+            let before = h.clone();
+            let secrets: Vec<&str> = secrets.iter().map(String::as_str).collect();
+            redact_headers(&mut h, &secrets);
+            proptest::prop_assert_eq!(h.len(), before.len(), "no name here holds a secret");
+            for (name, value) in &before {
+                let now = &h[name];
+                if secrets.iter().any(|s| held(value.as_bytes(), s)) {
+                    proptest::prop_assert!(now.as_bytes().windows(10).any(|w| w == REDACTED), "{:?} -> {:?}", value, now);
+                    for s in &secrets {
+                        // `[redacted]` itself holds none of x-z.
+                        proptest::prop_assert!(!held(now.as_bytes(), s), "{:?} still holds {:?}", now, s);
+                    }
+                } else {
+                    proptest::prop_assert_eq!(now, value);
+                }
+            }
+        }
     }
 }
