@@ -191,7 +191,7 @@ async fn process(
         Some(h) => (h.id, h.note, h.bytes_in),
         None => (request_id::assign(&parts.headers), Note::default(), Arc::default()),
     };
-    let (request_id, rid, stats) = (&id.0, id.as_str(), &stats);
+    let (request_id, stats) = (&id.0, &stats);
     // 1. Overload: over the in-flight limit, 503 before any work.
     limits::check_inflight(rt, metrics)?;
     // 2. Framing: method, overrides, transfer coding, declared size, origin form; body caps.
@@ -229,7 +229,8 @@ async fn process(
     note.set(|f| f.route = matched.route.map(|r| r.name.clone()));
     let scope = decided?.scope;
     // The log records what goes upstream.
-    let project = parts.headers.get(&scope::PROJECT_UID_HEADER).and_then(|p| p.to_str().ok()).map(str::to_string);
+    // A handle on the header's shared bytes, not a copy: read only if the request is logged.
+    let project = parts.headers.get(&scope::PROJECT_UID_HEADER).cloned();
     note.set(|f| f.project = project);
 
     // 10. The exchange: credential swap, budget, send, 401 replay, 429 retry, response hygiene.
@@ -272,7 +273,8 @@ async fn process(
     };
     // The response cache around the exchange (issue 12): here, after every check, so a cached
     // answer only goes to a request that may fetch it.
-    let (credential, fetch_note, rid_owned) = (credential.clone(), note.clone(), rid.to_string());
+    // The id's shared bytes, not a copy of its text.
+    let (credential, fetch_note, fetch_id) = (credential.clone(), note.clone(), id.clone());
     let plan = cache::Plan::new(
         rt,
         &cache::CacheRequest {
@@ -287,7 +289,7 @@ async fn process(
         },
     );
     let fetch = move || async move {
-        let resp = exchange.run(&credential, head, body, &fetch_note, &rid_owned).await?;
+        let resp = exchange.run(&credential, head, body, &fetch_note, fetch_id.as_str()).await?;
         target::check_upstream_status(resp)
     };
     let answer = cache::around(rt, metrics, plan, &note, fetch).await?;

@@ -33,7 +33,8 @@ pub(crate) struct Facts {
     pub(crate) client: Option<Arc<str>>,
     pub(crate) route: Option<Arc<str>>,
     pub(crate) rate: Option<RateHeaders>,
-    pub(crate) project: Option<String>,
+    /// The `ProjectUid` sent upstream, as its header value (shared, not copied).
+    pub(crate) project: Option<HeaderValue>,
     /// The path forwarded to Palette (after a route's strip; the query dropped, as for `path`).
     pub(crate) upstream_path: Option<crate::proxy::path::CheckedPath>,
     pub(crate) upstream_status: Option<u16>,
@@ -235,7 +236,7 @@ impl RequestLog {
         let facts = self.note.take();
         let client = facts.client.as_deref().unwrap_or("none");
         let route = facts.route.as_deref().unwrap_or("none");
-        let project = facts.project.as_deref().unwrap_or("");
+        let project = facts.project.as_ref().and_then(|p| p.to_str().ok()).unwrap_or("");
         let upstream_path = facts.upstream_path.as_ref().map_or("", |p| p.as_str());
         let (path, traceparent, user_agent) = (self.path.as_str(), self.traceparent.as_str(), self.user_agent.as_str());
         let client_addr = self.peer.map(|p| p.to_string()).unwrap_or_default();
