@@ -172,6 +172,9 @@ pub fn explain(cfg: &Config, req: &Request) -> Result<(String, Outcome), UsageEr
     let id = request_id::assign(&parts.headers);
     let query = parts.uri.query().map(str::to_string);
     // Offline: no project name lookup, so nothing in this future waits.
+    // The key as a request's authentication would hand it on (also with `--client`, as a
+    // request whose certificate named the client would still lose its key's copies).
+    let presented = auth::presented_key(&parts.headers).ok().flatten().map(|(_, p)| p);
     let decide = decide::route(
         cfg,
         client_idx,
@@ -181,6 +184,7 @@ pub fn explain(cfg: &Config, req: &Request) -> Result<(String, Outcome), UsageEr
         &mut parts.headers,
         &conn,
         &id.0,
+        presented.as_ref(),
         None,
     );
     let Some((matched, decided)) = futures_util::FutureExt::now_or_never(decide) else {

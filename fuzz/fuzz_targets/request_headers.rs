@@ -152,7 +152,15 @@ fuzz_target!(|data: &[u8]| {
     // 2. The library's hygiene: every removal, then every header the gateway decides.
     let xff = HeaderValue::from_static(XFF);
     let rid = HeaderValue::from_static(REQUEST_ID);
-    let facts = forward::Decided { forwarded_for: &xff, tls, request_id: &rid, project: decided.project.as_ref() };
+    // No key handed on: the invariants below hold on the name-based removals alone (a header
+    // sent as-is under another name is exempt from them).
+    let facts = forward::Decided {
+        forwarded_for: &xff,
+        tls,
+        request_id: &rid,
+        project: decided.project.as_ref(),
+        local_key: None,
+    };
     forward::request_headers(&mut headers, &facts);
 
     // 3. The credential, set per attempt after hygiene (as `proxy::build` does).

@@ -2,7 +2,7 @@
 //! `Authorization: Bearer`), its verified client certificate, or the anonymous client.
 
 use http::header::{self, HeaderName};
-use http::HeaderMap;
+use http::{HeaderMap, HeaderValue};
 use sha2::{Digest, Sha256};
 
 use crate::config::{ClientId, Config};
@@ -74,9 +74,21 @@ pub fn identify(
     headers: &HeaderMap,
     peer: &PeerIdentity,
 ) -> Result<ClientId, GatewayError> {
-    let key = local_key(headers)?;
+    identify_presented(cfg, cache, headers, peer).map(|(client, _)| client)
+}
+
+/// [`identify`], with the local key the request presented (`None`: it presented none), for
+/// hygiene to remove under any other name without reading the credential headers again.
+pub(crate) fn identify_presented(
+    cfg: &Config,
+    cache: &KeyCache,
+    headers: &HeaderMap,
+    peer: &PeerIdentity,
+) -> Result<(ClientId, Option<PresentedKey>), GatewayError> {
+    let found = find_local_key(headers)?;
     let by_cert = cert_client(cfg, peer)?;
-    match (key, by_cert) {
+    let presented = found.as_ref().map(|f| f.presented());
+    let client = match (found.map(|f| f.key), by_cert) {
         (Some(key), cert) => {
             let Some(client) = cache.lookup(cfg, key) else {
                 return Err(GatewayError::UnknownCredential("the local key is not known to this gateway".into()));
@@ -90,7 +102,8 @@ pub fn identify(
         }
         (None, Some(client)) => Ok(client),
         (None, None) => cfg.anonymous_client.ok_or(GatewayError::MissingCredential),
-    }
+    }?;
+    Ok((client, presented))
 }
 
 /// The client a verified certificate's names identify. A certificate whose names map to two
@@ -116,21 +129,79 @@ pub(crate) fn cert_client(cfg: &Config, peer: &PeerIdentity) -> Result<Option<Cl
 
 /// The local key the request carries, if any.
 pub(crate) fn local_key(headers: &HeaderMap) -> Result<Option<&str>, GatewayError> {
+    Ok(find_local_key(headers)?.map(|f| f.key))
+}
+
+/// [`local_key`], and the same as a [`PresentedKey`] for hygiene, for a caller that does not
+/// identify the client through [`identify_presented`] (a Kubernetes token, `explain`).
+pub(crate) fn presented_key(headers: &HeaderMap) -> Result<Option<(&str, PresentedKey)>, GatewayError> {
+    Ok(find_local_key(headers)?.map(|f| (f.key, f.presented())))
+}
+
+/// A local key as found: its text, and the header value it is in.
+struct Found<'a> {
+    key: &'a str,
+    value: &'a HeaderValue,
+    bearer: bool,
+}
+
+impl Found<'_> {
+    fn presented(&self) -> PresentedKey {
+        PresentedKey { value: self.value.clone(), bearer: self.bearer }
+    }
+}
+
+fn find_local_key(headers: &HeaderMap) -> Result<Option<Found<'_>>, GatewayError> {
     let api_key = single(headers, &API_KEY, "ApiKey")?;
     let bearer = match single(headers, &header::AUTHORIZATION, "Authorization")? {
-        Some(v) => Some(bearer_token(v)?),
+        Some((value, text)) => Some((value, bearer_token(text)?)),
         None => None,
     };
     match (api_key, bearer) {
         (Some(_), Some(_)) => {
             Err(GatewayError::BadRequest("send the local key in ApiKey or in Authorization, not both".into()))
         }
-        (Some(v), None) | (None, Some(v)) => Ok(Some(v)),
+        (Some((value, key)), None) => Ok(Some(Found { key, value, bearer: false })),
+        (None, Some((value, key))) => Ok(Some(Found { key, value, bearer: true })),
         (None, None) => Ok(None),
     }
 }
 
-fn single<'a>(headers: &'a HeaderMap, name: &HeaderName, shown: &str) -> Result<Option<&'a str>, GatewayError> {
+/// The local key a request presented, kept as the header value it came in (a shared handle, not
+/// a copy) so that it can be found again without a second lookup and check of the credential
+/// headers (issue 14). `Debug` does not show it.
+#[derive(Clone)]
+pub(crate) struct PresentedKey {
+    value: HeaderValue,
+    /// In `Authorization: Bearer <key>`, not `ApiKey: <key>`.
+    bearer: bool,
+}
+
+impl PresentedKey {
+    /// The key's bytes: what [`local_key`] returned for the request. Its headers passed
+    /// `to_str` (visible ASCII, spaces and tabs), where `trim_ascii` and `str::trim` agree, and
+    /// a bearer's scheme ends at the first space, as in [`bearer_token`].
+    pub(crate) fn as_bytes(&self) -> &[u8] {
+        let v = self.value.as_bytes().trim_ascii();
+        if self.bearer {
+            v.splitn(2, |b| *b == b' ').nth(1).unwrap_or_default().trim_ascii()
+        } else {
+            v
+        }
+    }
+}
+
+impl std::fmt::Debug for PresentedKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("PresentedKey(..)")
+    }
+}
+
+fn single<'a>(
+    headers: &'a HeaderMap,
+    name: &HeaderName,
+    shown: &str,
+) -> Result<Option<(&'a HeaderValue, &'a str)>, GatewayError> {
     let mut values = headers.get_all(name).iter();
     let Some(first) = values.next() else {
         return Ok(None);
@@ -145,7 +216,7 @@ fn single<'a>(headers: &'a HeaderMap, name: &HeaderName, shown: &str) -> Result<
     if text.is_empty() {
         return Err(GatewayError::UnknownCredential(format!("the {shown} header is empty")));
     }
-    Ok(Some(text))
+    Ok(Some((first, text)))
 }
 
 fn bearer_token(value: &str) -> Result<&str, GatewayError> {
@@ -164,8 +235,40 @@ fn bearer_token(value: &str) -> Result<&str, GatewayError> {
 mod tests {
     use super::*;
     use crate::config::{load_str, MapEnv};
-    use http::HeaderValue;
     use std::path::Path;
+
+    proptest::proptest! {
+        /// What hygiene later looks for is, byte for byte, the key authentication read: any
+        /// spacing, tabs, scheme case or stray words around it.
+        #[test]
+        fn the_presented_key_is_the_key_read(
+            raw in "[ \t]{0,2}(Bearer|bearer|BEARER|Basic|)[ \t]{0,3}[a-z0-9. \t-]{0,12}",
+            in_api_key: bool,
+        ) {
+            let mut h = HeaderMap::new();
+            let Ok(value) = HeaderValue::from_str(&raw) else { return Ok(()) };
+            h.insert(if in_api_key { API_KEY.clone() } else { header::AUTHORIZATION }, value);
+            match (local_key(&h), presented_key(&h)) {
+                (Ok(Some(key)), Ok(Some((same, p)))) => {
+                    proptest::prop_assert_eq!(same, key);
+                    proptest::prop_assert_eq!(p.as_bytes(), key.as_bytes());
+                }
+                (Ok(None), Ok(None)) | (Err(_), Err(_)) => {}
+                (a, b) => proptest::prop_assert!(false, "local_key {:?} but presented_key {:?}", a, b.map(|p| p.map(|(_, p)| p.as_bytes().to_vec()))),
+            }
+        }
+    }
+
+    #[test]
+    fn identify_hands_on_the_key_it_read() {
+        let cfg = cfg("");
+        let mut h = HeaderMap::new();
+        h.insert(header::AUTHORIZATION, HeaderValue::from_static("Bearer   key-a "));
+        let (client, key) = identify_presented(&cfg, &KeyCache::default(), &h, &PeerIdentity::default()).unwrap();
+        assert_eq!(&*cfg.client(client).name, "a");
+        assert_eq!(key.as_ref().map(PresentedKey::as_bytes), Some(&b"key-a"[..]));
+        assert_eq!(format!("{key:?}"), "Some(PresentedKey(..))", "the key never reaches a Debug print");
+    }
 
     fn cfg(extra: &str) -> Config {
         let text = format!(

@@ -8,7 +8,7 @@ use std::net::IpAddr;
 
 use http::{header, HeaderMap};
 
-use super::auth::{self, PeerIdentity, API_KEY};
+use super::auth::{self, PeerIdentity, PresentedKey, API_KEY};
 use super::ConnInfo;
 use crate::config::ClientId;
 use crate::error::GatewayError;
@@ -16,23 +16,24 @@ use crate::kubernetes::{looks_like_jwt, KubeError, Kubernetes};
 use crate::metrics::{AuthMethod, AuthResult, Metrics};
 use crate::runtime::Runtime;
 
-/// Which client is calling.
+/// Which client is calling, and the local key it presented (a ServiceAccount token is one
+/// too): hygiene removes it under any other name.
 pub(crate) async fn identify(
     rt: &Runtime,
     metrics: &Metrics,
     headers: &HeaderMap,
     conn: &ConnInfo,
-) -> Result<ClientId, GatewayError> {
+) -> Result<(ClientId, Option<PresentedKey>), GatewayError> {
     let peer = &*conn.identity;
     if let Some(kube) = &rt.kubernetes {
-        if let Some(token) = kubernetes_token(headers) {
+        if let Some((token, presented)) = kubernetes_token(headers) {
             // Boxed: the TokenReview call's state would otherwise sit in every request's future.
             let result = Box::pin(by_token(rt, kube, token, peer, conn.peer.ip())).await;
             metrics.count_auth(AuthMethod::Kubernetes, result_label(&result));
-            return result;
+            return result.map(|client| (client, Some(presented)));
         }
     }
-    let result = auth::identify(&rt.config, &rt.key_cache, headers, peer);
+    let result = auth::identify_presented(&rt.config, &rt.key_cache, headers, peer);
     let method = if headers.contains_key(&API_KEY) || headers.contains_key(header::AUTHORIZATION) {
         AuthMethod::LocalKey
     } else if !peer.cert_names.is_empty() {
@@ -47,12 +48,12 @@ pub(crate) async fn identify(
 /// The bearer of `Authorization`, when it is the request's only credential header and is shaped
 /// like a JWT. Anything else (also a malformed or repeated header) is left to the local-key path,
 /// which refuses it with its usual message.
-fn kubernetes_token(headers: &HeaderMap) -> Option<&str> {
+fn kubernetes_token(headers: &HeaderMap) -> Option<(&str, PresentedKey)> {
     if headers.contains_key(&API_KEY) {
         return None;
     }
-    match auth::local_key(headers) {
-        Ok(Some(token)) if looks_like_jwt(token) => Some(token),
+    match auth::presented_key(headers) {
+        Ok(Some((token, presented))) if looks_like_jwt(token) => Some((token, presented)),
         _ => None,
     }
 }
@@ -90,7 +91,7 @@ async fn by_token(
     Ok(client)
 }
 
-fn result_label(result: &Result<ClientId, GatewayError>) -> AuthResult {
+fn result_label<T>(result: &Result<T, GatewayError>) -> AuthResult {
     match result {
         Ok(_) => AuthResult::Ok,
         Err(GatewayError::IdentityUnavailable(_)) => AuthResult::Unavailable,

@@ -9,6 +9,7 @@ use crate::config::{ClientId, Config};
 use crate::error::GatewayError;
 use crate::metrics::Metrics;
 use crate::pattern::AllowRule;
+use crate::proxy::auth::PresentedKey;
 use crate::proxy::path::CheckedPath;
 use crate::proxy::routes::{self, RouteMatch};
 use crate::proxy::scope::{self, Scope};
@@ -27,7 +28,7 @@ pub(crate) struct Decision<'a> {
 
 /// Route, policy, scope, hygiene. The route match comes back in any case (the log names the
 /// route of a refused request too); on success `headers` are what goes upstream, before the
-/// credential is added. `live` resolves project names (the request path); without it
+/// credential is added, without any header holding `local_key` (the key authentication read). `live` resolves project names (the request path); without it
 /// (`explain`, offline) a name resolves to nothing, and the future is ready at once.
 #[allow(clippy::too_many_arguments)]
 pub(crate) async fn route<'a>(
@@ -39,6 +40,7 @@ pub(crate) async fn route<'a>(
     headers: &mut HeaderMap,
     conn: &ConnInfo,
     request_id: &HeaderValue,
+    local_key: Option<&PresentedKey>,
     live: Option<(&Runtime, &Metrics)>,
 ) -> (RouteMatch<'a>, Result<Decision<'a>, GatewayError>) {
     let client = cfg.client(client_idx);
@@ -57,8 +59,8 @@ pub(crate) async fn route<'a>(
             tls: conn.tls,
             request_id,
             project: scope.project.as_ref(),
+            local_key: local_key.map(PresentedKey::as_bytes),
         };
-        hygiene::remove_local_key(headers);
         hygiene::request_headers(headers, &decided);
         Ok(Decision { rule, scope })
     }

@@ -55,8 +55,19 @@ type Doomed = smallvec::SmallVec<[HeaderName; 8]>;
 /// over the (few) headers present, then removals only for what is there: cheaper than trying
 /// to remove each name of a fixed list.
 pub(crate) fn strip(headers: &mut HeaderMap, drop: impl Fn(&str) -> bool) {
-    // On the stack: a client's request always loses a few (its credential at least).
-    let mut doomed: Doomed = headers.keys().filter(|n| drop(n.as_str())).cloned().collect();
+    strip_values(headers, |name, _| drop(name.as_str()));
+}
+
+/// [`strip`], with a verdict on each value: a name goes whole when any of its values is picked.
+fn strip_values(headers: &mut HeaderMap, mut drop: impl FnMut(&HeaderName, &HeaderValue) -> bool) {
+    // On the stack: a client's request always loses a few (its credential at least). A name's
+    // values come one after another, so a name is listed once.
+    let mut doomed: Doomed = Doomed::new();
+    for (name, value) in headers.iter() {
+        if doomed.last() != Some(name) && drop(name, value) {
+            doomed.push(name.clone());
+        }
+    }
     for v in headers.get_all(header::CONNECTION) {
         let Ok(v) = v.to_str() else { continue };
         doomed.extend(v.split(',').filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok()));
@@ -82,45 +93,33 @@ pub struct Decided<'a> {
     pub request_id: &'a HeaderValue,
     /// `ProjectUid`, as the scope step decided (`None`: tenant scope, no header).
     pub project: Option<&'a HeaderValue>,
-}
-
-/// Removes every header whose value holds the local key the client authenticated with (the
-/// key bytes as presented in `ApiKey` or `Authorization: Bearer`): a client's own key under
-/// another name (`X-Api-Key: <key>`, a `Cookie`-like custom header) must not reach Palette.
-/// Runs before [`request_headers`], which sets the headers the gateway decides. One substring
-/// search per header, only when a key was presented.
-pub(crate) fn remove_local_key(headers: &mut HeaderMap) {
-    let Ok(Some(key)) = crate::proxy::auth::local_key(headers) else {
-        return;
-    };
-    if key.is_empty() {
-        return;
-    }
-    let key = key.as_bytes();
-    // The searcher is built only for a value that could hold the key and is not just the key
-    // (the header it came in, most often): building one costs more than the usual short
-    // headers' checks (issue 14).
-    let mut finder = None;
-    let doomed: Doomed = headers
-        .iter()
-        .filter(|(_, v)| {
-            let v = v.as_bytes();
-            v.len() >= key.len()
-                && (v == key || finder.get_or_insert_with(|| memchr::memmem::Finder::new(key)).find(v).is_some())
-        })
-        .map(|(n, _)| n.clone())
-        .collect();
-    for name in doomed {
-        headers.remove(name);
-    }
+    /// The local key the client authenticated with (the key bytes as presented in `ApiKey` or
+    /// `Authorization: Bearer`; `None`: it presented none). Every header whose value holds it
+    /// goes: a client's own key under another name (`X-Api-Key: <key>`, a `Cookie`-like custom
+    /// header) must not reach Palette.
+    pub local_key: Option<&'a [u8]>,
 }
 
 /// Prepares a client's headers for the upstream: first every removal (hop-by-hop headers,
-/// those `Connection` names, client-only ones), then the headers the gateway decides, so no
-/// `Connection: ProjectUid` (or `X-Request-Id`, ...) can take one away. The upstream credential
-/// is added after this, per attempt, and `Host` comes from the upstream URI.
+/// those `Connection` names, client-only ones, any holding the local key), in one pass, then
+/// the headers the gateway decides, so no `Connection: ProjectUid` (or `X-Request-Id`, ...) can
+/// take one away. The upstream credential is added after this, per attempt, and `Host` comes
+/// from the upstream client.
 pub fn request_headers(headers: &mut HeaderMap, decided: &Decided<'_>) {
-    strip(headers, |n| is_hop_by_hop(n) || is_client_only(n));
+    let key = decided.local_key.filter(|k| !k.is_empty());
+    // The searcher is built only for a value that could hold the key and is not just the key:
+    // building one costs more than the usual short headers' checks (issue 14).
+    let mut finder = None;
+    let mut holds_key = |v: &HeaderValue| {
+        let Some(key) = key else { return false };
+        let v = v.as_bytes();
+        v.len() >= key.len()
+            && (v == key || finder.get_or_insert_with(|| memchr::memmem::Finder::new(key)).find(v).is_some())
+    };
+    strip_values(headers, |n, v| {
+        let n_str = n.as_str();
+        is_hop_by_hop(n_str) || is_client_only(n_str) || holds_key(v)
+    });
     headers.insert(X_FORWARDED_FOR.clone(), decided.forwarded_for.clone());
     headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(if decided.tls { "https" } else { "http" }));
     headers.insert(X_REQUEST_ID.clone(), decided.request_id.clone());
@@ -155,15 +154,21 @@ mod tests {
             h.append("x-custom", HeaderValue::from_static("ok"));
             h.append("x-custom", HeaderValue::from_static("token=k-123; more"));
             h.insert("x-fine", HeaderValue::from_static("k-12"));
-            remove_local_key(&mut h);
-            let left: Vec<&str> = h.keys().map(|n| n.as_str()).collect();
-            assert_eq!(left, ["x-fine"], "{credential:?}");
+            assert_eq!(left_after_presented(&mut h), ["x-fine"], "{credential:?}");
         }
         // No key presented: nothing to look for.
         let mut h = HeaderMap::new();
         h.insert("x-api-key", HeaderValue::from_static("k-123"));
-        remove_local_key(&mut h);
-        assert_eq!(h.len(), 1);
+        assert_eq!(left_after_presented(&mut h), ["x-api-key"]);
+    }
+
+    /// As a request goes: the key authentication read, then hygiene; the names left, less
+    /// those the gateway sets.
+    fn left_after_presented(h: &mut HeaderMap) -> Vec<String> {
+        let presented = crate::proxy::auth::presented_key(h).unwrap().map(|(_, p)| p);
+        request_headers(h, &Decided { local_key: presented.as_ref().map(|p| p.as_bytes()), ..decided(None) });
+        let ours = ["x-forwarded-for", "x-forwarded-proto", "x-request-id"];
+        h.keys().map(|n| n.to_string()).filter(|n| !ours.contains(&n.as_str())).collect()
     }
 
     proptest::proptest! {
@@ -185,8 +190,7 @@ mod tests {
             // A name goes whole when any of its values holds the key.
             let doomed: Vec<String> = h.iter().filter(|(_, v)| holds(v)).map(|(n, _)| n.to_string()).collect();
             let expected: std::collections::BTreeSet<String> = expected.into_iter().filter(|n| !doomed.contains(n)).collect();
-            remove_local_key(&mut h);
-            let left: std::collections::BTreeSet<String> = h.keys().map(|n| n.to_string()).collect();
+            let left: std::collections::BTreeSet<String> = left_after_presented(&mut h).into_iter().collect();
             proptest::prop_assert_eq!(left, expected);
         }
     }
@@ -220,7 +224,7 @@ mod tests {
     fn decided(project: Option<&'static HeaderValue>) -> Decided<'static> {
         static FOR: HeaderValue = HeaderValue::from_static("10.1.2.3");
         static RID: HeaderValue = HeaderValue::from_static("rid");
-        Decided { forwarded_for: &FOR, tls: true, request_id: &RID, project }
+        Decided { forwarded_for: &FOR, tls: true, request_id: &RID, project, local_key: None }
     }
 
     #[test]

@@ -207,7 +207,7 @@ async fn process(
     let checked = path::check(parts.uri.path())?;
     // 4. Local authentication: which client this is.
     let cfg = &rt.config;
-    let client_idx = authenticate::identify(rt, metrics, &parts.headers, &conn).await?;
+    let (client_idx, local_key) = authenticate::identify(rt, metrics, &parts.headers, &conn).await?;
     let client = cfg.client(client_idx);
     note.set(|f| f.client = Some(client.name.clone()));
     // 5. Client limits, before policy so forbidden paths are throttled too.
@@ -223,6 +223,7 @@ async fn process(
         &mut parts.headers,
         &conn,
         request_id,
+        local_key.as_ref(),
         Some((rt, metrics)),
     )
     .await;
