@@ -107,18 +107,24 @@ pub struct Decided<'a> {
 /// from the upstream client.
 pub fn request_headers(headers: &mut HeaderMap, decided: &Decided<'_>) {
     let key = decided.local_key.filter(|k| !k.is_empty());
-    // The searcher is built only for a value that could hold the key and is not just the key:
-    // building one costs more than the usual short headers' checks (issue 14).
-    let mut finder = None;
-    let mut holds_key = |v: &HeaderValue| {
+    // Only a value at least as long as the key is searched. `memmem::find` rather than a
+    // prebuilt `Finder`: on a short header (nearly all) it runs a Rabin-Karp search that costs
+    // less than building one (issue 14, measured with callgrind).
+    let holds_key = |v: &HeaderValue| {
         let Some(key) = key else { return false };
         let v = v.as_bytes();
-        v.len() >= key.len()
-            && (v == key || finder.get_or_insert_with(|| memchr::memmem::Finder::new(key)).find(v).is_some())
+        v.len() >= key.len() && (v == key || memchr::memmem::find(v, key).is_some())
+    };
+    // A client-only header the gateway sets below is not removed first: `insert` replaces every
+    // value the client sent, after every removal (one map operation, not two).
+    let set_below = |n: &str| match n {
+        "x-forwarded-for" | "x-forwarded-proto" | "x-request-id" => true,
+        crate::proxy::scope::PROJECT_UID => decided.project.is_some(),
+        _ => false,
     };
     strip_values(headers, |n, v| {
-        let n_str = n.as_str();
-        is_hop_by_hop(n_str) || is_client_only(n_str) || holds_key(v)
+        let n = n.as_str();
+        is_hop_by_hop(n) || (is_client_only(n) && !set_below(n)) || holds_key(v)
     });
     headers.insert(X_FORWARDED_FOR.clone(), decided.forwarded_for.clone());
     headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(if decided.tls { "https" } else { "http" }));
