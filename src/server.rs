@@ -736,7 +736,7 @@ struct ConnService {
 impl hyper::service::Service<Request<Incoming>> for ConnService {
     type Response = Response<Body>;
     type Error = Infallible;
-    type Future = std::pin::Pin<Box<dyn std::future::Future<Output = Result<Response<Body>, Infallible>> + Send>>;
+    type Future = ConnFuture;
 
     fn call(&self, mut req: Request<Incoming>) -> Self::Future {
         req.extensions_mut().insert(self.conn.clone());
@@ -757,21 +757,35 @@ impl hyper::service::Service<Request<Incoming>> for ConnService {
             };
             req.map(|b| Tracked::new(body::boxed(b), done).into_body())
         };
-        let call = (self.inner)(req);
-        Box::pin(async move {
-            // If the client goes away before the answer, this guard still ends the request.
-            let guard = EndGuard(Some(activity));
-            // Every listener's answers to HEAD lose their body here (the admin endpoints'
-            // too): hyper's HTTP/2 server would send it.
-            let resp = crate::proxy::target::strip_head_body(&method, call.await);
-            Ok(resp.map(move |b| {
-                let mut guard = guard;
-                match guard.0.take() {
-                    Some(activity) => activity.watch(b),
-                    None => b,
-                }
-            }))
-        })
+        let inner = (self.inner)(req);
+        ConnFuture { inner, method, guard: EndGuard(Some(activity)) }
+    }
+}
+
+/// [`ConnService`]'s answer on its way: the handler's future, then the answer's finishing
+/// touches. A plain future around the handler's (already boxed) one, not a second box per
+/// request (issue 14).
+pub(crate) struct ConnFuture {
+    inner: std::pin::Pin<Box<dyn Future<Output = Response<Body>> + Send>>,
+    method: http::Method,
+    /// If the client goes away before the answer, this still ends the request.
+    guard: EndGuard,
+}
+
+impl Future for ConnFuture {
+    type Output = Result<Response<Body>, Infallible>;
+
+    fn poll(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<Self::Output> {
+        let this = &mut *self;
+        let resp = std::task::ready!(this.inner.as_mut().poll(cx));
+        // Every listener's answers to HEAD lose their body here (the admin endpoints' too):
+        // hyper's HTTP/2 server would send it.
+        let resp = crate::proxy::target::strip_head_body(&this.method, resp);
+        // From here the answer's body ends the request, when it is sent or dropped.
+        std::task::Poll::Ready(Ok(match this.guard.0.take() {
+            Some(activity) => resp.map(|b| activity.watch(b)),
+            None => resp,
+        }))
     }
 }
 

@@ -543,14 +543,9 @@ impl Service<Request<Payload>> for Sender {
             let (mut parts, payload) = req.into_parts();
             // Palette's request carries no bookkeeping (the exchange keeps its own in `Trip`).
             parts.extensions.clear();
-            let sent = Instant::now();
-            let resp = this.send(Request::from_parts(parts, payload.into_body())).await;
-            let took = sent.elapsed().as_secs_f64() * 1000.0;
-            let note = &this.note;
-            note.set(|f| f.upstream_ms += took);
-            let resp = resp?;
+            let resp = this.send(Request::from_parts(parts, payload.into_body())).await?;
             let status = resp.status().as_u16();
-            note.set(|f| f.upstream_status = Some(status));
+            this.note.set(|f| f.upstream_status = Some(status));
             Ok(resp)
         })
     }
@@ -560,6 +555,9 @@ impl Sender {
     async fn send(&self, req: Request<Body>) -> Result<Response<Body>, GatewayError> {
         let started = Instant::now();
         let result = self.rt.upstream.send(req).await;
+        // One clock reading for the log's upstream time and the histogram.
+        let took = started.elapsed();
+        self.note.set(|f| f.upstream_ms += took.as_secs_f64() * 1000.0);
         let status = result.as_ref().map(Response::status).ok();
         let code = match (&result, &status) {
             (_, Some(status)) => status.as_str(),
@@ -569,7 +567,7 @@ impl Sender {
         self.metrics
             .upstream_duration
             .with_label_values(&[prefix(self.bucket.as_ref()), code])
-            .observe(started.elapsed().as_secs_f64());
+            .observe(took.as_secs_f64());
         let idle = self.rt.config.upstream.body_idle_timeout;
         match result {
             // A body that stalls for body_idle_timeout fails instead of holding the client forever.
@@ -676,7 +674,9 @@ async fn finish(resp: Response<Body>, note: &Note, rid: &str) -> Response<Body> 
     let mut resp = if response::is_scrubbed(resp.status()) {
         let secrets = note.secrets();
         let exposed: Vec<&str> = secrets.iter().map(|s| s.expose()).collect();
-        response::scrub_error(resp, &exposed, rid).await
+        // Boxed: the error body's read would otherwise sit in every request's future, which is
+        // copied whole into its box on every request (see `a_request_future_stays_small`).
+        Box::pin(response::scrub_error(resp, &exposed, rid)).await
     } else {
         resp
     };
