@@ -90,6 +90,9 @@ pub struct ConnInfo {
     pub identity: Arc<PeerIdentity>,
     /// `X-Forwarded-For` for requests on this connection, rendered once per connection.
     pub forwarded_for: HeaderValue,
+    /// The client's address and port as the access and audit logs write it (`client_addr`),
+    /// rendered once per connection, not per logged request (issue 14).
+    pub peer_text: Arc<str>,
 }
 
 impl ConnInfo {
@@ -98,7 +101,7 @@ impl ConnInfo {
         // An IP address always renders as a valid header value.
         let forwarded_for =
             HeaderValue::from_str(&peer.ip().to_string()).unwrap_or_else(|_| HeaderValue::from_static("unknown"));
-        ConnInfo { peer, tls, identity, forwarded_for }
+        ConnInfo { peer, tls, identity, forwarded_for, peer_text: Arc::from(peer.to_string()) }
     }
 }
 /// The gateway: the request chain as one service that never fails (errors become
