@@ -178,8 +178,8 @@ fn push_escaped(out: &mut String, s: &str) {
     out.push_str(quoted.get(1..quoted.len().saturating_sub(1)).unwrap_or_default());
 }
 
-/// Whether any byte of `bytes` needs an escape, eight at a time; the last few (most field
-/// names are shorter than eight) one by one, cheaper than padding them into a word.
+/// Whether any byte of `bytes` needs an escape, eight at a time; the last few are padded with
+/// a byte that needs none.
 fn needs_escape(bytes: &[u8]) -> bool {
     let mut words = bytes.chunks_exact(8);
     for word in &mut words {
@@ -188,7 +188,15 @@ fn needs_escape(bytes: &[u8]) -> bool {
             _ => return true,
         }
     }
-    words.remainder().iter().any(|&b| b < 0x20 || b == b'"' || b == b'\\')
+    let rest = words.remainder();
+    if rest.is_empty() {
+        return false;
+    }
+    let mut last = [b'a'; 8];
+    for (to, &b) in last.iter_mut().zip(rest) {
+        *to = b;
+    }
+    any_escaped(u64::from_le_bytes(last))
 }
 
 /// Whether any of the eight bytes of `word` needs an escape: one below 0x20, a `"` or a `\\`.
