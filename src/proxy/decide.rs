@@ -28,7 +28,8 @@ pub(crate) struct Decision<'a> {
 
 /// Route, policy, scope, hygiene. The route match comes back in any case (the log names the
 /// route of a refused request too); on success `headers` are what goes upstream, before the
-/// credential is added, without any header holding `local_key` (the key authentication read). `live` resolves project names (the request path); without it
+/// credential is added, without any header holding `local_key` (the key authentication read).
+/// `live` resolves project names (the request path); without it
 /// (`explain`, offline) a name resolves to nothing, and the future is ready at once.
 #[allow(clippy::too_many_arguments)]
 pub(crate) async fn route<'a>(

@@ -87,6 +87,30 @@ async fn a_service_account_token_acts_as_its_client() {
     }
 }
 
+/// A ServiceAccount token the client repeats under another header name (whole, or inside a
+/// custom header's value) is dropped like a local key: the token path hands it to hygiene too.
+#[tokio::test]
+async fn a_service_account_token_under_another_header_name_never_reaches_palette() {
+    let kube = FakeKube::start("k8s-ok").await;
+    let h = gateway(&kube, "token_review").await;
+    let bot = kube.token("reporting", "report-bot");
+    let r = h
+        .http
+        .get(h.url("/v1/users/me"))
+        .bearer_auth(&bot)
+        .header("X-Token", &bot)
+        .header("X-Context", format!("sa={bot}; more"))
+        .header("X-Label", "kept")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let seen = h.last().headers;
+    assert!(seen.get("x-token").is_none() && seen.get("x-context").is_none(), "{seen:?}");
+    assert_eq!(seen["x-label"], "kept");
+    assert!(!format!("{seen:?}").contains(signature(&bot)), "the token reached Palette");
+}
+
 /// Refused tokens get 401 naming why, never echoing the token: another audience, expired, a
 /// deleted pod's (the API server answers unauthenticated), a ServiceAccount that is no client.
 #[tokio::test]
