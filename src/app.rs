@@ -338,10 +338,7 @@ impl RunningGateway {
             proxy_settings,
             {
                 let gateway = Gateway::new(runtime.clone(), metrics.clone());
-                Arc::new(move |req| {
-                    let gateway = gateway.clone();
-                    Box::pin(async move { gateway.handle(req).await })
-                })
+                Arc::new(move |req| Box::pin(gateway.handle(req)))
             },
             proxy_listener.clone(),
         ));

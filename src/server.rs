@@ -473,10 +473,10 @@ async fn supervise<C: Served + ?Sized>(
 ) -> (Option<hyper::Result<()>>, bool) {
     let mut closing = false;
     // One timer, set to the first moment a check can be due (see `Activity::next_check`): an
-    // idle connection's task sleeps until its idle deadline instead of waking every tick. It is
-    // set again after each poll of the connection in which a request began or ended: hyper calls
-    // the service (`ConnService::call`) inside that poll, so a request never waits on a timer
-    // set before it, and setting it costs no wake-up of its own.
+    // idle connection's task sleeps until its idle deadline instead of waking every tick. After
+    // each poll of the connection in which a request began or ended it is moved sooner when a
+    // check became due earlier: hyper calls the service (`ConnService::call`) inside that poll,
+    // so a request never waits on a timer set before it, and moving it costs no wake-up.
     let check = tokio::time::sleep_until(activity.next_check(limits, closing));
     tokio::pin!(check);
     let cancelled = shutdown.cancelled();
@@ -494,7 +494,13 @@ async fn supervise<C: Served + ?Sized>(
         let changes = activity.changes.load(Ordering::Relaxed);
         if changes != seen {
             seen = changes;
-            check.as_mut().reset(activity.next_check(limits, closing));
+            // Only ever sooner: a timer that fires early finds nothing due and is set again
+            // below, so a busy connection moves it about once per PARK_AFTER, not twice per
+            // request (issue 14: a timer-wheel move each time otherwise).
+            let due = activity.next_check(limits, closing);
+            if due < check.deadline() {
+                check.as_mut().reset(due);
+            }
         }
         if check.as_mut().poll(cx).is_pending() {
             return std::task::Poll::Pending;

@@ -11,20 +11,43 @@ use super::problems::{resolve, Problems};
 
 /// A secret string (API key, password, token). `Debug` prints `[redacted]`; there is no
 /// `Display` or `Serialize`, so a secret reaches a log line only through a deliberate `expose()`.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Secret(Arc<str>);
+#[derive(Clone)]
+pub struct Secret(Arc<Held>);
+
+/// The value, and a searcher for it made once: every answer's headers are searched for each
+/// secret the exchange sent, and building a searcher costs more than searching a short header
+/// with one (issue 14: `memmem::find` builds one on every call).
+struct Held {
+    value: Box<str>,
+    finder: memchr::memmem::Finder<'static>,
+}
 
 impl Secret {
     /// Wraps a secret value.
-    pub(crate) fn new(value: impl Into<Arc<str>>) -> Self {
-        Secret(value.into())
+    pub(crate) fn new(value: impl Into<String>) -> Self {
+        let value = value.into().into_boxed_str();
+        let finder = memchr::memmem::Finder::new(value.as_bytes()).into_owned();
+        Secret(Arc::new(Held { value, finder }))
     }
 
     /// The raw value, for the one place that must send it.
     pub fn expose(&self) -> &str {
-        &self.0
+        &self.0.value
+    }
+
+    /// Whether `haystack` holds the value (an empty secret is in nothing).
+    pub fn is_in(&self, haystack: &[u8]) -> bool {
+        !self.0.value.is_empty() && self.0.finder.find(haystack).is_some()
     }
 }
+
+impl PartialEq for Secret {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.value == other.0.value
+    }
+}
+
+impl Eq for Secret {}
 
 impl fmt::Debug for Secret {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

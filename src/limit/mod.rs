@@ -129,6 +129,9 @@ pub struct RateHeaders {
 }
 
 impl RateHeaders {
+    /// How many headers [`RateHeaders::apply`] adds.
+    pub const COUNT: usize = 4;
+
     /// Adds the headers to an answer.
     pub fn apply(&self, headers: &mut HeaderMap) {
         static LIMIT: HeaderName = HeaderName::from_static("ratelimit-limit");
@@ -503,6 +506,7 @@ mod tests {
         RateHeaders { limit: 20, remaining: 19, reset: 1, policy: LimitKind::Global, window: 2 }.apply(&mut h);
         assert_eq!(h["ratelimit-policy"], "20;w=2;name=\"global\"");
         assert_eq!(h["ratelimit-limit"], "20");
+        assert_eq!(h.len(), RateHeaders::COUNT, "the room the request log makes for them");
     }
 
     /// The counts that change with every answer go out as HPACK "never indexed" literals over

@@ -161,13 +161,16 @@ pub fn is_api_version(segment: &str) -> bool {
 
 /// The entry that refuses `method` on `path`, if any.
 pub fn refused(method: &Method, path: &CheckedPath) -> Option<&'static Entry> {
-    // Every request is checked against every entry, so two facts of the path, taken in one
-    // pass, rule most entries out before the matcher runs (issue 14): how many segments it has
-    // and its second one. Both only skip entries `path_matches` would refuse too.
+    // Every request is checked against the list, so two facts of the path, taken in one pass,
+    // rule most entries out before the matcher runs (issue 14): its second segment picks the
+    // entries that can match it at all (the index), and its segment count skips most of those.
+    // Both only skip entries `path_matches` would refuse too.
     let mut segs = path.segments().filter(|s| !s.is_empty());
     let second = segs.nth(1);
     let count = if second.is_some() { 2 + segs.count() } else { path.segments().filter(|s| !s.is_empty()).count() };
-    SHAPES.iter().zip(ENTRIES).find_map(|(shape, e)| {
+    let index = &*INDEX;
+    index.candidates(second).iter().find_map(|&i| {
+        let (shape, e) = (&index.shapes[usize::from(i)], &ENTRIES[usize::from(i)]);
         let may = shape.may_match(count, second) && e.methods.covers(method) && path_matches(e.path, path);
         may.then_some(e)
     })
@@ -197,9 +200,43 @@ impl Shape {
     }
 }
 
-/// One [`Shape`] per entry of [`ENTRIES`], in its order.
-static SHAPES: std::sync::LazyLock<Vec<Shape>> =
-    std::sync::LazyLock::new(|| ENTRIES.iter().map(|e| Shape::of(e.path)).collect());
+/// [`ENTRIES`] by their second segment: a path is tried only against the entries whose
+/// literal second segment it has (in any case) and those without one, in the list's order.
+struct Index {
+    /// One [`Shape`] per entry of [`ENTRIES`], in its order.
+    shapes: Vec<Shape>,
+    /// Each literal second segment with the entries that can match a path having it.
+    by_second: Vec<(&'static str, Vec<u8>)>,
+    /// The entries that can match a path whose second segment is none of those.
+    others: Vec<u8>,
+}
+
+impl Index {
+    fn build() -> Index {
+        let shapes: Vec<Shape> = ENTRIES.iter().map(|e| Shape::of(e.path)).collect();
+        // Entry numbers fit a byte (a test keeps the list under 256).
+        let others: Vec<u8> = (0..shapes.len()).filter(|&i| shapes[i].second.is_none()).map(|i| i as u8).collect();
+        let mut by_second: Vec<(&'static str, Vec<u8>)> = Vec::new();
+        for lit in shapes.iter().filter_map(|s| s.second) {
+            if by_second.iter().any(|(l, _)| l.eq_ignore_ascii_case(lit)) {
+                continue;
+            }
+            let picks = (0..shapes.len())
+                .filter(|&i| shapes[i].second.map_or(true, |l| l.eq_ignore_ascii_case(lit)))
+                .map(|i| i as u8)
+                .collect();
+            by_second.push((lit, picks));
+        }
+        Index { shapes, by_second, others }
+    }
+
+    fn candidates(&self, second: Option<&str>) -> &[u8] {
+        let group = second.and_then(|s| self.by_second.iter().find(|(lit, _)| s.eq_ignore_ascii_case(lit)));
+        group.map_or(&self.others, |(_, picks)| picks)
+    }
+}
+
+static INDEX: std::sync::LazyLock<Index> = std::sync::LazyLock::new(Index::build);
 
 /// A denylist match: the first segment any version, literals in any case, `*` one segment,
 /// `**` the rest; a trailing '/' (the one empty segment a checked path can have) is ignored.
@@ -317,6 +354,17 @@ mod tests {
                 let naive = ENTRIES.iter().find(|e| e.methods.covers(&m) && path_matches(e.path, &p));
                 prop_assert_eq!(refused(&m, &p), naive, "{} {}", m, raw);
             }
+        }
+    }
+
+    #[test]
+    fn the_index_numbers_every_entry_in_a_byte() {
+        assert!(ENTRIES.len() <= 256, "{} entries: widen Index's entry numbers", ENTRIES.len());
+        let index = Index::build();
+        for (i, e) in ENTRIES.iter().enumerate() {
+            let listed =
+                index.others.contains(&(i as u8)) || index.by_second.iter().any(|(_, p)| p.contains(&(i as u8)));
+            assert!(listed, "{} is in no group", e.path);
         }
     }
 

@@ -16,6 +16,7 @@
 //! extensions (a map to fill, search and copy for every resend: issue 14). A resend is a copy
 //! of a buffered request.
 
+use std::cell::RefCell;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -26,6 +27,7 @@ use bytes::Bytes;
 use futures_util::future::Either;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use http_body::Body as _;
+use prometheus::Histogram;
 use rand::Rng as _;
 use tower::{Service, ServiceExt as _};
 
@@ -35,7 +37,7 @@ use crate::credentials::{Token, TokenManager, TokenUnavailable, UpstreamCredenti
 use crate::error::GatewayError;
 use crate::limit::retry_after_secs;
 use crate::limit::upstream::Bucket;
-use crate::metrics::Metrics;
+use crate::metrics::{same, Metrics, Recent};
 use crate::proxy::limits::{Pending, PendingLimits};
 use crate::proxy::request_log::Note;
 use crate::proxy::{auth, response, Runtime, REPLAY_LIMIT};
@@ -107,6 +109,18 @@ fn resend(req: &Request<Payload>) -> Option<Request<Payload>> {
 /// The metric label of a request's prefix.
 fn prefix(bucket: Option<&Arc<Bucket>>) -> &str {
     bucket.map_or("none", |b| b.label())
+}
+
+/// `upstream_duration`'s labels: the prefix's bucket and the status (0: timeout, 1: error).
+type UpstreamKey = (Arc<Metrics>, Option<Arc<Bucket>>, u16);
+/// `queue_wait`'s label: the prefix's bucket.
+type QueueKey = (Arc<Metrics>, Arc<Bucket>);
+
+thread_local! {
+    /// `upstream_duration` by (prefix, status) this thread observed last (see [`Recent`]).
+    static UPSTREAM: RefCell<Recent<UpstreamKey, Histogram, 8>> = const { RefCell::new(Recent::new()) };
+    /// `queue_wait` of the prefixes this thread granted a slot at once last.
+    static QUEUE_WAIT: RefCell<Recent<QueueKey, Histogram, 4>> = const { RefCell::new(Recent::new()) };
 }
 
 /// Takes the inner service for one call, leaving a clone (tower's usual pattern: the clone
@@ -473,7 +487,19 @@ where
         let BudgetConfig { bucket, metrics, trip, .. } = &self.config;
         if trip.pending.never() && bucket.as_ref().map_or(true, |b| b.try_acquire_now()) {
             if let Some(bucket) = bucket {
-                metrics.queue_wait.with_label_values(&[bucket.label()]).observe(0.0);
+                QUEUE_WAIT.with_borrow_mut(|recent| {
+                    recent
+                        .get(
+                            |(m, b)| Arc::ptr_eq(b, bucket) && Arc::ptr_eq(m, metrics),
+                            || {
+                                (
+                                    (metrics.clone(), bucket.clone()),
+                                    metrics.queue_wait.with_label_values(&[bucket.label()]),
+                                )
+                            },
+                        )
+                        .observe(0.0);
+                });
             }
             trip.note.set(|f| f.sends += 1);
             return Either::Left(self.inner.call(req));
@@ -558,16 +584,26 @@ impl Sender {
         // One clock reading for the log's upstream time and the histogram.
         let took = started.elapsed();
         self.note.set(|f| f.upstream_ms += took.as_secs_f64() * 1000.0);
-        let status = result.as_ref().map(Response::status).ok();
-        let code = match (&result, &status) {
-            (_, Some(status)) => status.as_str(),
-            (Err(UpstreamFailure::Timeout(_)), _) => "timeout",
-            _ => "error",
+        // The status, or 0 for a timeout and 1 for another failure (no status is below 100).
+        let code = match &result {
+            Ok(resp) => resp.status().as_u16(),
+            Err(UpstreamFailure::Timeout(_)) => 0,
+            Err(_) => 1,
         };
-        self.metrics
-            .upstream_duration
-            .with_label_values(&[prefix(self.bucket.as_ref()), code])
-            .observe(took.as_secs_f64());
+        UPSTREAM.with_borrow_mut(|recent| {
+            recent
+                .get(
+                    |(m, b, c)| *c == code && Arc::ptr_eq(m, &self.metrics) && same(b.as_ref(), self.bucket.as_ref()),
+                    || {
+                        let status = StatusCode::from_u16(code).ok();
+                        let label = status.as_ref().map_or(if code == 0 { "timeout" } else { "error" }, |s| s.as_str());
+                        let h =
+                            self.metrics.upstream_duration.with_label_values(&[prefix(self.bucket.as_ref()), label]);
+                        ((self.metrics.clone(), self.bucket.clone(), code), h)
+                    },
+                )
+                .observe(took.as_secs_f64());
+        });
         let idle = self.rt.config.upstream.body_idle_timeout;
         match result {
             // A body that stalls for body_idle_timeout fails instead of holding the client forever.
@@ -681,10 +717,7 @@ async fn finish(resp: Response<Body>, note: &Note, rid: &str) -> Response<Body> 
         resp
     };
     response::response_headers(resp.headers_mut());
-    note.with_secrets(|secrets| {
-        let exposed: smallvec::SmallVec<[&str; 4]> = secrets.iter().map(|s| s.expose()).collect();
-        response::redact_headers(resp.headers_mut(), &exposed);
-    });
+    note.with_secrets(|secrets| response::redact_secret_headers(resp.headers_mut(), secrets));
     resp
 }
 

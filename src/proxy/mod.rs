@@ -141,11 +141,13 @@ impl Gateway {
         Gateway { stack: stack(runtime, metrics) }
     }
 
-    /// Handles one request; never fails (errors become Palette-shaped answers).
-    pub async fn handle(&self, req: Request<Body>) -> Response<Body> {
+    /// Handles one request; never fails (errors become Palette-shaped answers). The chain's
+    /// own future, not an `async` block around it: the listener boxes it once, and a wrapper
+    /// would be one more state to copy per request (issue 14).
+    pub fn handle(&self, req: Request<Body>) -> impl Future<Output = Response<Body>> + Send + 'static {
+        use futures_util::FutureExt as _;
         // Every layer is always ready (none holds capacity), so no `poll_ready` first.
-        let Ok(resp) = tower::Service::call(&mut self.stack.clone(), req).await;
-        resp
+        tower::Service::call(&mut self.stack.clone(), req).map(|r| r.unwrap_or_else(|never| match never {}))
     }
 }
 

@@ -53,9 +53,8 @@ impl CheckedPath {
     /// The segments after the leading '/', exactly as forwarded: "/" has none, and a trailing
     /// '/' is a last, empty segment (`/x/` is `["x", ""]`), so no rule mistakes `/x/` for `/x`.
     /// Only the last segment can be empty (the check refuses `//`).
-    pub fn segments(&self) -> impl Iterator<Item = &str> + Clone {
-        let rest = if &*self.path == "/" { None } else { Some(&self.path[1..]) };
-        rest.into_iter().flat_map(|r| r.split('/'))
+    pub fn segments(&self) -> Segments<'_> {
+        Segments { rest: if &*self.path == "/" { None } else { Some(&self.path[1..]) } }
     }
 
     /// The path left after `prefix` (whole segments), or `None` when it does not start with it.
@@ -125,19 +124,60 @@ pub fn check(raw: &str) -> Result<CheckedPath, PathError> {
     }
     // Fast path, the shape of every real Palette path: no escapes and nothing that needs a
     // decision byte by byte; only the segment rules remain to check.
-    if bytes.iter().all(|&b| b.is_ascii_alphanumeric() || matches!(b, b'/' | b'-' | b'_' | b'.' | b'~')) {
-        let mut segments = raw[1..].split('/').peekable();
-        while let Some(segment) = segments.next() {
-            match segment {
-                "" if segments.peek().is_none() => break,
-                "" => return Err(PathError::EmptySegment),
-                "." | ".." => return Err(PathError::DotSegment),
-                _ => {}
+    // One pass over the bytes (issue 14): the first segment error is kept, and stands only if
+    // no byte asks for the general check (which decides, error included, for everything else).
+    let mut error = None;
+    let mut start = 1;
+    for (i, &b) in bytes.iter().enumerate().skip(1) {
+        if b == b'/' {
+            error = error.or(segment_error(&bytes[start..i], false));
+            start = i + 1;
+        } else if !(b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~')) {
+            return check_general(raw);
+        }
+    }
+    match error.or(segment_error(&bytes[start..], true)) {
+        Some(e) => Err(e),
+        None => Ok(CheckedPath { path: Arc::from(raw) }),
+    }
+}
+
+/// What is wrong with a plain segment: empty (but for the last: a trailing '/'), or a dot
+/// segment.
+fn segment_error(segment: &[u8], last: bool) -> Option<PathError> {
+    match segment {
+        b"" if last => None,
+        b"" => Some(PathError::EmptySegment),
+        b"." | b".." => Some(PathError::DotSegment),
+        _ => None,
+    }
+}
+
+/// A checked path's segments ([`CheckedPath::segments`]). A byte loop, not `str::split`: a
+/// path's segments are a few bytes each, and every request splits its path several times (the
+/// rules, the credential-endpoint list), where `split`'s searcher costs more per segment than
+/// the bytes it looks at (issue 14).
+#[derive(Debug, Clone)]
+pub struct Segments<'a> {
+    rest: Option<&'a str>,
+}
+
+impl<'a> Iterator for Segments<'a> {
+    type Item = &'a str;
+
+    fn next(&mut self) -> Option<&'a str> {
+        let rest = self.rest?;
+        match rest.bytes().position(|b| b == b'/') {
+            Some(i) => {
+                self.rest = Some(&rest[i + 1..]);
+                Some(&rest[..i])
+            }
+            None => {
+                self.rest = None;
+                Some(rest)
             }
         }
-        return Ok(CheckedPath { path: Arc::from(raw) });
     }
-    check_general(raw)
 }
 
 /// The byte-by-byte check every path could take (the fast path above is an optimisation of it
@@ -338,6 +378,14 @@ mod tests {
         #[test]
         fn fast_path_agrees_with_the_general_check(raw in "/[a-zA-Z0-9/._~-]{0,40}") {
             prop_assert_eq!(check(&raw), check_general(&raw));
+        }
+
+        #[test]
+        fn segments_are_the_split_of_the_path(raw in "/[a-zA-Z0-9/._~-]{0,40}") {
+            if let Ok(p) = check(&raw) {
+                let split: Vec<&str> = if p.as_str() == "/" { Vec::new() } else { p.as_str()[1..].split('/').collect() };
+                prop_assert_eq!(p.segments().collect::<Vec<_>>(), split);
+            }
         }
 
         #[test]

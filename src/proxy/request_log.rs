@@ -18,13 +18,30 @@ use http::{HeaderMap, HeaderValue, Method, Request, Response};
 
 use crate::body::{self, Body, BodyStats};
 use crate::limit::RateHeaders;
-use crate::metrics::{method_label, Metrics};
+use crate::metrics::{method_label, same, Metrics, Recent};
 use crate::proxy::hygiene::X_REQUEST_ID;
 use crate::proxy::request_id::{self, RequestId};
 use crate::proxy::ConnInfo;
 
 /// Status recorded for a request its client abandoned before the answer.
 pub(crate) const CLIENT_CLOSED: u16 = 499;
+
+/// The label set of a request's count and duration (see [`Recent`]).
+struct CountKey {
+    metrics: Arc<Metrics>,
+    client: Option<Arc<str>>,
+    route: Option<Arc<str>>,
+    method: &'static str,
+    status: u16,
+}
+
+type Counted = (prometheus::IntCounter, prometheus::Histogram);
+
+thread_local! {
+    /// The request metrics of the label sets this thread counted last: a keep-alive load has a
+    /// few (client, route, status) sets, each found again without hashing its labels.
+    static RECENT: std::cell::RefCell<Recent<CountKey, Counted, 8>> = const { std::cell::RefCell::new(Recent::new()) };
+}
 
 /// What the steps learned about a request, for its log line, metrics and rate headers.
 #[derive(Debug, Default)]
@@ -220,15 +237,35 @@ impl RequestLog {
 
     fn count(&self, status: u16) {
         let facts = self.note.0.lock().unwrap_or_else(PoisonError::into_inner);
-        let client = facts.client.as_deref().unwrap_or("none");
-        let route = facts.route.as_deref().unwrap_or("none");
         let m = method_label(&self.method);
-        let mut code = itoa::Buffer::new();
-        self.metrics.requests.with_label_values(&[client, route, m, code.format(status)]).inc();
-        self.metrics
-            .request_duration
-            .with_label_values(&[client, route, m])
-            .observe(self.started.elapsed().as_secs_f64());
+        let (client, route) = (facts.client.as_ref(), facts.route.as_ref());
+        let took = self.started.elapsed().as_secs_f64();
+        RECENT.with_borrow_mut(|recent| {
+            let (requests, duration) = recent.get(
+                |k| {
+                    Arc::ptr_eq(&k.metrics, &self.metrics)
+                        && k.status == status
+                        && k.method == m
+                        && same(k.client.as_ref(), client)
+                        && same(k.route.as_ref(), route)
+                },
+                || {
+                    let (c, r) = (client.map_or("none", |c| c), route.map_or("none", |r| r));
+                    let mut code = itoa::Buffer::new();
+                    let key = CountKey {
+                        metrics: self.metrics.clone(),
+                        client: client.cloned(),
+                        route: route.cloned(),
+                        method: m,
+                        status,
+                    };
+                    let requests = self.metrics.requests.with_label_values(&[c, r, m, code.format(status)]);
+                    (key, (requests, self.metrics.request_duration.with_label_values(&[c, r, m])))
+                },
+            );
+            requests.inc();
+            duration.observe(took);
+        });
     }
 
     fn write(&mut self) {
@@ -376,8 +413,12 @@ where
         let Some(mut log) = this.log.take() else {
             return Poll::Ready(Ok(resp));
         };
+        let rate = log.note.rate();
+        // Room for what the gateway adds, made once: the answer's map was sized for Palette's
+        // headers, and growing it by one insert and again by another rehashes it twice.
+        resp.headers_mut().reserve(1 + if rate.is_some() { RateHeaders::COUNT } else { 0 });
         resp.headers_mut().insert(X_REQUEST_ID.clone(), log.request_id.0.clone());
-        if let Some(rate) = log.note.rate() {
+        if let Some(rate) = rate {
             rate.apply(resp.headers_mut());
         }
         // No body on any answer to HEAD, the gateway's own errors included.

@@ -8,6 +8,7 @@ use http::header::{self, HeaderName};
 use http::{HeaderMap, HeaderValue, Response, StatusCode};
 
 use crate::body::{self, Body};
+use crate::config::Secret;
 use crate::proxy::hygiene::{is_hop_by_hop, strip};
 
 /// Largest upstream error body the gateway reads to scrub; larger ones are withheld.
@@ -93,19 +94,30 @@ const REDACTED: &[u8] = b"[redacted]";
 
 /// Replaces every upstream secret found in a response header value (of any status: a 302's
 /// `Location`, a 304's `ETag`, any header of a 200) with `[redacted]`, and drops a header
-/// whose name holds one. On the hot path for every answer: one substring search per header
-/// and secret, and no allocation unless something matches.
+/// whose name holds one. For secrets as text (each search builds its searcher); the exchange
+/// calls [`redact_secret_headers`], whose secrets carry theirs.
 pub fn redact_headers(headers: &mut HeaderMap, secrets: &[&str]) {
+    redact_in(headers, secrets, |b, s| contains(b, s.as_bytes()), |s| s);
+}
+
+/// [`redact_headers`] for the secrets the exchange sent, searched with the searcher each one
+/// holds. On the hot path for every answer: one search per header and secret long enough to
+/// hold it, and no allocation unless something matches.
+pub fn redact_secret_headers(headers: &mut HeaderMap, secrets: &[Secret]) {
+    redact_in(headers, secrets, |b, s| s.is_in(b), Secret::expose);
+}
+
+fn redact_in<S>(headers: &mut HeaderMap, secrets: &[S], holds: impl Fn(&[u8], &S) -> bool, text: impl Fn(&S) -> &str) {
     // A value shorter than a secret cannot hold it: most answer headers are shorter than any
-    // credential, and skip the search (issue 14). `memmem::find` is kept over a prebuilt
-    // `Finder`: on a short header it uses a Rabin-Karp search that costs less than building one.
-    let secrets_in = |b: &[u8]| secrets.iter().any(|s| b.len() >= s.len() && contains(b, s.as_bytes()));
+    // credential, and skip the search (issue 14).
+    let secrets_in = |b: &[u8]| secrets.iter().any(|s| b.len() >= text(s).len() && holds(b, s));
     let mut doomed: Vec<HeaderName> = Vec::new();
     for (name, value) in headers.iter_mut() {
         if secrets_in(name.as_str().as_bytes()) {
             doomed.push(name.clone());
         } else if secrets_in(value.as_bytes()) {
-            let redacted = redact(Bytes::copy_from_slice(value.as_bytes()), secrets);
+            let all: smallvec::SmallVec<[&str; 4]> = secrets.iter().map(&text).collect();
+            let redacted = redact(Bytes::copy_from_slice(value.as_bytes()), &all);
             // The secret's bytes became visible ASCII, so the value stays valid; the fallback
             // is only there so that no input can panic.
             let mut new = HeaderValue::from_maybe_shared(redacted).unwrap_or(HeaderValue::from_static("[redacted]"));
@@ -233,8 +245,13 @@ mod tests {
                 h.append(HeaderName::from_bytes(format!("h-{i}").as_bytes()).unwrap(), HeaderValue::from_str(v).unwrap());
             }
             let before = h.clone();
+            let held_secrets: Vec<Secret> = secrets.iter().map(|s| Secret::new(s.as_str())).collect();
             let secrets: Vec<&str> = secrets.iter().map(String::as_str).collect();
             redact_headers(&mut h, &secrets);
+            // The exchange's form, with the searchers its secrets hold, says the same.
+            let mut with_searchers = before.clone();
+            redact_secret_headers(&mut with_searchers, &held_secrets);
+            proptest::prop_assert_eq!(&with_searchers, &h);
             proptest::prop_assert_eq!(h.len(), before.len(), "no name here holds a secret");
             for (name, value) in &before {
                 let now = &h[name];
