@@ -380,6 +380,30 @@ impl<K, M, const N: usize> Recent<K, M, N> {
     }
 }
 
+/// Acts on the metric of a label set through a thread's [`Recent`] cache: `is` picks the
+/// entry, `make` builds one on a miss (the key and `with_label_values`' metric). Where the
+/// thread's cache cannot be used (a request's log dropped while its thread exits, after the
+/// cache is gone, or the cache in use further up the stack) the metric is looked up as
+/// `make` does, never a panic.
+pub(crate) fn use_recent<K: 'static, M: 'static, const N: usize>(
+    cache: &'static std::thread::LocalKey<std::cell::RefCell<Recent<K, M, N>>>,
+    is: impl Fn(&K) -> bool,
+    make: impl FnOnce() -> (K, M),
+    act: impl FnOnce(&M),
+) {
+    let mut pending = Some((make, act));
+    let _ = cache.try_with(|c| {
+        if let Ok(mut c) = c.try_borrow_mut() {
+            if let Some((make, act)) = pending.take() {
+                act(c.get(&is, make));
+            }
+        }
+    });
+    if let Some((make, act)) = pending {
+        act(&make().1);
+    }
+}
+
 /// Whether two optional `Arc`s are the same one (both `None` too).
 pub(crate) fn same<T: ?Sized>(a: Option<&Arc<T>>, b: Option<&Arc<T>>) -> bool {
     match (a, b) {
@@ -440,6 +464,25 @@ mod tests {
             .inc();
         assert_eq!(m.requests.with_label_values(&["c0", "r", "GET", "200"]).get(), 5);
         assert!(same::<str>(None, None) && !same(Some(&twin), None) && !same(Some(&twin), Some(&names[0])));
+    }
+
+    /// A cache already in use (or gone) still counts, by the plain lookup.
+    #[test]
+    fn a_busy_cache_still_counts() {
+        thread_local!(static CACHE: std::cell::RefCell<Recent<u8, IntCounter, 2>> = const { std::cell::RefCell::new(Recent::new()) });
+        let m = Metrics::new();
+        let count = || {
+            use_recent(
+                &CACHE,
+                |k| *k == 1,
+                || (1, m.requests.with_label_values(&["c", "r", "GET", "200"])),
+                |c| c.inc(),
+            )
+        };
+        count();
+        CACHE.with_borrow_mut(|_held| count());
+        count();
+        assert_eq!(m.requests.with_label_values(&["c", "r", "GET", "200"]).get(), 3);
     }
 
     #[test]

@@ -37,7 +37,7 @@ use crate::credentials::{Token, TokenManager, TokenUnavailable, UpstreamCredenti
 use crate::error::GatewayError;
 use crate::limit::retry_after_secs;
 use crate::limit::upstream::Bucket;
-use crate::metrics::{same, Metrics, Recent};
+use crate::metrics::{same, use_recent, Metrics, Recent};
 use crate::proxy::limits::{Pending, PendingLimits};
 use crate::proxy::request_log::Note;
 use crate::proxy::{auth, response, Runtime, REPLAY_LIMIT};
@@ -487,19 +487,12 @@ where
         let BudgetConfig { bucket, metrics, trip, .. } = &self.config;
         if trip.pending.never() && bucket.as_ref().map_or(true, |b| b.try_acquire_now()) {
             if let Some(bucket) = bucket {
-                QUEUE_WAIT.with_borrow_mut(|recent| {
-                    recent
-                        .get(
-                            |(m, b)| Arc::ptr_eq(b, bucket) && Arc::ptr_eq(m, metrics),
-                            || {
-                                (
-                                    (metrics.clone(), bucket.clone()),
-                                    metrics.queue_wait.with_label_values(&[bucket.label()]),
-                                )
-                            },
-                        )
-                        .observe(0.0);
-                });
+                use_recent(
+                    &QUEUE_WAIT,
+                    |(m, b)| Arc::ptr_eq(b, bucket) && Arc::ptr_eq(m, metrics),
+                    || ((metrics.clone(), bucket.clone()), metrics.queue_wait.with_label_values(&[bucket.label()])),
+                    |h| h.observe(0.0),
+                );
             }
             trip.note.set(|f| f.sends += 1);
             return Either::Left(self.inner.call(req));
@@ -590,20 +583,17 @@ impl Sender {
             Err(UpstreamFailure::Timeout(_)) => 0,
             Err(_) => 1,
         };
-        UPSTREAM.with_borrow_mut(|recent| {
-            recent
-                .get(
-                    |(m, b, c)| *c == code && Arc::ptr_eq(m, &self.metrics) && same(b.as_ref(), self.bucket.as_ref()),
-                    || {
-                        let status = StatusCode::from_u16(code).ok();
-                        let label = status.as_ref().map_or(if code == 0 { "timeout" } else { "error" }, |s| s.as_str());
-                        let h =
-                            self.metrics.upstream_duration.with_label_values(&[prefix(self.bucket.as_ref()), label]);
-                        ((self.metrics.clone(), self.bucket.clone(), code), h)
-                    },
-                )
-                .observe(took.as_secs_f64());
-        });
+        use_recent(
+            &UPSTREAM,
+            |(m, b, c)| *c == code && Arc::ptr_eq(m, &self.metrics) && same(b.as_ref(), self.bucket.as_ref()),
+            || {
+                let status = StatusCode::from_u16(code).ok();
+                let label = status.as_ref().map_or(if code == 0 { "timeout" } else { "error" }, |s| s.as_str());
+                let h = self.metrics.upstream_duration.with_label_values(&[prefix(self.bucket.as_ref()), label]);
+                ((self.metrics.clone(), self.bucket.clone(), code), h)
+            },
+            |h| h.observe(took.as_secs_f64()),
+        );
         let idle = self.rt.config.upstream.body_idle_timeout;
         match result {
             // A body that stalls for body_idle_timeout fails instead of holding the client forever.

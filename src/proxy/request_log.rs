@@ -18,7 +18,7 @@ use http::{HeaderMap, HeaderValue, Method, Request, Response};
 
 use crate::body::{self, Body, BodyStats};
 use crate::limit::RateHeaders;
-use crate::metrics::{method_label, same, Metrics, Recent};
+use crate::metrics::{method_label, same, use_recent, Metrics, Recent};
 use crate::proxy::hygiene::X_REQUEST_ID;
 use crate::proxy::request_id::{self, RequestId};
 use crate::proxy::ConnInfo;
@@ -240,32 +240,33 @@ impl RequestLog {
         let m = method_label(&self.method);
         let (client, route) = (facts.client.as_ref(), facts.route.as_ref());
         let took = self.started.elapsed().as_secs_f64();
-        RECENT.with_borrow_mut(|recent| {
-            let (requests, duration) = recent.get(
-                |k| {
-                    Arc::ptr_eq(&k.metrics, &self.metrics)
-                        && k.status == status
-                        && k.method == m
-                        && same(k.client.as_ref(), client)
-                        && same(k.route.as_ref(), route)
-                },
-                || {
-                    let (c, r) = (client.map_or("none", |c| c), route.map_or("none", |r| r));
-                    let mut code = itoa::Buffer::new();
-                    let key = CountKey {
-                        metrics: self.metrics.clone(),
-                        client: client.cloned(),
-                        route: route.cloned(),
-                        method: m,
-                        status,
-                    };
-                    let requests = self.metrics.requests.with_label_values(&[c, r, m, code.format(status)]);
-                    (key, (requests, self.metrics.request_duration.with_label_values(&[c, r, m])))
-                },
-            );
-            requests.inc();
-            duration.observe(took);
-        });
+        use_recent(
+            &RECENT,
+            |k| {
+                Arc::ptr_eq(&k.metrics, &self.metrics)
+                    && k.status == status
+                    && k.method == m
+                    && same(k.client.as_ref(), client)
+                    && same(k.route.as_ref(), route)
+            },
+            || {
+                let (c, r) = (client.map_or("none", |c| c), route.map_or("none", |r| r));
+                let mut code = itoa::Buffer::new();
+                let key = CountKey {
+                    metrics: self.metrics.clone(),
+                    client: client.cloned(),
+                    route: route.cloned(),
+                    method: m,
+                    status,
+                };
+                let requests = self.metrics.requests.with_label_values(&[c, r, m, code.format(status)]);
+                (key, (requests, self.metrics.request_duration.with_label_values(&[c, r, m])))
+            },
+            |(requests, duration)| {
+                requests.inc();
+                duration.observe(took);
+            },
+        );
     }
 
     fn write(&mut self) {
@@ -416,7 +417,8 @@ where
         let rate = log.note.rate();
         // Room for what the gateway adds, made once: the answer's map was sized for Palette's
         // headers, and growing it by one insert and again by another rehashes it twice.
-        resp.headers_mut().reserve(1 + if rate.is_some() { RateHeaders::COUNT } else { 0 });
+        // (`try_`: a map already at its size limit grows no further, and the inserts decide.)
+        let _ = resp.headers_mut().try_reserve(1 + if rate.is_some() { RateHeaders::COUNT } else { 0 });
         resp.headers_mut().insert(X_REQUEST_ID.clone(), log.request_id.0.clone());
         if let Some(rate) = rate {
             rate.apply(resp.headers_mut());
