@@ -15,10 +15,12 @@
 
 use std::cell::RefCell;
 use std::fmt::{self, Write as _};
+use std::rc::Rc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use tracing::callsite::Identifier;
 use tracing::field::{Field, Visit};
-use tracing::{Event, Subscriber};
+use tracing::{Event, Metadata, Subscriber};
 use tracing_log::NormalizeEvent as _;
 use tracing_subscriber::fmt::format::{Format, Json, Writer};
 use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields};
@@ -41,6 +43,56 @@ thread_local! {
     static LINE: RefCell<String> = const { RefCell::new(String::new()) };
     /// The last second formatted: its Unix time and `YYYY-MM-DDTHH:MM:SS`.
     static SECOND: RefCell<(u64, String)> = const { RefCell::new((u64::MAX, String::new())) };
+    /// The keys of the callsites this thread wrote last, most recently made first.
+    static KEYS: RefCell<Vec<Rc<Keys>>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Callsites whose keys a thread keeps ([`KEYS`]).
+const KEPT_CALLSITES: usize = 16;
+
+/// One callsite's keys as they are written, escaped once: `,"name":"` for each field, in the
+/// order of its field set (issue 14: an access line's 21 keys were looked at for escapes on
+/// every line). A callsite is `'static`, so one kept here never names another.
+struct Keys {
+    callsite: Identifier,
+    keys: Box<[Box<str>]>,
+}
+
+impl Keys {
+    /// The keys of `fields`' callsite, made once per thread (`None`: this thread's keys are in
+    /// use, by a line logged while another is written, which then escapes its own).
+    fn of(meta: &Metadata<'_>) -> Option<Rc<Keys>> {
+        let (callsite, fields) = (meta.callsite(), meta.fields());
+        KEYS.try_with(|kept| {
+            let mut kept = kept.try_borrow_mut().ok()?;
+            if let Some(keys) = kept.iter().find(|k| k.callsite == callsite) {
+                return Some(keys.clone());
+            }
+            let keys = fields
+                .iter()
+                .map(|field| {
+                    let mut key = String::from(",\"");
+                    push_escaped(&mut key, field.name());
+                    key.push_str("\":\"");
+                    key.into_boxed_str()
+                })
+                .collect();
+            let made = Rc::new(Keys { callsite, keys });
+            kept.truncate(KEPT_CALLSITES - 1);
+            kept.insert(0, made.clone());
+            Some(made)
+        })
+        .ok()
+        .flatten()
+    }
+
+    /// `field`'s key with the quote that opens a text value (`None`: not one of these fields).
+    fn text_key(&self, field: &Field) -> Option<&str> {
+        if field.callsite() != self.callsite {
+            return None;
+        }
+        self.keys.get(field.index()).map(|k| &**k)
+    }
 }
 
 impl<S, N> FormatEvent<S, N> for JsonLines
@@ -85,7 +137,7 @@ fn write_line(buf: &mut String, now: SystemTime, event: &Event<'_>) -> fmt::Resu
     buf.push_str("\",\"level\":\"");
     buf.push_str(meta.level().as_str());
     buf.push('"');
-    let mut fields = Fields { line: buf, result: Ok(()) };
+    let mut fields = Fields { line: buf, keys: Keys::of(event.metadata()), result: Ok(()) };
     event.record(&mut fields);
     fields.result?;
     buf.push_str(",\"target\":\"");
@@ -100,35 +152,54 @@ fn write_line(buf: &mut String, now: SystemTime, event: &Event<'_>) -> fmt::Resu
 /// tracing-serde's visitor does.
 struct Fields<'a> {
     line: &'a mut String,
+    /// The event's keys, escaped already (`None`: each is escaped as it is written).
+    keys: Option<Rc<Keys>>,
     result: fmt::Result,
 }
 
 impl Fields<'_> {
-    fn key(&mut self, name: &str) {
-        self.line.push_str(",\"");
-        push_escaped(self.line, name);
-        self.line.push_str("\":");
+    fn key(&mut self, field: &Field) {
+        match self.keys.as_deref().and_then(|k| k.text_key(field)) {
+            Some(key) => self.line.push_str(key.strip_suffix('"').unwrap_or(key)),
+            None => {
+                self.line.push_str(",\"");
+                push_escaped(self.line, field.name());
+                self.line.push_str("\":");
+            }
+        }
+    }
+
+    /// A key and the quote that opens its text value.
+    fn text_key(&mut self, field: &Field) {
+        match self.keys.as_deref().and_then(|k| k.text_key(field)) {
+            Some(key) => self.line.push_str(key),
+            None => {
+                self.line.push_str(",\"");
+                push_escaped(self.line, field.name());
+                self.line.push_str("\":\"");
+            }
+        }
     }
 }
 
 impl Visit for Fields<'_> {
     fn record_bool(&mut self, field: &Field, value: bool) {
-        self.key(field.name());
+        self.key(field);
         self.line.push_str(if value { "true" } else { "false" });
     }
 
     fn record_u64(&mut self, field: &Field, value: u64) {
-        self.key(field.name());
+        self.key(field);
         self.line.push_str(itoa::Buffer::new().format(value));
     }
 
     fn record_i64(&mut self, field: &Field, value: i64) {
-        self.key(field.name());
+        self.key(field);
         self.line.push_str(itoa::Buffer::new().format(value));
     }
 
     fn record_f64(&mut self, field: &Field, value: f64) {
-        self.key(field.name());
+        self.key(field);
         // serde_json writes NaN and the infinities as null.
         if value.is_finite() {
             self.line.push_str(zmij::Buffer::new().format_finite(value));
@@ -138,15 +209,13 @@ impl Visit for Fields<'_> {
     }
 
     fn record_str(&mut self, field: &Field, value: &str) {
-        self.key(field.name());
-        self.line.push('"');
+        self.text_key(field);
         push_escaped(self.line, value);
         self.line.push('"');
     }
 
     fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
-        self.key(field.name());
-        self.line.push('"');
+        self.text_key(field);
         let formatted = write!(Escaping(self.line), "{value:?}");
         self.line.push('"');
         if formatted.is_err() {
@@ -178,25 +247,40 @@ fn push_escaped(out: &mut String, s: &str) {
     out.push_str(quoted.get(1..quoted.len().saturating_sub(1)).unwrap_or_default());
 }
 
-/// Whether any byte of `bytes` needs an escape, eight at a time; the last few are padded with
-/// a byte that needs none.
+/// Whether any byte of `bytes` needs an escape, eight at a time. What is left over is read in
+/// one piece, overlapping bytes already read, so no text takes a loop of single bytes: the
+/// last eight bytes; for 4 to 7 bytes, the first four and the last four; for 1 to 3, the
+/// first, middle and last byte, padded with bytes that need no escape.
 fn needs_escape(bytes: &[u8]) -> bool {
-    let mut words = bytes.chunks_exact(8);
-    for word in &mut words {
-        match <[u8; 8]>::try_from(word) {
-            Ok(word) if !any_escaped(u64::from_le_bytes(word)) => {}
+    let n = bytes.len();
+    if n >= 8 {
+        let mut words = bytes.chunks_exact(8);
+        for word in &mut words {
+            if word_at(word, 0).map_or(true, any_escaped) {
+                return true;
+            }
+        }
+        return !words.remainder().is_empty() && word_at(bytes, n - 8).map_or(true, any_escaped);
+    }
+    let word = if n >= 4 {
+        match (bytes.get(..4), bytes.get(n - 4..)) {
+            (Some(&[a, b, c, d]), Some(&[e, f, g, h])) => [a, b, c, d, e, f, g, h],
+            // Unreachable (both are four bytes): the escaping path is always right.
             _ => return true,
         }
-    }
-    let rest = words.remainder();
-    if rest.is_empty() {
-        return false;
-    }
-    let mut last = [b'a'; 8];
-    for (to, &b) in last.iter_mut().zip(rest) {
-        *to = b;
-    }
-    any_escaped(u64::from_le_bytes(last))
+    } else {
+        match (bytes.first(), bytes.get(n / 2), bytes.last()) {
+            (Some(&a), Some(&b), Some(&c)) => [a, b, c, b'a', b'a', b'a', b'a', b'a'],
+            _ => return false, // empty
+        }
+    };
+    any_escaped(u64::from_le_bytes(word))
+}
+
+/// The eight bytes of `bytes` from `at`, as a little-endian word.
+fn word_at(bytes: &[u8], at: usize) -> Option<u64> {
+    let word: [u8; 8] = bytes.get(at..at.checked_add(8)?)?.try_into().ok()?;
+    Some(u64::from_le_bytes(word))
 }
 
 /// Whether any of the eight bytes of `word` needs an escape: one below 0x20, a `"` or a `\\`.
@@ -354,6 +438,28 @@ pub(crate) mod tests {
         assert_eq!(parsed(&short)[0]["n"], 1);
     }
 
+    /// Keys are escaped once per callsite and thread: a key that needs an escape, and more
+    /// callsites than a thread keeps, taken in turn, each line with its own keys.
+    #[test]
+    fn each_callsite_writes_its_own_keys() {
+        macro_rules! callsites {
+            ($($key:ident)*) => {
+                || { $( tracing::info!($key = 1, "a\"b\\c" = stringify!($key), "{}", stringify!($key)); )* }
+            };
+        }
+        let run = callsites!(k0 k1 k2 k3 k4 k5 k6 k7 k8 k9 k10 k11 k12 k13 k14 k15 k16 k17 k18 k19);
+        let twice = || {
+            run();
+            run();
+        };
+        let ours = lines(JsonLines::default(), twice);
+        assert_eq!(ours.len(), 40);
+        assert!(KEYS.with(|k| k.borrow().len()) <= KEPT_CALLSITES);
+        let line = &parsed(&ours)[25];
+        assert_eq!((line["k5"].as_u64(), line["a\"b\\c"].as_str()), (Some(1), Some("k5")), "{line}");
+        assert_eq!(untimed(ours), untimed(theirs(twice)));
+    }
+
     /// A `log` crate record keeps its own level and target.
     #[test]
     fn log_records_keep_their_level_and_target() {
@@ -404,9 +510,10 @@ pub(crate) mod tests {
     fn every_byte_is_escaped_as_serde_json_does() {
         for b in 0u8..0x80 {
             let c = char::from(b);
-            // Alone, in the padded last word, and in a whole word, at each place in it.
-            let mut texts = vec![c.to_string(), format!("abc{c}"), format!("abcdefg{c}hijklmnop")];
-            texts.extend((0..16).map(|at| format!("{}{c}{}", "x".repeat(at), "y".repeat(15 - at))));
+            // At each place of texts of every length up to three words: alone, in the short
+            // reads of 1 to 7 bytes, in whole words and in the overlapping last word.
+            let texts = (1..=24).flat_map(|len| (0..len).map(move |at| (len, at)));
+            let texts = texts.map(|(len, at)| format!("{}{c}{}", "x".repeat(at), "y".repeat(len - 1 - at)));
             for s in texts {
                 let mut ours = String::from("\"");
                 push_escaped(&mut ours, &s);
