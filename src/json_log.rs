@@ -159,14 +159,9 @@ struct Fields<'a> {
 
 impl Fields<'_> {
     fn key(&mut self, field: &Field) {
-        match self.keys.as_deref().and_then(|k| k.text_key(field)) {
-            Some(key) => self.line.push_str(key.strip_suffix('"').unwrap_or(key)),
-            None => {
-                self.line.push_str(",\"");
-                push_escaped(self.line, field.name());
-                self.line.push_str("\":");
-            }
-        }
+        // The text key's opening quote taken back: one kept form per key.
+        self.text_key(field);
+        self.line.pop();
     }
 
     /// A key and the quote that opens its text value.
