@@ -59,7 +59,7 @@ struct Keys {
 }
 
 impl Keys {
-    /// The keys of `fields`' callsite, made once per thread (`None`: this thread's keys are in
+    /// The keys of `meta`'s callsite, made once per thread (`None`: this thread's keys are in
     /// use, by a line logged while another is written, which then escapes its own).
     fn of(meta: &Metadata<'_>) -> Option<Rc<Keys>> {
         let (callsite, fields) = (meta.callsite(), meta.fields());
